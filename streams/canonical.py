@@ -1,0 +1,133 @@
+"""Canonical encoding for every byte string that is hashed or signed.
+
+Avro is for transport; what is hashed or signed must not depend on a serializer's choices. The
+rules, so that another implementation can reproduce every hash:
+
+- a message starts with its domain-separation tag: ``u16`` length + ASCII ``QuStream/v1/<Name>``;
+- unsigned integers are big-endian with a fixed width (``u8``, ``u16``, ``u32``, ``u64``), signed
+  ones are two's-complement ``i64``; a value out of range is an error, never truncated;
+- byte strings and text (UTF-8) are ``u32`` length + the bytes;
+- optional values are ``u8`` 0 (absent) or 1 followed by the value;
+- sequences are ``u32`` count + the items, in the order the caller gives (callers sort where the
+  order is not already meaningful, e.g. validators by address).
+
+The writer is deliberately hand-written: it is a few lines, needs no dependency, and its output
+is fixed by the golden vectors in tests/unit/test_canonical.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
+# The writer has a method named ``bytes``; annotations inside the class use this alias.
+Bytes = bytes
+
+TAG_PREFIX = "QuStream/v1/"
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_I64 = struct.Struct(">q")
+
+
+class CanonicalEncodingError(ValueError):
+    """A value cannot be encoded canonically (out of range, wrong type, bad tag)."""
+
+
+class CanonicalWriter:
+    """Appends canonical fields to one message; ``finish()`` returns the bytes."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, name: str) -> None:
+        if not name or not name.isascii() or "/" in name:
+            raise CanonicalEncodingError(f"bad domain tag name {name!r}")
+        tag = (TAG_PREFIX + name).encode("ascii")
+        self._parts: list[Bytes] = [_U16.pack(len(tag)), tag]
+
+    def u8(self, value: int) -> CanonicalWriter:
+        return self._fixed(value, 0, 0xFF, lambda v: bytes((v,)))
+
+    def u16(self, value: int) -> CanonicalWriter:
+        return self._fixed(value, 0, 0xFFFF, _U16.pack)
+
+    def u32(self, value: int) -> CanonicalWriter:
+        return self._fixed(value, 0, 0xFFFF_FFFF, _U32.pack)
+
+    def u64(self, value: int) -> CanonicalWriter:
+        return self._fixed(value, 0, 0xFFFF_FFFF_FFFF_FFFF, _U64.pack)
+
+    def i64(self, value: int) -> CanonicalWriter:
+        return self._fixed(value, -(2**63), 2**63 - 1, _I64.pack)
+
+    def boolean(self, value: bool) -> CanonicalWriter:
+        if not isinstance(value, bool):
+            raise CanonicalEncodingError(f"expected bool, got {type(value).__name__}")
+        self._parts.append(b"\x01" if value else b"\x00")
+        return self
+
+    def raw(self, value: Bytes, length: int) -> CanonicalWriter:
+        """A byte string of a length fixed by the format (a hash, say): no length prefix."""
+        if not isinstance(value, bytes | bytearray | memoryview) or len(value) != length:
+            raise CanonicalEncodingError(f"expected exactly {length} bytes")
+        self._parts.append(bytes(value))
+        return self
+
+    def bytes(self, value: bytes | bytearray | memoryview) -> CanonicalWriter:
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise CanonicalEncodingError(f"expected bytes, got {type(value).__name__}")
+        self._parts.append(_U32.pack(len(value)))
+        self._parts.append(bytes(value))
+        return self
+
+    def text(self, value: str) -> CanonicalWriter:
+        if not isinstance(value, str):
+            raise CanonicalEncodingError(f"expected str, got {type(value).__name__}")
+        return self.bytes(value.encode("utf-8"))
+
+    def optional(
+        self, value: T | None, write: Callable[[CanonicalWriter, T], object]
+    ) -> CanonicalWriter:
+        if value is None:
+            self._parts.append(b"\x00")
+        else:
+            self._parts.append(b"\x01")
+            write(self, value)
+        return self
+
+    def sequence(
+        self, items: Iterable[T], write: Callable[[CanonicalWriter, T], object]
+    ) -> CanonicalWriter:
+        items = list(items)
+        self.u32(len(items))
+        for item in items:
+            write(self, item)
+        return self
+
+    def nested(self, encoded: Bytes) -> CanonicalWriter:
+        """Embed another canonical message (its own tag included), length-prefixed."""
+        return self.bytes(encoded)
+
+    def finish(self) -> Bytes:
+        return b"".join(self._parts)
+
+    def digest(self) -> Bytes:
+        """SHA-256 of the finished message: the hash used for ids, links and Merkle leaves."""
+        return hashlib.sha256(self.finish()).digest()
+
+    def _fixed(
+        self, value: int, low: int, high: int, pack: Callable[[int], Bytes]
+    ) -> CanonicalWriter:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CanonicalEncodingError(f"expected int, got {type(value).__name__}")
+        if not low <= value <= high:
+            raise CanonicalEncodingError(f"{value} is outside {low}..{high}")
+        self._parts.append(pack(value))
+        return self
+
+
+def sha256(data: bytes) -> Bytes:
+    return hashlib.sha256(data).digest()

@@ -1,0 +1,138 @@
+"""Avro single-object encoding for every QuStream message.
+
+Wire format (Avro 1.11 specification, "Single-object encoding"): the two-byte marker ``C3 01``,
+the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form,
+then the Avro binary body. Every message so names its schema without a registry.
+
+The registry of schemas is the ``schemas/`` folder: ``<Name>.avsc`` is the current (reader)
+version of each event and ``history/<Name>.v<N>.avsc`` are every version ever released, so data
+written by an old version still decodes (resolved into the current schema). Decoding anything
+that is not a well-formed message of a known schema raises ``CodecError`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+
+MARKER = b"\xc3\x01"
+HEADER_SIZE = 10
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+_FP = struct.Struct("<Q")
+
+
+class CodecError(ValueError):
+    """A message could not be encoded or decoded; says which schema and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    schema: str  # short name, e.g. "BlockFinalized"
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Writer:
+    name: str
+    parsed: Any
+    header: bytes
+
+
+class Codec:
+    """Encodes and decodes the schemas of one folder. Thread-safe after construction."""
+
+    def __init__(self, schema_dir: Path = SCHEMA_DIR) -> None:
+        self._writers: dict[str, _Writer] = {}
+        # fingerprint -> (short name, writer schema parsed, reader schema parsed or None)
+        self._readers: dict[bytes, tuple[str, Any, Any]] = {}
+        current_files = sorted(schema_dir.glob("*.avsc"))
+        if not current_files:
+            raise CodecError(f"no Avro schemas found in {schema_dir}")
+        for path in current_files:
+            raw = json.loads(path.read_text())
+            name = raw["name"]
+            parsed = parse_schema(raw, _write_hint=False)
+            fp = _fingerprint(raw)
+            self._writers[name] = _Writer(name, parsed, MARKER + fp)
+            self._readers[fp] = (name, parsed, None)
+        for path in sorted((schema_dir / "history").glob("*.avsc")):
+            raw = json.loads(path.read_text())
+            name = raw["name"]
+            fp = _fingerprint(raw)
+            if fp in self._readers or name not in self._writers:
+                continue  # identical to the current version, or a retired event
+            self._readers[fp] = (name, parse_schema(raw, _write_hint=False),
+                                 self._writers[name].parsed)
+
+    @property
+    def schema_names(self) -> tuple[str, ...]:
+        return tuple(sorted(self._writers))
+
+    def parsed_schema(self, name: str) -> Any:
+        return self._writer(name).parsed
+
+    def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
+        writer = self._writer(name)
+        buffer = io.BytesIO()
+        buffer.write(writer.header)
+        try:
+            fastavro.schemaless_writer(buffer, writer.parsed, record)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise CodecError(f"cannot encode {name}: {exc}") from exc
+        return buffer.getvalue()
+
+    def decode(self, data: bytes | None, expected: str | None = None) -> Decoded:
+        """Decode one message; ``expected`` rejects messages of any other schema."""
+        if data is None:
+            raise CodecError("message has no value (tombstone)")
+        if len(data) < HEADER_SIZE or data[:2] != MARKER:
+            raise CodecError("not an Avro single-object message (bad marker or too short)")
+        fp = bytes(data[2:HEADER_SIZE])
+        entry = self._readers.get(fp)
+        if entry is None:
+            raise CodecError(f"unknown schema fingerprint {_FP.unpack(fp)[0]:#018x}")
+        name, writer_schema, reader_schema = entry
+        if expected is not None and name != expected:
+            raise CodecError(f"expected a {expected} message, got {name}")
+        buffer = io.BytesIO(data)
+        buffer.seek(HEADER_SIZE)
+        try:
+            record = fastavro.schemaless_reader(buffer, writer_schema, reader_schema)
+        except Exception as exc:
+            # fastavro signals malformed input with many exception types (EOFError,
+            # struct.error, UnicodeDecodeError, IndexError, ValueError, MemoryError ...):
+            # all of them mean the same thing to a consumer.
+            raise CodecError(f"malformed {name} body: {type(exc).__name__}: {exc}") from exc
+        if buffer.tell() != len(data):
+            raise CodecError(
+                f"malformed {name} body: {len(data) - buffer.tell()} trailing bytes or truncated"
+            )
+        if not isinstance(record, dict):
+            raise CodecError(f"malformed {name} body: not a record")
+        return Decoded(name, record)
+
+    def _writer(self, name: str) -> _Writer:
+        try:
+            return self._writers[name]
+        except KeyError as exc:
+            raise CodecError(f"no schema named {name!r}") from exc
+
+
+def _fingerprint(raw: dict[str, Any]) -> bytes:
+    canonical = to_parsing_canonical_form(raw)
+    return _FP.pack(int(fingerprint(canonical, "CRC-64-AVRO"), 16))
+
+
+@cache
+def default_codec() -> Codec:
+    """The codec over the project's ``schemas/`` folder, built once per process."""
+    return Codec()

@@ -1,0 +1,179 @@
+"""Typed settings for every QuStream process.
+
+Values come, in increasing priority, from the defaults below, an optional TOML config file
+(``QUSTREAM_CONFIG`` or ``--config``) with ``[kafka]``, ``[cassandra]``, ``[infra]`` and top-level
+keys, and environment variables with the ``QUSTREAM_`` prefix:
+
+- ``QUSTREAM_KAFKA_BOOTSTRAP_SERVERS`` (``QUSTREAM_KAFKA_*`` for TLS/SASL) — when set, QuStream
+  uses that cluster and starts no local Kafka;
+- ``QUSTREAM_CASSANDRA_CONTACT_POINTS`` (``QUSTREAM_CASSANDRA_*``) — likewise for Cassandra;
+- ``QUSTREAM_INFRA_*`` — ports and heap of the embedded cluster;
+- ``QUSTREAM_STATE_DIR``, ``QUSTREAM_TOPIC_PREFIX``.
+
+Nothing here connects anywhere: settings are plain data handed to factory functions.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """The configuration file or an environment variable holds a value QuStream cannot use."""
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach Kafka. ``bootstrap_servers`` unset means: use the embedded local broker."""
+
+    model_config = SettingsConfigDict(env_prefix="QUSTREAM_KAFKA_", extra="forbid")
+
+    bootstrap_servers: str | None = None
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str | None = None  # e.g. SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    replication_factor: int = 1  # 3 in production (see the Helm chart)
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka properties for the connection part (servers, TLS, SASL)."""
+        if not self.bootstrap_servers:
+            raise SettingsError("no Kafka bootstrap servers configured and none resolved")
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+        }
+        config.update({k: v for k, v in optional.items() if v is not None})
+        return config
+
+
+class CassandraSettings(BaseSettings):
+    """How to reach Cassandra. ``contact_points`` unset means: use the embedded local node."""
+
+    model_config = SettingsConfigDict(env_prefix="QUSTREAM_CASSANDRA_", extra="forbid")
+
+    contact_points: str | None = None  # comma-separated hosts
+    port: int = 9042
+    username: str | None = None
+    password: str | None = None
+    local_datacenter: str = "datacenter1"
+    keyspace: str = "qustream"
+    replication_factor: int = 1
+    ssl_ca_location: str | None = None
+
+    def hosts(self) -> list[str]:
+        if not self.contact_points:
+            raise SettingsError("no Cassandra contact points configured and none resolved")
+        return [h.strip() for h in self.contact_points.split(",") if h.strip()]
+
+
+class InfraSettings(BaseSettings):
+    """The embedded single-node cluster: ports chosen to stay clear of the standard ones."""
+
+    model_config = SettingsConfigDict(env_prefix="QUSTREAM_INFRA_", extra="forbid")
+
+    kafka_version: str = "4.1.1"
+    cassandra_version: str = "5.0.8"
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    cassandra_native_port: int = 19042
+    cassandra_storage_port: int = 17000
+    kafka_heap: str = "768m"
+    cassandra_heap: str = "1g"
+    java_home: str | None = None  # a Java 17 home; found on PATH or /usr/lib/jvm otherwise
+    start_timeout_s: float = 240.0
+
+    @field_validator("kafka_port", "kafka_controller_port", "cassandra_native_port",
+                     "cassandra_storage_port")
+    @classmethod
+    def _port_range(cls, value: int) -> int:
+        if not 1024 <= value <= 65535:
+            raise ValueError(f"port {value} is outside 1024..65535")
+        return value
+
+
+class Settings(BaseModel):
+    """Everything a QuStream process is configured with."""
+
+    state_dir: Path = Path(".qustream")
+    topic_prefix: str = "qs."
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
+    infra: InfraSettings = Field(default_factory=InfraSettings)
+
+    @property
+    def uses_external_kafka(self) -> bool:
+        return bool(self.kafka.bootstrap_servers)
+
+    @property
+    def uses_external_cassandra(self) -> bool:
+        return bool(self.cassandra.contact_points)
+
+    def kafka_bootstrap(self) -> str:
+        """The configured bootstrap servers, or the embedded broker's loopback address."""
+        return self.kafka.bootstrap_servers or f"127.0.0.1:{self.infra.kafka_port}"
+
+    def kafka_config(self) -> dict[str, Any]:
+        """librdkafka connection properties (servers, TLS, SASL), embedded broker resolved."""
+        return self.kafka.model_copy(
+            update={"bootstrap_servers": self.kafka_bootstrap()}
+        ).client_config()
+
+    def cassandra_endpoint(self) -> tuple[list[str], int]:
+        """Contact points and native port, or the embedded node's loopback address."""
+        if self.cassandra.contact_points:
+            return self.cassandra.hosts(), self.cassandra.port
+        return ["127.0.0.1"], self.infra.cassandra_native_port
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a catalogue name such as ``chain.blocks``."""
+        return f"{self.topic_prefix}{name}"
+
+
+def load_settings(config_file: Path | str | None = None) -> Settings:
+    """Build settings from the config file (if any) overlaid by ``QUSTREAM_*`` variables."""
+    path = config_file or os.environ.get("QUSTREAM_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        # Environment wins over the file: BaseSettings gives init kwargs priority, so pass
+        # only the file keys that no QUSTREAM_ variable overrides.
+        def section(cls: type[BaseSettings], name: str) -> BaseSettings:
+            prefix = str(cls.model_config.get("env_prefix", ""))
+            values = {k: v for k, v in dict(data.get(name, {})).items()
+                      if f"{prefix}{k}".upper() not in os.environ}
+            return cls(**values)
+
+        top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+        for key in ("state_dir", "topic_prefix"):
+            env = os.environ.get(f"QUSTREAM_{key.upper()}")
+            if env is not None:
+                top[key] = env
+        return Settings(
+            kafka=section(KafkaSettings, "kafka"),  # type: ignore[arg-type]
+            cassandra=section(CassandraSettings, "cassandra"),  # type: ignore[arg-type]
+            infra=section(InfraSettings, "infra"),  # type: ignore[arg-type]
+            **top,
+        )
+    except ValueError as exc:
+        raise SettingsError(f"invalid QuStream settings: {exc}") from exc
