@@ -1,0 +1,298 @@
+"""Assembling a block proposal and the rules every validator applies to one.
+
+Inputs are plain values and small interfaces, so the same code runs in the block builder
+service, the simulator and the audit:
+
+- ``ChainTip``: what the previous block fixed (hash, time, randomness, per-source last seq, the
+  app hash after it, the validator-set hashes for this height and the next).
+- ``VerifiedPool``: the node's view of verified entropy. The block builder service feeds it from
+  qs.entropy.raw: a chunk is *verified* once a signed checkpoint of a registered source covers it
+  (see services/qrng_ingest); its *age* is the number of heights since the node saw it verified.
+  ``StaticPool`` is an in-memory implementation for tests and the simulator.
+- ``check_tx`` / ``check_evidence`` / ``check_last_commit``: callables the node binds to its
+  application state, evidence verification and commit verification.
+
+Validation rules (``validate_block``), each failure a ``InvalidBlockError`` naming the rule:
+header links (chain id, height, previous hash, strictly later time, app hash, validator-set
+hashes, expected proposer); body matches header (roots, order); randomness re-derived; every
+entropy reference verified in the pool for a registered source; per source the range starts right
+after the previous block's last seq; no verified chunk older than ``max_entropy_age`` heights left
+out (unless the block already carries ``max_chunks_per_source`` of that source); at least two
+sources when two or more healthy sources have verified chunks available; every transaction passes
+``check_tx``; every evidence item passes ``check_evidence``; the last commit verifies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from services.block_builder.core.block import (
+    Block,
+    Body,
+    EntropyRef,
+    Header,
+    ranges_of,
+)
+from services.block_builder.core.randomness import block_randomness
+from services.consensus.core.commit import CommitCertificate
+from services.consensus.core.evidence import DuplicateVoteEvidence
+
+
+class InvalidBlockError(ValueError):
+    """A proposed block breaks a validation rule; the message names the rule and the input."""
+
+
+class VerifiedPool(Protocol):
+    """A node's view of verified entropy (chunks covered by a verified checkpoint)."""
+
+    def registered_sources(self) -> tuple[str, ...]:
+        """Source ids registered on chain, sorted."""
+        ...
+
+    def healthy_sources(self) -> tuple[str, ...]:
+        """Registered sources whose latest status is healthy, sorted."""
+        ...
+
+    def verified_after(self, source_id: str, seq: int) -> tuple[EntropyRef, ...]:
+        """Verified chunks of ``source_id`` with seq > ``seq``, contiguous, in seq order."""
+        ...
+
+    def age_in_heights(self, ref: EntropyRef) -> int | None:
+        """Heights since ``ref`` was seen verified; None if unknown or digest differs."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StaticPool:
+    """An immutable pool: per source, (ref, height it became verified) in seq order."""
+
+    current_height: int
+    chunks: Mapping[str, tuple[tuple[EntropyRef, int], ...]] = field(default_factory=dict)
+    healthy: frozenset[str] = frozenset()
+
+    def registered_sources(self) -> tuple[str, ...]:
+        return tuple(sorted(self.chunks))
+
+    def healthy_sources(self) -> tuple[str, ...]:
+        return tuple(sorted(self.healthy & set(self.chunks)))
+
+    def verified_after(self, source_id: str, seq: int) -> tuple[EntropyRef, ...]:
+        return tuple(ref for ref, _ in self.chunks.get(source_id, ()) if ref.seq > seq)
+
+    def age_in_heights(self, ref: EntropyRef) -> int | None:
+        for known, verified_at in self.chunks.get(ref.source_id, ()):
+            if known.seq == ref.seq:
+                return self.current_height - verified_at if known == ref else None
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class EntropyRules:
+    max_entropy_age: int = 2  # heights a verified chunk may wait before it must be included
+    max_chunks_per_source: int = 16  # per block
+    min_sources: int = 2  # required when at least this many healthy sources have chunks
+
+
+@dataclass(frozen=True, slots=True)
+class ChainTip:
+    """What the chain fixed before ``height``, the height being built or validated."""
+
+    chain_id: str
+    height: int
+    previous_block_hash: bytes  # genesis hash at height 1
+    previous_time_ms: int  # genesis time at height 1
+    previous_randomness: bytes  # genesis randomness at height 1
+    last_seq: tuple[tuple[str, int], ...]  # per source, last included seq, sorted by source
+    app_hash: bytes  # application state hash after height - 1
+    validators_hash: bytes
+    next_validators_hash: bytes
+
+    def last_seq_of(self, source_id: str) -> int:
+        for source, seq in self.last_seq:
+            if source == source_id:
+                return seq
+        return -1
+
+    def advanced(self, block: Block, app_hash: bytes, next_next_validators_hash: bytes) -> ChainTip:
+        """The tip after ``block`` is decided and applied (``app_hash`` is the state after it;
+        ``next_next_validators_hash`` the set governing height + 2)."""
+        last = dict(self.last_seq)
+        for seq_range in block.header.entropy_ranges:
+            last[seq_range.source_id] = seq_range.last
+        return ChainTip(
+            chain_id=self.chain_id,
+            height=self.height + 1,
+            previous_block_hash=block.hash,
+            previous_time_ms=block.header.time_ms,
+            previous_randomness=block.header.randomness,
+            last_seq=tuple(sorted(last.items())),
+            app_hash=app_hash,
+            validators_hash=self.next_validators_hash,
+            next_validators_hash=next_next_validators_hash,
+        )
+
+
+CheckTx = Callable[[bytes], bool]
+CheckEvidence = Callable[[DuplicateVoteEvidence], str | None]  # None = valid, else the reason
+CheckCommit = Callable[[CommitCertificate], str | None]
+
+
+def select_entropy(
+    tip: ChainTip, pool: VerifiedPool, rules: EntropyRules
+) -> tuple[EntropyRef, ...]:
+    """Every verified chunk after the previous block, up to the per-source cap, canonical order."""
+    chosen: list[EntropyRef] = []
+    for source in pool.registered_sources():
+        chosen.extend(
+            pool.verified_after(source, tip.last_seq_of(source))[: rules.max_chunks_per_source]
+        )
+    return tuple(sorted(chosen, key=lambda ref: (ref.source_id, ref.seq)))
+
+
+def build_block(
+    tip: ChainTip,
+    round: int,
+    time_ms: int,
+    proposer_address: bytes,
+    pool: VerifiedPool,
+    mempool: Sequence[bytes],
+    evidence: Sequence[DuplicateVoteEvidence],
+    last_commit: CommitCertificate | None,
+    rules: EntropyRules,
+    check_tx: CheckTx,
+    check_evidence: CheckEvidence,
+    max_txs: int = 1000,
+) -> Block:
+    """The proposal for (tip.height, round). Deterministic: same inputs, same block bytes.
+    ``time_ms`` comes from the caller (event data); it is raised to previous time + 1 if needed
+    so the block stays valid under a lagging clock."""
+    entropy = select_entropy(tip, pool, rules)
+    txs = tuple(tx for tx in mempool if check_tx(tx))[:max_txs]
+    unique = {item.hash(): item for item in evidence if check_evidence(item) is None}
+    included = tuple(unique[key] for key in sorted(unique))
+    body = Body(entropy=entropy, txs=txs, evidence=included, last_commit=last_commit)
+    header = Header(
+        chain_id=tip.chain_id,
+        height=tip.height,
+        round=round,
+        time_ms=max(time_ms, tip.previous_time_ms + 1),
+        previous_block_hash=tip.previous_block_hash,
+        last_commit_hash=body.last_commit_hash(),
+        entropy_root=body.entropy_root(),
+        entropy_ranges=ranges_of(entropy),
+        randomness=block_randomness(tip.previous_randomness, tip.height, entropy),
+        tx_root=body.tx_root(),
+        evidence_root=body.evidence_root(),
+        validators_hash=tip.validators_hash,
+        next_validators_hash=tip.next_validators_hash,
+        app_hash=tip.app_hash,
+        proposer_address=proposer_address,
+    )
+    return Block(header, body)
+
+
+def _check_header(block: Block, tip: ChainTip, expected_proposer: bytes | None) -> None:
+    header = block.header
+    expectations: tuple[tuple[str, object, object], ...] = (
+        ("chain id", header.chain_id, tip.chain_id),
+        ("height", header.height, tip.height),
+        ("previous block hash", header.previous_block_hash, tip.previous_block_hash),
+        ("app hash", header.app_hash, tip.app_hash),
+        ("validators hash", header.validators_hash, tip.validators_hash),
+        ("next validators hash", header.next_validators_hash, tip.next_validators_hash),
+    )
+    for name, got, want in expectations:
+        if got != want:
+            raise InvalidBlockError(f"block {header.height}: {name} is not the expected one")
+    if header.time_ms <= tip.previous_time_ms:
+        raise InvalidBlockError(
+            f"block {header.height}: time {header.time_ms} is not after {tip.previous_time_ms}"
+        )
+    if expected_proposer is not None and header.proposer_address != expected_proposer:
+        raise InvalidBlockError(
+            f"block {header.height}: proposer {header.proposer_address.hex()} is not "
+            f"{expected_proposer.hex()}"
+        )
+    problem = block.structural_problem()
+    if problem:
+        raise InvalidBlockError(f"block {header.height}: {problem}")
+    expected = block_randomness(tip.previous_randomness, tip.height, block.body.entropy)
+    if header.randomness != expected:
+        raise InvalidBlockError(f"block {header.height}: randomness is not the derived value")
+
+
+def _check_entropy(block: Block, tip: ChainTip, pool: VerifiedPool, rules: EntropyRules) -> None:
+    height = block.header.height
+    registered = set(pool.registered_sources())
+    for ref in block.body.entropy:
+        if ref.source_id not in registered:
+            raise InvalidBlockError(f"block {height}: source {ref.source_id!r} is not registered")
+        if pool.age_in_heights(ref) is None:
+            raise InvalidBlockError(
+                f"block {height}: chunk {ref.source_id!r}/{ref.seq} is not verified"
+            )
+    included = {r.source_id: r for r in block.header.entropy_ranges}
+    for seq_range in block.header.entropy_ranges:
+        expected_first = tip.last_seq_of(seq_range.source_id) + 1
+        if seq_range.first != expected_first:
+            raise InvalidBlockError(
+                f"block {height}: range of {seq_range.source_id!r} starts at {seq_range.first}, "
+                f"expected {expected_first}"
+            )
+        if seq_range.last - seq_range.first + 1 > rules.max_chunks_per_source:
+            raise InvalidBlockError(
+                f"block {height}: more than {rules.max_chunks_per_source} chunks of "
+                f"{seq_range.source_id!r}"
+            )
+    for source in sorted(registered):
+        taken = included.get(source)
+        if taken and taken.last - taken.first + 1 >= rules.max_chunks_per_source:
+            continue
+        last = taken.last if taken else tip.last_seq_of(source)
+        for ref in pool.verified_after(source, last):
+            age = pool.age_in_heights(ref)
+            if age is not None and age > rules.max_entropy_age:
+                raise InvalidBlockError(
+                    f"block {height}: leaves out chunk {source!r}/{ref.seq}, verified {age} "
+                    f"heights ago (bound {rules.max_entropy_age})"
+                )
+    available = [
+        source
+        for source in pool.healthy_sources()
+        if pool.verified_after(source, tip.last_seq_of(source))
+    ]
+    required = min(rules.min_sources, len(available))
+    if len(available) >= rules.min_sources and len(included) < required:
+        raise InvalidBlockError(
+            f"block {height}: mixes {len(included)} sources while {len(available)} healthy "
+            f"sources have verified entropy (need {required})"
+        )
+
+
+def validate_block(
+    block: Block,
+    tip: ChainTip,
+    pool: VerifiedPool,
+    rules: EntropyRules,
+    expected_proposer: bytes | None,
+    check_tx: CheckTx,
+    check_evidence: CheckEvidence,
+    check_last_commit: CheckCommit,
+) -> None:
+    """Raise ``InvalidBlockError`` unless ``block`` is a valid proposal on top of ``tip``."""
+    _check_header(block, tip, expected_proposer)
+    _check_entropy(block, tip, pool, rules)
+    height = block.header.height
+    for position, tx in enumerate(block.body.txs):
+        if not check_tx(tx):
+            raise InvalidBlockError(f"block {height}: transaction {position} fails check_tx")
+    for item in block.body.evidence:
+        problem = check_evidence(item)
+        if problem:
+            raise InvalidBlockError(f"block {height}: evidence {item.hash().hex()[:16]}: {problem}")
+    if block.body.last_commit is not None:
+        problem = check_last_commit(block.body.last_commit)
+        if problem:
+            raise InvalidBlockError(f"block {height}: last commit: {problem}")

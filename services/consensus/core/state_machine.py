@@ -1,0 +1,673 @@
+"""The Tendermint round state machine, pure: ``handle(config, logic, state, event)`` returns the
+new state and the outputs. No clock, no randomness, no I/O: timeouts are events the shell
+schedules and feeds back, time and entropy arrive inside blocks.
+
+It follows Algorithm 1 of Buchman, Kwon, Milosevic, "The latest gossip on BFT consensus"
+(arXiv:1807.04938); the line numbers below are the paper's. Quorums are stake-weighted and
+integer-only: "2f+1" is ``ValidatorSet.has_quorum`` (power * 3 > total * 2) and "f+1" is
+``exceeds_one_third``.
+
+    L11 StartRound(r): proposer proposes validValue (or a new block) with validRound;
+        others schedule timeoutPropose(r).
+    L22 on PROPOSAL(h,r,v,-1) in step propose: prevote v if valid and (unlocked or locked on v).
+    L28 on PROPOSAL(h,r,v,vr) + 2f+1 PREVOTE(h,vr,v), 0 <= vr < r, step propose: prevote v if
+        valid and (lockedRound <= vr or locked on v), else nil.
+    L34 on 2f+1 PREVOTE(h,r,*) in step prevote, first time: schedule timeoutPrevote(r).
+    L36 on block v + 2f+1 PREVOTE(h,r,v), v valid, step >= prevote, first time: if in prevote,
+        lock on v and precommit v; in any case validValue = v, validRound = r.
+    L44 on 2f+1 PREVOTE(h,r,nil) in step prevote: precommit nil.
+    L47 on 2f+1 PRECOMMIT(h,r,*), first time: schedule timeoutPrecommit(r).
+    L49 on block v + 2f+1 PRECOMMIT(h,r',v) for any round r': decide v (with its certificate).
+    L55 on messages of round r > current round from validators with > 1/3 power: StartRound(r).
+    L57-65 timeouts: propose -> prevote nil; prevote -> precommit nil; precommit -> next round.
+
+Two deliberate choices, both safe:
+- L49 decides on +2/3 precommits without re-running the local ``valid`` check. Honest
+  precommitters validated the block; some rules (entropy age) depend on a node's view, and a
+  node that saw entropy earlier must not refuse to follow a decided chain.
+- The proposal message of the current round is not required for L36/L49: any block the node
+  knows with the quorum's hash is used, as CometBFT does with its block parts.
+
+Messages enter verified: the machine checks each signature (through ``config.check``, which the
+simulator replaces by a shared cache) and membership before counting. Messages of height + 1 are
+buffered (bounded) and replayed when that height starts; older or farther ones are rejected
+with a reason (the shell sends those to a DLQ). Conflicting votes become ``EvidenceDetected``.
+
+A node without a key, or whose key is not in the set, follows consensus without signing (an
+observer: the tally, the audit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from typing import Protocol
+
+from services.block_builder.core.block import Block
+from services.consensus.core.commit import (
+    CommitCertificate,
+    CommitFlag,
+    CommitSig,
+    SignatureCheck,
+    default_signature_check,
+    verify_commit,
+)
+from services.consensus.core.evidence import DuplicateVoteEvidence
+from services.consensus.core.messages import Message, Proposal, Vote, VoteType
+from services.consensus.core.proposer import ProposerPriorities, next_height, proposer
+from services.consensus.core.signer import DoubleSignError, SignerState, SignStep
+from services.consensus.core.validators import ValidatorSet
+from services.consensus.core.vote_set import NIL_KEY, HeightVoteSet, VoteSetError
+from streams.keys import SigningKey
+
+
+class Step(IntEnum):
+    NEW = 0  # height known, round 0 not started yet
+    PROPOSE = 1
+    PREVOTE = 2
+    PRECOMMIT = 3
+    COMMITTED = 4  # decided; waiting for StartHeight(height + 1)
+
+
+class TimeoutStep(IntEnum):
+    PROPOSE = 1
+    PREVOTE = 2
+    PRECOMMIT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutParams:
+    """Timeout of round r = base + r * delta, so rounds grow until the network is synchronous."""
+
+    propose_ms: int = 3000
+    propose_delta_ms: int = 500
+    prevote_ms: int = 1000
+    prevote_delta_ms: int = 500
+    precommit_ms: int = 1000
+    precommit_delta_ms: int = 500
+
+    def duration(self, step: TimeoutStep, round: int) -> int:
+        if step is TimeoutStep.PROPOSE:
+            return self.propose_ms + round * self.propose_delta_ms
+        if step is TimeoutStep.PREVOTE:
+            return self.prevote_ms + round * self.prevote_delta_ms
+        return self.precommit_ms + round * self.precommit_delta_ms
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class StartHeight:
+    """Begin ``height`` under ``validators`` (after the previous block was applied)."""
+
+    height: int
+    validators: ValidatorSet
+
+
+@dataclass(frozen=True, slots=True)
+class ProposalReceived:
+    proposal: Proposal
+
+
+@dataclass(frozen=True, slots=True)
+class VoteReceived:
+    vote: Vote
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutFired:
+    height: int
+    round: int
+    step: TimeoutStep
+
+
+@dataclass(frozen=True, slots=True)
+class CommitReceived:
+    """A decided block with its certificate (from qs.chain.blocks): lets a node that missed
+    the votes catch up. Accepted only if the certificate verifies against the current set."""
+
+    block: Block
+    commit: CommitCertificate
+
+
+Event = StartHeight | ProposalReceived | VoteReceived | TimeoutFired | CommitReceived
+
+
+# ---------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleTimeout:
+    height: int
+    round: int
+    step: TimeoutStep
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    height: int
+    round: int
+    block: Block
+    commit: CommitCertificate
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceDetected:
+    evidence: DuplicateVoteEvidence
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRejected:
+    event: Event
+    reason: str
+
+
+Output = Broadcast | ScheduleTimeout | Decided | EvidenceDetected | MessageRejected
+
+
+# ---------------------------------------------------------------- configuration and state
+
+
+class BlockLogic(Protocol):
+    """What the machine needs from the node's block builder (bound to the node's chain tip)."""
+
+    def propose(self, height: int, round: int) -> Block:
+        """A new block for (height, round), built by this node."""
+        ...
+
+    def validate(self, block: Block) -> str | None:
+        """None when ``block`` is a valid proposal for its height, else the reason."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusConfig:
+    chain_id: str
+    key: SigningKey | None  # None: observe only
+    timeouts: TimeoutParams = TimeoutParams()
+    check: SignatureCheck = default_signature_check
+    max_future_messages: int = 10_000
+
+    @property
+    def address(self) -> bytes | None:
+        return None if self.key is None else self.key.address
+
+
+@dataclass(frozen=True, slots=True)
+class ConsensusState:
+    height: int
+    round: int
+    step: Step
+    validators: ValidatorSet
+    priorities: ProposerPriorities
+    votes: HeightVoteSet
+    signer: SignerState = field(default_factory=SignerState)
+    locked_block: Block | None = None
+    locked_round: int = -1
+    valid_block: Block | None = None
+    valid_round: int = -1
+    proposals: dict[int, Proposal] = field(default_factory=dict)  # round -> first proposal
+    blocks: dict[bytes, Block] = field(default_factory=dict)  # hash -> block seen proposed
+    validity: dict[bytes, str | None] = field(default_factory=dict)  # hash -> reason / None
+    done: frozenset[tuple[str, int]] = frozenset()  # "first time" guards (rule, round)
+    decision: Decided | None = None
+    future: tuple[Event, ...] = ()  # messages of height + 1
+
+
+def initial_state(
+    height: int,
+    validators: ValidatorSet,
+    priorities: ProposerPriorities,
+    signer: SignerState | None = None,
+) -> ConsensusState:
+    """A machine waiting for ``StartHeight(height, validators)``. ``signer`` is the persisted
+    double-sign protection state when a validator restarts."""
+    return ConsensusState(
+        height=height,
+        round=0,
+        step=Step.NEW,
+        validators=validators,
+        priorities=priorities,
+        votes=HeightVoteSet(height, validators),
+        signer=signer or SignerState(),
+    )
+
+
+def proposer_of(state: ConsensusState, round: int) -> bytes:
+    return proposer(state.priorities, state.validators, round)
+
+
+# ---------------------------------------------------------------- the transition function
+
+
+def handle(
+    config: ConsensusConfig, logic: BlockLogic, state: ConsensusState, event: Event
+) -> tuple[ConsensusState, tuple[Output, ...]]:
+    """Apply one input. Deterministic in (config, logic answers, state, event)."""
+    out: list[Output] = []
+    if isinstance(event, StartHeight):
+        state = _on_start_height(config, logic, state, event, out)
+    elif isinstance(event, ProposalReceived | VoteReceived):
+        state = _on_message(config, state, event, out)
+    elif isinstance(event, TimeoutFired):
+        state = _on_timeout(config, logic, state, event, out)
+    else:
+        state = _on_commit(config, state, event, out)
+    state = _run_rules(config, logic, state, out)
+    return state, tuple(out)
+
+
+def _on_start_height(
+    config: ConsensusConfig,
+    logic: BlockLogic,
+    state: ConsensusState,
+    event: StartHeight,
+    out: list[Output],
+) -> ConsensusState:
+    if state.step is Step.NEW and event.height == state.height:
+        buffered: tuple[Event, ...] = state.future
+        state = replace(
+            state,
+            validators=event.validators,
+            votes=HeightVoteSet(event.height, event.validators),
+            future=(),
+        )
+    elif state.step is Step.COMMITTED and event.height == state.height + 1:
+        buffered = state.future
+        state = ConsensusState(
+            height=event.height,
+            round=0,
+            step=Step.NEW,
+            validators=event.validators,
+            priorities=next_height(state.priorities, state.validators, event.validators),
+            votes=HeightVoteSet(event.height, event.validators),
+            signer=state.signer,
+        )
+    else:
+        out.append(
+            MessageRejected(event, f"cannot start height {event.height} at {state.height} "
+                                   f"in step {state.step.name.lower()}")
+        )
+        return state
+    state = _start_round(config, logic, state, 0, out)
+    for message in buffered:
+        assert isinstance(message, ProposalReceived | VoteReceived)
+        state = _on_message(config, state, message, out)
+        state = _run_rules(config, logic, state, out)
+    return state
+
+
+def _on_message(
+    config: ConsensusConfig,
+    state: ConsensusState,
+    event: ProposalReceived | VoteReceived,
+    out: list[Output],
+) -> ConsensusState:
+    message: Message = event.proposal if isinstance(event, ProposalReceived) else event.vote
+    waiting = state.step is Step.NEW and message.height == state.height
+    if waiting or message.height == state.height + 1:
+        if len(state.future) >= config.max_future_messages:
+            out.append(MessageRejected(event, "future-message buffer is full"))
+            return state
+        return replace(state, future=(*state.future, event))
+    if message.height != state.height:
+        out.append(
+            MessageRejected(event, f"message of height {message.height} at height {state.height}")
+        )
+        return state
+    if isinstance(message, Proposal):
+        return _on_proposal(config, state, event, message, out)
+    return _on_vote(config, state, event, message, out)
+
+
+def _on_proposal(
+    config: ConsensusConfig,
+    state: ConsensusState,
+    event: Event,
+    proposal: Proposal,
+    out: list[Output],
+) -> ConsensusState:
+    expected = proposer_of(state, proposal.round)
+    if proposal.proposer_address != expected:
+        out.append(
+            MessageRejected(
+                event,
+                f"proposal for {proposal.height}/{proposal.round} from "
+                f"{proposal.proposer_address.hex()}, expected proposer {expected.hex()}",
+            )
+        )
+        return state
+    known = state.proposals.get(proposal.round)
+    if known is not None:
+        if known.block_hash != proposal.block_hash:
+            out.append(MessageRejected(event, "a second, different proposal for this round"))
+        return state
+    validator = state.validators.get(expected)
+    assert validator is not None  # the proposer is always a member
+    if not config.check(
+        validator.public_key, proposal.sign_bytes(config.chain_id), proposal.signature
+    ):
+        out.append(MessageRejected(event, f"bad proposal signature from {expected.hex()}"))
+        return state
+    if proposal.block.height != proposal.height:
+        out.append(MessageRejected(event, "proposal and its block disagree on the height"))
+        return state
+    return _store_proposal(state, proposal)
+
+
+def _store_proposal(state: ConsensusState, proposal: Proposal) -> ConsensusState:
+    proposals = dict(state.proposals)
+    proposals[proposal.round] = proposal
+    blocks = state.blocks
+    if proposal.block_hash not in blocks:
+        blocks = dict(blocks)
+        blocks[proposal.block_hash] = proposal.block
+    return replace(state, proposals=proposals, blocks=blocks)
+
+
+def _on_vote(
+    config: ConsensusConfig,
+    state: ConsensusState,
+    event: Event,
+    vote: Vote,
+    out: list[Output],
+) -> ConsensusState:
+    validator = state.validators.get(vote.validator_address)
+    if validator is None:
+        out.append(
+            MessageRejected(event, f"{vote.validator_address.hex()} is not a validator")
+        )
+        return state
+    existing = state.votes.get(vote.round, vote.vote_type).vote_of(vote.validator_address)
+    if existing is not None and existing == vote:
+        return state  # re-delivery: skip the signature check
+    if not config.check(validator.public_key, vote.sign_bytes(config.chain_id), vote.signature):
+        out.append(
+            MessageRejected(event, f"bad vote signature from {vote.validator_address.hex()}")
+        )
+        return state
+    return _add_vote(state, vote, out)
+
+
+def _add_vote(state: ConsensusState, vote: Vote, out: list[Output]) -> ConsensusState:
+    try:
+        votes, result = state.votes.add(vote)
+    except VoteSetError as exc:
+        out.append(MessageRejected(VoteReceived(vote), str(exc)))
+        return state
+    if result.evidence is not None:
+        out.append(EvidenceDetected(result.evidence))
+    return state if votes is state.votes else replace(state, votes=votes)
+
+
+def _on_timeout(
+    config: ConsensusConfig,
+    logic: BlockLogic,
+    state: ConsensusState,
+    event: TimeoutFired,
+    out: list[Output],
+) -> ConsensusState:
+    if event.height != state.height or event.round != state.round:
+        return state
+    if event.step is TimeoutStep.PROPOSE and state.step is Step.PROPOSE:  # L57
+        state = _cast(config, state, VoteType.PREVOTE, None, out)
+        return replace(state, step=Step.PREVOTE)
+    if event.step is TimeoutStep.PREVOTE and state.step is Step.PREVOTE:  # L61
+        state = _cast(config, state, VoteType.PRECOMMIT, None, out)
+        return replace(state, step=Step.PRECOMMIT)
+    if event.step is TimeoutStep.PRECOMMIT and state.step in (
+        Step.PROPOSE,
+        Step.PREVOTE,
+        Step.PRECOMMIT,
+    ):  # L65
+        return _start_round(config, logic, state, state.round + 1, out)
+    return state
+
+
+def _on_commit(
+    config: ConsensusConfig, state: ConsensusState, event: CommitReceived, out: list[Output]
+) -> ConsensusState:
+    block, commit = event.block, event.commit
+    if block.height != state.height or state.step in (Step.NEW, Step.COMMITTED):
+        out.append(
+            MessageRejected(
+                event, f"commit for height {block.height} at {state.height} "
+                       f"in step {state.step.name.lower()}"
+            )
+        )
+        return state
+    result = verify_commit(
+        config.chain_id, block.hash, block.height, commit, state.validators, config.check
+    )
+    if not result.ok:
+        out.append(MessageRejected(event, f"commit does not verify: {result.reason}"))
+        return state
+    decision = Decided(block.height, commit.round, block, commit)
+    out.append(decision)
+    return replace(state, step=Step.COMMITTED, decision=decision)
+
+
+# ---------------------------------------------------------------- actions
+
+
+def _cast(
+    config: ConsensusConfig,
+    state: ConsensusState,
+    vote_type: VoteType,
+    block_hash: bytes | None,
+    out: list[Output],
+) -> ConsensusState:
+    """Sign, count and broadcast our vote (observers and non-members do nothing)."""
+    if config.key is None or config.key.address not in state.validators:
+        return state
+    step = SignStep.PREVOTE if vote_type is VoteType.PREVOTE else SignStep.PRECOMMIT
+    unsigned = Vote(vote_type, state.height, state.round, block_hash, config.key.address, b"")
+    sign_bytes = unsigned.sign_bytes(config.chain_id)
+    try:
+        signer, signature = state.signer.sign(
+            config.key, state.height, state.round, step, sign_bytes
+        )
+    except DoubleSignError:
+        return state  # the protection held; staying silent is always safe
+    vote = replace(unsigned, signature=signature)
+    state = _add_vote(replace(state, signer=signer), vote, out)
+    out.append(Broadcast(vote))
+    return state
+
+
+def _start_round(
+    config: ConsensusConfig,
+    logic: BlockLogic,
+    state: ConsensusState,
+    round: int,
+    out: list[Output],
+) -> ConsensusState:  # L11
+    state = replace(state, round=round, step=Step.PROPOSE)
+    me = config.address
+    if me is not None and proposer_of(state, round) == me:
+        block = state.valid_block or logic.propose(state.height, round)
+        unsigned = Proposal(state.height, round, state.valid_round, block, me, b"")
+        assert config.key is not None
+        try:
+            signer, signature = state.signer.sign(
+                config.key,
+                state.height,
+                round,
+                SignStep.PROPOSAL,
+                unsigned.sign_bytes(config.chain_id),
+            )
+        except DoubleSignError:
+            return state
+        proposal = replace(unsigned, signature=signature)
+        out.append(Broadcast(proposal))
+        return _store_proposal(replace(state, signer=signer), proposal)
+    out.append(
+        ScheduleTimeout(
+            state.height, round, TimeoutStep.PROPOSE,
+            config.timeouts.duration(TimeoutStep.PROPOSE, round),
+        )
+    )
+    return state
+
+
+def _validity(
+    logic: BlockLogic, state: ConsensusState, block: Block
+) -> tuple[ConsensusState, bool]:
+    if block.hash in state.validity:
+        return state, state.validity[block.hash] is None
+    reason = logic.validate(block)
+    validity = dict(state.validity)
+    validity[block.hash] = reason
+    return replace(state, validity=validity), reason is None
+
+
+def _decide(
+    state: ConsensusState, round: int, block: Block, out: list[Output]
+) -> ConsensusState:
+    precommits = state.votes.get(round, VoteType.PRECOMMIT)
+    records = []
+    for validator in state.validators.validators:
+        vote = precommits.vote_of(validator.address)
+        if vote is not None and vote.block_hash == block.hash:
+            records.append(CommitSig(CommitFlag.COMMIT, validator.address, vote.signature))
+        elif vote is not None and vote.block_hash is None:
+            records.append(CommitSig(CommitFlag.NIL, validator.address, vote.signature))
+        else:
+            records.append(CommitSig(CommitFlag.ABSENT, validator.address, b""))
+    commit = CommitCertificate(state.height, round, block.hash, tuple(records))
+    decision = Decided(state.height, round, block, commit)
+    out.append(decision)
+    return replace(state, step=Step.COMMITTED, decision=decision)
+
+
+# ---------------------------------------------------------------- the upon-rules
+
+
+def _run_rules(
+    config: ConsensusConfig, logic: BlockLogic, state: ConsensusState, out: list[Output]
+) -> ConsensusState:
+    """Fire enabled rules until none is; each firing changes step, round or a guard, so this
+    terminates (rounds only grow, and at most one round skip per distinct round seen)."""
+    while state.step not in (Step.NEW, Step.COMMITTED):
+        changed = (
+            _rule_decide(state, out)
+            or _rule_round_skip(config, logic, state, out)
+            or _rule_proposal(config, logic, state, out)
+            or _rule_prevote_quorum(config, logic, state, out)
+            or _rule_timeouts(config, state, out)
+        )
+        if changed is None:
+            break
+        state = changed
+    return state
+
+
+def _rule_decide(state: ConsensusState, out: list[Output]) -> ConsensusState | None:  # L49
+    for round in state.votes.rounds():
+        value = state.votes.get(round, VoteType.PRECOMMIT).quorum_value()
+        if value is not None and value != NIL_KEY and value in state.blocks:
+            return _decide(state, round, state.blocks[value], out)
+    return None
+
+
+def _rule_round_skip(
+    config: ConsensusConfig, logic: BlockLogic, state: ConsensusState, out: list[Output]
+) -> ConsensusState | None:  # L55
+    for round in reversed(state.votes.rounds()):
+        if round <= state.round:
+            break
+        senders = set(state.votes.signers_in_round(round))
+        if round in state.proposals:
+            senders.add(state.proposals[round].proposer_address)
+        power = sum(state.validators.power_of(address) for address in senders)
+        if state.validators.exceeds_one_third(power):
+            return _start_round(config, logic, state, round, out)
+    return None
+
+
+def _rule_proposal(
+    config: ConsensusConfig, logic: BlockLogic, state: ConsensusState, out: list[Output]
+) -> ConsensusState | None:  # L22 and L28
+    if state.step is not Step.PROPOSE:
+        return None
+    proposal = state.proposals.get(state.round)
+    if proposal is None:
+        return None
+    vr = proposal.pol_round
+    if vr >= 0 and not state.votes.get(vr, VoteType.PREVOTE).has_quorum_for(
+        proposal.block_hash
+    ):
+        return None  # L28 waits for the proof of lock
+    state, valid = _validity(logic, state, proposal.block)
+    locked_hash = None if state.locked_block is None else state.locked_block.hash
+    if vr < 0:
+        acceptable = state.locked_round == -1 or locked_hash == proposal.block_hash
+    else:
+        acceptable = state.locked_round <= vr or locked_hash == proposal.block_hash
+    choice = proposal.block_hash if valid and acceptable else None
+    state = _cast(config, state, VoteType.PREVOTE, choice, out)
+    return replace(state, step=Step.PREVOTE)
+
+
+def _rule_prevote_quorum(
+    config: ConsensusConfig, logic: BlockLogic, state: ConsensusState, out: list[Output]
+) -> ConsensusState | None:  # L36 and L44
+    prevotes = state.votes.get(state.round, VoteType.PREVOTE)
+    value = prevotes.quorum_value()
+    if value is None:
+        return None
+    if value == NIL_KEY:
+        if state.step is not Step.PREVOTE:
+            return None
+        state = _cast(config, state, VoteType.PRECOMMIT, None, out)
+        return replace(state, step=Step.PRECOMMIT)
+    guard = ("lock", state.round)
+    if state.step is Step.PROPOSE or guard in state.done or value not in state.blocks:
+        return None
+    block = state.blocks[value]
+    state, valid = _validity(logic, state, block)
+    if not valid:
+        return replace(state, done=state.done | {guard})
+    if state.step is Step.PREVOTE:
+        state = replace(state, locked_block=block, locked_round=state.round)
+        state = _cast(config, state, VoteType.PRECOMMIT, value, out)
+        state = replace(state, step=Step.PRECOMMIT)
+    return replace(state, valid_block=block, valid_round=state.round, done=state.done | {guard})
+
+
+def _rule_timeouts(
+    config: ConsensusConfig, state: ConsensusState, out: list[Output]
+) -> ConsensusState | None:  # L34 and L47
+    round = state.round
+    prevote_guard = ("timeout_prevote", round)
+    if (
+        state.step is Step.PREVOTE
+        and prevote_guard not in state.done
+        and state.votes.get(round, VoteType.PREVOTE).has_quorum_any()
+    ):
+        out.append(
+            ScheduleTimeout(
+                state.height, round, TimeoutStep.PREVOTE,
+                config.timeouts.duration(TimeoutStep.PREVOTE, round),
+            )
+        )
+        return replace(state, done=state.done | {prevote_guard})
+    precommit_guard = ("timeout_precommit", round)
+    if precommit_guard not in state.done and state.votes.get(
+        round, VoteType.PRECOMMIT
+    ).has_quorum_any():
+        out.append(
+            ScheduleTimeout(
+                state.height, round, TimeoutStep.PRECOMMIT,
+                config.timeouts.duration(TimeoutStep.PRECOMMIT, round),
+            )
+        )
+        return replace(state, done=state.done | {precommit_guard})
+    return None
