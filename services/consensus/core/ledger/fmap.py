@@ -1,0 +1,129 @@
+"""A small persistent mapping: reads like a dict, every write returns a new map.
+
+Why not a plain dict: ledger states are values (a rejected transaction simply keeps the old
+state, a replay compares states), so nothing may be mutated in place. Why not copy one dict per
+write: with many accounts that is O(n) per transfer. The map is split into 64 buckets chosen by
+``hash(key)``; a write copies the bucket tuple and one bucket, so a write costs O(64 + n / 64).
+
+The bucket of a key depends on Python's per-process hash seed, so it is never observable: all
+iteration (``items``, ``keys``, ``values``, ``__iter__``) is in sorted key order, and the
+canonical digest is computed over sorted items. Keys of one map must be mutually comparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
+
+from streams.canonical import CanonicalWriter
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_BUCKETS = 64
+_EMPTY: dict[Any, Any] = {}  # shared by every empty bucket; never written to
+
+
+class FrozenMap(Generic[K, V]):
+    """Immutable mapping with copy-on-write updates; buckets are shared between versions."""
+
+    __slots__ = ("_buckets", "_cache", "_len")
+
+    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
+        buckets: list[dict[K, V]] = [_EMPTY for _ in range(_BUCKETS)]
+        pairs = items.items() if isinstance(items, Mapping) else items
+        for key, value in pairs:
+            index = hash(key) % _BUCKETS
+            if buckets[index] is _EMPTY:
+                buckets[index] = {}
+            buckets[index][key] = value
+        self._buckets: tuple[dict[K, V], ...] = tuple(buckets)
+        self._len = sum(len(bucket) for bucket in buckets)
+        self._cache: dict[str, bytes] = {}
+
+    @classmethod
+    def _from_buckets(cls, buckets: tuple[dict[K, V], ...], length: int) -> FrozenMap[K, V]:
+        new = cls.__new__(cls)
+        new._buckets = buckets
+        new._len = length
+        new._cache = {}
+        return new
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._buckets[hash(key) % _BUCKETS]
+
+    def __getitem__(self, key: K) -> V:
+        return self._buckets[hash(key) % _BUCKETS][key]
+
+    def get(self, key: K, default: V | None = None) -> V | None:
+        return self._buckets[hash(key) % _BUCKETS].get(key, default)
+
+    def set(self, key: K, value: V) -> FrozenMap[K, V]:
+        """A new map with ``key`` bound to ``value``."""
+        index = hash(key) % _BUCKETS
+        bucket = dict(self._buckets[index])
+        grown = key not in bucket
+        bucket[key] = value
+        return self._replace_bucket(index, bucket, self._len + grown)
+
+    def remove(self, key: K) -> FrozenMap[K, V]:
+        """A new map without ``key`` (the same map when ``key`` is absent)."""
+        index = hash(key) % _BUCKETS
+        if key not in self._buckets[index]:
+            return self
+        bucket = dict(self._buckets[index])
+        del bucket[key]
+        return self._replace_bucket(index, bucket if bucket else _EMPTY, self._len - 1)
+
+    def _replace_bucket(self, index: int, bucket: dict[K, V], length: int) -> FrozenMap[K, V]:
+        buckets = list(self._buckets)
+        buckets[index] = bucket
+        return FrozenMap._from_buckets(tuple(buckets), length)
+
+    def items(self) -> list[tuple[K, V]]:
+        """All pairs in sorted key order (the only order this map exposes)."""
+        pairs: list[tuple[K, V]] = []
+        for bucket in self._buckets:
+            pairs.extend(bucket.items())
+        pairs.sort(key=lambda pair: pair[0])  # type: ignore[arg-type,return-value]
+        return pairs
+
+    def keys(self) -> list[K]:
+        return [key for key, _ in self.items()]
+
+    def values(self) -> list[V]:
+        return [value for _, value in self.items()]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self.keys())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FrozenMap):
+            return NotImplemented
+        return self._len == other._len and all(
+            key in other and other[key] == value for key, value in self.items()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({dict(self.items())!r})"
+
+    def digest(self, tag: str, write_item: Callable[[CanonicalWriter, K, V], object]) -> bytes:
+        """SHA-256 of the canonical encoding: ``tag``, then the items in sorted key order.
+
+        Cached per tag: a map is immutable, so a module whose map did not change between two
+        blocks is not re-encoded. Callers must use one ``write_item`` per tag.
+        """
+        cached = self._cache.get(tag)
+        if cached is None:
+            cached = (
+                CanonicalWriter(tag)
+                .sequence(self.items(), lambda w, pair: write_item(w, pair[0], pair[1]))
+                .digest()
+            )
+            self._cache[tag] = cached
+        return cached
