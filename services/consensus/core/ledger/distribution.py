@@ -89,7 +89,7 @@ def reward_validator(state: LedgerState, address: bytes, amount: int) -> LedgerS
         # No delegator to pay (cannot happen for a validator with power); keep it whole.
         commission, to_delegators = amount, 0
     increment, carry = 0, rewards.carry
-    if to_delegators:
+    if validator.shares:
         increment, carry = divmod(to_delegators * REWARD_RATIO_SCALE + carry, validator.shares)
     rewards = dataclasses.replace(
         rewards,
