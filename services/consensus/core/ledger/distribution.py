@@ -25,8 +25,11 @@ of the same validator, so at any time the undistributed remainder of a validator
 ``shares / SCALE`` micro-units, and payouts round down. Therefore the sum of what delegators can
 withdraw never exceeds ``outstanding - commission``. A delegator receives exactly
 ``sum over blocks of shares * increment_b`` scaled down and rounded down once at withdrawal,
-which is what the naive per-block loop in the tests computes; against exact rational shares the
-difference is below 1 micro-unit per withdrawal (the carry, plus the final rounding).
+which is what the naive per-block loop in the tests computes, to the micro-unit. Against the
+exact rational entitlement ``sum shares * to_delegators_b / total_shares_b``, a withdrawal is
+that amount rounded down, or one micro-unit less when the exact amount is a whole number (the
+truncated per-share increment lands just below it); never more, except by the carried remainder
+of earlier blocks (below ``shares / SCALE``, i.e. far below one micro-unit). The tests check both.
 """
 
 from __future__ import annotations
