@@ -1,0 +1,197 @@
+"""``qustream users``: identities, commands and reads against a running network, and the two
+long-running roles (``handler`` and ``shard-writer``).
+
+An identity file holds a user's private keys (signing seed and ML-KEM record seed, mode 0600);
+record payloads are encrypted with it before they leave this process, and decrypted on ``get``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sdk.records import DecryptionError, RecordKeyPair, open_record, seal_record
+from services.shard_writer.core import (
+    CommandBody,
+    DeleteRecord,
+    DeleteUser,
+    PutRecord,
+    RegisterUser,
+    signed_command,
+    user_id_for,
+)
+from streams.keys import Algorithm, SigningKey
+from streams.settings import load_settings
+
+app = typer.Typer(help="The sharded user database: register users, put/get/delete encrypted "
+                       "records, run the command handler and the shard_writer.",
+                  no_args_is_help=True)
+console = Console()
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    signing: SigningKey
+    records: RecordKeyPair
+
+    @property
+    def user_id(self) -> str:
+        return user_id_for(self.signing.public_key.to_text())
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"algorithm": self.signing.algorithm.value,
+                       "signing_seed": base64.b64encode(self.signing.seed).decode(),
+                       "record_seed": base64.b64encode(self.records.seed).decode(),
+                       "user_id": self.user_id}, handle, indent=2)
+
+    @classmethod
+    def load(cls, path: Path) -> Identity:
+        try:
+            data = json.loads(path.read_text())
+            return cls(SigningKey(Algorithm.parse(data["algorithm"]),
+                                  base64.b64decode(data["signing_seed"])),
+                       RecordKeyPair.from_seed(base64.b64decode(data["record_seed"])))
+        except (OSError, ValueError, KeyError) as exc:
+            raise typer.BadParameter(f"cannot read identity {path}: {exc}") from exc
+
+
+IDENTITY = typer.Option(Path("user.json"), "--identity", "-i", help="identity file")
+
+
+def _send(identity: Identity, body: CommandBody, expected: int | None = None) -> None:
+    from services.shard_writer.client import UserClient
+
+    command = signed_command(identity.signing, identity.user_id, str(uuid.uuid4()), body,
+                             issued_at_ms=int(time.time() * 1000), expected_version=expected)
+    reply = UserClient(load_settings()).execute(command)
+    if reply.accepted:
+        console.print(f"[green]accepted[/] {body.TYPE} user {reply.user_id} v{reply.version} "
+                      f"(users.events[{reply.partition}]@{reply.offset})")
+    else:
+        console.print(f"[red]rejected[/] {body.TYPE}: {reply.code}: {reply.reason}")
+        raise typer.Exit(1)
+
+
+def _queries():  # type: ignore[no-untyped-def]
+    from services.shard_writer.queries import UserQueries
+    from services.shard_writer.store import connect
+
+    settings = load_settings()
+    cluster, session = connect(settings)
+    return cluster, UserQueries(session, settings.cassandra.keyspace,
+                                settings.topic("users.events"))
+
+
+@app.command()
+def keygen(out: Path = typer.Option(Path("user.json"), "--out", "-o"),
+           algorithm: str = typer.Option("ml-dsa-65", help="ml-dsa-65 or ed25519")) -> None:
+    """Create a new user identity (signing key + ML-KEM-768 record key)."""
+    identity = Identity(SigningKey.generate(Algorithm.parse(algorithm)), RecordKeyPair.generate())
+    identity.save(out)
+    console.print(f"user id {identity.user_id} -> {out}")
+
+
+@app.command()
+def register(identity_file: Path = IDENTITY) -> None:
+    """Register the identity's user (its id is derived from its public key)."""
+    identity = Identity.load(identity_file)
+    _send(identity, RegisterUser(identity.signing.public_key.to_text(),
+                                 identity.records.public_key))
+
+
+@app.command()
+def put(record_id: str, data: str = typer.Argument(..., help="plaintext ('@file' reads a file)"),
+        identity_file: Path = IDENTITY) -> None:
+    """Encrypt and store a record (the next version of ``record_id``)."""
+    identity = Identity.load(identity_file)
+    plaintext = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
+    cluster, queries = _queries()
+    try:
+        current = queries.get_record(identity.user_id, record_id)
+        user = queries.get_user(identity.user_id, with_records=False)
+    finally:
+        cluster.shutdown()
+    if user is None or user.encryption_key is None:
+        console.print(f"[red]user {identity.user_id} is not registered[/]")
+        raise typer.Exit(1)
+    version = 1 if current is None else current.record_version + 1
+    envelope = seal_record(user.encryption_key, identity.user_id, record_id, version, plaintext,
+                           key_epoch=user.key_epoch or 0)
+    _send(identity, PutRecord(record_id, version, envelope))
+
+
+@app.command()
+def get(record_id: str | None = typer.Argument(None), identity_file: Path = IDENTITY) -> None:
+    """Show the user, or decrypt one record."""
+    identity = Identity.load(identity_file)
+    cluster, queries = _queries()
+    try:
+        user = queries.get_user(identity.user_id)
+    finally:
+        cluster.shutdown()
+    if user is None:
+        console.print(f"[red]user {identity.user_id} is not registered[/]")
+        raise typer.Exit(1)
+    if record_id is None:
+        table = Table(title=f"user {user.user_id} v{user.version}"
+                      f"{' (deleted)' if user.deleted else ''}")
+        for column in ("record", "version", "bytes"):
+            table.add_column(column)
+        for record in sorted(user.records.values(), key=lambda r: r.record_id):
+            table.add_row(record.record_id, str(record.record_version), str(record.size))
+        console.print(table)
+        return
+    record = user.records.get(record_id)
+    if record is None:
+        console.print(f"[red]no record {record_id!r}[/]")
+        raise typer.Exit(1)
+    try:
+        plaintext = open_record(identity.records, user.user_id, record_id,
+                                record.record_version, record.ciphertext)
+    except DecryptionError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    typer.echo(plaintext.decode("utf-8", "replace"))
+
+
+@app.command()
+def delete(record_id: str, identity_file: Path = IDENTITY) -> None:
+    """Delete one record."""
+    _send(Identity.load(identity_file), DeleteRecord(record_id))
+
+
+@app.command("delete-user")
+def delete_user(identity_file: Path = IDENTITY,
+                yes: bool = typer.Option(False, "--yes", help="confirm erasure")) -> None:
+    """Erase the user: every record becomes unreadable and is dropped from the projection."""
+    if not yes:
+        raise typer.BadParameter("erasure is final; pass --yes")
+    _send(Identity.load(identity_file), DeleteUser())
+
+
+@app.command()
+def handler(instance_id: str = typer.Option("0", help="stable id: transactional.id")) -> None:
+    """Run the user command handler (users.commands -> users.events)."""
+    from services.shard_writer.handler import main
+
+    main(["--instance-id", instance_id])
+
+
+@app.command("shard-writer")
+def shard_writer(instance_id: str | None = typer.Option(None)) -> None:
+    """Run a shard_writer (users.events -> Cassandra)."""
+    from services.shard_writer.projection import main
+
+    main(["--instance-id", instance_id] if instance_id else [])

@@ -1,0 +1,402 @@
+"""The user command handler: ``users.commands`` -> ``users.events`` (the Kafka -> Kafka edge).
+
+Guarantee: Kafka transactions. A batch's events, replies, dead letters and the consumed command
+offsets are committed atomically, and every downstream consumer reads ``read_committed``, so a
+command is applied exactly once however often the handler dies.
+
+Commit order of one batch (``CommandHandler.run_once``):
+
+1. ``consume`` at most ``max_batch`` commands;
+2. ``begin_transaction``;
+3. per command, against a *working copy* of the per-user state: size check, decode, signature,
+   idempotency, ``decide``; produce its event to ``users.events`` (same key, same partition
+   number as the command), or its rejection to ``users.replies``, or the original bytes to
+   ``dlq.users`` with the reason;
+4. ``flush`` (the events' offsets are now known), produce one ``UserCommandAccepted`` reply per
+   accepted command, naming its event's offset (for read-your-own-writes);
+5. ``send_offsets_to_transaction`` with the next command offsets and the group metadata (a
+   zombie of an older group generation is fenced here);
+6. ``commit_transaction``; only now does the working copy become the state.
+
+On an abortable error the transaction is aborted, the working copy dropped and the consumer
+rewound to the batch's first offsets; a fatal error (fenced producer) ends the process.
+
+State: on assignment of command partition ``p`` the state of its users is rebuilt by folding
+``users.events`` partition ``p`` from offset 0 (``read_committed``, until its end), and the
+rejections already answered by folding ``users.replies`` partition ``p``: so "a repeated
+idempotency key returns the first outcome" holds across restarts (rejections within the replies
+topic's retention, accepted commands within the last ``COMMAND_WINDOW`` commands of a user).
+A stable ``transactional.id`` per instance (``--instance-id``) makes a restarted instance abort
+its predecessor's open transaction before it rebuilds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from opentelemetry import metrics
+
+from services.shard_writer.core import (
+    Accepted,
+    AlreadyApplied,
+    Command,
+    CommandRejectedError,
+    Event,
+    ForgedSignatureError,
+    IdempotencyKeyReusedError,
+    Limits,
+    MalformedCommandError,
+    User,
+    authenticate,
+    command_digest,
+    command_from_record,
+    decide,
+    event_from_record,
+    event_to_record,
+    evolve,
+)
+from streams.codec import CodecError, default_codec
+from streams.dlq import DeadLetters
+from streams.kafka import make_consumer, make_producer
+from streams.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+MAX_COMMAND_BYTES = 256 * 1024  # a record is at most 64 KiB of ciphertext; base64 + envelope
+
+
+class HandlerError(RuntimeError):
+    """The command handler cannot continue (fenced, or Kafka failed fatally)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    digest: bytes
+    code: str
+    reason: str
+
+
+@dataclass
+class PartitionState:
+    users: dict[str, User] = field(default_factory=dict)
+    rejected: dict[tuple[str, str], Rejection] = field(default_factory=dict)
+
+
+@dataclass
+class HandlerStats:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+
+
+class CommandHandler:
+    """Build with ``CommandHandler.create``; ``run`` until ``stop``."""
+
+    def __init__(self, settings: Settings, consumer: Consumer, producer: Producer, *,
+                 group_id: str, max_batch: int = 500, limits: Limits | None = None,
+                 clock: Callable[[], int] | None = None) -> None:
+        self.settings = settings
+        self.commands_topic = settings.topic("users.commands")
+        self.events_topic = settings.topic("users.events")
+        self.replies_topic = settings.topic("users.replies")
+        self.consumer = consumer
+        self.producer = producer
+        self.group_id = group_id
+        self.max_batch = max_batch
+        self.limits = limits or Limits()
+        self.clock = clock or (lambda: int(time.time() * 1000))
+        self.codec = default_codec()
+        self.dead_letters = DeadLetters(producer, settings.topic("dlq.users"),  # type: ignore[arg-type]
+                                        "users.handler")
+        self.partitions: dict[int, PartitionState] = {}
+        self.stats = HandlerStats()
+        meter = metrics.get_meter("qustream.users.handler")
+        self._outcomes = meter.create_counter("qustream_user_commands",
+                                              description="user commands by outcome")
+        self._running = True
+
+    @classmethod
+    def create(cls, settings: Settings, *, instance_id: str = "0", group_id: str | None = None,
+               max_batch: int = 500, limits: Limits | None = None,
+               **consumer_overrides: Any) -> CommandHandler:
+        group = group_id or settings.topic("users.handler")
+        producer = make_producer(settings, transactional_id=f"{group}.{instance_id}",
+                                 **{"transaction.timeout.ms": 15_000})
+        consumer = make_consumer(settings, group, **{"group.instance.id": f"{group}.{instance_id}",
+                                                     **consumer_overrides})
+        handler = cls(settings, consumer, producer, group_id=group, max_batch=max_batch,
+                      limits=limits)
+        consumer.subscribe([handler.commands_topic], on_assign=handler._on_assign,
+                           on_revoke=handler._on_revoke, on_lost=handler._on_revoke)
+        return handler
+
+    # --- state rebuild -----------------------------------------------------------------------
+
+    def _read_partition(self, topic: str, partition: int) -> list[Message]:
+        """Every committed message of one partition, from offset 0 to its end."""
+        reader = make_consumer(self.settings, f"{self.group_id}.rebuild",
+                               **{"enable.partition.eof": True})
+        try:
+            reader.assign([TopicPartition(topic, partition, 0)])
+            messages: list[Message] = []
+            while True:
+                batch = reader.consume(10_000, 1.0)
+                done = False
+                for message in batch:
+                    error = message.error()
+                    if error is None:
+                        messages.append(message)
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        done = True
+                    else:
+                        raise HandlerError(f"cannot rebuild from {topic}[{partition}]: {error}")
+                if done:
+                    return messages
+        finally:
+            reader.close()
+
+    def rebuild(self, partition: int) -> PartitionState:
+        state = PartitionState()
+        for message in self._read_partition(self.events_topic, partition):
+            try:
+                event = event_from_record(
+                    self.codec.decode(message.value(), expected="UserEventRecorded").record)
+            except (CodecError, ValueError) as exc:
+                raise HandlerError(f"unreadable event at {self.events_topic}[{partition}]@"
+                                   f"{message.offset()}: {exc}") from exc
+            state.users[event.user_id] = evolve(state.users.get(event.user_id), event)
+        for message in self._read_partition(self.replies_topic, partition):
+            try:
+                decoded = self.codec.decode(message.value())
+            except CodecError:
+                continue
+            if decoded.schema == "UserCommandRejected":
+                r = decoded.record
+                state.rejected.setdefault((r["user_id"], r["command_id"]),
+                                          Rejection(r["command_digest"], r["code"], r["reason"]))
+        return state
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.partitions[tp.partition] = self.rebuild(tp.partition)
+        log.info("assigned %s (%d users)", sorted(tp.partition for tp in partitions),
+                 sum(len(self.partitions[tp.partition].users) for tp in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.partitions.pop(tp.partition, None)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self, *, idle_timeout_s: float | None = None) -> None:
+        idle_since = time.monotonic()
+        while self._running:
+            if self.run_once():
+                idle_since = time.monotonic()
+            elif idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+                break
+
+    def run_once(self, timeout_s: float = 0.5) -> int:
+        """One batch through steps 1-6 of the module docstring; returns commands consumed."""
+        messages = [m for m in self.consumer.consume(self.max_batch, timeout_s)
+                    if m.error() is None]
+        if not messages:
+            return 0
+        first: dict[int, int] = {}
+        after: dict[int, int] = {}
+        for message in messages:
+            partition, offset = message.partition(), message.offset()
+            assert partition is not None and offset is not None
+            first.setdefault(partition, offset)
+            after[partition] = offset + 1
+        working: dict[int, PartitionState] = {}
+        stats = HandlerStats()
+        try:
+            self.producer.begin_transaction()
+            pending: list[tuple[Event, int, list[int]]] = []
+            for message in messages:
+                self._handle(message, working, pending, stats)
+            self.producer.flush(30)
+            now = self.clock()
+            for event, event_partition, delivered in pending:
+                self._reply_accepted(event, event_partition, delivered[0] if delivered else -1,
+                                     now)
+            self.producer.send_offsets_to_transaction(
+                [TopicPartition(self.commands_topic, p, o) for p, o in after.items()],
+                self.consumer.consumer_group_metadata(), 30)
+            self.producer.commit_transaction(30)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if isinstance(error, KafkaError) and error.txn_requires_abort():
+                log.warning("aborting batch: %s", error)
+                self.producer.abort_transaction(30)
+                for partition, offset in first.items():
+                    self.consumer.seek(TopicPartition(self.commands_topic, partition, offset))
+                return 0
+            raise HandlerError(f"command handler cannot continue: {exc}") from exc
+        for partition, state in working.items():
+            if partition in self.partitions:
+                self.partitions[partition] = state
+        self._count(stats)
+        return len(messages)
+
+    def _state(self, working: dict[int, PartitionState], partition: int) -> PartitionState:
+        state = working.get(partition)
+        if state is None:
+            base = self.partitions.get(partition) or PartitionState()
+            state = working[partition] = PartitionState(dict(base.users), dict(base.rejected))
+        return state
+
+    def _dead(self, message: Message, exc: Exception, stats: HandlerStats) -> None:
+        self.dead_letters.send_message(message, str(exc), type(exc).__name__)
+        stats.dead_lettered[type(exc).__name__] += 1
+
+    def _handle(self, message: Message, working: dict[int, PartitionState],
+                pending: list[tuple[Event, int, list[int]]], stats: HandlerStats) -> None:
+        partition = message.partition()
+        assert partition is not None
+        value = message.value()
+        if value is not None and len(value) > MAX_COMMAND_BYTES:
+            self._dead(message, MalformedCommandError(
+                f"command of {len(value)} bytes exceeds {MAX_COMMAND_BYTES}"), stats)
+            return
+        try:
+            command = command_from_record(
+                self.codec.decode(value, expected="UserCommandIssued").record)
+            if message.key() != command.user_id.encode():
+                raise MalformedCommandError(
+                    f"message key {message.key()!r} is not the user id {command.user_id}")
+        except (CodecError, MalformedCommandError) as exc:
+            self._dead(message, exc, stats)
+            return
+        state = self._state(working, partition)
+        user = state.users.get(command.user_id)
+        digest = command_digest(command)
+        earlier = state.rejected.get((command.user_id, command.command_id))
+        if earlier is not None:
+            if earlier.digest == digest:
+                stats.duplicates += 1
+                self._reply_rejected(command, partition, earlier.code, earlier.reason, digest)
+            else:
+                self._reject(command, partition, IdempotencyKeyReusedError(
+                    f"idempotency key {command.command_id!r} was used by another command "
+                    f"(rejected: {earlier.code})"), digest, stats, remember=None)
+            return
+        if user is None or command.command_id not in user.commands:
+            try:
+                authenticate(user, command)
+            except ForgedSignatureError as exc:
+                self._dead(message, exc, stats)
+                return
+        decision = decide(user, command, self.clock(), self.limits)
+        if isinstance(decision, CommandRejectedError):
+            remember = None if isinstance(decision, IdempotencyKeyReusedError) else state
+            self._reject(command, partition, decision, digest, stats, remember=remember)
+        elif isinstance(decision, AlreadyApplied):
+            stats.duplicates += 1
+            self._produce_reply("UserCommandAccepted", command.user_id, partition, {
+                "user_id": command.user_id, "command_id": command.command_id,
+                "command_digest": digest, "version": decision.version, "partition": partition,
+                "offset": -1, "accepted_at_ms": self.clock()})
+        elif isinstance(decision, Accepted):
+            for event in decision.events:
+                user = evolve(user, event)
+                delivered: list[int] = []
+                self.producer.produce(
+                    self.events_topic, key=event.user_id.encode(), partition=partition,
+                    value=self.codec.encode("UserEventRecorded", event_to_record(event)),
+                    on_delivery=_record_offset(delivered))
+                pending.append((event, partition, delivered))
+            assert user is not None
+            state.users[command.user_id] = user
+            stats.accepted += 1
+
+    def _reject(self, command: Command, partition: int, rejection: CommandRejectedError,
+                digest: bytes, stats: HandlerStats, *, remember: PartitionState | None) -> None:
+        if remember is not None:
+            remember.rejected[(command.user_id, command.command_id)] = Rejection(
+                digest, rejection.code, rejection.reason)
+        stats.rejected[rejection.code] += 1
+        self._reply_rejected(command, partition, rejection.code, rejection.reason, digest)
+
+    def _reply_rejected(self, command: Command, partition: int, code: str, reason: str,
+                        digest: bytes) -> None:
+        self._produce_reply("UserCommandRejected", command.user_id, partition, {
+            "user_id": command.user_id, "command_id": command.command_id, "reason": reason,
+            "code": code, "rejected_at_ms": self.clock(), "command_digest": digest})
+
+    def _reply_accepted(self, event: Event, partition: int, offset: int, now: int) -> None:
+        self._produce_reply("UserCommandAccepted", event.user_id, partition, {
+            "user_id": event.user_id, "command_id": event.command_id,
+            "command_digest": event.command_digest, "version": event.version,
+            "partition": partition, "offset": offset, "accepted_at_ms": now})
+
+    def _produce_reply(self, schema: str, user_id: str, partition: int,
+                       record: dict[str, Any]) -> None:
+        self.producer.produce(self.replies_topic, key=user_id.encode(), partition=partition,
+                              value=self.codec.encode(schema, record))
+
+    def _count(self, stats: HandlerStats) -> None:
+        self.stats.accepted += stats.accepted
+        self.stats.duplicates += stats.duplicates
+        self.stats.rejected.update(stats.rejected)
+        self.stats.dead_lettered.update(stats.dead_lettered)
+        self._outcomes.add(stats.accepted, {"outcome": "accepted"})
+        self._outcomes.add(stats.duplicates, {"outcome": "duplicate"})
+        for code, n in stats.rejected.items():
+            self._outcomes.add(n, {"outcome": "rejected", "reason": code})
+        for kind, n in stats.dead_lettered.items():
+            self._outcomes.add(n, {"outcome": "dead_lettered", "reason": kind})
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _record_offset(out: list[int]) -> Callable[[Any, Message], None]:
+    def on_delivery(error: Any, message: Message) -> None:
+        if error is None and message.offset() is not None:
+            out.append(message.offset())  # type: ignore[arg-type]
+
+    return on_delivery
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m services.shard_writer.handler``: run one user command handler instance."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--instance-id", default="0",
+                        help="stable per instance: transactional.id and static membership")
+    parser.add_argument("--group-id")
+    parser.add_argument("--max-batch", type=int, default=500)
+    parser.add_argument("--idle-exit-s", type=float, default=None)
+    parser.add_argument("--session-timeout-ms", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    handler = CommandHandler.create(load_settings(), instance_id=args.instance_id,
+                                    group_id=args.group_id, max_batch=args.max_batch,
+                                    **{"session.timeout.ms": args.session_timeout_ms})
+    def stop(*_: object) -> None:
+        handler.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        handler.run(idle_timeout_s=args.idle_exit_s)
+    finally:
+        handler.close()
+        log.info("stopped: %s", handler.stats)
+
+
+if __name__ == "__main__":
+    main()

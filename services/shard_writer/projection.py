@@ -1,0 +1,304 @@
+"""shard_writer: project ``users.events`` into Cassandra (the Kafka -> Cassandra edge).
+
+Each instance is a member of one consumer group over ``users.events``; the partitions it is
+assigned are its shard. Guarantee: at-least-once delivery + idempotent writes + stored
+positions = every event applied, the rows as if applied exactly once.
+
+Commit order of one batch (``Projector.run_once``):
+
+1. ``consume`` at most ``max_batch`` events (bounded, so a batch takes a fraction of
+   ``max.poll.interval.ms``);
+2. decode them; an undecodable event goes to ``dlq.users`` with the reason (flushed before 4);
+3. write the rows: one UNLOGGED batch per user (a single-partition mutation), every statement
+   ``USING TIMESTAMP`` = the event's per-user version, all users concurrently, and wait for all;
+4. write each partition's next offset to ``positions`` (``USING TIMESTAMP`` = that offset, so a
+   late write of a smaller position never wins);
+5. commit the offsets to Kafka, asynchronously, for lag monitoring only.
+
+A crash anywhere re-applies at most the batch in flight, which changes nothing (idempotent).
+On (re)assignment ``on_assign`` seeks each partition to its stored position, so a restart
+resumes exactly; on revocation nothing is in flight, since batches complete inside the poll
+loop before the next ``consume`` (which is where rebalance callbacks run): the flush before
+revoke is the loop's structure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cassandra import DriverException
+from cassandra.cluster import Session
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
+from services.shard_writer.core import (
+    DeviceLinked,
+    DeviceRevoked,
+    Event,
+    KeysRotated,
+    MalformedEventError,
+    RecordDeleted,
+    RecordPut,
+    UserDeleted,
+    UserRegistered,
+    event_from_record,
+)
+from services.shard_writer.store import Statements, StoreError, connect, create_schema
+from streams.codec import CodecError, default_codec
+from streams.dlq import DeadLetters
+from streams.kafka import make_consumer, make_producer
+from streams.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+Row = tuple[PreparedStatement, tuple[Any, ...]]
+MAX_BATCH_STATEMENTS = 100  # per user and Cassandra batch; single-partition, so cheap
+
+
+def rows_for(statements: Statements, events: Sequence[Event]) -> list[Row]:
+    """The writes of one user's events, in version order. The ``users`` row's version and
+    update time are written once, for the last event: with timestamps equal to versions that
+    is the same end state as writing it per event."""
+    rows: list[Row] = []
+    s = statements
+    for event in events:
+        body, user, v = event.body, event.user_id, event.version
+        if isinstance(body, UserRegistered):
+            rows.append((s.insert_user, (user, v, body.signing_key, body.encryption_key, 0,
+                                         event.recorded_at_ms, event.recorded_at_ms, v)))
+        elif isinstance(body, RecordPut):
+            rows.append((s.insert_record, (user, body.record_id, body.record_version, v,
+                                           body.ciphertext, len(body.ciphertext),
+                                           event.recorded_at_ms, v)))
+        elif isinstance(body, RecordDeleted):
+            rows.append((s.delete_record, (v, user, body.record_id)))
+        elif isinstance(body, KeysRotated):
+            rows.append((s.rotate_keys, (v, body.signing_key, body.encryption_key,
+                                         body.key_epoch, user)))
+        elif isinstance(body, DeviceLinked):
+            rows.append((s.insert_device, (user, body.device_id, body.device_key, v, v)))
+        elif isinstance(body, DeviceRevoked):
+            rows.append((s.revoke_device, (v, user, body.device_id)))
+        elif isinstance(body, UserDeleted):
+            rows.append((s.delete_records, (v, user)))
+            rows.append((s.delete_devices, (v, user)))
+            rows.append((s.erase_user, (v, user)))
+    if events:
+        last = events[-1]
+        rows.append((s.touch_user, (last.version, last.version, last.recorded_at_ms,
+                                    last.user_id)))
+    return rows
+
+
+def group_by_user(events: Iterable[Event]) -> dict[str, list[Event]]:
+    users: dict[str, list[Event]] = {}
+    for event in events:
+        users.setdefault(event.user_id, []).append(event)
+    return users
+
+
+def write_rows(session: Session, rows_by_user: Iterable[list[Row]], *,
+               max_in_flight: int = 512) -> int:
+    """Write every user's rows as unlogged single-partition batches, concurrently; wait for
+    all. Returns the number of statements written; raises ``StoreError`` on any failure."""
+    futures = []
+    written = 0
+    try:
+        for rows in rows_by_user:
+            for start in range(0, len(rows), MAX_BATCH_STATEMENTS):
+                chunk = rows[start:start + MAX_BATCH_STATEMENTS]
+                if len(chunk) == 1:
+                    futures.append(session.execute_async(chunk[0][0], chunk[0][1]))
+                else:
+                    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                    for statement, params in chunk:
+                        batch.add(statement, params)
+                    futures.append(session.execute_async(batch))
+                written += len(chunk)
+                if len(futures) >= max_in_flight:
+                    futures.pop(0).result()
+        for future in futures:
+            future.result()
+    except DriverException as exc:
+        raise StoreError(f"projection write failed: {exc}") from exc
+    return written
+
+
+@dataclass
+class ProjectorStats:
+    events: int = 0
+    statements: int = 0
+    batches: int = 0
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+
+
+class Projector:
+    """One shard_writer instance: build with ``Projector.create`` and call ``run``."""
+
+    def __init__(self, settings: Settings, session: Session, consumer: Consumer,
+                 dead_letters: DeadLetters, dlq_producer: Any, *, max_batch: int = 5000,
+                 commit_to_kafka: bool = True) -> None:
+        self.settings = settings
+        self.topic = settings.topic("users.events")
+        self.session = session
+        self.statements = Statements.prepare(session, settings.cassandra.keyspace)
+        self.consumer = consumer
+        self.dead_letters = dead_letters
+        self._dlq_producer = dlq_producer
+        self.max_batch = max_batch
+        self.commit_to_kafka = commit_to_kafka
+        self.codec = default_codec()
+        self.stats = ProjectorStats()
+        self.assigned: set[int] = set()
+        self._running = True
+
+    @classmethod
+    def create(cls, settings: Settings, session: Session, *, group_id: str | None = None,
+               instance_id: str | None = None, max_batch: int = 5000,
+               create_tables: bool = True, **consumer_overrides: Any) -> Projector:
+        if create_tables:
+            create_schema(session, settings.cassandra.keyspace,
+                          replication_factor=settings.cassandra.replication_factor,
+                          datacenter=settings.cassandra.local_datacenter)
+        overrides: dict[str, Any] = {"enable.partition.eof": False, **consumer_overrides}
+        if instance_id:
+            overrides["group.instance.id"] = instance_id  # static membership: fast restarts
+        # One group per keyspace: a rebuild into a fresh keyspace is its own group.
+        group = group_id or settings.topic(f"users.shard_writer.{settings.cassandra.keyspace}")
+        consumer = make_consumer(settings, group, **overrides)
+        producer = make_producer(settings)
+        dead_letters = DeadLetters(producer, settings.topic("dlq.users"),  # type: ignore[arg-type]
+                                   "shard_writer")
+        projector = cls(settings, session, consumer, dead_letters, producer,
+                        max_batch=max_batch)
+        consumer.subscribe([projector.topic], on_assign=projector._on_assign,
+                           on_revoke=projector._on_revoke, on_lost=projector._on_revoke)
+        return projector
+
+    # --- rebalance ---------------------------------------------------------------------------
+
+    def stored_positions(self) -> dict[int, int]:
+        try:
+            rows = self.session.execute(self.statements.select_positions, (self.topic,))
+        except DriverException as exc:
+            raise StoreError(f"cannot read projection positions: {exc}") from exc
+        return {row.partition: row.next_offset for row in rows}
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        positions = self.stored_positions()
+        for tp in partitions:
+            tp.offset = positions.get(tp.partition, OFFSET_BEGINNING)
+        consumer.assign(partitions)
+        self.assigned |= {tp.partition for tp in partitions}
+        log.info("assigned %s", {tp.partition: tp.offset for tp in partitions})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Nothing is in flight here (see the module docstring): positions already cover
+        # every event applied from these partitions.
+        self.assigned -= {tp.partition for tp in partitions}
+        log.info("revoked %s", sorted(tp.partition for tp in partitions))
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self, *, idle_timeout_s: float | None = None) -> None:
+        """Project until ``stop()`` (or, with ``idle_timeout_s``, until idle that long)."""
+        idle_since = time.monotonic()
+        while self._running:
+            if self.run_once():
+                idle_since = time.monotonic()
+            elif idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+                break
+
+    def run_once(self, timeout_s: float = 0.5) -> int:
+        """One batch through steps 1-5 of the module docstring; returns events applied."""
+        messages = self.consumer.consume(self.max_batch, timeout_s)
+        if not messages:
+            return 0
+        events: list[Event] = []
+        next_offsets: dict[int, int] = {}
+        dead = 0
+        for message in messages:
+            if message.error() is not None:
+                log.warning("consumer error: %s", message.error())
+                continue
+            partition, offset = message.partition(), message.offset()
+            assert partition is not None and offset is not None  # set on every non-error message
+            next_offsets[partition] = offset + 1
+            try:
+                events.append(self.decode(message))
+            except (CodecError, MalformedEventError, KeyError, TypeError) as exc:
+                self.dead_letters.send_message(message, str(exc), type(exc).__name__)
+                self.stats.dead_lettered[type(exc).__name__] += 1
+                dead += 1
+        if dead:
+            self._dlq_producer.flush(30)
+        users = group_by_user(events)
+        self.stats.statements += write_rows(
+            self.session, (rows_for(self.statements, evs) for evs in users.values()))
+        self.save_positions(next_offsets)
+        if self.commit_to_kafka and next_offsets:
+            self.consumer.commit(offsets=[TopicPartition(self.topic, p, o)
+                                          for p, o in next_offsets.items()], asynchronous=True)
+        self.stats.events += len(events)
+        self.stats.batches += 1
+        return len(events)
+
+    def decode(self, message: Message) -> Event:
+        record = self.codec.decode(message.value(), expected="UserEventRecorded")
+        return event_from_record(record.record)
+
+    def save_positions(self, next_offsets: dict[int, int]) -> None:
+        futures = [
+            self.session.execute_async(self.statements.save_position,
+                                       (offset, offset, self.topic, partition))
+            for partition, offset in next_offsets.items()
+        ]
+        try:
+            for future in futures:
+                future.result()
+        except DriverException as exc:
+            raise StoreError(f"cannot save projection positions: {exc}") from exc
+
+    def close(self) -> None:
+        self.consumer.close()
+        self._dlq_producer.flush(10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m services.shard_writer.projection``: run one shard_writer instance."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--instance-id", help="static group membership id (fast restarts)")
+    parser.add_argument("--group-id")
+    parser.add_argument("--max-batch", type=int, default=5000)
+    parser.add_argument("--idle-exit-s", type=float, default=None,
+                        help="exit after this many idle seconds (tests, rebuilds)")
+    parser.add_argument("--session-timeout-ms", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = load_settings()
+    cluster, session = connect(settings)
+    projector = Projector.create(settings, session, group_id=args.group_id,
+                                 instance_id=args.instance_id, max_batch=args.max_batch,
+                                 **{"session.timeout.ms": args.session_timeout_ms})
+    signal.signal(signal.SIGTERM, lambda *_: projector.stop())
+    signal.signal(signal.SIGINT, lambda *_: projector.stop())
+    try:
+        projector.run(idle_timeout_s=args.idle_exit_s)
+    finally:
+        projector.close()
+        cluster.shutdown()
+        log.info("stopped after %d events", projector.stats.events)
+
+
+if __name__ == "__main__":
+    main()

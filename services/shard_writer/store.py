@@ -1,0 +1,174 @@
+"""Cassandra for the user projection: connection, schema and prepared statements.
+
+Tables are partitioned by user id (``users``, ``records``, ``devices``): one user = one
+Cassandra partition per table, so a user's rows live on the same replicas and one unlogged
+batch per user is a single mutation. ``positions`` holds, per ``users.events`` partition, the
+next offset to apply; it is written after the rows it covers (see ``projection``).
+
+Every write carries ``USING TIMESTAMP`` = the per-user event version (positions: the offset), so
+a write is idempotent and order-free: replaying any prefix of the log, in any order, leaves the
+cell written by the highest version. Driver errors are translated into ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from cassandra import ConsistencyLevel, DriverException
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import PreparedStatement
+
+from streams.settings import Settings
+
+_KEYSPACE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+class StoreError(RuntimeError):
+    """A Cassandra operation of the user projection failed; says which and why."""
+
+
+def _connection_class() -> Any:
+    # libev keeps the driver's I/O in C and is markedly faster than the asyncio/asyncore
+    # reactors on small machines; fall back when the extension is not built.
+    try:
+        from cassandra.io.libevreactor import LibevConnection
+    except ImportError:
+        return None
+    return LibevConnection
+
+
+def connect(settings: Settings, *, request_timeout_s: float = 30.0) -> tuple[Cluster, Session]:
+    """A connected cluster and session, token-aware, LOCAL_QUORUM by default."""
+    hosts, port = settings.cassandra_endpoint()
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(
+            DCAwareRoundRobinPolicy(local_dc=settings.cassandra.local_datacenter)),
+        consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+        request_timeout=request_timeout_s,
+    )
+    options: dict[str, Any] = {
+        "contact_points": hosts,
+        "port": port,
+        "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
+        "connect_timeout": 10,
+    }
+    connection_class = _connection_class()
+    if connection_class is not None:
+        options["connection_class"] = connection_class
+    if settings.cassandra.username:
+        options["auth_provider"] = PlainTextAuthProvider(
+            settings.cassandra.username, settings.cassandra.password or "")
+    cluster = Cluster(**options)
+    try:
+        session = cluster.connect()
+    except (DriverException, OSError) as exc:
+        cluster.shutdown()
+        raise StoreError(f"cannot connect to Cassandra at {hosts}:{port}: {exc}") from exc
+    return cluster, session
+
+
+def _checked(keyspace: str) -> str:
+    if not _KEYSPACE_NAME.match(keyspace):
+        raise StoreError(f"bad keyspace name {keyspace!r} (lowercase letters, digits, _)")
+    return keyspace
+
+
+def create_schema(session: Session, keyspace: str, *, replication_factor: int = 1,
+                  datacenter: str = "datacenter1") -> None:
+    """Create the keyspace and tables if missing (idempotent)."""
+    ks = _checked(keyspace)
+    statements = [
+        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
+        f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {int(replication_factor)}}}",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.users (
+            user_id text PRIMARY KEY, version bigint, signing_key text, encryption_key blob,
+            key_epoch int, deleted boolean, registered_at_ms bigint, updated_at_ms bigint)""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.records (
+            user_id text, record_id text, record_version bigint, user_version bigint,
+            ciphertext blob, size int, updated_at_ms bigint,
+            PRIMARY KEY ((user_id), record_id))""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.devices (
+            user_id text, device_id text, device_key text, linked_version bigint,
+            revoked boolean, PRIMARY KEY ((user_id), device_id))""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.positions (
+            topic text, partition int, next_offset bigint, PRIMARY KEY ((topic), partition))""",
+    ]
+    try:
+        for statement in statements:
+            session.execute(statement, timeout=60)
+    except DriverException as exc:
+        raise StoreError(f"cannot create the user projection schema in {ks}: {exc}") from exc
+
+
+def drop_keyspace(session: Session, keyspace: str) -> None:
+    try:
+        session.execute(f"DROP KEYSPACE IF EXISTS {_checked(keyspace)}", timeout=60)
+    except DriverException as exc:
+        raise StoreError(f"cannot drop keyspace {keyspace}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """The prepared statements of the projection (writes) and the queries (reads)."""
+
+    insert_user: PreparedStatement
+    touch_user: PreparedStatement
+    rotate_keys: PreparedStatement
+    erase_user: PreparedStatement
+    insert_record: PreparedStatement
+    delete_record: PreparedStatement
+    delete_records: PreparedStatement
+    insert_device: PreparedStatement
+    revoke_device: PreparedStatement
+    delete_devices: PreparedStatement
+    save_position: PreparedStatement
+    select_positions: PreparedStatement
+    select_user: PreparedStatement
+    select_records: PreparedStatement
+    select_record: PreparedStatement
+    select_devices: PreparedStatement
+
+    @classmethod
+    def prepare(cls, session: Session, keyspace: str) -> Statements:
+        ks = _checked(keyspace)
+        cql = {
+            "insert_user": f"INSERT INTO {ks}.users (user_id, version, signing_key, "
+                           "encryption_key, key_epoch, deleted, registered_at_ms, updated_at_ms) "
+                           "VALUES (?, ?, ?, ?, ?, false, ?, ?) USING TIMESTAMP ?",
+            "touch_user": f"UPDATE {ks}.users USING TIMESTAMP ? SET version = ?, "
+                          "updated_at_ms = ? WHERE user_id = ?",
+            "rotate_keys": f"UPDATE {ks}.users USING TIMESTAMP ? SET signing_key = ?, "
+                           "encryption_key = ?, key_epoch = ? WHERE user_id = ?",
+            "erase_user": f"UPDATE {ks}.users USING TIMESTAMP ? SET deleted = true, "
+                          "signing_key = null, encryption_key = null, key_epoch = null "
+                          "WHERE user_id = ?",
+            "insert_record": f"INSERT INTO {ks}.records (user_id, record_id, record_version, "
+                             "user_version, ciphertext, size, updated_at_ms) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+            "delete_record": f"DELETE FROM {ks}.records USING TIMESTAMP ? "
+                             "WHERE user_id = ? AND record_id = ?",
+            "delete_records": f"DELETE FROM {ks}.records USING TIMESTAMP ? WHERE user_id = ?",
+            "insert_device": f"INSERT INTO {ks}.devices (user_id, device_id, device_key, "
+                             "linked_version, revoked) VALUES (?, ?, ?, ?, false) "
+                             "USING TIMESTAMP ?",
+            "revoke_device": f"UPDATE {ks}.devices USING TIMESTAMP ? SET revoked = true "
+                             "WHERE user_id = ? AND device_id = ?",
+            "delete_devices": f"DELETE FROM {ks}.devices USING TIMESTAMP ? WHERE user_id = ?",
+            "save_position": f"UPDATE {ks}.positions USING TIMESTAMP ? SET next_offset = ? "
+                             "WHERE topic = ? AND partition = ?",
+            "select_positions": f"SELECT partition, next_offset FROM {ks}.positions "
+                                "WHERE topic = ?",
+            "select_user": f"SELECT * FROM {ks}.users WHERE user_id = ?",
+            "select_records": f"SELECT * FROM {ks}.records WHERE user_id = ?",
+            "select_record": f"SELECT * FROM {ks}.records WHERE user_id = ? AND record_id = ?",
+            "select_devices": f"SELECT * FROM {ks}.devices WHERE user_id = ?",
+        }
+        try:
+            return cls(**{name: session.prepare(text) for name, text in cql.items()})
+        except DriverException as exc:
+            raise StoreError(f"cannot prepare the projection statements for {ks}: {exc}") \
+                from exc
