@@ -1,4 +1,4 @@
-"""SP 800-90B health tests: cutoff vectors, a per-sample reference model, detection, false alarms."""
+"""SP 800-90B health tests: cutoff vectors, a per-sample reference model, detection, alarms."""
 
 from __future__ import annotations
 
