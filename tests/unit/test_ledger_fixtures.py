@@ -162,7 +162,7 @@ class Chain:
 
 
 def with_params(genesis: Genesis, **changes: int | bytes) -> Genesis:
-    return dataclasses.replace(genesis, params=dataclasses.replace(genesis.params, **changes))
+    return dataclasses.replace(genesis, params=genesis.params.with_changes(changes.items()))
 
 
 def test_chain_driver_produces_increasing_heights() -> None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections import defaultdict
 from fractions import Fraction
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -145,7 +146,7 @@ class NaiveRewards:
         self.exact[delegator, validator] = Fraction(0)
 
     def check(self, state: LedgerState) -> None:
-        for delegator, validator in state.delegations.keys():
+        for delegator, validator in state.delegations:
             pending = pending_rewards(state, delegator, validator)
             assert pending == self.accrued[delegator, validator] // REWARD_RATIO_SCALE
             exact = self.exact[delegator, validator]
@@ -157,10 +158,10 @@ def _check_invariants(state: LedgerState) -> None:
     for validator, rewards in state.rewards.items():
         owed = sum(
             pending_rewards(state, delegator, target)
-            for delegator, target in state.delegations.keys()
+            for delegator, target in state.delegations
             if target == validator
         )
-        assert 0 <= rewards.commission and owed + rewards.commission <= rewards.outstanding
+        assert rewards.commission >= 0 and owed + rewards.commission <= rewards.outstanding
         assert rewards.carry < max(state.validators[validator].shares, 1) or not rewards.carry
     for record in state.validators.values():
         assert record.tokens >= 0 and record.shares >= 0
@@ -245,7 +246,7 @@ def test_replaying_the_same_blocks_gives_the_same_state_hashes(history: list[dic
     assert state_hash(state) == state_hash(chain.state)
 
 
-_FIXED_HISTORY = [
+_FIXED_HISTORY: list[dict[str, Any]] = [
     {
         "ops": [("delegate", 10, 1, 333 * MICRO + 7), ("transfer", 11, 12, 5)],
         "absent": frozenset(),
@@ -266,7 +267,9 @@ _FIXED_HISTORY = [
         "absent": frozenset(),
         "double_sign": None,
     },
-] + [{"ops": [], "absent": frozenset({3}), "double_sign": None}] * 12
+]
+_IDLE_BLOCK: dict[str, Any] = {"ops": [], "absent": frozenset({3}), "double_sign": None}
+_FIXED_HISTORY += [_IDLE_BLOCK] * 12
 
 
 def final_hash_of_fixed_history() -> str:
