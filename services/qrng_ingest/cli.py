@@ -1,0 +1,189 @@
+"""``qustream qrng``: run a QRNG ingest server, watch sources, compute health-test cutoffs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+app = typer.Typer(help="QRNG servers: ingest, health tests, signatures, monitoring.",
+                  no_args_is_help=True)
+console = Console(stderr=True)
+
+
+@app.command("health-params")
+def health_params(
+    min_entropy: str = typer.Option(..., "--min-entropy", help="claimed min-entropy H per sample"),
+    alpha_exp: int = typer.Option(..., "--alpha-exp", help="alpha = 2^-N (20..40)"),
+    binary: bool = typer.Option(False, "--binary", help="1-bit samples (default: 8-bit)"),
+) -> None:
+    """Print the SP 800-90B RCT/APT cutoffs as JSON."""
+    from services.qrng_ingest.core.health import HealthParameterError, HealthParameters
+
+    try:
+        params = HealthParameters.derive(Fraction(min_entropy), alpha_exp, binary=binary)
+    except (HealthParameterError, ValueError, ZeroDivisionError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(json.dumps(params.to_json_dict()))
+
+
+@app.command("keygen")
+def keygen(out: Path = typer.Option(..., "--out", help="key file to create (mode 0600)")) -> None:
+    """Create an ML-DSA-65 signing key for a QRNG server."""
+    from streams.keys import SigningKey
+
+    key = SigningKey.generate()
+    key.save(out)
+    typer.echo(key.public_key.address_hex)
+
+
+@app.command("registry-entry")
+def registry_entry(
+    key: Path = typer.Option(..., "--key", help="the server's signing key file"),
+    source_id: str = typer.Option(..., "--source-id"),
+    simulated: bool = typer.Option(False, "--simulated", help="source may publish simulator data"),
+) -> None:
+    """Print the registry entry (source id + public key) that consumers will trust."""
+    from services.qrng_ingest.core.registry import SourceRegistryEntry
+    from streams.keys import SigningKey
+
+    entry = SourceRegistryEntry(source_id, SigningKey.load(key).public_key, simulated)
+    typer.echo(json.dumps(entry.to_json_dict(), indent=2))
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    lowered = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if lowered and lowered[-1] in units:
+        return int(float(lowered[:-1]) * units[lowered[-1]])
+    return int(lowered)
+
+
+@app.command("run")
+def run(
+    source: str = typer.Option(..., "--source", help="sim | file:<path> | http(s)://... | "
+                               "fault:<mode>[,k=v]"),
+    key: Path = typer.Option(..., "--key", help="signing key file (qustream qrng keygen)"),
+    source_id: str = typer.Option(..., "--source-id", help="the registered source id"),
+    chunk_size: str = typer.Option("1MiB", "--chunk-size"),
+    min_entropy: str = typer.Option("8", "--min-entropy", help="claimed H per sample"),
+    alpha_exp: int = typer.Option(40, "--alpha-exp", help="alpha = 2^-N"),
+    binary: bool = typer.Option(False, "--binary", help="1-bit samples"),
+    recovery_windows: int = typer.Option(2048, "--recovery-windows"),
+    checkpoint_chunks: int = typer.Option(64, "--checkpoint-chunks"),
+    checkpoint_ms: int = typer.Option(1000, "--checkpoint-ms"),
+    private_share: float = typer.Option(0.0, "--private-share", help="0..1 of chunks to "
+                                        "entropy.private"),
+    heartbeat_ms: int = typer.Option(2000, "--heartbeat-ms"),
+    rate_floor: float = typer.Option(0.0, "--rate-floor", help="bytes/s; 0 = no alert"),
+    stall_ms: int = typer.Option(5000, "--stall-ms"),
+    auth_header: str | None = typer.Option(None, "--auth-header", envvar=
+                                           "QUSTREAM_QRNG_AUTH_HEADER"),
+    metrics_port: int | None = typer.Option(None, "--metrics-port"),
+    max_bytes: str | None = typer.Option(None, "--max-bytes", help="stop after this much"),
+    duration_s: float | None = typer.Option(None, "--duration", help="stop after seconds"),
+    quiet: bool = typer.Option(False, "--quiet", help="no live progress line"),
+) -> None:
+    """Run one QRNG ingest server until interrupted."""
+    from services.qrng_ingest.core.chain import CheckpointPolicy
+    from services.qrng_ingest.core.liveness import LivenessPolicy
+    from services.qrng_ingest.service import IngestConfig, IngestReport, build_service
+    from services.qrng_ingest.sources import parse_source
+    from streams.keys import SigningKey
+    from streams.settings import load_settings
+
+    settings = load_settings()
+    config = IngestConfig(
+        source_id=source_id, chunk_size=_size(chunk_size), min_entropy=Fraction(min_entropy),
+        alpha_exponent=alpha_exp, binary=binary, recovery_windows=recovery_windows,
+        checkpoint=CheckpointPolicy(checkpoint_chunks, checkpoint_ms),
+        private_share=private_share, heartbeat_ms=heartbeat_ms,
+        liveness=LivenessPolicy(rate_floor, stall_ms), metrics_port=metrics_port,
+    )
+    service = build_service(settings, config, parse_source(source, auth_header=auth_header),
+                            SigningKey.load(key))
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    signal.signal(signal.SIGINT, lambda *_: service.stop())
+    started = time.monotonic()
+
+    def line(report: IngestReport) -> str:
+        elapsed = max(time.monotonic() - started, 1e-9)
+        return (f"{source_id}: {report.health_state}  seq {report.last_seq}  "
+                f"{report.published_bytes / elapsed / 1e6:.1f} MB/s published  "
+                f"{report.dropped_bytes / 1e6:.1f} MB dropped  "
+                f"failures RCT {report.rct_failures} APT {report.apt_failures}")
+
+    limit = _size(max_bytes) if max_bytes else None
+    if quiet:
+        report = service.run(max_bytes=limit, duration_s=duration_s)
+    else:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            last = [0.0]
+
+            def progress(report: IngestReport) -> None:
+                if time.monotonic() - last[0] > 0.25:
+                    last[0] = time.monotonic()
+                    live.update(line(report))
+
+            report = service.run(max_bytes=limit, duration_s=duration_s, on_progress=progress)
+            live.update(line(report))
+    typer.echo(json.dumps({"source_id": source_id, "last_seq": report.last_seq,
+                           "published_chunks": report.published_chunks,
+                           "dropped_bytes": report.dropped_bytes,
+                           "alerts": [a.kind.value for a in report.alerts]}))
+
+
+@app.command("status")
+def status(
+    once: bool = typer.Option(False, "--once", help="print the table once, after catching up"),
+    refresh_s: float = typer.Option(1.0, "--refresh"),
+) -> None:
+    """Live table of every source seen on qrng.status."""
+    from services.qrng_ingest.monitor import StatusBoard
+    from streams.codec import CodecError, default_codec
+    from streams.kafka import make_consumer
+    from streams.settings import load_settings
+
+    settings = load_settings()
+    consumer = make_consumer(settings, f"qrng-status-{time.time_ns()}")
+    consumer.subscribe([settings.topic("qrng.status")])
+    board = StatusBoard()
+    codec = default_codec()
+
+    def drain(budget_s: float) -> int:
+        seen = 0
+        deadline = time.monotonic() + budget_s
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None:
+                if once and seen:
+                    break
+                continue
+            if message.error():
+                continue
+            try:
+                board.apply(codec.decode(message.value()))
+            except CodecError:
+                continue
+            seen += 1
+        return seen
+
+    try:
+        if once:
+            drain(5.0)
+            Console().print(board.table())
+            return
+        with Live(board.table(), console=Console(), refresh_per_second=2) as live:
+            while True:
+                drain(refresh_s)
+                live.update(board.table())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()

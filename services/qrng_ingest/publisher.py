@@ -1,0 +1,437 @@
+"""Publishing chunks and checkpoints of one source to Kafka, and resuming after a crash.
+
+Commit order (what makes "never reuse a sequence number with different bytes" hold):
+
+1. The caller hands over a payload that passed the health tests.
+2. ``publish`` extends the in-memory chain (seq = head.next_seq, digest links the previous one)
+   and produces the chunk, keyed by source id, to ``entropy.raw`` (or ``entropy.private`` for
+   the configured share; each pool is its own chain). The producer is idempotent with
+   ``acks=all`` and no compression; all of a source's messages go to one partition, in order.
+3. When a checkpoint is due (every N chunks or T ms), the chain head is signed (ML-DSA-65) and
+   the checkpoint is produced after the chunks it covers, on the same partition.
+4. Delivery reports advance the *delivered* head; any failed delivery is fatal: ``publish``
+   raises ``PublishError`` and the process must restart (step 6), because continuing would leave
+   a gap.
+5. After a checkpoint's delivery, the state file (delivered head, its partition and offset, last
+   checkpointed seq) is replaced atomically (write, fsync, rename). It is never ahead of Kafka.
+6. On start, ``resume`` takes the state file and then reads the topic itself from the recorded
+   offset to its end (or, with no state file, scans every partition backwards) and continues from
+   the newest chunk of this source found there. Chunks produced before a crash but never
+   acknowledged are thus either on the topic (and the chain continues after them) or not (and
+   their sequence numbers were never published). Kafka is read after the old process is gone:
+   a killed producer's connections are closed, so nothing of it lands later.
+
+Back-pressure: the producer queue is bounded (``queue.buffering.max.kbytes``); when full,
+``publish`` serves delivery reports (``poll``) until there is room, so memory stays bounded when
+Kafka is slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from services.qrng_ingest.core.chain import (
+    ChainHead,
+    Checkpoint,
+    CheckpointPolicy,
+    Chunk,
+    HealthSummary,
+    extend,
+    sign_checkpoint,
+)
+from streams.codec import CodecError, default_codec
+from streams.kafka import KafkaError, make_consumer, make_producer
+from streams.keys import SigningKey
+from streams.settings import Settings
+
+
+class PublishError(RuntimeError):
+    """A chunk or checkpoint could not be published; the process must restart and resume."""
+
+
+class ResumeError(RuntimeError):
+    """The state file or the topic tail cannot be read, or they contradict each other."""
+
+
+POOLS = (False, True)  # private flag: public entropy.raw, private entropy.private
+
+
+def topic_for(settings: Settings, private: bool) -> str:
+    return settings.topic("entropy.private" if private else "entropy.raw")
+
+
+@dataclass(frozen=True, slots=True)
+class ChainPosition:
+    """A delivered point of one chain: head, where its last chunk sits, last checkpointed seq."""
+
+    head: ChainHead = field(default_factory=ChainHead)
+    checkpointed_seq: int = -1
+    partition: int | None = None
+    offset: int | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"next_seq": self.head.next_seq, "digest": self.head.digest.hex(),
+                "checkpointed_seq": self.checkpointed_seq, "partition": self.partition,
+                "offset": self.offset}
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> ChainPosition:
+        return cls(ChainHead(int(data["next_seq"]), bytes.fromhex(data["digest"])),
+                   int(data["checkpointed_seq"]), data.get("partition"), data.get("offset"))
+
+
+class StateFile:
+    """``<state_dir>/qrng/<source_id>.json``: the delivered position of both chains."""
+
+    def __init__(self, path: Path, source_id: str) -> None:
+        self.path = path
+        self._source_id = source_id
+
+    def load(self) -> dict[bool, ChainPosition]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+            if data["source_id"] != self._source_id:
+                raise ResumeError(f"state file {self.path} belongs to source "
+                                  f"{data['source_id']!r}, not {self._source_id!r}")
+            return {pool: ChainPosition.from_json_dict(data["chains"][name])
+                    for pool, name in ((False, "public"), (True, "private"))
+                    if name in data["chains"]}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ResumeError(f"cannot read state file {self.path}: {exc}") from exc
+
+    def save(self, positions: dict[bool, ChainPosition]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"source_id": self._source_id, "chains": {
+            "private" if pool else "public": position.to_json_dict()
+            for pool, position in positions.items()}}
+        temporary = self.path.with_suffix(".tmp")
+        with open(temporary, "w") as handle:
+            handle.write(json.dumps(data, indent=2))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+
+
+def _tail_of_partition(
+    consumer: Consumer, topic: str, partition: int, start: int, end: int, source_id: str,
+    private: bool,
+) -> tuple[ChainPosition | None, int]:
+    """Newest chunk and checkpoint of (source, pool) in offsets [start, end) of one partition."""
+    codec = default_codec()
+    key = source_id.encode()
+    found: ChainPosition | None = None
+    checkpointed = -1
+    consumer.assign([TopicPartition(topic, partition, start)])
+    next_offset = start
+    deadline = time.monotonic() + 60
+    while next_offset < end:
+        if time.monotonic() > deadline:
+            raise ResumeError(f"timed out reading {topic}[{partition}] {start}..{end}")
+        message = consumer.poll(1.0)
+        if message is None:
+            continue
+        if message.error():
+            raise ResumeError(f"cannot read {topic}[{partition}]: {message.error()}")
+        offset = int(message.offset() or 0)
+        next_offset = offset + 1
+        if message.key() != key:
+            continue
+        try:
+            decoded = codec.decode(message.value())
+        except CodecError as exc:
+            raise ResumeError(f"{topic}[{partition}]@{message.offset()}: {exc}") from exc
+        record = decoded.record
+        if record["source_id"] != source_id or bool(record.get("private")) != private:
+            continue
+        if decoded.schema == "EntropyChunkPublished":
+            chunk = Chunk.from_record(record)
+            found = ChainPosition(ChainHead(chunk.seq + 1, chunk.chunk_digest),
+                                  found.checkpointed_seq if found else -1,
+                                  partition, offset)
+        elif decoded.schema == "EntropyCheckpointSigned":
+            checkpointed = max(checkpointed, int(record["last_seq"]))
+    if found is not None:
+        found = replace(found, checkpointed_seq=max(found.checkpointed_seq, checkpointed))
+    return found, checkpointed
+
+
+def read_tail(
+    settings: Settings, source_id: str, private: bool, known: ChainPosition | None,
+    *, window: int = 256,
+) -> ChainPosition | None:
+    """The newest delivered position of a chain according to the topic itself.
+
+    With ``known`` (from the state file), reads its partition forward from the known offset;
+    otherwise scans every partition backwards in windows of ``window`` messages until a
+    checkpoint of the chain (or the partition's start) is reached.
+    """
+    topic = topic_for(settings, private)
+    consumer = make_consumer(settings, f"qrng-resume-{source_id}-{os.getpid()}",
+                             **{"isolation.level": "read_uncommitted"})
+    try:
+        metadata = consumer.list_topics(topic, timeout=30).topics[topic]
+        if metadata.error is not None:
+            raise ResumeError(f"topic {topic} is not available: {metadata.error}")
+        partitions = sorted(metadata.partitions)
+        if known is not None and known.partition is not None and known.offset is not None:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, known.partition), timeout=30)
+            start = max(low, int(known.offset) + 1)
+            found, checkpointed = _tail_of_partition(
+                consumer, topic, known.partition, start, high, source_id, private)
+            if found is None:
+                return replace(known, checkpointed_seq=max(known.checkpointed_seq, checkpointed))
+            return replace(found, checkpointed_seq=max(found.checkpointed_seq,
+                                                       known.checkpointed_seq))
+        best: ChainPosition | None = None
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=30)
+            end = high
+            newest: ChainPosition | None = None
+            while end > low:
+                start = max(low, end - window)
+                found, checkpointed = _tail_of_partition(
+                    consumer, topic, partition, start, end, source_id, private)
+                if newest is None and found is not None:
+                    newest = found
+                if newest is not None and checkpointed > newest.checkpointed_seq:
+                    newest = replace(newest, checkpointed_seq=checkpointed)
+                if checkpointed >= 0:
+                    break
+                end = start
+            if newest is not None and (best is None or newest.head.next_seq > best.head.next_seq):
+                best = newest
+        return best
+    except KafkaException as exc:
+        raise ResumeError(f"cannot read the tail of {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def resume_positions(
+    settings: Settings, source_id: str, state: StateFile
+) -> dict[bool, ChainPosition]:
+    """Where each chain continues: the newer of the state file and the topic tail."""
+    saved = state.load()
+    positions: dict[bool, ChainPosition] = {}
+    for pool in POOLS:
+        known = saved.get(pool)
+        tail = read_tail(settings, source_id, pool, known)
+        candidates = [p for p in (known, tail) if p is not None]
+        positions[pool] = (max(candidates, key=lambda p: p.head.next_seq) if candidates
+                           else ChainPosition())
+    return positions
+
+
+# Tuned for 1 MiB messages: the broker's record batch limit (topic max.message.bytes, 8 MiB)
+# caps batch.size; a deep queue keeps the network busy while the caller tests and hashes.
+PRODUCER_TUNING: dict[str, Any] = {
+    "linger.ms": 5,
+    "batch.size": 8 * 1024 * 1024 - 64 * 1024,
+    "queue.buffering.max.kbytes": 128 * 1024,
+    "queue.buffering.max.messages": 100_000,
+    "socket.send.buffer.bytes": 4 * 1024 * 1024,
+}
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    chunks: int = 0
+    bytes: int = 0
+    checkpoints: int = 0
+    delivered_chunks: int = 0
+    latency_sum_ms: float = 0.0
+    latency_count: int = 0
+
+
+class ChunkPublisher:
+    """Publishes one source's chunks and checkpoints (see the module doc for the order).
+
+    Not thread-safe: one thread calls ``publish``/``maybe_checkpoint``/``poll``; delivery
+    callbacks run inside those calls.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        source_id: str,
+        key: SigningKey,
+        *,
+        positions: dict[bool, ChainPosition],
+        state: StateFile,
+        checkpoint_policy: CheckpointPolicy | None = None,
+        private_share: float = 0.0,
+        producer: Producer | None = None,
+        on_latency: Callable[[float], None] | None = None,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        **producer_overrides: Any,
+    ) -> None:
+        if not 0.0 <= private_share <= 1.0:
+            raise PublishError(f"private share {private_share} is outside 0..1")
+        self.source_id = source_id
+        self._key_bytes = source_id.encode()
+        self._signing_key = key
+        self._policy = checkpoint_policy or CheckpointPolicy()
+        self._private_share = private_share
+        self._private_credit = 0.0
+        self._state = state
+        self._clock_ms = clock_ms
+        self._on_latency = on_latency
+        self._codec = default_codec()
+        self._topics = {pool: topic_for(settings, pool) for pool in POOLS}
+        self._producer = producer or make_producer(settings, **{**PRODUCER_TUNING,
+                                                                **producer_overrides})
+        self.heads = {pool: positions[pool].head for pool in POOLS}
+        self.delivered = dict(positions)
+        self._unsigned_from = {pool: positions[pool].checkpointed_seq + 1 for pool in POOLS}
+        self._last_checkpoint_ms = {pool: clock_ms() for pool in POOLS}
+        self._fatal: str | None = None
+        self.stats = PublisherStats()
+
+    @property
+    def producer(self) -> Producer:
+        return self._producer
+
+    def _check(self) -> None:
+        if self._fatal is not None:
+            raise PublishError(self._fatal)
+
+    def _produce(self, private: bool, value: bytes, on_delivery: Callable[..., None]) -> None:
+        topic = self._topics[private]
+        while True:
+            self._check()
+            try:
+                self._producer.produce(topic, value=value, key=self._key_bytes,
+                                       on_delivery=on_delivery)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # queue full: wait for acknowledgements
+            except KafkaException as exc:
+                raise PublishError(f"cannot produce to {topic}: {exc}") from exc
+
+    def publish(
+        self, payload: bytes, *, simulated: bool, health: HealthSummary,
+        produced_at_ms: int | None = None,
+    ) -> Chunk:
+        """Chain and produce one healthy payload; returns the chunk (delivery is async)."""
+        self._check()
+        self._private_credit += self._private_share
+        private = self._private_credit >= 1.0
+        if private:
+            self._private_credit -= 1.0
+        chunk, head = extend(
+            self.heads[private], source_id=self.source_id, private=private, payload=payload,
+            produced_at_ms=self._clock_ms() if produced_at_ms is None else produced_at_ms,
+            simulated=simulated, health=health,
+        )
+        value = self._codec.encode("EntropyChunkPublished", chunk.to_record())
+        sent_at = time.perf_counter()
+        next_head = head
+
+        def delivered(error: Any, message: Any) -> None:
+            if error is not None:
+                self._fatal = (f"chunk {self.source_id}#{chunk.seq} was not delivered: {error}; "
+                               "restart to resume from the topic")
+                return
+            latency_ms = (time.perf_counter() - sent_at) * 1000
+            self.stats.delivered_chunks += 1
+            self.stats.latency_sum_ms += latency_ms
+            self.stats.latency_count += 1
+            if self._on_latency is not None:
+                self._on_latency(latency_ms)
+            previous = self.delivered[private]
+            self.delivered[private] = ChainPosition(
+                next_head, previous.checkpointed_seq, message.partition(), message.offset())
+
+        self._produce(private, value, delivered)
+        self.heads[private] = head
+        self.stats.chunks += 1
+        self.stats.bytes += len(payload)
+        self._producer.poll(0)
+        self.maybe_checkpoint()
+        return chunk
+
+    def maybe_checkpoint(self, *, force: bool = False) -> list[Checkpoint]:
+        """Sign and produce a checkpoint for every chain whose policy says it is due."""
+        self._check()
+        made: list[Checkpoint] = []
+        now = self._clock_ms()
+        for pool in POOLS:
+            head = self.heads[pool]
+            unsigned = head.next_seq - self._unsigned_from[pool]
+            if unsigned <= 0:
+                continue
+            if not (force or self._policy.due(unsigned, now - self._last_checkpoint_ms[pool])):
+                continue
+            checkpoint = sign_checkpoint(
+                self._signing_key, source_id=self.source_id, private=pool,
+                first_seq=self._unsigned_from[pool], head=head, signed_at_ms=now)
+            value = self._codec.encode("EntropyCheckpointSigned", checkpoint.to_record())
+            last_seq = checkpoint.last_seq
+
+            def delivered(error: Any, message: Any, pool: bool = pool,
+                          last_seq: int = last_seq) -> None:
+                if error is not None:
+                    self._fatal = (f"checkpoint {self.source_id} ..#{last_seq} was not "
+                                   f"delivered: {error}; restart to resume from the topic")
+                    return
+                self.delivered[pool] = replace(self.delivered[pool], checkpointed_seq=last_seq)
+                self._save_state()
+
+            self._produce(pool, value, delivered)
+            self._unsigned_from[pool] = head.next_seq
+            self._last_checkpoint_ms[pool] = now
+            self.stats.checkpoints += 1
+            made.append(checkpoint)
+        return made
+
+    def _save_state(self) -> None:
+        try:
+            self._state.save(self.delivered)
+        except OSError as exc:
+            self._fatal = f"cannot write state file {self._state.path}: {exc}"
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        self._producer.poll(timeout_s)
+        self._check()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Checkpoint what is unsigned, wait for every acknowledgement, save the state."""
+        try:
+            if self._fatal is None:
+                self.maybe_checkpoint(force=True)
+            remaining = self._producer.flush(timeout_s)
+        except KafkaException as exc:
+            raise PublishError(f"cannot flush the producer: {exc}") from exc
+        if remaining:
+            raise PublishError(f"{remaining} messages still unacknowledged after {timeout_s}s")
+        self._check()
+        self._save_state()
+
+
+def open_publisher(
+    settings: Settings, source_id: str, key: SigningKey, *,
+    checkpoint_policy: CheckpointPolicy | None = None, private_share: float = 0.0,
+    on_latency: Callable[[float], None] | None = None, **producer_overrides: Any,
+) -> ChunkPublisher:
+    """Resume both chains of ``source_id`` (state file + topic tail) and build the publisher."""
+    state = StateFile(settings.state_dir / "qrng" / f"{source_id}.json", source_id)
+    try:
+        positions = resume_positions(settings, source_id, state)
+    except KafkaError as exc:
+        raise ResumeError(f"cannot resume {source_id}: {exc}") from exc
+    return ChunkPublisher(settings, source_id, key, positions=positions, state=state,
+                          checkpoint_policy=checkpoint_policy, private_share=private_share,
+                          on_latency=on_latency, **producer_overrides)
+

@@ -1,0 +1,237 @@
+"""One QRNG ingest server: source -> health tests -> quarantine -> chunks -> Kafka.
+
+``build_service`` wires the parts from a typed ``IngestConfig``; ``IngestService.run`` loops
+until stopped (or a byte/time budget is spent), then checkpoints, flushes and saves its state.
+Each block of ``chunk_size`` raw bytes is tested (SP 800-90B RCT + APT, vectorized), folded into
+the quarantine state machine, and published as one chunk only when the verdict says so. Health
+transitions become alerts at once; heartbeats and liveness alerts go out every
+``heartbeat_ms``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from services.qrng_ingest.core.chain import CheckpointPolicy, HealthSummary
+from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_block
+from services.qrng_ingest.core.liveness import (
+    Alert,
+    AlertKind,
+    LivenessPolicy,
+    LivenessState,
+    assess,
+)
+from services.qrng_ingest.core.quarantine import (
+    HealthState,
+    QuarantinePolicy,
+    QuarantineState,
+    TransitionKind,
+    evolve,
+)
+from services.qrng_ingest.monitor import Heartbeat, IngestMetrics, StatusEmitter
+from services.qrng_ingest.publisher import ChunkPublisher, open_publisher
+from services.qrng_ingest.sources import Source
+from streams.keys import SigningKey
+from streams.settings import Settings
+from streams.telemetry import setup_telemetry
+
+
+class IngestConfigError(ValueError):
+    """An ingest setting that cannot work (chunk size not a whole number of windows ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    source_id: str
+    chunk_size: int = 1 << 20
+    min_entropy: Fraction = Fraction(8)
+    alpha_exponent: int = 40
+    binary: bool = False
+    recovery_windows: int = 2048
+    checkpoint: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    private_share: float = 0.0
+    heartbeat_ms: int = 2000
+    liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
+    metrics_port: int | None = None
+
+    def health_parameters(self) -> HealthParameters:
+        params = HealthParameters.derive(self.min_entropy, self.alpha_exponent,
+                                         binary=self.binary)
+        if self.chunk_size <= 0 or self.chunk_size % params.window_bytes:
+            raise IngestConfigError(
+                f"chunk size {self.chunk_size} is not a positive multiple of the "
+                f"{params.window_bytes}-byte APT window")
+        return params
+
+
+@dataclass(slots=True)
+class IngestReport:
+    raw_bytes: int = 0
+    published_bytes: int = 0
+    published_chunks: int = 0
+    dropped_bytes: int = 0
+    rct_failures: int = 0
+    apt_failures: int = 0
+    alerts: list[Alert] = field(default_factory=list)
+    health_state: str = HealthState.STARTUP.value
+    last_seq: int = -1
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class IngestService:
+    """Runs one source; ``stop()`` may be called from another thread or a signal handler."""
+
+    def __init__(
+        self, config: IngestConfig, source: Source, publisher: ChunkPublisher,
+        emitter: StatusEmitter, metrics: IngestMetrics | None,
+    ) -> None:
+        self.config = config
+        self.params = config.health_parameters()
+        self._source = source
+        self.publisher = publisher
+        self._emitter = emitter
+        self._metrics = metrics
+        self._policy = QuarantinePolicy(self.params.startup_windows, config.recovery_windows)
+        self._quarantine = QuarantineState()
+        self._carry = RctCarry()
+        self._liveness = LivenessState()
+        self._stop = threading.Event()
+        self.report = IngestReport()
+        self._interval_start_ms = self._last_data_ms = _now_ms()
+        self._interval_raw = 0
+        self._interval_published = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _alert(self, alert: Alert) -> None:
+        self.report.alerts.append(alert)
+        self._emitter.alert(alert, _now_ms())
+
+    def _read_block(self, deadline: float | None) -> bytes | None:
+        """One full block, or None when stopped or past the deadline (partial data dropped)."""
+        size = self.config.chunk_size
+        first = self._source.read(size)
+        if len(first) == size:
+            return first
+        parts, have = [first], len(first)
+        while have < size:
+            if self._stop.is_set() or (deadline is not None and time.monotonic() > deadline):
+                return None
+            self._tick()
+            part = self._source.read(size - have)
+            parts.append(part)
+            have += len(part)
+        return b"".join(parts)
+
+    def _process(self, block: bytes) -> None:
+        self.report.raw_bytes += len(block)
+        self._last_data_ms = _now_ms()
+        self._interval_raw += len(block)
+        health, self._carry = check_block(self.params, self._carry, block)
+        self.report.rct_failures += health.rct_failures
+        self.report.apt_failures += health.apt_failures
+        if self._metrics is not None:
+            self._metrics.health_failures("RCT", health.rct_failures)
+            self._metrics.health_failures("APT", health.apt_failures)
+        self._quarantine, verdict = evolve(self._policy, self._quarantine, health)
+        for transition in verdict.transitions:
+            if transition.kind is TransitionKind.HEALTH_FAILED:
+                self._alert(Alert(AlertKind.HEALTH_FAILURE, "+".join(transition.tests),
+                                  transition.detail))
+            elif transition.kind is TransitionKind.RECOVERED:
+                self._alert(Alert(AlertKind.RECOVERED, None, transition.detail))
+        self.report.health_state = self._quarantine.health.value
+        if verdict.publish:
+            chunk = self.publisher.publish(
+                block, simulated=self._source.simulated,
+                health=HealthSummary(health.rct_max_run, health.apt_max_count, health.windows))
+            self.report.published_bytes += len(block)
+            self.report.published_chunks += 1
+            self._interval_published += len(block)
+            if not chunk.private:
+                self.report.last_seq = chunk.seq
+            if self._metrics is not None:
+                self._metrics.published(len(block))
+        else:
+            self.report.dropped_bytes += len(block)
+            if self._metrics is not None:
+                self._metrics.dropped(len(block))
+
+    def _tick(self) -> None:
+        """Time-driven work: checkpoints by age, delivery reports, heartbeats, liveness."""
+        self.publisher.maybe_checkpoint()
+        self.publisher.poll(0)
+        now = _now_ms()
+        elapsed = now - self._interval_start_ms
+        if elapsed < self.config.heartbeat_ms:
+            return
+        raw_rate = self._interval_raw * 1000 / elapsed
+        published_rate = self._interval_published * 1000 / elapsed
+        self._liveness, alerts = assess(self.config.liveness, self._liveness, now_ms=now,
+                                        last_data_ms=self._last_data_ms, bytes_per_s=raw_rate)
+        for alert in alerts:
+            self._alert(alert)
+        stats = self.publisher.stats
+        latency = stats.latency_sum_ms / stats.latency_count if stats.latency_count else 0.0
+        stats.latency_sum_ms, stats.latency_count = 0.0, 0
+        state = "STALLED" if self._liveness.stalled else self._quarantine.health.value
+        if self._metrics is not None:
+            self._metrics.health_state = state
+            self._metrics.bytes_per_s = published_rate
+        self._emitter.heartbeat(Heartbeat(
+            published_rate, self.report.published_chunks,
+            self.publisher.heads[False].last_seq, self.publisher.heads[True].last_seq, state,
+            self._source.simulated, self.report.rct_failures, self.report.apt_failures,
+            self.report.dropped_bytes, latency), now)
+        self._interval_start_ms, self._interval_raw, self._interval_published = now, 0, 0
+
+    def run(
+        self, *, max_bytes: int | None = None, duration_s: float | None = None,
+        on_progress: Callable[[IngestReport], None] | None = None,
+    ) -> IngestReport:
+        """Ingest until ``stop()``, ``max_bytes`` raw bytes read, or ``duration_s`` elapsed."""
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        self._interval_start_ms = self._last_data_ms = _now_ms()
+        self._interval_raw = self._interval_published = 0
+        try:
+            while not self._stop.is_set():
+                if max_bytes is not None and self.report.raw_bytes >= max_bytes:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                block = self._read_block(deadline)
+                if block is None:
+                    break
+                self._process(block)
+                self._tick()
+                if on_progress is not None:
+                    on_progress(self.report)
+        finally:
+            self.publisher.close()
+            self._source.close()
+        self.report.last_seq = self.publisher.heads[False].last_seq
+        return self.report
+
+
+def build_service(
+    settings: Settings, config: IngestConfig, source: Source, key: SigningKey,
+    **producer_overrides: object,
+) -> IngestService:
+    """Resume the source's chains from Kafka and its state file, and wire the service."""
+    config.health_parameters()  # fail on a bad configuration before touching Kafka
+    telemetry = setup_telemetry("qrng_ingest", metrics_port=config.metrics_port)
+    metrics = IngestMetrics(telemetry.meter, config.source_id)
+    publisher = open_publisher(settings, config.source_id, key,
+                               checkpoint_policy=config.checkpoint,
+                               private_share=config.private_share, on_latency=metrics.latency,
+                               **producer_overrides)
+    emitter = StatusEmitter(settings, publisher.producer, config.source_id)
+    return IngestService(config, source, publisher, emitter, metrics)
