@@ -165,6 +165,22 @@ def _tail_of_partition(
     return found, checkpointed
 
 
+def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    """Low and high offsets, waiting out a leader election (fresh topic, broker restart)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                       timeout=10)
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = getattr(error, "retriable", lambda: False)()
+            if time.monotonic() > deadline or not (retriable or "leader" in str(exc).lower()):
+                raise
+            time.sleep(0.2)
+
+
 def read_tail(
     settings: Settings, source_id: str, private: bool, known: ChainPosition | None,
     *, window: int = 256,
@@ -184,8 +200,7 @@ def read_tail(
             raise ResumeError(f"topic {topic} is not available: {metadata.error}")
         partitions = sorted(metadata.partitions)
         if known is not None and known.partition is not None and known.offset is not None:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, known.partition), timeout=30)
+            low, high = _watermarks(consumer, topic, known.partition)
             start = max(low, int(known.offset) + 1)
             found, checkpointed = _tail_of_partition(
                 consumer, topic, known.partition, start, high, source_id, private)
@@ -195,8 +210,7 @@ def read_tail(
                                                        known.checkpointed_seq))
         best: ChainPosition | None = None
         for partition in partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=30)
+            low, high = _watermarks(consumer, topic, partition)
             end = high
             newest: ChainPosition | None = None
             while end > low:

@@ -165,14 +165,18 @@ class IngestService:
             if self._metrics is not None:
                 self._metrics.dropped(len(block))
 
-    def _tick(self) -> None:
-        """Time-driven work: checkpoints by age, delivery reports, heartbeats, liveness."""
+    def _tick(self, *, final: bool = False) -> None:
+        """Time-driven work: checkpoints by age, delivery reports, heartbeats, liveness.
+
+        ``final``: the last call before shutdown; always sends a heartbeat.
+        """
         self.publisher.maybe_checkpoint()
         self.publisher.poll(0)
         now = _now_ms()
         elapsed = now - self._interval_start_ms
-        if elapsed < self.config.heartbeat_ms:
+        if elapsed < self.config.heartbeat_ms and not final:
             return
+        elapsed = max(elapsed, 1)
         raw_rate = self._interval_raw * 1000 / elapsed
         published_rate = self._interval_published * 1000 / elapsed
         self._liveness, alerts = assess(self.config.liveness, self._liveness, now_ms=now,
@@ -214,6 +218,7 @@ class IngestService:
                 self._tick()
                 if on_progress is not None:
                     on_progress(self.report)
+            self._tick(final=True)
         finally:
             self.publisher.close()
             self._source.close()
