@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.helm.access import ROLES, topics_written_by
-from streams.topics import CATALOGUE, BY_NAME
+from streams.topics import BY_NAME, CATALOGUE
 
 Object = dict[str, Any]
 REPLICATION_FACTOR = 3

@@ -20,6 +20,7 @@ from typing import Any
 
 import jsonschema
 import referencing
+import referencing.jsonschema
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +126,7 @@ def _kube_registry(kube_version: str) -> referencing.Registry[Any]:
         definitions, default_specification=referencing.jsonschema.DRAFT202012
     )
     # The per-kind files refer to "_definitions.json#/definitions/..."
-    return referencing.Registry().with_resource("_definitions.json", resource)
+    return referencing.Registry().with_resource("_definitions.json", resource).crawl()
 
 
 def _core_schema_file(api_version: str, kind: str) -> str:
