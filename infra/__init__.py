@@ -1,0 +1,1 @@
+"""Deployment and development infrastructure: the embedded local cluster, Helm chart, compose."""
