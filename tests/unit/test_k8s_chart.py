@@ -143,10 +143,14 @@ def test_a_service_writing_a_topic_it_does_not_own_fails(rendered: dict[str, Obj
                         "'qs.chain.blocks', but its catalogue writer is 'tally'"]
 
 
-def test_a_container_without_limits_fails() -> None:
-    objects = render([CHART / "values-dev.yaml"],
-                     {"tally": {"resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
-                                              "limits": None}}})
+def test_a_container_without_limits_fails(rendered: dict[str, Objects]) -> None:
+    with pytest.raises(RenderError, match="'/tally/resources': missing property 'limits'"):
+        render([CHART / "values-dev.yaml"], {"tally": {"resources": {"limits": None}}})
+
+    def unlimited(deployment: dict[str, Any]) -> None:
+        deployment["spec"]["template"]["spec"]["containers"][0]["resources"].pop("limits")
+
+    objects = _broken(rendered["values-dev.yaml"], "Deployment", unlimited, "tally")
     messages = _messages(validate_objects(objects))
     assert any(m.startswith("Deployment/qustream-tally: spec.template.spec.containers[0] "
                             "(tally).resources.limits.cpu: missing") for m in messages), messages
@@ -204,3 +208,15 @@ def test_shard_writers_must_divide_the_partitions() -> None:
     assert _messages(validate_objects(objects)) == [
         "Deployment/qustream-shard-writer: spec.replicas: is 5; it must divide the 12 "
         "partitions of users.events so each instance hosts as many shards"]
+
+
+def test_a_replicas_value_for_a_validator_is_refused_by_the_values_schema() -> None:
+    nodes = [{"name": "validator-0", "keySecret": "k0", "replicas": 2}]
+    with pytest.raises(RenderError, match="'/validators/nodes/0': additional properties "
+                                          "'replicas' not allowed"):
+        render([CHART / "values-dev.yaml"], {"validators": {"nodes": nodes}})
+
+
+def test_a_misspelt_value_is_refused_by_the_values_schema() -> None:
+    with pytest.raises(RenderError, match="additional properties 'gatway' not allowed"):
+        render([CHART / "values-dev.yaml"], {"gatway": {"replicas": 3}})
