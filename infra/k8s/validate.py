@@ -44,6 +44,12 @@ def helm_binary() -> Path:
     return TOOLS_BIN / "helm"
 
 
+def _helm_env(scratch: Path) -> dict[str, str]:
+    """Helm's cache/config/data homes in a scratch folder: nothing is read from or left in ~."""
+    homes = ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")
+    return {**os.environ, **{name: str(scratch / name.lower()) for name in homes}}
+
+
 def render(values_files: Sequence[Path], extra_values: dict[str, Any] | None = None,
            chart: Path = CHART) -> list[dict[str, Any]]:
     """Every object ``helm template`` renders for the given values files (in order), then
@@ -58,13 +64,23 @@ def render(values_files: Sequence[Path], extra_values: dict[str, Any] | None = N
             extra = Path(scratch) / "extra-values.yaml"
             extra.write_text(yaml.safe_dump(extra_values))
             command += ["--values", str(extra)]
-        env = {**os.environ, **{name: str(Path(scratch) / name.lower()) for name in (
-            "HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME")}}
+        env = _helm_env(Path(scratch))
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
         raise RenderError(result.stderr.strip() or result.stdout.strip())
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     return [obj for obj in yaml.load_all(result.stdout, Loader=loader) if obj]
+
+
+def lint(values_file: Path, chart: Path = CHART) -> str | None:
+    """``helm lint --strict`` of the chart with one values file: its complaint, or None."""
+    with tempfile.TemporaryDirectory(prefix="qustream-helm-") as scratch:
+        env = _helm_env(Path(scratch))
+        result = subprocess.run(
+            [str(helm_binary()), "lint", "--strict", str(chart), "--values", str(values_file),
+             "--kube-version", KUBE_VERSION, "--quiet"],
+            capture_output=True, text=True, env=env, check=False)
+    return None if result.returncode == 0 else (result.stdout + result.stderr).strip()
 
 
 def validate_objects(objects: list[dict[str, Any]], crd_dir: Path = CRD_DIR) -> list[Finding]:
@@ -104,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if generate_topics.main(["--check"]) != 0:
         failures += 1
     for profile in args.profiles:
+        complaint = lint(CHART / profile)
+        if complaint:
+            print(f"FAIL {profile}: helm lint --strict:\n{complaint}")
+            failures += 1
         try:
             objects = render([CHART / profile])
         except RenderError as exc:
