@@ -220,3 +220,12 @@ def test_a_replicas_value_for_a_validator_is_refused_by_the_values_schema() -> N
 def test_a_misspelt_value_is_refused_by_the_values_schema() -> None:
     with pytest.raises(RenderError, match="additional properties 'gatway' not allowed"):
         render([CHART / "values-dev.yaml"], {"gatway": {"replicas": 3}})
+
+
+def test_the_chart_can_create_the_genesis_configmap() -> None:
+    objects = render([CHART / "values-dev.yaml"],
+                     {"genesis": {"create": True, "json": '{"chain_id": "qustream-dev"}'}})
+    assert _messages(validate_objects(objects)) == []
+    configmap = next(o for o in objects if o["kind"] == "ConfigMap")
+    assert configmap["metadata"]["name"] == "qustream-genesis"
+    assert configmap["data"]["genesis.json"] == '{"chain_id": "qustream-dev"}'
