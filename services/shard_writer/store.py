@@ -55,6 +55,7 @@ def connect(settings: Settings, *, request_timeout_s: float = 30.0) -> tuple[Clu
         "port": port,
         "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
         "connect_timeout": 10,
+        "protocol_version": 5,  # Cassandra 4.0+; saves the driver's downgrade handshake
     }
     connection_class = _connection_class()
     if connection_class is not None:

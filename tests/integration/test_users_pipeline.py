@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from cassandra.cluster import Session
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from services.shard_writer.consistency import (
     check_log,
@@ -123,12 +123,15 @@ def handler_caught_up(settings: Settings) -> Callable[[], bool]:
     def done() -> bool:
         partitions = sorted(make_admin(settings).list_topics(topic, timeout=10)
                             .topics[topic].partitions)
-        committed = consumer.committed([TopicPartition(topic, p) for p in partitions],
-                                       timeout=10)
-        for tp in committed:
-            _low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            if high > 0 and tp.offset < high:
-                return False
+        try:
+            committed = consumer.committed([TopicPartition(topic, p) for p in partitions],
+                                           timeout=10)
+            for tp in committed:
+                _low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                if high > 0 and tp.offset < high:
+                    return False
+        except KafkaException:
+            return False  # coordinator moving or loading: ask again
         return True
 
     return done
