@@ -115,8 +115,20 @@ def crd_schema(path: Path, api_version: str) -> dict[str, Any]:
 
 def _kube_schema_dir(kube_version: str) -> Any:
     minor = ".".join(kube_version.split(".")[:2])
-    return (resources.files("kubernetes_validate") / "kubernetes-json-schema"
-            / f"v{minor}.0-local-strict")
+    try:
+        package = resources.files("kubernetes_validate")
+    except ModuleNotFoundError as exc:
+        raise SchemaMissingError(
+            "the Kubernetes schemas come from the kubernetes-validate package: "
+            "pip install -e '.[dev]'"
+        ) from exc
+    directory = package / "kubernetes-json-schema" / f"v{minor}.0-local-strict"
+    if not directory.is_dir():
+        raise SchemaMissingError(
+            f"kubernetes-validate ships no strict schemas for Kubernetes {minor}; "
+            "pin the version named in pyproject.toml"
+        )
+    return directory
 
 
 @cache
