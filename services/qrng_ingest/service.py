@@ -10,6 +10,7 @@ transitions become alerts at once; heartbeats and liveness alerts go out every
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,12 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from services.qrng_ingest.core.chain import CheckpointPolicy, HealthSummary
-from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_block
+from services.qrng_ingest.core.health import (
+    BlockHealth,
+    HealthParameters,
+    RctCarry,
+    check_block,
+)
 from services.qrng_ingest.core.liveness import (
     Alert,
     AlertKind,
@@ -125,17 +131,40 @@ class IngestService:
         while have < size:
             if self._stop.is_set() or (deadline is not None and time.monotonic() > deadline):
                 return None
-            self._tick()
             part = self._source.read(size - have)
             parts.append(part)
             have += len(part)
         return b"".join(parts)
 
-    def _process(self, block: bytes) -> None:
+    def _reader(self, deadline: float | None, max_bytes: int | None,
+                out: queue.Queue[tuple[bytes, BlockHealth] | BaseException | None]) -> None:
+        """Reader thread: source reads and health tests (numpy, AES and hashing release the
+        GIL), so they overlap with chaining and producing in the main thread. Ends with None."""
+        try:
+            read = 0
+            while not self._stop.is_set() and (max_bytes is None or read < max_bytes):
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                block = self._read_block(deadline)
+                if block is None:
+                    break
+                read += len(block)
+                health, self._carry = check_block(self.params, self._carry, block)
+                while not self._stop.is_set():
+                    try:
+                        out.put((block, health), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # handed to the main thread, which raises it
+            out.put(exc)
+            return
+        out.put(None)
+
+    def _process(self, block: bytes, health: BlockHealth) -> None:
         self.report.raw_bytes += len(block)
         self._last_data_ms = _now_ms()
         self._interval_raw += len(block)
-        health, self._carry = check_block(self.params, self._carry, block)
         self.report.rct_failures += health.rct_failures
         self.report.apt_failures += health.apt_failures
         if self._metrics is not None:
@@ -205,21 +234,29 @@ class IngestService:
         deadline = None if duration_s is None else time.monotonic() + duration_s
         self._interval_start_ms = self._last_data_ms = _now_ms()
         self._interval_raw = self._interval_published = 0
+        blocks: queue.Queue[tuple[bytes, BlockHealth] | BaseException | None] = queue.Queue(4)
+        reader = threading.Thread(target=self._reader, args=(deadline, max_bytes, blocks),
+                                  name=f"qrng-reader-{self.config.source_id}", daemon=True)
+        reader.start()
         try:
-            while not self._stop.is_set():
-                if max_bytes is not None and self.report.raw_bytes >= max_bytes:
+            while True:
+                try:
+                    item = blocks.get(timeout=0.05)
+                except queue.Empty:
+                    self._tick()  # a stalled source still gets heartbeats and alerts
+                    continue
+                if item is None:
                     break
-                if deadline is not None and time.monotonic() > deadline:
-                    break
-                block = self._read_block(deadline)
-                if block is None:
-                    break
-                self._process(block)
+                if isinstance(item, BaseException):
+                    raise item
+                self._process(*item)
                 self._tick()
                 if on_progress is not None:
                     on_progress(self.report)
             self._tick(final=True)
         finally:
+            self._stop.set()
+            reader.join(timeout=10)
             self.publisher.close()
             self._source.close()
         self.report.last_seq = self.publisher.heads[False].last_seq

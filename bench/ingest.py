@@ -1,0 +1,119 @@
+"""Benchmark: QRNG ingest throughput against the raw confluent-kafka producer.
+
+Ours: the simulator through the SP 800-90B health tests, the quarantine state machine, hashing,
+the hash chain, ML-DSA-65 checkpoint signing (every 64 chunks or 1 s), Avro encoding and
+publishing with acks=all (``services.qrng_ingest.service``). Baseline: a bare confluent-kafka
+producer with the same configuration sending pre-generated chunks of the same size to a topic
+with the same settings. Rounds alternate (ours, baseline, ours, baseline) against the Kafka from
+the settings (``QUSTREAM_KAFKA_BOOTSTRAP_SERVERS`` or the embedded broker) on uniquely named
+topics; the best round of each is reported, plus the health tests alone. Bounded: about a minute.
+Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Producer
+from rich.console import Console
+from rich.progress import Progress
+
+from services.qrng_ingest.core.chain import CheckpointPolicy
+from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_block
+from services.qrng_ingest.publisher import PRODUCER_TUNING
+from services.qrng_ingest.service import IngestConfig, build_service
+from services.qrng_ingest.sources import SimulatorSource
+from streams.kafka import ensure_topics, producer_config
+from streams.keys import SigningKey
+from streams.settings import Settings, load_settings
+from streams.topics import TopicSpec, spec
+
+CHUNK = 1 << 20
+ROUND_S = 8.0
+ROUNDS = 2
+MB = 1_000_000
+
+
+def _health_rate(seconds: float = 2.0) -> float:
+    params = HealthParameters.derive(8, 40, binary=False)
+    blocks = [os.urandom(CHUNK) for _ in range(8)]
+    carry = RctCarry()
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        _, carry = check_block(params, carry, blocks[done % len(blocks)])
+        done += 1
+    return done * CHUNK / (time.perf_counter() - started) / MB
+
+
+def _ours(settings: Settings, state_dir: Path, round_: int) -> float:
+    key = SigningKey.generate()
+    config = IngestConfig(source_id=f"bench-{round_}", chunk_size=CHUNK, alpha_exponent=40,
+                          checkpoint=CheckpointPolicy(every_chunks=64, every_ms=1000))
+    local = settings.model_copy(update={"state_dir": state_dir})
+    service = build_service(local, config, SimulatorSource(), key)
+    started = time.perf_counter()
+    report = service.run(duration_s=ROUND_S)  # includes the final flush of every chunk
+    elapsed = time.perf_counter() - started
+    return report.published_bytes / elapsed / MB
+
+
+def _baseline(settings: Settings, topic: str) -> float:
+    producer = Producer(producer_config(settings, **PRODUCER_TUNING))
+    payloads = [os.urandom(CHUNK) for _ in range(16)]
+    sent = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < ROUND_S:
+        try:
+            producer.produce(topic, value=payloads[sent % len(payloads)], key=b"baseline")
+            sent += 1
+            producer.poll(0)
+        except BufferError:
+            producer.poll(0.05)
+    remaining = producer.flush(60)
+    elapsed = time.perf_counter() - started
+    if remaining:
+        raise RuntimeError(f"baseline: {remaining} messages unacknowledged")
+    return sent * CHUNK / elapsed / MB
+
+
+def main() -> None:
+    console = Console(stderr=True)
+    base = load_settings()
+    settings = base.model_copy(update={"topic_prefix": f"bench-{uuid.uuid4().hex[:8]}."})
+    raw = spec("entropy.raw")
+    baseline_spec = TopicSpec("bench.baseline", raw.partitions, raw.key, "bench", (),
+                              retention_ms=raw.retention_ms,
+                              max_message_bytes=raw.max_message_bytes)
+    ensure_topics(settings, [spec("entropy.raw"), spec("entropy.private"),
+                             spec("qrng.status"), baseline_spec])
+    ours: list[float] = []
+    baseline: list[float] = []
+    with tempfile.TemporaryDirectory() as state, Progress(console=console) as progress:
+        task = progress.add_task("ingest bench", total=ROUNDS * 2 + 1)
+        progress.update(task, description="health tests alone")
+        health = _health_rate()
+        progress.advance(task)
+        for round_ in range(ROUNDS):
+            progress.update(task, description=f"ours, round {round_ + 1}")
+            ours.append(_ours(settings, Path(state), round_))
+            progress.advance(task)
+            progress.update(task, description=f"baseline, round {round_ + 1}")
+            baseline.append(_baseline(settings, settings.topic("bench.baseline")))
+            progress.advance(task)
+    console.print(f"ours MB/s per round: {[round(x, 1) for x in ours]}; "
+                  f"baseline: {[round(x, 1) for x in baseline]}; load {os.getloadavg()}")
+    best_ours, best_baseline = max(ours), max(baseline)
+    print(json.dumps({"bench": "ingest", "unit": "MB/s", "ours": round(best_ours, 1),
+                      "baseline": round(best_baseline, 1),
+                      "ratio": round(best_ours / best_baseline, 3),
+                      "health_tests_mb_s": round(health, 1)}))
+
+
+if __name__ == "__main__":
+    main()

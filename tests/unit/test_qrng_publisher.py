@@ -1,0 +1,55 @@
+"""Publisher pieces that need no Kafka: the chunk fast-path encoder and the state file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.qrng_ingest.core.chain import ChainHead, Chunk, HealthSummary, extend
+from services.qrng_ingest.publisher import (
+    ChainPosition,
+    ChunkEncoder,
+    ResumeError,
+    StateFile,
+)
+from streams.codec import default_codec
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    source_id=st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1,
+                      max_size=40),
+    seq=st.integers(0, 2**63 - 1), payload=st.binary(max_size=3000),
+    produced=st.integers(-(2**63), 2**63 - 1), simulated=st.booleans(), private=st.booleans(),
+    health=st.tuples(st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1),
+                     st.integers(0, 2**31 - 1)),
+)
+def test_fast_encoder_equals_the_codec(
+    source_id: str, seq: int, payload: bytes, produced: int, simulated: bool, private: bool,
+    health: tuple[int, int, int],
+) -> None:
+    chunk = Chunk(source_id, private, seq, os.urandom(32), os.urandom(32), os.urandom(32),
+                  payload, produced, simulated, HealthSummary(*health))
+    codec = default_codec()
+    encoded = ChunkEncoder().encode(chunk)
+    assert encoded == codec.encode("EntropyChunkPublished", chunk.to_record())
+    assert Chunk.from_record(codec.decode(encoded).record) == chunk
+
+
+def test_state_file_round_trip_and_owner_check(tmp_path: Path) -> None:
+    _, head = extend(ChainHead(), source_id="qd-1", private=False, payload=b"x" * 64,
+                     produced_at_ms=1, simulated=True, health=HealthSummary())
+    state = StateFile(tmp_path / "qrng" / "qd-1.json", "qd-1")
+    assert state.load() == {}
+    positions = {False: ChainPosition(head, 0, 3, 41), True: ChainPosition()}
+    state.save(positions)
+    assert state.load() == positions
+    with pytest.raises(ResumeError):
+        StateFile(state.path, "someone-else").load()
+    state.path.write_text("{not json")
+    with pytest.raises(ResumeError):
+        state.load()
