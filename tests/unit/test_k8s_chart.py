@@ -229,3 +229,12 @@ def test_the_chart_can_create_the_genesis_configmap() -> None:
     configmap = next(o for o in objects if o["kind"] == "ConfigMap")
     assert configmap["metadata"]["name"] == "qustream-genesis"
     assert configmap["data"]["genesis.json"] == '{"chain_id": "qustream-dev"}'
+
+
+def test_the_command_line_validates_both_profiles(capsys: pytest.CaptureFixture[str]) -> None:
+    from infra.k8s.validate import main
+
+    assert main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == list(PROFILES)
+    assert all(line.endswith(": ok") for line in lines)
