@@ -385,7 +385,9 @@ def _on_vote(
             MessageRejected(event, f"{vote.validator_address.hex()} is not a validator")
         )
         return state
-    existing = state.votes.get(vote.round, vote.vote_type).vote_of(vote.validator_address)
+    existing = state.votes.get(vote.round, vote.vote_type).vote_for(
+        vote.validator_address, vote.block_hash
+    )
     if existing is not None and existing == vote:
         return state  # re-delivery: skip the signature check
     if not config.check(validator.public_key, vote.sign_bytes(config.chain_id), vote.signature):
@@ -534,11 +536,12 @@ def _decide(
     precommits = state.votes.get(round, VoteType.PRECOMMIT)
     records = []
     for validator in state.validators.validators:
-        vote = precommits.vote_of(validator.address)
-        if vote is not None and vote.block_hash == block.hash:
-            records.append(CommitSig(CommitFlag.COMMIT, validator.address, vote.signature))
-        elif vote is not None and vote.block_hash is None:
-            records.append(CommitSig(CommitFlag.NIL, validator.address, vote.signature))
+        for_block = precommits.vote_for(validator.address, block.hash)
+        for_nil = precommits.vote_for(validator.address, None)
+        if for_block is not None:
+            records.append(CommitSig(CommitFlag.COMMIT, validator.address, for_block.signature))
+        elif for_nil is not None:
+            records.append(CommitSig(CommitFlag.NIL, validator.address, for_nil.signature))
         else:
             records.append(CommitSig(CommitFlag.ABSENT, validator.address, b""))
     commit = CommitCertificate(state.height, round, block.hash, tuple(records))

@@ -1,19 +1,29 @@
 """Vote tallies per (height, round, type), persistent (every change returns a new value).
 
-A validator's first vote in a set is the one counted; a later vote from it for a different value
-is kept as ``DuplicateVoteEvidence`` and never counted (CometBFT's rule: a conflicting vote must
-not let a Byzantine validator count towards two values). An identical re-delivery is ignored.
-Signatures are checked by the caller before ``add``; membership is checked here.
+Counting rule. The *any-value* tally counts each validator once, by its first vote. A tally for
+one value counts every validator that signed that value, each once. So a validator that signs
+two values (equivocation) is counted towards both values, as in the paper's model where a
+Byzantine process's messages are simply messages, but never twice in one tally, and the conflict
+is kept as ``DuplicateVoteEvidence``. Counting it for both keeps proofs of lock visible: with
+"first vote only", an equivocator that sent a block vote to some nodes and nil to others hides
+the lock of the first group from the second forever (CometBFT reaches the same end with its
+peer "maj23" claims). Safety is unchanged: two values with more than 2/3 each overlap in more
+than 1/3 of the power, which needs more than 1/3 Byzantine.
+
+At most ``MAX_VALUES_PER_VALIDATOR`` values are kept per validator and set, so an equivocator
+cannot grow memory without bound. An identical re-delivery is ignored. Signatures are checked by
+the caller before ``add``; membership is checked here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from services.consensus.core.evidence import DuplicateVoteEvidence
 from services.consensus.core.messages import Vote, VoteType
 from services.consensus.core.validators import ValidatorSet
 
+MAX_VALUES_PER_VALIDATOR = 4
 NIL_KEY = b""
 
 
@@ -34,9 +44,10 @@ class VoteSet:
     round: int
     vote_type: VoteType
     validators: ValidatorSet
-    votes: dict[bytes, Vote] = field(default_factory=dict)  # address -> counted vote
+    votes: dict[bytes, Vote] = field(default_factory=dict)  # address -> first vote
+    by_value: dict[bytes, dict[bytes, Vote]] = field(default_factory=dict)  # key -> addr -> vote
     power_by_value: dict[bytes, int] = field(default_factory=dict)  # block key -> power
-    power: int = 0  # power of all counted votes, any value
+    power: int = 0  # power of all validators that voted, each once
     conflicts: tuple[DuplicateVoteEvidence, ...] = ()
 
     def add(self, vote: Vote) -> AddVoteResult:
@@ -52,28 +63,28 @@ class VoteSet:
             raise VoteSetError(
                 f"{vote.validator_address.hex()} is not a validator at height {self.height}"
             )
-        existing = self.votes.get(vote.validator_address)
-        if existing is not None:
-            if existing.block_key == vote.block_key:
-                return AddVoteResult(self, False, None)
-            evidence = DuplicateVoteEvidence.from_votes(existing, vote)
-            if evidence in self.conflicts:
-                return AddVoteResult(self, False, None)
-            updated = VoteSet(
-                self.height,
-                self.round,
-                self.vote_type,
-                self.validators,
-                self.votes,
-                self.power_by_value,
-                self.power,
-                (*self.conflicts, evidence),
-            )
-            return AddVoteResult(updated, False, evidence)
-        votes = dict(self.votes)
-        votes[vote.validator_address] = vote
-        by_value = dict(self.power_by_value)
-        by_value[vote.block_key] = by_value.get(vote.block_key, 0) + validator.power
+        address, key = vote.validator_address, vote.block_key
+        voters = self.by_value.get(key, {})
+        if address in voters:
+            return AddVoteResult(self, False, None)
+        first = self.votes.get(address)
+        evidence = None
+        votes, power, conflicts = self.votes, self.power, self.conflicts
+        if first is None:
+            votes = dict(votes)
+            votes[address] = vote
+            power += validator.power
+        else:
+            evidence = DuplicateVoteEvidence.from_votes(first, vote)
+            conflicts = (*conflicts, evidence)
+            values = sum(1 for known in self.by_value.values() if address in known)
+            if values >= MAX_VALUES_PER_VALIDATOR:
+                updated = replace(self, conflicts=conflicts)
+                return AddVoteResult(updated, False, evidence)
+        by_value = dict(self.by_value)
+        by_value[key] = {**voters, address: vote}
+        power_by_value = dict(self.power_by_value)
+        power_by_value[key] = power_by_value.get(key, 0) + validator.power
         updated = VoteSet(
             self.height,
             self.round,
@@ -81,10 +92,11 @@ class VoteSet:
             self.validators,
             votes,
             by_value,
-            self.power + validator.power,
-            self.conflicts,
+            power_by_value,
+            power,
+            conflicts,
         )
-        return AddVoteResult(updated, True, None)
+        return AddVoteResult(updated, True, evidence)
 
     def has_quorum_any(self) -> bool:
         """+2/3 of the power voted, for any mix of values."""
@@ -95,14 +107,21 @@ class VoteSet:
         return self.validators.has_quorum(self.power_by_value.get(key, 0))
 
     def quorum_value(self) -> bytes | None:
-        """The block key (``NIL_KEY`` for nil) holding +2/3, or None. At most one can."""
+        """The block key (``NIL_KEY`` for nil) holding +2/3, or None. With less than 1/3
+        Byzantine power at most one value can; the smallest key is returned otherwise."""
         for key in sorted(self.power_by_value):
             if self.validators.has_quorum(self.power_by_value[key]):
                 return key
         return None
 
     def vote_of(self, address: bytes) -> Vote | None:
+        """The first vote ``address`` cast in this set."""
         return self.votes.get(address)
+
+    def vote_for(self, address: bytes, block_hash: bytes | None) -> Vote | None:
+        """``address``'s vote for that value, if it signed one."""
+        key = NIL_KEY if block_hash is None else block_hash
+        return self.by_value.get(key, {}).get(address)
 
 
 @dataclass(frozen=True, slots=True)
