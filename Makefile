@@ -8,12 +8,13 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-unit test-integration lint soak bench clean
+.PHONY: help install tools demo test test-unit lint lint-k8s soak bench clean
 
 help:
 	@echo "make demo   - start the embedded Kafka + Cassandra and run the QuStream network"
 	@echo "make test   - install everything, start what the tests need, run every test"
 	@echo "make lint   - ruff, mypy and the import-linter contracts"
+	@echo "make lint-k8s - render the Helm chart and validate it offline (part of make test)"
 	@echo "make soak   - the long load and fault runs (not part of make test)"
 	@echo "make bench  - every benchmark under bench/ (each prints a JSON line)"
 
@@ -30,8 +31,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/qustream demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# Helm is built once from the Go module proxy (pinned; see infra/k8s/install_tools.sh).
+tools: $(STAMP)
+	bash infra/k8s/install_tools.sh
+
+# Render the Helm chart for both values files and validate every object offline.
+lint-k8s: tools
+	$(BIN)/python -m infra.k8s.validate
+	$(BIN)/python -m infra.docker.lint
+
+test: $(STAMP) lint-k8s
+	$(BIN)/python -m pytest --ignore=tests/soak $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
