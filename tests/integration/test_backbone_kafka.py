@@ -56,7 +56,13 @@ def test_ensure_topics_creates_catalogue_then_reports_drift(settings: Settings) 
     )
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(30)
-    drifted = {r.topic: r for r in ensure_topics(settings)}
+    # The broker applies config changes asynchronously: describe may lag the alter briefly.
+    deadline = time.monotonic() + 20
+    while True:
+        drifted = {r.topic: r for r in ensure_topics(settings)}
+        if drifted[blocks].status == "drift" or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
     assert drifted[blocks].status == "drift"
     assert any("retention.ms" in line for line in drifted[blocks].drift)
 
