@@ -105,7 +105,7 @@ def group_by_user(events: Iterable[Event]) -> dict[str, list[Event]]:
 
 
 def write_rows(session: Session, rows_by_user: Iterable[list[Row]], *,
-               max_in_flight: int = 512) -> int:
+               max_in_flight: int = 128) -> int:
     """Write every user's rows as unlogged single-partition batches, concurrently; wait for
     all. Returns the number of statements written; raises ``StoreError`` on any failure."""
     futures = []
