@@ -100,6 +100,20 @@ SIM_TIMEOUTS = TimeoutParams(
 SIM_RULES = EntropyRules()
 
 
+def sim_keys(count: int, algorithm: Algorithm = Algorithm.ED25519) -> list[SigningKey]:
+    """The deterministic validator keys of a simulation (also used by tests and vectors)."""
+    return [
+        SigningKey.from_seed(hashlib.sha256(f"sim-validator-{i}".encode()).digest(), algorithm)
+        for i in range(count)
+    ]
+
+
+def validator_set_of(keys: Sequence[SigningKey], powers: Sequence[int]) -> ValidatorSet:
+    return ValidatorSet.of(
+        Validator(k.address, k.public_key, p) for k, p in zip(keys, powers, strict=True)
+    )
+
+
 class Behavior(StrEnum):
     HONEST = "honest"
     EQUIVOCATE = "equivocate"
@@ -207,9 +221,7 @@ AppFactory = Callable[[Sequence[SigningKey], Sequence[int]], tuple[Application[A
 def counter_app_factory(
     keys: Sequence[SigningKey], powers: Sequence[int]
 ) -> tuple[Application[Any], Any]:
-    validators = ValidatorSet.of(
-        Validator(k.address, k.public_key, p) for k, p in zip(keys, powers, strict=True)
-    )
+    validators = validator_set_of(keys, powers)
     app = CounterApp()
     return app, app.genesis(CHAIN_ID, validators)
 
@@ -361,12 +373,7 @@ class Simulation:
         self._queue: list[tuple[int, int, Callable[[], None]]] = []
         self._sequence = itertools.count()
         self.messages_sent = 0
-        self.keys = [
-            SigningKey.from_seed(
-                hashlib.sha256(f"sim-validator-{i}".encode()).digest(), config.algorithm
-            )
-            for i in range(config.validators)
-        ]
+        self.keys = sim_keys(config.validators, config.algorithm)
         powers = config.powers or tuple(10 for _ in range(config.validators))
         self.app, genesis_state = config.app_factory(self.keys, powers)
         chain = genesis_chain(

@@ -1,0 +1,211 @@
+"""Block format, randomness and the proposal validation rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import pytest
+
+from services.block_builder.core.block import (
+    Block,
+    BlockFormatError,
+    EntropyRef,
+    SeqRange,
+    ranges_of,
+)
+from services.block_builder.core.merkle import inclusion_proof, verify_inclusion
+from services.block_builder.core.proposal import (
+    ChainTip,
+    EntropyRules,
+    InvalidBlockError,
+    StaticPool,
+    build_block,
+    validate_block,
+)
+from services.block_builder.core.randomness import (
+    block_randomness,
+    genesis_randomness,
+    randomness_input,
+)
+from services.consensus.core.commit import CommitCertificate
+from services.consensus.sim import sim_keys
+
+PROPOSER = sim_keys(1)[0].address
+RULES = EntropyRules(max_entropy_age=2, max_chunks_per_source=4, min_sources=2)
+
+
+def ref(source: str, seq: int) -> EntropyRef:
+    return EntropyRef(source, seq, hashlib.sha256(f"{source}/{seq}".encode()).digest())
+
+
+def pool(height: int, sources: dict[str, range], healthy: tuple[str, ...] | None = None,
+         verified_at: int | None = None) -> StaticPool:
+    """Chunk seq s of every source verified at height ``verified_at`` or s + 1."""
+    chunks = {
+        source: tuple((ref(source, s), s + 1 if verified_at is None else verified_at)
+                      for s in seqs)
+        for source, seqs in sources.items()
+    }
+    return StaticPool(height, chunks, frozenset(healthy if healthy is not None else sources))
+
+
+def tip(height: int = 3, last_seq: tuple[tuple[str, int], ...] = (("a", 0), ("b", 0))
+        ) -> ChainTip:
+    return ChainTip(
+        chain_id="test-chain",
+        height=height,
+        previous_block_hash=b"\x11" * 32,
+        previous_time_ms=1_000,
+        previous_randomness=genesis_randomness(b"genesis"),
+        last_seq=last_seq,
+        app_hash=b"\x22" * 32,
+        validators_hash=b"\x33" * 32,
+        next_validators_hash=b"\x44" * 32,
+    )
+
+
+def build(chain_tip: ChainTip, entropy_pool: StaticPool, **changes: object) -> Block:
+    kwargs: dict[str, object] = {
+        "round": 0, "time_ms": 2_000, "proposer_address": PROPOSER, "pool": entropy_pool,
+        "mempool": (b"tx-1", b"bad", b"tx-2"), "evidence": (),
+        "last_commit": None if chain_tip.height == 1 else CommitCertificate(
+            chain_tip.height - 1, 0, chain_tip.previous_block_hash, ()),
+        "rules": RULES, "check_tx": lambda tx: tx.startswith(b"tx"),
+        "check_evidence": lambda e: None,
+    }
+    kwargs.update(changes)
+    return build_block(chain_tip, **kwargs)  # type: ignore[arg-type]
+
+
+def validate(block: Block, chain_tip: ChainTip, entropy_pool: StaticPool) -> None:
+    validate_block(block, chain_tip, entropy_pool, RULES, PROPOSER,
+                   lambda tx: tx.startswith(b"tx"), lambda e: None, lambda c: None)
+
+
+def test_built_block_is_valid_deterministic_and_includes_all_fresh_entropy() -> None:
+    chain_tip, entropy = tip(height=1, last_seq=()), pool(1, {"a": range(0, 3), "b": range(0, 2)})
+    block = build(chain_tip, entropy)
+    assert block == build(chain_tip, entropy)
+    assert block.canonical() == build(chain_tip, entropy).canonical()
+    assert block.body.txs == (b"tx-1", b"tx-2")
+    assert block.header.entropy_ranges == (SeqRange("a", 0, 2), SeqRange("b", 0, 1))
+    assert block.header.randomness == block_randomness(
+        chain_tip.previous_randomness, 1, block.body.entropy
+    )
+    validate(block, chain_tip, entropy)
+    leaves = [r.canonical() for r in block.body.entropy]
+    assert verify_inclusion(leaves[3], inclusion_proof(leaves, 3), block.header.entropy_root)
+
+
+def test_block_hash_covers_every_header_field() -> None:
+    block = build(tip(height=1, last_seq=()), pool(1, {"a": range(0, 1), "b": range(0, 1)}))
+    for name in ("time_ms", "round"):
+        changed = dataclasses.replace(block.header, **{name: getattr(block.header, name) + 1})
+        assert Block(changed, block.body).hash != block.hash
+    changed = dataclasses.replace(block.header, app_hash=b"\x00" * 32)
+    assert Block(changed, block.body).hash != block.hash
+
+
+def test_randomness_depends_on_previous_height_and_entropy_not_on_order() -> None:
+    previous = genesis_randomness(b"x")
+    refs = [ref("a", 1), ref("b", 1)]
+    assert len(previous) == 64
+    assert block_randomness(previous, 5, refs) == block_randomness(previous, 5, refs[::-1])
+    assert block_randomness(previous, 5, refs) != block_randomness(previous, 6, refs)
+    assert block_randomness(previous, 5, refs) != block_randomness(previous, 5, refs[:1])
+    assert block_randomness(previous, 5, []) != block_randomness(genesis_randomness(b"y"), 5, [])
+    assert randomness_input(5, refs) == randomness_input(5, refs[::-1])
+
+
+def test_ranges_must_be_contiguous() -> None:
+    assert ranges_of([ref("a", 3), ref("a", 4), ref("b", 0)]) == (
+        SeqRange("a", 3, 4), SeqRange("b", 0, 0))
+    with pytest.raises(BlockFormatError, match="not contiguous"):
+        ranges_of([ref("a", 3), ref("a", 5)])
+
+
+def _tampered(block: Block, **body_changes: object) -> Block:
+    return Block(block.header, dataclasses.replace(block.body, **body_changes))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda b, t: Block(dataclasses.replace(b.header, chain_id="x"), b.body), "chain id"),
+        (lambda b, t: Block(dataclasses.replace(b.header, time_ms=t.previous_time_ms),
+                            b.body), "not after"),
+        (lambda b, t: Block(dataclasses.replace(b.header, app_hash=b"\x00" * 32), b.body),
+         "app hash"),
+        (lambda b, t: Block(dataclasses.replace(b.header, randomness=bytes(64)), b.body),
+         "randomness"),
+        (lambda b, t: _tampered(b, txs=(b"tx-9",)), "tx root"),
+        (lambda b, t: _tampered(b, entropy=b.body.entropy[::-1]), "sorted"),
+        (lambda b, t: Block(dataclasses.replace(b.header, proposer_address=b"\x01" * 20),
+                            b.body), "proposer"),
+    ],
+)
+def test_tampered_blocks_are_rejected(mutate, reason: str) -> None:  # type: ignore[no-untyped-def]
+    chain_tip, entropy = tip(), pool(3, {"a": range(0, 3), "b": range(0, 3)})
+    block = build(chain_tip, entropy)
+    with pytest.raises(InvalidBlockError, match=reason):
+        validate(mutate(block, chain_tip), chain_tip, entropy)
+
+
+def test_entropy_must_continue_the_previous_range() -> None:
+    chain_tip, entropy = tip(), pool(3, {"a": range(0, 4), "b": range(0, 4)})
+    skipping = build(tip(last_seq=(("a", 1), ("b", 0))), entropy)
+    with pytest.raises(InvalidBlockError, match="starts at 2, expected 1"):
+        validate(skipping, chain_tip, entropy)
+
+
+def test_unverified_or_unregistered_entropy_is_rejected() -> None:
+    chain_tip = tip()
+    block = build(chain_tip, pool(3, {"a": range(0, 3), "b": range(0, 3)}))
+    with pytest.raises(InvalidBlockError, match="not verified"):
+        validate(block, chain_tip, pool(3, {"a": range(0, 2), "b": range(0, 3)}))
+    with pytest.raises(InvalidBlockError, match="not registered"):
+        validate(block, chain_tip, pool(3, {"a": range(0, 3)}))
+
+
+def test_leaving_out_old_verified_entropy_is_rejected() -> None:
+    chain_tip = tip(height=6)
+    builder_view = pool(6, {"a": range(0, 2), "b": range(0, 2)})  # the proposer "missed" a/2
+    validator_view = pool(6, {"a": range(0, 3), "b": range(0, 2)}, verified_at=3)
+    block = build(chain_tip, builder_view)
+    with pytest.raises(InvalidBlockError, match="leaves out chunk 'a'/2, verified 3 heights ago"):
+        validate(block, chain_tip, validator_view)
+    fresh = pool(6, {"a": range(0, 3), "b": range(0, 2)}, verified_at=5)
+    validate(block, chain_tip, fresh)  # a young chunk may wait for the next block
+
+
+def test_a_full_block_may_leave_old_entropy_for_the_next() -> None:
+    chain_tip = tip(height=9, last_seq=(("a", 0), ("b", 0)))
+    entropy = pool(9, {"a": range(0, 8), "b": range(0, 2)}, verified_at=1)
+    block = build(chain_tip, entropy)
+    assert block.header.entropy_ranges[0] == SeqRange("a", 1, 4)  # capped at 4 per source
+    validate(block, chain_tip, entropy)
+
+
+def test_two_sources_required_when_two_are_healthy() -> None:
+    chain_tip = tip()
+    entropy = pool(3, {"a": range(0, 3), "b": range(0, 3)}, verified_at=3)
+    only_a = build(chain_tip, pool(3, {"a": range(0, 3), "b": range(0, 1)}))
+    with pytest.raises(InvalidBlockError, match="mixes 1 sources while 2 healthy"):
+        validate(only_a, chain_tip, entropy)
+    one_healthy = pool(3, {"a": range(0, 3), "b": range(0, 3)}, healthy=("a",), verified_at=3)
+    validate(only_a, chain_tip, one_healthy)  # b is not healthy: one source is enough
+
+
+def test_transactions_must_pass_check_tx() -> None:
+    chain_tip, entropy = tip(), pool(3, {"a": range(0, 3), "b": range(0, 3)})
+    block = build(chain_tip, entropy, check_tx=lambda tx: True)
+    with pytest.raises(InvalidBlockError, match="transaction 1 fails check_tx"):
+        validate(block, chain_tip, entropy)
+
+
+def test_entropy_refs_and_ranges_validate_their_fields() -> None:
+    with pytest.raises(BlockFormatError):
+        EntropyRef("a", 0, b"short")
+    with pytest.raises(BlockFormatError):
+        SeqRange("a", 3, 2)
