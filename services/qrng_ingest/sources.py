@@ -4,7 +4,7 @@
 the source's poll interval (a stall; the caller keeps asking). ``simulated`` is True only for
 output that is not from quantum hardware. Specs:
 
-- ``sim`` — simulator (chunks flagged simulated);
+- ``sim`` — simulator (chunks flagged simulated); ``sim,rate=2MiB`` paces it to a rate;
 - ``file:/dev/hwrng`` — a character device or file (vendor device, kernel hwrng);
 - ``http://host:port/path`` or ``https://...`` — a network appliance streaming bytes; the auth
   header comes from ``--auth-header`` or ``QUSTREAM_QRNG_AUTH_HEADER`` (``Name: value``);
@@ -21,6 +21,7 @@ import http.client
 import os
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -84,6 +85,42 @@ class SimulatorSource:
 
     def close(self) -> None:
         pass
+
+
+class PacedSource:
+    """Delivers another source's bytes at no more than ``bytes_per_s``.
+
+    For demos and tests that stand in for slower hardware (a Quantis PCIe card gives ~2 MB/s):
+    a simulator at full speed would flood a laptop's broker. Reads block until the schedule
+    allows them, so the ingest pipeline sees a steady device, not a stall.
+    """
+
+    def __init__(self, inner: Source, bytes_per_s: int,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if bytes_per_s <= 0:
+            raise SourceSpecError(f"rate must be positive, got {bytes_per_s}")
+        self.simulated = inner.simulated
+        self._inner = inner
+        self._rate = bytes_per_s
+        self._clock = clock
+        self._sleep = sleep
+        self._start = clock()
+        self._delivered = 0
+
+    def read(self, size: int) -> bytes:
+        data = self._inner.read(size)
+        self._delivered += len(data)
+        delay = self._start + self._delivered / self._rate - self._clock()
+        if delay > 0:
+            self._sleep(delay)
+        return data
+
+    def describe(self) -> str:
+        return f"{self._inner.describe()} paced to {self._rate} bytes/s"
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 class DeviceFileSource:
@@ -298,6 +335,15 @@ def parse_source(spec: str, *, auth_header: str | None = None) -> Source:
     """Open the source a ``--source`` spec names (see the module doc)."""
     if spec == "sim":
         return SimulatorSource()
+    if spec.startswith("sim,"):
+        key, sep, value = spec.removeprefix("sim,").partition("=")
+        if key != "rate" or not sep:
+            raise SourceSpecError(f"simulator option should read rate=<bytes/s>, got {spec!r}")
+        try:
+            rate = _int(value)
+        except ValueError as exc:
+            raise SourceSpecError(f"bad simulator rate {value!r}: {exc}") from exc
+        return PacedSource(SimulatorSource(), rate)
     if spec.startswith("file:"):
         return DeviceFileSource(spec.removeprefix("file:"))
     if spec.startswith(("http://", "https://")):
