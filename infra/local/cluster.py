@@ -31,6 +31,7 @@ from infra.local.errors import InfraError, PortInUseError, StartError
 from infra.local.jars import resolve_jars
 from infra.local.java import find_java_home
 from infra.local.process import (
+    exit_description,
     pid_alive,
     port_open,
     read_pid,
@@ -268,7 +269,9 @@ class LocalCluster:
                 for component in list(pending):
                     pid = read_pid(self.layouts[component].pid_file)
                     if pid is None or not pid_alive(pid, self._marker(component)):
-                        raise StartError(self._failure(component, "exited during start"))
+                        how = exit_description(pid) if pid is not None else None
+                        raise StartError(self._failure(
+                            component, f"(pid {pid}) exited during start ({how or 'unknown'})"))
                     if probes[component]():
                         pending.remove(component)
                         took = time.monotonic() - began[component]
@@ -310,15 +313,21 @@ class LocalCluster:
         host, port = self.cassandra_contact
         if not port_open(port, host):
             return False
-        from cassandra.cluster import Cluster, NoHostAvailable
+        from cassandra.cluster import (
+            EXEC_PROFILE_DEFAULT,
+            Cluster,
+            ExecutionProfile,
+            NoHostAvailable,
+        )
         from cassandra.policies import DCAwareRoundRobinPolicy
 
+        profile = ExecutionProfile(load_balancing_policy=DCAwareRoundRobinPolicy(
+            local_dc=self.settings.cassandra.local_datacenter), request_timeout=5)
         cluster = Cluster([host], port=port, connect_timeout=3, control_connection_timeout=3,
-                          load_balancing_policy=DCAwareRoundRobinPolicy(
-                              local_dc=self.settings.cassandra.local_datacenter))
+                          execution_profiles={EXEC_PROFILE_DEFAULT: profile})
         try:
             session = cluster.connect()
-            row = session.execute("SELECT release_version FROM system.local", timeout=5).one()
+            row = session.execute("SELECT release_version FROM system.local").one()
             return row is not None
         except (NoHostAvailable, OSError, Exception):  # any failure means: not ready yet
             return False

@@ -43,6 +43,20 @@ def write_pid(pid_file: Path, pid: int) -> None:
     tmp.replace(pid_file)
 
 
+# Exit statuses of children reaped by pid_alive(), for error messages ("killed by signal 9").
+_reaped: dict[int, int] = {}
+
+
+def exit_description(pid: int) -> str | None:
+    """How our child ``pid`` ended, if pid_alive() saw it end; None when unknown."""
+    status = _reaped.get(pid)
+    if status is None:
+        return None
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
 def _reap_if_child(pid: int) -> bool:
     """Reap ``pid`` if it is our exited child; True when it was reaped (so it is dead).
 
@@ -50,10 +64,13 @@ def _reap_if_child(pid: int) -> bool:
     zombie still answers ``kill(pid, 0)``; reaping it is the only way to see that it died.
     """
     try:
-        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        reaped, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         return False
-    return reaped == pid
+    if reaped == pid:
+        _reaped[pid] = status
+        return True
+    return False
 
 
 def pid_alive(pid: int, must_contain: str | None = None) -> bool:
