@@ -1,0 +1,346 @@
+"""The validator node: one process per validator key, with its block builder inside.
+
+Inputs (one confluent-kafka consumer, assigned, never a consumer group: every node reads
+everything): ``chain.consensus`` (the round messages), ``chain.blocks`` (catch-up and fork
+alarm), ``chain.evidence``, ``ledger.tx`` (the mempool) and ``entropy.raw`` (the entropy pool).
+The block builder of DESIGN.md section 3 is the part of this node that keeps the pool, mempool
+and evidence (``BuilderState``) and proposes when the core says this key is the round's
+proposer: proposing and voting share the one double-sign guard, so they live in one process.
+
+Restart: the node folds ``chain.blocks`` (verifying every block) into its chain, then reads
+``chain.consensus`` from the offset right after the precommit that completed the last finalized
+block (every message of later heights is behind it: a validator only moves on after reading a
+quorum of precommits from the log), and replays it through the core with its persisted
+``SignerState``: what it signed before is re-sent byte-identical, nothing conflicting is signed.
+
+Commit order of the output edge (signature -> ``chain.consensus``): the core returns the new
+signer state with each signed message; ``SignGuard.persist`` fsyncs it; then the message is
+produced (idempotent producer, acks=all, linger 0). Inputs are never committed: the position is
+re-derived from ``chain.blocks`` on start.
+
+Timeouts run on the local monotonic clock and enter the core as ``TimeoutFired``. After a
+decision the node waits ``block_interval_ms`` from the log time of the decision (so a
+replaying node does not wait) before starting the next height.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Message, TopicPartition
+
+from services.block_builder.core.block import Block
+from services.block_builder.core.proposal import EntropyRules
+from services.block_builder.pool import EntropyPool
+from services.consensus.core.chain import NodeBlockLogic
+from services.consensus.core.evidence import DuplicateVoteEvidence
+from services.consensus.core.messages import Proposal, Vote
+from services.consensus.core.signer import SignerState
+from services.consensus.core.state_machine import (
+    Broadcast,
+    ConsensusConfig,
+    Decided,
+    EvidenceDetected,
+    MessageRejected,
+    Output,
+    ProposalReceived,
+    TimeoutParams,
+    VoteReceived,
+)
+from services.consensus.follower import BlockFollower, ChainSpec, catch_up, source_registry
+from services.consensus.guard import SignGuard
+from services.consensus.mempool import Mempool, MempoolError, decode_submitted
+from services.consensus.node import ConsensusDriver, now_ms
+from services.consensus.wire import (
+    WireError,
+    decode_consensus,
+    decode_evidence_record,
+    decode_finalized,
+    encode_consensus,
+)
+from services.qrng_ingest.core.chain import Checkpoint, Chunk
+from services.qrng_ingest.core.verifier import EntropyRejectedError
+from streams.codec import CodecError, default_codec
+from streams.dlq import DeadLetters
+from streams.kafka import make_consumer, make_producer
+from streams.keys import SigningKey
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONSUMER_LATENCY = {"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}
+PRODUCER_LATENCY: dict[str, Any] = {"linger.ms": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    timeouts: TimeoutParams = field(default_factory=lambda: TimeoutParams(
+        propose_ms=1500, propose_delta_ms=500, prevote_ms=500, prevote_delta_ms=250,
+        precommit_ms=500, precommit_delta_ms=250))
+    block_interval_ms: int = 1000
+    rules: EntropyRules = field(default_factory=EntropyRules)
+    proposer_settle_ms: int = 50
+    validator_settle_ms: int = 600
+    entropy_wait_ms: int = 1500  # how long a proposal waits for its entropy to arrive here
+    misbehave: str | None = None  # "double-sign": a Byzantine node, for fault tests only
+
+
+@dataclass(slots=True)
+class BuilderState:
+    """The block builder's inputs: verified entropy, pending transactions, evidence."""
+
+    pool: EntropyPool
+    mempool: Mempool = field(default_factory=Mempool)
+    evidence: dict[bytes, DuplicateVoteEvidence] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Logic:
+    """``BlockLogic`` with the proposer's and the validator's pool views (see pool.py)."""
+
+    node: ValidatorNode
+
+    def _logic(self, settle_ms: int) -> NodeBlockLogic[Any]:
+        node = self.node
+        builder = node.builder
+        return NodeBlockLogic(
+            node.follower.chain, node.follower.spec.app, builder.pool.proposer_view(settle_ms),
+            builder.mempool.candidates(),
+            tuple(builder.evidence[k] for k in sorted(builder.evidence)),
+            node.options.rules, now_ms(), node.key.address)
+
+    def propose(self, height: int, round: int) -> Block:
+        return self._logic(self.node.options.proposer_settle_ms).propose(height, round)
+
+    def validate(self, block: Block) -> str | None:
+        return self._logic(self.node.options.validator_settle_ms).validate(block)
+
+
+class ValidatorNode(ConsensusDriver):
+    def __init__(self, settings: Settings, spec: ChainSpec, key: SigningKey, guard_path: Path,
+                 options: NodeOptions = NodeOptions()) -> None:
+        self.settings = settings
+        self.key = key
+        self.options = options
+        self.guard = SignGuard(guard_path, key.address)
+        self.name = f"validator-{key.address.hex()[:12]}"
+        self.producer = make_producer(settings, **PRODUCER_LATENCY)
+        producer: Any = self.producer
+        self.dlq_chain = DeadLetters(producer, settings.topic("dlq.chain"), self.name)
+        self.dlq_entropy = DeadLetters(producer, settings.topic("dlq.entropy"), self.name)
+        self.dlq_ledger = DeadLetters(producer, settings.topic("dlq.ledger"), self.name)
+        follower = catch_up(settings, BlockFollower.start(spec),
+                            on_skip=lambda m, e: self.dlq_chain.send_message(
+                                m, str(e), type(e).__name__))
+        self.builder = BuilderState(EntropyPool(source_registry(follower.chain.app_state)))
+        self.builder.pool.advance(follower.chain.tip)
+        super().__init__(ConsensusConfig(spec.chain_id, key, options.timeouts), follower,
+                         options.block_interval_ms)
+        self._deferred: list[tuple[float, ProposalReceived, Any]] = []
+        self._stop = False
+        self.codec = default_codec()
+        self.sent = 0
+        self.decided_heights = 0
+
+    def initial_signer(self) -> SignerState:
+        return self.guard.load()
+
+    def logic(self) -> _Logic:
+        return _Logic(self)
+
+    # -- outputs
+
+    def on_outputs(self, outputs: Sequence[Output], source: Any) -> None:
+        messages = [o.message for o in outputs if isinstance(o, Broadcast)]
+        if messages:
+            self.guard.persist(self.state.signer)  # durable BEFORE anything leaves
+        topic = self.settings.topic("chain.consensus")
+        for message in messages:
+            self.producer.produce(topic, encode_consensus(self.config.chain_id, message,
+                                                          self.codec))
+            self.sent += 1
+            if self.options.misbehave == "double-sign" and isinstance(message, Vote):
+                self.producer.produce(topic, encode_consensus(
+                    self.config.chain_id, self._conflicting(message), self.codec))
+        for output in outputs:
+            if isinstance(output, EvidenceDetected):
+                self.builder.evidence.setdefault(output.evidence.hash(), output.evidence)
+        if messages:
+            self.producer.poll(0)
+
+    def _conflicting(self, vote: Vote) -> Vote:
+        """A Byzantine second vote for the same slot (bypasses the guard on purpose)."""
+        other = (hashlib.sha256(b"conflict" + vote.signature).digest()
+                 if vote.block_hash is None else None)
+        unsigned = replace(vote, block_hash=other, signature=b"")
+        return replace(unsigned, signature=self.key.sign(unsigned.sign_bytes(
+            self.config.chain_id)))
+
+    def on_rejected(self, rejection: MessageRejected, source: Any) -> None:
+        if isinstance(source, _Source):
+            self.dlq_chain.send_message(source.message, rejection.reason, "rejected_by_core")
+
+    def on_decided(self, decision: Decided, source: Any) -> None:
+        self.decided_heights += 1
+        chain = self.follower.chain
+        self.builder.pool.advance(chain.tip)
+        self.builder.mempool.prune(decision.block.body.txs, self.follower.next_nonce)
+        for key in [k for k, item in self.builder.evidence.items()
+                    if (item.height, k) in chain.committed_evidence
+                    or chain.tip.height - item.height > chain.evidence_max_age]:
+            del self.builder.evidence[key]
+        log.info("%s decided height %d round %d", self.name, decision.height, decision.round)
+
+    def start_delay_s(self, decision: Decided, source: Any) -> float:
+        logged_ms = source.timestamp_ms if isinstance(source, _Source) else now_ms()
+        return max(0.0, (logged_ms + self.block_interval_ms - now_ms()) / 1000)
+
+    # -- inputs
+
+    def _consensus(self, message: Message) -> None:
+        source = _Source(message)
+        try:
+            decoded = decode_consensus(message.value(), self.config.chain_id, self.codec)
+        except WireError as exc:
+            self.dlq_chain.send_message(message, str(exc), "malformed")
+            return
+        if isinstance(decoded, Proposal):
+            event = ProposalReceived(decoded)
+            if self.builder.pool.missing(decoded.block.body.entropy):
+                wait = self.options.entropy_wait_ms / 1000
+                self._deferred.append((time.monotonic() + wait, event, source))
+                return
+            self.feed(event, source)
+        else:
+            self.feed(VoteReceived(decoded), source)
+
+    def _entropy(self, message: Message) -> None:
+        try:
+            schema, record = self.codec.decode(message.value())
+            if schema == "EntropyChunkPublished":
+                self.builder.pool.accept_chunk(Chunk.from_record(record))
+            elif schema == "EntropyCheckpointSigned":
+                self.builder.pool.accept_checkpoint(Checkpoint.from_record(record))
+            else:
+                raise CodecError(f"{schema} does not belong on entropy.raw")
+        except EntropyRejectedError as exc:
+            self.builder.pool.count_rejection(exc.code)
+            self.dlq_entropy.send_message(message, str(exc), exc.code)
+        except (CodecError, ValueError) as exc:
+            self.builder.pool.count_rejection("malformed")
+            self.dlq_entropy.send_message(message, str(exc), "malformed")
+
+    def _transaction(self, message: Message) -> None:
+        try:
+            self.builder.mempool.add(decode_submitted(message.value(), self.codec))
+        except MempoolError as exc:
+            self.dlq_ledger.send_message(message, str(exc), "rejected")
+
+    def _blocks(self, message: Message) -> None:
+        try:
+            self.feed_finalized(decode_finalized(message.value(), self.codec))
+        except WireError as exc:
+            self.dlq_chain.send_message(message, str(exc), "malformed")
+
+    def _evidence(self, message: Message) -> None:
+        try:
+            item = decode_evidence_record(message.value(), self.config.chain_id, self.codec)
+        except WireError as exc:
+            self.dlq_chain.send_message(message, str(exc), "malformed")
+            return
+        self.builder.evidence.setdefault(item.hash(), item)
+
+    def _release_deferred(self) -> None:
+        if not self._deferred:
+            return
+        now = time.monotonic()
+        keep = []
+        for deadline, event, source in self._deferred:
+            if now >= deadline or not self.builder.pool.missing(event.proposal.block.body.entropy):
+                self.feed(event, source)
+            else:
+                keep.append((deadline, event, source))
+        self._deferred = keep
+
+    # -- the loop
+
+    def assignments(self) -> list[TopicPartition]:
+        s = self.settings
+        last = self.follower.last
+        consensus_from = 0 if last is None else last.consensus_offset + 1
+        parts = [
+            TopicPartition(s.topic("chain.consensus"), 0, consensus_from),
+            TopicPartition(s.topic("chain.blocks"), 0, self.follower.last_offset + 1),
+            TopicPartition(s.topic("chain.evidence"), 0, 0),
+        ]
+        consumer = make_consumer(s, f"{self.name}-meta")
+        try:
+            for name in ("ledger.tx", "entropy.raw"):
+                topic = s.topic(name)
+                meta = consumer.list_topics(topic, timeout=30).topics[topic]
+                parts.extend(TopicPartition(topic, p, 0) for p in sorted(meta.partitions))
+        finally:
+            consumer.close()
+        return parts
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def run(self, duration_s: float | None = None) -> None:
+        consumer = make_consumer(self.settings, f"{self.name}-{time.time_ns()}",
+                                 **CONSUMER_LATENCY)
+        consumer.assign(self.assignments())
+        handlers = {
+            self.settings.topic("chain.consensus"): self._consensus,
+            self.settings.topic("chain.blocks"): self._blocks,
+            self.settings.topic("chain.evidence"): self._evidence,
+            self.settings.topic("ledger.tx"): self._transaction,
+            self.settings.topic("entropy.raw"): self._entropy,
+        }
+        started = time.monotonic()
+        log.info("%s starting at height %d", self.name, self.follower.next_height)
+        try:
+            while not self._stop:
+                if duration_s is not None and time.monotonic() - started > duration_s:
+                    break
+                wait = self.tick()
+                self._release_deferred()
+                for message in consumer.consume(500, min(wait, 0.05)):
+                    if message.error():
+                        continue
+                    handlers[message.topic() or ""](message)
+                self.producer.poll(0)
+        finally:
+            consumer.close()
+            self.producer.flush(10)
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Where an input came from (for the DLQ and the log time of a decision)."""
+
+    message: Message
+
+    @property
+    def timestamp_ms(self) -> int:
+        return int(self.message.timestamp()[1])
+
+
+def run_validator(settings: Settings, genesis: Path, key_path: Path, state_dir: Path,
+                  options: NodeOptions = NodeOptions(), duration_s: float | None = None
+                  ) -> ValidatorNode:
+    """Build and run a validator until SIGTERM/SIGINT (or ``duration_s``)."""
+    key = SigningKey.load(key_path)
+    node = ValidatorNode(settings, ChainSpec.load(genesis), key,
+                         state_dir / f"signer-{key.address.hex()}.json", options)
+    signal.signal(signal.SIGTERM, lambda *_: node.stop())
+    signal.signal(signal.SIGINT, lambda *_: node.stop())
+    node.run(duration_s)
+    return node

@@ -1,0 +1,42 @@
+"""``qustream validator run``: one validator node (consensus + its block builder)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Validator nodes: vote in consensus, propose blocks when chosen.",
+                  no_args_is_help=True)
+
+
+@app.command("run")
+def run(
+    key: Path = typer.Option(..., "--key", help="the validator's signing key file"),
+    genesis: Path = typer.Option(..., "--genesis", help="genesis.json"),
+    state_dir: Path | None = typer.Option(None, "--state-dir",
+                                          help="where the double-sign guard lives "
+                                               "(default: QUSTREAM_STATE_DIR/validators)"),
+    block_interval_ms: int = typer.Option(1000, "--block-interval-ms",
+                                          help="pause after each block (0 = as fast as possible)"),
+    propose_timeout_ms: int = typer.Option(1500, "--propose-timeout-ms"),
+    duration_s: float | None = typer.Option(None, "--duration", help="stop after seconds"),
+    misbehave: str | None = typer.Option(None, "--misbehave", hidden=True,
+                                         help="double-sign: a Byzantine node (fault tests)"),
+) -> None:
+    """Run a validator until interrupted."""
+    from dataclasses import replace
+
+    from services.consensus.validator import NodeOptions, run_validator
+    from streams.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = load_settings()
+    defaults = NodeOptions()
+    options = replace(defaults, block_interval_ms=block_interval_ms, misbehave=misbehave,
+                      timeouts=replace(defaults.timeouts, propose_ms=propose_timeout_ms))
+    node = run_validator(settings, genesis, key, state_dir or settings.state_dir / "validators",
+                         options, duration_s)
+    typer.echo(f"stopped at height {node.follower.next_height}; sent {node.sent} messages; "
+               f"rejected {node.rejected}")

@@ -1,0 +1,240 @@
+"""The network end to end on the real Kafka: real processes (4 validators, the tally, 2 QRNG
+ingest servers) under the supervisor, and an independent verifier reading the topics afresh.
+
+The QRNG servers read a FIFO that the test fills with OS random bytes at a fixed pace (the
+simulator source is unthrottled and would take both cores); the ingest path (health tests,
+hash chain, signed checkpoints) is the production one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from services.consensus.follower import (
+    ChainSpec,
+    VerifiedBlock,
+    read_blocks,
+    source_registry,
+    watermarks,
+)
+from services.qrng_ingest.core.chain import Checkpoint, Chunk
+from services.qrng_ingest.core.verifier import ChainVerifier, EntropyRejectedError
+from streams.codec import default_codec
+from streams.kafka import ensure_topics, make_consumer
+from streams.settings import Settings
+from streams.supervisor import ServiceSpec, Supervisor
+
+pytestmark = pytest.mark.integration
+
+PY = sys.executable
+CLI = (PY, "-m", "streams.cli")
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    return {
+        "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap(),
+        "QUSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "QUSTREAM_STATE_DIR": str(settings.state_dir),
+    }
+
+
+class PacedFifo:
+    """A FIFO filled with ``size`` random bytes every ``interval_s`` (data is dropped while
+    nobody reads, so a killed reader never blocks the test)."""
+
+    def __init__(self, path: Path, size: int = 4096, interval_s: float = 0.1) -> None:
+        os.mkfifo(path)
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        self._size, self._interval = size, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                os.write(self._fd, os.urandom(self._size))
+            except BlockingIOError:
+                continue
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        os.close(self._fd)
+
+
+@dataclass
+class Network:
+    settings: Settings
+    root: Path
+    validators: int
+    supervisor: Supervisor
+    fifos: list[PacedFifo] = field(default_factory=list)
+
+    @property
+    def genesis(self) -> Path:
+        return self.root / "net" / "genesis.json"
+
+    def blocks(self) -> list[VerifiedBlock]:
+        return list(read_blocks(self.settings, self.genesis, idle_timeout_s=3))
+
+    def wait_height(self, height: int, timeout_s: float) -> int:
+        """Wait until chain.blocks holds ``height``; returns the height reached."""
+        deadline = time.monotonic() + timeout_s
+        reached = 0
+        while time.monotonic() < deadline:
+            self.supervisor.tick()
+            reached = finalized_height(self.settings)
+            if reached >= height:
+                return reached
+            time.sleep(0.5)
+        return reached
+
+    def log(self, name: str) -> str:
+        path = self.supervisor.log_path(name)
+        return path.read_text()[-3000:] if path.exists() else ""
+
+
+def finalized_height(settings: Settings) -> int:
+    """Number of records on chain.blocks (a cheap progress probe; duplicates count)."""
+    topic = settings.topic("chain.blocks")
+    consumer = make_consumer(settings, f"probe-{time.time_ns()}")
+    try:
+        low, high = watermarks(consumer, topic)
+    finally:
+        consumer.close()
+    # Each transaction adds one commit marker after its record(s).
+    return int(high - low) // 2
+
+
+def validator_spec(net_dir: Path, index: int, interval_ms: int = 1000,
+                   extra: tuple[str, ...] = ()) -> ServiceSpec:
+    return ServiceSpec(f"validator-{index}", (
+        *CLI, "validator", "run", "--key", str(net_dir / "keys" / f"validator-{index}.json"),
+        "--genesis", str(net_dir / "genesis.json"), "--block-interval-ms", str(interval_ms),
+        *extra))
+
+
+@pytest.fixture
+def network_factory(settings: Settings, tmp_path: Path) -> Iterator[object]:
+    made: list[Network] = []
+
+    def make(validators: int = 4, interval_ms: int = 1000, sources: int = 2,
+             byzantine: tuple[int, ...] = (), tally: bool = True) -> Network:
+        import subprocess
+
+        net_dir = tmp_path / "net"
+        subprocess.run([*CLI, "genesis", "new", "--validators", str(validators), "--accounts",
+                        "3", "--sources", str(sources), "--out", str(net_dir)],
+                       check=True, capture_output=True, env={**os.environ, **env_of(settings)})
+        ensure_topics(settings)
+        specs = []
+        fifos = []
+        for index in range(sources):
+            fifo = PacedFifo(tmp_path / f"qrng-{index}.fifo")
+            fifos.append(fifo)
+            specs.append(ServiceSpec(f"qrng-{index}", (
+                *CLI, "qrng", "run", "--source", f"file:{fifo.path}", "--key",
+                str(net_dir / "keys" / f"qrng-{index}.json"), "--source-id", f"qrng-{index}",
+                "--chunk-size", "4KiB", "--checkpoint-chunks", "8", "--checkpoint-ms", "300",
+                "--quiet"), env=env_of(settings)))
+        for index in range(validators):
+            extra = ("--misbehave", "double-sign") if index in byzantine else ()
+            spec = validator_spec(net_dir, index, interval_ms, extra)
+            specs.append(ServiceSpec(spec.name, spec.argv, env=env_of(settings)))
+        if tally:
+            specs.append(ServiceSpec("tally", (*CLI, "tally", "run", "--genesis",
+                                               str(net_dir / "genesis.json")),
+                                     env=env_of(settings)))
+        supervisor = Supervisor(specs, tmp_path / "logs", max_restarts=3)
+        network = Network(settings, tmp_path, validators, supervisor, fifos)
+        made.append(network)
+        supervisor.start()
+        return network
+
+    yield make
+    for network in made:
+        network.supervisor.stop(grace_s=5)
+        for fifo in network.fifos:
+            fifo.close()
+
+
+def verified_entropy(settings: Settings, genesis: Path) -> dict[tuple[str, int], bytes]:
+    """(source, seq) -> payload digest of every chunk a verified checkpoint covers, read
+    afresh from entropy.raw."""
+    spec = ChainSpec.load(genesis)
+    verifier = ChainVerifier(source_registry(spec.initial.app_state), allow_mid_stream=False)
+    topic = settings.topic("entropy.raw")
+    consumer = make_consumer(settings, f"entropy-check-{time.time_ns()}")
+    codec = default_codec()
+    out: dict[tuple[str, int], bytes] = {}
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        ends = {p: watermarks(consumer, topic, p)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        done = {p for p, end in ends.items() if end == 0}
+        deadline = time.monotonic() + 60
+        while len(done) < len(partitions) and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            if message.offset() + 1 >= ends[message.partition()]:
+                done.add(message.partition())
+            schema, record = codec.decode(message.value())
+            try:
+                if schema == "EntropyChunkPublished":
+                    verifier.accept_chunk(Chunk.from_record(record))
+                else:
+                    for chunk in verifier.accept_checkpoint(Checkpoint.from_record(record)):
+                        out[(chunk.source_id, chunk.seq)] = chunk.payload_digest
+            except EntropyRejectedError:
+                continue
+    finally:
+        consumer.close()
+    return out
+
+
+def verify_chain(network: Network, minimum: int) -> list[VerifiedBlock]:
+    """The independent verifier: every block re-verified from a fresh consumer (hash links,
+    certificates against the set of the height, randomness, state hash by re-execution — all
+    in ``read_blocks``), plus every entropy ref against the chunks on entropy.raw."""
+    blocks = network.blocks()
+    assert len(blocks) >= minimum, f"only {len(blocks)} blocks"
+    heights = [b.record.height for b in blocks]
+    assert heights == list(range(1, len(blocks) + 1)), "heights have a gap or repeat"
+    entropy = verified_entropy(network.settings, network.genesis)
+    last_seq: dict[str, int] = {}
+    with_entropy = 0
+    for block in blocks:
+        refs = block.record.block.body.entropy
+        with_entropy += bool(refs)
+        for ref in refs:
+            assert entropy.get((ref.source_id, ref.seq)) == ref.digest, (
+                f"block {block.record.height}: {ref.source_id}#{ref.seq} is not a verified chunk")
+            assert ref.seq == last_seq.get(ref.source_id, -1) + 1
+            last_seq[ref.source_id] = ref.seq
+    assert with_entropy >= len(blocks) // 2, "most blocks should carry entropy"
+    return blocks
+
+
+def test_thirty_blocks_end_to_end(network_factory: object) -> None:
+    network = network_factory()  # type: ignore[operator]
+    reached = network.wait_height(32, timeout_s=120)
+    assert reached >= 32, (
+        f"reached {reached}\n" + "\n".join(network.log(f"validator-{i}") for i in range(4))
+        + network.log("tally"))
+    blocks = verify_chain(network, 30)
+    two_sources = sum(1 for b in blocks if len(b.record.block.header.entropy_ranges) == 2)
+    assert two_sources >= len(blocks) // 2
+    latencies = [b.record.finalized_at_ms - b.record.proposed_at_ms for b in blocks]
+    assert sorted(latencies)[len(latencies) // 2] < 1000
