@@ -66,7 +66,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec("users.events", 12, "user id", "user command handler", ("UserEventRecorded",),
               retention_ms=FOREVER),
     TopicSpec("users.replies", 12, "user id", "user command handler",
-              ("UserCommandRejected", "UserEventRecorded"), retention_ms=DAY_MS),
+              ("UserCommandAccepted", "UserCommandRejected"), retention_ms=DAY_MS),
     TopicSpec("dlq.entropy", 1, "original key", "entropy consumers", ("MessageDeadLettered",),
               retention_ms=30 * DAY_MS, max_message_bytes=MAX_MESSAGE_BYTES),
     TopicSpec("dlq.chain", 1, "original key", "consensus consumers", ("MessageDeadLettered",),
