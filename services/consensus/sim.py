@@ -578,7 +578,10 @@ class Simulation:
         node.chain = chain
         height = chain.tip.height
         self.sets_by_height.setdefault(height, chain.validators)
-        node.wal = []
+        # The new height's log starts with the messages buffered for it (the state machine
+        # replays them when the height starts), so a restart rebuilds them too.
+        logic = self._logic(node)
+        node.wal = [(event, logic) for event in node.state.future]
         self._input(node, StartHeight(height, chain.validators))
         node.priorities = node.state.priorities
 
