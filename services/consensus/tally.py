@@ -82,7 +82,10 @@ class Tally(ConsensusDriver):
         self.settings = settings
         self.instance = instance
         self.codec = default_codec()
-        self.producer = make_producer(settings, transactional_id=f"qustream-tally-{instance}",
+        # Prefixed like the topics: tallies of different chains on one cluster must not fence
+        # each other, and the Helm chart's ACLs grant transactional ids by the topic prefix.
+        self.producer = make_producer(settings,
+                                      transactional_id=f"{settings.topic_prefix}tally.{instance}",
                                       **{"linger.ms": 0})
         self._pending: list[tuple[str, bytes | None, bytes]] = []
         self.dlq = DeadLetters(_Collector(self._pending), settings.topic("dlq.chain"),

@@ -1,0 +1,375 @@
+"""``qustream demo``: the whole network on one machine, with a live view.
+
+What it does, in order (each step is idempotent, so a second run continues the same chain):
+
+1. starts the embedded Kafka and Cassandra (or uses the configured external cluster);
+2. writes a genesis with 4 validators, 2 simulated QRNG sources and funded accounts under
+   ``<state_dir>/demo/`` unless one exists (``--fresh`` deletes the demo's chain first);
+3. creates the catalogue's topics;
+4. starts every service as its own OS process under ``streams.supervisor``: the QRNG servers,
+   the validators (each with its block builder), the tally, the user command handler and the
+   shard_writer — the same commands a deployment runs;
+5. registers a few users and stores encrypted records through the public CLI;
+6. shows finalized blocks (verified from genesis, not taken from the topic on trust), QRNG
+   health and rate, validator power, missed blocks and jail status, and the services;
+7. on Ctrl-C or after ``--duration`` stops everything cleanly and prints a summary and how to
+   inspect the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from streams.settings import Settings, load_settings
+from streams.supervisor import ServiceSpec, Supervisor
+
+QUSTREAM = (sys.executable, "-m", "streams.cli")
+
+
+@dataclass
+class DemoView:
+    """What the watcher threads have seen; read by the renderer. Guarded by ``lock``."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    blocks: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10))
+    blocks_this_run: int = 0
+    first_height: int | None = None
+    head: dict[str, Any] | None = None
+    finality_ms: list[int] = field(default_factory=list)
+    entropy_chunks: int = 0
+    validators: list[dict[str, Any]] = field(default_factory=list)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    alerts: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+    users: list[str] = field(default_factory=list)
+    errors: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+
+
+def _validator_rows(chain: Any) -> list[dict[str, Any]]:
+    from services.consensus.core.ledger.queries import validators
+
+    state = chain.app_state
+    reduction = state.params.power_reduction
+    rows = []
+    for record in validators(state):
+        info = state.signing_infos.get(record.address)
+        rows.append({
+            "address": record.address.hex(),
+            "power": record.tokens // reduction,
+            "missed": info.missed_count if info is not None else 0,
+            "jailed": "tombstoned" if record.tombstoned else ("yes" if record.jailed else "no"),
+            "in_set": record.address in chain.validators,
+        })
+    return rows
+
+
+def _watch_blocks(settings: Settings, genesis: Path, view: DemoView, stop: threading.Event,
+                  live_from: int) -> None:
+    from services.consensus.chain_cli import block_summary
+    from services.consensus.follower import FollowError, read_blocks
+
+    while not stop.is_set():
+        try:
+            for verified in read_blocks(settings, genesis, follow=True):
+                summary = block_summary(verified)
+                with view.lock:
+                    view.head = summary
+                    view.validators = _validator_rows(verified.chain)
+                    if summary["height"] >= live_from:
+                        view.blocks.appendleft(summary)
+                        view.blocks_this_run += 1
+                        view.first_height = view.first_height or summary["height"]
+                        view.finality_ms.append(summary["proposal_to_finality_ms"])
+                        view.entropy_chunks += summary["entropy_chunks"]
+                if stop.is_set():
+                    return
+        except FollowError as exc:  # a block that does not verify: show it, keep watching
+            with view.lock:
+                view.errors.appendleft(f"chain verification failed: {exc}")
+            stop.wait(2)
+        except Exception as exc:  # the broker restarting, etc.: retry, the view says why
+            with view.lock:
+                view.errors.appendleft(f"block reader: {type(exc).__name__}: {exc}")
+            stop.wait(2)
+
+
+def _watch_qrng(settings: Settings, view: DemoView, stop: threading.Event) -> None:
+    from streams.codec import CodecError, default_codec
+    from streams.kafka import make_consumer
+
+    codec = default_codec()
+    consumer = make_consumer(settings, f"demo-view-{time.time_ns()}",
+                             **{"auto.offset.reset": "latest"})
+    consumer.subscribe([settings.topic("qrng.status")])
+    try:
+        while not stop.is_set():
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            try:
+                decoded = codec.decode(message.value())
+            except CodecError:
+                continue
+            record = decoded.record
+            with view.lock:
+                if decoded.schema == "QrngHeartbeatEmitted":
+                    view.sources[record["source_id"]] = record
+                else:
+                    view.alerts.appendleft(
+                        f"{record['source_id']}: {record['kind']} {record.get('detail', '')}")
+    finally:
+        consumer.close()
+
+
+def _add_users(settings: Settings, demo_dir: Path, count: int, view: DemoView,
+               stop: threading.Event) -> None:
+    """Register users and store records through the public CLI, as an application would."""
+    users_dir = demo_dir / "users"
+    users_dir.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        if stop.is_set():
+            return
+        identity = users_dir / f"user-{index}.json"
+        steps: list[tuple[str, ...]] = []
+        if not identity.exists():
+            steps.append(("keygen", "--out", str(identity)))
+            steps.append(("register", "--identity", str(identity)))
+        steps.append(("put", "profile", f"demo record {index} at {time.ctime()}",
+                      "--identity", str(identity)))
+        for step in steps:
+            for _attempt in range(20):  # the handler may still be starting
+                if stop.is_set():
+                    return
+                done = subprocess.run([*QUSTREAM, "users", *step], capture_output=True,
+                                      text=True, timeout=120)
+                if done.returncode == 0:
+                    break
+                stop.wait(3)
+            else:
+                with view.lock:
+                    view.errors.appendleft(f"users {step[0]} failed: {done.stdout[-200:]}"
+                                           f"{done.stderr[-200:]}")
+                return
+        user_id = json.loads(identity.read_text())["user_id"]
+        with view.lock:
+            view.users.append(user_id)
+
+
+def _render(view: DemoView, supervisor: Supervisor, started: float) -> Group:
+    with view.lock:
+        blocks = Table(title="finalized blocks (each verified from genesis)", expand=True)
+        for column in ("height", "round", "randomness", "signers", "power", "entropy",
+                       "txs", "proposal→final"):
+            blocks.add_column(column)
+        for b in list(view.blocks):
+            blocks.add_row(str(b["height"]), str(b["round"]), b["randomness"][:24] + "…",
+                           str(b["signers"]), str(b["signed_power"]),
+                           f"{b['entropy_chunks']} chunks", str(b["txs"]),
+                           f"{b['proposal_to_finality_ms']} ms")
+        sources = Table(title="QRNG sources", expand=True)
+        for column in ("source", "state", "rate", "last seq", "heartbeat age", "simulated"):
+            sources.add_column(column)
+        now_ms = int(time.time() * 1000)
+        for source_id, hb in sorted(view.sources.items()):
+            sources.add_row(source_id, hb["health_state"], f"{hb['bytes_per_s'] / 1e6:.2f} MB/s",
+                            str(hb["last_seq"]), f"{(now_ms - hb['at_ms']) / 1000:.1f} s",
+                            str(hb["simulated"]))
+        validators = Table(title="validators", expand=True)
+        for column in ("address", "power", "missed", "jailed", "in set"):
+            validators.add_column(column)
+        for v in view.validators:
+            validators.add_row(v["address"][:16] + "…", str(v["power"]), str(v["missed"]),
+                               v["jailed"], "yes" if v["in_set"] else "no")
+        services = Table(title="services", expand=True)
+        for column in ("service", "pid", "state", "restarts"):
+            services.add_column(column)
+        for status in supervisor.status():
+            services.add_row(status.name, str(status.pid or "-"), status.state.value,
+                             str(status.restarts))
+        notes = [f"running {time.monotonic() - started:.0f} s; "
+                 f"{view.blocks_this_run} blocks finalized this run; "
+                 f"users registered: {len(view.users)}"]
+        notes += [f"[yellow]{a}[/]" for a in view.alerts]
+        notes += [f"[red]{e}[/]" for e in view.errors]
+    return Group(blocks, sources, validators, services, Panel("\n".join(notes)))
+
+
+def _services(settings: Settings, demo_dir: Path, validators: int, sources: int,
+              block_interval_ms: int, qrng_rate: str) -> list[ServiceSpec]:
+    genesis = str(demo_dir / "genesis.json")
+    keys = demo_dir / "keys"
+    specs = [
+        ServiceSpec(f"qrng-{i}", (*QUSTREAM, "qrng", "run", "--source", f"sim,rate={qrng_rate}",
+                                  "--key", str(keys / f"qrng-{i}.json"), "--source-id",
+                                  f"qrng-{i}", "--chunk-size", "64KiB", "--checkpoint-ms", "250",
+                                  "--private-share", "0.2", "--quiet"))
+        for i in range(sources)
+    ]
+    specs += [
+        ServiceSpec(f"validator-{i}", (*QUSTREAM, "validator", "run", "--key",
+                                       str(keys / f"validator-{i}.json"), "--genesis", genesis,
+                                       "--state-dir", str(demo_dir / "validators"),
+                                       "--block-interval-ms", str(block_interval_ms)))
+        for i in range(validators)
+    ]
+    specs.append(ServiceSpec("tally", (*QUSTREAM, "tally", "run", "--genesis", genesis)))
+    specs.append(ServiceSpec("users-handler", (*QUSTREAM, "users", "handler")))
+    specs.append(ServiceSpec("shard-writer", (*QUSTREAM, "users", "shard-writer")))
+    return specs
+
+
+def _delete_demo_topics(settings: Settings, console: Console) -> None:
+    from streams.kafka import make_admin
+    from streams.topics import CATALOGUE
+
+    admin = make_admin(settings)
+    existing = admin.list_topics(timeout=30).topics
+    names = [settings.topic(s.name) for s in CATALOGUE if settings.topic(s.name) in existing]
+    if not names:
+        return
+    for future in admin.delete_topics(names, operation_timeout=60).values():
+        future.result(60)
+    # Deletion completes asynchronously in the controller; wait until the names are free.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not set(names) & set(admin.list_topics(timeout=30).topics):
+            break
+        time.sleep(0.5)
+    console.print(f"deleted {len(names)} topics of the previous demo chain")
+
+
+def demo(
+    duration: float | None = typer.Option(None, "--duration",
+                                          help="Stop after this many seconds (default: Ctrl-C)."),
+    fresh: bool = typer.Option(False, "--fresh",
+                               help="Delete the previous demo chain and start a new genesis."),
+    validators: int = typer.Option(4, min=1, max=16, help="Validators in a new genesis."),
+    sources: int = typer.Option(2, min=1, max=8, help="Simulated QRNG sources in a new genesis."),
+    users: int = typer.Option(3, min=0, max=50, help="Users to register and write records for."),
+    block_interval_ms: int = typer.Option(1000, help="Pause between blocks."),
+    qrng_rate: str = typer.Option("512KiB", help="Rate of each simulated QRNG source."),
+    live: bool = typer.Option(True, "--live/--plain",
+                              help="Live terminal view, or one line per block (logs, CI)."),
+) -> None:
+    """Run the whole QuStream network locally and watch it finalize randomness."""
+    from infra.local.cluster import LocalCluster
+    from streams.kafka import ensure_topics
+
+    console = Console()
+    settings = load_settings()
+    demo_dir = settings.state_dir / "demo"
+    console.rule("QuStream demo")
+    LocalCluster(settings, console=console).up()
+    if fresh:
+        _delete_demo_topics(settings, console)
+        shutil.rmtree(demo_dir, ignore_errors=True)
+    if not (demo_dir / "genesis.json").exists():
+        subprocess.run([*QUSTREAM, "genesis", "new", "--out", str(demo_dir), "--validators",
+                        str(validators), "--sources", str(sources), "--accounts", "3"],
+                       check=True)
+    validators = len(json.loads((demo_dir / "genesis.json").read_text())["validators"])
+    sources = len(json.loads((demo_dir / "genesis.json").read_text())["qrng_sources"])
+    for report in ensure_topics(settings):
+        if report.status == "drift":
+            console.print(f"[yellow]topic {report.topic} drifted: {'; '.join(report.drift)}[/]")
+
+    supervisor = Supervisor(_services(settings, demo_dir, validators, sources,
+                                      block_interval_ms, qrng_rate),
+                            demo_dir / "logs")
+    view = DemoView()
+    stop = threading.Event()
+    started = time.monotonic()
+    live_from = _current_height(settings, demo_dir) + 1
+    supervisor.start()
+    threads = [
+        threading.Thread(target=_watch_blocks, daemon=True,
+                         args=(settings, demo_dir / "genesis.json", view, stop, live_from)),
+        threading.Thread(target=_watch_qrng, args=(settings, view, stop), daemon=True),
+        threading.Thread(target=_add_users, args=(settings, demo_dir, users, view, stop),
+                         daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    printed = 0
+    try:
+        if live:
+            with Live(_render(view, supervisor, started), console=console,
+                      refresh_per_second=2) as screen:
+                while duration is None or time.monotonic() - started < duration:
+                    supervisor.tick()
+                    screen.update(_render(view, supervisor, started))
+                    time.sleep(0.5)
+        else:
+            while duration is None or time.monotonic() - started < duration:
+                for event in supervisor.tick():
+                    console.print(f"[yellow]{event}[/]")
+                with view.lock:
+                    new = list(view.blocks)[: view.blocks_this_run - printed]
+                    printed = view.blocks_this_run
+                for b in reversed(new):
+                    console.print(f"block {b['height']} round {b['round']} randomness "
+                                  f"{b['randomness'][:24]}… signers {b['signers']} entropy "
+                                  f"{b['entropy_chunks']} chunks {b['proposal_to_finality_ms']} ms")
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        console.print("stopping services ...")
+        supervisor.stop(grace_s=15)
+    _summary(console, view, supervisor, demo_dir, time.monotonic() - started)
+
+
+def _current_height(settings: Settings, demo_dir: Path) -> int:
+    """Height of the last finalized block before this run (0 for a new chain)."""
+    from services.consensus.follower import BlockFollower, ChainSpec, catch_up
+
+    follower = catch_up(settings, BlockFollower.start(ChainSpec.load(demo_dir / "genesis.json")))
+    return follower.next_height - 1
+
+
+def _summary(console: Console, view: DemoView, supervisor: Supervisor, demo_dir: Path,
+             elapsed: float) -> None:
+    with view.lock:
+        finality = sorted(view.finality_ms)
+        summary = {
+            "blocks_finalized": view.blocks_this_run,
+            "first_height": view.first_height,
+            "head_height": view.head["height"] if view.head else None,
+            "head_randomness": view.head["randomness"] if view.head else None,
+            "entropy_chunks": view.entropy_chunks,
+            "finality_p50_ms": finality[len(finality) // 2] if finality else None,
+            "users_registered": len(view.users),
+            "seconds": round(elapsed, 1),
+            "service_restarts": {s.name: s.restarts for s in supervisor.status() if s.restarts},
+            "errors": list(view.errors),
+        }
+    console.rule("summary")
+    console.print_json(json.dumps(summary))
+    (demo_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    genesis = demo_dir / "genesis.json"
+    console.print(
+        "Inspect the chain (every block re-verified from genesis):\n"
+        f"  qustream chain head --genesis {genesis}\n"
+        f"  qustream chain block N --genesis {genesis}\n"
+        f"  qustream chain follow --genesis {genesis}\n"
+        f"Send a transaction:  qustream tx delegate --key {demo_dir / 'keys' / 'account-0.json'} "
+        f"--validator <address> --amount 100 --genesis {genesis}\n"
+        f"Service logs: {demo_dir / 'logs'}/   Cluster: qustream infra status"
+    )
+    if view.blocks_this_run == 0:
+        raise typer.Exit(1)
