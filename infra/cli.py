@@ -92,15 +92,17 @@ def down() -> None:
     _out.print(_table(statuses))
 
 
-@app.command()
+_STATUS_HELP = (
+    "Show each server's pid, port, state and data dir.\n\nStates: "
+    + "; ".join(f"{state}: {meaning}" for state, meaning in STATE_HELP.items())
+    + ".\n\nExits with 0 when every component is up (or external), 3 otherwise."
+)
+
+
+@app.command(help=_STATUS_HELP)
 def status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Show each server's pid, port, state and data dir.
-
-    States: """ + "; ".join(f"{k}: {v}" for k, v in STATE_HELP.items()) + """.
-    Exits with 0 when every component is up (or external), 3 otherwise.
-    """
     statuses = _cluster().status()
     if as_json:
         typer.echo(json.dumps([s.to_dict() for s in statuses], indent=2))

@@ -49,7 +49,9 @@ def _consume(bootstrap: str, topic: str, group: str, count: int,
             if message is None:
                 continue
             assert message.error() is None, message.error()
-            values.append(message.value())
+            value = message.value()
+            assert value is not None
+            values.append(value)
     finally:
         consumer.close()
     return values
