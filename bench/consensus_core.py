@@ -73,15 +73,15 @@ def _run_network(validators: int, heights: int) -> dict[str, Any]:
             verifying.seconds += time.perf_counter() - started
             verifying.calls += 1
 
-    SigningKey.sign = timed_sign  # type: ignore[method-assign]
-    simulation.verifier.__class__.__call__ = timed_check  # type: ignore[method-assign]
+    SigningKey.sign = timed_sign  # type: ignore[method-assign,assignment]
+    simulation.verifier.__class__.__call__ = timed_check  # type: ignore[method-assign,assignment]
     try:
         started = time.perf_counter()
         result = simulation.run()
         elapsed = time.perf_counter() - started
     finally:
-        SigningKey.sign = original_sign  # type: ignore[method-assign]
-        simulation.verifier.__class__.__call__ = original_check  # type: ignore[method-assign]
+        SigningKey.sign = original_sign  # type: ignore[method-assign,assignment]
+        simulation.verifier.__class__.__call__ = original_check  # type: ignore[method-assign,assignment]
     decided = result.heights_decided
     return {
         "heights_per_s": decided / elapsed,
