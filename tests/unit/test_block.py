@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from typing import Any
 
 import pytest
 
@@ -125,7 +126,7 @@ def test_ranges_must_be_contiguous() -> None:
         ranges_of([ref("a", 3), ref("a", 5)])
 
 
-def _tampered(block: Block, **body_changes: object) -> Block:
+def _tampered(block: Block, **body_changes: Any) -> Block:
     return Block(block.header, dataclasses.replace(block.body, **body_changes))
 
 

@@ -9,13 +9,14 @@ from services.consensus.sim import sim_keys, validator_set_of
 
 # CometBFT types/validator_set_test.go TestProposerSelection1: foo 1000, bar 300, baz 330,
 # 99 heights, addresses ordered bar < baz < foo.
-COMETBFT_SEQUENCE = (
-    "foo baz foo bar foo foo baz foo bar foo foo baz foo foo bar foo baz foo foo bar "
-    "foo foo baz foo bar foo foo baz foo bar foo foo baz foo foo bar foo baz foo foo bar "
-    "foo baz foo foo bar foo baz foo foo bar foo baz foo foo foo baz bar foo foo foo baz "
-    "foo bar foo foo baz foo bar foo foo baz foo bar foo foo baz foo bar foo foo baz foo "
-    "foo bar foo baz foo foo bar foo baz foo foo bar foo baz foo foo"
-).split()
+COMETBFT_TEXT = (
+    "foo baz foo bar foo foo baz foo bar foo foo baz foo foo bar foo baz foo foo bar foo "
+    "foo baz foo bar foo foo baz foo bar foo foo baz foo foo bar foo baz foo foo bar foo "
+    "baz foo foo bar foo baz foo foo bar foo baz foo foo foo baz bar foo foo foo baz foo "
+    "bar foo foo baz foo bar foo foo baz foo bar foo foo baz foo bar foo foo baz foo foo "
+    "bar foo baz foo foo bar foo baz foo foo bar foo baz foo foo "
+)
+COMETBFT_SEQUENCE = COMETBFT_TEXT.split()
 
 
 def test_matches_cometbft_reference_sequence() -> None:

@@ -73,7 +73,8 @@ def test_conversion_to_misbehavior() -> None:
     misbehavior = to_misbehavior(evidence, SET, time_ms=123)
     assert misbehavior.kind is MisbehaviorKind.DUPLICATE_VOTE
     assert misbehavior.validator_address == KEYS[3].address
-    assert (misbehavior.height, misbehavior.time_ms, misbehavior.total_voting_power) == (7, 123, 100)
+    assert misbehavior.height == 7 and misbehavior.time_ms == 123
+    assert misbehavior.total_voting_power == 100
 
 
 def test_vote_set_turns_conflicts_into_evidence_and_counts_once_per_value() -> None:

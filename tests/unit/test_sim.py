@@ -22,7 +22,7 @@ from services.consensus.sim import (
 )
 from streams.keys import Algorithm
 
-E, I, S = Behavior.EQUIVOCATE, Behavior.INVALID, Behavior.SILENT
+E, INV, S = Behavior.EQUIVOCATE, Behavior.INVALID, Behavior.SILENT
 
 
 def test_honest_network_under_faults_many_seeds() -> None:
@@ -35,10 +35,10 @@ def test_honest_network_under_faults_many_seeds() -> None:
     ("validators", "byzantine", "seeds"),
     [
         (4, ((0, E),), 15),
-        (4, ((1, I),), 10),
+        (4, ((1, INV),), 10),
         (4, ((2, S),), 10),
         (7, ((0, E), (4, S)), 6),
-        (7, ((2, E), (5, I)), 6),
+        (7, ((2, E), (5, INV)), 6),
     ],
 )
 def test_less_than_a_third_byzantine_many_seeds(
