@@ -81,6 +81,7 @@ class ConsensusDriver:
         self._start_at: float | None = 0.0  # monotonic time to start the next height
         self._finalized: dict[int, FinalizedRecord] = {}
         self.rejected: dict[str, int] = {}
+        self._source: Any = None
 
     # -- hooks
 
@@ -116,9 +117,13 @@ class ConsensusDriver:
                 if len(self._later) < MAX_LATER:
                     self._later.append(event)
                 return
+        if source is not None:
+            self._source = source
         state, outputs = handle(self.config, self.logic(), self.state, event)
         self.state = state
-        self._dispatch(outputs, source)
+        # Inputs the core replays from its own buffer (at StartHeight) are attributed to the
+        # record being handled when the height started: the same for every reader of the log.
+        self._dispatch(outputs, source if source is not None else self._source)
 
     def feed_finalized(self, record: FinalizedRecord) -> None:
         """A block from ``chain.blocks``: lets a node that is behind catch up (the core checks
@@ -173,7 +178,12 @@ class ConsensusDriver:
         self._finalized.pop(decision.height, None)
         self.follower.apply(decision.block, None, decision.commit)
         self.on_decided(decision, source)
-        self._start_at = time.monotonic() + self.start_delay_s(decision, source)
+        delay = self.start_delay_s(decision, source)
+        if delay <= 0:
+            self._start_at = None
+            self._start_height()  # no interval (tally, replay): start within this input
+        else:
+            self._start_at = time.monotonic() + delay
 
     def start_delay_s(self, decision: Decided, source: Any) -> float:
         return self.block_interval_ms / 1000

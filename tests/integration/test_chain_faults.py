@@ -1,0 +1,167 @@
+"""Fault tests of the running network (real processes, real Kafka): kill -9 of validators and of
+the tally, a Byzantine double-signer, and a delegation changing voting power."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from services.consensus.core.ledger import Delegate, encode_signed_tx, sign_tx
+from services.consensus.core.ledger.queries import next_nonce, validator
+from services.consensus.mempool import submit_tx
+from services.consensus.wire import decode_finalized
+from streams.keys import SigningKey
+from tests.integration.test_chain_e2e import (
+    Network,
+    finalized_height,
+    network_factory,
+    verify_chain,
+)
+
+__all__ = ["network_factory"]  # the fixture, re-exported for pytest
+
+
+def _wait(network: Network, height: int, timeout_s: float) -> int:
+    """Like ``Network.wait_height`` but without restarting what was killed."""
+    deadline = time.monotonic() + timeout_s
+    reached = finalized_height(network.settings)
+    while reached < height and time.monotonic() < deadline:
+        time.sleep(0.3)
+        reached = finalized_height(network.settings)
+    return reached
+
+
+def _stable_height(network: Network, quiet_s: float, timeout_s: float) -> int:
+    """The finalized height once it has not changed for ``quiet_s``."""
+    deadline = time.monotonic() + timeout_s
+    last, since = finalized_height(network.settings), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = finalized_height(network.settings)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+    return last
+
+
+def _raw_heights(network: Network) -> list[int]:
+    from confluent_kafka import TopicPartition
+
+    from streams.kafka import make_consumer
+
+    topic = network.settings.topic("chain.blocks")
+    consumer = make_consumer(network.settings, f"raw-{time.time_ns()}")
+    heights: list[int] = []
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        idle = time.monotonic()
+        while time.monotonic() - idle < 3:
+            message = consumer.poll(0.3)
+            if message is None or message.error():
+                continue
+            idle = time.monotonic()
+            heights.append(decode_finalized(message.value()).height)
+    finally:
+        consumer.close()
+    return heights
+
+
+def test_kill_validators_and_tally(network_factory: object) -> None:
+    network: Network = network_factory(interval_ms=300)  # type: ignore[operator]
+    supervisor = network.supervisor
+    assert network.wait_height(4, 90) >= 4, network.log("validator-0")
+
+    # one of four down: the chain continues with 3 (proposer rounds of the dead one time out)
+    supervisor.kill("validator-3", signal.SIGKILL)
+    start = finalized_height(network.settings)
+    assert _wait(network, start + 4, 60) >= start + 4, "chain stopped with 3 of 4 validators"
+
+    # the tally dies mid-stream: nothing is finalized meanwhile, restart resumes without gap
+    supervisor.kill("tally", signal.SIGKILL)
+    time.sleep(2)
+
+    # two of four down: no quorum, the chain halts
+    supervisor.kill("validator-2", signal.SIGKILL)
+    time.sleep(1)
+    supervisor.tick()  # restarts only the tally (backoff elapsed), validators come back later
+    for name in ("validator-2", "validator-3"):
+        supervisor.stop([name], grace_s=1)
+    halted_at = _stable_height(network, quiet_s=4, timeout_s=30)  # the tally catches up
+    time.sleep(3)
+    assert finalized_height(network.settings) == halted_at, "chain advanced without quorum"
+
+    # restart both: the chain resumes
+    supervisor.start(["validator-2", "validator-3"])
+    assert network.wait_height(halted_at + 4, 90) >= halted_at + 4, network.log("validator-2")
+
+    heights = _raw_heights(network)
+    assert heights == list(range(1, len(heights) + 1)), f"gap or duplicate: {heights}"
+    verify_chain(network, halted_at + 4)
+
+
+def test_byzantine_double_signer_is_slashed_and_delegation_moves_power(
+    network_factory: object,
+) -> None:
+    network: Network = network_factory(interval_ms=300, byzantine=(3,))  # type: ignore[operator]
+    assert network.wait_height(3, 90) >= 3, network.log("validator-0")
+    net = network.root / "net"
+    byzantine = SigningKey.load(net / "keys" / "validator-3.json").address
+    target = SigningKey.load(net / "keys" / "validator-0.json").address
+    account = SigningKey.load(net / "keys" / "account-0.json")
+
+    blocks = network.blocks()
+    state = blocks[-1].chain.app_state
+    power_before = validator(state, target).tokens  # type: ignore[union-attr]
+    amount = 5_000 * 1_000_000
+    signed = sign_tx(account, blocks[-1].record.chain_id, next_nonce(state, account.address),
+                     10_000, Delegate(target, amount))
+    submit_tx(network.settings, encode_signed_tx(signed))
+
+    deadline = time.monotonic() + 120
+    slashed_at = delegated_at = None
+    while time.monotonic() < deadline and (slashed_at is None or delegated_at is None):
+        network.supervisor.tick()
+        time.sleep(1)
+        for block in network.blocks():
+            record = validator(block.chain.app_state, byzantine)
+            if slashed_at is None and record is not None and record.tombstoned:
+                slashed_at = block.record.height
+                assert record.jailed
+                assert any(e.validator_address == byzantine
+                           for e in block.record.block.body.evidence)
+            target_record = validator(block.chain.app_state, target)
+            if delegated_at is None and target_record is not None and (
+                    target_record.tokens >= power_before + amount):
+                delegated_at = block.record.height
+    assert slashed_at is not None, network.log("tally")
+    assert delegated_at is not None, network.log("validator-0")
+    network.wait_height(max(slashed_at, delegated_at) + 3, 30)
+    blocks = {b.record.height: b for b in verify_chain(network, delegated_at + 2)}
+    power_of = {h: {v.address: v.power for v in b.chain.validators.validators}
+                for h, b in blocks.items()}
+    # chain after block h governs h+1; a change made by block h governs h+2
+    assert power_of[delegated_at][target] == power_of[delegated_at - 1][target]
+    assert power_of[delegated_at + 1][target] > power_of[delegated_at][target]
+    assert byzantine not in power_of[slashed_at + 1]
+
+
+def test_guard_file_survives(tmp_path: Path) -> None:
+    from services.consensus.core.signer import SignerState, SignStep
+    from services.consensus.guard import GuardError, SignGuard
+
+    key = SigningKey.generate()
+    guard = SignGuard(tmp_path / "g.json", key.address)
+    state, signature = SignerState().sign(key, 5, 0, SignStep.PREVOTE, b"bytes")
+    guard.persist(state)
+    loaded = SignGuard(tmp_path / "g.json", key.address).load()
+    assert loaded == state
+    assert loaded.sign(key, 5, 0, SignStep.PREVOTE, b"bytes")[1] == signature
+    other = SigningKey.generate()
+    try:
+        SignGuard(tmp_path / "g.json", other.address).load()
+    except GuardError:
+        pass
+    else:
+        raise AssertionError("a guard file of another key was accepted")
