@@ -1,0 +1,62 @@
+"""Wire codec and pool units of the chain services (no Kafka)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.block_builder.core.block import EntropyRef
+from services.block_builder.core.proposal import ChainTip
+from services.block_builder.pool import EntropyPool
+from services.consensus.sim import SimConfig, simulate
+from services.consensus.wire import (
+    FinalizedRecord,
+    WireError,
+    decode_block,
+    decode_commit,
+    decode_finalized,
+    encode_finalized,
+)
+
+
+@pytest.fixture(scope="module")
+def blocks() -> dict[int, object]:
+    return dict(simulate(SimConfig(seed=3, heights=4)).blocks)
+
+
+def test_blocks_round_trip(blocks: dict[int, object]) -> None:
+    for block in blocks.values():
+        assert decode_block(block.canonical()) == block  # type: ignore[attr-defined]
+        commit = block.body.last_commit  # type: ignore[attr-defined]
+        if commit is not None:
+            assert decode_commit(commit.canonical()) == commit
+
+
+def test_finalized_record_round_trip_and_tamper(blocks: dict[int, object]) -> None:
+    block = blocks[3]
+    commit = blocks[4].body.last_commit  # type: ignore[attr-defined]
+    record = FinalizedRecord("qustream-sim", block, commit, bytes(32), 7, 1, 2)  # type: ignore[arg-type]
+    data = encode_finalized(record)
+    assert decode_finalized(data) == record
+    with pytest.raises(WireError):
+        decode_finalized(data[:-3])
+    with pytest.raises(WireError):
+        decode_block(block.canonical() + b"\x00")  # type: ignore[attr-defined]
+
+
+def test_pool_views_settle_and_prune() -> None:
+    now = [100.0]
+    pool = EntropyPool({}, clock=lambda: now[0])
+    pool._registry["s"] = None  # type: ignore[assignment]
+    pool._chunks["s"] = {}
+    from services.block_builder.pool import PooledChunk
+
+    for seq in range(3):
+        ref = EntropyRef("s", seq, bytes([seq]) * 32)
+        pool._chunks["s"][seq] = PooledChunk(ref, 1, 100.0 - (0.5 if seq < 2 else 0), 8)
+    proposer = pool.proposer_view(100)
+    assert [r.seq for r in proposer.verified_after("s", -1)] == [0, 1]
+    assert pool.validator_view(1000).verified_after("s", -1) == ()
+    assert pool.validator_view(1000).age_in_heights(EntropyRef("s", 2, bytes([2]) * 32)) == 0
+    tip = ChainTip("c", 2, bytes(32), 0, bytes(64), (("s", 1),), b"", bytes(32), bytes(32))
+    pool.advance(tip)
+    assert pool.pending() == {"s": 1}
