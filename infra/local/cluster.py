@@ -182,7 +182,13 @@ class LocalCluster:
                 for component in sorted(to_start, key=lambda c: c != "cassandra"):
                     self._start(component, java)
             if to_start or to_wait:
-                self._wait_ready(to_start + to_wait)
+                try:
+                    self._wait_ready(to_start + to_wait)
+                except StartError:
+                    # A half-started server would hold ports and the data dir's lock and make
+                    # the next `up` report "port-busy"; stop what did not come up.
+                    self._down([c for c in to_start + to_wait if self._status(c).state != "up"])
+                    raise
             return self.status(wanted)
 
     def _check_internal_port_free(self, component: str) -> None:

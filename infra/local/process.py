@@ -91,12 +91,24 @@ def pid_alive(pid: int, must_contain: str | None = None) -> bool:
         if stat[stat.rindex(")") + 2] in "ZX":
             return False
         if must_contain is not None:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            return must_contain in cmdline
+            cmdline = _cmdline(proc)
+            # An empty cmdline means "cannot tell" (it reads empty for a moment around exec),
+            # not "someone else's process".
+            return not cmdline or must_contain in cmdline
     except (OSError, IndexError):
         # No /proc (not Linux) or the process vanished in between: trust kill(pid, 0) above.
         return proc.exists() if Path("/proc/self").exists() else True
     return True
+
+
+def _cmdline(proc: Path) -> str:
+    """The command line of a /proc entry; right after exec it can read empty, so retry briefly."""
+    for _ in range(20):
+        raw = (proc / "cmdline").read_bytes()
+        if raw:
+            return raw.replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.025)
+    return ""
 
 
 def spawn_detached(command: Sequence[str], *, log_file: Path, cwd: Path,
