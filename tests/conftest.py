@@ -5,8 +5,9 @@ Where the servers come from, in order of preference:
 1. an external cluster, when ``QUSTREAM_KAFKA_BOOTSTRAP_SERVERS`` /
    ``QUSTREAM_CASSANDRA_CONTACT_POINTS`` (or the ``QUSTREAM_CONFIG`` file) name one;
 2. testcontainers, only when a Docker engine answers ``ping``;
-3. the embedded JVM cluster (``infra.local``) under ``.qustream/test-cluster`` on its own ports
-   (29192/29193/29142/27100), so it never clashes with a developer's ``qustream infra up``.
+3. the embedded JVM cluster (``infra.local``) under ``.qustream/test-cluster`` on its own block
+   of ports (28000-31999, chosen from the checkout's path or ``QUSTREAM_TEST_PORT_BASE``), so it
+   never clashes with a developer's ``qustream infra up`` (19092/19042) or another checkout.
 
 Each server is started lazily by the first test that needs it, Kafka and Cassandra
 independently (a Kafka-only test never waits for Cassandra). The embedded servers are stopped at
@@ -21,6 +22,7 @@ import contextlib
 import fcntl
 import os
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -33,11 +35,16 @@ from streams.settings import Settings, SettingsError, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEST_CLUSTER_DIR = REPO_ROOT / ".qustream" / "test-cluster"
+# Each checkout gets its own block of ports (derived from its path, or QUSTREAM_TEST_PORT_BASE),
+# so two checkouts on one machine (a CI copy beside a working tree) never meet on a port.
+# 28000-31999 lies below Linux's ephemeral range, so client sockets never take these ports.
+_PORT_BASE = int(os.environ.get("QUSTREAM_TEST_PORT_BASE")
+                 or 28000 + 10 * (zlib.crc32(str(TEST_CLUSTER_DIR).encode()) % 400))
 TEST_PORTS: dict[str, int] = {
-    "kafka_port": 29192,
-    "kafka_controller_port": 29193,
-    "cassandra_native_port": 29142,
-    "cassandra_storage_port": 27100,
+    "kafka_port": _PORT_BASE + 2,
+    "kafka_controller_port": _PORT_BASE + 3,
+    "cassandra_native_port": _PORT_BASE + 4,
+    "cassandra_storage_port": _PORT_BASE + 5,
 }
 KEEP_CLUSTER = os.environ.get("QUSTREAM_TEST_KEEP_CLUSTER", "") == "1"
 CLUSTER_FIXTURES = frozenset({"kafka_bootstrap", "cassandra_contact", "settings",

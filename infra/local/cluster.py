@@ -32,6 +32,7 @@ from infra.local.jars import resolve_jars
 from infra.local.java import find_java_home
 from infra.local.process import (
     exit_description,
+    find_java_process,
     pid_alive,
     port_open,
     read_pid,
@@ -43,6 +44,7 @@ from infra.local.process import (
 from streams.settings import Settings
 
 State = Literal["up", "starting", "dead", "stopped", "external", "port-busy"]
+_MAIN_CLASS = {"kafka": config.KAFKA_MAIN, "cassandra": config.CASSANDRA_MAIN}
 STATE_HELP: dict[str, str] = {
     "up": "process alive and its port answers",
     "starting": "process alive, port not answering yet (starting, or hung)",
@@ -140,6 +142,11 @@ class LocalCluster:
         pid = read_pid(layout.pid_file)
         alive = pid is not None and pid_alive(pid, self._marker(component))
         answering = port_open(port)
+        if not alive:
+            orphan = find_java_process(_MAIN_CLASS[component], self._marker(component))
+            if orphan is not None:
+                write_pid(layout.pid_file, orphan)
+                pid, alive = orphan, True
         state: State
         if alive:
             state = "up" if answering else "starting"

@@ -111,6 +111,26 @@ def _cmdline(proc: Path) -> str:
     return ""
 
 
+def find_java_process(main_class: str, marker: str) -> int | None:
+    """The lowest pid of a live JVM running ``main_class`` with ``marker`` in an argument.
+
+    Used to adopt a server whose pid file was lost (e.g. a starter that crashed between spawning
+    it and recording it), instead of reporting our own server as a foreign "port-busy" process.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    for entry in sorted((p for p in proc.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if (Path(args[0]).name == "java" and main_class in args
+                and any(marker in arg for arg in args) and pid_alive(int(entry.name))):
+            return int(entry.name)
+    return None
+
+
 def spawn_detached(command: Sequence[str], *, log_file: Path, cwd: Path,
                    env: dict[str, str] | None = None) -> int:
     """Start ``command`` in its own session with stdout+stderr appended to ``log_file``.

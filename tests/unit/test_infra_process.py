@@ -16,6 +16,7 @@ from infra.local import JavaNotFoundError, LocalCluster, MavenNotFoundError, Por
 from infra.local.java import find_java_home, find_maven, java_major_version
 from infra.local.process import (
     exit_description,
+    find_java_process,
     free_port,
     pid_alive,
     port_open,
@@ -166,3 +167,19 @@ def test_external_parts_are_never_started(tmp_path: Path) -> None:
     assert cluster.kafka_bootstrap == "broker:9092"
     assert cluster.up(("kafka",))[0].state == "external"
     assert not cluster.layouts["kafka"].home.exists()
+
+
+def test_a_server_whose_pid_file_was_lost_is_found(tmp_path: Path) -> None:
+    fake_java = tmp_path / "bin" / "java"
+    fake_java.parent.mkdir()
+    fake_java.symlink_to(sys.executable)
+    marker = str(tmp_path / "kafka" / "conf")
+    child = subprocess.Popen([str(fake_java), "-c", "import time; time.sleep(60)",
+                              f"-Dx={marker}/log4j2.properties", "kafka.Kafka"])
+    try:
+        assert find_java_process("kafka.Kafka", marker) == child.pid
+        assert find_java_process("org.apache.cassandra.service.CassandraDaemon", marker) is None
+        assert find_java_process("kafka.Kafka", str(tmp_path / "elsewhere")) is None
+    finally:
+        child.kill()
+        child.wait()
