@@ -49,6 +49,7 @@ from services.consensus.core.state_machine import (
 )
 from services.consensus.follower import BlockFollower, ChainSpec, catch_up
 from services.consensus.node import ConsensusDriver
+from services.consensus.node import drain as _drain
 from services.consensus.wire import (
     FinalizedRecord,
     WireError,
@@ -181,7 +182,7 @@ class Tally(ConsensusDriver):
                 if duration_s is not None and time.monotonic() - started > duration_s:
                     break
                 self.tick()
-                for message in consumer.consume(500, 0.05):
+                for message in _drain(consumer, 0.05):
                     if not message.error():
                         self._consensus(message)
                 if len(self._pending) > 0 and not self._stop:

@@ -58,6 +58,7 @@ from services.consensus.follower import BlockFollower, ChainSpec, catch_up, sour
 from services.consensus.guard import SignGuard
 from services.consensus.mempool import Mempool, MempoolError, decode_submitted
 from services.consensus.node import ConsensusDriver, now_ms
+from services.consensus.node import drain as _drain
 from services.consensus.wire import (
     WireError,
     decode_consensus,
@@ -312,7 +313,7 @@ class ValidatorNode(ConsensusDriver):
                     break
                 wait = self.tick()
                 self._release_deferred()
-                for message in consumer.consume(500, min(wait, 0.05)):
+                for message in _drain(consumer, min(wait, 0.05)):
                     if message.error():
                         continue
                     handlers[message.topic() or ""](message)
