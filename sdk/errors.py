@@ -1,0 +1,106 @@
+"""Typed exceptions of the QuStream SDK.
+
+Every API error the gateway answers with (an RFC 9457 problem document) becomes an
+``ApiError`` subclass chosen by the HTTP status; every block the subscriber refuses becomes a
+``BlockRejectedError`` naming the height and the reason. Callers catch ``QuStreamError`` for
+anything the SDK raises on purpose.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class QuStreamError(Exception):
+    """Base of every error the SDK raises on purpose."""
+
+
+class BlockRejectedError(QuStreamError):
+    """A block does not verify; ``reason`` says which check failed. Never yielded."""
+
+    def __init__(self, height: int | None, reason: str) -> None:
+        super().__init__(f"block {height if height is not None else '?'} rejected: {reason}")
+        self.height = height
+        self.reason = reason
+
+
+class BlockGapError(BlockRejectedError):
+    """A block arrived beyond the next expected height: something in between is missing."""
+
+
+class ForkDetectedError(BlockRejectedError):
+    """Two different blocks claim one height: a safety alarm, stop and investigate."""
+
+
+class ApiError(QuStreamError):
+    """The gateway answered with an error; the fields are those of its problem document."""
+
+    def __init__(self, status: int, title: str, detail: str, *, problem_type: str = "about:blank",
+                 retry_after: float | None = None, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{status} {title}: {detail}")
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.problem_type = problem_type
+        self.retry_after = retry_after
+        self.extra = extra or {}
+
+
+class BadRequestError(ApiError):
+    """400/413/422: the request is malformed or too large."""
+
+
+class UnauthorizedError(ApiError):
+    """401: no API key, or one the gateway does not know."""
+
+
+class ForbiddenError(ApiError):
+    """403: the API key lacks the scope the endpoint needs."""
+
+
+class NotFoundError(ApiError):
+    """404 (or 410 for blocks beyond the gateway's retention)."""
+
+
+class ConflictError(ApiError):
+    """409: a version conflict, a reused idempotency key or transaction, a rejected command."""
+
+
+class RateLimitedError(ApiError):
+    """429: per-key rate limit or quota exhausted; ``retry_after`` says when to try again."""
+
+
+class UnavailableError(ApiError):
+    """503: the gateway cannot serve now (private pool empty or unhealthy, chain not caught
+    up, backend down); ``retry_after`` is its hint."""
+
+
+class ServerError(ApiError):
+    """Any other 5xx."""
+
+
+class KeyDeliveryError(QuStreamError):
+    """Delivered key material does not decrypt or does not match its commitment."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: BadRequestError, 401: UnauthorizedError, 403: ForbiddenError, 404: NotFoundError,
+    409: ConflictError, 410: NotFoundError, 413: BadRequestError, 422: BadRequestError,
+    429: RateLimitedError, 503: UnavailableError,
+}
+
+
+def error_from_response(status: int, body: Any, retry_after: str | None) -> ApiError:
+    """The typed error for a gateway response with ``status`` and JSON ``body``."""
+    problem = body if isinstance(body, dict) else {}
+    cls = _BY_STATUS.get(status, ServerError if status >= 500 else ApiError)
+    retry: float | None = None
+    if retry_after is not None:
+        try:
+            retry = float(retry_after)
+        except ValueError:
+            retry = None
+    extra = {k: v for k, v in problem.items() if k not in ("type", "title", "status", "detail")}
+    return cls(status, str(problem.get("title", "error")), str(problem.get("detail", body)),
+               problem_type=str(problem.get("type", "about:blank")), retry_after=retry,
+               extra=extra)

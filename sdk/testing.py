@@ -1,0 +1,134 @@
+"""A small, correctly signed chain made locally, for testing code that consumes blocks.
+
+``make_local_chain`` writes a genesis file (Ed25519 validators, funded accounts, optional QRNG
+sources) and builds ``heights`` blocks with the real block format and ledger: each block is
+signed by every validator, applied to the ledger, and encoded as the ``BlockFinalized`` record
+the tally would write. Blocks carry entropy references when ``entropy_per_block`` > 0 (digests
+of local random bytes, so the randomness derivation is exercised). Nothing here touches Kafka;
+the SDK's tests, the gateway's tests and application developers use it alike.
+
+``tamper`` rebuilds a record after changing its block or certificate, keeping the record
+internally consistent (hashes match), so only the verifier's semantic checks can catch it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.block_builder.core.block import Block, Body, EntropyRef, Header, ranges_of
+from services.block_builder.core.randomness import block_randomness
+from services.consensus.core.chain import ChainState, apply_block
+from services.consensus.core.commit import CommitCertificate, CommitFlag, CommitSig
+from services.consensus.core.ledger import MICRO, Genesis, GenesisAccount, GenesisValidator
+from services.consensus.core.ledger.genesis import GENESIS_RANDOMNESS_SIZE
+from services.consensus.core.ledger.params import Params
+from services.consensus.core.ledger.tx import QrngSource
+from services.consensus.core.messages import VoteType, vote_sign_bytes
+from services.consensus.follower import ChainSpec
+from services.consensus.genesis import save_genesis
+from services.consensus.wire import FinalizedRecord, decode_finalized, encode_finalized
+from streams.keys import Algorithm, SigningKey
+
+
+@dataclass(frozen=True, slots=True)
+class LocalChain:
+    genesis: Path
+    validator_keys: tuple[SigningKey, ...]
+    account_keys: tuple[SigningKey, ...]
+    records: tuple[bytes, ...]  # encoded BlockFinalized, heights 1..n
+    final_state: ChainState  # type: ignore[type-arg]
+
+
+def _commit(chain_id: str, block: Block, keys: dict[bytes, SigningKey],
+            order: tuple[bytes, ...]) -> CommitCertificate:
+    sigs = tuple(
+        CommitSig(CommitFlag.COMMIT, address, keys[address].sign(vote_sign_bytes(
+            chain_id, VoteType.PRECOMMIT, block.height, 0, block.hash, address)))
+        for address in order)
+    return CommitCertificate(block.height, 0, block.hash, sigs)
+
+
+def make_local_chain(directory: Path, heights: int, *, validators: int = 4, accounts: int = 2,
+                     sources: int = 2, entropy_per_block: int = 1,
+                     chain_id: str = "qustream-test", genesis_time_ms: int = 1_700_000_000_000,
+                     txs: Callable[[int, ChainState], tuple[bytes, ...]] | None = None,  # type: ignore[type-arg]
+                     ) -> LocalChain:
+    """Write ``directory/genesis.json`` and build ``heights`` finalized blocks (see module)."""
+    validator_keys = tuple(SigningKey.generate(Algorithm.ED25519) for _ in range(validators))
+    account_keys = tuple(SigningKey.generate(Algorithm.ED25519) for _ in range(accounts))
+    source_keys = [SigningKey.generate(Algorithm.ED25519) for _ in range(sources)]
+    genesis = Genesis(
+        chain_id=chain_id, genesis_time_ms=genesis_time_ms,
+        genesis_randomness=os.urandom(GENESIS_RANDOMNESS_SIZE),
+        validators=tuple(GenesisValidator(key.public_key, 10_000 * MICRO, 100_000_000,
+                                          200_000_000, 10_000_000) for key in validator_keys),
+        accounts=tuple(GenesisAccount(key.address, 1_000_000 * MICRO)
+                       for key in validator_keys + account_keys),
+        qrng_sources=tuple(QrngSource(f"qrng-{i}", key.public_key, True)
+                           for i, key in enumerate(source_keys)),
+        params=Params(),
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "genesis.json"
+    save_genesis(genesis, path)
+    spec = ChainSpec.load(path)
+    chain = spec.initial
+    by_address = {key.address: key for key in validator_keys}
+    records: list[bytes] = []
+    last_commit: CommitCertificate | None = None
+    seqs = {f"qrng-{i}": 0 for i in range(sources)}
+    for height in range(1, heights + 1):
+        tip = chain.tip
+        entropy: list[EntropyRef] = []
+        for source in sorted(seqs):
+            for _ in range(entropy_per_block):
+                entropy.append(EntropyRef(source, seqs[source],
+                                          hashlib.sha256(os.urandom(32)).digest()))
+                seqs[source] += 1
+        body = Body(entropy=tuple(entropy), txs=txs(height, chain) if txs else (),
+                    last_commit=last_commit)
+        header = Header(
+            chain_id=chain_id, height=height, round=0, time_ms=tip.previous_time_ms + 1000,
+            previous_block_hash=tip.previous_block_hash, last_commit_hash=body.last_commit_hash(),
+            entropy_root=body.entropy_root(), entropy_ranges=ranges_of(body.entropy),
+            randomness=block_randomness(tip.previous_randomness, height, body.entropy),
+            tx_root=body.tx_root(), evidence_root=body.evidence_root(),
+            validators_hash=tip.validators_hash, next_validators_hash=tip.next_validators_hash,
+            app_hash=tip.app_hash,
+            proposer_address=chain.validators.validators[height % len(chain.validators)].address,
+        )
+        block = Block(header, body)
+        commit = _commit(chain_id, block, by_address,
+                         tuple(v.address for v in chain.validators.validators))
+        chain, response = apply_block(chain, spec.app, block, commit)
+        records.append(encode_finalized(FinalizedRecord(
+            chain_id, block, commit, response.app_hash, height * 3, header.time_ms,
+            header.time_ms + 100)))
+        last_commit = commit
+    return LocalChain(path, validator_keys, account_keys, tuple(records), chain)
+
+
+def tamper(raw: bytes, *, header: Callable[[Header], Header] | None = None,
+           commit: Callable[[CommitCertificate], CommitCertificate] | None = None) -> bytes:
+    """Re-encode ``raw`` after changing its header and/or certificate; the record's own hash
+    fields are recomputed so it still decodes (the certificate keeps its signatures)."""
+    record = decode_finalized(raw)
+    block = record.block
+    if header is not None:
+        block = Block(header(block.header), block.body)
+    cert = dataclasses.replace(record.commit, block_hash=block.hash)
+    if commit is not None:
+        cert = commit(cert)
+    return encode_finalized(dataclasses.replace(record, block=block, commit=cert))
+
+
+def flip_bit(data: bytes, index: int = 0, bit: int = 0) -> bytes:
+    """``data`` with one bit flipped (for tamper tests)."""
+    out = bytearray(data)
+    out[index] ^= 1 << bit
+    return bytes(out)
