@@ -1,0 +1,511 @@
+"""The gateway's HTTP API (``/v1``), built by ``create_app`` from explicit components.
+
+Nothing connects at import: ``build_gateway(settings, genesis, ...)`` wires the real
+components (chain follower, private pool, Kafka transaction sink, Cassandra reads) and
+``create_app`` starts their threads in the app's lifespan. Tests and benches pass their own
+components (e.g. a ``ChainView`` filled from ``sdk.testing``).
+
+Endpoints (scopes in brackets; every error is an RFC 9457 problem document):
+``GET /v1/chain/head``, ``/v1/blocks/{height}``, ``/v1/blocks?from=&to=``,
+``/v1/validators/{height}``, ``/v1/beacon/latest``, ``/v1/beacon/{height}``,
+``/v1/stream/blocks`` (SSE), ``/v1/accounts/{address}`` [read]; ``POST /v1/keys`` [keys];
+``POST /v1/users``, ``GET /v1/users/{id}``, ``POST|PUT|GET|DELETE
+/v1/users/{id}/records/{rid}`` [users]; ``/healthz``, ``/readyz``, ``/metrics`` (no key).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Security
+from fastapi import Path as PathParam
+from fastapi.responses import Response, StreamingResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.gateway.auth import ApiKeyRecord, ApiKeyStore
+from services.gateway.chain import ChainView
+from services.gateway.keys import KeyRequest, KeyService, LedgerView
+from services.gateway.problems import PROBLEM_JSON, Problem, install, problem_body, unavailable
+from services.gateway.ratelimit import Limited, RateLimiter
+from services.gateway.users import (
+    SignedCommandIn,
+    UserBackend,
+    build_command,
+    parse_min_offset,
+    record_document,
+    reply_document,
+    user_document,
+)
+
+JSON = "application/json"
+MAX_RANGE = 100
+ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+
+
+@dataclass
+class Gateway:
+    """The components one gateway process serves from."""
+
+    view: ChainView
+    keys: ApiKeyStore
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    ledger: LedgerView = field(default_factory=LedgerView)
+    key_service: KeyService | None = None
+    users: UserBackend | None = None
+    max_body_bytes: int = 256 * 1024
+    starters: list[Callable[[], None]] = field(default_factory=list)
+    stoppers: list[Callable[[], None]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------- request models
+
+
+class KeyRequestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    x25519_public_key: str = Field(description="base64, 32 bytes", max_length=64)
+    mlkem768_public_key: str = Field(description="base64, 1184 bytes", max_length=1600)
+    length: int = Field(32, ge=16, le=1024, description="bytes of key material wanted")
+    payment_tx: str = Field(description="base64 encoded signed PayForService(KEY_MATERIAL, "
+                                        "units, request commitment)", max_length=16_384)
+
+
+class SignedCommand(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    command_id: str = Field(pattern=ID_PATTERN, description="idempotency key")
+    command_type: str = Field(max_length=32)
+    payload: str = Field(max_length=200_000, description="base64 of the body as signed")
+    signature: str = Field(max_length=8_000, description="base64")
+    issued_at_ms: int = Field(ge=0, le=2**63 - 1)
+    expected_version: int | None = Field(None, ge=0, le=2**62)
+    device_id: str = Field("", max_length=128)
+
+    def as_input(self) -> SignedCommandIn:
+        return SignedCommandIn(self.command_id, self.command_type, self.payload, self.signature,
+                               self.issued_at_ms, self.expected_version, self.device_id)
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {PROBLEM_JSON: {"schema": {
+        "$ref": "#/components/schemas/Problem"}}}}
+    for status, text in ((400, "Bad request"), (401, "Missing or unknown API key"),
+                         (403, "API key lacks the scope"), (404, "Not found"),
+                         (413, "Request too large"),
+                         (422, "Invalid request"), (429, "Rate limit or quota exceeded"),
+                         (503, "Temporarily unavailable"))
+}
+
+
+def _json(body: bytes, status: int = 200) -> Response:
+    return Response(body, status_code=status, media_type=JSON)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("qustream_gateway_requests", "HTTP requests",
+                                ("endpoint", "status"), registry=self.registry)
+        self.latency = Histogram("qustream_gateway_request_seconds", "Request latency",
+                                 ("endpoint",), registry=self.registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, 1, 5))
+        self.head = Gauge("qustream_gateway_chain_head", "Verified head height",
+                          registry=self.registry)
+        self.pool = Gauge("qustream_gateway_private_pool_bytes", "Private pool bytes ready",
+                          registry=self.registry)
+        self.keys_served = Counter("qustream_gateway_keys_delivered", "Key deliveries",
+                                   registry=self.registry)
+
+
+class _Guard:
+    """Pure-ASGI middleware: request size limit (413) and metrics per endpoint."""
+
+    def __init__(self, app: Any, gateway: Gateway, metrics: _Metrics) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.gateway.max_body_bytes
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                await _send_problem(send, 413, "request-too-large",
+                                    f"request bodies are limited to {limit} bytes")
+                return
+        started = time.perf_counter()
+        status = [500]
+        received = [0]
+
+        async def counting_receive() -> Any:
+            message = await receive()
+            if message["type"] == "http.request":
+                received[0] += len(message.get("body", b""))
+                if received[0] > limit:
+                    raise Problem(413, "request-too-large",
+                                  f"request bodies are limited to {limit} bytes")
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        finally:
+            endpoint = scope.get("endpoint")
+            name = getattr(endpoint, "__name__", "unmatched")
+            self.metrics.requests.labels(name, str(status[0])).inc()
+            self.metrics.latency.labels(name).observe(time.perf_counter() - started)
+
+
+async def _send_problem(send: Callable[[Any], Awaitable[None]], status: int, slug: str,
+                        detail: str) -> None:
+    body = problem_body(status, slug, detail)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", PROBLEM_JSON.encode()),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """The FastAPI application over ``gateway`` (see module doc)."""
+    metrics = _Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        for start in gateway.starters:
+            start()
+        try:
+            yield
+        finally:
+            for stop in gateway.stoppers:
+                stop()
+
+    app = FastAPI(
+        title="QuStream gateway", version="1.0.0", lifespan=lifespan,
+        description="Verified quantum randomness beacon, quantum-safe key delivery and "
+                    "private user records. Errors are RFC 9457 problem documents.",
+        responses=PROBLEM_RESPONSES,
+    )
+    install(app)
+    app.add_middleware(_Guard, gateway=gateway, metrics=metrics)
+    view = gateway.view
+    api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+    bearer = HTTPBearer(auto_error=False)
+
+    def scoped(scope: str) -> Callable[..., ApiKeyRecord]:
+        def dependency(
+            api_key: Annotated[str | None, Security(api_key_header)] = None,
+            credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                   Security(bearer)] = None,
+        ) -> ApiKeyRecord:
+            key = api_key or (credentials.credentials if credentials is not None else None)
+            if not key:
+                raise Problem(401, "missing-api-key", "send an API key in X-API-Key or as "
+                                                      "Authorization: Bearer",
+                              headers={"WWW-Authenticate": 'Bearer realm="qustream"'})
+            record = gateway.keys.lookup(key)
+            if record is None:
+                raise Problem(401, "invalid-api-key", "the API key is not known to this "
+                                                      "gateway (revoked or mistyped)",
+                              headers={"WWW-Authenticate": 'Bearer realm="qustream"'})
+            if scope not in record.scopes:
+                raise Problem(403, "missing-scope", f"the API key lacks the {scope!r} scope "
+                                                    f"(it has {', '.join(record.scopes)})")
+            try:
+                gateway.limiter.take(record.key_id, record.rate_per_s, record.burst)
+            except Limited as exc:
+                raise Problem(429, "rate-limited", f"over the {exc.what}",
+                              headers={"Retry-After": str(exc.retry_after_s)},
+                              retry_after_s=exc.retry_after_s) from exc
+            return record
+        dependency.__name__ = f"require_{scope}"
+        return dependency
+
+    read = Depends(scoped("read"))
+    keys_scope = Depends(scoped("keys"))
+    users_scope = Depends(scoped("users"))
+
+    def stored_or_problem(height: int, body: bytes | None) -> Response:
+        if body is not None:
+            return _json(body)
+        if height > view.head_height:
+            raise Problem(404, "block-not-found", f"no finalized block at height {height} yet "
+                                                  f"(head is {view.head_height})")
+        raise Problem(410, "block-not-retained", f"height {height} is older than this "
+                                                 f"gateway keeps (from {view.first_height}); "
+                                                 "read chain.blocks with the SDK")
+
+    height_path = Annotated[int, PathParam(ge=1, le=2**62)]
+
+    # ------------------------------------------------------------------ operations
+    @app.get("/healthz", tags=["operations"], summary="Liveness")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Readiness: the chain view is current",
+             responses={503: PROBLEM_RESPONSES[503]})
+    def readyz() -> Response:
+        pool = gateway.key_service.pool.status() if gateway.key_service else None
+        if view.error or not view.caught_up:
+            raise unavailable("not-ready", view.error or "still reading the chain", 2)
+        import json
+
+        return _json(json.dumps({"status": "ready", "head": view.head_height,
+                                 "private_pool": pool}).encode())
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
+             response_class=Response)
+    def prometheus_metrics() -> Response:
+        metrics.head.set(view.head_height)
+        if gateway.key_service is not None:
+            metrics.pool.set(gateway.key_service.pool.status().get("available_bytes", 0))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # ------------------------------------------------------------------ chain
+    @app.get("/v1/chain/head", tags=["chain"], summary="Latest verified block")
+    def chain_head(_key: ApiKeyRecord = read) -> dict[str, Any]:
+        return view.head_document()
+
+    @app.get("/v1/blocks/{height}", tags=["chain"],
+             summary="Block, commit certificate and the record to verify it")
+    def get_block(height: height_path, _key: ApiKeyRecord = read) -> Response:
+        return stored_or_problem(height, view.block_json(height))
+
+    @app.get("/v1/blocks", tags=["chain"], summary="A bounded range of blocks (paginated)")
+    def get_blocks(
+        from_: Annotated[int, Query(alias="from", ge=1, le=2**62)] = 1,
+        to: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_RANGE)] = 20,
+        _key: ApiKeyRecord = read,
+    ) -> Response:
+        last = min(to if to is not None else view.head_height, from_ + limit - 1)
+        if to is not None and to < from_:
+            raise Problem(400, "invalid-range", "to must not be below from")
+        if from_ < view.first_height and view.head_height:
+            raise Problem(410, "block-not-retained", f"blocks before {view.first_height} are "
+                                                     "not kept here; read chain.blocks")
+        heights = list(view.heights(from_, last))
+        parts = [view.block_json(h) or b"null" for h in heights]
+        following = last + 1
+        more = following <= (to if to is not None else view.head_height)
+        next_link = (f'"/v1/blocks?from={following}&limit={limit}'
+                     f'{"&to=" + str(to) if to is not None else ""}"') if more else "null"
+        body = b'{"from":%d,"to":%d,"blocks":[%s],"next":%s}' % (
+            from_, last, b",".join(parts), next_link.encode())
+        return _json(body)
+
+    @app.get("/v1/validators/{height}", tags=["chain"],
+             summary="The validator set that governs a height (check its hash in the header)")
+    def get_validators(height: height_path, _key: ApiKeyRecord = read) -> Response:
+        return stored_or_problem(height, view.validators_json(height))
+
+    @app.get("/v1/beacon/latest", tags=["beacon"], summary="Latest randomness with its proof")
+    def beacon_latest(_key: ApiKeyRecord = read) -> Response:
+        body = view.latest_beacon
+        if body is None:
+            raise unavailable("no-beacon-yet", "no block finalized yet", 2)
+        return _json(body)
+
+    @app.get("/v1/beacon/{height}", tags=["beacon"], summary="Randomness of a height, proof")
+    def beacon_at(height: height_path, _key: ApiKeyRecord = read) -> Response:
+        return stored_or_problem(height, view.beacon_json(height)
+                                 if view.get(height) is not None else None)
+
+    @app.get("/v1/stream/blocks", tags=["chain"], response_class=StreamingResponse,
+             summary="Server-sent events of finalized blocks; resume with Last-Event-ID",
+             responses={200: {"content": {"text/event-stream": {}}}})
+    async def stream_blocks(
+        from_: Annotated[int | None, Query(alias="from", ge=1, le=2**62)] = None,
+        until: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+        last_event_id: Annotated[str | None, Header(max_length=24)] = None,
+        _key: ApiKeyRecord = read,
+    ) -> StreamingResponse:
+        if last_event_id is not None:
+            if not last_event_id.isdigit():
+                raise Problem(400, "invalid-last-event-id", "Last-Event-ID is a block height")
+            start = int(last_event_id) + 1
+        else:
+            start = from_ if from_ is not None else max(1, view.head_height)
+        if start < view.first_height and view.head_height:
+            raise Problem(410, "block-not-retained", f"blocks before {view.first_height} are "
+                                                     "not kept here; read chain.blocks")
+
+        async def events() -> AsyncIterator[bytes]:
+            height = start
+            yield b"retry: 1000\n\n"
+            while until is None or height <= until:
+                event = view.sse_event(height)
+                if event is not None:
+                    yield event
+                    height += 1
+                elif not await view.wait_beyond(height - 1, 15.0):
+                    yield b": keep-alive\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+
+    @app.get("/v1/accounts/{address}", tags=["chain"],
+             summary="Balance and nonces of an account (for building transactions)")
+    def get_account(address: Annotated[str, PathParam(pattern=r"^[0-9a-f]{40}$")],
+                    _key: ApiKeyRecord = read) -> dict[str, Any]:
+        return gateway.ledger.account(bytes.fromhex(address))
+
+    # ------------------------------------------------------------------ keys
+    @app.post("/v1/keys", tags=["keys"],
+              summary="Fresh key material from the private QRNG pool, sealed to your keys")
+    async def post_keys(body: KeyRequestIn, key: ApiKeyRecord = keys_scope) -> dict[str, Any]:
+        if gateway.key_service is None:
+            raise unavailable("keys-disabled", "this gateway does not serve key material", 60)
+        try:
+            request = KeyRequest(base64.b64decode(body.x25519_public_key, validate=True),
+                                 base64.b64decode(body.mlkem768_public_key, validate=True),
+                                 body.length, base64.b64decode(body.payment_tx, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise Problem(422, "invalid-base64", f"a field is not base64: {exc}") from exc
+        try:
+            gateway.limiter.charge_quota(key.key_id, body.length, key.key_bytes_per_day)
+        except Limited as exc:
+            raise Problem(429, "quota-exceeded", f"over the {exc.what}",
+                          headers={"Retry-After": str(exc.retry_after_s)},
+                          retry_after_s=exc.retry_after_s) from exc
+        result = await gateway.key_service.deliver(request)
+        metrics.keys_served.inc()
+        return result
+
+    # ------------------------------------------------------------------ users
+    def users_backend() -> UserBackend:
+        if gateway.users is None:
+            raise unavailable("users-disabled", "this gateway does not serve user records", 60)
+        return gateway.users
+
+    user_path = Annotated[str, PathParam(pattern=r"^[0-9a-f]{40}$")]
+    record_path = Annotated[str, PathParam(pattern=ID_PATTERN)]
+    min_offset_query = Annotated[str | None, Query(pattern=r"^\d{1,9}:\d{1,18}$",
+                                                   description="partition:offset of a write")]
+
+    @app.post("/v1/users/{user_id}", tags=["users"], status_code=202,
+              summary="Register a user (a signed RegisterUser command)")
+    def register_user(user_id: user_path, command: SignedCommand,
+                      _key: ApiKeyRecord = users_scope) -> dict[str, Any]:
+        built = build_command(user_id, command.as_input(), expect_type=("RegisterUser",))
+        return reply_document(users_backend().execute(built))
+
+    @app.get("/v1/users/{user_id}", tags=["users"], summary="A user's keys and record list")
+    def get_user(user_id: user_path, min_offset: min_offset_query = None,
+                 _key: ApiKeyRecord = users_scope) -> dict[str, Any]:
+        user = users_backend().get_user(user_id, parse_min_offset(min_offset))
+        if user is None:
+            raise Problem(404, "user-not-found", f"user {user_id} is not registered")
+        return user_document(user)
+
+    def write_record(user_id: str, record_id: str, command: SignedCommand,
+                     types: tuple[str, ...]) -> dict[str, Any]:
+        built = build_command(user_id, command.as_input(), expect_type=types,
+                              record_id=record_id)
+        return reply_document(users_backend().execute(built))
+
+    @app.post("/v1/users/{user_id}/records/{record_id}", tags=["users"], status_code=202,
+              summary="Create a record (signed PutRecord with client-side ciphertext)")
+    def post_record(user_id: user_path, record_id: record_path, command: SignedCommand,
+                    _key: ApiKeyRecord = users_scope) -> dict[str, Any]:
+        return write_record(user_id, record_id, command, ("PutRecord",))
+
+    @app.put("/v1/users/{user_id}/records/{record_id}", tags=["users"], status_code=202,
+             summary="Replace a record (signed PutRecord of the next version)")
+    def put_record(user_id: user_path, record_id: record_path, command: SignedCommand,
+                   _key: ApiKeyRecord = users_scope) -> dict[str, Any]:
+        return write_record(user_id, record_id, command, ("PutRecord",))
+
+    @app.delete("/v1/users/{user_id}/records/{record_id}", tags=["users"], status_code=202,
+                summary="Delete a record (signed DeleteRecord)")
+    def delete_record(user_id: user_path, record_id: record_path, command: SignedCommand,
+                      _key: ApiKeyRecord = users_scope) -> dict[str, Any]:
+        return write_record(user_id, record_id, command, ("DeleteRecord",))
+
+    @app.get("/v1/users/{user_id}/records/{record_id}", tags=["users"],
+             summary="A record's ciphertext; min_offset waits for your own write")
+    def get_record(user_id: user_path, record_id: record_path,
+                   min_offset: min_offset_query = None,
+                   _key: ApiKeyRecord = users_scope) -> dict[str, Any]:
+        record = users_backend().get_record(user_id, record_id, parse_min_offset(min_offset))
+        if record is None:
+            raise Problem(404, "record-not-found", f"user {user_id} has no record {record_id}")
+        return record_document(record)
+
+    _add_problem_schema(app)
+    return app
+
+
+def _add_problem_schema(app: FastAPI) -> None:
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = {
+            "type": "object", "required": ["type", "title", "status", "detail"],
+            "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                           "status": {"type": "integer"}, "detail": {"type": "string"}},
+            "additionalProperties": True}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = True,
+                  users: bool = True, retain: int = 5000) -> Gateway:
+    """Wire the real components (connections are opened here, threads start with the app)."""
+    from services.consensus.follower import source_registry
+    from services.gateway.chain import ChainFollower, load_view
+    from services.gateway.keys import KafkaTxSink, PrivatePool
+
+    view = load_view(genesis, retain)
+    gateway = Gateway(view=view, keys=ApiKeyStore(api_keys))
+    registry: dict[str, Any] = {}
+
+    def on_block(verified: Any) -> None:
+        gateway.ledger.state = verified.chain.app_state
+        registry.clear()
+        registry.update(source_registry(verified.chain.app_state))
+
+    from services.consensus.follower import ChainSpec
+
+    spec = ChainSpec.load(genesis)
+    gateway.ledger.state = spec.initial.app_state
+    registry.update(source_registry(spec.initial.app_state))
+    follower = ChainFollower(settings, genesis, view, on_block)
+    gateway.starters.append(follower.start)
+    gateway.stoppers.append(follower.stop)
+    if keys:
+        pool = PrivatePool(settings, lambda: registry)
+        sink = KafkaTxSink(settings)
+        gateway.key_service = KeyService(pool, sink, gateway.ledger, view.chain_id)
+        gateway.starters.append(pool.start)
+        gateway.stoppers += [pool.stop, sink.close]
+    if users:
+        from services.gateway.users import KafkaCassandraUsers
+
+        backend = KafkaCassandraUsers(settings)
+        gateway.users = backend
+        gateway.stoppers.append(backend.close)
+    return gateway
+
+
+

@@ -1,0 +1,326 @@
+"""The gateway's view of the chain: blocks verified by a follower thread, served as JSON.
+
+``ChainView`` holds, per height, the ``BlockFinalized`` bytes exactly as the tally wrote them
+(re-encoded from the verified record; the encoding is deterministic) and the validator set
+that signed it. Documents are rendered on demand and cached; the latest beacon pulse is
+serialized once per block, so ``GET /v1/beacon/latest`` is a dictionary lookup.
+
+``ChainFollower`` feeds it: ``follower.read_blocks`` re-verifies every block from genesis
+(hash links, certificates, randomness, state hashes), so a block reaches the API only after the
+gateway verified it. A block that does not verify stops the feed and marks the view unhealthy
+(``/readyz`` says why); the reader restarts after a pause, continuing where the view is.
+
+Retention: the last ``retain`` blocks stay in memory (older heights answer 410 with a hint to
+read ``chain.blocks`` with the SDK). Waiters for new blocks (the SSE streams) are woken through
+``asyncio`` from the follower thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdk.subscriber import validator_set_to_json
+from services.block_builder.core.randomness import randomness_input
+from services.consensus.core.commit import CommitFlag
+from services.consensus.core.validators import ValidatorSet
+from services.consensus.wire import FinalizedRecord, decode_finalized, encode_finalized
+
+log = logging.getLogger("qustream.gateway.chain")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _dumps(document: Any) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlock:
+    raw: bytes  # BlockFinalized, Avro single-object encoding
+    record: FinalizedRecord
+    validators: ValidatorSet  # the set that governs (and signed) this height
+    offset: int  # position on chain.blocks
+    written_at_ms: int
+
+
+class ChainView:
+    """Verified blocks by height (thread-safe; see module doc)."""
+
+    def __init__(self, chain_id: str, genesis_randomness: bytes, *, retain: int = 5000) -> None:
+        self.chain_id = chain_id
+        self.genesis_randomness = genesis_randomness  # R_0, what block 1 derives from
+        self.retain = retain
+        self._blocks: dict[int, StoredBlock] = {}
+        self._lock = threading.Lock()
+        self.head_height = 0
+        self.first_height = 1
+        self.error: str | None = None
+        self.caught_up = False
+        self.latest_beacon: bytes | None = None
+        self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    # ------------------------------------------------------------------ feeding
+    def add(self, raw: bytes, record: FinalizedRecord, validators: ValidatorSet, offset: int,
+            written_at_ms: int) -> None:
+        """Add the next verified block; heights at or below the head are ignored."""
+        with self._lock:
+            if record.height <= self.head_height:
+                return
+            if record.height != self.head_height + 1 and self.head_height:
+                raise ValueError(f"block {record.height} after head {self.head_height}")
+            if not self.head_height:
+                self.first_height = record.height
+            self._blocks[record.height] = StoredBlock(raw, record, validators, offset,
+                                                      written_at_ms)
+            self.head_height = record.height
+            while len(self._blocks) > self.retain:
+                del self._blocks[self.first_height]
+                self.first_height += 1
+        self.latest_beacon = _dumps(self.beacon_document(record.height))
+        self._wake()
+
+    def add_verified(self, verified: Any) -> None:
+        """Add a ``follower.VerifiedBlock``."""
+        record = verified.record
+        at_height = verified.chain.record_of(record.height)
+        validators = at_height.validators if at_height is not None else verified.chain.validators
+        self.add(encode_finalized(record), record, validators, verified.offset,
+                 verified.written_at_ms)
+
+    def _wake(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # loop closed
+                continue
+
+    async def wait_beyond(self, height: int, timeout_s: float) -> bool:
+        """Wait until the head is beyond ``height`` (True) or the timeout passes (False)."""
+        if self.head_height > height:
+            return True
+        event = asyncio.Event()
+        entry = (asyncio.get_running_loop(), event)
+        with self._lock:
+            self._waiters.append(entry)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while self.head_height <= height:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                event.clear()
+                try:
+                    await asyncio.wait_for(event.wait(), remaining)
+                except TimeoutError:
+                    return self.head_height > height
+            return True
+        finally:
+            with self._lock:
+                self._waiters.remove(entry)
+
+    # ------------------------------------------------------------------ reading
+    def get(self, height: int) -> StoredBlock | None:
+        return self._blocks.get(height)
+
+    def retained(self, height: int) -> bool:
+        return height >= self.first_height
+
+    def _cached(self, kind: str, height: int, render: Callable[[StoredBlock], Any]
+                ) -> bytes | None:
+        key = (kind, height)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        stored = self._blocks.get(height)
+        if stored is None:
+            return None
+        body = _dumps(render(stored))
+        with self._lock:
+            self._cache[key] = body
+            while len(self._cache) > 2048:
+                self._cache.popitem(last=False)
+        return body
+
+    def block_json(self, height: int) -> bytes | None:
+        return self._cached("block", height, block_document)
+
+    def beacon_json(self, height: int) -> bytes | None:
+        if height == self.head_height and self.latest_beacon is not None:
+            return self.latest_beacon
+        return self._cached("beacon", height, lambda s: self.beacon_document(s.record.height))
+
+    def validators_json(self, height: int) -> bytes | None:
+        return self._cached("validators", height, lambda s: {
+            "height": height, "hash": s.validators.hash().hex(),
+            "total_power": s.validators.total_power,
+            "validators": validator_set_to_json(s.validators)})
+
+    def sse_event(self, height: int) -> bytes | None:
+        """One SSE event: ``id: <height>`` and the record (what the SDK verifies)."""
+        def render(stored: StoredBlock) -> Any:
+            return {"height": height, "hash": stored.record.block.hash.hex(),
+                    "randomness": stored.record.block.header.randomness.hex(),
+                    "record": _b64(stored.raw)}
+        body = self._cached("sse", height, render)
+        return None if body is None else b"id: %d\nevent: block\ndata: %s\n\n" % (height, body)
+
+    def head_document(self) -> dict[str, Any]:
+        stored = self._blocks.get(self.head_height)
+        if stored is None:
+            return {"chain_id": self.chain_id, "height": 0, "caught_up": self.caught_up}
+        header = stored.record.block.header
+        return {"chain_id": self.chain_id, "height": self.head_height,
+                "hash": stored.record.block.hash.hex(), "time_ms": header.time_ms,
+                "randomness": header.randomness.hex(), "state_hash": stored.record.state_hash.hex(),
+                "validators_hash": header.validators_hash.hex(),
+                "first_retained_height": self.first_height, "caught_up": self.caught_up}
+
+    def beacon_document(self, height: int) -> dict[str, Any]:
+        """The pulse at ``height`` with what a client needs to check it: the header (whose
+        hash is the block hash), the certificate, the previous randomness (authenticated by
+        the previous header, which is included) and the entropy references."""
+        stored = self._blocks[height]
+        block = stored.record.block
+        previous = self._blocks.get(height - 1)
+        previous_randomness = (previous.record.block.header.randomness if previous is not None
+                               else self.genesis_randomness if height == 1 else None)
+        return {
+            "height": height, "chain_id": self.chain_id, "time_ms": block.header.time_ms,
+            "randomness": block.header.randomness.hex(), "block_hash": block.hash.hex(),
+            "proof": {
+                "previous_randomness": (previous_randomness.hex()
+                                        if previous_randomness is not None else None),
+                "previous_header": (_b64(previous.record.block.header.canonical())
+                                    if previous is not None else None),
+                "entropy": [{"source_id": r.source_id, "seq": r.seq, "digest": r.digest.hex()}
+                            for r in block.body.entropy],
+                "randomness_input": _b64(randomness_input(height, block.body.entropy)),
+                "header": _b64(block.header.canonical()),
+                "commit": _b64(stored.record.commit.canonical()),
+                "validators_hash": block.header.validators_hash.hex(),
+                "validators_url": f"/v1/validators/{height}",
+                "algorithm": "R_h = HMAC-SHA-512(key=R_{h-1}, randomness_input)",
+            },
+        }
+
+    def heights(self, first: int, last: int) -> Iterator[int]:
+        for height in range(max(first, self.first_height), min(last, self.head_height) + 1):
+            if height in self._blocks:
+                yield height
+
+
+def block_document(stored: StoredBlock) -> dict[str, Any]:
+    record = stored.record
+    block, header, body = record.block, record.block.header, record.block.body
+    signed = [s for s in record.commit.signatures if s.flag is CommitFlag.COMMIT]
+    return {
+        "height": record.height, "hash": block.hash.hex(),
+        "header": {
+            "chain_id": header.chain_id, "height": header.height, "round": header.round,
+            "time_ms": header.time_ms, "previous_block_hash": header.previous_block_hash.hex(),
+            "last_commit_hash": header.last_commit_hash.hex(),
+            "entropy_root": header.entropy_root.hex(),
+            "entropy_ranges": [{"source_id": r.source_id, "first": r.first, "last": r.last}
+                               for r in header.entropy_ranges],
+            "randomness": header.randomness.hex(), "tx_root": header.tx_root.hex(),
+            "evidence_root": header.evidence_root.hex(),
+            "validators_hash": header.validators_hash.hex(),
+            "next_validators_hash": header.next_validators_hash.hex(),
+            "app_hash": header.app_hash.hex(), "proposer": header.proposer_address.hex(),
+        },
+        "body": {
+            "entropy": [{"source_id": r.source_id, "seq": r.seq, "digest": r.digest.hex()}
+                        for r in body.entropy],
+            "txs": [_b64(tx) for tx in body.txs], "evidence": len(body.evidence),
+        },
+        "commit": {
+            "height": record.commit.height, "round": record.commit.round,
+            "block_hash": record.commit.block_hash.hex(),
+            "signatures": [{"flag": s.flag.name, "validator": s.validator_address.hex(),
+                            "signature": _b64(s.signature)} for s in record.commit.signatures],
+            "signed_power": sum(stored.validators.power_of(s.validator_address) for s in signed),
+            "total_power": stored.validators.total_power,
+        },
+        "state_hash": record.state_hash.hex(),
+        "validators_url": f"/v1/validators/{record.height}",
+        "finalized_at_ms": record.finalized_at_ms,
+        "kafka_offset": stored.offset,
+        "record": _b64(stored.raw),
+    }
+
+
+class ChainFollower:
+    """A daemon thread feeding ``view`` from ``chain.blocks`` (see module doc)."""
+
+    def __init__(self, settings: Any, genesis: Path, view: ChainView,
+                 on_block: Callable[[Any], None] | None = None) -> None:
+        self.settings = settings
+        self.genesis = genesis
+        self.view = view
+        self.on_block = on_block
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chain-follower", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        from services.consensus.follower import FollowError, read_blocks, watermarks
+        from streams.kafka import make_consumer
+
+        while not self._stop.is_set():
+            try:
+                probe = make_consumer(self.settings, f"gateway-probe-{time.time_ns()}")
+                try:
+                    end = watermarks(probe, self.settings.topic("chain.blocks"))[1]
+                finally:
+                    probe.close()
+                if end == 0:
+                    self.view.caught_up = True
+                for verified in read_blocks(self.settings, self.genesis, follow=True,
+                                            idle_timeout_s=1.0):
+                    self.view.add_verified(verified)
+                    self.view.error = None
+                    if verified.offset + 2 >= end:
+                        self.view.caught_up = True
+                    if self.on_block is not None:
+                        self.on_block(verified)
+                    if self._stop.is_set():
+                        return
+            except FollowError as exc:
+                self.view.error = f"chain verification failed: {exc}"
+                log.error("chain follower: %s", exc)
+                self._stop.wait(5)
+            except Exception as exc:  # broker restarts and the like: retry
+                self.view.error = f"chain reader: {type(exc).__name__}: {exc}"
+                log.warning("chain follower: %s", self.view.error)
+                self._stop.wait(2)
+
+
+def load_view(genesis: Path, retain: int = 5000) -> ChainView:
+    from services.consensus.follower import ChainSpec
+
+    spec = ChainSpec.load(genesis)
+    return ChainView(spec.chain_id, spec.initial.tip.previous_randomness, retain=retain)
+
+
+def decode_raw(raw: bytes) -> FinalizedRecord:
+    return decode_finalized(raw)

@@ -1,0 +1,110 @@
+"""``qustream gateway``: run the HTTP API and manage its API keys.
+
+    qustream gateway run --port 8080 --genesis G [--no-keys] [--no-users]
+                         [--ssl-certfile C --ssl-keyfile K [--ssl-ca-certs CA]]
+    qustream gateway api-key create --scopes read,keys,users   # prints the key once
+    qustream gateway api-key list | revoke KEY_ID
+
+Keys are stored hashed in ``<state_dir>/gateway/api-keys.json`` (``--keys-file`` to change).
+With ``--ssl-ca-certs`` clients must present a certificate signed by that CA (mTLS).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="The HTTP gateway (API, key delivery, user records).",
+                  no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (stored hashed).", no_args_is_help=True)
+app.add_typer(keys_app, name="api-key")
+
+KEYS_FILE = typer.Option(None, "--keys-file", envvar="QUSTREAM_GATEWAY_KEYS_FILE",
+                         help="API key store (default <state_dir>/gateway/api-keys.json).")
+
+
+def _keys_file(option: Path | None) -> Path:
+    if option is not None:
+        return option
+    from streams.settings import load_settings
+
+    return load_settings().state_dir / "gateway" / "api-keys.json"
+
+
+@app.command()
+def run(
+    port: int = typer.Option(8080, "--port"),
+    host: str = typer.Option("0.0.0.0", "--host"),
+    genesis: Path | None = typer.Option(None, "--genesis", envvar="QUSTREAM_GENESIS",
+                                        help="Genesis file (default: the demo's)."),
+    keys_file: Path | None = KEYS_FILE,
+    serve_keys: bool = typer.Option(True, "--keys/--no-keys", help="Serve POST /v1/keys."),
+    serve_users: bool = typer.Option(True, "--users/--no-users", help="Serve user records."),
+    retain: int = typer.Option(5000, "--retain-blocks", help="Blocks kept in memory."),
+    ssl_certfile: Path | None = typer.Option(None, "--ssl-certfile"),
+    ssl_keyfile: Path | None = typer.Option(None, "--ssl-keyfile"),
+    ssl_ca_certs: Path | None = typer.Option(None, "--ssl-ca-certs",
+                                             help="Require client certificates (mTLS)."),
+) -> None:
+    """Serve the API with one worker (scale with replicas, not workers)."""
+    import uvicorn
+
+    from services.consensus.chain_cli import genesis_path
+    from services.gateway.api import build_gateway, create_app
+    from streams.settings import load_settings
+    from streams.telemetry import setup_telemetry
+
+    settings = load_settings()
+    setup_telemetry("gateway")
+    gateway = build_gateway(settings, genesis_path(genesis), _keys_file(keys_file),
+                            keys=serve_keys, users=serve_users, retain=retain)
+    typer.echo(f"QuStream gateway on http://{host}:{port} (chain {gateway.view.chain_id})")
+    uvicorn.run(create_app(gateway), host=host, port=port, log_level="warning",
+                access_log=False, ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+                ssl_ca_certs=str(ssl_ca_certs) if ssl_ca_certs else None,
+                ssl_cert_reqs=ssl.CERT_REQUIRED if ssl_ca_certs else ssl.CERT_NONE)
+
+
+@keys_app.command("create")
+def create(
+    scopes: str = typer.Option("read", "--scopes", help="Comma-separated: read,keys,users."),
+    label: str = typer.Option("", "--label"),
+    rate: float = typer.Option(50.0, "--rate", help="Requests per second."),
+    burst: int = typer.Option(100, "--burst"),
+    key_bytes_per_day: int = typer.Option(1_048_576, "--key-bytes-per-day"),
+    keys_file: Path | None = KEYS_FILE,
+) -> None:
+    """Create a key and print it (only its hash is stored)."""
+    from services.gateway.auth import ApiKeyError, ApiKeyStore
+
+    try:
+        key = ApiKeyStore(_keys_file(keys_file)).create(
+            tuple(s.strip() for s in scopes.split(",") if s.strip()), label=label,
+            rate_per_s=rate, burst=burst, key_bytes_per_day=key_bytes_per_day)
+    except ApiKeyError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scopes") from exc
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def list_keys(keys_file: Path | None = KEYS_FILE) -> None:
+    """Key ids, scopes and limits (never the keys)."""
+    from services.gateway.auth import ApiKeyStore
+
+    for record in ApiKeyStore(_keys_file(keys_file)).records():
+        typer.echo(json.dumps({"key_id": record.key_id, "scopes": list(record.scopes),
+                               "rate_per_s": record.rate_per_s, "burst": record.burst,
+                               "label": record.label}))
+
+
+@keys_app.command("revoke")
+def revoke(key_id: str, keys_file: Path | None = KEYS_FILE) -> None:
+    from services.gateway.auth import ApiKeyStore
+
+    if not ApiKeyStore(_keys_file(keys_file)).revoke(key_id):
+        raise typer.BadParameter(f"no key {key_id}")
+    typer.echo(f"revoked {key_id}")

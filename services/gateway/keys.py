@@ -1,0 +1,463 @@
+"""The private entropy pool and key delivery (``POST /v1/keys``).
+
+Pool (``PrivatePool``), one consumer thread per gateway:
+
+1. Consume ``entropy.private`` in the consumer group ``<prefix>gateway.keys``: Kafka assigns
+   each partition (so each source's hash chain, keyed by source id) to exactly one gateway.
+2. Verify every chunk with ``ChainVerifier`` against the sources registered on chain (chunks
+   become usable only once a signed checkpoint covers them); rejects are counted and skipped.
+3. Before any byte of a verified chunk is used, commit the offset just past that chunk
+   (synchronously; commits only move forward per partition). So a chunk is consumed once: a
+   restarted or rebalanced gateway resumes after every chunk any gateway has started to use,
+   and the unused rest of an opened chunk is lost, never reused. If the commit fails (the
+   partition moved away), the chunk is dropped.
+4. Opened chunks go into a small in-memory buffer; ``draw(n)`` hands out the next ``n`` bytes
+   under a lock (two requests never get overlapping bytes) and overwrites the buffer's copy
+   with zeros. Python cannot guarantee that no other copy exists (the Kafka message, the
+   decoded record); the payload objects are dropped right after the copy.
+
+``draw`` raises ``PoolUnavailable`` (the route answers 503 with ``Retry-After``) when the
+buffer is short or the consumer is unhealthy; there is no fallback to OS entropy alone.
+
+Delivery (``KeyService.deliver``): validate keys and the signed ``PayForService`` (its
+commitment must be ``sdk.keys.request_commitment`` of this request, its account must afford it
+in the gateway's verified ledger view), charge the key's quota, draw pool bytes, put the
+transaction on ``ledger.tx`` and wait for the acknowledgement, mix pool and OS bytes with
+HKDF-SHA-512, seal with X25519 + ML-KEM-768 + AES-256-GCM (protocol in ``sdk.keys``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from sdk.keys import (
+    MAX_LENGTH,
+    MIN_LENGTH,
+    MLKEM_PUBLIC_BYTES,
+    X25519_BYTES,
+    delivery_kek,
+    request_commitment,
+    units_for,
+)
+from services.gateway.problems import Problem, unavailable
+
+log = logging.getLogger("qustream.gateway.keys")
+POOL_DRAW_BYTES = 32  # at least this many pool bytes go into every key (>= 256 bits)
+
+
+class PoolUnavailable(Exception):
+    """The private pool cannot serve now; ``retry_after_s`` is a hint."""
+
+    def __init__(self, reason: str, retry_after_s: int = 2) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class KeyPool(Protocol):
+    def draw(self, n: int) -> tuple[bytearray, tuple[str, ...]]: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True)
+class _Opened:
+    source_id: str
+    data: bytearray
+    position: int = 0
+
+
+@dataclass(slots=True)
+class BufferPool:
+    """The in-memory part: opened chunks handed out once, zeroized as they go."""
+
+    max_bytes: int = 1 << 20
+    _chunks: collections.deque[_Opened] = field(default_factory=collections.deque)
+    _available: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    healthy: bool = True
+    reason: str = "starting"
+    served_bytes: int = 0
+
+    @property
+    def available(self) -> int:
+        return self._available
+
+    def put(self, source_id: str, payload: bytes) -> None:
+        with self._lock:
+            self._chunks.append(_Opened(source_id, bytearray(payload)))
+            self._available += len(payload)
+
+    def draw(self, n: int) -> tuple[bytearray, tuple[str, ...]]:
+        with self._lock:
+            if not self.healthy:
+                raise PoolUnavailable(f"private pool unhealthy: {self.reason}", 5)
+            if self._available < n:
+                raise PoolUnavailable(f"private pool has {self._available} bytes, {n} needed", 2)
+            out = bytearray(n)
+            sources: list[str] = []
+            filled = 0
+            while filled < n:
+                chunk = self._chunks[0]
+                take = min(n - filled, len(chunk.data) - chunk.position)
+                end = chunk.position + take
+                out[filled:filled + take] = chunk.data[chunk.position:end]
+                chunk.data[chunk.position:end] = bytes(take)  # zeroize the pool's copy
+                chunk.position = end
+                filled += take
+                if chunk.source_id not in sources:
+                    sources.append(chunk.source_id)
+                if chunk.position == len(chunk.data):
+                    self._chunks.popleft()
+            self._available -= n
+            self.served_bytes += n
+            return out, tuple(sources)
+
+    def status(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, "reason": self.reason, "available_bytes": self.available,
+                "served_bytes": self.served_bytes}
+
+
+class PrivatePool:
+    """``entropy.private`` -> verified chunks -> ``BufferPool`` (see module doc)."""
+
+    def __init__(self, settings: Any, registry: Callable[[], Mapping[str, Any]], *,
+                 group_id: str | None = None, low_water: int = 256 * 1024,
+                 on_reject: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.group_id = group_id or settings.topic("gateway.keys")
+        self.low_water = low_water
+        self.buffer = BufferPool()
+        self.on_reject = on_reject
+        self.verified: collections.deque[tuple[int, int, Any]] = collections.deque()
+        self._offsets: dict[tuple[str, int], tuple[int, int]] = {}
+        self._committed: dict[int, int] = {}
+        self._assigned: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="private-pool", daemon=True)
+
+    def draw(self, n: int) -> tuple[bytearray, tuple[str, ...]]:
+        if not self._thread.is_alive():
+            raise PoolUnavailable("private pool consumer is not running", 10)
+        return self.buffer.draw(n)
+
+    def status(self) -> dict[str, Any]:
+        return {**self.buffer.status(), "verified_chunks_waiting": len(self.verified),
+                "partitions": sorted(self._assigned)}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        from services.qrng_ingest.core.chain import Checkpoint, Chunk, ChunkFormatError
+        from services.qrng_ingest.core.verifier import ChainVerifier, EntropyRejectedError
+        from streams.codec import CodecError, default_codec
+        from streams.kafka import make_consumer
+
+        topic = self.settings.topic("entropy.private")
+        codec = default_codec()
+        verifier = ChainVerifier(_LiveRegistry(self.registry), allow_mid_stream=True)
+
+        def assigned(_consumer: Any, partitions: list[Any]) -> None:
+            self._assigned |= {p.partition for p in partitions}
+
+        def revoked(_consumer: Any, partitions: list[Any]) -> None:
+            gone = {p.partition for p in partitions}
+            self._assigned -= gone
+            self.verified = collections.deque(v for v in self.verified if v[0] not in gone)
+
+        consumer = make_consumer(self.settings, self.group_id,
+                                 **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 50})
+        consumer.subscribe([topic], on_assign=assigned, on_revoke=revoked)
+        self.buffer.reason = "ok"
+        try:
+            while not self._stop.is_set():
+                self._open_chunks(consumer, topic, TopicPartition)
+                message = consumer.poll(0.1)
+                if message is None:
+                    continue
+                if message.error():
+                    self.buffer.reason = f"consumer error: {message.error()}"
+                    continue
+                partition, offset = int(message.partition() or 0), int(message.offset() or 0)
+                try:
+                    schema, record = codec.decode(message.value())
+                    if schema == "EntropyChunkPublished":
+                        chunk = Chunk.from_record(record)
+                        if not chunk.private:
+                            raise ChunkFormatError("public chunk on entropy.private")
+                        verifier.accept_chunk(chunk)
+                        self._offsets[(chunk.source_id, chunk.seq)] = (partition, offset)
+                    elif schema == "EntropyCheckpointSigned":
+                        for chunk in verifier.accept_checkpoint(Checkpoint.from_record(record)):
+                            where = self._offsets.pop((chunk.source_id, chunk.seq), None)
+                            if where is not None and where[0] in self._assigned:
+                                self.verified.append((where[0], where[1], chunk))
+                except (CodecError, ChunkFormatError, EntropyRejectedError) as exc:
+                    if self.on_reject is not None:
+                        self.on_reject(type(exc).__name__)
+                    log.debug("private pool skips %s@%s: %s", partition, offset, exc)
+                if len(self._offsets) > 100_000:
+                    self._offsets.clear()
+        except Exception as exc:
+            self.buffer.healthy = False
+            self.buffer.reason = f"consumer failed: {type(exc).__name__}: {exc}"
+            log.exception("private pool consumer failed")
+            raise
+        finally:
+            consumer.close()
+
+    def _open_chunks(self, consumer: Any, topic: str, topic_partition: Any) -> None:
+        """Move verified chunks into the buffer, committing past each one first."""
+        while self.verified and self.buffer.available < self.low_water:
+            partition, offset, chunk = self.verified.popleft()
+            target = max(self._committed.get(partition, 0), offset + 1)
+            try:
+                consumer.commit(offsets=[topic_partition(topic, partition, target)],
+                                asynchronous=False)
+            except Exception as exc:  # lost the partition: never use the chunk
+                log.warning("commit past chunk %s#%d failed, dropped: %s", chunk.source_id,
+                            chunk.seq, exc)
+                continue
+            self._committed[partition] = target
+            self.buffer.put(chunk.source_id, chunk.payload)
+            del chunk
+
+
+class _LiveRegistry(Mapping[str, Any]):
+    """The registered sources as the chain currently says (looked up on every access)."""
+
+    def __init__(self, registry: Callable[[], Mapping[str, Any]]) -> None:
+        self._registry = registry
+
+    def __getitem__(self, key: str) -> Any:
+        return self._registry()[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._registry())
+
+    def __len__(self) -> int:
+        return len(self._registry())
+
+
+# ---------------------------------------------------------------------------- delivery
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRequest:
+    x25519_public: bytes
+    mlkem_public: bytes
+    length: int
+    payment_tx: bytes
+
+
+@dataclass(slots=True)
+class LedgerView:
+    """What the gateway knows of accounts: the verified ledger state plus its own pending
+    transactions (so back-to-back requests with consecutive nonces are accepted)."""
+
+    state: Any = None
+    pending_nonce: dict[bytes, int] = field(default_factory=dict)
+    recent_txs: collections.OrderedDict[bytes, None] = field(
+        default_factory=collections.OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def account(self, address: bytes) -> dict[str, Any]:
+        from services.consensus.core.ledger.queries import balance, next_nonce
+
+        if self.state is None:
+            raise unavailable("chain-not-ready", "the gateway has not read the chain yet", 2)
+        nonce = next_nonce(self.state, address)
+        return {"address": address.hex(), "balance": balance(self.state, address),
+                "next_nonce": nonce, "pending_nonce": max(nonce,
+                                                          self.pending_nonce.get(address, 0))}
+
+
+class TxSink(Protocol):
+    async def submit(self, raw: bytes) -> bytes: ...
+
+
+class KafkaTxSink:
+    """Produces ``TransactionSubmitted`` to ``ledger.tx``; ``submit`` awaits the broker's
+    acknowledgement (a poll thread resolves the futures). Trace context goes into headers."""
+
+    def __init__(self, settings: Any) -> None:
+        from streams.kafka import make_producer
+
+        self.settings = settings
+        self.topic = settings.topic("ledger.tx")
+        self.producer = make_producer(settings, transactional_id=None, **{"linger.ms": 1})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="tx-sink", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+
+    async def submit(self, raw: bytes) -> bytes:
+        from services.consensus.mempool import submitted_record
+        from streams.telemetry import inject_context
+
+        key, value = submitted_record(raw)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def delivered(err: Any, _msg: Any) -> None:
+            def resolve() -> None:
+                if future.done():
+                    return
+                if err is not None:
+                    future.set_exception(RuntimeError(str(err)))
+                else:
+                    future.set_result(None)
+            loop.call_soon_threadsafe(resolve)
+
+        self.producer.produce(self.topic, value=value, key=key, on_delivery=delivered,
+                              headers=list(inject_context()))
+        await asyncio.wait_for(future, 15)
+        from services.consensus.core.ledger.tx import tx_hash
+
+        return tx_hash(raw)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.producer.flush(5)
+
+
+def _problem(status: int, slug: str, detail: str) -> Problem:
+    return Problem(status, slug, detail)
+
+
+class KeyService:
+    def __init__(self, pool: KeyPool, sink: TxSink, ledger: LedgerView, chain_id: str,
+                 *, check_ledger: bool = True) -> None:
+        self.pool = pool
+        self.sink = sink
+        self.ledger = ledger
+        self.chain_id = chain_id
+        self.check_ledger = check_ledger
+
+    def _check_payment(self, request: KeyRequest, commitment: bytes) -> tuple[bytes, int, bytes]:
+        from services.consensus.core.ledger.tx import PayForService, ServiceKind
+        from services.consensus.mempool import MempoolError, parse_tx
+
+        try:
+            pending = parse_tx(request.payment_tx)
+        except MempoolError as exc:
+            raise _problem(422, "invalid-payment", str(exc)) from exc
+        from services.consensus.core.ledger.tx import decode_signed_tx
+
+        tx = decode_signed_tx(request.payment_tx).tx
+        body = tx.body
+        if tx.chain_id != self.chain_id:
+            raise _problem(422, "invalid-payment", f"transaction is for chain {tx.chain_id!r}, "
+                                                   f"this is {self.chain_id!r}")
+        if not isinstance(body, PayForService) or body.service is not ServiceKind.KEY_MATERIAL:
+            raise _problem(422, "invalid-payment", "payment_tx must be a PayForService for "
+                                                   "KEY_MATERIAL")
+        if body.commitment != commitment:
+            raise _problem(422, "invalid-payment", "the transaction's commitment is not the "
+                                                   "request commitment of these keys and length")
+        if body.units < units_for(request.length):
+            raise _problem(422, "invalid-payment", f"{request.length} bytes need "
+                                                   f"{units_for(request.length)} units")
+        if self.check_ledger:
+            state = self.ledger.state
+            if state is None:
+                raise unavailable("chain-not-ready", "the gateway has not read the chain yet", 2)
+            from services.consensus.core.ledger.queries import balance, next_nonce
+
+            cost = tx.fee + body.units * state.params.price_key_material_per_unit
+            if balance(state, pending.sender) < cost:
+                raise _problem(422, "insufficient-funds", f"account {pending.sender.hex()} "
+                                                          f"cannot pay {cost} micro-units")
+            if pending.nonce < next_nonce(state, pending.sender):
+                raise _problem(409, "nonce-used", f"nonce {pending.nonce} is already used")
+        with self.ledger.lock:
+            if pending.hash in self.ledger.recent_txs:
+                raise _problem(409, "payment-reused", "this payment transaction was already "
+                                                      "used for a delivery")
+            self.ledger.recent_txs[pending.hash] = None
+            while len(self.ledger.recent_txs) > 100_000:
+                self.ledger.recent_txs.popitem(last=False)
+        return pending.sender, pending.nonce, pending.hash
+
+    async def deliver(self, request: KeyRequest) -> dict[str, Any]:
+        if len(request.x25519_public) != X25519_BYTES:
+            raise _problem(422, "invalid-key", f"x25519_public_key must be {X25519_BYTES} bytes")
+        if len(request.mlkem_public) != MLKEM_PUBLIC_BYTES:
+            raise _problem(422, "invalid-key",
+                           f"mlkem768_public_key must be {MLKEM_PUBLIC_BYTES} bytes")
+        if not MIN_LENGTH <= request.length <= MAX_LENGTH:
+            raise _problem(422, "invalid-length", f"length must be {MIN_LENGTH}..{MAX_LENGTH}")
+        try:
+            client_x = x25519.X25519PublicKey.from_public_bytes(request.x25519_public)
+            client_k = mlkem.MLKEM768PublicKey.from_public_bytes(request.mlkem_public)
+        except ValueError as exc:
+            raise _problem(422, "invalid-key", f"public key rejected: {exc}") from exc
+        commitment = request_commitment(request.x25519_public, request.mlkem_public,
+                                        request.length)
+        sender, nonce, tx_id = self._check_payment(request, commitment)
+        try:
+            pool_bytes, sources = self.pool.draw(max(POOL_DRAW_BYTES, request.length))
+        except PoolUnavailable as exc:
+            with self.ledger.lock:
+                self.ledger.recent_txs.pop(tx_id, None)
+            raise unavailable("pool-unavailable", exc.reason, exc.retry_after_s) from exc
+        try:
+            try:
+                await self.sink.submit(request.payment_tx)
+            except Exception as exc:
+                with self.ledger.lock:
+                    self.ledger.recent_txs.pop(tx_id, None)
+                raise unavailable("ledger-unavailable",
+                                  f"the payment could not be written to ledger.tx: {exc}",
+                                  5) from exc
+            with self.ledger.lock:
+                self.ledger.pending_nonce[sender] = max(self.ledger.pending_nonce.get(sender, 0),
+                                                        nonce + 1)
+            ikm = bytearray(pool_bytes)
+            ikm += os.urandom(64)
+            key = bytearray(HKDF(algorithm=hashes.SHA512(), length=request.length,
+                                 salt=commitment, info=b"QuStream/v1/KeyMaterial" + tx_id
+                                 ).derive(bytes(ikm)))
+            ikm[:] = bytes(len(ikm))
+        finally:
+            pool_bytes[:] = bytes(len(pool_bytes))
+        ephemeral = x25519.X25519PrivateKey.generate()
+        ephemeral_public = ephemeral.public_key().public_bytes_raw()
+        shared_k, kem_ciphertext = client_k.encapsulate()
+        kek = delivery_kek(ephemeral.exchange(client_x), shared_k, ephemeral_public,
+                           request.x25519_public, kem_ciphertext, commitment)
+        nonce_bytes = os.urandom(12)
+        ciphertext = AESGCM(kek).encrypt(nonce_bytes, bytes(key), commitment)
+        key[:] = bytes(len(key))
+        return {
+            "commitment": commitment.hex(), "tx_hash": tx_id.hex(), "length": request.length,
+            "x25519_ephemeral_public_key": base64.b64encode(ephemeral_public).decode(),
+            "mlkem768_ciphertext": base64.b64encode(kem_ciphertext).decode(),
+            "nonce": base64.b64encode(nonce_bytes).decode(),
+            "ciphertext": base64.b64encode(ciphertext).decode(),
+            "sources": list(sources), "delivered_at_ms": int(time.time() * 1000),
+        }

@@ -1,0 +1,145 @@
+"""User records over HTTP: writes are signed commands to Kafka, reads come from Cassandra.
+
+The client signs every command (``sdk.users.UserStore`` does it); the gateway checks that the
+command matches the URL (user id, record id, command type), forwards it to ``users.commands``
+and waits for the handler's reply: 202 with the event position (``partition:offset``) when
+accepted, 409 with the handler's reason when rejected. Reads take ``?min_offset=P:O`` and wait
+until the projection has applied that event (read your own writes). Nodes only ever see
+ciphertext.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from services.gateway.problems import Problem, unavailable
+
+
+class UserBackend(Protocol):
+    def execute(self, command: Any) -> Any: ...
+    def get_user(self, user_id: str, after: tuple[int, int] | None) -> Any: ...
+    def get_record(self, user_id: str, record_id: str, after: tuple[int, int] | None) -> Any: ...
+
+
+def parse_min_offset(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    partition, sep, offset = value.partition(":")
+    if not sep or not partition.isdigit() or not offset.isdigit():
+        raise Problem(400, "invalid-min-offset", "min_offset reads <partition>:<offset>, as "
+                                                 "returned in a write's position")
+    return int(partition), int(offset)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCommandIn:
+    command_id: str
+    command_type: str
+    payload: str  # base64 of the body bytes as signed
+    signature: str  # base64
+    issued_at_ms: int
+    expected_version: int | None
+    device_id: str
+
+
+def build_command(user_id: str, data: SignedCommandIn, *, expect_type: tuple[str, ...],
+                  record_id: str | None = None) -> Any:
+    """The ``Command`` of a request, checked against the URL; 400/422 problems otherwise."""
+    from services.shard_writer.core import MalformedCommandError
+    from services.shard_writer.core.wire import command_from_record
+
+    if data.command_type not in expect_type:
+        raise Problem(422, "wrong-command", f"this endpoint takes {' or '.join(expect_type)}, "
+                                            f"not {data.command_type}")
+    try:
+        payload = base64.b64decode(data.payload, validate=True)
+        signature = base64.b64decode(data.signature, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Problem(422, "invalid-command", f"payload/signature must be base64: {exc}") from exc
+    record = {"user_id": user_id, "command_id": data.command_id,
+              "expected_version": -1 if data.expected_version is None else data.expected_version,
+              "command_type": data.command_type, "payload": payload,
+              "device_id": data.device_id, "signature": signature,
+              "issued_at_ms": data.issued_at_ms}
+    try:
+        command = command_from_record(record)
+    except (MalformedCommandError, KeyError, ValueError, TypeError) as exc:
+        raise Problem(422, "invalid-command", str(exc)) from exc
+    if record_id is not None and getattr(command.body, "record_id", None) != record_id:
+        raise Problem(422, "wrong-record", "the command's record_id does not match the URL")
+    return command
+
+
+def reply_document(reply: Any) -> dict[str, Any]:
+    if not reply.accepted:
+        raise Problem(409, "command-rejected", f"{reply.code}: {reply.reason}",
+                      code=reply.code, command_id=reply.command_id)
+    position = None if reply.offset is None else f"{reply.partition}:{reply.offset}"
+    return {"accepted": True, "user_id": reply.user_id, "command_id": reply.command_id,
+            "version": reply.version, "position": position, "partition": reply.partition,
+            "offset": reply.offset}
+
+
+def record_document(view: Any) -> dict[str, Any]:
+    return {"user_id": view.user_id, "record_id": view.record_id,
+            "record_version": view.record_version, "user_version": view.user_version,
+            "ciphertext": base64.b64encode(view.ciphertext).decode(), "size": view.size,
+            "updated_at_ms": view.updated_at_ms}
+
+
+def user_document(view: Any) -> dict[str, Any]:
+    return {"user_id": view.user_id, "version": view.version, "signing_key": view.signing_key,
+            "encryption_key": base64.b64encode(view.encryption_key).decode(),
+            "key_epoch": view.key_epoch, "deleted": view.deleted,
+            "records": [{"record_id": r.record_id, "record_version": r.record_version,
+                         "size": r.size} for r in view.records.values()]}
+
+
+class KafkaCassandraUsers:
+    """The real backend: ``UserClient`` for commands, ``UserQueries`` for reads."""
+
+    def __init__(self, settings: Any, *, timeout_s: float = 15.0) -> None:
+        from services.shard_writer.client import UserClient
+        from services.shard_writer.queries import UserQueries
+        from services.shard_writer.store import connect
+
+        self.cluster, session = connect(settings)
+        self.queries = UserQueries(session, settings.cassandra.keyspace,
+                                   settings.topic("users.events"))
+        self.client = UserClient(settings)
+        self.timeout_s = timeout_s
+
+    def execute(self, command: Any) -> Any:
+        from services.shard_writer.client import ReplyTimeoutError
+        from streams.kafka import DeliveryError
+
+        try:
+            return self.client.execute(command, timeout_s=self.timeout_s)
+        except (ReplyTimeoutError, DeliveryError) as exc:
+            raise unavailable("users-unavailable", str(exc), 5) from exc
+
+    def get_user(self, user_id: str, after: tuple[int, int] | None) -> Any:
+        return self._read(lambda: self.queries.get_user(user_id, after_offset=after,
+                                                        timeout_s=self.timeout_s))
+
+    def get_record(self, user_id: str, record_id: str, after: tuple[int, int] | None) -> Any:
+        return self._read(lambda: self.queries.get_record(user_id, record_id,
+                                                          after_offset=after,
+                                                          timeout_s=self.timeout_s))
+
+    def _read(self, read: Any) -> Any:
+        from services.shard_writer.queries import ProjectionTimeoutError
+        from services.shard_writer.store import StoreError
+
+        try:
+            return read()
+        except ProjectionTimeoutError as exc:
+            raise unavailable("projection-behind", str(exc), 2) from exc
+        except StoreError as exc:
+            raise unavailable("users-unavailable", str(exc), 5) from exc
+
+    def close(self) -> None:
+        self.cluster.shutdown()
