@@ -51,6 +51,16 @@ JSON = "application/json"
 MAX_RANGE = 100
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 
+# Annotation aliases live at module level: with postponed annotations FastAPI resolves them
+# in the module's namespace.
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+bearer = HTTPBearer(auto_error=False)
+height_path = Annotated[int, PathParam(ge=1, le=2**62)]
+user_path = Annotated[str, PathParam(pattern=r"^[0-9a-f]{40}$")]
+record_path = Annotated[str, PathParam(pattern=ID_PATTERN)]
+min_offset_query = Annotated[str | None, Query(pattern=r"^\d{1,9}:\d{1,18}$",
+                                               description="partition:offset of a write")]
+
 
 @dataclass
 class Gateway:
@@ -133,10 +143,25 @@ class _Guard:
         self.gateway = gateway
         self.metrics = metrics
 
+    def _authenticated(self, scope: dict[str, Any]) -> bool:
+        """Authentication comes before anything else under /v1 (so a request without a valid
+        key learns nothing but 401); scopes and limits are checked per route."""
+        headers = dict(scope.get("headers", ()))
+        key = headers.get(b"x-api-key", b"").decode("latin-1")
+        if not key:
+            authorization = headers.get(b"authorization", b"").decode("latin-1")
+            key = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+        return bool(key) and self.gateway.keys.lookup(key) is not None
+
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["path"].startswith("/v1/") and not self._authenticated(scope):
+            await _send_problem(send, 401, "invalid-api-key",
+                                "send a valid API key in X-API-Key or as Authorization: Bearer",
+                                {"WWW-Authenticate": 'Bearer realm="qustream"'})
             return
         limit = self.gateway.max_body_bytes
         for name, value in scope.get("headers", ()):
@@ -172,11 +197,12 @@ class _Guard:
 
 
 async def _send_problem(send: Callable[[Any], Awaitable[None]], status: int, slug: str,
-                        detail: str) -> None:
+                        detail: str, headers: dict[str, str] | None = None) -> None:
     body = problem_body(status, slug, detail)
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", PROBLEM_JSON.encode()),
-                            (b"content-length", str(len(body)).encode())]})
+                            (b"content-length", str(len(body)).encode()), *extra]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -203,8 +229,6 @@ def create_app(gateway: Gateway) -> FastAPI:
     install(app)
     app.add_middleware(_Guard, gateway=gateway, metrics=metrics)
     view = gateway.view
-    api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-    bearer = HTTPBearer(auto_error=False)
 
     def scoped(scope: str) -> Callable[..., ApiKeyRecord]:
         def dependency(
@@ -249,7 +273,6 @@ def create_app(gateway: Gateway) -> FastAPI:
                                                  f"gateway keeps (from {view.first_height}); "
                                                  "read chain.blocks with the SDK")
 
-    height_path = Annotated[int, PathParam(ge=1, le=2**62)]
 
     # ------------------------------------------------------------------ operations
     @app.get("/healthz", tags=["operations"], summary="Liveness")
@@ -393,10 +416,6 @@ def create_app(gateway: Gateway) -> FastAPI:
             raise unavailable("users-disabled", "this gateway does not serve user records", 60)
         return gateway.users
 
-    user_path = Annotated[str, PathParam(pattern=r"^[0-9a-f]{40}$")]
-    record_path = Annotated[str, PathParam(pattern=ID_PATTERN)]
-    min_offset_query = Annotated[str | None, Query(pattern=r"^\d{1,9}:\d{1,18}$",
-                                                   description="partition:offset of a write")]
 
     @app.post("/v1/users/{user_id}", tags=["users"], status_code=202,
               summary="Register a user (a signed RegisterUser command)")

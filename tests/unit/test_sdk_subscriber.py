@@ -105,7 +105,8 @@ def test_gap_and_fork_are_detected(chain: LocalChain) -> None:
     for position, raw in enumerate(chain.records[:3]):
         subscriber.verify(raw, position)
     assert subscriber.verify(chain.records[1], 9) is None  # duplicate: skipped
-    forged = tamper(chain.records[1], header=lambda h: dataclasses.replace(h, time_ms=h.time_ms + 1))
+    forged = tamper(chain.records[1],
+                    header=lambda h: dataclasses.replace(h, time_ms=h.time_ms + 1))
     with pytest.raises(ForkDetectedError):
         subscriber.verify(forged, 10)
 
