@@ -31,7 +31,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.block_builder.core.block import Block
-from services.block_builder.core.randomness import block_randomness
+from services.block_builder.core.proposal import InvalidBlockError, check_header
 from services.consensus.core.chain import (
     ChainState,
     check_evidence,
@@ -139,27 +139,12 @@ class BlockFollower:
         """Raise ``FollowError`` unless ``record`` is a valid next block (see module doc)."""
         chain, block = self.chain, record.block
         tip, header = chain.tip, block.header
-        expectations: tuple[tuple[str, object, object], ...] = (
-            ("chain id", header.chain_id, tip.chain_id),
-            ("previous block hash", header.previous_block_hash, tip.previous_block_hash),
-            ("app hash", header.app_hash, tip.app_hash),
-            ("validators hash", header.validators_hash, tip.validators_hash),
-            ("next validators hash", header.next_validators_hash, tip.next_validators_hash),
-        )
-        for name, got, want in expectations:
-            if got != want:
-                raise FollowError(f"block {block.height}: {name} does not link to the chain")
-        if header.time_ms <= tip.previous_time_ms:
-            raise FollowError(f"block {block.height}: time does not increase")
+        try:
+            check_header(block, tip)
+        except InvalidBlockError as exc:
+            raise FollowError(str(exc)) from exc
         if header.proposer_address not in chain.validators:
             raise FollowError(f"block {block.height}: proposer is not a validator")
-        problem = block.structural_problem()
-        if problem:
-            raise FollowError(f"block {block.height}: {problem}")
-        if header.randomness != block_randomness(
-            tip.previous_randomness, tip.height, block.body.entropy
-        ):
-            raise FollowError(f"block {block.height}: randomness is not the derived value")
         if block.body.last_commit is not None:
             reason = check_last_commit(chain, block.body.last_commit)
             if reason:

@@ -193,7 +193,10 @@ def build_block(
     return Block(header, body)
 
 
-def _check_header(block: Block, tip: ChainTip, expected_proposer: bytes | None) -> None:
+def check_header(block: Block, tip: ChainTip, expected_proposer: bytes | None = None) -> None:
+    """Raise ``InvalidBlockError`` unless the header links to ``tip`` (chain id, height, hashes,
+    increasing time), the body matches the header, and the randomness is the derived value.
+    Shared by proposal validation and by every follower of the chain."""
     header = block.header
     expectations: tuple[tuple[str, object, object], ...] = (
         ("chain id", header.chain_id, tip.chain_id),
@@ -282,7 +285,7 @@ def validate_block(
     check_last_commit: CheckCommit,
 ) -> None:
     """Raise ``InvalidBlockError`` unless ``block`` is a valid proposal on top of ``tip``."""
-    _check_header(block, tip, expected_proposer)
+    check_header(block, tip, expected_proposer)
     _check_entropy(block, tip, pool, rules)
     height = block.header.height
     for position, tx in enumerate(block.body.txs):
