@@ -169,7 +169,7 @@ def _add_users(settings: Settings, demo_dir: Path, count: int, view: DemoView,
             view.users.append(user_id)
 
 
-def _render(view: DemoView, supervisor: Supervisor, started: float) -> Group:
+def _render(view: DemoView, supervisor: Supervisor, started: float, gateway: str = "") -> Group:
     with view.lock:
         blocks = Table(title="finalized blocks (each verified from genesis)", expand=True)
         for column in ("height", "round", "randomness", "signers", "power", "entropy",
@@ -200,7 +200,8 @@ def _render(view: DemoView, supervisor: Supervisor, started: float) -> Group:
         for status in supervisor.status():
             services.add_row(status.name, str(status.pid or "-"), status.state.value,
                              str(status.restarts))
-        notes = [f"running {time.monotonic() - started:.0f} s; "
+        notes = [gateway] if gateway else []
+        notes += [f"running {time.monotonic() - started:.0f} s; "
                  f"{view.blocks_this_run} blocks finalized this run; "
                  f"users registered: {len(view.users)}"]
         notes += [f"[yellow]{a}[/]" for a in view.alerts]
@@ -208,8 +209,24 @@ def _render(view: DemoView, supervisor: Supervisor, started: float) -> Group:
     return Group(blocks, sources, validators, services, Panel("\n".join(notes)))
 
 
+def _demo_api_key(demo_dir: Path) -> str:
+    """The demo's ready-made API key (all scopes), created once; only its hash is in the store."""
+    saved = demo_dir / "gateway" / "demo-api-key"
+    if saved.exists():
+        return saved.read_text().strip()
+    done = subprocess.run([*QUSTREAM, "gateway", "api-key", "create", "--scopes",
+                           "read,keys,users", "--label", "demo", "--rate", "500", "--burst",
+                           "1000", "--keys-file", str(demo_dir / "gateway" / "api-keys.json")],
+                          check=True, capture_output=True, text=True)
+    key = done.stdout.strip().splitlines()[-1]
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.touch(mode=0o600)
+    saved.write_text(key + "\n")
+    return key
+
+
 def _services(settings: Settings, demo_dir: Path, validators: int, sources: int,
-              block_interval_ms: int, qrng_rate: str) -> list[ServiceSpec]:
+              block_interval_ms: int, qrng_rate: str, gateway_port: int) -> list[ServiceSpec]:
     genesis = str(demo_dir / "genesis.json")
     keys = demo_dir / "keys"
     specs = [
@@ -229,6 +246,10 @@ def _services(settings: Settings, demo_dir: Path, validators: int, sources: int,
     specs.append(ServiceSpec("tally", (*QUSTREAM, "tally", "run", "--genesis", genesis)))
     specs.append(ServiceSpec("users-handler", (*QUSTREAM, "users", "handler")))
     specs.append(ServiceSpec("shard-writer", (*QUSTREAM, "users", "shard-writer")))
+    specs.append(ServiceSpec("gateway", (*QUSTREAM, "gateway", "run", "--host", "127.0.0.1",
+                                         "--port", str(gateway_port), "--genesis", genesis,
+                                         "--keys-file",
+                                         str(demo_dir / "gateway" / "api-keys.json"))))
     return specs
 
 
@@ -262,6 +283,7 @@ def demo(
     users: int = typer.Option(3, min=0, max=50, help="Users to register and write records for."),
     block_interval_ms: int = typer.Option(1000, help="Pause between blocks."),
     qrng_rate: str = typer.Option("512KiB", help="Rate of each simulated QRNG source."),
+    gateway_port: int = typer.Option(8080, help="Port of the HTTP gateway (loopback)."),
     live: bool = typer.Option(True, "--live/--plain",
                               help="Live terminal view, or one line per block (logs, CI)."),
 ) -> None:
@@ -287,8 +309,12 @@ def demo(
         if report.status == "drift":
             console.print(f"[yellow]topic {report.topic} drifted: {'; '.join(report.drift)}[/]")
 
+    api_key = _demo_api_key(demo_dir)
+    gateway_url = f"http://127.0.0.1:{gateway_port}"
+    console.print(f"gateway: {gateway_url}   API key: {api_key}   (saved in "
+                  f"{demo_dir / 'gateway' / 'demo-api-key'})")
     supervisor = Supervisor(_services(settings, demo_dir, validators, sources,
-                                      block_interval_ms, qrng_rate),
+                                      block_interval_ms, qrng_rate, gateway_port),
                             demo_dir / "logs")
     view = DemoView()
     stop = threading.Event()
@@ -307,11 +333,12 @@ def demo(
     printed = 0
     try:
         if live:
-            with Live(_render(view, supervisor, started), console=console,
+            banner = f"gateway {gateway_url}  API key {api_key}"
+            with Live(_render(view, supervisor, started, banner), console=console,
                       refresh_per_second=2) as screen:
                 while duration is None or time.monotonic() - started < duration:
                     supervisor.tick()
-                    screen.update(_render(view, supervisor, started))
+                    screen.update(_render(view, supervisor, started, banner))
                     time.sleep(0.5)
         else:
             while duration is None or time.monotonic() - started < duration:
@@ -331,7 +358,8 @@ def demo(
         stop.set()
         console.print("stopping services ...")
         supervisor.stop(grace_s=15)
-    _summary(console, view, supervisor, demo_dir, time.monotonic() - started)
+    _summary(console, view, supervisor, demo_dir, time.monotonic() - started, gateway_url,
+             api_key)
 
 
 def _current_height(settings: Settings, demo_dir: Path) -> int:
@@ -343,7 +371,7 @@ def _current_height(settings: Settings, demo_dir: Path) -> int:
 
 
 def _summary(console: Console, view: DemoView, supervisor: Supervisor, demo_dir: Path,
-             elapsed: float) -> None:
+             elapsed: float, gateway_url: str, api_key: str) -> None:
     with view.lock:
         finality = sorted(view.finality_ms)
         summary = {
@@ -369,6 +397,8 @@ def _summary(console: Console, view: DemoView, supervisor: Supervisor, demo_dir:
         f"  qustream chain follow --genesis {genesis}\n"
         f"Send a transaction:  qustream tx delegate --key {demo_dir / 'keys' / 'account-0.json'} "
         f"--validator <address> --amount 100 --genesis {genesis}\n"
+        f"HTTP API (while the demo runs): curl -H 'Authorization: Bearer {api_key}' "
+        f"{gateway_url}/v1/beacon/latest\n"
         f"Service logs: {demo_dir / 'logs'}/   Cluster: qustream infra status"
     )
     if view.blocks_this_run == 0:

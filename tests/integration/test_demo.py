@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from streams.settings import Settings
@@ -31,13 +34,41 @@ def _env(settings: Settings) -> dict[str, str]:
     }
 
 
-def _demo(settings: Settings, *args: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "demo", "--plain", *args],
-        env=_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=400,
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _demo(settings: Settings, *args: str, probe_gateway: bool = False) -> dict:
+    """Run the demo; with ``probe_gateway``, call its HTTP API while it runs."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "demo", "--plain", "--gateway-port", str(port),
+         *args],
+        env=_env(settings), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = json.loads((settings.state_dir / "demo" / "summary.json").read_text())
+    beacon = None
+    if probe_gateway:
+        key_file = settings.state_dir / "demo" / "gateway" / "demo-api-key"
+        deadline = time.monotonic() + 120
+        while beacon is None and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(2)
+            if not key_file.exists():
+                continue
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/v1/beacon/latest", timeout=5,
+                                   headers={"X-API-Key": key_file.read_text().strip()})
+            except httpx.HTTPError:
+                continue
+            if answer.status_code == 200:
+                beacon = answer.json()
+    output, _ = process.communicate(timeout=400)
+    assert process.returncode == 0, output[-4000:]
+    if probe_gateway:
+        assert beacon is not None, output[-4000:]
+        assert "gateway: http://127.0.0.1" in output
+    summary: dict = json.loads((settings.state_dir / "demo" / "summary.json").read_text())
     assert summary["errors"] == [], summary
     return summary
 
@@ -45,7 +76,7 @@ def _demo(settings: Settings, *args: str) -> dict:
 def test_demo_runs_the_network_and_a_second_run_continues_the_chain(
     cassandra_settings: Settings,
 ) -> None:
-    first = _demo(cassandra_settings, "--duration", "50", "--users", "1")
+    first = _demo(cassandra_settings, "--duration", "60", "--users", "1", probe_gateway=True)
     assert first["blocks_finalized"] >= 5, first
     assert first["first_height"] == 1
     assert first["entropy_chunks"] > 0
