@@ -1,0 +1,222 @@
+"""``UserStore``: private user records over the gateway's records API.
+
+Records are encrypted here, on the client, before they leave the process (``sdk.records``:
+AES-256-GCM under a fresh data key wrapped to the user's ML-KEM-768 key, bound to user id,
+record id and record version); the gateway, Kafka and Cassandra only ever see the envelope.
+Every write is a command signed with the user's signing key (ML-DSA-65 by default), so the
+gateway cannot forge one either.
+
+Read your own writes: every accepted write answers with its event position
+(``partition:offset``); the store remembers the latest and sends it as ``?min_offset=`` on the
+next reads, so a ``get`` right after a ``put`` sees the ``put`` (the gateway waits for the
+projection to reach that event).
+
+Errors: API errors are the typed ``sdk.errors.ApiError`` subclasses (``ConflictError`` for a
+rejected command, ``NotFoundError`` for a missing user or record, ``UnavailableError`` when the
+projection is behind ...); an envelope that does not open raises ``RecordDecryptionError``.
+
+Identities use the file format of ``qustream users keygen`` (JSON with the algorithm, the
+signing seed and the ML-KEM record seed; keep it private, mode 0600)::
+
+    identity = UserIdentity.generate()
+    identity.save("user.json")
+    with UserStore("http://127.0.0.1:8080", api_key, identity) as store:
+        store.register()
+        store.put("notes", b"hello")
+        assert store.get("notes").plaintext == b"hello"
+        store.delete("notes")
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sdk.errors import QuStreamError, error_from_response
+from sdk.records import DecryptionError, RecordKeyPair, open_record, seal_record
+from services.shard_writer.core import (
+    Command,
+    CommandBody,
+    DeleteRecord,
+    PutRecord,
+    RegisterUser,
+    signed_command,
+    user_id_for,
+)
+from streams.keys import Algorithm, SigningKey
+
+
+class RecordDecryptionError(QuStreamError):
+    """A stored envelope does not open with this identity (wrong key, or tampered bytes)."""
+
+
+class IdentityFileError(QuStreamError):
+    """An identity file cannot be read."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserIdentity:
+    """A user's private keys: ``signing`` signs commands, ``records`` opens envelopes."""
+
+    signing: SigningKey
+    records: RecordKeyPair
+
+    @property
+    def user_id(self) -> str:
+        return user_id_for(self.signing.public_key.to_text())
+
+    @classmethod
+    def generate(cls, algorithm: Algorithm = Algorithm.ML_DSA_65) -> UserIdentity:
+        return cls(SigningKey.generate(algorithm), RecordKeyPair.generate())
+
+    def save(self, path: Path | str) -> None:
+        """Write the identity (mode 0600; refuses to overwrite an existing file)."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"algorithm": self.signing.algorithm.value,
+                       "signing_seed": base64.b64encode(self.signing.seed).decode(),
+                       "record_seed": base64.b64encode(self.records.seed).decode(),
+                       "user_id": self.user_id}, handle, indent=2)
+
+    @classmethod
+    def load(cls, path: Path | str) -> UserIdentity:
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(SigningKey(Algorithm.parse(data["algorithm"]),
+                                  base64.b64decode(data["signing_seed"])),
+                       RecordKeyPair.from_seed(base64.b64decode(data["record_seed"])))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IdentityFileError(f"cannot read identity {path}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """An accepted write: the user's new version and the event position to read after."""
+
+    command_id: str
+    version: int
+    position: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A decrypted record."""
+
+    record_id: str
+    record_version: int
+    plaintext: bytes
+    updated_at_ms: int
+
+
+class UserStore:
+    """One user's encrypted records through a gateway (see module doc)."""
+
+    def __init__(self, base_url: str, api_key: str, identity: UserIdentity, *,
+                 timeout_s: float = 30.0, client: Any = None) -> None:
+        import httpx
+
+        self.identity = identity
+        self.user_id = identity.user_id
+        self._http = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
+                                            headers={"X-API-Key": api_key})
+        self.last_position: str | None = None
+
+    def __enter__(self) -> UserStore:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ------------------------------------------------------------------ writes
+    def register(self) -> WriteResult:
+        """Register the user (its id is the address of the signing key)."""
+        body = RegisterUser(self.identity.signing.public_key.to_text(),
+                            self.identity.records.public_key)
+        return self._write("POST", f"/v1/users/{self.user_id}", body)
+
+    def put(self, record_id: str, plaintext: bytes) -> WriteResult:
+        """Encrypt ``plaintext`` and store it as the next version of ``record_id``."""
+        user = self.user()
+        current = next((r for r in user["records"] if r["record_id"] == record_id), None)
+        version = 1 if current is None else int(current["record_version"]) + 1
+        envelope = seal_record(base64.b64decode(user["encryption_key"]), self.user_id,
+                               record_id, version, plaintext,
+                               key_epoch=int(user.get("key_epoch") or 0))
+        method = "POST" if current is None else "PUT"
+        return self._write(method, self._record_path(record_id),
+                           PutRecord(record_id, version, envelope))
+
+    def delete(self, record_id: str) -> WriteResult:
+        return self._write("DELETE", self._record_path(record_id), DeleteRecord(record_id))
+
+    # ------------------------------------------------------------------ reads
+    def user(self) -> dict[str, Any]:
+        """The user document (public keys, version, record list), after our last write."""
+        document: dict[str, Any] = self._request("GET", f"/v1/users/{self.user_id}",
+                                                 params=self._after())
+        return document
+
+    def get(self, record_id: str) -> Record:
+        """The decrypted record (after our last write); ``NotFoundError`` if there is none."""
+        document = self._request("GET", self._record_path(record_id), params=self._after())
+        version = int(document["record_version"])
+        try:
+            plaintext = open_record(self.identity.records, self.user_id, record_id, version,
+                                    base64.b64decode(document["ciphertext"]))
+        except DecryptionError as exc:
+            raise RecordDecryptionError(str(exc)) from exc
+        return Record(record_id, version, plaintext, int(document["updated_at_ms"]))
+
+    # ------------------------------------------------------------------ plumbing
+    def _record_path(self, record_id: str) -> str:
+        return f"/v1/users/{self.user_id}/records/{record_id}"
+
+    def _after(self) -> dict[str, str]:
+        return {"min_offset": self.last_position} if self.last_position else {}
+
+    def _write(self, method: str, path: str, body: CommandBody) -> WriteResult:
+        command = signed_command(self.identity.signing, self.user_id, str(uuid.uuid4()), body,
+                                 issued_at_ms=int(time.time() * 1000))
+        reply = self._request(method, path, json=command_json(command))
+        position = reply.get("position")
+        if position:
+            self.last_position = str(position)
+        return WriteResult(str(reply["command_id"]), int(reply["version"]), position)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise QuStreamError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"detail": response.text}
+            raise error_from_response(response.status_code, problem,
+                                      response.headers.get("Retry-After"))
+        return response.json()
+
+
+def command_json(command: Command) -> dict[str, Any]:
+    """The JSON body the gateway's user endpoints take for a signed command."""
+    return {"command_id": command.command_id, "command_type": command.command_type,
+            "payload": base64.b64encode(command.payload).decode(),
+            "signature": base64.b64encode(command.signature).decode(),
+            "issued_at_ms": command.issued_at_ms, "expected_version": command.expected_version,
+            "device_id": command.device_id}
