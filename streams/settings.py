@@ -141,6 +141,23 @@ class Settings(BaseModel):
             return self.cassandra.hosts(), self.cassandra.port
         return ["127.0.0.1"], self.infra.cassandra_native_port
 
+    def to_env(self) -> dict[str, str]:
+        """``QUSTREAM_*`` variables that give a child process these same settings (the demo's
+        services and the tests' service processes are configured this way)."""
+        env = {
+            "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap(),
+            "QUSTREAM_TOPIC_PREFIX": self.topic_prefix,
+            "QUSTREAM_STATE_DIR": str(self.state_dir),
+        }
+        if self.cassandra.contact_points:
+            env.update({
+                "QUSTREAM_CASSANDRA_CONTACT_POINTS": self.cassandra.contact_points,
+                "QUSTREAM_CASSANDRA_PORT": str(self.cassandra.port),
+                "QUSTREAM_CASSANDRA_KEYSPACE": self.cassandra.keyspace,
+                "QUSTREAM_CASSANDRA_LOCAL_DATACENTER": self.cassandra.local_datacenter,
+            })
+        return env
+
     def topic(self, name: str) -> str:
         """Full topic name for a catalogue name such as ``chain.blocks``."""
         return f"{self.topic_prefix}{name}"

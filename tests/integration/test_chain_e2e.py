@@ -40,11 +40,7 @@ CLI = (PY, "-m", "streams.cli")
 
 
 def env_of(settings: Settings) -> dict[str, str]:
-    return {
-        "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap(),
-        "QUSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-        "QUSTREAM_STATE_DIR": str(settings.state_dir),
-    }
+    return settings.to_env()
 
 
 class PacedFifo:

@@ -21,17 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    hosts, port = settings.cassandra_endpoint()
-    return {
-        **os.environ,
-        "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap(),
-        "QUSTREAM_CASSANDRA_CONTACT_POINTS": ",".join(hosts),
-        "QUSTREAM_CASSANDRA_PORT": str(port),
-        "QUSTREAM_CASSANDRA_KEYSPACE": settings.cassandra.keyspace,
-        "QUSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-        "QUSTREAM_STATE_DIR": str(settings.state_dir),
-        "PYTHONPATH": str(ROOT),
-    }
+    return {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
 
 
 def _free_port() -> int:
