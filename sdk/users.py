@@ -11,6 +11,9 @@ Read your own writes: every accepted write answers with its event position
 next reads, so a ``get`` right after a ``put`` sees the ``put`` (the gateway waits for the
 projection to reach that event).
 
+Writes answered with 503 are retried a few times with the same signed command (same
+idempotency key), so a slow handler never applies a write twice.
+
 Errors: API errors are the typed ``sdk.errors.ApiError`` subclasses (``ConflictError`` for a
 rejected command, ``NotFoundError`` for a missing user or record, ``UnavailableError`` when the
 projection is behind ...); an envelope that does not open raises ``RecordDecryptionError``.
@@ -39,7 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sdk.errors import QuStreamError, error_from_response
+from sdk.errors import QuStreamError, UnavailableError, error_from_response
 from sdk.records import DecryptionError, RecordKeyPair, open_record, seal_record
 from services.shard_writer.core import (
     Command,
@@ -121,10 +124,13 @@ class UserStore:
     """One user's encrypted records through a gateway (see module doc)."""
 
     def __init__(self, base_url: str, api_key: str, identity: UserIdentity, *,
-                 timeout_s: float = 30.0, client: Any = None) -> None:
+                 timeout_s: float = 30.0, retries: int = 3, client: Any = None) -> None:
+        """``retries``: how often a write answered with 503 is sent again (the very same
+        signed command, so the handler applies it at most once)."""
         import httpx
 
         self.identity = identity
+        self.retries = retries
         self.user_id = identity.user_id
         self._http = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s,
                                             headers={"X-API-Key": api_key})
@@ -190,7 +196,18 @@ class UserStore:
     def _write(self, method: str, path: str, body: CommandBody) -> WriteResult:
         command = signed_command(self.identity.signing, self.user_id, str(uuid.uuid4()), body,
                                  issued_at_ms=int(time.time() * 1000))
-        reply = self._request(method, path, json=command_json(command))
+        attempt = 0
+        while True:
+            try:
+                reply = self._request(method, path, json=command_json(command))
+                break
+            except UnavailableError as exc:
+                # The command may already be on its way (e.g. the handler was slow to answer):
+                # resending the same command id is idempotent.
+                attempt += 1
+                if attempt > self.retries:
+                    raise
+                time.sleep(min(exc.retry_after or 1.0, 5.0))
         position = reply.get("position")
         if position:
             self.last_position = str(position)

@@ -30,7 +30,14 @@ import pytest
 from cassandra.cluster import Session
 from confluent_kafka import TopicPartition
 
-from sdk.errors import BlockRejectedError, ForbiddenError, NotFoundError, UnauthorizedError
+from sdk.errors import (
+    BlockRejectedError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    UnauthorizedError,
+    UnavailableError,
+)
 from sdk.keys import DeliveredKey, KeyClient
 from sdk.subscriber import BlockSubscriber, KafkaBlockSource, SseBlockSource, parse_sse
 from sdk.testing import flip_bit, tamper
@@ -180,11 +187,30 @@ def stack(_base_settings: Settings, kafka_bootstrap: str, cassandra_contact: tup
     try:
         reached = stack.wait_head(4, 150)
         assert reached >= 4, f"head {reached}\n{stack.log('gateway')}{stack.log('tally')}"
+        _wait_users_pipeline(stack)
         yield stack
     finally:
         supervisor.stop(grace_s=5)
         fifo.close()
         drop_keyspace(cassandra_session, settings.cassandra.keyspace)
+
+
+def _wait_users_pipeline(stack: Stack, timeout_s: float = 90) -> None:
+    """Until the handler has joined its group a command may time out: register a throwaway
+    user until that works (the retried command is the same, so it applies once)."""
+    deadline = time.monotonic() + timeout_s
+    with UserStore(stack.url, stack.api_key, UserIdentity.generate(), retries=0) as store:
+        while True:
+            try:
+                store.register()
+                return
+            except (UnavailableError, ConflictError) as exc:
+                if isinstance(exc, ConflictError):
+                    return  # the first attempt went through after all
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"users pipeline not ready: {exc}\n"
+                                         f"{stack.log('users-handler')}") from exc
+                stack.supervisor.tick()
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -410,8 +436,6 @@ def test_key_delivery_from_the_private_pool(stack: Stack) -> None:
         payments = _ledger_payments(stack.settings)
         for delivered in (single, one, two):
             assert payments[delivered.tx_hash].commitment == delivered.commitment
-        # A second delivery for one payment is refused (the nonce moved on locally, so reuse
-        # shows as a used payment or nonce).
     finally:
         for client in clients:
             client.close()
