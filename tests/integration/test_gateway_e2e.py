@@ -66,17 +66,7 @@ def _free_port() -> int:
 
 
 def stack_env(settings: Settings) -> dict[str, str]:
-    hosts, port = settings.cassandra_endpoint()
-    return {
-        "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap(),
-        "QUSTREAM_CASSANDRA_CONTACT_POINTS": ",".join(hosts),
-        "QUSTREAM_CASSANDRA_PORT": str(port),
-        "QUSTREAM_CASSANDRA_KEYSPACE": settings.cassandra.keyspace,
-        "QUSTREAM_CASSANDRA_LOCAL_DATACENTER": settings.cassandra.local_datacenter,
-        "QUSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-        "QUSTREAM_STATE_DIR": str(settings.state_dir),
-        "PYTHONPATH": str(ROOT),
-    }
+    return {**settings.to_env(), "PYTHONPATH": str(ROOT)}
 
 
 @dataclass
