@@ -1,0 +1,175 @@
+"""``qustream audit``, ``qustream export`` and ``qustream state`` (plain Typer commands).
+
+- ``audit``: replay the topics (live, or ``--from-export DIR``) and re-verify everything (see
+  ``replay``); exit status 0 only when every check holds, 1 on any divergence, 2 when the audit
+  itself could not run (unreadable export, no genesis).
+- ``export --to DIR``: the audited topics, the genesis and the live projection rows as files
+  with a manifest hash, for auditors without access to the cluster.
+- ``state --at-height H``: the ledger state after block H, from a verified replay.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+GENESIS_HELP = ("Genesis file of the chain (default: the export's copy, else the demo's "
+                "<state_dir>/demo/genesis.json).")
+
+
+def _genesis(option: Path | None, export: Any = None) -> Path:
+    if option is not None:
+        return option
+    if export is not None and export.genesis is not None:
+        return Path(export.genesis)
+    from streams.settings import load_settings
+
+    return load_settings().state_dir / "demo" / "genesis.json"
+
+
+def parse_time(text: str) -> int:
+    """Milliseconds since the epoch from an integer or an ISO 8601 time (UTC if no zone)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not milliseconds or ISO 8601: {text!r}") from exc
+    if moment.tzinfo is None:
+        from datetime import UTC
+
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def audit(
+    genesis: Path | None = typer.Option(None, "--genesis", envvar="QUSTREAM_GENESIS",
+                                        help=GENESIS_HELP),
+    from_export: Path | None = typer.Option(None, "--from-export",
+                                            help="Audit an export directory offline."),
+    manifest_sha256: str | None = typer.Option(
+        None, "--manifest-sha256", help="Expected manifest hash of the export (out of band)."),
+    from_height: int = typer.Option(1, "--from-height", min=1,
+                                    help="Check signatures from this height (earlier blocks "
+                                         "are re-executed only)."),
+    to_height: int | None = typer.Option(None, "--to-height", min=1,
+                                         help="Stop after this height."),
+    at_time: str | None = typer.Option(None, "--at-time",
+                                       help="Stop at the last block at or before this time "
+                                            "(ms since epoch or ISO 8601)."),
+    users: bool = typer.Option(True, "--users/--no-users",
+                               help="Rebuild and diff the user projection."),
+    keep_rebuild: bool = typer.Option(False, help="Keep the rebuilt audit keyspace."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Replay every topic from offset 0 and re-verify the network's whole history."""
+    from services.audit.export import ExportError, ExportSource
+    from services.audit.replay import AuditOptions, live_projection_rows, run_audit
+    from services.audit.report import print_human, print_json, progress_bars
+    from services.audit.sources import KafkaSource, LogSource
+    from streams.settings import load_settings
+
+    console = Console(stderr=as_json)
+    settings = load_settings()
+    source: LogSource
+    live_rows: Any
+    try:
+        if from_export is not None:
+            export = ExportSource(from_export, manifest_sha256=manifest_sha256)
+            source, live_rows = export, export.projection_rows
+            genesis_path = _genesis(genesis, export)
+        else:
+            source = KafkaSource(settings)
+            genesis_path = _genesis(genesis)
+            live_rows = (lambda: live_projection_rows(settings)) if users else None
+    except ExportError as exc:
+        console.print(f"[red]cannot audit: {exc}[/]")
+        raise typer.Exit(2) from exc
+    if not genesis_path.exists():
+        console.print(f"[red]no genesis file at {genesis_path}[/] (give --genesis)")
+        raise typer.Exit(2)
+    options = AuditOptions(genesis_path, from_height, to_height,
+                           parse_time(at_time) if at_time else None, users, keep_rebuild)
+    with progress_bars(console, progress) as bars:
+        report = run_audit(source, options, settings=settings, live_rows=live_rows,
+                           progress=bars)
+    if as_json:
+        print_json(report)
+    else:
+        print_human(report, console)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def export(
+    to: Path = typer.Option(..., "--to", help="Directory to write (must be empty or absent)."),
+    genesis: Path | None = typer.Option(None, "--genesis", envvar="QUSTREAM_GENESIS",
+                                        help=GENESIS_HELP),
+    users: bool = typer.Option(True, "--users/--no-users",
+                               help="Include the live projection's rows."),
+) -> None:
+    """Export the audited topics (with offsets), the genesis and the live user projection."""
+    from services.audit.export import write_export
+    from services.audit.replay import live_projection_rows
+    from services.audit.sources import KafkaSource
+    from streams.settings import load_settings
+
+    console = Console()
+    settings = load_settings()
+    genesis_path = _genesis(genesis)
+    rows = live_projection_rows(settings) if users else None
+    manifest = write_export(KafkaSource(settings), to,
+                            genesis_path if genesis_path.exists() else None, rows)
+    counts = {topic: sum(p["records"] for p in entry["partitions"].values())
+              for topic, entry in manifest["topics"].items()}
+    digest = (to / "manifest.sha256").read_text().strip()
+    console.print(f"exported to {to}: {json.dumps(counts)}")
+    console.print(f"manifest sha256 {digest}  (audit with: qustream audit --from-export {to} "
+                  f"--manifest-sha256 {digest})")
+
+
+def state(
+    at_height: int = typer.Option(..., "--at-height", min=0, help="Height (0 = genesis)."),
+    genesis: Path | None = typer.Option(None, "--genesis", envvar="QUSTREAM_GENESIS",
+                                        help=GENESIS_HELP),
+    from_export: Path | None = typer.Option(None, "--from-export"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Print the ledger state (balances, stakes, validators, parameters) after height H."""
+    from services.audit.export import ExportSource
+    from services.audit.replay import AuditOptions, audit_chain
+    from services.audit.sources import KafkaSource, LogSource
+    from services.audit.state_view import state_view
+    from streams.settings import load_settings
+
+    console = Console()
+    source: LogSource
+    if from_export is not None:
+        export_source = ExportSource(from_export)
+        source, genesis_path = export_source, _genesis(genesis, export_source)
+    else:
+        source, genesis_path = KafkaSource(load_settings()), _genesis(genesis)
+    _, chain = audit_chain(source, AuditOptions(genesis_path, to_height=max(at_height, 0)
+                                                or None))
+    if at_height == 0:
+        from services.consensus.follower import ChainSpec
+
+        chain_state = ChainSpec.load(genesis_path).initial
+    else:
+        chain_state = chain.chain
+    reached = chain_state.tip.height - 1
+    if reached < at_height or chain.findings:
+        for finding in chain.findings:
+            console.print(f"[red]{finding.check}: {finding.reason} [{finding.where()}][/]")
+        console.print(f"[red]the verified chain reaches height {reached}, not {at_height}[/]")
+        raise typer.Exit(1)
+    view = state_view(chain_state)
+    if as_json:
+        print(json.dumps(view, sort_keys=True))
+        return
+    console.print_json(json.dumps(view, sort_keys=True))

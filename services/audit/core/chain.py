@@ -1,0 +1,318 @@
+"""Auditing ``chain.blocks``: every block re-verified and re-executed from genesis.
+
+``ChainAuditor`` folds ``BlockInput`` values (decoded by the shell, in offset order) into the
+chain state, trusting nothing on the topic. For the block of the next height it checks, each
+failure a ``Finding`` with its own check name (so a report says *what* is wrong, not only that
+the certificate no longer matches):
+
+1. ``record``: the Avro fields beside the canonical bytes (height, hash, randomness, round,
+   chain id) agree with the block and certificate;
+2. ``hash_link`` (chain id, height, previous block hash), ``state_hash`` (the header's app
+   hash is the re-executed state after the previous block), ``validator_set`` (validator-set
+   hashes recomputed from the ledger), ``time`` (strictly increasing);
+3. ``entropy_root`` / ``block_body``: the body matches the header's roots and ordering rules;
+4. ``randomness``: re-derived from the previous randomness and the block's entropy references;
+5. ``proposer``: a member of the height's set;
+6. ``transactions``: no transaction (by hash) already in an earlier block or twice in this one;
+7. ``evidence``: every item proves a double vote of the offence height's set, inside the window;
+8. ``last_commit``: the previous height's commit in the body verifies against that height's set;
+9. ``commit``: no record from a non-validator, every signature valid, signed power > 2/3 of
+   the set recomputed from the ledger;
+10. re-execution: the record's state hash equals the re-executed one (``state_hash``), every
+    transaction passed the ante checks — signature, nonce, fee (``transactions``), and every
+    validator named by evidence ends the block tombstoned and jailed (``slashing``).
+
+After the first block that fails, the auditor stops applying blocks (the state after it is
+unknowable) and counts the rest as unverified. Records of heights already applied with the same
+hash are harmless duplicates; a different hash is a fork (``fork``); a height beyond the next
+is a gap (``gap``). The entropy references of every applied block are kept for the entropy
+audit, and the validator set of every height for the equivocation scan.
+
+Blocks below ``verify_from`` are re-executed and their state hashes compared, but their
+signatures are not checked (``--from-height``); blocks after ``to_height`` or with a header
+time after ``until_time_ms`` are not read (``--to-height`` / ``--at-time``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.audit.core.findings import Finding
+from services.block_builder.core.block import Block, EntropyRef
+from services.block_builder.core.randomness import block_randomness
+from services.consensus.core.app import Application
+from services.consensus.core.chain import (
+    ChainError,
+    ChainState,
+    apply_block,
+    check_evidence,
+    check_last_commit,
+)
+from services.consensus.core.commit import (
+    CommitCertificate,
+    CommitFlag,
+    SignatureCheck,
+    default_signature_check,
+    verify_commit,
+)
+from services.consensus.core.ledger import LedgerState, tx_hash
+from services.consensus.core.ledger.errors import LedgerError
+from services.consensus.core.validators import ValidatorSet
+
+TOPIC = "chain.blocks"
+
+
+@dataclass(frozen=True, slots=True)
+class BlockInput:
+    """One ``BlockFinalized`` record as read: the decoded block and certificate, the record's
+    own fields, or the decoding error (then ``block``/``commit`` are None)."""
+
+    offset: int
+    block: Block | None
+    commit: CommitCertificate | None
+    state_hash: bytes = b""
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    timestamp_ms: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedBlock:
+    """A block that passed every check, and the chain state right after it."""
+
+    height: int
+    offset: int
+    block: Block
+    chain: ChainState[LedgerState]
+
+
+@dataclass(slots=True)
+class ChainAuditor:
+    """Mutable fold over ``chain.blocks`` (the shell feeds it; see module doc)."""
+
+    chain: ChainState[LedgerState]
+    app: Application[LedgerState]
+    check: SignatureCheck = default_signature_check
+    verify_from: int = 1
+    to_height: int | None = None
+    until_time_ms: int | None = None
+    findings: list[Finding] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    entropy_refs: list[tuple[int, int, EntropyRef]] = field(default_factory=list)
+    validator_sets: dict[int, ValidatorSet] = field(default_factory=dict)
+    evidence_included: dict[tuple[int, bytes], int] = field(default_factory=dict)
+    halted_at: int | None = None  # height of the first block that failed
+    unverified: int = 0  # records read after the halt
+    _hashes: dict[int, bytes] = field(default_factory=dict)
+    _tx_heights: dict[bytes, int] = field(default_factory=dict)
+    _verified_commit: CommitCertificate | None = None
+
+    @property
+    def next_height(self) -> int:
+        return self.chain.tip.height
+
+    @property
+    def applied_height(self) -> int:
+        return self.chain.tip.height - 1
+
+    def done(self) -> bool:
+        """True once nothing further can be applied (halted or past ``to_height``)."""
+        return self.halted_at is not None or (
+            self.to_height is not None and self.applied_height >= self.to_height)
+
+    def included_txs(self) -> tuple[bytes, ...]:
+        """Hashes of every transaction of the applied blocks."""
+        return tuple(self._tx_heights)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    def _fail(self, check: str, reason: str, offset: int | None, height: int | None) -> None:
+        self.findings.append(Finding(check, reason, TOPIC, offset, 0, height))
+
+    def feed(self, item: BlockInput) -> AppliedBlock | None:
+        """Check and apply one record; returns the applied block, or None (duplicate, failure,
+        beyond the range, after a halt)."""
+        self._count("records")
+        if self.done():
+            self.unverified += 1
+            return None
+        if item.error is not None or item.block is None or item.commit is None:
+            self._fail("record", f"undecodable BlockFinalized: {item.error}", item.offset,
+                       self.next_height)
+            self.halted_at = self.next_height
+            return None
+        block = item.block
+        height = block.height
+        if height < self.next_height:
+            known = self._hashes.get(height)
+            if known is not None and known != block.hash:
+                self._fail("fork", f"block {block.hash.hex()[:16]} differs from the finalized "
+                           f"{known.hex()[:16]} at height {height}", item.offset, height)
+            else:
+                self._count("duplicates")
+            return None
+        if height > self.next_height:
+            self._fail("gap", f"block of height {height} while expecting {self.next_height}",
+                       item.offset, self.next_height)
+            self.halted_at = self.next_height
+            return None
+        if self.until_time_ms is not None and block.header.time_ms > self.until_time_ms:
+            self.to_height = self.applied_height
+            self.unverified += 1
+            return None
+        before = len(self.findings)
+        self._verify(item, block, full=height >= self.verify_from)
+        if len(self.findings) > before:
+            self.halted_at = height
+            return None
+        return self._apply(item, block)
+
+    # -- checks 1-9 ---------------------------------------------------------------------------
+
+    def _verify(self, item: BlockInput, block: Block, *, full: bool) -> None:
+        chain, header, height, offset = self.chain, block.header, block.height, item.offset
+        commit = item.commit
+        assert commit is not None
+        expected = {
+            "height": block.height, "block_hash": block.hash,
+            "randomness": header.randomness, "round": commit.round,
+            "chain_id": header.chain_id,
+        }
+        for name, want in expected.items():
+            if name in item.fields and item.fields[name] != want:
+                self._fail("record", f"the record's {name} field does not match its block",
+                           offset, height)
+        tip = chain.tip
+        links = (
+            ("hash_link", "chain id", header.chain_id, tip.chain_id),
+            ("hash_link", "previous block hash", header.previous_block_hash,
+             tip.previous_block_hash),
+            ("state_hash", "app hash (state after the previous block)", header.app_hash,
+             tip.app_hash),
+            ("validator_set", "validators hash", header.validators_hash, tip.validators_hash),
+            ("validator_set", "next validators hash", header.next_validators_hash,
+             tip.next_validators_hash),
+        )
+        for check, name, got, want in links:
+            if got != want:
+                self._fail(check, f"header {name} {_short(got)} is not the recomputed "
+                           f"{_short(want)}", offset, height)
+        if header.time_ms <= tip.previous_time_ms:
+            self._fail("time", f"time {header.time_ms} is not after {tip.previous_time_ms}",
+                       offset, height)
+        problem = block.structural_problem()
+        if problem:
+            check = "entropy_root" if "entropy" in problem else "block_body"
+            self._fail(check, problem, offset, height)
+        derived = block_randomness(tip.previous_randomness, tip.height, block.body.entropy)
+        self._count("randomness_derivations")
+        if header.randomness != derived:
+            self._fail("randomness", f"randomness {header.randomness.hex()[:16]}… is not the "
+                       f"value derived from the previous randomness and the block's entropy "
+                       f"({derived.hex()[:16]}…)", offset, height)
+        if header.proposer_address not in chain.validators:
+            self._fail("proposer", f"proposer {header.proposer_address.hex()} is not a "
+                       "validator", offset, height)
+        seen_here: set[bytes] = set()
+        for position, tx in enumerate(block.body.txs):
+            digest = tx_hash(tx)
+            earlier = self._tx_heights.get(digest)
+            if earlier is not None or digest in seen_here:
+                where = f"height {earlier}" if earlier is not None else "this block"
+                self._fail("transactions", f"transaction {position} ({digest.hex()[:16]}) was "
+                           f"already applied at {where}: applied twice", offset, height)
+            seen_here.add(digest)
+        if full:
+            for evidence in block.body.evidence:
+                self._count("evidence")
+                reason = check_evidence(chain, evidence, self.check)
+                if reason:
+                    self._fail("evidence", reason, offset, height)
+            last_commit = block.body.last_commit
+            # The previous record's certificate was just verified against the same set.
+            if last_commit is not None and last_commit != self._verified_commit:
+                self._count("signature_checks", len(last_commit.signatures))
+                reason = check_last_commit(chain, last_commit, self.check)
+                if reason:
+                    self._fail("last_commit", reason, offset, height)
+            self._check_commit(commit, block, offset)
+
+    def _check_commit(self, commit: CommitCertificate, block: Block, offset: int) -> None:
+        height, validators = block.height, self.chain.validators
+        # Checked last, so a report names what was changed in a block before the consequence
+        # that its certificate no longer matches.
+        if commit.height != height or commit.block_hash != block.hash:
+            self._fail("commit", f"certificate is for block {commit.block_hash.hex()[:16]} at "
+                       f"height {commit.height}, not block {block.hash.hex()[:16]} at {height}",
+                       offset, height)
+            return
+        for record in commit.signatures:
+            if record.flag is not CommitFlag.ABSENT and record.validator_address not in (
+                    validators):
+                self._fail("commit", f"signature from {record.validator_address.hex()}, which is "
+                           f"not in the validator set of height {height} (recomputed from the "
+                           "ledger)", offset, height)
+                return
+        self._count("certificates")
+        self._count("signature_checks", sum(
+            1 for s in commit.signatures if s.flag is not CommitFlag.ABSENT))
+        result = verify_commit(self.chain.chain_id, block.hash, height, commit, validators,
+                               self.check)
+        if not result.ok:
+            self._fail("commit", f"certificate does not verify against the validator set of "
+                       f"height {height}: {result.reason}", offset, height)
+        else:
+            self._verified_commit = commit
+
+    # -- check 10 -----------------------------------------------------------------------------
+
+    def _apply(self, item: BlockInput, block: Block) -> AppliedBlock | None:
+        height, offset = block.height, item.offset
+        assert item.commit is not None
+        validators = self.chain.validators
+        try:
+            chain, response = apply_block(self.chain, self.app, block, item.commit)
+        except (ChainError, LedgerError) as exc:
+            self._fail("execution", f"re-execution failed: {exc}", offset, height)
+            self.halted_at = height
+            return None
+        failed = False
+        if response.app_hash != item.state_hash:
+            self._fail("state_hash", f"re-executed state hash {response.app_hash.hex()[:16]} "
+                       f"differs from the record's {item.state_hash.hex()[:16]}", offset, height)
+            failed = True
+        for position, result in enumerate(response.tx_results):
+            self._count("transactions")
+            if result.code != 0 and result.fee_charged == 0:
+                self._fail("transactions", f"transaction {position} fails the ante checks "
+                           f"(signature, nonce, fee): {result.log}", offset, height)
+                failed = True
+        for evidence in block.body.evidence:
+            record = chain.app_state.validators.get(evidence.validator_address)
+            self._count("slashings_checked")
+            if record is not None and not (record.tombstoned and record.jailed):
+                self._fail("slashing", f"validator {evidence.validator_address.hex()} is not "
+                           "tombstoned and jailed after its double-sign evidence", offset,
+                           height)
+                failed = True
+        if failed:
+            self.halted_at = height
+            return None
+        self.chain = chain
+        self.validator_sets[height] = validators
+        self._hashes[height] = block.hash
+        for position in range(len(block.body.txs)):
+            self._tx_heights[tx_hash(block.body.txs[position])] = height
+        for evidence in block.body.evidence:
+            self.evidence_included[(evidence.height, evidence.validator_address)] = height
+        for ref in block.body.entropy:
+            self.entropy_refs.append((height, offset, ref))
+        self._count("blocks")
+        return AppliedBlock(height, offset, block, chain)
+
+
+def _short(value: Any) -> str:
+    return value.hex()[:16] if isinstance(value, bytes) else repr(value)

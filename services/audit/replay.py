@@ -1,0 +1,331 @@
+"""The audit run: read each topic from a ``LogSource``, feed the pure auditors, collect a report.
+
+Order (each step needs the one before):
+
+1. ``chain.blocks`` -> ``ChainAuditor`` (hash links, certificates, randomness, transactions,
+   evidence, re-execution and state hashes). Its final ledger state gives the QRNG registry and
+   who is tombstoned; its per-height validator sets serve step 2.
+2. ``chain.consensus`` -> ``EquivocationScanner``: every proven double vote is accounted for.
+3. ``entropy.raw`` -> ``EntropyAuditor`` with the registry of genesis and of the final state;
+   then every entropy reference of every applied block is matched against verified chunks.
+4. ``ledger.tx``: every submission decodes with a valid signature (else a warning); included
+   transactions never seen there are noted (retention may have removed them).
+5. ``users.events``: the log's own consistency (``consistency.check_log``), then the projection
+   rebuilt into a fresh keyspace (``rebuild_projection``) and diffed row by row with the live one.
+
+Nothing here writes to Kafka; the only write anywhere is the throw-away audit keyspace, dropped
+at the end unless ``keep_rebuild``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.audit.core.chain import AppliedBlock, BlockInput, ChainAuditor
+from services.audit.core.entropy import EntropyAuditor
+from services.audit.core.equivocation import EquivocationScanner
+from services.audit.core.findings import AuditReport, Finding, Severity
+from services.audit.core.rows import diff_tables
+from services.audit.sources import LogRecord, LogSource
+from services.consensus.core.commit import SignatureCheck, default_signature_check
+from services.consensus.core.messages import Vote
+from services.consensus.follower import ChainSpec, source_registry
+from services.consensus.wire import WireError, decode_block, decode_commit, decode_consensus
+from streams.codec import CodecError, default_codec
+from streams.settings import Settings
+
+TABLE_KEYS = {"users": ("user_id",), "records": ("user_id", "record_id"),
+              "devices": ("user_id", "device_id")}
+
+Progress = Callable[[str, int | None], Callable[[int], None]]  # (topic, total) -> advance
+
+
+def no_progress(topic: str, total: int | None) -> Callable[[int], None]:
+    return lambda n: None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditOptions:
+    genesis: Path
+    from_height: int = 1
+    to_height: int | None = None
+    at_time_ms: int | None = None
+    users: bool = True
+    keep_rebuild: bool = False
+    check: SignatureCheck = default_signature_check
+
+
+def decode_block_record(record: LogRecord) -> BlockInput:
+    """A ``BlockFinalized`` record as the chain auditor wants it (decoding errors included)."""
+    try:
+        _, fields = default_codec().decode(record.value, "BlockFinalized")
+        block = decode_block(fields["block"])
+        commit = decode_commit(fields["commit"])
+    except (CodecError, WireError, KeyError) as exc:
+        return BlockInput(record.offset, None, None, error=str(exc))
+    claimed = {k: fields[k] for k in ("height", "block_hash", "randomness", "round", "chain_id")}
+    return BlockInput(record.offset, block, commit, fields["state_hash"], claimed,
+                      record.timestamp_ms)
+
+
+def audit_chain(
+    source: LogSource, options: AuditOptions, progress: Progress = no_progress,
+    on_block: Callable[[AppliedBlock], None] | None = None,
+) -> tuple[ChainSpec, ChainAuditor]:
+    """Step 1 of the module doc; stops reading once the auditor is done (halt or range end)."""
+    spec = ChainSpec.load(options.genesis)
+    auditor = ChainAuditor(spec.initial, spec.app, options.check, options.from_height,
+                           options.to_height, options.at_time_ms)
+    advance = progress("chain.blocks", source.size("chain.blocks"))
+    for record in source.read("chain.blocks"):
+        applied = auditor.feed(decode_block_record(record))
+        advance(1)
+        if applied is not None and on_block is not None:
+            on_block(applied)
+        if auditor.done():
+            break
+    return spec, auditor
+
+
+def _consensus(source: LogSource, chain_id: str, progress: Progress, report: AuditReport
+               ) -> EquivocationScanner:
+    scanner = EquivocationScanner()
+    codec = default_codec()
+    advance = progress("chain.consensus", source.size("chain.consensus"))
+    undecodable = 0
+    for record in source.read("chain.consensus"):
+        advance(1)
+        try:
+            message = decode_consensus(record.value, chain_id, codec)
+        except WireError:
+            undecodable += 1
+            continue
+        if isinstance(message, Vote):
+            scanner.feed_vote(message, record.offset)
+        else:
+            scanner.proposals += 1
+    if undecodable:
+        report.add(Finding("consensus_record", f"{undecodable} records on chain.consensus do "
+                           "not decode (ignored: the topic is not trusted)", "chain.consensus",
+                           severity=Severity.WARNING))
+    return scanner
+
+
+def _entropy(source: LogSource, registry: Any, progress: Progress) -> EntropyAuditor:
+    auditor = EntropyAuditor(registry)
+    codec = default_codec()
+    advance = progress("entropy.raw", source.size("entropy.raw"))
+    for record in source.read("entropy.raw"):
+        advance(1)
+        try:
+            schema, fields = codec.decode(record.value)
+        except CodecError as exc:
+            auditor.warnings.append(Finding("entropy_record", f"undecodable: {exc}",
+                                            "entropy.raw", record.offset, record.partition,
+                                            None, Severity.WARNING))
+            continue
+        auditor.feed(schema, fields, record.partition, record.offset)
+    return auditor
+
+
+def _ledger_tx(source: LogSource, included: Iterable[bytes], progress: Progress,
+               report: AuditReport) -> None:
+    from services.consensus.mempool import MempoolError, decode_submitted
+
+    submitted: set[bytes] = set()
+    advance = progress("ledger.tx", source.size("ledger.tx"))
+    for record in source.read("ledger.tx"):
+        advance(1)
+        try:
+            submitted.add(decode_submitted(record.value).hash)
+        except MempoolError as exc:
+            report.add(Finding("ledger_tx_record", f"rejected submission: {exc}", "ledger.tx",
+                               record.offset, record.partition, None, Severity.WARNING))
+    report.checked["ledger_tx_submissions"] = len(submitted)
+    unseen = [h for h in included if h not in submitted]
+    if unseen:
+        report.notes.append(f"{len(unseen)} included transactions are no longer on ledger.tx "
+                            "(retention); they were checked by re-execution only")
+
+
+def run_audit(
+    source: LogSource,
+    options: AuditOptions,
+    *,
+    settings: Settings | None = None,
+    live_rows: Callable[[], dict[str, list[dict[str, Any]]] | None] | None = None,
+    progress: Progress = no_progress,
+) -> AuditReport:
+    """The whole audit (module doc). ``settings`` gives the Cassandra to rebuild the projection
+    in; ``live_rows`` returns the live projection's rows (None: not available)."""
+    started = time.monotonic()
+    report = AuditReport()
+    report.facts["source"] = source.describe()
+    spec, chain = audit_chain(source, options, progress)
+    report.extend(chain.findings)
+    for name, count in chain.counts.items():
+        report.checked[f"chain_{name}"] = count
+    head = chain.chain
+    report.facts.update({
+        "chain_id": spec.chain_id, "head_height": chain.applied_height,
+        "head_block_hash": head.tip.previous_block_hash.hex(),
+        "head_randomness": head.tip.previous_randomness.hex(),
+        "state_hash": head.tip.app_hash.hex(), "halted_at": chain.halted_at,
+        "records_not_verified": chain.unverified,
+    })
+    if chain.halted_at is not None and chain.unverified:
+        report.notes.append(f"chain verification stopped at height {chain.halted_at}; "
+                            f"{chain.unverified} later records were not verified")
+
+    final_state = head.app_state
+    scanner = _consensus(source, spec.chain_id, progress, report)
+    _, equivocation = scanner.resolve(
+        spec.chain_id, chain.validator_sets, chain.evidence_included,
+        lambda who: bool(getattr(final_state.validators.get(who), "tombstoned", False)),
+        chain.applied_height)
+    report.extend(equivocation)
+    report.checked["consensus_votes"] = scanner.votes
+    report.checked["consensus_proposals"] = scanner.proposals
+    report.checked["double_votes_found"] = len(scanner.candidates)
+
+    registry = {**source_registry(spec.initial.app_state), **source_registry(final_state)}
+    entropy = _entropy(source, registry, progress)
+    failures, by_commitment = entropy.match(chain.entropy_refs)
+    report.extend(failures)
+    report.extend(entropy.warnings[:100])
+    if len(entropy.warnings) > 100:
+        report.notes.append(f"{len(entropy.warnings) - 100} more entropy.raw warnings omitted")
+    report.checked["entropy_records"] = entropy.counts.get("records", 0)
+    report.checked["entropy_checkpoints_verified"] = entropy.counts.get("checkpoints", 0)
+    report.checked["entropy_refs_checked"] = entropy.counts.get("refs_checked", 0)
+    report.facts["heights_checked_by_commitment_only"] = _ranges(by_commitment)
+    if by_commitment:
+        report.notes.append(f"{len(by_commitment)} heights reference chunks no longer on "
+                            f"entropy.raw; their entropy was checked by commitment only: "
+                            f"{_ranges(by_commitment)}")
+
+    _ledger_tx(source, chain.included_txs(), progress, report)
+
+    if options.users:
+        audit_users(source, settings, live_rows, report, progress, keep=options.keep_rebuild)
+    else:
+        report.notes.append("user database not audited (--no-users)")
+    report.facts["seconds"] = round(time.monotonic() - started, 3)
+    return report
+
+
+def _ranges(heights: list[int]) -> list[str]:
+    out: list[str] = []
+    for height in heights:
+        if out and int(out[-1].split("-")[-1]) == height - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{height}"
+        else:
+            out.append(str(height))
+    return out
+
+
+# -- users ------------------------------------------------------------------------------------
+
+
+def audit_users(
+    source: LogSource,
+    settings: Settings | None,
+    live_rows: Callable[[], dict[str, list[dict[str, Any]]] | None] | None,
+    report: AuditReport,
+    progress: Progress = no_progress,
+    *,
+    keep: bool = False,
+) -> None:
+    from services.shard_writer.consistency import LoggedEvent, check_log
+    from services.shard_writer.core import MalformedEventError, event_from_record
+
+    codec = default_codec()
+    logged: list[LoggedEvent] = []
+    advance = progress("users.events", source.size("users.events"))
+    for record in source.read("users.events"):
+        advance(1)
+        try:
+            fields = codec.decode(record.value, expected="UserEventRecorded").record
+            logged.append(LoggedEvent(record.partition, record.offset,
+                                      event_from_record(fields)))
+        except (CodecError, MalformedEventError, KeyError, TypeError) as exc:
+            report.add(Finding("users_log", f"undecodable event (the projection skips it): "
+                               f"{exc}", "users.events", record.offset, record.partition,
+                               severity=Severity.WARNING))
+    report.checked["user_events"] = len(logged)
+    for problem in check_log(logged):
+        report.add(Finding("users_log", problem, "users.events"))
+    live = live_rows() if live_rows is not None else None
+    if live is None:
+        report.notes.append("no live projection available: user rows not compared")
+        return
+    if settings is None or not settings.cassandra.contact_points:
+        report.notes.append("no Cassandra configured to rebuild the projection in: user rows "
+                            "not compared")
+        return
+    rebuilt = rebuild_projection(settings, logged, keep=keep)
+    last_event = {item.event.user_id: (item.partition, item.offset) for item in logged}
+    findings, compared = diff_tables(_keyed(rebuilt), _keyed(live), last_event)
+    report.extend(findings)
+    for table, count in compared.items():
+        report.checked[f"user_rows_{table}"] = count
+
+
+def _keyed(tables: dict[str, list[dict[str, Any]]]) -> dict[str, dict[tuple[Any, ...],
+                                                                      dict[str, Any]]]:
+    return {table: {tuple(row[k] for k in TABLE_KEYS[table]): row for row in rows}
+            for table, rows in tables.items() if table in TABLE_KEYS}
+
+
+def scan_rows(session: Any, keyspace: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the projection tables of ``keyspace`` (positions excluded)."""
+    from cassandra import DriverException
+
+    from services.shard_writer.store import StoreError
+
+    tables: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for table in TABLE_KEYS:
+            tables[table] = [row._asdict() for row in session.execute(
+                f"SELECT * FROM {keyspace}.{table}", timeout=120)]
+    except DriverException as exc:
+        raise StoreError(f"cannot scan {keyspace}: {exc}") from exc
+    return tables
+
+
+def live_projection_rows(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    from services.shard_writer.store import connect
+
+    cluster, session = connect(settings)
+    try:
+        return scan_rows(session, settings.cassandra.keyspace)
+    finally:
+        cluster.shutdown()
+
+
+def rebuild_projection(settings: Settings, logged: list[Any], *, keep: bool = False,
+                       keyspace: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Project ``logged`` events into a fresh keyspace with the shard_writer's own writes
+    (``rows_for``/``write_rows``: same statements, same timestamps) and return its rows."""
+    from services.shard_writer.projection import group_by_user, rows_for, write_rows
+    from services.shard_writer.store import Statements, connect, create_schema, drop_keyspace
+
+    name = keyspace or f"audit_{uuid.uuid4().hex[:12]}"
+    cluster, session = connect(settings)
+    try:
+        create_schema(session, name, replication_factor=settings.cassandra.replication_factor,
+                      datacenter=settings.cassandra.local_datacenter)
+        statements = Statements.prepare(session, name)
+        users = group_by_user(item.event for item in logged)
+        write_rows(session, (rows_for(statements, events) for events in users.values()))
+        rows = scan_rows(session, name)
+        if not keep:
+            drop_keyspace(session, name)
+        return rows
+    finally:
+        cluster.shutdown()
