@@ -1,0 +1,210 @@
+"""Benchmark: how fast ``qustream audit`` re-verifies a chain, and rebuilds + diffs the users.
+
+Input, made here: a chain of ``--blocks`` blocks finalized by 4 ML-DSA-65 validators (every
+certificate carries 4 signatures, every block after the first also the previous certificate),
+two entropy references and one signed transfer per block, built with the pure core exactly as
+the tally would encode it; and ``--users`` x ``--events-per-user`` user events.
+
+- ``blocks_per_s``: ``replay.audit_chain`` over the encoded records (decode, hash links,
+  randomness derivation, transactions, certificate against the set recomputed from the ledger,
+  re-execution, state hash). Reading comes from memory, so the figure is the verifier's cost.
+- baseline: raw ML-DSA-65 verification of the same certificates' signatures and nothing else
+  (the floor the issue names); ``ratio`` = ours / baseline (1.0 would mean zero overhead).
+- ``user_events_per_s``: ``replay.audit_users`` — decode the events, check the log, rebuild
+  the projection into a fresh keyspace, scan both keyspaces and diff every row — on the
+  configured Cassandra, against a live keyspace projected beforehand.
+
+    python -m bench.audit [--blocks 1500] [--users 400] [--events-per-user 20]
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench.common import emit
+from services.audit.core.findings import AuditReport
+from services.audit.replay import AuditOptions, audit_chain, audit_users, rebuild_projection
+from services.audit.sources import LogRecord
+from services.block_builder.core.block import Block, Body, EntropyRef, Header, ranges_of
+from services.block_builder.core.randomness import block_randomness
+from services.consensus.core.chain import apply_block
+from services.consensus.core.commit import CommitCertificate, CommitFlag, CommitSig
+from services.consensus.core.ledger import (
+    MICRO,
+    Genesis,
+    GenesisAccount,
+    GenesisValidator,
+    Transfer,
+    encode_signed_tx,
+    sign_tx,
+)
+from services.consensus.core.ledger.genesis import GENESIS_RANDOMNESS_SIZE
+from services.consensus.core.ledger.params import Params
+from services.consensus.core.ledger.tx import QrngSource
+from services.consensus.core.messages import VoteType, vote_sign_bytes
+from services.consensus.follower import ChainSpec
+from services.consensus.genesis import save_genesis
+from services.consensus.wire import FinalizedRecord, encode_finalized
+from streams.keys import Algorithm, PublicKey, SigningKey
+from streams.settings import load_settings
+
+
+class MemorySource:
+    """A ``LogSource`` over records held in memory."""
+
+    def __init__(self, topics: dict[str, list[LogRecord]]) -> None:
+        self.topics = topics
+
+    def describe(self) -> str:
+        return "memory"
+
+    def size(self, topic: str) -> int:
+        return len(self.topics.get(topic, []))
+
+    def read(self, topic: str) -> Iterator[LogRecord]:
+        return iter(self.topics.get(topic, []))
+
+
+def make_chain(directory: Path, heights: int
+               ) -> tuple[Path, list[bytes], list[CommitCertificate], dict[bytes, PublicKey]]:
+    """A genesis file and ``heights`` encoded ``BlockFinalized`` records (see module doc)."""
+    keys = [SigningKey.generate(Algorithm.ML_DSA_65) for _ in range(4)]
+    account = SigningKey.generate(Algorithm.ML_DSA_65)
+    genesis = Genesis(
+        chain_id="bench-audit", genesis_time_ms=1_700_000_000_000,
+        genesis_randomness=os.urandom(GENESIS_RANDOMNESS_SIZE),
+        validators=tuple(GenesisValidator(k.public_key, 10_000 * MICRO, 100_000_000,
+                                          200_000_000, 10_000_000) for k in keys),
+        accounts=tuple(GenesisAccount(k.address, 1_000_000 * MICRO) for k in [*keys, account]),
+        qrng_sources=tuple(QrngSource(f"qrng-{i}", SigningKey.generate().public_key, True)
+                           for i in range(2)),
+        params=Params(),
+    )
+    path = directory / "genesis.json"
+    save_genesis(genesis, path)
+    spec = ChainSpec.load(path)
+    chain, by_address = spec.initial, {k.address: k for k in keys}
+    records: list[bytes] = []
+    commits: list[CommitCertificate] = []
+    last_commit: CommitCertificate | None = None
+    for height in range(1, heights + 1):
+        tip = chain.tip
+        entropy = tuple(EntropyRef(f"qrng-{i}", height - 1, hashlib.sha256(os.urandom(8)).digest())
+                        for i in range(2))
+        tx = encode_signed_tx(sign_tx(account, genesis.chain_id, height - 1, 10_000,
+                                      Transfer(keys[0].address, 1)))
+        body = Body(entropy=entropy, txs=(tx,), last_commit=last_commit)
+        header = Header(
+            chain_id=genesis.chain_id, height=height, round=0, time_ms=tip.previous_time_ms + 1000,
+            previous_block_hash=tip.previous_block_hash, last_commit_hash=body.last_commit_hash(),
+            entropy_root=body.entropy_root(), entropy_ranges=ranges_of(entropy),
+            randomness=block_randomness(tip.previous_randomness, height, entropy),
+            tx_root=body.tx_root(), evidence_root=body.evidence_root(),
+            validators_hash=tip.validators_hash, next_validators_hash=tip.next_validators_hash,
+            app_hash=tip.app_hash, proposer_address=chain.validators.validators[0].address)
+        block = Block(header, body)
+        commit = CommitCertificate(height, 0, block.hash, tuple(
+            CommitSig(CommitFlag.COMMIT, v.address, by_address[v.address].sign(vote_sign_bytes(
+                genesis.chain_id, VoteType.PRECOMMIT, height, 0, block.hash, v.address)))
+            for v in chain.validators.validators))
+        chain, response = apply_block(chain, spec.app, block, commit)
+        records.append(encode_finalized(FinalizedRecord(
+            genesis.chain_id, block, commit, response.app_hash, height, header.time_ms,
+            header.time_ms + 100)))
+        commits.append(commit)
+        last_commit = commit
+    return path, records, commits, {k.address: k.public_key for k in keys}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--blocks", type=int, default=1500)
+    parser.add_argument("--users", type=int, default=400)
+    parser.add_argument("--events-per-user", type=int, default=20)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        genesis, records, commits, public_keys = make_chain(Path(tmp), args.blocks)
+        print(f"built {args.blocks} blocks with 4 ML-DSA-65 validators in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+        source = MemorySource({"chain.blocks": [
+            LogRecord("chain.blocks", 0, i, 0, None, r) for i, r in enumerate(records)]})
+        started = time.perf_counter()
+        _, auditor = audit_chain(source, AuditOptions(genesis))
+        chain_s = time.perf_counter() - started
+        assert not auditor.findings and auditor.applied_height == args.blocks, auditor.findings
+        blocks_per_s = args.blocks / chain_s
+        print(f"ours: audited {args.blocks} blocks in {chain_s:.2f} s = {blocks_per_s:,.0f} "
+              f"blocks/s ({auditor.counts.get('signature_checks', 0)} signatures)", flush=True)
+
+    # baseline: the same certificates' signatures, verified raw with their public keys
+    started = time.perf_counter()
+    for commit in commits:
+        for sig in commit.signatures:
+            message = vote_sign_bytes("bench-audit", VoteType.PRECOMMIT, commit.height, 0,
+                                      commit.block_hash, sig.validator_address)
+            assert public_keys[sig.validator_address].verify(message, sig.signature)
+    baseline_s = time.perf_counter() - started
+    baseline = len(commits) / baseline_s
+    print(f"baseline: raw verification of the same {4 * len(commits)} signatures: "
+          f"{baseline:,.0f} blocks/s", flush=True)
+
+    user_events_per_s = _users(args.users, args.events_per_user)
+    emit({"bench": "audit", "blocks_per_s": round(blocks_per_s),
+          "user_events_per_s": round(user_events_per_s), "unit": "blocks/s",
+          "ours": round(blocks_per_s), "baseline": round(baseline),
+          "ratio": round(blocks_per_s / baseline, 3), "blocks": args.blocks,
+          "validators": 4, "algorithm": "ml-dsa-65",
+          "user_events": args.users * args.events_per_user})
+
+
+def _users(users: int, per_user: int) -> float:
+    from bench.shard_writer import make_events
+    from services.shard_writer.core import event_to_record
+    from streams.codec import default_codec
+
+    settings = load_settings()
+    events = make_events(users, per_user, 300)
+    codec = default_codec()
+    encoded = [LogRecord("users.events", hash(e.user_id) % 12, i, 0, e.user_id.encode(),
+                         codec.encode("UserEventRecorded", event_to_record(e)))
+               for i, e in enumerate(events)]
+    live = f"bench_live_{uuid.uuid4().hex[:8]}"
+    from services.shard_writer.consistency import LoggedEvent
+
+    logged = [LoggedEvent(r.partition, r.offset, e) for r, e in zip(encoded, events, strict=True)]
+    rebuild_projection(settings, logged, keep=True, keyspace=live)
+    live_settings = settings.model_copy(deep=True)
+    live_settings.cassandra.keyspace = live
+    from services.audit.replay import live_projection_rows
+    from services.shard_writer.store import connect, drop_keyspace
+
+    try:
+        report = AuditReport()
+        started = time.perf_counter()
+        audit_users(MemorySource({"users.events": encoded}), settings,
+                    lambda: live_projection_rows(live_settings), report)
+        seconds = time.perf_counter() - started
+        assert report.ok, report.failures[:3]
+    finally:
+        cluster, session = connect(settings)
+        drop_keyspace(session, live)
+        cluster.shutdown()
+    rate = len(events) / seconds
+    print(f"users: {len(events)} events decoded, rebuilt, scanned and diffed in {seconds:.2f} s "
+          f"= {rate:,.0f} events/s", flush=True)
+    return rate
+
+
+if __name__ == "__main__":
+    main()
