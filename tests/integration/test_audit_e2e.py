@@ -77,7 +77,10 @@ def audit_json(settings: Settings, *args: str) -> tuple[int, dict[str, Any]]:
 def audited(network_factory: Any, cassandra_settings: Settings, cassandra_session: Any,
             tmp_path: Path) -> Iterator[AuditedNetwork]:
     settings = cassandra_settings
-    network: Network = network_factory(interval_ms=0, byzantine=(3,))
+    # 300 ms between blocks (as in the chain fault test), not 0: back to back, the honest nodes
+    # could decide before the double-signer's conflicting vote arrived, so no evidence was
+    # formed and the slashing this scenario audits never happened (seen once under load).
+    network: Network = network_factory(interval_ms=300, byzantine=(3,))
     net = network.root / "net"
     services = [Service(settings, "streams.cli", ["users", "handler"], tmp_path / "h.log"),
                 Service(settings, "streams.cli", ["users", "shard-writer"], tmp_path / "s.log")]
@@ -94,7 +97,7 @@ def audited(network_factory: Any, cassandra_settings: Settings, cassandra_sessio
         signed = sign_tx(account, state.chain_id, next_nonce(state, account.address), 10_000,
                          Delegate(target, 2_000 * 1_000_000))
         submit_tx(settings, encode_signed_tx(signed))
-        reached = network.wait_height(BLOCKS, 240)
+        reached = network.wait_height(BLOCKS, max(240, BLOCKS))
         assert reached >= BLOCKS, network.log("tally")
 
         def slashed() -> bool:
