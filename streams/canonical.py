@@ -48,6 +48,15 @@ class CanonicalWriter:
         tag = (TAG_PREFIX + name).encode("ascii")
         self._parts: list[Bytes] = [_U16.pack(len(tag)), tag]
 
+    @classmethod
+    def fragment(cls) -> CanonicalWriter:
+        """A writer without a tag: fields to splice into a message built elsewhere (a
+        sequence's items encoded once and cached, say). ``digest`` of a fragment is not a
+        message hash; join fragments into a tagged message first."""
+        writer = cls.__new__(cls)
+        writer._parts = []
+        return writer
+
     def u8(self, value: int) -> CanonicalWriter:
         return self._fixed(value, 0, 0xFF, lambda v: bytes((v,)))
 

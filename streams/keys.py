@@ -9,6 +9,7 @@ bytes (see ``streams.canonical``), which already carry a domain-separation tag.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -70,10 +71,7 @@ class PublicKey:
     @property
     def address(self) -> bytes:
         """20-byte identifier of the key holder (validator, QRNG source, account)."""
-        digest: bytes = CanonicalWriter("PublicKey").text(self.algorithm.value).bytes(
-            self.raw
-        ).digest()
-        return digest[:20]
+        return _address(self.algorithm, self.raw)
 
     @property
     def address_hex(self) -> str:
@@ -100,6 +98,14 @@ class PublicKey:
         except ValueError as exc:
             raise KeyFormatError(f"public key is not valid base64: {exc}") from exc
         return cls(Algorithm.parse(name), raw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _address(algorithm: Algorithm, raw: bytes) -> bytes:
+    # Cached: validator sets check every member's address against its key whenever they are
+    # rebuilt (once per block in the ledger), always for the same few keys.
+    digest: bytes = CanonicalWriter("PublicKey").text(algorithm.value).bytes(raw).digest()
+    return digest[:20]
 
 
 # Verifiers are cached per key: parsing an ML-DSA public key is not free and a validator set

@@ -16,6 +16,7 @@ Topics and records:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +85,10 @@ def _commit_sig(data: bytes) -> CommitSig:
     return CommitSig(flag, address, signature)
 
 
+@functools.lru_cache(maxsize=8)
 def _commit(data: bytes) -> CommitCertificate:
+    # Memoized by bytes: a certificate arrives twice, in its BlockFinalized record and again as
+    # the next block's ``last_commit``. The certificate is immutable, so sharing it is safe.
     r = CanonicalReader(data, "CommitCertificate")
     height, round, block_hash = r.u64(), r.u32(), r.raw(32)
     signatures = r.sequence(lambda x: _commit_sig(x.nested()), MAX_ITEMS)

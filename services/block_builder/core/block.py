@@ -117,6 +117,8 @@ class Header:
     next_validators_hash: bytes  # set governing height + 1
     app_hash: bytes  # application state hash after height - 1
     proposer_address: bytes
+    # Immutable, so encoded once (the block hash and the block's own encoding both need it).
+    _canonical: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in (
@@ -140,6 +142,12 @@ class Header:
             )
 
     def canonical(self) -> bytes:
+        if self._canonical is None:
+            object.__setattr__(self, "_canonical", self._encode())
+        assert self._canonical is not None
+        return self._canonical
+
+    def _encode(self) -> bytes:
         return (
             CanonicalWriter("BlockHeader")
             .text(self.chain_id)

@@ -83,10 +83,13 @@ class ChainState(Generic[S]):
         return self.tip.chain_id
 
     def record_of(self, height: int) -> HeightRecord | None:
-        for record in self.history:
-            if record.height == height:
-                return record
-        return None
+        # The history holds consecutive heights, oldest first: index, don't search.
+        if not self.history:
+            return None
+        position = height - self.history[0].height
+        if 0 <= position < len(self.history) and self.history[position].height == height:
+            return self.history[position]
+        return next((record for record in self.history if record.height == height), None)
 
 
 def genesis_chain(
@@ -266,12 +269,15 @@ def apply_block(
     request = finalize_request(chain, block)
     app_state, response = app.finalize_block(chain.app_state, request)
     height = block.height
-    history = (
-        *chain.history,
-        HeightRecord(height, block.header.time_ms, chain.validators),
-    )
-    # Keep what evidence for the next block may refer to: offences at most max_age old.
-    history = tuple(r for r in history if height + 1 - r.height <= chain.evidence_max_age)
+    # Keep what evidence for the next block may refer to: offences at most max_age old. The
+    # history is in height order, so the expired records are a prefix (found from the front:
+    # usually none or one, so this stays cheap with a long evidence window).
+    kept = chain.history
+    expired = 0
+    while expired < len(kept) and height + 1 - kept[expired].height > chain.evidence_max_age:
+        expired += 1
+    current = HeightRecord(height, block.header.time_ms, chain.validators)
+    history = (*kept[expired:], current) if chain.evidence_max_age >= 1 else ()
     committed = frozenset(
         entry
         for entry in chain.committed_evidence | {(e.height, e.hash()) for e in block.body.evidence}

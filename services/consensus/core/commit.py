@@ -23,7 +23,7 @@ Every check returns a ``CommitVerification`` saying why it failed; none raises o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from services.consensus.core.messages import HASH_SIZE, VoteType, vote_sign_bytes
@@ -72,19 +72,30 @@ class CommitCertificate:
     round: int
     block_hash: bytes
     signatures: tuple[CommitSig, ...]
+    # Immutable, so encoded once: a certificate is encoded again as the next block's
+    # ``last_commit`` (block bytes, body hash, ``last_commit_hash``).
+    _canonical: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _hash: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def canonical(self) -> bytes:
-        return (
-            CanonicalWriter("CommitCertificate")
-            .u64(self.height)
-            .u32(self.round)
-            .raw(self.block_hash, HASH_SIZE)
-            .sequence(self.signatures, lambda w, s: w.nested(s.canonical()))
-            .finish()
-        )
+        if self._canonical is None:
+            object.__setattr__(self, "_canonical", (
+                CanonicalWriter("CommitCertificate")
+                .u64(self.height)
+                .u32(self.round)
+                .raw(self.block_hash, HASH_SIZE)
+                .sequence(self.signatures, lambda w, s: w.nested(s.canonical()))
+                .finish()
+            ))
+        assert self._canonical is not None
+        return self._canonical
 
     def hash(self) -> bytes:
-        return CanonicalWriter("CommitCertificateHash").nested(self.canonical()).digest()
+        if self._hash is None:
+            object.__setattr__(self, "_hash", CanonicalWriter("CommitCertificateHash").nested(
+                self.canonical()).digest())
+        assert self._hash is not None
+        return self._hash
 
     def signed_addresses(self) -> tuple[bytes, ...]:
         """Addresses whose precommit for the block is in the certificate (canonical order)."""
@@ -152,9 +163,10 @@ def _check_shape(
     return None
 
 
-def _record_sign_bytes(
+def record_sign_bytes(
     chain_id: str, cert: CommitCertificate, record: CommitSig
 ) -> bytes:
+    """The precommit bytes ``record`` signed (what ``check`` is asked about for it)."""
     block = cert.block_hash if record.flag is CommitFlag.COMMIT else None
     return vote_sign_bytes(
         chain_id, VoteType.PRECOMMIT, cert.height, cert.round, block, record.validator_address
@@ -178,7 +190,7 @@ def verify_commit(
     for record, validator in zip(cert.signatures, validator_set.validators, strict=True):
         if record.flag is CommitFlag.ABSENT:
             continue
-        if not check(validator.public_key, _record_sign_bytes(chain_id, cert, record),
+        if not check(validator.public_key, record_sign_bytes(chain_id, cert, record),
                      record.signature):
             return _fail(f"bad signature from {validator.address.hex()}", signed, total)
         if record.flag is CommitFlag.COMMIT:
@@ -205,7 +217,7 @@ def verify_commit_light(
     for record, validator in zip(cert.signatures, validator_set.validators, strict=True):
         if record.flag is not CommitFlag.COMMIT:
             continue
-        if not check(validator.public_key, _record_sign_bytes(chain_id, cert, record),
+        if not check(validator.public_key, record_sign_bytes(chain_id, cert, record),
                      record.signature):
             return _fail(f"bad signature from {validator.address.hex()}", signed, total)
         signed += validator.power
@@ -239,7 +251,7 @@ def verify_commit_light_trusting(
         validator: Validator | None = trusted_set.get(record.validator_address)
         if validator is None:
             continue
-        if not check(validator.public_key, _record_sign_bytes(chain_id, cert, record),
+        if not check(validator.public_key, record_sign_bytes(chain_id, cert, record),
                      record.signature):
             return _fail(f"bad signature from {validator.address.hex()}", signed, total)
         signed += validator.power

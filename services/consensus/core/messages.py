@@ -12,6 +12,7 @@ signature against one public key and are what every consumer calls before trusti
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ class VoteType(IntEnum):
     PRECOMMIT = 2
 
 
+@functools.lru_cache(maxsize=1024)
 def vote_sign_bytes(
     chain_id: str,
     vote_type: VoteType,
@@ -43,7 +45,10 @@ def vote_sign_bytes(
     block_hash: bytes | None,
     validator_address: bytes,
 ) -> bytes:
-    """What a validator signs for a vote; ``block_hash`` None is a vote for nil."""
+    """What a validator signs for a vote; ``block_hash`` None is a vote for nil.
+
+    Memoized: a certificate's sign bytes are needed by whoever sends its signatures ahead to be
+    verified and again by the verification, and votes are re-checked by every tally step."""
     return (
         CanonicalWriter("Vote")
         .text(chain_id)

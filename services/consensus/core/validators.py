@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from streams.canonical import CanonicalWriter
+from streams.canonical import CanonicalWriter, sha256
 from streams.keys import PublicKey
 
 
@@ -38,6 +38,9 @@ class ValidatorSet:
     validators: tuple[Validator, ...]
     total_power: int = field(init=False)
     _index: dict[bytes, int] = field(init=False, repr=False, compare=False)
+    # The set is immutable, so its hash is computed once (the ledger hashes both upcoming sets
+    # into every state hash, and the chain tip carries one per block).
+    _hash: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.validators:
@@ -97,8 +100,7 @@ class ValidatorSet:
         )
 
     def hash(self) -> bytes:
-        return (
-            CanonicalWriter("ValidatorSet")
-            .sequence(self.validators, lambda w, v: w.nested(v.canonical()))
-            .digest()
-        )
+        if self._hash is None:
+            object.__setattr__(self, "_hash", sha256(self.canonical()))
+        assert self._hash is not None
+        return self._hash

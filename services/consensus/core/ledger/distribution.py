@@ -73,17 +73,27 @@ def allocate_block_rewards(state: LedgerState, votes: tuple[VoteInfo, ...]) -> L
     community = apply_rate(pot, params.community_tax_rate)
     distributable = pot - community
     paid = 0
-    for address, power in signers:
+    credited: list[tuple[bytes, ValidatorRewards]] = []
+    for address, power in signers:  # distinct addresses: each reward reads the state before
         share = distributable * power // signed_power
-        state = reward_validator(state, address, share)
+        credited.append((address, _rewarded(state, address, share)))
         paid += share
     return dataclasses.replace(
-        state, community_pool=state.community_pool + community + distributable - paid
+        state,
+        rewards=state.rewards.set_many(credited),
+        community_pool=state.community_pool + community + distributable - paid,
     )
 
 
 def reward_validator(state: LedgerState, address: bytes, amount: int) -> LedgerState:
     """Credit ``amount`` to one validator: commission to the operator, the rest to the ratio."""
+    return dataclasses.replace(
+        state, rewards=state.rewards.set(address, _rewarded(state, address, amount))
+    )
+
+
+def _rewarded(state: LedgerState, address: bytes, amount: int) -> ValidatorRewards:
+    """``address``'s rewards record after ``reward_validator(state, address, amount)``."""
     validator = state.validators[address]
     rewards = state.rewards.get(address) or ValidatorRewards()
     commission = apply_rate(amount, validator.commission_rate)
@@ -94,14 +104,12 @@ def reward_validator(state: LedgerState, address: bytes, amount: int) -> LedgerS
     increment, carry = 0, rewards.carry
     if validator.shares:
         increment, carry = divmod(to_delegators * REWARD_RATIO_SCALE + carry, validator.shares)
-    rewards = dataclasses.replace(
-        rewards,
+    return ValidatorRewards(
         ratio=rewards.ratio + increment,
         carry=carry,
         outstanding=rewards.outstanding + amount,
         commission=rewards.commission + commission,
     )
-    return dataclasses.replace(state, rewards=state.rewards.set(address, rewards))
 
 
 def pending_rewards(state: LedgerState, delegator: bytes, validator: bytes) -> int:

@@ -36,6 +36,7 @@ from services.consensus.core.ledger.tx import (
     PayForService,
     RegisterQrngSource,
     ServiceKind,
+    SignatureCheck,
     SignedTx,
     SubmitProposal,
     Transfer,
@@ -60,8 +61,11 @@ def minimum_fee(state: LedgerState, size: int) -> int:
     return state.params.min_tx_fee + state.params.fee_per_byte * size
 
 
-def admit(state: LedgerState, tx_bytes: bytes) -> Admitted:
-    """Run the ante checks and charge the fee; raises ``AnteError`` (state untouched)."""
+def admit(state: LedgerState, tx_bytes: bytes, check: SignatureCheck | None = None) -> Admitted:
+    """Run the ante checks and charge the fee; raises ``AnteError`` (state untouched).
+
+    ``check`` verifies the signature in place of ``PublicKey.verify`` (same answer, computed
+    elsewhere: the audit verifies on worker processes ahead of re-execution)."""
     if len(tx_bytes) > state.params.max_tx_bytes:
         raise TxTooLargeError(
             f"transaction of {len(tx_bytes)} bytes exceeds {state.params.max_tx_bytes}"
@@ -70,7 +74,7 @@ def admit(state: LedgerState, tx_bytes: bytes) -> Admitted:
     tx = signed.tx
     if tx.chain_id != state.chain_id:
         raise WrongChainError(f"transaction for chain {tx.chain_id!r}, this is {state.chain_id!r}")
-    if not signed.verify_signature():
+    if not signed.verify_signature(check):
         raise BadSignatureError(f"signature of {tx.sender_address.hex()} does not verify")
     tx.check()
     needed = minimum_fee(state, len(tx_bytes))
@@ -155,10 +159,12 @@ def _pay_for_service(state: LedgerState, sender: bytes, body: PayForService) -> 
     return dataclasses.replace(state, fee_pool=state.fee_pool + amount)
 
 
-def execute_tx(state: LedgerState, tx_bytes: bytes, height: int) -> tuple[LedgerState, TxResult]:
+def execute_tx(
+    state: LedgerState, tx_bytes: bytes, height: int, check: SignatureCheck | None = None
+) -> tuple[LedgerState, TxResult]:
     """Apply one transaction of block ``height``; never raises for bad input."""
     try:
-        admitted = admit(state, tx_bytes)
+        admitted = admit(state, tx_bytes, check)
     except AnteError as exc:
         return state, TxResult(code=exc.code, log=f"{type(exc).__name__}: {exc}")
     fee = admitted.tx.fee

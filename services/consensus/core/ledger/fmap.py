@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
-from streams.canonical import CanonicalWriter
+from streams.canonical import CanonicalWriter, sha256
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -27,7 +27,7 @@ _EMPTY: dict[Any, Any] = {}  # shared by every empty bucket; never written to
 class FrozenMap(Generic[K, V]):
     """Immutable mapping with copy-on-write updates; buckets are shared between versions."""
 
-    __slots__ = ("_buckets", "_cache", "_len")
+    __slots__ = ("_buckets", "_cache", "_encoded", "_len")
 
     def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
         buckets: list[dict[K, V]] = [_EMPTY for _ in range(_BUCKETS)]
@@ -40,13 +40,16 @@ class FrozenMap(Generic[K, V]):
         self._buckets: tuple[dict[K, V], ...] = tuple(buckets)
         self._len = sum(len(bucket) for bucket in buckets)
         self._cache: dict[str, bytes] = {}
+        self._encoded: dict[tuple[str, K], tuple[V, bytes]] = {}
 
     @classmethod
-    def _from_buckets(cls, buckets: tuple[dict[K, V], ...], length: int) -> FrozenMap[K, V]:
+    def _from_buckets(cls, buckets: tuple[dict[K, V], ...], length: int,
+                      encoded: dict[tuple[str, K], tuple[V, bytes]]) -> FrozenMap[K, V]:
         new = cls.__new__(cls)
         new._buckets = buckets
         new._len = length
         new._cache = {}
+        new._encoded = encoded
         return new
 
     def __len__(self) -> int:
@@ -69,6 +72,25 @@ class FrozenMap(Generic[K, V]):
         bucket[key] = value
         return self._replace_bucket(index, bucket, self._len + grown)
 
+    def set_many(self, pairs: Iterable[tuple[K, V]]) -> FrozenMap[K, V]:
+        """A new map with every (key, value) bound, later pairs winning: the same map as
+        chained ``set`` calls, with each touched bucket (and the bucket tuple) copied once."""
+        buckets = list(self._buckets)
+        copied: set[int] = set()
+        length = self._len
+        for key, value in pairs:
+            index = hash(key) % _BUCKETS
+            if index not in copied:
+                buckets[index] = dict(buckets[index])
+                copied.add(index)
+            bucket = buckets[index]
+            if key not in bucket:
+                length += 1
+            bucket[key] = value
+        if not copied:
+            return self
+        return FrozenMap._from_buckets(tuple(buckets), length, self._encoded)
+
     def remove(self, key: K) -> FrozenMap[K, V]:
         """A new map without ``key`` (the same map when ``key`` is absent)."""
         index = hash(key) % _BUCKETS
@@ -81,7 +103,7 @@ class FrozenMap(Generic[K, V]):
     def _replace_bucket(self, index: int, bucket: dict[K, V], length: int) -> FrozenMap[K, V]:
         buckets = list(self._buckets)
         buckets[index] = bucket
-        return FrozenMap._from_buckets(tuple(buckets), length)
+        return FrozenMap._from_buckets(tuple(buckets), length, self._encoded)
 
     def items(self) -> list[tuple[K, V]]:
         """All pairs in sorted key order (the only order this map exposes)."""
@@ -116,14 +138,29 @@ class FrozenMap(Generic[K, V]):
         """SHA-256 of the canonical encoding: ``tag``, then the items in sorted key order.
 
         Cached per tag: a map is immutable, so a module whose map did not change between two
-        blocks is not re-encoded. Callers must use one ``write_item`` per tag.
+        blocks is not re-encoded. Callers must use one ``write_item`` per tag. Within a changed
+        map, items are re-encoded only if their value object changed: every version derived
+        from one map shares the encodings of its items, keyed by (tag, key) and checked by
+        identity of the (immutable) value, so a block that touches three accounts re-encodes
+        three, not all of them. The result is byte-for-byte the one-writer encoding.
         """
         cached = self._cache.get(tag)
         if cached is None:
-            cached = (
-                CanonicalWriter(tag)
-                .sequence(self.items(), lambda w, pair: write_item(w, pair[0], pair[1]))
-                .digest()
-            )
+            pairs = self.items()
+            encoded = self._encoded
+            parts = [CanonicalWriter(tag).u32(len(pairs)).finish()]
+            for key, value in pairs:
+                hit = encoded.get((tag, key))
+                if hit is None or hit[0] is not value:
+                    item = CanonicalWriter.fragment()
+                    write_item(item, key, value)
+                    hit = (value, item.finish())
+                    encoded[(tag, key)] = hit
+                parts.append(hit[1])
+            cached = sha256(b"".join(parts))
             self._cache[tag] = cached
+            if len(encoded) > 2 * len(pairs) + 256:  # drop encodings of removed keys
+                live = {(tag, key) for key, _ in pairs}
+                for stale in [k for k in encoded if k[0] == tag and k not in live]:
+                    del encoded[stale]
         return cached

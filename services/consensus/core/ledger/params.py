@@ -10,6 +10,7 @@ governance ``ParameterChange``; a change is applied only if the whole new set va
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -155,7 +156,14 @@ class Params:
         return writer
 
     def digest(self) -> bytes:
-        return self.encode(CanonicalWriter("LedgerParams")).digest()
+        return _params_digest(self)
+
+
+@functools.lru_cache(maxsize=16)
+def _params_digest(params: Params) -> bytes:
+    # Parameters change only by governance, yet every state hash includes their digest; the
+    # cache is keyed by value (Params is a frozen, hashable dataclass), so it cannot go stale.
+    return params.encode(CanonicalWriter("LedgerParams")).digest()
 
 
 def parameter_names() -> tuple[str, ...]:

@@ -96,6 +96,7 @@ def track_liveness(state: LedgerState, votes: tuple[VoteInfo, ...], height: int)
     window = params.signed_blocks_window
     max_missed = max_missed_blocks(window, params.min_signed_per_window_rate)
     seen: set[bytes] = set()
+    updated: list[tuple[bytes, SigningInfo]] = []  # written once, after the loop
     for vote in sorted(votes, key=lambda v: v.address):
         record = state.validators.get(vote.address)
         if record is None or record.jailed or vote.address in seen:
@@ -112,16 +113,18 @@ def track_liveness(state: LedgerState, votes: tuple[VoteInfo, ...], height: int)
             bitmap, count = bitmap | bit, count + 1
         elif was_missed and not missed:
             bitmap, count = bitmap & ~bit, count - 1
-        info = dataclasses.replace(
-            info, index_offset=info.index_offset + 1, missed_bitmap=bitmap, missed_count=count
-        )
+        info = SigningInfo(info.window, info.start_height, info.index_offset + 1, bitmap, count)
         if missed and info.index_offset >= window and count > max_missed:
+            state = dataclasses.replace(
+                state, signing_infos=state.signing_infos.set_many(updated)
+            )
+            updated = []
             state = slash(
                 state, vote.address, max(height - 1, 0), params.slash_fraction_downtime_rate
             )
             state = jail(state, vote.address, until=height + params.downtime_jail_blocks)
             info = SigningInfo(window=window, start_height=height)
-        state = dataclasses.replace(
-            state, signing_infos=state.signing_infos.set(vote.address, info)
-        )
-    return state
+        updated.append((vote.address, info))
+    if not updated:
+        return state
+    return dataclasses.replace(state, signing_infos=state.signing_infos.set_many(updated))

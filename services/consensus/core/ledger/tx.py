@@ -17,8 +17,9 @@ Decoding is strict: a byte string that the encoder could not have produced raise
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar, TypeVar
 
@@ -63,6 +64,9 @@ MAX_PROPOSAL_ITEMS = 64
 COMMITMENT_SIZE = 32
 
 B = TypeVar("B")
+
+# (key, message, signature) -> valid; the same shape as ``consensus.core.commit.SignatureCheck``
+SignatureCheck = Callable[[PublicKey, bytes, bytes], bool]
 
 
 class VoteOption(IntEnum):
@@ -520,15 +524,20 @@ class Tx:
     nonce: int
     fee: int
     body: TxBody
+    _sign_bytes: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def sender_address(self) -> bytes:
         return self.sender.address
 
     def sign_bytes(self) -> bytes:
-        writer = CanonicalWriter("Tx").text(self.chain_id)
-        _write_public_key(writer, self.sender)
-        return writer.u64(self.nonce).u64(self.fee).nested(encode_body(self.body)).finish()
+        if self._sign_bytes is None:  # immutable, so encoded once
+            writer = CanonicalWriter("Tx").text(self.chain_id)
+            _write_public_key(writer, self.sender)
+            object.__setattr__(self, "_sign_bytes", writer.u64(self.nonce).u64(self.fee).nested(
+                encode_body(self.body)).finish())
+        assert self._sign_bytes is not None
+        return self._sign_bytes
 
     def check(self) -> None:
         """State-independent validity (ante): raises ``InvalidTxError``."""
@@ -544,8 +553,12 @@ class SignedTx:
     tx: Tx
     signature: bytes
 
-    def verify_signature(self) -> bool:
-        return self.tx.sender.verify(self.tx.sign_bytes(), self.signature)
+    def verify_signature(self, check: SignatureCheck | None = None) -> bool:
+        """The sender's signature over ``tx.sign_bytes()``; ``check`` (key, message, signature)
+        replaces ``PublicKey.verify`` when given (an auditor verifying on other cores)."""
+        if check is None:
+            return self.tx.sender.verify(self.tx.sign_bytes(), self.signature)
+        return check(self.tx.sender, self.tx.sign_bytes(), self.signature)
 
 
 def sign_tx(key: SigningKey, chain_id: str, nonce: int, fee: int, body: TxBody) -> SignedTx:
@@ -572,8 +585,15 @@ def _read_tx(reader: CanonicalReader) -> Tx:
 def decode_signed_tx(data: bytes) -> SignedTx:
     """Parse signed-transaction bytes; raises ``TxDecodeError`` for anything non-canonical.
 
-    The signature is not verified here (see ``SignedTx.verify_signature``).
+    The signature is not verified here (see ``SignedTx.verify_signature``). Memoized by the
+    bytes (the result is immutable): a transaction is decoded at admission, at execution, and
+    by an auditor both when it sends the signature ahead and when it re-executes.
     """
+    return _decode_signed_tx(bytes(data))
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_signed_tx(data: bytes) -> SignedTx:
     try:
         outer = CanonicalReader(bytes(data), "SignedTx")
         tx_bytes, signature = outer.nested(), outer.bytes()
