@@ -27,13 +27,12 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import emit
 from services.audit.core.findings import AuditReport
 from services.audit.replay import AuditOptions, audit_chain, audit_users, rebuild_projection
-from services.audit.sources import LogRecord
+from services.audit.sources import LogRecord, MemorySource
 from services.block_builder.core.block import Block, Body, EntropyRef, Header, ranges_of
 from services.block_builder.core.randomness import block_randomness
 from services.consensus.core.chain import apply_block
@@ -56,22 +55,6 @@ from services.consensus.genesis import save_genesis
 from services.consensus.wire import FinalizedRecord, encode_finalized
 from streams.keys import Algorithm, PublicKey, SigningKey
 from streams.settings import load_settings
-
-
-class MemorySource:
-    """A ``LogSource`` over records held in memory."""
-
-    def __init__(self, topics: dict[str, list[LogRecord]]) -> None:
-        self.topics = topics
-
-    def describe(self) -> str:
-        return "memory"
-
-    def size(self, topic: str) -> int:
-        return len(self.topics.get(topic, []))
-
-    def read(self, topic: str) -> Iterator[LogRecord]:
-        return iter(self.topics.get(topic, []))
 
 
 def make_chain(directory: Path, heights: int

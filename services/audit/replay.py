@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,23 @@ from services.audit.core.entropy import EntropyAuditor
 from services.audit.core.equivocation import EquivocationScanner
 from services.audit.core.findings import AuditReport, Finding, Severity
 from services.audit.core.rows import diff_tables
+from services.audit.signatures import SignaturePool
 from services.audit.sources import LogRecord, LogSource
-from services.consensus.core.commit import SignatureCheck, default_signature_check
+from services.consensus.core.commit import (
+    CommitFlag,
+    SignatureCheck,
+    default_signature_check,
+    record_sign_bytes,
+)
+from services.consensus.core.ledger import LedgerApp
+from services.consensus.core.ledger.errors import LedgerError
+from services.consensus.core.ledger.tx import decode_signed_tx
 from services.consensus.core.messages import Vote
+from services.consensus.core.validators import ValidatorSet
 from services.consensus.follower import ChainSpec, source_registry
 from services.consensus.wire import WireError, decode_block, decode_commit, decode_consensus
 from streams.codec import CodecError, default_codec
+from streams.keys import PublicKey
 from streams.settings import Settings
 
 TABLE_KEYS = {"users": ("user_id",), "records": ("user_id", "record_id"),
@@ -58,6 +70,7 @@ class AuditOptions:
     users: bool = True
     keep_rebuild: bool = False
     check: SignatureCheck = default_signature_check
+    workers: int | None = None  # signature-verifying processes; None: one per spare core
 
 
 def decode_block_record(record: LogRecord) -> BlockInput:
@@ -77,19 +90,92 @@ def audit_chain(
     source: LogSource, options: AuditOptions, progress: Progress = no_progress,
     on_block: Callable[[AppliedBlock], None] | None = None,
 ) -> tuple[ChainSpec, ChainAuditor]:
-    """Step 1 of the module doc; stops reading once the auditor is done (halt or range end)."""
+    """Step 1 of the module doc; stops reading once the auditor is done (halt or range end).
+
+    Records are decoded ``LOOKAHEAD`` blocks ahead of re-execution, and the signatures they
+    carry go to a ``SignaturePool`` meanwhile (``options.workers``; 0 verifies inline, and so
+    does a custom ``options.check``)."""
     spec = ChainSpec.load(options.genesis)
-    auditor = ChainAuditor(spec.initial, spec.app, options.check, options.from_height,
-                           options.to_height, options.at_time_ms)
-    advance = progress("chain.blocks", source.size("chain.blocks"))
-    for record in source.read("chain.blocks"):
-        applied = auditor.feed(decode_block_record(record))
-        advance(1)
-        if applied is not None and on_block is not None:
-            on_block(applied)
-        if auditor.done():
-            break
+    workers = options.workers if options.check is default_signature_check else 0
+    with SignaturePool(workers) as pool:
+        check = pool.check if pool.active else options.check
+        app = LedgerApp(signature_check=pool.check) if pool.active else spec.app
+        auditor = ChainAuditor(spec.initial, app, check, options.from_height,
+                               options.to_height, options.at_time_ms)
+        advance = progress("chain.blocks", source.size("chain.blocks"))
+        keys = _KnownKeys()
+        window: deque[BlockInput] = deque()
+
+        def step(item: BlockInput) -> bool:
+            applied = auditor.feed(item)
+            advance(1)
+            if applied is not None:
+                if on_block is not None:
+                    on_block(applied)
+                if applied.height % LOOKAHEAD == 0:
+                    pool.forget_before(applied.height)
+            return not auditor.done()
+
+        going = True
+        for record in source.read("chain.blocks"):
+            item = decode_block_record(record)
+            if pool.active:
+                keys.learn(auditor.chain.validators, auditor.chain.next_validators)
+                pool.expect(_signatures(spec.chain_id, item, keys, options.from_height),
+                            tag=item.block.height if item.block is not None else 0)
+            window.append(item)
+            if len(window) > LOOKAHEAD and not step(window.popleft()):
+                going = False
+                break
+        pool.flush()
+        while going and window:
+            going = step(window.popleft())
     return spec, auditor
+
+
+LOOKAHEAD = 64  # records decoded ahead of re-execution (their signatures verified meanwhile)
+
+
+class _KnownKeys:
+    """Address -> public key of every validator seen in a set so far (addresses are key
+    hashes, so an address never changes key)."""
+
+    def __init__(self) -> None:
+        self.by_address: dict[bytes, PublicKey] = {}
+        self._seen: set[int] = set()
+
+    def learn(self, *sets: ValidatorSet) -> None:
+        for validator_set in sets:
+            if id(validator_set) in self._seen:
+                continue
+            self._seen.add(id(validator_set))
+            if len(self._seen) > 64:
+                self._seen = {id(validator_set)}
+            for validator in validator_set.validators:
+                self.by_address[validator.address] = validator.public_key
+
+
+def _signatures(chain_id: str, item: BlockInput, keys: _KnownKeys, verify_from: int
+                ) -> list[tuple[PublicKey, bytes, bytes]]:
+    """The (key, message, signature) triples the auditor will ask about for this record: its
+    certificate's (keys guessed from the sets known now) and its transactions'."""
+    block, commit = item.block, item.commit
+    if block is None or commit is None:
+        return []
+    triples: list[tuple[PublicKey, bytes, bytes]] = []
+    if block.height >= verify_from and commit.block_hash == block.hash:
+        for record in commit.signatures:
+            key = keys.by_address.get(record.validator_address)
+            if record.flag is not CommitFlag.ABSENT and key is not None:
+                triples.append((key, record_sign_bytes(chain_id, commit, record),
+                                record.signature))
+    for tx in block.body.txs:
+        try:
+            signed = decode_signed_tx(tx)
+        except LedgerError:
+            continue
+        triples.append((signed.tx.sender, signed.tx.sign_bytes(), signed.signature))
+    return triples
 
 
 def _consensus(source: LogSource, chain_id: str, progress: Progress, report: AuditReport

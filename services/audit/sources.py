@@ -48,6 +48,22 @@ class LogSource(Protocol):
     def describe(self) -> str: ...
 
 
+class MemorySource:
+    """A ``LogSource`` over records already in memory (tests, benchmarks, embedding)."""
+
+    def __init__(self, topics: dict[str, list[LogRecord]]) -> None:
+        self.topics = topics
+
+    def describe(self) -> str:
+        return "memory"
+
+    def size(self, topic: str) -> int:
+        return len(self.topics.get(topic, []))
+
+    def read(self, topic: str) -> Iterator[LogRecord]:
+        return iter(self.topics.get(topic, []))
+
+
 class KafkaSource:
     """The live topics of ``settings`` (see module doc). Nothing is committed, ever."""
 
