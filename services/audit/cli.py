@@ -20,6 +20,8 @@ from rich.console import Console
 
 GENESIS_HELP = ("Genesis file of the chain (default: the export's copy, else the demo's "
                 "<state_dir>/demo/genesis.json).")
+WORKERS_HELP = ("Processes verifying signatures ahead of re-execution (default: one per core "
+                "beyond the first; 0: verify everything in this process).")
 
 
 def _genesis(option: Path | None, export: Any = None) -> Path:
@@ -67,8 +69,21 @@ def audit(
     keep_rebuild: bool = typer.Option(False, help="Keep the rebuilt audit keyspace."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
 ) -> None:
     """Replay every topic from offset 0 and re-verify the network's whole history."""
+    from services.audit.signatures import SignaturePool
+
+    # First, while this process has one thread: the workers fork in milliseconds.
+    with SignaturePool(workers) as pool:
+        _audit(pool, genesis, from_export, manifest_sha256, from_height, to_height, at_time,
+               users, keep_rebuild, as_json, progress)
+
+
+def _audit(pool: Any, genesis: Path | None, from_export: Path | None,
+           manifest_sha256: str | None, from_height: int, to_height: int | None,
+           at_time: str | None, users: bool, keep_rebuild: bool, as_json: bool,
+           progress: bool) -> None:
     from services.audit.export import ExportError, ExportSource
     from services.audit.replay import AuditOptions, live_projection_rows, run_audit
     from services.audit.report import print_human, print_json, progress_bars
@@ -98,7 +113,7 @@ def audit(
                            parse_time(at_time) if at_time else None, users, keep_rebuild)
     with progress_bars(console, progress) as bars:
         report = run_audit(source, options, settings=settings, live_rows=live_rows,
-                           progress=bars)
+                           progress=bars, pool=pool)
     if as_json:
         print_json(report)
     else:
@@ -139,8 +154,17 @@ def state(
                                         help=GENESIS_HELP),
     from_export: Path | None = typer.Option(None, "--from-export"),
     as_json: bool = typer.Option(False, "--json"),
+    workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
 ) -> None:
     """Print the ledger state (balances, stakes, validators, parameters) after height H."""
+    from services.audit.signatures import SignaturePool
+
+    with SignaturePool(workers) as pool:  # first: see ``audit``
+        _state(pool, at_height, genesis, from_export, as_json)
+
+
+def _state(pool: Any, at_height: int, genesis: Path | None, from_export: Path | None,
+           as_json: bool) -> None:
     from services.audit.export import ExportSource
     from services.audit.replay import AuditOptions, audit_chain
     from services.audit.sources import KafkaSource, LogSource
@@ -155,7 +179,7 @@ def state(
     else:
         source, genesis_path = KafkaSource(load_settings()), _genesis(genesis)
     _, chain = audit_chain(source, AuditOptions(genesis_path, to_height=max(at_height, 0)
-                                                or None))
+                                                or None), pool=pool)
     if at_height == 0:
         from services.consensus.follower import ChainSpec
 

@@ -19,6 +19,7 @@ at the end unless ``keep_rebuild``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import deque
@@ -89,15 +90,19 @@ def decode_block_record(record: LogRecord) -> BlockInput:
 def audit_chain(
     source: LogSource, options: AuditOptions, progress: Progress = no_progress,
     on_block: Callable[[AppliedBlock], None] | None = None,
+    pool: SignaturePool | None = None,
 ) -> tuple[ChainSpec, ChainAuditor]:
     """Step 1 of the module doc; stops reading once the auditor is done (halt or range end).
 
     Records are decoded ``LOOKAHEAD`` blocks ahead of re-execution, and the signatures they
-    carry go to a ``SignaturePool`` meanwhile (``options.workers``; 0 verifies inline, and so
-    does a custom ``options.check``)."""
+    carry go to a ``SignaturePool`` meanwhile: ``pool`` if given (start it before any other
+    thread, see ``signatures``), else one of ``options.workers`` processes; 0 verifies inline,
+    and so does a custom ``options.check``."""
     spec = ChainSpec.load(options.genesis)
-    workers = options.workers if options.check is default_signature_check else 0
-    with SignaturePool(workers) as pool:
+    if options.check is not default_signature_check:
+        pool = SignaturePool(0)
+    with contextlib.nullcontext(pool) if pool is not None else SignaturePool(
+            options.workers) as pool:
         check = pool.check if pool.active else options.check
         app = LedgerApp(signature_check=pool.check) if pool.active else spec.app
         auditor = ChainAuditor(spec.initial, app, check, options.from_height,
@@ -130,6 +135,8 @@ def audit_chain(
         pool.flush()
         while going and window:
             going = step(window.popleft())
+        if pool.prefetched or pool.stolen:
+            auditor.counts["signatures_verified_ahead"] = pool.prefetched + pool.stolen
     return spec, auditor
 
 
@@ -246,13 +253,15 @@ def run_audit(
     settings: Settings | None = None,
     live_rows: Callable[[], dict[str, list[dict[str, Any]]] | None] | None = None,
     progress: Progress = no_progress,
+    pool: SignaturePool | None = None,
 ) -> AuditReport:
     """The whole audit (module doc). ``settings`` gives the Cassandra to rebuild the projection
-    in; ``live_rows`` returns the live projection's rows (None: not available)."""
+    in; ``live_rows`` returns the live projection's rows (None: not available); ``pool``
+    verifies the chain's signatures (``audit_chain``)."""
     started = time.monotonic()
     report = AuditReport()
     report.facts["source"] = source.describe()
-    spec, chain = audit_chain(source, options, progress)
+    spec, chain = audit_chain(source, options, progress, pool=pool)
     report.extend(chain.findings)
     for name, count in chain.counts.items():
         report.checked[f"chain_{name}"] = count
@@ -264,6 +273,8 @@ def run_audit(
         "state_hash": head.tip.app_hash.hex(), "halted_at": chain.halted_at,
         "records_not_verified": chain.unverified,
     })
+    if pool is not None:
+        report.facts["signature_workers"] = f"{pool.workers} ({pool.start_method or 'inline'})"
     if chain.halted_at is not None and chain.unverified:
         report.notes.append(f"chain verification stopped at height {chain.halted_at}; "
                             f"{chain.unverified} later records were not verified")

@@ -37,7 +37,7 @@ Triple = tuple[PublicKey, bytes, bytes]
 _Item = tuple[str, bytes, bytes, bytes]  # algorithm, raw key, message, signature
 
 BATCH = 12  # signatures per message to a worker: ~65 KiB, about 4 ms of work
-QUEUED = 2  # batches per worker: one being verified, one waiting in its socket buffer
+QUEUED = 3  # batches per worker: one being verified, two waiting in its socket buffer
 
 
 def default_workers() -> int:
@@ -121,6 +121,7 @@ class SignaturePool:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = default_workers() if workers is None else workers
         context = _context() if self.workers > 0 else None
+        self.start_method: str | None = context.get_start_method() if context else None
         self._workers = [_Worker(context) for _ in range(self.workers)]
         self._next_worker = itertools.cycle(range(max(1, self.workers)))
         self._batch_ids = itertools.count()

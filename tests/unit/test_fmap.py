@@ -63,5 +63,5 @@ def test_removed_keys_do_not_keep_their_encodings_forever() -> None:
     for key in range(2000):
         current = current.set(key, (key, "x")).remove(key - 1)
         current.digest(TAG, _write)
-    assert len(current._encoded) < 600  # noqa: SLF001 - the cache is what is under test
+    assert len(current._encoded) < 600
     assert current.digest(TAG, _write) == _fresh_digest({1999: (1999, "x")})

@@ -12,6 +12,7 @@ canonical digest is computed over sorted items. Keys of one map must be mutually
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -22,12 +23,17 @@ V = TypeVar("V")
 
 _BUCKETS = 64
 _EMPTY: dict[Any, Any] = {}  # shared by every empty bucket; never written to
+_REMOVED = object()  # marks a removal in ``_ordered_with``
+
+
+def _first(pair: tuple[Any, Any]) -> Any:
+    return pair[0]
 
 
 class FrozenMap(Generic[K, V]):
     """Immutable mapping with copy-on-write updates; buckets are shared between versions."""
 
-    __slots__ = ("_buckets", "_cache", "_encoded", "_len")
+    __slots__ = ("_buckets", "_cache", "_encoded", "_len", "_sorted")
 
     def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
         buckets: list[dict[K, V]] = [_EMPTY for _ in range(_BUCKETS)]
@@ -41,16 +47,37 @@ class FrozenMap(Generic[K, V]):
         self._len = sum(len(bucket) for bucket in buckets)
         self._cache: dict[str, bytes] = {}
         self._encoded: dict[tuple[str, K], tuple[V, bytes]] = {}
+        self._sorted: list[tuple[K, V]] | None = None  # items in key order, once asked for
 
     @classmethod
     def _from_buckets(cls, buckets: tuple[dict[K, V], ...], length: int,
-                      encoded: dict[tuple[str, K], tuple[V, bytes]]) -> FrozenMap[K, V]:
+                      encoded: dict[tuple[str, K], tuple[V, bytes]],
+                      ordered: list[tuple[K, V]] | None = None) -> FrozenMap[K, V]:
         new = cls.__new__(cls)
         new._buckets = buckets
         new._len = length
         new._cache = {}
         new._encoded = encoded
+        new._sorted = ordered
         return new
+
+    def _ordered_with(self, changes: Iterable[tuple[K, Any]]) -> list[tuple[K, V]] | None:
+        """This map's sorted items with ``changes`` applied (``_REMOVED``: removed), derived
+        from the cached order by binary search: a write costs a list copy, not a sort."""
+        if self._sorted is None:
+            return None
+        ordered = list(self._sorted)
+        for key, value in changes:
+            at = bisect.bisect_left(ordered, key, key=_first)  # type: ignore[call-overload]
+            present = at < len(ordered) and ordered[at][0] == key
+            if value is _REMOVED:
+                if present:
+                    del ordered[at]
+            elif present:
+                ordered[at] = (key, value)
+            else:
+                ordered.insert(at, (key, value))
+        return ordered
 
     def __len__(self) -> int:
         return self._len
@@ -70,7 +97,8 @@ class FrozenMap(Generic[K, V]):
         bucket = dict(self._buckets[index])
         grown = key not in bucket
         bucket[key] = value
-        return self._replace_bucket(index, bucket, self._len + grown)
+        return self._replace_bucket(index, bucket, self._len + grown,
+                                    self._ordered_with(((key, value),)))
 
     def set_many(self, pairs: Iterable[tuple[K, V]]) -> FrozenMap[K, V]:
         """A new map with every (key, value) bound, later pairs winning: the same map as
@@ -78,6 +106,7 @@ class FrozenMap(Generic[K, V]):
         buckets = list(self._buckets)
         copied: set[int] = set()
         length = self._len
+        pairs = list(pairs)
         for key, value in pairs:
             index = hash(key) % _BUCKETS
             if index not in copied:
@@ -89,7 +118,8 @@ class FrozenMap(Generic[K, V]):
             bucket[key] = value
         if not copied:
             return self
-        return FrozenMap._from_buckets(tuple(buckets), length, self._encoded)
+        return FrozenMap._from_buckets(tuple(buckets), length, self._encoded,
+                                       self._ordered_with(pairs))
 
     def remove(self, key: K) -> FrozenMap[K, V]:
         """A new map without ``key`` (the same map when ``key`` is absent)."""
@@ -98,20 +128,24 @@ class FrozenMap(Generic[K, V]):
             return self
         bucket = dict(self._buckets[index])
         del bucket[key]
-        return self._replace_bucket(index, bucket if bucket else _EMPTY, self._len - 1)
+        return self._replace_bucket(index, bucket if bucket else _EMPTY, self._len - 1,
+                                    self._ordered_with(((key, _REMOVED),)))
 
-    def _replace_bucket(self, index: int, bucket: dict[K, V], length: int) -> FrozenMap[K, V]:
+    def _replace_bucket(self, index: int, bucket: dict[K, V], length: int,
+                        ordered: list[tuple[K, V]] | None) -> FrozenMap[K, V]:
         buckets = list(self._buckets)
         buckets[index] = bucket
-        return FrozenMap._from_buckets(tuple(buckets), length, self._encoded)
+        return FrozenMap._from_buckets(tuple(buckets), length, self._encoded, ordered)
 
     def items(self) -> list[tuple[K, V]]:
         """All pairs in sorted key order (the only order this map exposes)."""
-        pairs: list[tuple[K, V]] = []
-        for bucket in self._buckets:
-            pairs.extend(bucket.items())
-        pairs.sort(key=lambda pair: pair[0])  # type: ignore[arg-type,return-value]
-        return pairs
+        if self._sorted is None:
+            pairs: list[tuple[K, V]] = []
+            for bucket in self._buckets:
+                pairs.extend(bucket.items())
+            pairs.sort(key=_first)
+            self._sorted = pairs
+        return list(self._sorted)
 
     def keys(self) -> list[K]:
         return [key for key, _ in self.items()]
