@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ from rich.console import Console
 
 GENESIS_HELP = ("Genesis file of the chain (default: the export's copy, else the demo's "
                 "<state_dir>/demo/genesis.json).")
+
+
+class Rebuild(StrEnum):
+    AUTO = "auto"
+    CASSANDRA = "cassandra"
+    MEMORY = "memory"
+
+
 WORKERS_HELP = ("Processes verifying signatures ahead of re-execution (default: one per core "
                 "beyond the first; 0: verify everything in this process).")
 
@@ -67,6 +76,11 @@ def audit(
     users: bool = typer.Option(True, "--users/--no-users",
                                help="Rebuild and diff the user projection."),
     keep_rebuild: bool = typer.Option(False, help="Keep the rebuilt audit keyspace."),
+    rebuild: Rebuild = typer.Option(
+        Rebuild.AUTO, "--rebuild", case_sensitive=False,
+        help="Where to rebuild the user projection before the row diff: a fresh Cassandra "
+             "keyspace, or in memory (no Cassandra needed). auto: memory for --from-export, "
+             "else Cassandra."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
@@ -77,12 +91,12 @@ def audit(
     # First, while this process has one thread: the workers fork in milliseconds.
     with SignaturePool(workers) as pool:
         _audit(pool, genesis, from_export, manifest_sha256, from_height, to_height, at_time,
-               users, keep_rebuild, as_json, progress)
+               users, keep_rebuild, rebuild.value, as_json, progress)
 
 
 def _audit(pool: Any, genesis: Path | None, from_export: Path | None,
            manifest_sha256: str | None, from_height: int, to_height: int | None,
-           at_time: str | None, users: bool, keep_rebuild: bool, as_json: bool,
+           at_time: str | None, users: bool, keep_rebuild: bool, rebuild: str, as_json: bool,
            progress: bool) -> None:
     from services.audit.export import ExportError, ExportSource
     from services.audit.replay import AuditOptions, live_projection_rows, run_audit
@@ -110,7 +124,8 @@ def _audit(pool: Any, genesis: Path | None, from_export: Path | None,
         console.print(f"[red]no genesis file at {genesis_path}[/] (give --genesis)")
         raise typer.Exit(2)
     options = AuditOptions(genesis_path, from_height, to_height,
-                           parse_time(at_time) if at_time else None, users, keep_rebuild)
+                           parse_time(at_time) if at_time else None, users, keep_rebuild,
+                           rebuild=rebuild)
     with progress_bars(console, progress) as bars:
         report = run_audit(source, options, settings=settings, live_rows=live_rows,
                            progress=bars, pool=pool)

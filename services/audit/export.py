@@ -150,6 +150,8 @@ class ExportSource:
             if not path.exists() or _sha256_file(path) != entry["sha256"]:
                 raise ExportError(f"{entry['file']} is missing or differs from the manifest")
 
+    offline = True  # read from files: the audit needs no cluster (see AuditOptions.rebuild)
+
     def describe(self) -> str:
         return f"export {self.directory} (manifest sha256 {self.manifest_sha256[:16]}…)"
 

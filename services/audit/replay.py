@@ -70,6 +70,10 @@ class AuditOptions:
     at_time_ms: int | None = None
     users: bool = True
     keep_rebuild: bool = False
+    # Where to rebuild the user projection: "cassandra" (a fresh keyspace, the shard_writer's
+    # own writes), "memory" (``core.projection``: no Cassandra needed), or "auto": memory for
+    # an export (an offline auditor may have no Cassandra), Cassandra otherwise.
+    rebuild: str = "auto"
     check: SignatureCheck = default_signature_check
     workers: int | None = None  # signature-verifying processes; None: one per spare core
 
@@ -309,7 +313,11 @@ def run_audit(
     _ledger_tx(source, chain.included_txs(), progress, report)
 
     if options.users:
-        audit_users(source, settings, live_rows, report, progress, keep=options.keep_rebuild)
+        rebuild = options.rebuild
+        if rebuild == "auto":
+            rebuild = "memory" if getattr(source, "offline", False) else "cassandra"
+        audit_users(source, settings, live_rows, report, progress, keep=options.keep_rebuild,
+                    rebuild=rebuild)
     else:
         report.notes.append("user database not audited (--no-users)")
     report.facts["seconds"] = round(time.monotonic() - started, 3)
@@ -337,6 +345,7 @@ def audit_users(
     progress: Progress = no_progress,
     *,
     keep: bool = False,
+    rebuild: str = "cassandra",
 ) -> None:
     from services.shard_writer.consistency import LoggedEvent, check_log
     from services.shard_writer.core import MalformedEventError, event_from_record
@@ -361,11 +370,16 @@ def audit_users(
     if live is None:
         report.notes.append("no live projection available: user rows not compared")
         return
-    if settings is None or not settings.cassandra.contact_points:
-        report.notes.append("no Cassandra configured to rebuild the projection in: user rows "
-                            "not compared")
+    if rebuild == "memory":
+        rebuilt = rebuild_in_memory(logged)
+        report.facts["user_rebuild"] = "in memory (core.projection)"
+    elif settings is None:
+        report.notes.append("no Cassandra settings to rebuild the projection in: user rows "
+                            "not compared (use the in-memory rebuild)")
         return
-    rebuilt = rebuild_projection(settings, logged, keep=keep)
+    else:
+        rebuilt = rebuild_projection(settings, logged, keep=keep)
+        report.facts["user_rebuild"] = "fresh Cassandra keyspace"
     last_event = {item.event.user_id: (item.partition, item.offset) for item in logged}
     findings, compared = diff_tables(_keyed(rebuilt), _keyed(live), last_event)
     report.extend(findings)
@@ -403,6 +417,21 @@ def live_projection_rows(settings: Settings) -> dict[str, list[dict[str, Any]]]:
         return scan_rows(session, settings.cassandra.keyspace)
     finally:
         cluster.shutdown()
+
+
+def rebuild_in_memory(logged: list[Any]) -> dict[str, list[dict[str, Any]]]:
+    """The projection of ``logged`` events as Cassandra would hold it, computed in memory: the
+    shard_writer's own ``rows_for`` run with ``core.projection.OPERATIONS`` for statements."""
+    from types import SimpleNamespace
+
+    from services.audit.core.projection import OPERATIONS, Operation, fold
+    from services.shard_writer.projection import group_by_user, rows_for
+
+    statements: Any = SimpleNamespace(**OPERATIONS)
+    writes: list[tuple[Operation, Any]] = []
+    for events in group_by_user(item.event for item in logged).values():
+        writes.extend(rows_for(statements, events))  # type: ignore[arg-type]
+    return fold(writes)
 
 
 def rebuild_projection(settings: Settings, logged: list[Any], *, keep: bool = False,

@@ -182,7 +182,13 @@ def block_offsets(audited: AuditedNetwork) -> dict[int, int]:
 
 
 def offline(audited: AuditedNetwork, directory: Path) -> tuple[int, dict[str, Any]]:
-    return audit_json(audited.settings, "--from-export", str(directory))
+    """The audit of an export with no cluster at all: Kafka and Cassandra point at a closed
+    port, so anything that tried to reach them would fail the audit."""
+    nowhere = audited.settings.model_copy(deep=True)
+    nowhere.kafka.bootstrap_servers = "127.0.0.1:1"
+    nowhere.cassandra.contact_points = "127.0.0.1"
+    nowhere.cassandra.port = 1
+    return audit_json(nowhere, "--from-export", str(directory))
 
 
 def assert_fails_at(result: tuple[int, dict[str, Any]], check: str, height: int | None,
@@ -217,6 +223,21 @@ def test_audit_online_offline_and_injected_faults(audited: AuditedNetwork,
         assert from_export[key] == online[key]
     for key in ("head_height", "state_hash", "head_randomness"):
         assert from_export["facts"][key] == online["facts"][key]
+    assert online["facts"]["user_rebuild"] == "fresh Cassandra keyspace"
+    assert from_export["facts"]["user_rebuild"].startswith("in memory")
+    assert checked["chain_signatures_verified_ahead"] > checked["chain_signature_checks"] // 2
+
+    # a row changed in the export's copy of the live projection: the offline audit names it
+    export = ExportSource(audited.export)
+    rows = export.projection_rows()
+    assert rows is not None
+    changed = dict(rows["records"][0], size=31337)
+    rows["records"][0] = changed
+    write_export(export, tmp_path / "p", export.genesis, rows)
+    code, report = offline(audited, tmp_path / "p")
+    first = report["first_divergence"]
+    assert code == 1 and first["check"] == "users", report["findings"][:3]
+    assert changed["user_id"] in first["reason"] and "size live=31337" in first["reason"]
 
     offsets = block_offsets(audited)
     height = 40

@@ -128,3 +128,23 @@ def test_export_round_trip_and_tamper_detection(local_chain: LocalChain, tmp_pat
     log.write_bytes(bytes(data))
     with pytest.raises(ExportError, match="differs from the manifest"):
         ExportSource(target)
+
+
+def test_projection_fold_semantics() -> None:
+    """Last write wins per cell by timestamp; a deletion wins a tie and shadows what is older."""
+    from services.audit.core.projection import OPERATIONS, ProjectionError, fold
+
+    put = OPERATIONS["insert_record"]
+    rows = fold([
+        (put, ("u", "r1", 1, 2, b"new", 3, 20, 2)),
+        (put, ("u", "r1", 1, 1, b"old", 3, 10, 1)),  # older, applied later: loses
+        (put, ("u", "r2", 1, 3, b"x", 1, 30, 3)),
+        (OPERATIONS["delete_record"], (3, "u", "r2")),  # same timestamp: the deletion wins
+        (put, ("v", "r1", 1, 1, b"y", 1, 10, 1)),
+        (OPERATIONS["delete_records"], (5, "v")),
+        (put, ("v", "r9", 1, 6, b"z", 1, 60, 6)),  # newer than the partition deletion
+    ])
+    assert sorted((r["user_id"], r["record_id"], r["ciphertext"]) for r in rows["records"]) == [
+        ("u", "r1", b"new"), ("v", "r9", b"z")]
+    with pytest.raises(ProjectionError, match="takes 3 parameters"):
+        fold([(OPERATIONS["delete_record"], (5, "u"))])
