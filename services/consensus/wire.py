@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from services.block_builder.core.block import (
     Block,
@@ -34,6 +34,7 @@ from services.consensus.core.ledger.codec import CanonicalDecodeError, Canonical
 from services.consensus.core.messages import MessageError, Proposal, Vote, VoteType
 from streams.codec import Codec, CodecError, default_codec
 
+_T = TypeVar("_T")
 MAX_ITEMS = 100_000  # per sequence inside one block; a Kafka message is <= 8 MiB anyway
 VOTE_TYPES = {VoteType.PREVOTE: "PREVOTE", VoteType.PRECOMMIT: "PRECOMMIT"}
 VOTE_TYPES_BY_NAME = {name: kind for kind, name in VOTE_TYPES.items()}
@@ -93,7 +94,15 @@ def _commit(data: bytes) -> CommitCertificate:
     height, round, block_hash = r.u64(), r.u32(), r.raw(32)
     signatures = r.sequence(lambda x: _commit_sig(x.nested()), MAX_ITEMS)
     r.done()
-    return CommitCertificate(height, round, block_hash, signatures)
+    return _remember(CommitCertificate(height, round, block_hash, signatures), data)
+
+
+def _remember(value: _T, data: bytes) -> _T:
+    """Keep ``data`` as ``value``'s canonical encoding, so it is not encoded again for hashing.
+    Sound because the reader is strict (module doc): the only bytes that decode to ``value``
+    are its canonical encoding."""
+    object.__setattr__(value, "_canonical", bytes(data))
+    return value
 
 
 def decode_commit(data: bytes) -> CommitCertificate:
@@ -134,7 +143,7 @@ def _header(data: bytes) -> Header:
         proposer_address=r.raw(20),
     )
     r.done()
-    return header
+    return _remember(header, data)
 
 
 def _body(data: bytes) -> Body:

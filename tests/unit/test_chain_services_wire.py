@@ -60,3 +60,44 @@ def test_pool_views_settle_and_prune() -> None:
     tip = ChainTip("c", 2, bytes(32), 0, bytes(64), (("s", 1),), b"", bytes(32), bytes(32))
     pool.advance(tip)
     assert pool.pending() == {"s": 1}
+
+
+def _fresh(value: object) -> bytes:
+    """The canonical encoding of ``value`` computed anew (not the bytes it was decoded from)."""
+    import dataclasses
+
+    return dataclasses.replace(value).canonical()  # type: ignore[call-overload,no-any-return]
+
+
+@pytest.mark.parametrize("part", ["header", "commit"])
+def test_decoders_accept_only_canonical_bytes(blocks: dict[int, object], part: str) -> None:
+    """Decoders keep the bytes they read as the value's encoding (no re-encoding for hashes),
+    which is sound only if no other bytes decode to the same value: mutate valid encodings
+    every which way, and whatever still decodes must re-encode to exactly the mutated bytes."""
+    import random
+
+    from services.consensus.wire import _commit, _header
+
+    decode = {"header": _header, "commit": _commit.__wrapped__}[part]
+    block = blocks[4]
+    value = block.header if part == "header" else block.body.last_commit  # type: ignore[attr-defined]
+    data = value.canonical()  # type: ignore[union-attr]
+    rng = random.Random(part)
+    decoded = 0
+    for _ in range(3000):
+        mutated = bytearray(data)
+        for _ in range(rng.randrange(1, 3)):
+            kind, at = rng.randrange(3), rng.randrange(len(mutated))
+            if kind == 0:
+                mutated[at] ^= 1 << rng.randrange(8)
+            elif kind == 1:
+                mutated.insert(at, rng.randrange(256))
+            else:
+                del mutated[at]
+        try:
+            result = decode(bytes(mutated))
+        except (WireError, ValueError):
+            continue
+        decoded += 1
+        assert _fresh(result) == bytes(mutated)
+    assert decoded > 100  # flips inside hashes and signatures decode, to other values

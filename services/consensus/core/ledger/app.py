@@ -18,8 +18,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from services.consensus.core.app import (
     FinalizeBlockRequest,
     FinalizeBlockResponse,
@@ -32,7 +30,7 @@ from services.consensus.core.ledger.errors import (
     UnknownHeightError,
 )
 from services.consensus.core.ledger.execute import admit, execute_tx
-from services.consensus.core.ledger.state import LedgerState, state_hash
+from services.consensus.core.ledger.state import LedgerState, evolve, state_hash
 from services.consensus.core.ledger.tx import SignatureCheck
 from services.consensus.core.validators import ValidatorSet
 
@@ -77,6 +75,7 @@ class LedgerApp:
                 f"block at height {request.height}, state expects {state.height + 1}"
             )
         height = request.height
+        before = state
         state = distribution.allocate_block_rewards(state, request.last_commit)
         state = slashing.track_liveness(state, request.last_commit, height)
         for offence in request.misbehavior:
@@ -87,10 +86,15 @@ class LedgerApp:
             results.append(result)
         state = governance.end_block(state, height)
         state = staking.mature_unbondings(state, height)
-        next_set = staking.compute_validator_set(state) or state.validator_sets[1]
-        if next_set == state.validator_sets[1]:
-            next_set = state.validator_sets[1]  # the same set: keep the object, and its hash
-        state = dataclasses.replace(
+        if state.validators is before.validators and state.params is before.params:
+            # Nothing the set depends on changed in this block, so step 7 gives the set it gave
+            # for the previous block (kept as the object, with its cached hash).
+            next_set = state.validator_sets[1]
+        else:
+            next_set = staking.compute_validator_set(state) or state.validator_sets[1]
+            if next_set == state.validator_sets[1]:
+                next_set = state.validator_sets[1]  # the same set: keep the object and its hash
+        state = evolve(
             state,
             height=height,
             time_ms=request.time_ms,

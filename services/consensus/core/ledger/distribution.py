@@ -43,6 +43,7 @@ from services.consensus.core.ledger.state import (
     LedgerState,
     ValidatorRewards,
     credit,
+    evolve,
 )
 
 REWARD_RATIO_SCALE = 10**18
@@ -61,7 +62,7 @@ def allocate_block_rewards(state: LedgerState, votes: tuple[VoteInfo, ...]) -> L
     """Issue the block reward and distribute it with the fee pool (steps 1-4 above)."""
     params = state.params
     pot = params.block_reward + state.fee_pool
-    state = dataclasses.replace(
+    state = evolve(
         state,
         fee_pool=0,
         supply=dataclasses.replace(state.supply, issued=state.supply.issued + params.block_reward),
@@ -69,7 +70,7 @@ def allocate_block_rewards(state: LedgerState, votes: tuple[VoteInfo, ...]) -> L
     signers = signed_votes(state, votes)
     signed_power = sum(power for _, power in signers)
     if signed_power == 0:
-        return dataclasses.replace(state, community_pool=state.community_pool + pot)
+        return evolve(state, community_pool=state.community_pool + pot)
     community = apply_rate(pot, params.community_tax_rate)
     distributable = pot - community
     paid = 0
@@ -78,7 +79,7 @@ def allocate_block_rewards(state: LedgerState, votes: tuple[VoteInfo, ...]) -> L
         share = distributable * power // signed_power
         credited.append((address, _rewarded(state, address, share)))
         paid += share
-    return dataclasses.replace(
+    return evolve(
         state,
         rewards=state.rewards.set_many(credited),
         community_pool=state.community_pool + community + distributable - paid,
@@ -87,7 +88,7 @@ def allocate_block_rewards(state: LedgerState, votes: tuple[VoteInfo, ...]) -> L
 
 def reward_validator(state: LedgerState, address: bytes, amount: int) -> LedgerState:
     """Credit ``amount`` to one validator: commission to the operator, the rest to the ratio."""
-    return dataclasses.replace(
+    return evolve(
         state, rewards=state.rewards.set(address, _rewarded(state, address, amount))
     )
 
@@ -136,7 +137,7 @@ def settle_rewards(
     rewards = state.rewards[validator]
     amount = pending_rewards(state, delegator, validator)
     restarted = Delegation(delegation.shares, rewards.ratio)
-    state = dataclasses.replace(
+    state = evolve(
         state,
         delegations=state.delegations.set((delegator, validator), restarted),
         rewards=state.rewards.set(
@@ -152,7 +153,7 @@ def withdraw_commission(state: LedgerState, validator: bytes) -> tuple[LedgerSta
     if rewards is None or rewards.commission == 0:
         return state, 0
     amount = rewards.commission
-    state = dataclasses.replace(
+    state = evolve(
         state,
         rewards=state.rewards.set(
             validator,

@@ -28,7 +28,7 @@ from services.consensus.core.ledger.errors import (
     UnauthorizedError,
     WrongChainError,
 )
-from services.consensus.core.ledger.state import LedgerState, credit, debit, get_account
+from services.consensus.core.ledger.state import LedgerState, credit, debit, evolve, get_account
 from services.consensus.core.ledger.tx import (
     CreateValidator,
     Delegate,
@@ -89,7 +89,7 @@ def admit(state: LedgerState, tx_bytes: bytes, check: SignatureCheck | None = No
     if account.balance < tx.fee:
         raise InsufficientFeeFundsError(f"balance {account.balance} cannot pay the fee {tx.fee}")
     charged = dataclasses.replace(account, balance=account.balance - tx.fee, nonce=tx.nonce + 1)
-    state = dataclasses.replace(
+    state = evolve(
         state, accounts=state.accounts.set(sender, charged), fee_pool=state.fee_pool + tx.fee
     )
     return Admitted(tx, state)
@@ -143,7 +143,7 @@ def _register_source(state: LedgerState, sender: bytes, body: RegisterQrngSource
         )
     if body.source.source_id in state.qrng_sources:
         raise SourceExistsError(f"QRNG source {body.source.source_id!r} is already registered")
-    return dataclasses.replace(
+    return evolve(
         state, qrng_sources=state.qrng_sources.set(body.source.source_id, body.source)
     )
 
@@ -156,7 +156,7 @@ def _pay_for_service(state: LedgerState, sender: bytes, body: PayForService) -> 
     )
     amount = body.units * price
     state = debit(state, sender, amount)
-    return dataclasses.replace(state, fee_pool=state.fee_pool + amount)
+    return evolve(state, fee_pool=state.fee_pool + amount)
 
 
 def execute_tx(

@@ -7,14 +7,13 @@ genesis, not taken from the validator's account).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from services.consensus.core.ledger import staking
 from services.consensus.core.ledger.errors import InvalidParamsError, LedgerError
 from services.consensus.core.ledger.fmap import FrozenMap
 from services.consensus.core.ledger.params import ADDRESS_SIZE, RATE_ONE, U64_MAX, Params
-from services.consensus.core.ledger.state import Account, LedgerState, Supply
+from services.consensus.core.ledger.state import Account, LedgerState, Supply, evolve
 from services.consensus.core.ledger.tx import (
     MAX_CHAIN_ID_LENGTH,
     CreateValidator,
@@ -149,4 +148,4 @@ def genesis_state(genesis: Genesis) -> LedgerState:
     validator_set = staking.compute_validator_set(state)
     if validator_set is None:
         raise GenesisError("no genesis validator has voting power (self_bond < power_reduction)")
-    return dataclasses.replace(state, validator_sets=(validator_set, validator_set))
+    return evolve(state, validator_sets=(validator_set, validator_set))

@@ -44,6 +44,7 @@ from services.consensus.core.ledger.state import (
     TallyResult,
     credit,
     debit,
+    evolve,
 )
 from services.consensus.core.ledger.tx import (
     ParameterChangeProposal,
@@ -65,8 +66,8 @@ def apply_content(state: LedgerState, content: ProposalContent) -> LedgerState:
             )
         except InvalidParamsError as exc:
             raise InvalidProposalError(str(exc)) from exc
-        return dataclasses.replace(state, params=params)
-    return dataclasses.replace(state, qrng_sources=_apply_registry(state.qrng_sources, content))
+        return evolve(state, params=params)
+    return evolve(state, qrng_sources=_apply_registry(state.qrng_sources, content))
 
 
 def _apply_registry(
@@ -101,7 +102,7 @@ def submit_proposal(
         submit_height=height,
         voting_end_height=height + state.params.voting_period_blocks,
     )
-    return dataclasses.replace(
+    return evolve(
         state,
         proposals=state.proposals.set(proposal_id, proposal),
         active_proposals=(*state.active_proposals, proposal_id),
@@ -115,7 +116,7 @@ def vote(state: LedgerState, voter: bytes, body: VoteProposal, height: int) -> L
         raise UnknownProposalError(f"no proposal {body.proposal_id}")
     if proposal.status is not ProposalStatus.VOTING:
         raise VotingClosedError(f"proposal {body.proposal_id} is {proposal.status.name}")
-    return dataclasses.replace(state, votes=state.votes.set((body.proposal_id, voter), body.option))
+    return evolve(state, votes=state.votes.set((body.proposal_id, voter), body.option))
 
 
 def tally(state: LedgerState, proposal_id: int) -> TallyResult:
@@ -185,7 +186,7 @@ def _close(state: LedgerState, proposal: Proposal) -> LedgerState:
             status = ProposalStatus.FAILED_EXECUTION
     if status in (ProposalStatus.VETOED, ProposalStatus.FAILED_QUORUM):
         burned = state.supply.burned + proposal.deposit
-        state = dataclasses.replace(state, supply=dataclasses.replace(state.supply, burned=burned))
+        state = evolve(state, supply=dataclasses.replace(state.supply, burned=burned))
     else:
         state = credit(state, proposal.proposer, proposal.deposit)
     votes = state.votes
@@ -193,7 +194,7 @@ def _close(state: LedgerState, proposal: Proposal) -> LedgerState:
         if key[0] == proposal.proposal_id:
             votes = votes.remove(key)
     closed = dataclasses.replace(proposal, status=status, tally=result)
-    return dataclasses.replace(
+    return evolve(
         state,
         proposals=state.proposals.set(proposal.proposal_id, closed),
         active_proposals=tuple(i for i in state.active_proposals if i != proposal.proposal_id),

@@ -34,6 +34,7 @@ from services.consensus.core.ledger.state import (
     LedgerState,
     SigningInfo,
     UnbondingEntry,
+    evolve,
 )
 
 
@@ -56,7 +57,7 @@ def slash(state: LedgerState, validator: bytes, offence_height: int, rate: int) 
     token_cut = apply_rate(record.tokens, rate)
     burned += token_cut
     record = dataclasses.replace(record, tokens=record.tokens - token_cut)
-    return dataclasses.replace(
+    return evolve(
         state,
         unbondings=unbondings,
         validators=state.validators.set(validator, record),
@@ -81,7 +82,7 @@ def punish_misbehavior(state: LedgerState, offence: Misbehavior, height: int) ->
     )
     state = jail(state, offence.validator_address, until=JAILED_FOREVER)
     record = dataclasses.replace(state.validators[offence.validator_address], tombstoned=True)
-    return dataclasses.replace(
+    return evolve(
         state, validators=state.validators.set(offence.validator_address, record)
     )
 
@@ -115,7 +116,7 @@ def track_liveness(state: LedgerState, votes: tuple[VoteInfo, ...], height: int)
             bitmap, count = bitmap & ~bit, count - 1
         info = SigningInfo(info.window, info.start_height, info.index_offset + 1, bitmap, count)
         if missed and info.index_offset >= window and count > max_missed:
-            state = dataclasses.replace(
+            state = evolve(
                 state, signing_infos=state.signing_infos.set_many(updated)
             )
             updated = []
@@ -127,4 +128,4 @@ def track_liveness(state: LedgerState, votes: tuple[VoteInfo, ...], height: int)
         updated.append((vote.address, info))
     if not updated:
         return state
-    return dataclasses.replace(state, signing_infos=state.signing_infos.set_many(updated))
+    return evolve(state, signing_infos=state.signing_infos.set_many(updated))

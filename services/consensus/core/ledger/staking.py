@@ -44,6 +44,7 @@ from services.consensus.core.ledger.state import (
     ValidatorRewards,
     credit,
     debit,
+    evolve,
 )
 from services.consensus.core.ledger.tx import CreateValidator, Delegate, EditValidator, Undelegate
 from services.consensus.core.validators import Validator, ValidatorSet
@@ -86,7 +87,7 @@ def add_validator(
         commission_changed_height=height,
     )
     info = SigningInfo(window=state.params.signed_blocks_window, start_height=height)
-    return dataclasses.replace(
+    return evolve(
         state,
         validators=state.validators.set(address, record),
         rewards=state.rewards.set(address, ValidatorRewards()),
@@ -130,7 +131,7 @@ def bond(state: LedgerState, delegator: bytes, validator: bytes, amount: int) ->
     record = dataclasses.replace(
         record, tokens=record.tokens + amount, shares=record.shares + shares
     )
-    return dataclasses.replace(
+    return evolve(
         state,
         delegations=state.delegations.set(key, delegation),
         validators=state.validators.set(validator, record),
@@ -183,7 +184,7 @@ def undelegate(state: LedgerState, delegator: bytes, body: Undelegate, height: i
     queued = state.unbonding_queue.get(completion) or ()
     if key not in queued:
         queued = tuple(sorted((*queued, key)))
-    state = dataclasses.replace(
+    state = evolve(
         state,
         validators=state.validators.set(validator, record),
         delegations=delegations,
@@ -206,9 +207,9 @@ def mature_unbondings(state: LedgerState, height: int) -> LedgerState:
         due = [entry for entry in entries if entry.completion_height <= height]
         rest = tuple(entry for entry in entries if entry.completion_height > height)
         unbondings = state.unbondings.set(key, rest) if rest else state.unbondings.remove(key)
-        state = dataclasses.replace(state, unbondings=unbondings)
+        state = evolve(state, unbondings=unbondings)
         state = credit(state, key[0], sum(entry.balance for entry in due))
-    return dataclasses.replace(state, unbonding_queue=state.unbonding_queue.remove(height))
+    return evolve(state, unbonding_queue=state.unbonding_queue.remove(height))
 
 
 def edit_validator(
@@ -229,14 +230,14 @@ def edit_validator(
     if height < next_allowed:
         raise CommissionChangeError(f"commission may change again at height {next_allowed}")
     record = dataclasses.replace(record, commission_rate=new_rate, commission_changed_height=height)
-    return dataclasses.replace(state, validators=state.validators.set(operator, record))
+    return evolve(state, validators=state.validators.set(operator, record))
 
 
 def jail(state: LedgerState, address: bytes, until: int) -> LedgerState:
     """Jail a validator until height ``until`` (it leaves the set two heights later)."""
     record = state.validators[address]
     record = dataclasses.replace(record, jailed=True, jailed_until=max(until, record.jailed_until))
-    return dataclasses.replace(state, validators=state.validators.set(address, record))
+    return evolve(state, validators=state.validators.set(address, record))
 
 
 def unjail(state: LedgerState, operator: bytes, height: int) -> LedgerState:
@@ -254,7 +255,7 @@ def unjail(state: LedgerState, operator: bytes, height: int) -> LedgerState:
         )
     # The liveness window starts afresh: misses before the jail were already punished.
     info = SigningInfo(window=state.params.signed_blocks_window, start_height=height)
-    return dataclasses.replace(
+    return evolve(
         state,
         validators=state.validators.set(operator, dataclasses.replace(record, jailed=False)),
         signing_infos=state.signing_infos.set(operator, info),

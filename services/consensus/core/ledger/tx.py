@@ -601,6 +601,8 @@ def _decode_signed_tx(data: bytes) -> SignedTx:
         inner = CanonicalReader(tx_bytes, "Tx")
         tx = _read_tx(inner)
         inner.done()
+        # The reader is strict, so these bytes are the canonical sign bytes: keep them.
+        object.__setattr__(tx, "_sign_bytes", tx_bytes)
     except CanonicalDecodeError as exc:
         raise TxDecodeError(f"not a canonical signed transaction: {exc}") from exc
     return SignedTx(tx, signature)
