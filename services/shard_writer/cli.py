@@ -7,19 +7,16 @@ record payloads are encrypted with it before they leave this process, and decryp
 
 from __future__ import annotations
 
-import base64
-import json
-import os
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from sdk.records import DecryptionError, RecordKeyPair, open_record, seal_record
+from sdk.records import DecryptionError, open_record, seal_record
+from sdk.users import IdentityFileError, UserIdentity
 from services.shard_writer.core import (
     CommandBody,
     DeleteRecord,
@@ -27,9 +24,8 @@ from services.shard_writer.core import (
     PutRecord,
     RegisterUser,
     signed_command,
-    user_id_for,
 )
-from streams.keys import Algorithm, SigningKey
+from streams.keys import Algorithm
 from streams.settings import load_settings
 
 app = typer.Typer(help="The sharded user database: register users, put/get/delete encrypted "
@@ -38,39 +34,17 @@ app = typer.Typer(help="The sharded user database: register users, put/get/delet
 console = Console()
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    signing: SigningKey
-    records: RecordKeyPair
-
-    @property
-    def user_id(self) -> str:
-        return user_id_for(self.signing.public_key.to_text())
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"algorithm": self.signing.algorithm.value,
-                       "signing_seed": base64.b64encode(self.signing.seed).decode(),
-                       "record_seed": base64.b64encode(self.records.seed).decode(),
-                       "user_id": self.user_id}, handle, indent=2)
-
-    @classmethod
-    def load(cls, path: Path) -> Identity:
-        try:
-            data = json.loads(path.read_text())
-            return cls(SigningKey(Algorithm.parse(data["algorithm"]),
-                                  base64.b64decode(data["signing_seed"])),
-                       RecordKeyPair.from_seed(base64.b64decode(data["record_seed"])))
-        except (OSError, ValueError, KeyError) as exc:
-            raise typer.BadParameter(f"cannot read identity {path}: {exc}") from exc
+def _load_identity(path: Path) -> UserIdentity:
+    try:
+        return UserIdentity.load(path)
+    except IdentityFileError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 IDENTITY = typer.Option(Path("user.json"), "--identity", "-i", help="identity file")
 
 
-def _send(identity: Identity, body: CommandBody, expected: int | None = None) -> None:
+def _send(identity: UserIdentity, body: CommandBody, expected: int | None = None) -> None:
     from services.shard_writer.client import UserClient
 
     command = signed_command(identity.signing, identity.user_id, str(uuid.uuid4()), body,
@@ -98,7 +72,7 @@ def _queries():  # type: ignore[no-untyped-def]
 def keygen(out: Path = typer.Option(Path("user.json"), "--out", "-o"),
            algorithm: str = typer.Option("ml-dsa-65", help="ml-dsa-65 or ed25519")) -> None:
     """Create a new user identity (signing key + ML-KEM-768 record key)."""
-    identity = Identity(SigningKey.generate(Algorithm.parse(algorithm)), RecordKeyPair.generate())
+    identity = UserIdentity.generate(Algorithm.parse(algorithm))
     identity.save(out)
     console.print(f"user id {identity.user_id} -> {out}")
 
@@ -106,7 +80,7 @@ def keygen(out: Path = typer.Option(Path("user.json"), "--out", "-o"),
 @app.command()
 def register(identity_file: Path = IDENTITY) -> None:
     """Register the identity's user (its id is derived from its public key)."""
-    identity = Identity.load(identity_file)
+    identity = _load_identity(identity_file)
     _send(identity, RegisterUser(identity.signing.public_key.to_text(),
                                  identity.records.public_key))
 
@@ -115,7 +89,7 @@ def register(identity_file: Path = IDENTITY) -> None:
 def put(record_id: str, data: str = typer.Argument(..., help="plaintext ('@file' reads a file)"),
         identity_file: Path = IDENTITY) -> None:
     """Encrypt and store a record (the next version of ``record_id``)."""
-    identity = Identity.load(identity_file)
+    identity = _load_identity(identity_file)
     plaintext = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
     cluster, queries = _queries()
     try:
@@ -135,7 +109,7 @@ def put(record_id: str, data: str = typer.Argument(..., help="plaintext ('@file'
 @app.command()
 def get(record_id: str | None = typer.Argument(None), identity_file: Path = IDENTITY) -> None:
     """Show the user, or decrypt one record."""
-    identity = Identity.load(identity_file)
+    identity = _load_identity(identity_file)
     cluster, queries = _queries()
     try:
         user = queries.get_user(identity.user_id)
@@ -169,7 +143,7 @@ def get(record_id: str | None = typer.Argument(None), identity_file: Path = IDEN
 @app.command()
 def delete(record_id: str, identity_file: Path = IDENTITY) -> None:
     """Delete one record."""
-    _send(Identity.load(identity_file), DeleteRecord(record_id))
+    _send(_load_identity(identity_file), DeleteRecord(record_id))
 
 
 @app.command("delete-user")
@@ -178,7 +152,7 @@ def delete_user(identity_file: Path = IDENTITY,
     """Erase the user: every record becomes unreadable and is dropped from the projection."""
     if not yes:
         raise typer.BadParameter("erasure is final; pass --yes")
-    _send(Identity.load(identity_file), DeleteUser())
+    _send(_load_identity(identity_file), DeleteUser())
 
 
 @app.command()
