@@ -153,17 +153,10 @@ class _KnownKeys:
 
     def __init__(self) -> None:
         self.by_address: dict[bytes, PublicKey] = {}
-        self._seen: set[int] = set()
 
     def learn(self, *sets: ValidatorSet) -> None:
         for validator_set in sets:
-            if id(validator_set) in self._seen:
-                continue
-            self._seen.add(id(validator_set))
-            if len(self._seen) > 64:
-                self._seen = {id(validator_set)}
-            for validator in validator_set.validators:
-                self.by_address[validator.address] = validator.public_key
+            self.by_address.update((v.address, v.public_key) for v in validator_set.validators)
 
 
 def _signatures(chain_id: str, item: BlockInput, keys: _KnownKeys, verify_from: int

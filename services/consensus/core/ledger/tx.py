@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar, TypeVar
 
+from services.consensus.core.commit import SignatureCheck
 from services.consensus.core.ledger.codec import CanonicalDecodeError, CanonicalReader, read_tag
 from services.consensus.core.ledger.errors import InvalidTxError, TxDecodeError
 from services.consensus.core.ledger.params import ADDRESS_SIZE, RATE_ONE, U64_MAX
@@ -64,9 +65,6 @@ MAX_PROPOSAL_ITEMS = 64
 COMMITMENT_SIZE = 32
 
 B = TypeVar("B")
-
-# (key, message, signature) -> valid; the same shape as ``consensus.core.commit.SignatureCheck``
-SignatureCheck = Callable[[PublicKey, bytes, bytes], bool]
 
 
 class VoteOption(IntEnum):
