@@ -2,8 +2,8 @@
 
 Input, made here: a chain of ``--blocks`` blocks finalized by 4 ML-DSA-65 validators (every
 certificate carries 4 signatures, every block after the first also the previous certificate),
-two entropy references and one signed transfer per block, built with the pure core exactly as
-the tally would encode it; and ``--users`` x ``--events-per-user`` user events.
+two entropy references and one signed transfer per block, built by ``sdk.testing.make_local_chain``
+(the pure core, encoded as the tally would); and ``--users`` x ``--events-per-user`` user events.
 
 - ``blocks_per_s``: ``replay.audit_chain`` over the encoded records (decode, hash links,
   randomness derivation, transactions, certificate against the set recomputed from the ledger,
@@ -26,7 +26,6 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import tempfile
 import time
@@ -34,83 +33,37 @@ import uuid
 from pathlib import Path
 
 from bench.common import emit
+from sdk.testing import make_local_chain
 from services.audit.core.findings import AuditReport
 from services.audit.replay import AuditOptions, audit_chain, audit_users, rebuild_projection
 from services.audit.signatures import default_workers
 from services.audit.sources import LogRecord, MemorySource
-from services.block_builder.core.block import Block, Body, EntropyRef, Header, ranges_of
-from services.block_builder.core.randomness import block_randomness
-from services.consensus.core.chain import apply_block
-from services.consensus.core.commit import CommitCertificate, CommitFlag, CommitSig
-from services.consensus.core.ledger import (
-    MICRO,
-    Genesis,
-    GenesisAccount,
-    GenesisValidator,
-    Transfer,
-    encode_signed_tx,
-    sign_tx,
-)
-from services.consensus.core.ledger.genesis import GENESIS_RANDOMNESS_SIZE
-from services.consensus.core.ledger.params import Params
-from services.consensus.core.ledger.tx import QrngSource
+from services.consensus.core.chain import ChainState
+from services.consensus.core.commit import CommitCertificate
+from services.consensus.core.ledger import Transfer, encode_signed_tx, sign_tx
 from services.consensus.core.messages import VoteType, vote_sign_bytes
-from services.consensus.follower import ChainSpec
-from services.consensus.genesis import save_genesis
-from services.consensus.wire import FinalizedRecord, encode_finalized
+from services.consensus.wire import decode_finalized
 from streams.keys import Algorithm, PublicKey, SigningKey
 from streams.settings import load_settings
+
+CHAIN_ID = "bench-audit"
 
 
 def make_chain(directory: Path, heights: int
                ) -> tuple[Path, list[bytes], list[CommitCertificate], dict[bytes, PublicKey]]:
     """A genesis file and ``heights`` encoded ``BlockFinalized`` records (see module doc)."""
-    keys = [SigningKey.generate(Algorithm.ML_DSA_65) for _ in range(4)]
-    account = SigningKey.generate(Algorithm.ML_DSA_65)
-    genesis = Genesis(
-        chain_id="bench-audit", genesis_time_ms=1_700_000_000_000,
-        genesis_randomness=os.urandom(GENESIS_RANDOMNESS_SIZE),
-        validators=tuple(GenesisValidator(k.public_key, 10_000 * MICRO, 100_000_000,
-                                          200_000_000, 10_000_000) for k in keys),
-        accounts=tuple(GenesisAccount(k.address, 1_000_000 * MICRO) for k in [*keys, account]),
-        qrng_sources=tuple(QrngSource(f"qrng-{i}", SigningKey.generate().public_key, True)
-                           for i in range(2)),
-        params=Params(),
-    )
-    path = directory / "genesis.json"
-    save_genesis(genesis, path)
-    spec = ChainSpec.load(path)
-    chain, by_address = spec.initial, {k.address: k for k in keys}
-    records: list[bytes] = []
-    commits: list[CommitCertificate] = []
-    last_commit: CommitCertificate | None = None
-    for height in range(1, heights + 1):
-        tip = chain.tip
-        entropy = tuple(EntropyRef(f"qrng-{i}", height - 1, hashlib.sha256(os.urandom(8)).digest())
-                        for i in range(2))
-        tx = encode_signed_tx(sign_tx(account, genesis.chain_id, height - 1, 10_000,
-                                      Transfer(keys[0].address, 1)))
-        body = Body(entropy=entropy, txs=(tx,), last_commit=last_commit)
-        header = Header(
-            chain_id=genesis.chain_id, height=height, round=0, time_ms=tip.previous_time_ms + 1000,
-            previous_block_hash=tip.previous_block_hash, last_commit_hash=body.last_commit_hash(),
-            entropy_root=body.entropy_root(), entropy_ranges=ranges_of(entropy),
-            randomness=block_randomness(tip.previous_randomness, height, entropy),
-            tx_root=body.tx_root(), evidence_root=body.evidence_root(),
-            validators_hash=tip.validators_hash, next_validators_hash=tip.next_validators_hash,
-            app_hash=tip.app_hash, proposer_address=chain.validators.validators[0].address)
-        block = Block(header, body)
-        commit = CommitCertificate(height, 0, block.hash, tuple(
-            CommitSig(CommitFlag.COMMIT, v.address, by_address[v.address].sign(vote_sign_bytes(
-                genesis.chain_id, VoteType.PRECOMMIT, height, 0, block.hash, v.address)))
-            for v in chain.validators.validators))
-        chain, response = apply_block(chain, spec.app, block, commit)
-        records.append(encode_finalized(FinalizedRecord(
-            genesis.chain_id, block, commit, response.app_hash, height, header.time_ms,
-            header.time_ms + 100)))
-        commits.append(commit)
-        last_commit = commit
-    return path, records, commits, {k.address: k.public_key for k in keys}
+
+    def transfer(height: int, chain: ChainState, accounts: tuple[SigningKey, ...]  # type: ignore[type-arg]
+                 ) -> tuple[bytes, ...]:
+        to = chain.validators.validators[0].address
+        return (encode_signed_tx(sign_tx(accounts[0], CHAIN_ID, height - 1, 10_000,
+                                         Transfer(to, 1))),)
+
+    chain = make_local_chain(directory, heights, accounts=1, sources=2, chain_id=CHAIN_ID,
+                             algorithm=Algorithm.ML_DSA_65, txs=transfer)
+    commits = [decode_finalized(record).commit for record in chain.records]
+    return (chain.genesis, list(chain.records), commits,
+            {key.address: key.public_key for key in chain.validator_keys})
 
 
 def main() -> None:
@@ -140,7 +93,7 @@ def main() -> None:
     started = time.perf_counter()
     for commit in commits:
         for sig in commit.signatures:
-            message = vote_sign_bytes("bench-audit", VoteType.PRECOMMIT, commit.height, 0,
+            message = vote_sign_bytes(CHAIN_ID, VoteType.PRECOMMIT, commit.height, 0,
                                       commit.block_hash, sig.validator_address)
             assert public_keys[sig.validator_address].verify(message, sig.signature)
     baseline_s = time.perf_counter() - started

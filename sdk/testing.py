@@ -56,11 +56,16 @@ def _commit(chain_id: str, block: Block, keys: dict[bytes, SigningKey],
 def make_local_chain(directory: Path, heights: int, *, validators: int = 4, accounts: int = 2,
                      sources: int = 2, entropy_per_block: int = 1,
                      chain_id: str = "qustream-test", genesis_time_ms: int = 1_700_000_000_000,
-                     txs: Callable[[int, ChainState], tuple[bytes, ...]] | None = None,  # type: ignore[type-arg]
+                     algorithm: Algorithm = Algorithm.ED25519,
+                     txs: Callable[[int, ChainState, tuple[SigningKey, ...]],  # type: ignore[type-arg]
+                                   tuple[bytes, ...]] | None = None,
                      ) -> LocalChain:
-    """Write ``directory/genesis.json`` and build ``heights`` finalized blocks (see module)."""
-    validator_keys = tuple(SigningKey.generate(Algorithm.ED25519) for _ in range(validators))
-    account_keys = tuple(SigningKey.generate(Algorithm.ED25519) for _ in range(accounts))
+    """Write ``directory/genesis.json`` and build ``heights`` finalized blocks (see module).
+
+    ``algorithm`` signs for the validators and accounts; ``txs(height, chain, account_keys)``
+    gives each block's encoded transactions (signed with the account keys, say)."""
+    validator_keys = tuple(SigningKey.generate(algorithm) for _ in range(validators))
+    account_keys = tuple(SigningKey.generate(algorithm) for _ in range(accounts))
     source_keys = [SigningKey.generate(Algorithm.ED25519) for _ in range(sources)]
     genesis = Genesis(
         chain_id=chain_id, genesis_time_ms=genesis_time_ms,
@@ -90,7 +95,7 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
                 entropy.append(EntropyRef(source, seqs[source],
                                           hashlib.sha256(os.urandom(32)).digest()))
                 seqs[source] += 1
-        body = Body(entropy=tuple(entropy), txs=txs(height, chain) if txs else (),
+        body = Body(entropy=tuple(entropy), txs=txs(height, chain, account_keys) if txs else (),
                     last_commit=last_commit)
         header = Header(
             chain_id=chain_id, height=height, round=0, time_ms=tip.previous_time_ms + 1000,
