@@ -70,6 +70,7 @@ class KafkaSource:
     def __init__(self, settings: Settings, *, timeout_s: float = 60.0) -> None:
         self.settings = settings
         self.timeout_s = timeout_s
+        self._bounds: dict[str, dict[int, tuple[int, int]]] = {}
 
     def describe(self) -> str:
         return f"Kafka {self.settings.kafka_bootstrap()} prefix {self.settings.topic_prefix!r}"
@@ -80,7 +81,14 @@ class KafkaSource:
             "fetch.wait.max.ms": 20})
 
     def bounds(self, topic: str) -> dict[int, tuple[int, int]]:
-        """Per partition (low, high) watermarks now; empty when the topic does not exist."""
+        """Per partition (low, high) watermarks, taken once per topic (so ``size`` and
+        ``read`` agree, and a growing topic is read up to that snapshot); empty when the topic
+        does not exist."""
+        if topic not in self._bounds:
+            self._bounds[topic] = self._snapshot(topic)
+        return self._bounds[topic]
+
+    def _snapshot(self, topic: str) -> dict[int, tuple[int, int]]:
         name = self.settings.topic(topic)
         consumer = self._consumer()
         try:
@@ -96,16 +104,12 @@ class KafkaSource:
             consumer.close()
 
     def _watermarks(self, consumer: Consumer, name: str, partition: int) -> tuple[int, int]:
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(name, partition), timeout=10)
-                return int(low), int(high)
-            except KafkaException as exc:
-                if time.monotonic() > deadline:
-                    raise SourceError(f"cannot read the watermarks of {name}: {exc}") from exc
-                time.sleep(0.2)
+        from services.consensus.follower import watermarks
+
+        try:
+            return watermarks(consumer, name, partition, self.timeout_s)
+        except KafkaException as exc:
+            raise SourceError(f"cannot read the watermarks of {name}: {exc}") from exc
 
     def size(self, topic: str) -> int:
         return sum(high - low for low, high in self.bounds(topic).values())
