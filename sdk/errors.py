@@ -104,3 +104,13 @@ def error_from_response(status: int, body: Any, retry_after: str | None) -> ApiE
     return cls(status, str(problem.get("title", "error")), str(problem.get("detail", body)),
                problem_type=str(problem.get("type", "about:blank")), retry_after=retry,
                extra=extra)
+
+
+def error_from_http(response: Any) -> ApiError:
+    """The typed error for an ``httpx`` response that is not a success (its problem document,
+    or its text when the body is not JSON; its ``Retry-After``)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"detail": response.text}
+    return error_from_response(response.status_code, body, response.headers.get("Retry-After"))

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sdk.errors import KeyDeliveryError, error_from_response
+from sdk.errors import KeyDeliveryError, error_from_http
 from streams.canonical import CanonicalWriter
 
 X25519_BYTES = 32
@@ -94,10 +94,9 @@ class KeyClient:
         if self._nonce is None:
             response = self._http.get(f"/v1/accounts/{self.account.address.hex()}")
             if response.status_code != 200:
-                raise error_from_response(response.status_code, _json(response),
-                                          response.headers.get("Retry-After"))
-            self._nonce = max(int(response.json()["next_nonce"]),
-                              int(response.json().get("pending_nonce", 0)))
+                raise error_from_http(response)
+            account = response.json()
+            self._nonce = max(int(account["next_nonce"]), int(account.get("pending_nonce", 0)))
         return self._nonce
 
     def signed_payment(self, commitment: bytes, length: int, nonce: int) -> bytes:
@@ -130,8 +129,7 @@ class KeyClient:
         if response.status_code != 200:
             if response.status_code != 409:
                 self._nonce = None  # re-read it next time
-            raise error_from_response(response.status_code, _json(response),
-                                      response.headers.get("Retry-After"))
+            raise error_from_http(response)
         self._nonce = nonce + 1
         return open_delivery(response.json(), x_private, k_private, commitment)
 
@@ -157,10 +155,3 @@ def open_delivery(body: dict[str, Any], x_private: Any, k_private: Any,
         raise KeyDeliveryError(f"key delivery does not open: {type(exc).__name__}") from exc
     return DeliveredKey(key, commitment, bytes.fromhex(body["tx_hash"]),
                         tuple(body.get("sources", ())))
-
-
-def _json(response: Any) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return {"detail": response.text}

@@ -208,8 +208,8 @@ class _LightVerifier:
                                          header.randomness, header.time_ms, next_set)
         self.validators = next_set
         self.hashes[record.height] = record.block.hash
-        if len(self.hashes) > 10_000:
-            del self.hashes[min(self.hashes)]
+        if len(self.hashes) > 10_000:  # heights only grow, so the first key is the oldest
+            del self.hashes[next(iter(self.hashes))]
 
     def skip_to(self, record: FinalizedRecord) -> None:
         block, header, height = record.block, record.block.header, record.height
@@ -393,11 +393,10 @@ class SseBlockSource:
                 with httpx.stream("GET", f"{self.base_url}/v1/stream/blocks", params=params,
                                   headers=headers, timeout=self.timeout_s) as response:
                     if response.status_code != 200:
-                        from sdk.errors import error_from_response
+                        from sdk.errors import error_from_http
 
                         response.read()
-                        raise error_from_response(response.status_code, _json(response),
-                                                  response.headers.get("Retry-After"))
+                        raise error_from_http(response)
                     for event_id, data in parse_sse(response.iter_lines()):
                         if event_id is None:
                             continue
@@ -413,13 +412,6 @@ class SseBlockSource:
                 if failures > self.max_reconnects:
                     raise
                 time.sleep(min(0.2 * failures, 2.0))
-
-
-def _json(response: Any) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return {"detail": response.text}
 
 
 def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str | None, str]]:

@@ -42,7 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sdk.errors import QuStreamError, UnavailableError, error_from_response
+from sdk.errors import QuStreamError, UnavailableError, error_from_http
 from sdk.records import DecryptionError, RecordKeyPair, open_record, seal_record
 from services.shard_writer.core import (
     Command,
@@ -221,12 +221,7 @@ class UserStore:
         except httpx.HTTPError as exc:
             raise QuStreamError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         if response.status_code >= 400:
-            try:
-                problem = response.json()
-            except ValueError:
-                problem = {"detail": response.text}
-            raise error_from_response(response.status_code, problem,
-                                      response.headers.get("Retry-After"))
+            raise error_from_http(response)
         return response.json()
 
 
