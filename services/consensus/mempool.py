@@ -16,6 +16,7 @@ left for later.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -44,7 +45,16 @@ class PendingTx:
 
 
 def parse_tx(raw: bytes) -> PendingTx:
-    """Decode and verify the signature of one encoded ``SignedTx``; ``MempoolError`` if not."""
+    """Decode and verify the signature of one encoded ``SignedTx``; ``MempoolError`` if not.
+
+    Memoized by the bytes (a valid result is immutable; failures are not kept): a transaction
+    is parsed where it is accepted (the gateway checks a payment) and again where it is
+    written (``submitted_record``), and an ML-DSA verification is worth not repeating."""
+    return _parse_tx(bytes(raw))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_tx(raw: bytes) -> PendingTx:
     try:
         signed: SignedTx = decode_signed_tx(raw)
     except (CanonicalDecodeError, LedgerError, ValueError) as exc:
