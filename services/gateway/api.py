@@ -32,7 +32,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.gateway.auth import ApiKeyRecord, ApiKeyStore
+from sdk.keys import MAX_LENGTH, MIN_LENGTH
+from services.gateway.auth import ApiKeyRecord, ApiKeyStore, key_from_headers
 from services.gateway.chain import ChainView
 from services.gateway.keys import KeyRequest, KeyService, LedgerView
 from services.gateway.problems import PROBLEM_JSON, Problem, install, problem_body, unavailable
@@ -84,7 +85,8 @@ class KeyRequestIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     x25519_public_key: str = Field(description="base64, 32 bytes", max_length=64)
     mlkem768_public_key: str = Field(description="base64, 1184 bytes", max_length=1600)
-    length: int = Field(32, ge=16, le=1024, description="bytes of key material wanted")
+    length: int = Field(32, ge=MIN_LENGTH, le=MAX_LENGTH,
+                        description="bytes of key material wanted")
     payment_tx: str = Field(description="base64 encoded signed PayForService(KEY_MATERIAL, "
                                         "units, request commitment)", max_length=16_384)
 
@@ -143,26 +145,20 @@ class _Guard:
         self.gateway = gateway
         self.metrics = metrics
 
-    def _authenticated(self, scope: dict[str, Any]) -> bool:
-        """Authentication comes before anything else under /v1 (so a request without a valid
-        key learns nothing but 401); scopes and limits are checked per route."""
+    def _record(self, scope: dict[str, Any]) -> ApiKeyRecord | None:
+        """The valid API key record of the request (X-API-Key or Authorization: Bearer)."""
         headers = dict(scope.get("headers", ()))
-        key = headers.get(b"x-api-key", b"").decode("latin-1")
-        if not key:
-            authorization = headers.get(b"authorization", b"").decode("latin-1")
-            key = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
-        return bool(key) and self.gateway.keys.lookup(key) is not None
+        key = key_from_headers(headers.get(b"x-api-key", b"").decode("latin-1"),
+                               headers.get(b"authorization", b"").decode("latin-1"))
+        return self.gateway.keys.lookup(key) if key else None
 
-    async def _fast_beacon(self, scope: dict[str, Any],
+    async def _fast_beacon(self, record: ApiKeyRecord,
                            send: Callable[[Any], Awaitable[None]]) -> bool:
         """``GET /v1/beacon/latest`` without the framework: the serialized pulse is cached per
         block, so this is a key lookup, a token and one send. Same checks as the route (which
         documents it and answers every case this declines: errors, missing scope ...)."""
         body = self.gateway.view.latest_beacon
-        headers = dict(scope.get("headers", ()))
-        key = headers.get(b"x-api-key", b"").decode("latin-1")
-        record = self.gateway.keys.lookup(key) if key and body is not None else None
-        if record is None or "read" not in record.scopes:
+        if body is None or "read" not in record.scopes:
             return False
         try:
             self.gateway.limiter.take(record.key_id, record.rate_per_s, record.burst)
@@ -181,14 +177,18 @@ class _Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["path"].startswith("/v1/") and not self._authenticated(scope):
-            await _send_problem(send, 401, "invalid-api-key",
-                                "send a valid API key in X-API-Key or as Authorization: Bearer",
-                                {"WWW-Authenticate": 'Bearer realm="qustream"'})
-            return
-        if (scope["path"] == "/v1/beacon/latest" and scope["method"] == "GET"
-                and await self._fast_beacon(scope, send)):
-            return
+        if scope["path"].startswith("/v1/"):
+            # Authentication comes before anything else under /v1 (so a request without a
+            # valid key learns nothing but 401); scopes and limits are checked per route.
+            record = self._record(scope)
+            if record is None:
+                await _send_problem(send, 401, "invalid-api-key",
+                                    "send a valid API key in X-API-Key or as Authorization: "
+                                    "Bearer", {"WWW-Authenticate": 'Bearer realm="qustream"'})
+                return
+            if (scope["path"] == "/v1/beacon/latest" and scope["method"] == "GET"
+                    and await self._fast_beacon(record, send)):
+                return
         limit = self.gateway.max_body_bytes
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and (not value.isdigit() or int(value) > limit):
@@ -517,29 +517,30 @@ def _add_problem_schema(app: FastAPI) -> None:
 def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = True,
                   users: bool = True, retain: int = 5000) -> Gateway:
     """Wire the real components (connections are opened here, threads start with the app)."""
-    from services.consensus.follower import source_registry
+    from services.consensus.follower import ChainSpec, source_registry
     from services.gateway.chain import ChainFollower, load_view
     from services.gateway.keys import KafkaTxSink, PrivatePool
 
-    view = load_view(genesis, retain)
+    spec = ChainSpec.load(genesis)
+    view = load_view(spec, retain)
     gateway = Gateway(view=view, keys=ApiKeyStore(api_keys))
-    registry: dict[str, Any] = {}
+    gateway.ledger.state = spec.initial.app_state
+    # The registry is swapped whole (never cleared and refilled: the pool's thread reads it),
+    # and only when the chain's registered sources change.
+    registry = [source_registry(spec.initial.app_state)]
+    sources = [spec.initial.app_state.qrng_sources]
 
     def on_block(verified: Any) -> None:
-        gateway.ledger.state = verified.chain.app_state
-        registry.clear()
-        registry.update(source_registry(verified.chain.app_state))
+        state = verified.chain.app_state
+        gateway.ledger.state = state
+        if state.qrng_sources is not sources[0]:
+            registry[0], sources[0] = source_registry(state), state.qrng_sources
 
-    from services.consensus.follower import ChainSpec
-
-    spec = ChainSpec.load(genesis)
-    gateway.ledger.state = spec.initial.app_state
-    registry.update(source_registry(spec.initial.app_state))
     follower = ChainFollower(settings, genesis, view, on_block)
     gateway.starters.append(follower.start)
     gateway.stoppers.append(follower.stop)
     if keys:
-        pool = PrivatePool(settings, lambda: registry)
+        pool = PrivatePool(settings, lambda: registry[0])
         sink = KafkaTxSink(settings)
         gateway.key_service = KeyService(pool, sink, gateway.ledger, view.chain_id)
         gateway.starters.append(pool.start)

@@ -33,7 +33,7 @@ from sdk.subscriber import validator_set_to_json
 from services.block_builder.core.randomness import randomness_input
 from services.consensus.core.commit import CommitFlag
 from services.consensus.core.validators import ValidatorSet
-from services.consensus.wire import FinalizedRecord, decode_finalized, encode_finalized
+from services.consensus.wire import FinalizedRecord, encode_finalized
 
 log = logging.getLogger("qustream.gateway.chain")
 
@@ -295,7 +295,11 @@ class ChainFollower:
                     probe.close()
                 if end == 0:
                     self.view.caught_up = True
-                for verified in read_blocks(self.settings, self.genesis, follow=True,
+                # After a reconnect, blocks already in the view are verified again (the
+                # state needs them) but not handed out again: on_block must not see the ledger
+                # go back in time.
+                for verified in read_blocks(self.settings, self.genesis,
+                                            self.view.head_height + 1, follow=True,
                                             idle_timeout_s=1.0):
                     self.view.add_verified(verified)
                     self.view.error = None
@@ -315,12 +319,6 @@ class ChainFollower:
                 self._stop.wait(2)
 
 
-def load_view(genesis: Path, retain: int = 5000) -> ChainView:
-    from services.consensus.follower import ChainSpec
-
-    spec = ChainSpec.load(genesis)
+def load_view(spec: Any, retain: int = 5000) -> ChainView:
+    """An empty view of the chain of ``spec`` (a ``ChainSpec``)."""
     return ChainView(spec.chain_id, spec.initial.tip.previous_randomness, retain=retain)
-
-
-def decode_raw(raw: bytes) -> FinalizedRecord:
-    return decode_finalized(raw)
