@@ -153,8 +153,13 @@ class _KnownKeys:
 
     def __init__(self) -> None:
         self.by_address: dict[bytes, PublicKey] = {}
+        self._last: tuple[ValidatorSet, ...] = ()
 
     def learn(self, *sets: ValidatorSet) -> None:
+        if len(sets) == len(self._last) and all(a is b for a, b in zip(sets, self._last,
+                                                                        strict=True)):
+            return  # the same set objects as for the previous record
+        self._last = sets
         for validator_set in sets:
             self.by_address.update((v.address, v.public_key) for v in validator_set.validators)
 
