@@ -33,17 +33,17 @@ import uuid
 from pathlib import Path
 
 from bench.common import emit
+from protocol.chain import ChainState
+from protocol.commit import CommitCertificate
+from protocol.keys import Algorithm, PublicKey, SigningKey
+from protocol.messages import VoteType, vote_sign_bytes
 from sdk.testing import make_local_chain
 from services.audit.core.findings import AuditReport
 from services.audit.replay import AuditOptions, audit_chain, audit_users, rebuild_projection
 from services.audit.signatures import default_workers
 from services.audit.sources import LogRecord, MemorySource
-from services.consensus.core.chain import ChainState
-from services.consensus.core.commit import CommitCertificate
-from services.consensus.core.ledger import Transfer, encode_signed_tx, sign_tx
-from services.consensus.core.messages import VoteType, vote_sign_bytes
-from services.consensus.wire import decode_finalized
-from streams.keys import Algorithm, PublicKey, SigningKey
+from services.ledger.core import Transfer, encode_signed_tx, sign_tx
+from streams.chain_wire import decode_finalized
 from streams.settings import load_settings
 
 CHAIN_ID = "bench-audit"

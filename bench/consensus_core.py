@@ -24,9 +24,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
 from bench.common import emit
-from services.consensus.core.commit import verify_commit
-from services.consensus.sim import SimConfig, Simulation
-from streams.keys import Algorithm, SigningKey
+from protocol.commit import verify_commit
+from protocol.keys import Algorithm, SigningKey
+from tests.support.sim import SimConfig, Simulation
 
 SIZES = ((4, 20), (16, 8), (64, 3))
 

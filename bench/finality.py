@@ -34,8 +34,8 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from services.consensus.follower import watermarks
-from services.consensus.wire import decode_finalized
+from streams.chain_reader import watermarks
+from streams.chain_wire import decode_finalized
 from streams.kafka import ensure_topics, make_consumer, make_producer
 from streams.settings import Settings, load_settings
 from streams.supervisor import ServiceSpec, Supervisor

@@ -23,13 +23,13 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.progress import Progress
 
-from services.qrng_ingest.core.chain import CheckpointPolicy
+from protocol.entropy.chain import CheckpointPolicy
+from protocol.keys import SigningKey
 from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_block
 from services.qrng_ingest.publisher import PRODUCER_TUNING
 from services.qrng_ingest.service import IngestConfig, build_service
 from services.qrng_ingest.sources import SimulatorSource
 from streams.kafka import ensure_topics, producer_config
-from streams.keys import SigningKey
 from streams.settings import Settings, load_settings
 from streams.topics import TopicSpec, spec
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-class QuStreamError(Exception):
-    """Base of every error the SDK raises on purpose."""
+from protocol.errors import QuStreamError as QuStreamError  # re-exported for SDK callers
 
 
 class BlockRejectedError(QuStreamError):

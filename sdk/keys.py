@@ -1,6 +1,6 @@
-"""Quantum-safe key delivery: the client side of ``POST /v1/keys`` and the shared protocol.
+"""Quantum-safe key delivery, the client side of ``POST /v1/keys``.
 
-Protocol (both ends use the functions here):
+Protocol (both ends use the functions of ``protocol.keydelivery``):
 
 1. The client makes fresh X25519 and ML-KEM-768 key pairs and computes the request commitment
    ``C = H("KeyRequest" | x25519 public | ML-KEM public | u32 length)``; it signs a
@@ -19,44 +19,20 @@ Protocol (both ends use the functions here):
 from __future__ import annotations
 
 import base64
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from protocol.keydelivery import (
+    delivery_kek,
+    request_commitment,
+    units_for,
+)
 from sdk.errors import KeyDeliveryError, error_from_http
-from streams.canonical import CanonicalWriter
-
-X25519_BYTES = 32
-MLKEM_PUBLIC_BYTES = 1184
-MLKEM_CIPHERTEXT_BYTES = 1088
-MIN_LENGTH = 16
-MAX_LENGTH = 1024
-BYTES_PER_UNIT = 32  # one PayForService unit pays for up to 32 bytes of key material
-
-
-def units_for(length: int) -> int:
-    return max(1, math.ceil(length / BYTES_PER_UNIT))
-
-
-def request_commitment(x25519_public: bytes, mlkem_public: bytes, length: int) -> bytes:
-    return (CanonicalWriter("KeyRequest").raw(x25519_public, X25519_BYTES)
-            .bytes(mlkem_public).u32(length).digest())
-
-
-def delivery_kek(shared_x25519: bytes, shared_mlkem: bytes, ephemeral_public: bytes,
-                 client_x25519: bytes, kem_ciphertext: bytes, commitment: bytes) -> bytes:
-    info = (CanonicalWriter("KeyDelivery").raw(ephemeral_public, X25519_BYTES)
-            .raw(client_x25519, X25519_BYTES).bytes(kem_ciphertext).raw(commitment, 32)
-            .finish())
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
-        shared_x25519 + shared_mlkem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +61,7 @@ class KeyClient:
     @classmethod
     def from_key_file(cls, base_url: str, api_key: str, key_file: Path | str, chain_id: str,
                       **kwargs: Any) -> KeyClient:
-        from streams.keys import SigningKey
+        from protocol.keys import SigningKey
 
         return cls(base_url, api_key, SigningKey.load(key_file), chain_id, **kwargs)
 
@@ -100,12 +76,7 @@ class KeyClient:
         return self._nonce
 
     def signed_payment(self, commitment: bytes, length: int, nonce: int) -> bytes:
-        from services.consensus.core.ledger.tx import (
-            PayForService,
-            ServiceKind,
-            encode_signed_tx,
-            sign_tx,
-        )
+        from services.ledger.core.tx import PayForService, ServiceKind, encode_signed_tx, sign_tx
 
         return encode_signed_tx(sign_tx(self.account, self.chain_id, nonce, self.fee,
                                         PayForService(ServiceKind.KEY_MATERIAL,

@@ -20,19 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.block_builder.core.block import Block, Body, EntropyRef, Header, ranges_of
-from services.block_builder.core.randomness import block_randomness
-from services.consensus.core.chain import ChainState, apply_block
-from services.consensus.core.commit import CommitCertificate, CommitFlag, CommitSig
-from services.consensus.core.ledger import MICRO, Genesis, GenesisAccount, GenesisValidator
-from services.consensus.core.ledger.genesis import GENESIS_RANDOMNESS_SIZE
-from services.consensus.core.ledger.params import Params
-from services.consensus.core.ledger.tx import QrngSource
-from services.consensus.core.messages import VoteType, vote_sign_bytes
-from services.consensus.follower import ChainSpec
-from services.consensus.genesis import save_genesis
-from services.consensus.wire import FinalizedRecord, decode_finalized, encode_finalized
-from streams.keys import Algorithm, SigningKey
+from protocol.block import Block, Body, EntropyRef, Header, ranges_of
+from protocol.chain import ChainState, apply_block
+from protocol.commit import CommitCertificate, CommitFlag, CommitSig
+from protocol.finalized import FinalizedRecord
+from protocol.keys import Algorithm, SigningKey
+from protocol.messages import VoteType, vote_sign_bytes
+from protocol.randomness import block_randomness
+from services.ledger.core import MICRO, Genesis, GenesisAccount, GenesisValidator
+from services.ledger.core.chain_spec import ChainSpec
+from services.ledger.core.genesis import GENESIS_RANDOMNESS_SIZE
+from services.ledger.core.genesis_file import save_genesis
+from services.ledger.core.params import Params
+from services.ledger.core.tx import QrngSource
+from streams.chain_wire import decode_finalized, encode_finalized
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """``UserStore``: private user records over the gateway's records API.
 
-Records are encrypted here, on the client, before they leave the process (``sdk.records``:
+Records are encrypted here, on the client, before they leave the process (``protocol.records``:
 AES-256-GCM under a fresh data key wrapped to the user's ML-KEM-768 key, bound to user id,
 record id and record version); the gateway, Kafka and Cassandra only ever see the envelope.
 Every write is a command signed with the user's signing key (ML-DSA-65 by default), so the
@@ -33,72 +33,27 @@ signing seed and the ML-KEM record seed; keep it private, mode 0600)::
 from __future__ import annotations
 
 import base64
-import json
-import os
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sdk.errors import QuStreamError, UnavailableError, error_from_http
-from sdk.records import DecryptionError, RecordKeyPair, open_record, seal_record
-from services.shard_writer.core import (
+from protocol.records import DecryptionError, open_record, seal_record
+from protocol.users import (
     Command,
     CommandBody,
     DeleteRecord,
     PutRecord,
     RegisterUser,
+    UserIdentity,
     signed_command,
-    user_id_for,
 )
-from streams.keys import Algorithm, SigningKey
+from sdk.errors import QuStreamError, UnavailableError, error_from_http
 
 
 class RecordDecryptionError(QuStreamError):
     """A stored envelope does not open with this identity (wrong key, or tampered bytes)."""
-
-
-class IdentityFileError(QuStreamError):
-    """An identity file cannot be read."""
-
-
-@dataclass(frozen=True, slots=True)
-class UserIdentity:
-    """A user's private keys: ``signing`` signs commands, ``records`` opens envelopes."""
-
-    signing: SigningKey
-    records: RecordKeyPair
-
-    @property
-    def user_id(self) -> str:
-        return user_id_for(self.signing.public_key.to_text())
-
-    @classmethod
-    def generate(cls, algorithm: Algorithm = Algorithm.ML_DSA_65) -> UserIdentity:
-        return cls(SigningKey.generate(algorithm), RecordKeyPair.generate())
-
-    def save(self, path: Path | str) -> None:
-        """Write the identity (mode 0600; refuses to overwrite an existing file)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"algorithm": self.signing.algorithm.value,
-                       "signing_seed": base64.b64encode(self.signing.seed).decode(),
-                       "record_seed": base64.b64encode(self.records.seed).decode(),
-                       "user_id": self.user_id}, handle, indent=2)
-
-    @classmethod
-    def load(cls, path: Path | str) -> UserIdentity:
-        try:
-            data = json.loads(Path(path).read_text())
-            return cls(SigningKey(Algorithm.parse(data["algorithm"]),
-                                  base64.b64decode(data["signing_seed"])),
-                       RecordKeyPair.from_seed(base64.b64decode(data["record_seed"])))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise IdentityFileError(f"cannot read identity {path}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)

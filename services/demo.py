@@ -60,7 +60,7 @@ class DemoView:
 
 
 def _validator_rows(chain: Any) -> list[dict[str, Any]]:
-    from services.consensus.core.ledger.queries import validators
+    from services.ledger.core.queries import validators
 
     state = chain.app_state
     reduction = state.params.power_reduction
@@ -79,12 +79,15 @@ def _validator_rows(chain: Any) -> list[dict[str, Any]]:
 
 def _watch_blocks(settings: Settings, genesis: Path, view: DemoView, stop: threading.Event,
                   live_from: int) -> None:
+    from protocol.follow import FollowError
     from services.consensus.chain_cli import block_summary
-    from services.consensus.follower import FollowError, read_blocks
+    from services.ledger.core.chain_spec import ChainSpec
+    from streams.chain_reader import read_blocks
 
     while not stop.is_set():
         try:
-            for verified in read_blocks(settings, genesis, follow=True):
+            follower = ChainSpec.load(genesis).follower()
+            for verified in read_blocks(settings, follower, follow=True):
                 summary = block_summary(verified)
                 with view.lock:
                     view.head = summary
@@ -364,9 +367,10 @@ def demo(
 
 def _current_height(settings: Settings, demo_dir: Path) -> int:
     """Height of the last finalized block before this run (0 for a new chain)."""
-    from services.consensus.follower import BlockFollower, ChainSpec, catch_up
+    from services.ledger.core.chain_spec import ChainSpec
+    from streams.chain_reader import catch_up
 
-    follower = catch_up(settings, BlockFollower.start(ChainSpec.load(demo_dir / "genesis.json")))
+    follower = catch_up(settings, ChainSpec.load(demo_dir / "genesis.json").follower())
     return follower.next_height - 1
 
 

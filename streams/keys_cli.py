@@ -17,7 +17,7 @@ def gen(
     algorithm: str = typer.Option("ml-dsa-65", help="ml-dsa-65 (default) or ed25519."),
 ) -> None:
     """Generate a key pair; print its public key and address. Never overwrites a file."""
-    from streams.keys import Algorithm, SigningKey
+    from protocol.keys import Algorithm, SigningKey
 
     if out.exists():
         typer.echo(f"error: {out} exists; refusing to overwrite a key", err=True)
@@ -31,7 +31,7 @@ def gen(
 @app.command()
 def show(path: Path = typer.Argument(..., help="Key file.")) -> None:
     """Print the public key and address of a key file (never the private seed)."""
-    from streams.keys import SigningKey
+    from protocol.keys import SigningKey
 
     key = SigningKey.load(path)
     typer.echo(json.dumps({"address": key.public_key.address_hex,

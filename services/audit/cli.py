@@ -196,7 +196,7 @@ def _state(pool: Any, at_height: int, genesis: Path | None, from_export: Path | 
     _, chain = audit_chain(source, AuditOptions(genesis_path, to_height=max(at_height, 0)
                                                 or None), pool=pool)
     if at_height == 0:
-        from services.consensus.follower import ChainSpec
+        from services.ledger.core.chain_spec import ChainSpec
 
         chain_state = ChainSpec.load(genesis_path).initial
     else:

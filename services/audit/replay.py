@@ -28,6 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol.codec import WireError, decode_block, decode_commit
+from protocol.commit import CommitFlag, record_sign_bytes
+from protocol.keys import PublicKey, SignatureCheck, default_signature_check
+from protocol.messages import Vote
+from protocol.validators import ValidatorSet
 from services.audit.core.chain import AppliedBlock, BlockInput, ChainAuditor
 from services.audit.core.entropy import EntropyAuditor
 from services.audit.core.equivocation import EquivocationScanner
@@ -35,21 +40,12 @@ from services.audit.core.findings import AuditReport, Finding, Severity
 from services.audit.core.rows import diff_tables
 from services.audit.signatures import SignaturePool
 from services.audit.sources import LogRecord, LogSource
-from services.consensus.core.commit import (
-    CommitFlag,
-    SignatureCheck,
-    default_signature_check,
-    record_sign_bytes,
-)
-from services.consensus.core.ledger import LedgerApp
-from services.consensus.core.ledger.errors import LedgerError
-from services.consensus.core.ledger.tx import decode_signed_tx
-from services.consensus.core.messages import Vote
-from services.consensus.core.validators import ValidatorSet
-from services.consensus.follower import ChainSpec, source_registry
-from services.consensus.wire import WireError, decode_block, decode_commit, decode_consensus
+from services.ledger.core import LedgerApp
+from services.ledger.core.chain_spec import ChainSpec, source_registry
+from services.ledger.core.errors import LedgerError
+from services.ledger.core.tx import decode_signed_tx
+from streams.chain_wire import decode_consensus
 from streams.codec import CodecError, default_codec
-from streams.keys import PublicKey
 from streams.settings import Settings
 
 TABLE_KEYS = {"users": ("user_id",), "records": ("user_id", "record_id"),
@@ -230,7 +226,7 @@ def _entropy(source: LogSource, registry: Any, progress: Progress) -> EntropyAud
 
 def _ledger_tx(source: LogSource, included: Iterable[bytes], progress: Progress,
                report: AuditReport) -> None:
-    from services.consensus.mempool import MempoolError, decode_submitted
+    from services.ledger.submit import SubmissionError, decode_submitted
 
     submitted: set[bytes] = set()
     advance = progress("ledger.tx", source.size("ledger.tx"))
@@ -238,7 +234,7 @@ def _ledger_tx(source: LogSource, included: Iterable[bytes], progress: Progress,
         advance(1)
         try:
             submitted.add(decode_submitted(record.value).hash)
-        except MempoolError as exc:
+        except SubmissionError as exc:
             report.add(Finding("ledger_tx_record", f"rejected submission: {exc}", "ledger.tx",
                                record.offset, record.partition, None, Severity.WARNING))
     report.checked["ledger_tx_submissions"] = len(submitted)

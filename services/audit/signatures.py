@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from streams.keys import Algorithm, PublicKey
+from protocol.keys import Algorithm, PublicKey
 
 Triple = tuple[PublicKey, bytes, bytes]
 _Item = tuple[str, bytes, bytes, bytes]  # algorithm, raw key, message, signature

@@ -104,7 +104,7 @@ class KafkaSource:
             consumer.close()
 
     def _watermarks(self, consumer: Consumer, name: str, partition: int) -> tuple[int, int]:
-        from services.consensus.follower import watermarks
+        from streams.chain_reader import watermarks
 
         try:
             return watermarks(consumer, name, partition, self.timeout_s)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from services.consensus.core.chain import ChainState
-from services.consensus.core.ledger import LedgerState
-from services.consensus.core.ledger.queries import supply_held
+from protocol.chain import ChainState
+from services.ledger.core import LedgerState
+from services.ledger.core.queries import supply_held
 
 
 def state_view(chain: ChainState[LedgerState]) -> dict[str, Any]:

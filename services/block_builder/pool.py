@@ -29,11 +29,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from services.block_builder.core.block import EntropyRef
-from services.block_builder.core.proposal import ChainTip
-from services.qrng_ingest.core.chain import Checkpoint, Chunk
-from services.qrng_ingest.core.registry import SourceRegistryEntry
-from services.qrng_ingest.core.verifier import ChainVerifier, EntropyRejectedError
+from protocol.block import EntropyRef
+from protocol.chain import ChainTip
+from protocol.entropy.chain import Checkpoint, Chunk
+from protocol.entropy.registry import SourceRegistryEntry
+from protocol.entropy.verifier import ChainVerifier, EntropyRejectedError
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from protocol.follow import BlockFollower
+from services.ledger.core import LedgerState
+from services.ledger.core.chain_spec import ChainSpec
+
 app = typer.Typer(help="Read and follow the finalized chain (every block verified).",
                   no_args_is_help=True)
 
@@ -34,7 +38,7 @@ def genesis_path(option: Path | None) -> Path:
 
 def block_summary(verified: Any) -> dict[str, Any]:
     """A JSON-friendly view of a ``follower.VerifiedBlock`` (what the CLI and demo show)."""
-    from services.consensus.core.commit import CommitFlag
+    from protocol.commit import CommitFlag
 
     record = verified.record
     header = record.block.header
@@ -85,13 +89,13 @@ def head(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Verify the whole chain and show its latest block."""
-    from services.consensus.follower import read_blocks
+    from streams.chain_reader import read_blocks
     from streams.settings import load_settings
 
     console = Console(stderr=True)
     last = None
     with console.status("verifying the chain from genesis ..."):
-        for last in read_blocks(load_settings(), genesis_path(genesis)):  # noqa: B007
+        for last in read_blocks(load_settings(), _follower(genesis)):  # noqa: B007
             pass
     if last is None:
         console.print("[yellow]no finalized block yet[/]")
@@ -106,12 +110,12 @@ def block(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show block HEIGHT after verifying the chain up to it."""
-    from services.consensus.follower import read_blocks
+    from streams.chain_reader import read_blocks
     from streams.settings import load_settings
 
     console = Console(stderr=True)
     with console.status(f"verifying the chain up to height {height} ..."):
-        for verified in read_blocks(load_settings(), genesis_path(genesis), height):
+        for verified in read_blocks(load_settings(), _follower(genesis), height):
             if verified.record.height == height:
                 _print(block_summary(verified), as_json, Console())
                 return
@@ -126,12 +130,12 @@ def follow(
     as_json: bool = typer.Option(False, "--json", help="One JSON line per block."),
 ) -> None:
     """Print every verified block as it is finalized, until Ctrl-C."""
-    from services.consensus.follower import read_blocks
+    from streams.chain_reader import read_blocks
     from streams.settings import load_settings
 
     console = Console()
     try:
-        for verified in read_blocks(load_settings(), genesis_path(genesis), from_height,
+        for verified in read_blocks(load_settings(), _follower(genesis), from_height,
                                     follow=True):
             summary = block_summary(verified)
             if as_json:
@@ -145,3 +149,8 @@ def follow(
                 )
     except KeyboardInterrupt:
         pass
+
+
+def _follower(genesis: Path | None) -> BlockFollower[LedgerState]:
+    """A follower at the genesis the option names (or the default one)."""
+    return ChainSpec.load(genesis_path(genesis)).follower()

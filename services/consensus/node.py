@@ -25,9 +25,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from services.block_builder.core.block import Block
-from services.consensus.core.commit import CommitCertificate
-from services.consensus.core.messages import Proposal, Vote
+from protocol.block import Block
+from protocol.commit import CommitCertificate
+from protocol.finalized import FinalizedRecord
+from protocol.follow import BlockFollower
+from protocol.messages import Vote
+from protocol.proposal import Proposal
 from services.consensus.core.state_machine import (
     BlockLogic,
     CommitReceived,
@@ -46,8 +49,6 @@ from services.consensus.core.state_machine import (
     handle,
     initial_state,
 )
-from services.consensus.follower import BlockFollower
-from services.consensus.wire import FinalizedRecord
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class ConsensusDriver:
         if decision.height != self.follower.next_height:
             return
         self._finalized.pop(decision.height, None)
-        self.follower.apply(decision.block, None, decision.commit)
+        self.follower.apply(decision.block, decision.commit)
         self.on_decided(decision, source)
         delay = self.start_delay_s(decision, source)
         if delay <= 0:

@@ -36,8 +36,10 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Message, TopicPartition
 
-from services.block_builder.core.block import Block
-from services.consensus.core.messages import Proposal
+from protocol.block import Block
+from protocol.codec import WireError
+from protocol.finalized import FinalizedRecord
+from protocol.proposal import Proposal
 from services.consensus.core.state_machine import (
     ConsensusConfig,
     Decided,
@@ -47,17 +49,11 @@ from services.consensus.core.state_machine import (
     ProposalReceived,
     VoteReceived,
 )
-from services.consensus.follower import BlockFollower, ChainSpec, catch_up
 from services.consensus.node import ConsensusDriver
 from services.consensus.node import drain as _drain
-from services.consensus.wire import (
-    FinalizedRecord,
-    WireError,
-    decode_consensus,
-    encode_evidence,
-    encode_finalized,
-    height_key,
-)
+from services.ledger.core.chain_spec import ChainSpec
+from streams.chain_reader import catch_up
+from streams.chain_wire import decode_consensus, encode_evidence, encode_finalized, height_key
 from streams.codec import default_codec
 from streams.dlq import DeadLetters
 from streams.kafka import KafkaError, make_consumer, make_producer
@@ -92,7 +88,7 @@ class Tally(ConsensusDriver):
         self.dlq = DeadLetters(_Collector(self._pending), settings.topic("dlq.chain"),
                                f"tally-{instance}")
         skipped: list[tuple[Message, Exception]] = []
-        follower = catch_up(settings, BlockFollower.start(spec),
+        follower = catch_up(settings, spec.follower(),
                             on_skip=lambda m, e: skipped.append((m, e)))
         for message, error in skipped:
             self.dlq.send_message(message, str(error), type(error).__name__)

@@ -25,25 +25,25 @@ replaying node does not wait) before starting the next height.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Message, TopicPartition
 
-from services.block_builder.core.block import Block
-from services.block_builder.core.proposal import EntropyRules
-from services.block_builder.pool import EntropyPool
-from services.consensus.core.chain import NodeBlockLogic
-from services.consensus.core.evidence import DuplicateVoteEvidence
-from services.consensus.core.messages import Proposal, Vote
+from protocol.codec import WireError
+from protocol.entropy.verifier import EntropyRejectedError
+from protocol.evidence import DuplicateVoteEvidence
+from protocol.keys import SigningKey
+from protocol.proposal import Proposal
+from services.block_builder.runtime import BlockBuilder, BuilderOptions, BuildInputs
 from services.consensus.core.signer import SignerState
 from services.consensus.core.state_machine import (
+    BlockLogic,
     Broadcast,
     ConsensusConfig,
     Decided,
@@ -54,24 +54,23 @@ from services.consensus.core.state_machine import (
     TimeoutParams,
     VoteReceived,
 )
-from services.consensus.follower import BlockFollower, ChainSpec, catch_up, source_registry
 from services.consensus.guard import SignGuard
-from services.consensus.mempool import Mempool, MempoolError, decode_submitted
+from services.consensus.mempool import Mempool
 from services.consensus.node import ConsensusDriver, now_ms
 from services.consensus.node import drain as _drain
-from services.consensus.wire import (
-    WireError,
+from services.ledger.core.chain_spec import ChainSpec, source_registry
+from services.ledger.core.queries import next_nonce
+from services.ledger.submit import SubmissionError, decode_submitted
+from streams.chain_reader import catch_up
+from streams.chain_wire import (
     decode_consensus,
     decode_evidence_record,
     decode_finalized,
     encode_consensus,
 )
-from services.qrng_ingest.core.chain import Checkpoint, Chunk
-from services.qrng_ingest.core.verifier import EntropyRejectedError
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters
 from streams.kafka import make_consumer, make_producer
-from streams.keys import SigningKey
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,42 +85,7 @@ class NodeOptions:
         propose_ms=1500, propose_delta_ms=500, prevote_ms=500, prevote_delta_ms=250,
         precommit_ms=500, precommit_delta_ms=250))
     block_interval_ms: int = 1000
-    rules: EntropyRules = field(default_factory=EntropyRules)
-    proposer_settle_ms: int = 50
-    validator_settle_ms: int = 600
-    entropy_wait_ms: int = 1500  # how long a proposal waits for its entropy to arrive here
-    misbehave: str | None = None  # "double-sign": a Byzantine node, for fault tests only
-
-
-@dataclass(slots=True)
-class BuilderState:
-    """The block builder's inputs: verified entropy, pending transactions, evidence."""
-
-    pool: EntropyPool
-    mempool: Mempool = field(default_factory=Mempool)
-    evidence: dict[bytes, DuplicateVoteEvidence] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class _Logic:
-    """``BlockLogic`` with the proposer's and the validator's pool views (see pool.py)."""
-
-    node: ValidatorNode
-
-    def _logic(self, settle_ms: int) -> NodeBlockLogic[Any]:
-        node = self.node
-        builder = node.builder
-        return NodeBlockLogic(
-            node.follower.chain, node.follower.spec.app, builder.pool.proposer_view(settle_ms),
-            builder.mempool.candidates(),
-            tuple(builder.evidence[k] for k in sorted(builder.evidence)),
-            node.options.rules, now_ms(), node.key.address)
-
-    def propose(self, height: int, round: int) -> Block:
-        return self._logic(self.node.options.proposer_settle_ms).propose(height, round)
-
-    def validate(self, block: Block) -> str | None:
-        return self._logic(self.node.options.validator_settle_ms).validate(block)
+    builder: BuilderOptions = field(default_factory=BuilderOptions)
 
 
 class ValidatorNode(ConsensusDriver):
@@ -137,11 +101,13 @@ class ValidatorNode(ConsensusDriver):
         self.dlq_chain = DeadLetters(producer, settings.topic("dlq.chain"), self.name)
         self.dlq_entropy = DeadLetters(producer, settings.topic("dlq.entropy"), self.name)
         self.dlq_ledger = DeadLetters(producer, settings.topic("dlq.ledger"), self.name)
-        follower = catch_up(settings, BlockFollower.start(spec),
+        follower = catch_up(settings, spec.follower(),
                             on_skip=lambda m, e: self.dlq_chain.send_message(
                                 m, str(e), type(e).__name__))
-        self.builder = BuilderState(EntropyPool(source_registry(follower.chain.app_state)))
-        self.builder.pool.advance(follower.chain.tip)
+        self.builder = BlockBuilder.for_registry(source_registry(follower.chain.app_state),
+                                                 follower.chain, options.builder)
+        self.mempool = Mempool()
+        self.evidence: dict[bytes, DuplicateVoteEvidence] = {}
         super().__init__(ConsensusConfig(spec.chain_id, key, options.timeouts), follower,
                          options.block_interval_ms)
         self._deferred: list[tuple[float, ProposalReceived, Any]] = []
@@ -153,8 +119,13 @@ class ValidatorNode(ConsensusDriver):
     def initial_signer(self) -> SignerState:
         return self.guard.load()
 
-    def logic(self) -> _Logic:
-        return _Logic(self)
+    def logic(self) -> BlockLogic:
+        return self.builder.logic(self._build_inputs)
+
+    def _build_inputs(self) -> BuildInputs:
+        return BuildInputs(self.follower.chain, self.follower.app, self.mempool.candidates(),
+                           tuple(self.evidence[k] for k in sorted(self.evidence)), now_ms(),
+                           self.key.address)
 
     # -- outputs
 
@@ -167,22 +138,11 @@ class ValidatorNode(ConsensusDriver):
             self.producer.produce(topic, encode_consensus(self.config.chain_id, message,
                                                           self.codec))
             self.sent += 1
-            if self.options.misbehave == "double-sign" and isinstance(message, Vote):
-                self.producer.produce(topic, encode_consensus(
-                    self.config.chain_id, self._conflicting(message), self.codec))
         for output in outputs:
             if isinstance(output, EvidenceDetected):
-                self.builder.evidence.setdefault(output.evidence.hash(), output.evidence)
+                self.evidence.setdefault(output.evidence.hash(), output.evidence)
         if messages:
             self.producer.poll(0)
-
-    def _conflicting(self, vote: Vote) -> Vote:
-        """A Byzantine second vote for the same slot (bypasses the guard on purpose)."""
-        other = (hashlib.sha256(b"conflict" + vote.signature).digest()
-                 if vote.block_hash is None else None)
-        unsigned = replace(vote, block_hash=other, signature=b"")
-        return replace(unsigned, signature=self.key.sign(unsigned.sign_bytes(
-            self.config.chain_id)))
 
     def on_rejected(self, rejection: MessageRejected, source: Any) -> None:
         if isinstance(source, _Source):
@@ -191,12 +151,13 @@ class ValidatorNode(ConsensusDriver):
     def on_decided(self, decision: Decided, source: Any) -> None:
         self.decided_heights += 1
         chain = self.follower.chain
-        self.builder.pool.advance(chain.tip)
-        self.builder.mempool.prune(decision.block.body.txs, self.follower.next_nonce)
-        for key in [k for k, item in self.builder.evidence.items()
+        self.builder.advance(chain)
+        self.mempool.prune(decision.block.body.txs,
+                           lambda address: next_nonce(chain.app_state, address))
+        for key in [k for k, item in self.evidence.items()
                     if (item.height, k) in chain.committed_evidence
                     or chain.tip.height - item.height > chain.evidence_max_age]:
-            del self.builder.evidence[key]
+            del self.evidence[key]
         log.info("%s decided height %d round %d", self.name, decision.height, decision.round)
 
     def start_delay_s(self, decision: Decided, source: Any) -> float:
@@ -214,8 +175,8 @@ class ValidatorNode(ConsensusDriver):
             return
         if isinstance(decoded, Proposal):
             event = ProposalReceived(decoded)
-            if self.builder.pool.missing(decoded.block.body.entropy):
-                wait = self.options.entropy_wait_ms / 1000
+            if self.builder.missing(decoded.block.body.entropy):
+                wait = self.options.builder.entropy_wait_ms / 1000
                 self._deferred.append((time.monotonic() + wait, event, source))
                 return
             self.feed(event, source)
@@ -225,23 +186,21 @@ class ValidatorNode(ConsensusDriver):
     def _entropy(self, message: Message) -> None:
         try:
             schema, record = self.codec.decode(message.value())
-            if schema == "EntropyChunkPublished":
-                self.builder.pool.accept_chunk(Chunk.from_record(record))
-            elif schema == "EntropyCheckpointSigned":
-                self.builder.pool.accept_checkpoint(Checkpoint.from_record(record))
-            else:
-                raise CodecError(f"{schema} does not belong on entropy.raw")
-        except EntropyRejectedError as exc:
-            self.builder.pool.count_rejection(exc.code)
-            self.dlq_entropy.send_message(message, str(exc), exc.code)
-        except (CodecError, ValueError) as exc:
+        except CodecError as exc:
             self.builder.pool.count_rejection("malformed")
+            self.dlq_entropy.send_message(message, str(exc), "malformed")
+            return
+        try:
+            self.builder.accept_entropy(schema, record)
+        except EntropyRejectedError as exc:
+            self.dlq_entropy.send_message(message, str(exc), exc.code)
+        except ValueError as exc:
             self.dlq_entropy.send_message(message, str(exc), "malformed")
 
     def _transaction(self, message: Message) -> None:
         try:
-            self.builder.mempool.add(decode_submitted(message.value(), self.codec))
-        except MempoolError as exc:
+            self.mempool.add(decode_submitted(message.value(), self.codec))
+        except SubmissionError as exc:
             self.dlq_ledger.send_message(message, str(exc), "rejected")
 
     def _blocks(self, message: Message) -> None:
@@ -256,7 +215,7 @@ class ValidatorNode(ConsensusDriver):
         except WireError as exc:
             self.dlq_chain.send_message(message, str(exc), "malformed")
             return
-        self.builder.evidence.setdefault(item.hash(), item)
+        self.evidence.setdefault(item.hash(), item)
 
     def _release_deferred(self) -> None:
         if not self._deferred:
@@ -264,7 +223,7 @@ class ValidatorNode(ConsensusDriver):
         now = time.monotonic()
         keep = []
         for deadline, event, source in self._deferred:
-            if now >= deadline or not self.builder.pool.missing(event.proposal.block.body.entropy):
+            if now >= deadline or not self.builder.missing(event.proposal.block.body.entropy):
                 self.feed(event, source)
             else:
                 keep.append((deadline, event, source))

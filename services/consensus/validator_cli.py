@@ -22,8 +22,6 @@ def run(
                                           help="pause after each block (0 = as fast as possible)"),
     propose_timeout_ms: int = typer.Option(1500, "--propose-timeout-ms"),
     duration_s: float | None = typer.Option(None, "--duration", help="stop after seconds"),
-    misbehave: str | None = typer.Option(None, "--misbehave", hidden=True,
-                                         help="double-sign: a Byzantine node (fault tests)"),
 ) -> None:
     """Run a validator until interrupted."""
     from dataclasses import replace
@@ -34,7 +32,7 @@ def run(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = load_settings()
     defaults = NodeOptions()
-    options = replace(defaults, block_interval_ms=block_interval_ms, misbehave=misbehave,
+    options = replace(defaults, block_interval_ms=block_interval_ms,
                       timeouts=replace(defaults.timeouts, propose_ms=propose_timeout_ms))
     node = run_validator(settings, genesis, key, state_dir or settings.state_dir / "validators",
                          options, duration_s)

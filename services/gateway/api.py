@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdk.keys import MAX_LENGTH, MIN_LENGTH
+from protocol.keydelivery import MAX_LENGTH, MIN_LENGTH
 from services.gateway.auth import ApiKeyRecord, ApiKeyStore, key_from_headers
 from services.gateway.chain import ChainView
 from services.gateway.keys import KeyRequest, KeyService, LedgerView
@@ -517,9 +517,9 @@ def _add_problem_schema(app: FastAPI) -> None:
 def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = True,
                   users: bool = True, retain: int = 5000) -> Gateway:
     """Wire the real components (connections are opened here, threads start with the app)."""
-    from services.consensus.follower import ChainSpec, source_registry
     from services.gateway.chain import ChainFollower, load_view
     from services.gateway.keys import KafkaTxSink, PrivatePool
+    from services.ledger.core.chain_spec import ChainSpec, source_registry
 
     spec = ChainSpec.load(genesis)
     view = load_view(spec, retain)

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdk.subscriber import validator_set_to_json
-from services.block_builder.core.randomness import randomness_input
-from services.consensus.core.commit import CommitFlag
-from services.consensus.core.validators import ValidatorSet
-from services.consensus.wire import FinalizedRecord, encode_finalized
+from protocol.commit import CommitFlag
+from protocol.finalized import FinalizedRecord
+from protocol.randomness import randomness_input
+from protocol.validators import ValidatorSet, validator_set_to_json
+from services.ledger.core.chain_spec import ChainSpec
+from streams.chain_wire import encode_finalized
 
 log = logging.getLogger("qustream.gateway.chain")
 
@@ -283,7 +284,8 @@ class ChainFollower:
         self._stop.set()
 
     def _run(self) -> None:
-        from services.consensus.follower import FollowError, read_blocks, watermarks
+        from protocol.follow import FollowError
+        from streams.chain_reader import read_blocks, watermarks
         from streams.kafka import make_consumer
 
         while not self._stop.is_set():
@@ -298,7 +300,7 @@ class ChainFollower:
                 # After a reconnect, blocks already in the view are verified again (the
                 # state needs them) but not handed out again: on_block must not see the ledger
                 # go back in time.
-                for verified in read_blocks(self.settings, self.genesis,
+                for verified in read_blocks(self.settings, ChainSpec.load(self.genesis).follower(),
                                             self.view.head_height + 1, follow=True,
                                             idle_timeout_s=1.0):
                     self.view.add_verified(verified)

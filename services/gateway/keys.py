@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sdk.keys import (
+from protocol.keydelivery import (
     MAX_LENGTH,
     MIN_LENGTH,
     MLKEM_PUBLIC_BYTES,
@@ -169,8 +169,8 @@ class PrivatePool:
     def _run(self) -> None:
         from confluent_kafka import TopicPartition
 
-        from services.qrng_ingest.core.chain import Checkpoint, Chunk, ChunkFormatError
-        from services.qrng_ingest.core.verifier import ChainVerifier, EntropyRejectedError
+        from protocol.entropy.chain import Checkpoint, Chunk, ChunkFormatError
+        from protocol.entropy.verifier import ChainVerifier, EntropyRejectedError
         from streams.codec import CodecError, default_codec
         from streams.kafka import make_consumer
 
@@ -283,7 +283,7 @@ class LedgerView:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def account(self, address: bytes) -> dict[str, Any]:
-        from services.consensus.core.ledger.queries import balance, next_nonce
+        from services.ledger.core.queries import balance, next_nonce
 
         if self.state is None:
             raise unavailable("chain-not-ready", "the gateway has not read the chain yet", 2)
@@ -316,7 +316,7 @@ class KafkaTxSink:
             self.producer.poll(0.05)
 
     async def submit(self, raw: bytes) -> bytes:
-        from services.consensus.mempool import submitted_record
+        from services.ledger.submit import submitted_record
         from streams.telemetry import inject_context
 
         key, value = submitted_record(raw)
@@ -336,7 +336,7 @@ class KafkaTxSink:
         self.producer.produce(self.topic, value=value, key=key, on_delivery=delivered,
                               headers=list(inject_context()))
         await asyncio.wait_for(future, 15)
-        from services.consensus.core.ledger.tx import tx_hash
+        from services.ledger.core.tx import tx_hash
 
         return tx_hash(raw)
 
@@ -359,14 +359,14 @@ class KeyService:
         self.check_ledger = check_ledger
 
     def _check_payment(self, request: KeyRequest, commitment: bytes) -> tuple[bytes, int, bytes]:
-        from services.consensus.core.ledger.tx import PayForService, ServiceKind
-        from services.consensus.mempool import MempoolError, parse_tx
+        from services.ledger.core.tx import PayForService, ServiceKind
+        from services.ledger.submit import SubmissionError, parse_tx
 
         try:
             pending = parse_tx(request.payment_tx)
-        except MempoolError as exc:
+        except SubmissionError as exc:
             raise _problem(422, "invalid-payment", str(exc)) from exc
-        from services.consensus.core.ledger.tx import decode_signed_tx
+        from services.ledger.core.tx import decode_signed_tx
 
         tx = decode_signed_tx(request.payment_tx).tx
         body = tx.body
@@ -386,7 +386,7 @@ class KeyService:
             state = self.ledger.state
             if state is None:
                 raise unavailable("chain-not-ready", "the gateway has not read the chain yet", 2)
-            from services.consensus.core.ledger.queries import balance, next_nonce
+            from services.ledger.core.queries import balance, next_nonce
 
             cost = tx.fee + body.units * state.params.price_key_material_per_unit
             if balance(state, pending.sender) < cost:

@@ -36,7 +36,7 @@ def health_params(
 @app.command("keygen")
 def keygen(out: Path = typer.Option(..., "--out", help="key file to create (mode 0600)")) -> None:
     """Create an ML-DSA-65 signing key for a QRNG server."""
-    from streams.keys import SigningKey
+    from protocol.keys import SigningKey
 
     key = SigningKey.generate()
     key.save(out)
@@ -50,8 +50,8 @@ def registry_entry(
     simulated: bool = typer.Option(False, "--simulated", help="source may publish simulator data"),
 ) -> None:
     """Print the registry entry (source id + public key) that consumers will trust."""
-    from services.qrng_ingest.core.registry import SourceRegistryEntry
-    from streams.keys import SigningKey
+    from protocol.entropy.registry import SourceRegistryEntry
+    from protocol.keys import SigningKey
 
     entry = SourceRegistryEntry(source_id, SigningKey.load(key).public_key, simulated)
     typer.echo(json.dumps(entry.to_json_dict(), indent=2))
@@ -91,11 +91,11 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="no live progress line"),
 ) -> None:
     """Run one QRNG ingest server until interrupted."""
-    from services.qrng_ingest.core.chain import CheckpointPolicy
+    from protocol.entropy.chain import CheckpointPolicy
+    from protocol.keys import SigningKey
     from services.qrng_ingest.core.liveness import LivenessPolicy
     from services.qrng_ingest.service import IngestConfig, IngestReport, build_service
     from services.qrng_ingest.sources import parse_source
-    from streams.keys import SigningKey
     from streams.settings import load_settings
 
     settings = load_settings()

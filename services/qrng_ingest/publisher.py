@@ -38,7 +38,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from services.qrng_ingest.core.chain import (
+from protocol.entropy.chain import (
     ChainHead,
     Checkpoint,
     CheckpointPolicy,
@@ -47,9 +47,9 @@ from services.qrng_ingest.core.chain import (
     extend,
     sign_checkpoint,
 )
+from protocol.keys import SigningKey
 from streams.codec import CodecError, default_codec
 from streams.kafka import KafkaError, make_consumer, make_producer
-from streams.keys import SigningKey
 from streams.settings import Settings
 
 

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from services.qrng_ingest.core.chain import CheckpointPolicy, HealthSummary
+from protocol.entropy.chain import CheckpointPolicy, HealthSummary
+from protocol.keys import SigningKey
 from services.qrng_ingest.core.health import (
     BlockHealth,
     HealthParameters,
@@ -41,7 +42,6 @@ from services.qrng_ingest.core.quarantine import (
 from services.qrng_ingest.monitor import Heartbeat, IngestMetrics, StatusEmitter
 from services.qrng_ingest.publisher import ChunkPublisher, open_publisher
 from services.qrng_ingest.sources import Source
-from streams.keys import SigningKey
 from streams.settings import Settings
 from streams.telemetry import setup_telemetry
 

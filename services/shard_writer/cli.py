@@ -15,8 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sdk.records import DecryptionError, open_record, seal_record
-from sdk.users import IdentityFileError, UserIdentity
+from protocol.keys import Algorithm
+from protocol.records import DecryptionError, open_record, seal_record
+from protocol.users import IdentityFileError, UserIdentity
 from services.shard_writer.core import (
     CommandBody,
     DeleteRecord,
@@ -25,7 +26,6 @@ from services.shard_writer.core import (
     RegisterUser,
     signed_command,
 )
-from streams.keys import Algorithm
 from streams.settings import load_settings
 
 app = typer.Typer(help="The sharded user database: register users, put/get/delete encrypted "

@@ -20,23 +20,19 @@ from typing import Any
 
 import pytest
 
+from protocol.block import Block
+from protocol.codec import decode_block, decode_commit
+from protocol.commit import CommitCertificate, CommitFlag, CommitSig
+from protocol.finalized import FinalizedRecord
+from protocol.keys import SigningKey
+from protocol.messages import VoteType, vote_sign_bytes
 from services.audit.export import ExportSource, write_export
 from services.audit.sources import LogRecord
-from services.block_builder.core.block import Block
-from services.consensus.core.commit import CommitCertificate, CommitFlag, CommitSig
-from services.consensus.core.ledger import Delegate, encode_signed_tx, sign_tx
-from services.consensus.core.ledger.queries import next_nonce, validator
-from services.consensus.core.messages import VoteType, vote_sign_bytes
-from services.consensus.mempool import submit_tx
-from services.consensus.wire import (
-    FinalizedRecord,
-    decode_block,
-    decode_commit,
-    encode_finalized,
-)
-from services.shard_writer.workload import make_workload
+from services.ledger.core import Delegate, encode_signed_tx, sign_tx
+from services.ledger.core.queries import next_nonce, validator
+from services.ledger.submit import submit_tx
+from streams.chain_wire import encode_finalized
 from streams.codec import default_codec
-from streams.keys import SigningKey
 from streams.settings import Settings
 from tests.integration.test_chain_e2e import Network, finalized_height, network_factory
 from tests.integration.test_users_pipeline import (
@@ -45,6 +41,7 @@ from tests.integration.test_users_pipeline import (
     produce_commands,
     wait_until,
 )
+from tests.support.workload import make_workload
 
 __all__ = ["network_factory"]
 pytestmark = pytest.mark.integration

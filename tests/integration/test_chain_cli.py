@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from services.consensus.core.ledger.queries import balance
-from streams.keys import SigningKey
+from protocol.keys import SigningKey
+from services.ledger.core.queries import balance
 from tests.integration.test_chain_e2e import CLI, Network, env_of, network_factory  # noqa: F401
 
 pytestmark = pytest.mark.integration

@@ -19,15 +19,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import TopicPartition
 
-from services.consensus.follower import (
-    ChainSpec,
-    VerifiedBlock,
-    read_blocks,
-    source_registry,
-    watermarks,
-)
-from services.qrng_ingest.core.chain import Checkpoint, Chunk
-from services.qrng_ingest.core.verifier import ChainVerifier, EntropyRejectedError
+from protocol.entropy.chain import Checkpoint, Chunk
+from protocol.entropy.verifier import ChainVerifier, EntropyRejectedError
+from services.ledger.core.chain_spec import ChainSpec, source_registry
+from streams.chain_reader import VerifiedBlock, read_blocks, watermarks
 from streams.codec import default_codec
 from streams.kafka import ensure_topics, make_consumer
 from streams.settings import Settings
@@ -37,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 PY = sys.executable
 CLI = (PY, "-m", "streams.cli")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def env_of(settings: Settings) -> dict[str, str]:
@@ -82,7 +78,8 @@ class Network:
         return self.root / "net" / "genesis.json"
 
     def blocks(self) -> list[VerifiedBlock]:
-        return list(read_blocks(self.settings, self.genesis, idle_timeout_s=3))
+        return list(read_blocks(self.settings, ChainSpec.load(self.genesis).follower(),
+                                idle_timeout_s=3))
 
     def wait_height(self, height: int, timeout_s: float) -> int:
         """Wait until chain.blocks holds ``height``; returns the height reached."""
@@ -145,9 +142,13 @@ def network_factory(settings: Settings, tmp_path: Path) -> Iterator[object]:
                 "--chunk-size", "4KiB", "--checkpoint-chunks", "8", "--checkpoint-ms", "300",
                 "--quiet"), env=env_of(settings)))
         for index in range(validators):
-            extra = ("--misbehave", "double-sign") if index in byzantine else ()
-            spec = validator_spec(net_dir, index, interval_ms, extra)
-            specs.append(ServiceSpec(spec.name, spec.argv, env=env_of(settings)))
+            spec = validator_spec(net_dir, index, interval_ms)
+            argv = spec.argv
+            if index in byzantine:  # the same node, double-signing (tests/support/byzantine.py)
+                argv = (sys.executable, "-m", "tests.support.byzantine", "double-sign",
+                        *argv[argv.index("--key"):])
+            specs.append(ServiceSpec(spec.name, argv,
+                                     env={**env_of(settings), "PYTHONPATH": str(REPO_ROOT)}))
         if tally:
             specs.append(ServiceSpec("tally", (*CLI, "tally", "run", "--genesis",
                                                str(net_dir / "genesis.json")),

@@ -7,11 +7,11 @@ import signal
 import time
 from pathlib import Path
 
-from services.consensus.core.ledger import Delegate, encode_signed_tx, sign_tx
-from services.consensus.core.ledger.queries import next_nonce, validator
-from services.consensus.mempool import submit_tx
-from services.consensus.wire import decode_finalized
-from streams.keys import SigningKey
+from protocol.keys import SigningKey
+from services.ledger.core import Delegate, encode_signed_tx, sign_tx
+from services.ledger.core.queries import next_nonce, validator
+from services.ledger.submit import submit_tx
+from streams.chain_wire import decode_finalized
 from tests.integration.test_chain_e2e import (
     Network,
     finalized_height,

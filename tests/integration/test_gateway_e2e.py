@@ -30,6 +30,8 @@ import pytest
 from cassandra.cluster import Session
 from confluent_kafka import TopicPartition
 
+from protocol.commit import CommitFlag, CommitSig
+from protocol.keys import SigningKey
 from sdk.errors import (
     BlockRejectedError,
     ConflictError,
@@ -42,14 +44,12 @@ from sdk.keys import DeliveredKey, KeyClient
 from sdk.subscriber import BlockSubscriber, KafkaBlockSource, SseBlockSource, parse_sse
 from sdk.testing import flip_bit, tamper
 from sdk.users import RecordDecryptionError, UserIdentity, UserStore, command_json
-from services.consensus.core.commit import CommitFlag, CommitSig
-from services.consensus.core.ledger.tx import PayForService, decode_signed_tx
-from services.consensus.follower import ChainSpec
+from services.ledger.core.chain_spec import ChainSpec
+from services.ledger.core.tx import PayForService, decode_signed_tx
 from services.shard_writer.core import DeleteRecord, PutRecord, RegisterUser, signed_command
 from services.shard_writer.store import create_schema, drop_keyspace
 from streams.codec import default_codec
 from streams.kafka import ensure_topics, make_consumer
-from streams.keys import SigningKey
 from streams.settings import Settings
 from streams.supervisor import ServiceSpec, Supervisor
 from tests.integration.test_chain_e2e import CLI, PacedFifo
@@ -364,7 +364,7 @@ def _wait_pool(stack: Stack, wanted: int, timeout_s: float = 60) -> None:
 
 def _ledger_payments(settings: Settings) -> dict[bytes, PayForService]:
     """tx hash -> PayForService body of every payment on ``ledger.tx``."""
-    from services.consensus.core.ledger.tx import tx_hash
+    from services.ledger.core.tx import tx_hash
 
     topic = settings.topic("ledger.tx")
     consumer = make_consumer(settings, f"ledger-check-{time.time_ns()}")
@@ -450,7 +450,7 @@ def test_user_records_over_http_read_your_writes(stack: Stack) -> None:
         document = http.get(f"/v1/users/{user}", params={"min_offset": position}).json()
         assert document["user_id"] == user and document["records"] == []
 
-        from sdk.records import open_record, seal_record
+        from protocol.records import open_record, seal_record
 
         envelope = seal_record(identity.records.public_key, user, "r1", 1, b"secret")
         put = http.post(f"/v1/users/{user}/records/r1", json=command(PutRecord("r1", 1,

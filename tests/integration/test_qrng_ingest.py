@@ -13,24 +13,24 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from services.qrng_ingest.core.chain import Checkpoint, CheckpointPolicy, Chunk, extend
-from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_block
-from services.qrng_ingest.core.liveness import LivenessPolicy
-from services.qrng_ingest.core.registry import SourceRegistry, SourceRegistryEntry
-from services.qrng_ingest.core.verifier import (
+from protocol.entropy.chain import Checkpoint, CheckpointPolicy, Chunk, extend
+from protocol.entropy.registry import SourceRegistry, SourceRegistryEntry
+from protocol.entropy.verifier import (
     BadSignatureError,
     ChainVerifier,
     ConflictingChunkError,
     DuplicateChunkError,
     EntropyRejectedError,
 )
+from protocol.keys import SigningKey
+from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_block
+from services.qrng_ingest.core.liveness import LivenessPolicy
 from services.qrng_ingest.monitor import StatusBoard
 from services.qrng_ingest.service import IngestConfig, build_service
 from services.qrng_ingest.sources import FaultSource, SimulatorSource
 from streams.codec import default_codec
 from streams.dlq import DeadLetters
 from streams.kafka import ensure_topics, make_consumer, make_producer
-from streams.keys import SigningKey
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -255,7 +255,7 @@ def test_forged_and_replayed_chunks_are_rejected_and_dead_lettered(settings: Set
     # at an existing seq.
     codec = default_codec()
     forger = SigningKey.generate()
-    from services.qrng_ingest.core.chain import ChainHead, HealthSummary, sign_checkpoint
+    from protocol.entropy.chain import ChainHead, HealthSummary, sign_checkpoint
 
     forged, forged_head = extend(ChainHead(last.seq + 1, last.chunk_digest), source_id="real-1",
                                  private=False, payload=os.urandom(CHUNK),

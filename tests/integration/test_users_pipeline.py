@@ -33,10 +33,10 @@ from services.shard_writer.core import Command, command_to_record
 from services.shard_writer.projection import Projector
 from services.shard_writer.queries import UserQueries
 from services.shard_writer.store import create_schema, drop_keyspace
-from services.shard_writer.workload import make_workload
 from streams.codec import default_codec
 from streams.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from streams.settings import Settings
+from tests.support.workload import make_workload
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,16 +12,15 @@ import pytest
 from cassandra.cluster import Session
 from confluent_kafka import KafkaError, TopicPartition
 
-from sdk.records import RecordKeyPair, open_record, seal_record
+from protocol.keys import Algorithm, SigningKey
+from protocol.records import RecordKeyPair, open_record, seal_record
 from services.shard_writer.client import UserClient
 from services.shard_writer.core import PutRecord, RegisterUser, signed_command, user_id_for
 from services.shard_writer.handler import MAX_COMMAND_BYTES, CommandHandler
 from services.shard_writer.projection import Projector
 from services.shard_writer.store import create_schema, drop_keyspace
-from services.shard_writer.workload import make_workload
 from streams.codec import default_codec
 from streams.kafka import ensure_topics, make_admin, make_consumer, make_producer
-from streams.keys import Algorithm, SigningKey
 from streams.settings import Settings
 from tests.integration.test_users_pipeline import (
     handler_caught_up,
@@ -30,6 +29,7 @@ from tests.integration.test_users_pipeline import (
     queries_for,
     wait_until,
 )
+from tests.support.workload import make_workload
 
 pytestmark = pytest.mark.integration
 

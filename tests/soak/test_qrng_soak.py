@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from protocol.entropy.registry import SourceRegistry, SourceRegistryEntry
+from protocol.keys import SigningKey
 from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_block
-from services.qrng_ingest.core.registry import SourceRegistry, SourceRegistryEntry
 from services.qrng_ingest.service import build_service
 from services.qrng_ingest.sources import FaultSource
 from streams.kafka import ensure_topics
-from streams.keys import SigningKey
 from streams.settings import Settings
 from tests.integration.test_qrng_ingest import (
     CHUNK,

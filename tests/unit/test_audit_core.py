@@ -15,7 +15,7 @@ from services.audit.core.rows import diff_tables
 from services.audit.export import ExportError, ExportSource, write_export
 from services.audit.replay import decode_block_record
 from services.audit.sources import LogRecord
-from services.consensus.follower import ChainSpec
+from services.ledger.core.chain_spec import ChainSpec
 
 
 @pytest.fixture(scope="module")

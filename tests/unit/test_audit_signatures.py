@@ -9,12 +9,12 @@ import signal
 
 import pytest
 
+from protocol.commit import CommitCertificate
+from protocol.keys import Algorithm, SigningKey
 from sdk.testing import LocalChain, make_local_chain, tamper
 from services.audit.replay import AuditOptions, audit_chain
 from services.audit.signatures import BATCH, SignaturePool
 from services.audit.sources import LogRecord, MemorySource
-from services.consensus.core.commit import CommitCertificate
-from streams.keys import Algorithm, SigningKey
 
 
 def _triples(count: int) -> list[tuple]:  # type: ignore[type-arg]

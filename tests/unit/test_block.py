@@ -8,29 +8,19 @@ from typing import Any
 
 import pytest
 
-from services.block_builder.core.block import (
-    Block,
-    BlockFormatError,
-    EntropyRef,
-    SeqRange,
-    ranges_of,
-)
-from services.block_builder.core.merkle import inclusion_proof, verify_inclusion
+from protocol.block import Block, BlockFormatError, EntropyRef, SeqRange, ranges_of
+from protocol.chain import ChainTip
+from protocol.commit import CommitCertificate
+from protocol.merkle import inclusion_proof, verify_inclusion
+from protocol.randomness import block_randomness, genesis_randomness, randomness_input
 from services.block_builder.core.proposal import (
-    ChainTip,
     EntropyRules,
     InvalidBlockError,
     StaticPool,
     build_block,
     validate_block,
 )
-from services.block_builder.core.randomness import (
-    block_randomness,
-    genesis_randomness,
-    randomness_input,
-)
-from services.consensus.core.commit import CommitCertificate
-from services.consensus.sim import sim_keys
+from tests.support.sim import sim_keys
 
 PROPOSER = sim_keys(1)[0].address
 RULES = EntropyRules(max_entropy_age=2, max_chunks_per_source=4, min_sources=2)

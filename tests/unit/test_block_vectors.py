@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from services.block_builder.core.block import Block, Body, EntropyRef, Header, SeqRange
-from services.block_builder.core.randomness import block_randomness, genesis_randomness
-from services.consensus.core.commit import CommitCertificate, CommitFlag, CommitSig
-from services.consensus.core.evidence import DuplicateVoteEvidence
-from services.consensus.core.messages import Vote, VoteType
-from services.consensus.sim import Behavior, SimConfig, simulate
+from protocol.block import Block, Body, EntropyRef, Header, SeqRange
+from protocol.commit import CommitCertificate, CommitFlag, CommitSig
+from protocol.evidence import DuplicateVoteEvidence
+from protocol.messages import Vote, VoteType
+from protocol.randomness import block_randomness, genesis_randomness
+from tests.support.sim import Behavior, SimConfig, simulate
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 REGENERATE = os.environ.get("QUSTREAM_REGENERATE_VECTORS") == "1"

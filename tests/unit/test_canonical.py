@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.canonical import CanonicalEncodingError, CanonicalWriter
+from protocol.canonical import CanonicalEncodingError, CanonicalWriter
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "canonical" / "vectors.json"
 

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from services.block_builder.core.block import EntropyRef
-from services.block_builder.core.proposal import ChainTip
+from protocol.block import EntropyRef
+from protocol.chain import ChainTip
+from protocol.codec import WireError, decode_block, decode_commit
+from protocol.finalized import FinalizedRecord
 from services.block_builder.pool import EntropyPool
-from services.consensus.sim import SimConfig, simulate
-from services.consensus.wire import (
-    FinalizedRecord,
-    WireError,
-    decode_block,
-    decode_commit,
-    decode_finalized,
-    encode_finalized,
-)
+from streams.chain_wire import decode_finalized, encode_finalized
+from tests.support.sim import SimConfig, simulate
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +71,7 @@ def test_decoders_accept_only_canonical_bytes(blocks: dict[int, object], part: s
     every which way, and whatever still decodes must re-encode to exactly the mutated bytes."""
     import random
 
-    from services.consensus.wire import _commit, _header
+    from protocol.codec import _commit, _header
 
     decode = {"header": _header, "commit": _commit.__wrapped__}[part]
     block = blocks[4]

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from services.consensus.core.commit import (
+from protocol.commit import (
     CommitCertificate,
     CommitFlag,
     CommitSig,
@@ -15,9 +15,9 @@ from services.consensus.core.commit import (
     verify_commit_light,
     verify_commit_light_trusting,
 )
-from services.consensus.core.messages import VoteType, vote_sign_bytes
-from services.consensus.sim import sim_keys, validator_set_of
-from streams.keys import Algorithm, SigningKey
+from protocol.keys import Algorithm, SigningKey
+from protocol.messages import VoteType, vote_sign_bytes
+from tests.support.sim import sim_keys, validator_set_of
 
 CHAIN = "test-chain"
 BLOCK = bytes(range(32))

@@ -10,15 +10,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from services.consensus.core.commit import (
+from protocol.commit import (
     CommitCertificate,
     CommitFlag,
     verify_commit,
     verify_commit_light_trusting,
 )
-from services.consensus.core.validators import Validator, ValidatorSet
-from services.consensus.sim import sim_keys, validator_set_of
-from streams.keys import PublicKey
+from protocol.keys import PublicKey
+from protocol.validators import Validator, ValidatorSet
+from tests.support.sim import sim_keys, validator_set_of
 from tests.unit.test_block_vectors import REGENERATE, commit_from, commit_json
 from tests.unit.test_commit import BLOCK, CHAIN, make_commit
 

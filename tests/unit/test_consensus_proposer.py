@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from services.consensus.core.proposer import initial_priorities, next_height, proposer
-from services.consensus.sim import sim_keys, validator_set_of
+from protocol.proposer import initial_priorities, next_height, proposer
+from tests.support.sim import sim_keys, validator_set_of
 
 # CometBFT types/validator_set_test.go TestProposerSelection1: foo 1000, bar 300, baz 330,
 # 99 heights, addresses ordered bar < baz < foo.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.block_builder.core.block import Block
-from services.consensus.core.messages import Proposal, Vote, VoteType
-from services.consensus.core.proposer import initial_priorities, proposer
+from protocol.block import Block
+from protocol.keys import SigningKey
+from protocol.messages import Vote, VoteType
+from protocol.proposal import Proposal
+from protocol.proposer import initial_priorities, proposer
 from services.consensus.core.state_machine import (
     Broadcast,
     CommitReceived,
@@ -27,8 +29,7 @@ from services.consensus.core.state_machine import (
     handle,
     initial_state,
 )
-from services.consensus.sim import SIM_RULES, SimConfig, Simulation, entropy_pool, sim_keys
-from streams.keys import SigningKey
+from tests.support.sim import SIM_RULES, SimConfig, Simulation, entropy_pool, sim_keys
 
 KEYS = sim_keys(4)
 SIMULATION = Simulation(SimConfig(validators=4))

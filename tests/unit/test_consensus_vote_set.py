@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from services.consensus.core.messages import VoteType
+from protocol.messages import VoteType
 from services.consensus.core.vote_set import (
     MAX_VALUES_PER_VALIDATOR,
     HeightVoteSet,
     VoteSet,
     VoteSetError,
 )
-from services.consensus.sim import sim_keys, validator_set_of
+from tests.support.sim import sim_keys, validator_set_of
 from tests.unit.test_evidence import vote
 
 KEYS = sim_keys(5)

@@ -6,17 +6,17 @@ import dataclasses
 
 import pytest
 
-from services.consensus.core.app import MisbehaviorKind
-from services.consensus.core.evidence import (
+from protocol.app import MisbehaviorKind
+from protocol.evidence import (
     DuplicateVoteEvidence,
     EvidenceError,
     to_misbehavior,
     verify_duplicate_vote,
 )
-from services.consensus.core.messages import Vote, VoteType
+from protocol.keys import SigningKey
+from protocol.messages import Vote, VoteType
 from services.consensus.core.vote_set import VoteSet
-from services.consensus.sim import sim_keys, validator_set_of
-from streams.keys import SigningKey
+from tests.support.sim import sim_keys, validator_set_of
 
 CHAIN = "test-chain"
 KEYS = sim_keys(4)

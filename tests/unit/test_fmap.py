@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.consensus.core.ledger.fmap import FrozenMap
-from streams.canonical import CanonicalWriter
+from protocol.canonical import CanonicalWriter
+from services.ledger.core.fmap import FrozenMap
 
 TAG = "TestMap"
 

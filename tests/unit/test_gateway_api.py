@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from protocol.randomness import block_randomness
 from sdk.errors import RateLimitedError, UnavailableError
 from sdk.keys import KeyClient
 from sdk.subscriber import BlockSubscriber, TrustedCheckpoint, parse_sse
 from sdk.testing import LocalChain, make_local_chain
-from services.block_builder.core.randomness import block_randomness
-from services.consensus.follower import BlockFollower, ChainSpec
-from services.consensus.wire import decode_finalized
 from services.gateway.api import Gateway, create_app
 from services.gateway.auth import ApiKeyStore
 from services.gateway.chain import ChainView
 from services.gateway.keys import BufferPool, KeyService, LedgerView
+from services.ledger.core.chain_spec import ChainSpec
+from streams.chain_wire import decode_finalized
 
 
 class MemorySink:
@@ -30,7 +30,7 @@ class MemorySink:
         self.txs: list[bytes] = []
 
     async def submit(self, raw: bytes) -> bytes:
-        from services.consensus.core.ledger.tx import tx_hash
+        from services.ledger.core.tx import tx_hash
 
         self.txs.append(raw)
         return tx_hash(raw)
@@ -39,7 +39,7 @@ class MemorySink:
 def fill_view(chain: LocalChain) -> tuple[ChainView, Any]:
     spec = ChainSpec.load(chain.genesis)
     view = ChainView(spec.chain_id, spec.initial.tip.previous_randomness)
-    follower = BlockFollower.start(spec)
+    follower = spec.follower()
     for offset, raw in enumerate(chain.records):
         record = decode_finalized(raw)
         validators = follower.chain.validators
@@ -117,9 +117,9 @@ def test_chain_endpoints(gateway: tuple[Gateway, dict[str, str]], chain: LocalCh
 
 
 def test_beacon_proof_verifies(gateway: tuple[Gateway, dict[str, str]]) -> None:
-    from services.block_builder.core.block import EntropyRef
-    from services.consensus.core.commit import verify_commit
-    from services.consensus.wire import decode_commit
+    from protocol.block import EntropyRef
+    from protocol.codec import decode_commit
+    from protocol.commit import verify_commit
 
     gw, keys = gateway
     http = client(gw, keys["read"])
@@ -170,7 +170,7 @@ def test_key_delivery_round_trip(gateway: tuple[Gateway, dict[str, str]],
     assert len(first.key) == 32 and len(second.key) == 64 and first.key != second.key[:32]
     sink = gw.key_service.sink  # type: ignore[union-attr]
     assert len(sink.txs) == 2  # type: ignore[union-attr]
-    from services.consensus.core.ledger.tx import decode_signed_tx
+    from services.ledger.core.tx import decode_signed_tx
 
     assert decode_signed_tx(sink.txs[0]).tx.body.commitment == first.commitment  # type: ignore[attr-defined,union-attr]
     # the same payment again is refused

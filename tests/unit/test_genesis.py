@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from services.consensus.core.ledger import MICRO, state_hash
-from services.consensus.core.ledger.queries import balance, supply_held
-from services.consensus.genesis import (
+from protocol.keys import SigningKey
+from services.ledger.core import MICRO, state_hash
+from services.ledger.core.genesis_file import (
     GenesisError,
     GenesisFormatError,
     genesis_from_json,
@@ -21,8 +21,8 @@ from services.consensus.genesis import (
     load_genesis,
     save_genesis,
 )
-from services.consensus.genesis_cli import app
-from streams.keys import SigningKey
+from services.ledger.core.queries import balance, supply_held
+from services.ledger.genesis_cli import app
 from tests.unit.test_ledger_fixtures import address, make_genesis
 
 

@@ -7,13 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.keys import (
-    Algorithm,
-    KeyFormatError,
-    PublicKey,
-    SigningKey,
-    UnknownAlgorithmError,
-)
+from protocol.keys import Algorithm, KeyFormatError, PublicKey, SigningKey, UnknownAlgorithmError
 
 
 @pytest.mark.parametrize("algorithm", list(Algorithm))

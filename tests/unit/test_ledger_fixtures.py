@@ -11,13 +11,10 @@ import dataclasses
 from collections.abc import Iterable
 from functools import cache
 
-from services.consensus.core.app import (
-    FinalizeBlockRequest,
-    FinalizeBlockResponse,
-    Misbehavior,
-    VoteInfo,
-)
-from services.consensus.core.ledger import (
+from protocol.app import FinalizeBlockRequest, FinalizeBlockResponse, Misbehavior, VoteInfo
+from protocol.keys import Algorithm, SigningKey
+from protocol.validators import ValidatorSet
+from services.ledger.core import (
     MICRO,
     Genesis,
     GenesisAccount,
@@ -31,9 +28,7 @@ from services.consensus.core.ledger import (
     genesis_state,
     sign_tx,
 )
-from services.consensus.core.ledger.queries import next_nonce
-from services.consensus.core.validators import ValidatorSet
-from streams.keys import Algorithm, SigningKey
+from services.ledger.core.queries import next_nonce
 
 CHAIN_ID = "qustream-test"
 FEE = 1_000

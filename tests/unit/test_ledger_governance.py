@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.consensus.core.ledger import (
+from services.ledger.core import (
     MICRO,
     RATE_ONE,
     Delegate,
@@ -17,10 +17,10 @@ from services.consensus.core.ledger import (
     VoteOption,
     VoteProposal,
 )
-from services.consensus.core.ledger import errors as E
-from services.consensus.core.ledger.governance import decide
-from services.consensus.core.ledger.queries import balance, proposal, supply_held
-from services.consensus.core.ledger.state import ProposalStatus, TallyResult
+from services.ledger.core import errors as E
+from services.ledger.core.governance import decide
+from services.ledger.core.queries import balance, proposal, supply_held
+from services.ledger.core.state import ProposalStatus, TallyResult
 from tests.unit.test_ledger_fixtures import (
     TEST_PARAMS,
     Chain,

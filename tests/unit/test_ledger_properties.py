@@ -17,14 +17,14 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.consensus.core.app import (
+from protocol.app import (
     FinalizeBlockRequest,
     FinalizeBlockResponse,
     Misbehavior,
     MisbehaviorKind,
     VoteInfo,
 )
-from services.consensus.core.ledger import (
+from services.ledger.core import (
     MICRO,
     RATE_ONE,
     CreateValidator,
@@ -46,8 +46,8 @@ from services.consensus.core.ledger import (
     genesis_state,
     state_hash,
 )
-from services.consensus.core.ledger.distribution import REWARD_RATIO_SCALE, pending_rewards
-from services.consensus.core.ledger.queries import supply_held
+from services.ledger.core.distribution import REWARD_RATIO_SCALE, pending_rewards
+from services.ledger.core.queries import supply_held
 from tests.unit.test_ledger_fixtures import Chain, address, make_genesis
 
 VALIDATORS = (0, 1, 2, 3)

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from services.consensus.core.app import Misbehavior, MisbehaviorKind
-from services.consensus.core.ledger import (
-    MICRO,
-    CreateValidator,
-    Delegate,
-    EditValidator,
-    Undelegate,
-    Unjail,
-)
-from services.consensus.core.ledger import errors as E
-from services.consensus.core.ledger.queries import (
+from protocol.app import Misbehavior, MisbehaviorKind
+from services.ledger.core import MICRO, CreateValidator, Delegate, EditValidator, Undelegate, Unjail
+from services.ledger.core import errors as E
+from services.ledger.core.queries import (
     balance,
     delegation_value,
     supply_held,
     unbonding_entries,
     validator,
 )
-from services.consensus.core.ledger.state import JAILED_FOREVER
+from services.ledger.core.state import JAILED_FOREVER
 from tests.unit.test_ledger_fixtures import TEST_PARAMS, Chain, address, make_genesis, with_params
 
 

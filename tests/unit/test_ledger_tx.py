@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.consensus.core.ledger import (
+from protocol.keys import Algorithm
+from services.ledger.core import (
     MICRO,
     CreateValidator,
     Delegate,
@@ -34,9 +35,8 @@ from services.consensus.core.ledger import (
     sign_tx,
     state_hash,
 )
-from services.consensus.core.ledger import errors as E
-from services.consensus.core.ledger.queries import balance, next_nonce
-from streams.keys import Algorithm
+from services.ledger.core import errors as E
+from services.ledger.core.queries import balance, next_nonce
 from tests.unit.test_ledger_fixtures import CHAIN_ID, FEE, Chain, address, key, make_genesis
 
 BODIES = [

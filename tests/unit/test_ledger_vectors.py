@@ -21,13 +21,8 @@ from typing import Any
 
 import pytest
 
-from services.consensus.core.app import (
-    FinalizeBlockRequest,
-    Misbehavior,
-    MisbehaviorKind,
-    VoteInfo,
-)
-from services.consensus.core.ledger import (
+from protocol.app import FinalizeBlockRequest, Misbehavior, MisbehaviorKind, VoteInfo
+from services.ledger.core import (
     MICRO,
     Delegate,
     LedgerApp,
@@ -44,8 +39,8 @@ from services.consensus.core.ledger import (
     WithdrawRewards,
     state_hash,
 )
-from services.consensus.core.ledger.state import module_roots
-from services.consensus.genesis import genesis_from_json, genesis_state, genesis_to_json
+from services.ledger.core.genesis_file import genesis_from_json, genesis_state, genesis_to_json
+from services.ledger.core.state import module_roots
 from tests.unit.test_ledger_fixtures import Chain, address, make_genesis, with_params
 
 VECTOR_DIR = Path(__file__).resolve().parents[1] / "vectors" / "ledger"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.block_builder.core.merkle import (
+from protocol.merkle import (
     EMPTY_ROOT,
     InclusionProof,
     MerkleProofError,

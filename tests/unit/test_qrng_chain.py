@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from services.qrng_ingest.core.chain import (
+from protocol.entropy.chain import (
     ZERO_DIGEST,
     ChainHead,
     Checkpoint,
@@ -20,21 +20,8 @@ from services.qrng_ingest.core.chain import (
     extend,
     sign_checkpoint,
 )
-from services.qrng_ingest.core.health import BlockHealth, HealthParameters
-from services.qrng_ingest.core.liveness import AlertKind, LivenessPolicy, LivenessState, assess
-from services.qrng_ingest.core.quarantine import (
-    HealthState,
-    QuarantinePolicy,
-    QuarantineState,
-    TransitionKind,
-    evolve,
-)
-from services.qrng_ingest.core.registry import (
-    RegistryError,
-    SourceRegistry,
-    SourceRegistryEntry,
-)
-from services.qrng_ingest.core.verifier import (
+from protocol.entropy.registry import RegistryError, SourceRegistry, SourceRegistryEntry
+from protocol.entropy.verifier import (
     BadSignatureError,
     ChainAnchor,
     ChainVerifier,
@@ -47,8 +34,17 @@ from services.qrng_ingest.core.verifier import (
     SimulatedDataError,
     UnknownSourceError,
 )
+from protocol.keys import SigningKey
+from services.qrng_ingest.core.health import BlockHealth, HealthParameters
+from services.qrng_ingest.core.liveness import AlertKind, LivenessPolicy, LivenessState, assess
+from services.qrng_ingest.core.quarantine import (
+    HealthState,
+    QuarantinePolicy,
+    QuarantineState,
+    TransitionKind,
+    evolve,
+)
 from streams.codec import default_codec
-from streams.keys import SigningKey
 
 KEY = SigningKey.from_seed(bytes(range(32)))
 OTHER = SigningKey.from_seed(bytes(32))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.qrng_ingest.core.chain import ChainHead, Chunk, HealthSummary, extend
+from protocol.entropy.chain import ChainHead, Chunk, HealthSummary, extend
 from services.qrng_ingest.publisher import (
     ChainPosition,
     ChunkEncoder,

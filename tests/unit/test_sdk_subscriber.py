@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from protocol.commit import CommitFlag, CommitSig
+from protocol.validators import ValidatorSet
 from sdk.errors import BlockGapError, BlockRejectedError, ForkDetectedError
 from sdk.subscriber import BlockSubscriber, TrustedCheckpoint, parse_sse
 from sdk.testing import LocalChain, flip_bit, make_local_chain, tamper
-from services.consensus.core.commit import CommitFlag, CommitSig
-from services.consensus.core.validators import ValidatorSet
 
 
 class ListSource:

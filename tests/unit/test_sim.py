@@ -10,7 +10,8 @@ import dataclasses
 
 import pytest
 
-from services.consensus.sim import (
+from protocol.keys import Algorithm
+from tests.support.sim import (
     Behavior,
     CounterState,
     Crash,
@@ -20,7 +21,6 @@ from services.consensus.sim import (
     run_seeds,
     simulate,
 )
-from streams.keys import Algorithm
 
 E, INV, S = Behavior.EQUIVOCATE, Behavior.INVALID, Behavior.SILENT
 
@@ -113,6 +113,6 @@ def test_cli_replays_a_seed(capsys: pytest.CaptureFixture[str]) -> None:
 def test_replay_command_names_the_failing_configuration() -> None:
     config = SimConfig(seed=9, validators=7, heights=4, byzantine=((1, E), (2, S)))
     assert config.replay_command() == (
-        "python -m services.consensus.sim --seed 9 --validators 7 --heights 4 "
+        "python -m tests.support.sim --seed 9 --validators 7 --heights 4 "
         "--byzantine 1:equivocate,2:silent"
     )

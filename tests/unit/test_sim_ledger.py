@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from services.consensus.core.app import Application
-from services.consensus.core.ledger import (
+from protocol.app import Application
+from protocol.keys import SigningKey
+from services.ledger.core import (
     MICRO,
     RATE_ONE,
     Genesis,
@@ -18,8 +19,7 @@ from services.consensus.core.ledger import (
     Params,
     genesis_state,
 )
-from services.consensus.sim import Behavior, faulty_config, simulate
-from streams.keys import SigningKey
+from tests.support.sim import Behavior, faulty_config, simulate
 
 SELF_BOND = 10_000 * MICRO
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.consensus.tx_cli import AmountError, parse_address, parse_percent, parse_tokens
+from services.ledger.tx_cli import AmountError, parse_address, parse_percent, parse_tokens
 
 
 @pytest.mark.parametrize(("text", "micro"), [("1", 1_000_000), ("1.5", 1_500_000),

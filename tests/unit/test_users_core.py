@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol.keys import Algorithm, SigningKey
+from protocol.users import CommandBody
 from services.shard_writer.core import (
     COMMAND_WINDOW,
     Accepted,
@@ -50,8 +52,6 @@ from services.shard_writer.core import (
     signed_command,
     user_id_for,
 )
-from services.shard_writer.core.commands import CommandBody
-from streams.keys import Algorithm, SigningKey
 
 KEY = SigningKey.from_seed(bytes(range(32)), Algorithm.ED25519)
 DEVICE = SigningKey.from_seed(bytes(range(1, 33)), Algorithm.ED25519)

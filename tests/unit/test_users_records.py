@@ -1,4 +1,4 @@
-"""Client-side record encryption (sdk.records): round trip, binding, tampering."""
+"""Client-side record encryption (protocol.records): round trip, binding, tampering."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdk.records import (
+from protocol.records import (
     OVERHEAD,
     DecryptionError,
     EnvelopeFormatError,

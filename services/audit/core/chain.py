@@ -39,27 +39,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.app import Application
+from protocol.block import Block, EntropyRef
+from protocol.chain import ChainError, ChainState, apply_block
+from protocol.check import check_header, check_signatures
+from protocol.commit import CommitCertificate, CommitFlag
+from protocol.keys import SignatureCheck, default_signature_check
+from protocol.validators import ValidatorSet
 from services.audit.core.findings import Finding
-from services.block_builder.core.block import Block, EntropyRef
-from services.block_builder.core.randomness import block_randomness
-from services.consensus.core.app import Application
-from services.consensus.core.chain import (
-    ChainError,
-    ChainState,
-    apply_block,
-    check_evidence,
-    check_last_commit,
-)
-from services.consensus.core.commit import (
-    CommitCertificate,
-    CommitFlag,
-    SignatureCheck,
-    default_signature_check,
-    verify_commit,
-)
-from services.consensus.core.ledger import LedgerState, tx_hash
-from services.consensus.core.ledger.errors import LedgerError
-from services.consensus.core.validators import ValidatorSet
+from services.ledger.core import LedgerState, tx_hash
+from services.ledger.core.errors import LedgerError
 
 TOPIC = "chain.blocks"
 
@@ -185,37 +174,9 @@ class ChainAuditor:
             if name in item.fields and item.fields[name] != want:
                 self._fail("record", f"the record's {name} field does not match its block",
                            offset, height)
-        tip = chain.tip
-        links = (
-            ("hash_link", "chain id", header.chain_id, tip.chain_id),
-            ("hash_link", "previous block hash", header.previous_block_hash,
-             tip.previous_block_hash),
-            ("state_hash", "app hash (state after the previous block)", header.app_hash,
-             tip.app_hash),
-            ("validator_set", "validators hash", header.validators_hash, tip.validators_hash),
-            ("validator_set", "next validators hash", header.next_validators_hash,
-             tip.next_validators_hash),
-        )
-        for check, name, got, want in links:
-            if got != want:
-                self._fail(check, f"header {name} {_short(got)} is not the recomputed "
-                           f"{_short(want)}", offset, height)
-        if header.time_ms <= tip.previous_time_ms:
-            self._fail("time", f"time {header.time_ms} is not after {tip.previous_time_ms}",
-                       offset, height)
-        problem = block.structural_problem()
-        if problem:
-            check = "entropy_root" if "entropy" in problem else "block_body"
-            self._fail(check, problem, offset, height)
-        derived = block_randomness(tip.previous_randomness, tip.height, block.body.entropy)
         self._count("randomness_derivations")
-        if header.randomness != derived:
-            self._fail("randomness", f"randomness {header.randomness.hex()[:16]}… is not the "
-                       f"value derived from the previous randomness and the block's entropy "
-                       f"({derived.hex()[:16]}…)", offset, height)
-        if header.proposer_address not in chain.validators:
-            self._fail("proposer", f"proposer {header.proposer_address.hex()} is not a "
-                       "validator", offset, height)
+        for finding in check_header(chain.tip, chain.validators, block):
+            self._fail(finding.check, finding.reason, offset, height)
         seen_here: set[bytes] = set()
         for position, tx in enumerate(block.body.txs):
             digest = tx_hash(tx)
@@ -225,46 +186,20 @@ class ChainAuditor:
                 self._fail("transactions", f"transaction {position} ({digest.hex()[:16]}) was "
                            f"already applied at {where}: applied twice", offset, height)
             seen_here.add(digest)
-        if full:
-            for evidence in block.body.evidence:
-                self._count("evidence")
-                reason = check_evidence(chain, evidence, self.check)
-                if reason:
-                    self._fail("evidence", reason, offset, height)
-            last_commit = block.body.last_commit
-            # The previous record's certificate was just verified against the same set.
-            if last_commit is not None and last_commit != self._verified_commit:
-                self._count("signature_checks", len(last_commit.signatures))
-                reason = check_last_commit(chain, last_commit, self.check)
-                if reason:
-                    self._fail("last_commit", reason, offset, height)
-            self._check_commit(commit, block, offset)
-
-    def _check_commit(self, commit: CommitCertificate, block: Block, offset: int) -> None:
-        height, validators = block.height, self.chain.validators
-        # Checked last, so a report names what was changed in a block before the consequence
-        # that its certificate no longer matches.
-        if commit.height != height or commit.block_hash != block.hash:
-            self._fail("commit", f"certificate is for block {commit.block_hash.hex()[:16]} at "
-                       f"height {commit.height}, not block {block.hash.hex()[:16]} at {height}",
-                       offset, height)
+        if not full:
             return
-        for record in commit.signatures:
-            if record.flag is not CommitFlag.ABSENT and record.validator_address not in (
-                    validators):
-                self._fail("commit", f"signature from {record.validator_address.hex()}, which is "
-                           f"not in the validator set of height {height} (recomputed from the "
-                           "ledger)", offset, height)
-                return
+        self._count("evidence", len(block.body.evidence))
+        last_commit = block.body.last_commit
+        if last_commit is not None and last_commit != self._verified_commit:
+            self._count("signature_checks", len(last_commit.signatures))
         self._count("certificates")
         self._count("signature_checks", sum(
             1 for s in commit.signatures if s.flag is not CommitFlag.ABSENT))
-        result = verify_commit(self.chain.chain_id, block.hash, height, commit, validators,
-                               self.check)
-        if not result.ok:
-            self._fail("commit", f"certificate does not verify against the validator set of "
-                       f"height {height}: {result.reason}", offset, height)
-        else:
+        findings = check_signatures(chain, block, commit, check=self.check,
+                                    verified_last_commit=self._verified_commit)
+        for finding in findings:
+            self._fail(finding.check, finding.reason, offset, height)
+        if not any(finding.check == "commit" for finding in findings):
             self._verified_commit = commit
 
     # -- check 10 -----------------------------------------------------------------------------
@@ -312,7 +247,3 @@ class ChainAuditor:
             self.entropy_refs.append((height, offset, ref))
         self._count("blocks")
         return AppliedBlock(height, offset, block, chain)
-
-
-def _short(value: Any) -> str:
-    return value.hex()[:16] if isinstance(value, bytes) else repr(value)

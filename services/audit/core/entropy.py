@@ -22,11 +22,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.block import EntropyRef
+from protocol.entropy.chain import Checkpoint, Chunk, ChunkFormatError
+from protocol.entropy.registry import SourceRegistryEntry
+from protocol.entropy.verifier import ChainVerifier, EntropyRejectedError
 from services.audit.core.findings import Finding, Severity
-from services.block_builder.core.block import EntropyRef
-from services.qrng_ingest.core.chain import Checkpoint, Chunk, ChunkFormatError
-from services.qrng_ingest.core.registry import SourceRegistryEntry
-from services.qrng_ingest.core.verifier import ChainVerifier, EntropyRejectedError
 
 TOPIC = "entropy.raw"
 

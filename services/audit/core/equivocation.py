@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from protocol.messages import Vote
+from protocol.validators import ValidatorSet
 from services.audit.core.findings import Finding, Severity
-from services.consensus.core.messages import Vote
-from services.consensus.core.validators import ValidatorSet
 
 TOPIC = "chain.consensus"
 GroupKey = tuple[int, int, int, bytes]  # height, round, vote type, validator

@@ -13,8 +13,8 @@ service, the simulator and the audit:
   application state, evidence verification and commit verification.
 
 Validation rules (``validate_block``), each failure a ``InvalidBlockError`` naming the rule:
-header links (chain id, height, previous hash, strictly later time, app hash, validator-set
-hashes, expected proposer); body matches header (roots, order); randomness re-derived; every
+``protocol.check.check_header`` (chain id, height, previous hash, strictly later time, app hash,
+validator-set hashes, expected proposer, body matches header, randomness re-derived); every
 entropy reference verified in the pool for a registered source; per source the range starts right
 after the previous block's last seq; no verified chunk older than ``max_entropy_age`` heights left
 out (unless the block already carries ``max_chunks_per_source`` of that source); at least two
@@ -28,16 +28,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from services.block_builder.core.block import (
-    Block,
-    Body,
-    EntropyRef,
-    Header,
-    ranges_of,
-)
-from services.block_builder.core.randomness import block_randomness
-from services.consensus.core.commit import CommitCertificate
-from services.consensus.core.evidence import DuplicateVoteEvidence
+from protocol.block import Block, Body, EntropyRef, Header, ranges_of
+from protocol.chain import ChainTip
+from protocol.check import check_header, first_problem
+from protocol.commit import CommitCertificate
+from protocol.evidence import DuplicateVoteEvidence
+from protocol.randomness import block_randomness
 
 
 class InvalidBlockError(ValueError):
@@ -93,45 +89,6 @@ class EntropyRules:
     max_entropy_age: int = 2  # heights a verified chunk may wait before it must be included
     max_chunks_per_source: int = 16  # per block
     min_sources: int = 2  # required when at least this many healthy sources have chunks
-
-
-@dataclass(frozen=True, slots=True)
-class ChainTip:
-    """What the chain fixed before ``height``, the height being built or validated."""
-
-    chain_id: str
-    height: int
-    previous_block_hash: bytes  # genesis hash at height 1
-    previous_time_ms: int  # genesis time at height 1
-    previous_randomness: bytes  # genesis randomness at height 1
-    last_seq: tuple[tuple[str, int], ...]  # per source, last included seq, sorted by source
-    app_hash: bytes  # application state hash after height - 1
-    validators_hash: bytes
-    next_validators_hash: bytes
-
-    def last_seq_of(self, source_id: str) -> int:
-        for source, seq in self.last_seq:
-            if source == source_id:
-                return seq
-        return -1
-
-    def advanced(self, block: Block, app_hash: bytes, next_next_validators_hash: bytes) -> ChainTip:
-        """The tip after ``block`` is decided and applied (``app_hash`` is the state after it;
-        ``next_next_validators_hash`` the set governing height + 2)."""
-        last = dict(self.last_seq)
-        for seq_range in block.header.entropy_ranges:
-            last[seq_range.source_id] = seq_range.last
-        return ChainTip(
-            chain_id=self.chain_id,
-            height=self.height + 1,
-            previous_block_hash=block.hash,
-            previous_time_ms=block.header.time_ms,
-            previous_randomness=block.header.randomness,
-            last_seq=tuple(sorted(last.items())),
-            app_hash=app_hash,
-            validators_hash=self.next_validators_hash,
-            next_validators_hash=next_next_validators_hash,
-        )
 
 
 CheckTx = Callable[[bytes], bool]
@@ -193,39 +150,6 @@ def build_block(
     return Block(header, body)
 
 
-def check_header(block: Block, tip: ChainTip, expected_proposer: bytes | None = None) -> None:
-    """Raise ``InvalidBlockError`` unless the header links to ``tip`` (chain id, height, hashes,
-    increasing time), the body matches the header, and the randomness is the derived value.
-    Shared by proposal validation and by every follower of the chain."""
-    header = block.header
-    expectations: tuple[tuple[str, object, object], ...] = (
-        ("chain id", header.chain_id, tip.chain_id),
-        ("height", header.height, tip.height),
-        ("previous block hash", header.previous_block_hash, tip.previous_block_hash),
-        ("app hash", header.app_hash, tip.app_hash),
-        ("validators hash", header.validators_hash, tip.validators_hash),
-        ("next validators hash", header.next_validators_hash, tip.next_validators_hash),
-    )
-    for name, got, want in expectations:
-        if got != want:
-            raise InvalidBlockError(f"block {header.height}: {name} is not the expected one")
-    if header.time_ms <= tip.previous_time_ms:
-        raise InvalidBlockError(
-            f"block {header.height}: time {header.time_ms} is not after {tip.previous_time_ms}"
-        )
-    if expected_proposer is not None and header.proposer_address != expected_proposer:
-        raise InvalidBlockError(
-            f"block {header.height}: proposer {header.proposer_address.hex()} is not "
-            f"{expected_proposer.hex()}"
-        )
-    problem = block.structural_problem()
-    if problem:
-        raise InvalidBlockError(f"block {header.height}: {problem}")
-    expected = block_randomness(tip.previous_randomness, tip.height, block.body.entropy)
-    if header.randomness != expected:
-        raise InvalidBlockError(f"block {header.height}: randomness is not the derived value")
-
-
 def _check_entropy(block: Block, tip: ChainTip, pool: VerifiedPool, rules: EntropyRules) -> None:
     height = block.header.height
     registered = set(pool.registered_sources())
@@ -285,7 +209,10 @@ def validate_block(
     check_last_commit: CheckCommit,
 ) -> None:
     """Raise ``InvalidBlockError`` unless ``block`` is a valid proposal on top of ``tip``."""
-    check_header(block, tip, expected_proposer)
+    problem = first_problem(check_header(tip, None, block, expected_proposer=expected_proposer),
+                            block.height)
+    if problem is not None:
+        raise InvalidBlockError(problem)
     _check_entropy(block, tip, pool, rules)
     height = block.header.height
     for position, tx in enumerate(block.body.txs):

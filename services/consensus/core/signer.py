@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from streams.keys import SigningKey
+from protocol.keys import SigningKey
 
 
 class DoubleSignError(RuntimeError):

@@ -43,22 +43,16 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Protocol
 
-from services.block_builder.core.block import Block
-from services.consensus.core.commit import (
-    CommitCertificate,
-    CommitFlag,
-    CommitSig,
-    SignatureCheck,
-    default_signature_check,
-    verify_commit,
-)
-from services.consensus.core.evidence import DuplicateVoteEvidence
-from services.consensus.core.messages import Message, Proposal, Vote, VoteType
-from services.consensus.core.proposer import ProposerPriorities, next_height, proposer
+from protocol.block import Block
+from protocol.commit import CommitCertificate, CommitFlag, CommitSig, verify_commit
+from protocol.evidence import DuplicateVoteEvidence
+from protocol.keys import SignatureCheck, SigningKey, default_signature_check
+from protocol.messages import Vote, VoteType
+from protocol.proposal import Message, Proposal
+from protocol.proposer import ProposerPriorities, next_height, proposer
+from protocol.validators import ValidatorSet
 from services.consensus.core.signer import DoubleSignError, SignerState, SignStep
-from services.consensus.core.validators import ValidatorSet
 from services.consensus.core.vote_set import NIL_KEY, HeightVoteSet, VoteSetError
-from streams.keys import SigningKey
 
 
 class Step(IntEnum):

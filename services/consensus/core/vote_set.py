@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from services.consensus.core.evidence import DuplicateVoteEvidence
-from services.consensus.core.messages import Vote, VoteType
-from services.consensus.core.validators import ValidatorSet
+from protocol.evidence import DuplicateVoteEvidence
+from protocol.messages import Vote, VoteType
+from protocol.validators import ValidatorSet
 
 MAX_VALUES_PER_VALIDATOR = 4
 NIL_KEY = b""

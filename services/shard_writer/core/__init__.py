@@ -6,25 +6,25 @@ shells in ``services.shard_writer`` wire this core to the topics and tables.
 
 from __future__ import annotations
 
-from services.shard_writer.core.auth import (
-    authenticate,
-    command_digest,
-    signed_command,
-    signing_bytes,
-    user_id_for,
-)
-from services.shard_writer.core.commands import (
+from protocol.users import (
     COMMAND_TYPES,
     Command,
     CommandBody,
     DeleteRecord,
     DeleteUser,
     LinkDevice,
+    MalformedCommandError,
     PutRecord,
     RegisterUser,
     RevokeDevice,
     RotateKeys,
+    command_digest,
+    encode_body,
+    signed_command,
+    signing_bytes,
+    user_id_for,
 )
+from services.shard_writer.core.auth import authenticate
 from services.shard_writer.core.decide import (
     DEFAULT_LIMITS,
     Accepted,
@@ -52,7 +52,6 @@ from services.shard_writer.core.rejections import (
     ForgedSignatureError,
     IdempotencyKeyReusedError,
     InvalidCommandError,
-    MalformedCommandError,
     QuotaExceededError,
     RecordTooLargeError,
     RecordVersionConflictError,
@@ -75,7 +74,6 @@ from services.shard_writer.core.wire import (
     MalformedEventError,
     command_from_record,
     command_to_record,
-    encode_body,
     event_from_record,
     event_to_record,
 )

@@ -1,62 +1,17 @@
-"""Who may issue a command: canonical signing bytes, the command digest, and verification.
+"""Who may issue a command: the key a command must be signed with, and its verification.
 
-A command is signed (ML-DSA-65 by default, Ed25519 allowed) over its canonical encoding, which
-names the user, the idempotency key, the expected version, the type, the payload bytes as sent,
-the issue time and the signing device. The user's own key signs with ``device_id == ""``; a
-linked, not revoked device signs with its id.
+The signed bytes are ``protocol.users.signing_bytes``. The user's own key signs with
+``device_id == ""``; a linked, not revoked device signs with its id.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from services.shard_writer.core.commands import Command, CommandBody, RegisterUser
+from protocol.keys import KeyError_, PublicKey
+from protocol.users import Command, RegisterUser, signing_bytes
 from services.shard_writer.core.rejections import ForgedSignatureError
 from services.shard_writer.core.user import User
-from services.shard_writer.core.wire import encode_body
-from streams.canonical import CanonicalWriter, sha256
-from streams.keys import KeyError_, PublicKey, SigningKey
-
-
-def signing_bytes(command: Command) -> bytes:
-    return (
-        CanonicalWriter("UserCommand")
-        .text(command.user_id)
-        .text(command.command_id)
-        .i64(-1 if command.expected_version is None else command.expected_version)
-        .text(command.command_type)
-        .bytes(command.payload)
-        .u64(command.issued_at_ms)
-        .text(command.device_id)
-        .finish()
-    )
-
-
-def command_digest(command: Command) -> bytes:
-    """What identifies a command for idempotency: the digest of its signed content."""
-    return sha256(signing_bytes(command))
-
-
-def user_id_for(signing_key: str) -> str:
-    """The pseudonymous user id of a public signing key: its address, in hex."""
-    return PublicKey.from_text(signing_key).address_hex
-
-
-def signed_command(
-    key: SigningKey,
-    user_id: str,
-    command_id: str,
-    body: CommandBody,
-    *,
-    issued_at_ms: int,
-    expected_version: int | None = None,
-    device_id: str = "",
-) -> Command:
-    """Build and sign a command (what the SDK, the CLI and the gateway call)."""
-    unsigned = Command(user_id, command_id, expected_version, body, encode_body(body),
-                       issued_at_ms, device_id)
-    return Command(user_id, command_id, expected_version, body, unsigned.payload, issued_at_ms,
-                   device_id, key.sign(signing_bytes(unsigned)))
 
 
 def _signer_key(state: User | None, command: Command) -> str | None:

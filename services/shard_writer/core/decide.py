@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.shard_writer.core.auth import command_digest, user_id_for
-from services.shard_writer.core.commands import (
+from protocol.keys import KeyError_
+from protocol.users import (
     Command,
     DeleteRecord,
     DeleteUser,
@@ -20,6 +20,8 @@ from services.shard_writer.core.commands import (
     RegisterUser,
     RevokeDevice,
     RotateKeys,
+    command_digest,
+    user_id_for,
 )
 from services.shard_writer.core.events import (
     DeviceLinked,
@@ -48,7 +50,6 @@ from services.shard_writer.core.rejections import (
     VersionConflictError,
 )
 from services.shard_writer.core.user import User
-from streams.keys import KeyError_
 
 ENCRYPTION_KEY_BYTES = 1184  # ML-KEM-768 encapsulation key
 MAX_ID_CHARS = 128

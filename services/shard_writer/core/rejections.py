@@ -93,12 +93,5 @@ REJECTIONS: dict[str, type[CommandRejectedError]] = {
 }
 
 
-class MalformedCommandError(ValueError):
-    """The bytes are not a command at all (bad payload, unknown type, bad field types).
-
-    Not a rejection: such input goes to the dead-letter queue with this reason.
-    """
-
-
 class ForgedSignatureError(ValueError):
     """The command's signature does not verify against any key the user authorised."""

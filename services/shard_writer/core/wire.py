@@ -7,73 +7,21 @@ Decoding is strict: any unknown type, missing or extra field, or wrong field typ
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
-import json
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
-from services.shard_writer.core.commands import COMMAND_TYPES, Command, CommandBody
-from services.shard_writer.core.events import EVENT_TYPES, Event, EventBody
-from services.shard_writer.core.rejections import MalformedCommandError
-
-B = TypeVar("B")
+from protocol.users import (
+    COMMAND_TYPES,
+    Command,
+    MalformedCommandError,
+    decode_body,
+    encode_body,
+)
+from services.shard_writer.core.events import EVENT_TYPES, Event
 
 
 class MalformedEventError(ValueError):
     """An event record on ``users.events`` cannot be turned into an ``Event``."""
-
-
-_FIELDS: dict[type, tuple[tuple[str, str], ...]] = {}
-
-
-def _fields(cls: Any) -> tuple[tuple[str, str], ...]:
-    fields = _FIELDS.get(cls)
-    if fields is None:
-        fields = _FIELDS[cls] = tuple((f.name, str(f.type)) for f in dataclasses.fields(cls))
-    return fields
-
-
-def encode_body(body: CommandBody | EventBody) -> bytes:
-    """The canonical JSON payload of a command or event body."""
-    data: dict[str, Any] = {}
-    for name, kind in _fields(type(body)):
-        value = getattr(body, name)
-        data[name] = base64.b64encode(value).decode("ascii") if kind == "bytes" else value
-    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-
-def decode_body(cls: type[B], payload: bytes, error: type[ValueError]) -> B:
-    try:
-        data = json.loads(payload) if payload else {}
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise error(f"{cls.__name__} payload is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise error(f"{cls.__name__} payload is not a JSON object")
-    fields = _fields(cls)
-    if set(data) != {name for name, _ in fields}:
-        raise error(f"{cls.__name__} payload fields {sorted(data)} != "
-                    f"{sorted(name for name, _ in fields)}")
-    values: dict[str, Any] = {}
-    for name, kind in fields:
-        value = data[name]
-        if kind == "bytes":
-            if not isinstance(value, str):
-                raise error(f"{cls.__name__}.{name} must be base64 text")
-            try:
-                values[name] = base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise error(f"{cls.__name__}.{name} is not base64: {exc}") from exc
-        elif kind == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise error(f"{cls.__name__}.{name} must be an integer")
-            values[name] = value
-        else:
-            if not isinstance(value, str):
-                raise error(f"{cls.__name__}.{name} must be text")
-            values[name] = value
-    return cls(**values)
 
 
 def command_to_record(command: Command) -> dict[str, Any]:

@@ -1,0 +1,276 @@
+"""The block format: header, body, block hash, canonical encoding.
+
+The block hash is the SHA-256 of the header's canonical encoding; the header commits to the body
+through Merkle roots (``merkle.py``) of the entropy references, the transactions and the
+evidence, and through the hash of the previous height's commit certificate. So a block is
+identified, signed and linked by its header alone, and a light client can check any single body
+item with an inclusion proof.
+
+Entropy enters a block as references, not payloads: ``EntropyRef(source_id, seq, digest)`` names
+a chunk of a registered QRNG source's hash chain by its payload digest. The block builder service
+fills them from its verified pool (chunks covered by a verified checkpoint on qs.entropy.raw);
+this module only fixes their encoding and order: sorted by (source id, seq), unique, and per
+source a contiguous ``SeqRange`` recorded in the header.
+
+Field order in the canonical encoding is the order of the dataclass fields below, and the golden
+vectors under tests/vectors/blocks/ pin it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from protocol.canonical import HASH_SIZE, CanonicalWriter
+from protocol.commit import CommitCertificate
+from protocol.evidence import DuplicateVoteEvidence
+from protocol.keys import ADDRESS_SIZE
+from protocol.merkle import merkle_root
+
+RANDOMNESS_SIZE = 64
+ZERO_HASH = bytes(HASH_SIZE)
+
+
+class BlockFormatError(ValueError):
+    """A block, header or body violates the format (sizes, order, roots)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class EntropyRef:
+    """One verified entropy chunk: ``source_id``'s chunk ``seq`` with payload ``digest``."""
+
+    source_id: str
+    seq: int
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        if not self.source_id or self.seq < 0 or len(self.digest) != HASH_SIZE:
+            raise BlockFormatError(
+                f"entropy ref {self.source_id!r}/{self.seq} needs a source id, seq >= 0 and a "
+                f"{HASH_SIZE}-byte digest"
+            )
+
+    def canonical(self) -> bytes:
+        return (
+            CanonicalWriter("EntropyRef")
+            .text(self.source_id)
+            .u64(self.seq)
+            .raw(self.digest, HASH_SIZE)
+            .finish()
+        )
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SeqRange:
+    """The chunks ``first..last`` (inclusive) of ``source_id`` that a block includes."""
+
+    source_id: str
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        if not self.source_id or not 0 <= self.first <= self.last:
+            raise BlockFormatError(
+                f"seq range {self.source_id!r} {self.first}..{self.last} is empty or negative"
+            )
+
+    def canonical(self) -> bytes:
+        return (
+            CanonicalWriter("SeqRange")
+            .text(self.source_id)
+            .u64(self.first)
+            .u64(self.last)
+            .finish()
+        )
+
+
+def ranges_of(entropy: Sequence[EntropyRef]) -> tuple[SeqRange, ...]:
+    """Per-source ranges of canonically ordered, per-source contiguous ``entropy``."""
+    ranges: list[SeqRange] = []
+    for ref in entropy:
+        if ranges and ranges[-1].source_id == ref.source_id:
+            if ref.seq != ranges[-1].last + 1:
+                raise BlockFormatError(
+                    f"entropy of {ref.source_id!r} is not contiguous at seq {ref.seq}"
+                )
+            ranges[-1] = SeqRange(ref.source_id, ranges[-1].first, ref.seq)
+        else:
+            ranges.append(SeqRange(ref.source_id, ref.seq, ref.seq))
+    return tuple(ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    chain_id: str
+    height: int
+    round: int  # the round the proposer built it for (informational; the commit has its own)
+    time_ms: int  # proposer's time, strictly increasing along the chain
+    previous_block_hash: bytes  # at height 1: the genesis hash
+    last_commit_hash: bytes  # hash of the height-1 commit in the body; ZERO_HASH at height 1
+    entropy_root: bytes
+    entropy_ranges: tuple[SeqRange, ...]
+    randomness: bytes  # 64 bytes, see randomness.py
+    tx_root: bytes
+    evidence_root: bytes
+    validators_hash: bytes  # set governing this height
+    next_validators_hash: bytes  # set governing height + 1
+    app_hash: bytes  # application state hash after height - 1
+    proposer_address: bytes
+    # Immutable, so encoded once (the block hash and the block's own encoding both need it).
+    _canonical: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "previous_block_hash",
+            "last_commit_hash",
+            "entropy_root",
+            "tx_root",
+            "evidence_root",
+            "validators_hash",
+            "next_validators_hash",
+        ):
+            if len(getattr(self, name)) != HASH_SIZE:
+                raise BlockFormatError(f"header {name} must be {HASH_SIZE} bytes")
+        if len(self.randomness) != RANDOMNESS_SIZE:
+            raise BlockFormatError(f"header randomness must be {RANDOMNESS_SIZE} bytes")
+        if len(self.proposer_address) != ADDRESS_SIZE:
+            raise BlockFormatError(f"header proposer address must be {ADDRESS_SIZE} bytes")
+        if self.height < 1 or self.round < 0 or self.time_ms < 0:
+            raise BlockFormatError(
+                f"header height/round/time {self.height}/{self.round}/{self.time_ms} invalid"
+            )
+
+    def canonical(self) -> bytes:
+        if self._canonical is None:
+            object.__setattr__(self, "_canonical", self._encode())
+        assert self._canonical is not None
+        return self._canonical
+
+    def _encode(self) -> bytes:
+        return (
+            CanonicalWriter("BlockHeader")
+            .text(self.chain_id)
+            .u64(self.height)
+            .u32(self.round)
+            .u64(self.time_ms)
+            .raw(self.previous_block_hash, HASH_SIZE)
+            .raw(self.last_commit_hash, HASH_SIZE)
+            .raw(self.entropy_root, HASH_SIZE)
+            .sequence(self.entropy_ranges, lambda w, r: w.nested(r.canonical()))
+            .raw(self.randomness, RANDOMNESS_SIZE)
+            .raw(self.tx_root, HASH_SIZE)
+            .raw(self.evidence_root, HASH_SIZE)
+            .raw(self.validators_hash, HASH_SIZE)
+            .raw(self.next_validators_hash, HASH_SIZE)
+            .bytes(self.app_hash)
+            .raw(self.proposer_address, ADDRESS_SIZE)
+            .finish()
+        )
+
+    def hash(self) -> bytes:
+        return CanonicalWriter("BlockHash").nested(self.canonical()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    entropy: tuple[EntropyRef, ...] = ()  # sorted by (source_id, seq), unique
+    txs: tuple[bytes, ...] = ()  # encoded signed transactions, in execution order
+    evidence: tuple[DuplicateVoteEvidence, ...] = ()  # sorted by evidence hash, unique
+    last_commit: CommitCertificate | None = None  # commit of height - 1; None at height 1
+
+    def entropy_root(self) -> bytes:
+        return merkle_root([ref.canonical() for ref in self.entropy])
+
+    def tx_root(self) -> bytes:
+        return merkle_root(self.txs)
+
+    def evidence_root(self) -> bytes:
+        return merkle_root([item.canonical() for item in self.evidence])
+
+    def last_commit_hash(self) -> bytes:
+        return ZERO_HASH if self.last_commit is None else self.last_commit.hash()
+
+    def canonical(self) -> bytes:
+        return (
+            CanonicalWriter("BlockBody")
+            .sequence(self.entropy, lambda w, r: w.nested(r.canonical()))
+            .sequence(self.txs, lambda w, t: w.bytes(t))
+            .sequence(self.evidence, lambda w, e: w.nested(e.canonical()))
+            .optional(self.last_commit, lambda w, c: w.nested(c.canonical()))
+            .finish()
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    header: Header
+    body: Body
+    hash: bytes = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hash", self.header.hash())
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+    def canonical(self) -> bytes:
+        return (
+            CanonicalWriter("Block")
+            .nested(self.header.canonical())
+            .nested(self.body.canonical())
+            .finish()
+        )
+
+    def structural_problem(self) -> BodyMismatch | None:
+        """Why the body does not match the header or the ordering rules; None when it does.
+        Context-free: links to the previous block, randomness and state are checked by
+        ``protocol.check.check_block``."""
+        header, body = self.header, self.body
+        entropy = _entropy_mismatch(self)
+        if entropy is not None:
+            return BodyMismatch("entropy_root", entropy)
+        if body.tx_root() != header.tx_root:
+            return BodyMismatch("block_body", "tx root does not match the body")
+        hashes = [item.hash() for item in body.evidence]
+        if hashes != sorted(set(hashes)):
+            return BodyMismatch("block_body", "evidence is not sorted by hash and unique")
+        if body.evidence_root() != header.evidence_root:
+            return BodyMismatch("block_body", "evidence root does not match the body")
+        if body.last_commit_hash() != header.last_commit_hash:
+            return BodyMismatch("block_body", "last commit hash does not match the body")
+        if (body.last_commit is None) != (header.height == 1):
+            return BodyMismatch("block_body", "a block carries the previous commit exactly when "
+                                              "its height is above 1")
+        if body.last_commit is not None and body.last_commit.height != header.height - 1:
+            return BodyMismatch("block_body", f"last commit is for height "
+                                              f"{body.last_commit.height}, not {header.height - 1}")
+        if body.last_commit is not None and (
+            body.last_commit.block_hash != header.previous_block_hash
+        ):
+            return BodyMismatch("block_body", "last commit is not for the previous block")
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class BodyMismatch:
+    """A body that does not match its header. ``check`` names the part: ``entropy_root`` (the
+    entropy references, their ranges and root) or ``block_body`` (everything else)."""
+
+    check: str
+    reason: str
+
+
+def _entropy_mismatch(block: Block) -> str | None:
+    header, body = block.header, block.body
+    if list(body.entropy) != sorted(set(body.entropy), key=lambda r: (r.source_id, r.seq)):
+        return "entropy refs are not sorted by (source, seq) and unique"
+    try:
+        ranges = ranges_of(body.entropy)
+    except BlockFormatError as exc:
+        return str(exc)
+    if ranges != header.entropy_ranges:
+        return "header entropy ranges do not match the body"
+    if body.entropy_root() != header.entropy_root:
+        return "entropy root does not match the body"
+    return None

@@ -1,0 +1,163 @@
+"""Strict canonical decoders of the chain's data: votes, evidence, commit certificates, blocks.
+
+They mirror the writers in ``protocol`` field by field and reject anything the writers could not
+have produced (``CanonicalReader`` is strict), so one value has one encoding. Every failure is a
+``WireError`` naming what was malformed; consumers dead-letter it. The Avro records that carry
+these bytes on the topics are in ``streams.chain_wire``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, TypeVar
+
+from protocol.block import Block, BlockFormatError, Body, EntropyRef, Header, SeqRange
+from protocol.canonical import CanonicalDecodeError, CanonicalReader
+from protocol.commit import CommitCertificate, CommitFlag, CommitSig
+from protocol.evidence import DuplicateVoteEvidence
+from protocol.messages import MessageError, Vote, VoteType
+
+_T = TypeVar("_T")
+MAX_ITEMS = 100_000  # per sequence inside one block; a Kafka message is <= 8 MiB anyway
+
+
+class WireError(ValueError):
+    """A chain record is malformed, of an unexpected schema, or inconsistent with its body."""
+
+
+# ---------------------------------------------------------------- canonical decoders
+
+
+def _vote(data: bytes) -> Vote:
+    r = CanonicalReader(data, "SignedVote")
+    vote_type = VoteType(r.u8())
+    height, round = r.u64(), r.u32()
+    block_hash = r.optional(lambda x: x.raw(32))
+    address = r.raw(20)
+    signature = r.bytes()
+    r.done()
+    return Vote(vote_type, height, round, block_hash, address, signature)
+
+
+def decode_vote(data: bytes) -> Vote:
+    return guard("vote", lambda: _vote(data))
+
+
+def _evidence(data: bytes) -> DuplicateVoteEvidence:
+    r = CanonicalReader(data, "DuplicateVoteEvidence")
+    a, b = _vote(r.nested()), _vote(r.nested())
+    r.done()
+    evidence = DuplicateVoteEvidence(a, b)
+    problem = evidence.structural_problem()
+    if problem:
+        raise WireError(f"evidence: {problem}")
+    return evidence
+
+
+def decode_evidence(data: bytes) -> DuplicateVoteEvidence:
+    return guard("evidence", lambda: _evidence(data))
+
+
+def _commit_sig(data: bytes) -> CommitSig:
+    r = CanonicalReader(data, "CommitSig")
+    flag = CommitFlag(r.u8())
+    address = r.raw(20)
+    signature = r.bytes()
+    r.done()
+    return CommitSig(flag, address, signature)
+
+
+@functools.lru_cache(maxsize=8)
+def _commit(data: bytes) -> CommitCertificate:
+    # Memoized by bytes: a certificate arrives twice, in its BlockFinalized record and again as
+    # the next block's ``last_commit``. The certificate is immutable, so sharing it is safe.
+    r = CanonicalReader(data, "CommitCertificate")
+    height, round, block_hash = r.u64(), r.u32(), r.raw(32)
+    signatures = r.sequence(lambda x: _commit_sig(x.nested()), MAX_ITEMS)
+    r.done()
+    return _remember(CommitCertificate(height, round, block_hash, signatures), data)
+
+
+def _remember(value: _T, data: bytes) -> _T:
+    """Keep ``data`` as ``value``'s canonical encoding, so it is not encoded again for hashing.
+    Sound because the reader is strict (module doc): the only bytes that decode to ``value``
+    are its canonical encoding."""
+    object.__setattr__(value, "_canonical", bytes(data))
+    return value
+
+
+def decode_commit(data: bytes) -> CommitCertificate:
+    return guard("commit certificate", lambda: _commit(data))
+
+
+def _entropy_ref(data: bytes) -> EntropyRef:
+    r = CanonicalReader(data, "EntropyRef")
+    ref = EntropyRef(r.text(), r.u64(), r.raw(32))
+    r.done()
+    return ref
+
+
+def _seq_range(data: bytes) -> SeqRange:
+    r = CanonicalReader(data, "SeqRange")
+    seq_range = SeqRange(r.text(), r.u64(), r.u64())
+    r.done()
+    return seq_range
+
+
+def _header(data: bytes) -> Header:
+    r = CanonicalReader(data, "BlockHeader")
+    header = Header(
+        chain_id=r.text(),
+        height=r.u64(),
+        round=r.u32(),
+        time_ms=r.u64(),
+        previous_block_hash=r.raw(32),
+        last_commit_hash=r.raw(32),
+        entropy_root=r.raw(32),
+        entropy_ranges=r.sequence(lambda x: _seq_range(x.nested()), MAX_ITEMS),
+        randomness=r.raw(64),
+        tx_root=r.raw(32),
+        evidence_root=r.raw(32),
+        validators_hash=r.raw(32),
+        next_validators_hash=r.raw(32),
+        app_hash=r.bytes(),
+        proposer_address=r.raw(20),
+    )
+    r.done()
+    return _remember(header, data)
+
+
+def _body(data: bytes) -> Body:
+    r = CanonicalReader(data, "BlockBody")
+    body = Body(
+        entropy=r.sequence(lambda x: _entropy_ref(x.nested()), MAX_ITEMS),
+        txs=r.sequence(lambda x: x.bytes(), MAX_ITEMS),
+        evidence=r.sequence(lambda x: _evidence(x.nested()), MAX_ITEMS),
+        last_commit=r.optional(lambda x: _commit(x.nested())),
+    )
+    r.done()
+    return body
+
+
+def _block(data: bytes) -> Block:
+    r = CanonicalReader(data, "Block")
+    header, body = _header(r.nested()), _body(r.nested())
+    r.done()
+    block = Block(header, body)
+    if block.canonical() != data:  # belt and braces: one block, one encoding
+        raise WireError("block bytes are not the canonical encoding of their content")
+    return block
+
+
+def decode_block(data: bytes) -> Block:
+    """The block of ``Block.canonical()`` bytes; ``WireError`` on anything else."""
+    return guard("block", lambda: _block(data))
+
+
+def guard(what: str, decode: Any) -> Any:
+    try:
+        return decode()
+    except WireError:
+        raise
+    except (CanonicalDecodeError, BlockFormatError, MessageError, ValueError) as exc:
+        raise WireError(f"malformed {what}: {exc}") from exc

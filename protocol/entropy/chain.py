@@ -1,0 +1,227 @@
+"""Chunks, the per-source hash chain and signed checkpoints (pure data and functions).
+
+A source keeps one chain per pool (public ``entropy.raw``, private ``entropy.private``): sequence
+numbers are gapless from 0 within a chain, and each chunk's digest covers the previous chunk's
+digest, so one signature over the head authenticates every chunk before it.
+
+Canonical encodings (see ``protocol.canonical``), reproducible by any implementation:
+
+``chunk_digest = SHA-256(tag "QuStream/v1/EntropyChunk" | text source_id | bool private |
+u64 seq | raw32 prev_digest | raw32 payload_digest | u32 payload_length | i64 produced_at_ms |
+bool simulated | u32 rct_max_run | u32 apt_max_count | u32 health_windows)``,
+``payload_digest = SHA-256(payload)``, ``prev_digest`` of seq 0 is 32 zero bytes.
+
+Checkpoint message (what ML-DSA-65 signs): ``tag "QuStream/v1/EntropyCheckpoint" | text source_id
+| bool private | u64 first_seq | u64 last_seq | raw32 head_digest | i64 signed_at_ms``, where
+``head_digest`` is the ``chunk_digest`` of ``last_seq``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.canonical import CanonicalWriter
+from protocol.keys import Algorithm, SigningKey
+
+DIGEST_SIZE = 32
+ZERO_DIGEST = bytes(DIGEST_SIZE)
+
+
+class ChunkFormatError(ValueError):
+    """A chunk or checkpoint record is structurally invalid (field type, size or range)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSummary:
+    rct_max_run: int = 0
+    apt_max_count: int = 0
+    windows: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One published chunk as it travels (``EntropyChunkPublished``)."""
+
+    source_id: str
+    private: bool
+    seq: int
+    prev_digest: bytes
+    payload_digest: bytes
+    chunk_digest: bytes
+    payload: bytes
+    produced_at_ms: int
+    simulated: bool
+    health: HealthSummary
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "source_id": self.source_id, "seq": self.seq, "prev_digest": self.prev_digest,
+            "payload_digest": self.payload_digest, "chunk_digest": self.chunk_digest,
+            "payload": self.payload, "produced_at_ms": self.produced_at_ms,
+            "simulated": self.simulated, "health_rct_max_run": self.health.rct_max_run,
+            "health_apt_max_count": self.health.apt_max_count,
+            "health_windows": self.health.windows, "private": self.private,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Chunk:
+        """Build from a decoded ``EntropyChunkPublished``; digests are NOT checked here."""
+        try:
+            chunk = cls(
+                str(record["source_id"]), bool(record.get("private", False)),
+                int(record["seq"]), bytes(record["prev_digest"]),
+                bytes(record["payload_digest"]), bytes(record["chunk_digest"]),
+                bytes(record["payload"]), int(record["produced_at_ms"]),
+                bool(record["simulated"]),
+                HealthSummary(int(record.get("health_rct_max_run", 0)),
+                              int(record.get("health_apt_max_count", 0)),
+                              int(record.get("health_windows", 0))),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ChunkFormatError(f"malformed EntropyChunkPublished record: {exc}") from exc
+        for name in ("prev_digest", "payload_digest", "chunk_digest"):
+            if len(getattr(chunk, name)) != DIGEST_SIZE:
+                raise ChunkFormatError(
+                    f"chunk {chunk.source_id}#{chunk.seq}: {name} is not {DIGEST_SIZE} bytes")
+        if chunk.seq < 0:
+            raise ChunkFormatError(f"chunk {chunk.source_id}: negative seq {chunk.seq}")
+        return chunk
+
+
+def chunk_digest(
+    source_id: str, private: bool, seq: int, prev_digest: bytes, payload_digest: bytes,
+    payload_length: int, produced_at_ms: int, simulated: bool, health: HealthSummary,
+) -> bytes:
+    return (
+        CanonicalWriter("EntropyChunk").text(source_id).boolean(private).u64(seq)
+        .raw(prev_digest, DIGEST_SIZE).raw(payload_digest, DIGEST_SIZE).u32(payload_length)
+        .i64(produced_at_ms).boolean(simulated).u32(health.rct_max_run)
+        .u32(health.apt_max_count).u32(health.windows).digest()
+    )
+
+
+def expected_digest(chunk: Chunk) -> bytes:
+    """The chunk digest recomputed from the chunk's fields and payload digest."""
+    return chunk_digest(chunk.source_id, chunk.private, chunk.seq, chunk.prev_digest,
+                        chunk.payload_digest, len(chunk.payload), chunk.produced_at_ms,
+                        chunk.simulated, chunk.health)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """Where a chain stands: the next sequence number and the digest of the last chunk."""
+
+    next_seq: int = 0
+    digest: bytes = ZERO_DIGEST
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence of the last chunk, -1 for an empty chain."""
+        return self.next_seq - 1
+
+
+def extend(
+    head: ChainHead, *, source_id: str, private: bool, payload: bytes, produced_at_ms: int,
+    simulated: bool, health: HealthSummary,
+) -> tuple[Chunk, ChainHead]:
+    """Append one payload to the chain: returns the chunk and the new head."""
+    payload_digest = hashlib.sha256(memoryview(payload)).digest()
+    digest = chunk_digest(source_id, private, head.next_seq, head.digest, payload_digest,
+                          len(payload), produced_at_ms, simulated, health)
+    chunk = Chunk(source_id, private, head.next_seq, head.digest, payload_digest, digest,
+                  payload, produced_at_ms, simulated, health)
+    return chunk, ChainHead(head.next_seq + 1, digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signature over a chain head (``EntropyCheckpointSigned``)."""
+
+    source_id: str
+    private: bool
+    first_seq: int
+    last_seq: int
+    head_digest: bytes
+    signed_at_ms: int
+    algorithm: str
+    signature: bytes
+
+    def message(self) -> bytes:
+        return checkpoint_message(self.source_id, self.private, self.first_seq, self.last_seq,
+                                  self.head_digest, self.signed_at_ms)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "source_id": self.source_id, "private": self.private, "first_seq": self.first_seq,
+            "last_seq": self.last_seq, "head_digest": self.head_digest,
+            "signed_at_ms": self.signed_at_ms, "algorithm": self.algorithm,
+            "signature": self.signature,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Checkpoint:
+        try:
+            checkpoint = cls(
+                str(record["source_id"]), bool(record.get("private", False)),
+                int(record["first_seq"]), int(record["last_seq"]), bytes(record["head_digest"]),
+                int(record["signed_at_ms"]), str(record["algorithm"]),
+                bytes(record["signature"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ChunkFormatError(f"malformed EntropyCheckpointSigned record: {exc}") from exc
+        if len(checkpoint.head_digest) != DIGEST_SIZE:
+            raise ChunkFormatError(
+                f"checkpoint {checkpoint.source_id}: head_digest is not {DIGEST_SIZE} bytes")
+        if not 0 <= checkpoint.first_seq <= checkpoint.last_seq:
+            raise ChunkFormatError(
+                f"checkpoint {checkpoint.source_id}: bad range "
+                f"{checkpoint.first_seq}..{checkpoint.last_seq}")
+        return checkpoint
+
+
+def checkpoint_message(
+    source_id: str, private: bool, first_seq: int, last_seq: int, head_digest: bytes,
+    signed_at_ms: int,
+) -> bytes:
+    return (
+        CanonicalWriter("EntropyCheckpoint").text(source_id).boolean(private).u64(first_seq)
+        .u64(last_seq).raw(head_digest, DIGEST_SIZE).i64(signed_at_ms).finish()
+    )
+
+
+def sign_checkpoint(
+    key: SigningKey, *, source_id: str, private: bool, first_seq: int, head: ChainHead,
+    signed_at_ms: int,
+) -> Checkpoint:
+    """Sign ``head`` as covering ``first_seq .. head.last_seq``."""
+    if not 0 <= first_seq <= head.last_seq:
+        raise ChunkFormatError(
+            f"checkpoint range {first_seq}..{head.last_seq} of {source_id} is empty or negative")
+    message = checkpoint_message(source_id, private, first_seq, head.last_seq, head.digest,
+                                 signed_at_ms)
+    return Checkpoint(source_id, private, first_seq, head.last_seq, head.digest, signed_at_ms,
+                      key.algorithm.value, key.sign(message))
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPolicy:
+    """Sign at least every ``every_chunks`` chunks or ``every_ms`` milliseconds."""
+
+    every_chunks: int = 64
+    every_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.every_chunks < 1 or self.every_ms < 1:
+            raise ChunkFormatError(
+                f"checkpoint policy needs positive values, got every_chunks="
+                f"{self.every_chunks} every_ms={self.every_ms}")
+
+    def due(self, chunks_since: int, ms_since: int) -> bool:
+        return chunks_since >= self.every_chunks or (chunks_since > 0
+                                                     and ms_since >= self.every_ms)
+
+
+SUPPORTED_ALGORITHMS = frozenset(a.value for a in Algorithm)

@@ -1,0 +1,108 @@
+"""The source registry: which QRNG sources a consumer trusts, and with which public key.
+
+A registry entry is what an operator hands to every validator (and what a
+``RegisterQrngSource`` transaction will carry): the source id and its public key. File format,
+JSON, either one entry or a list of entries::
+
+    {"source_id": "qd-eu-1", "public_key": "ml-dsa-65:<base64>", "address": "<hex>",
+     "simulated": false}
+
+``address`` (first 20 bytes of the SHA-256 of the canonical public key) is redundant and checked
+when present, so a typo in a pasted key is caught. ``simulated`` says whether the source is
+allowed to publish simulator output; a consumer may refuse simulated chunks from sources not
+registered as simulated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol.keys import KeyFormatError, PublicKey
+
+
+class RegistryError(ValueError):
+    """A registry entry or file is malformed, inconsistent or duplicated."""
+
+
+SOURCE_ID_MAX = 128
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRegistryEntry:
+    source_id: str
+    public_key: PublicKey
+    simulated: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.source_id or len(self.source_id) > SOURCE_ID_MAX or not all(
+            c.isalnum() or c in "-_.:" for c in self.source_id
+        ):
+            raise RegistryError(
+                f"source id {self.source_id!r} must be 1..{SOURCE_ID_MAX} characters of "
+                "letters, digits and - _ . :"
+            )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"source_id": self.source_id, "public_key": self.public_key.to_text(),
+                "address": self.public_key.address_hex, "simulated": self.simulated}
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> SourceRegistryEntry:
+        try:
+            entry = cls(str(data["source_id"]), PublicKey.from_text(str(data["public_key"])),
+                        bool(data.get("simulated", False)))
+        except (KeyError, TypeError, KeyFormatError) as exc:
+            raise RegistryError(f"malformed source registry entry {dict(data)!r}: {exc}") from exc
+        address = data.get("address")
+        if address is not None and address != entry.public_key.address_hex:
+            raise RegistryError(
+                f"source {entry.source_id}: address {address} does not match its public key "
+                f"({entry.public_key.address_hex})"
+            )
+        return entry
+
+
+class SourceRegistry(Mapping[str, SourceRegistryEntry]):
+    """An immutable mapping source id -> entry."""
+
+    def __init__(self, entries: Iterable[SourceRegistryEntry] = ()) -> None:
+        self._entries: dict[str, SourceRegistryEntry] = {}
+        for entry in entries:
+            if entry.source_id in self._entries:
+                raise RegistryError(f"source {entry.source_id} is registered twice")
+            self._entries[entry.source_id] = entry
+
+    def __getitem__(self, source_id: str) -> SourceRegistryEntry:
+        return self._entries[source_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def to_json(self) -> str:
+        return json.dumps([self._entries[s].to_json_dict() for s in self], indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> SourceRegistry:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise RegistryError(f"source registry is not JSON: {exc}") from exc
+        items = data if isinstance(data, list) else [data]
+        if not all(isinstance(item, dict) for item in items):
+            raise RegistryError("a source registry is an entry object or a list of them")
+        return cls(SourceRegistryEntry.from_json_dict(item) for item in items)
+
+    @classmethod
+    def load(cls, path: Path | str) -> SourceRegistry:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise RegistryError(f"cannot read source registry {path}: {exc}") from exc
+        return cls.from_json(text)

@@ -1,0 +1,141 @@
+"""Reading ``chain.blocks`` from Kafka into a ``protocol.follow.BlockFollower``.
+
+``catch_up`` folds the topic from the follower's last offset to the current end (what validators
+and the tally do on start); ``read_blocks`` yields every verified block (the CLI, the demo, the
+gateway and tests). Nothing on the topic is trusted: the follower verifies every record (see
+``protocol.follow``). Undecodable or unverifiable records are handed to the caller to dead-letter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from protocol.chain import ChainState
+from protocol.codec import WireError
+from protocol.finalized import FinalizedRecord
+from protocol.follow import BlockFollower, BlockOutcome, FollowError, ForkError
+from streams.chain_wire import decode_finalized
+from streams.kafka import make_consumer
+from streams.settings import Settings
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int = 0,
+               timeout_s: float = 60.0) -> tuple[int, int]:
+    """(low, high) of a partition, waiting out leader elections (fresh topics, broker
+    restarts) that make the broker answer NOT_LEADER for a moment."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                       timeout=10)
+            return int(low), int(high)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _end_offset(consumer: Consumer, topic: str) -> int:
+    return watermarks(consumer, topic)[1]
+
+
+def catch_up(
+    settings: Settings, follower: BlockFollower, *, timeout_s: float = 60.0,
+    on_skip: Any = None,
+) -> BlockFollower:
+    """Read ``chain.blocks`` from after ``follower.last_offset`` to its current end.
+
+    Undecodable or unverifiable records are passed to ``on_skip(message, error)`` (the caller
+    dead-letters them) and skipped; a fork raises."""
+    topic = settings.topic("chain.blocks")
+    consumer = make_consumer(settings, f"catch-up-{time.time_ns()}", **{"fetch.wait.max.ms": 5})
+    try:
+        end = _end_offset(consumer, topic)
+        position = follower.last_offset + 1
+        if position >= end:
+            return follower
+        consumer.assign([TopicPartition(topic, 0, position)])
+        deadline = time.monotonic() + timeout_s
+        while position < end and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None:
+                # transaction markers occupy offsets; the consumer's position passes them
+                current = consumer.position([TopicPartition(topic, 0)])[0].offset
+                if current >= end:
+                    break
+                continue
+            if message.error():
+                continue
+            offset = int(message.offset() or 0)
+            position = offset + 1
+            follower.last_offset = offset
+            try:
+                follower.accept(decode_finalized(message.value()))
+            except ForkError:
+                raise
+            except (WireError, FollowError) as exc:
+                if on_skip is not None:
+                    on_skip(message, exc)
+        return follower
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedBlock:
+    """One block of ``read_blocks``: the record and the chain state right after it."""
+
+    record: FinalizedRecord
+    offset: int
+    chain: ChainState[Any]
+    written_at_ms: int  # Kafka timestamp of the BlockFinalized record
+
+
+def read_blocks(
+    settings: Settings,
+    follower: BlockFollower[Any],
+    from_height: int = 1,
+    *,
+    follow: bool = False,
+    idle_timeout_s: float = 5.0,
+) -> Iterator[VerifiedBlock]:
+    """Verified blocks of ``chain.blocks`` from ``from_height``, folded into ``follower`` (a
+    fresh one from ``ChainSpec.follower()``: every earlier block is read and verified too, since
+    verification needs the state). Stops at the end of the topic unless
+    ``follow``; raises ``FollowError`` on a block that does not verify. Duplicates are skipped.
+    """
+    topic = settings.topic("chain.blocks")
+    consumer = make_consumer(settings, f"reader-{time.time_ns()}", **{"fetch.wait.max.ms": 20})
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        end = _end_offset(consumer, topic)
+        idle_since = time.monotonic()
+        while True:
+            message = consumer.poll(0.2)
+            if message is None:
+                current = consumer.position([TopicPartition(topic, 0)])[0].offset
+                caught_up = current >= end or end == 0
+                if not follow and (caught_up or time.monotonic() - idle_since > idle_timeout_s):
+                    end = _end_offset(consumer, topic)
+                    if current >= end or time.monotonic() - idle_since > idle_timeout_s:
+                        return
+                continue
+            if message.error():
+                continue
+            idle_since = time.monotonic()
+            try:
+                record = decode_finalized(message.value())
+            except WireError as exc:
+                raise FollowError(f"offset {message.offset()}: {exc}") from exc
+            if follower.accept(record) is BlockOutcome.DUPLICATE:
+                continue
+            if record.height >= from_height:
+                yield VerifiedBlock(record, int(message.offset() or 0), follower.chain,
+                                    message.timestamp()[1])
+    finally:
+        consumer.close()

@@ -1,0 +1,193 @@
+"""Chain messages on the wire: the Avro records of the chain topics.
+
+What is hashed or signed travels in its canonical encoding (decoded by ``protocol.codec``) inside
+the Avro records, so a consumer re-derives every hash from the bytes it received; the Avro fields
+beside it (height, hashes) are only for routing and display and are checked against the decoded
+value. Every failure is a ``WireError`` naming the record; consumers dead-letter it.
+
+Topics and records:
+- ``chain.consensus``: ``ProposalMade`` / ``VoteCast`` (one partition, no key);
+- ``chain.blocks``: ``BlockFinalized`` keyed by the height (8-byte big-endian);
+- ``chain.evidence``: ``DuplicateVoteEvidenceFound`` keyed by the validator address;
+- ``ledger.tx``: ``TransactionSubmitted`` keyed by the sender address.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol.codec import WireError, decode_block, decode_commit, decode_evidence, guard
+from protocol.evidence import DuplicateVoteEvidence
+from protocol.finalized import FinalizedRecord
+from protocol.messages import Vote, VoteType
+from protocol.proposal import Proposal
+from streams.codec import Codec, CodecError, default_codec
+
+VOTE_TYPES = {VoteType.PREVOTE: "PREVOTE", VoteType.PRECOMMIT: "PRECOMMIT"}
+VOTE_TYPES_BY_NAME = {name: kind for kind, name in VOTE_TYPES.items()}
+
+
+# ---------------------------------------------------------------- Avro records
+
+
+def height_key(height: int) -> bytes:
+    return height.to_bytes(8, "big")
+
+
+def proposal_record(chain_id: str, proposal: Proposal) -> dict[str, Any]:
+    return {
+        "chain_id": chain_id,
+        "height": proposal.height,
+        "round": proposal.round,
+        "pol_round": proposal.pol_round,
+        "proposer": proposal.proposer_address,
+        "block": proposal.block.canonical(),
+        "block_hash": proposal.block_hash,
+        "signature": proposal.signature,
+    }
+
+
+def vote_record(chain_id: str, vote: Vote) -> dict[str, Any]:
+    return {
+        "chain_id": chain_id,
+        "height": vote.height,
+        "round": vote.round,
+        "vote_type": VOTE_TYPES[vote.vote_type],
+        "block_hash": vote.block_hash,
+        "validator": vote.validator_address,
+        "signature": vote.signature,
+    }
+
+
+def encode_consensus(chain_id: str, message: Proposal | Vote, codec: Codec | None = None) -> bytes:
+    codec = codec or default_codec()
+    if isinstance(message, Proposal):
+        return codec.encode("ProposalMade", proposal_record(chain_id, message))
+    return codec.encode("VoteCast", vote_record(chain_id, message))
+
+
+def decode_consensus(
+    data: bytes | None, chain_id: str, codec: Codec | None = None
+) -> Proposal | Vote:
+    """A ``ProposalMade`` or ``VoteCast`` of ``chain_id``; signatures are NOT checked here."""
+    codec = codec or default_codec()
+    try:
+        schema, record = codec.decode(data)
+    except CodecError as exc:
+        raise WireError(str(exc)) from exc
+    if schema not in ("ProposalMade", "VoteCast"):
+        raise WireError(f"{schema} does not belong on the consensus topic")
+    if record["chain_id"] != chain_id:
+        raise WireError(f"{schema} of chain {record['chain_id']!r}, expected {chain_id!r}")
+    if schema == "VoteCast":
+        return guard(
+            "vote",
+            lambda: Vote(
+                VOTE_TYPES_BY_NAME[record["vote_type"]],
+                record["height"],
+                record["round"],
+                record["block_hash"],
+                record["validator"],
+                record["signature"],
+            ),
+        )  # type: ignore[no-any-return]
+    block = decode_block(record["block"])
+    proposal: Proposal = guard(
+        "proposal",
+        lambda: Proposal(
+            record["height"],
+            record["round"],
+            record["pol_round"],
+            block,
+            record["proposer"],
+            record["signature"],
+        ),
+    )
+    if proposal.block_hash != record["block_hash"]:
+        raise WireError("ProposalMade block_hash does not match its block")
+    return proposal
+
+
+def encode_finalized(record: FinalizedRecord, codec: Codec | None = None) -> bytes:
+    codec = codec or default_codec()
+    return codec.encode(
+        "BlockFinalized",
+        {
+            "chain_id": record.chain_id,
+            "height": record.height,
+            "round": record.commit.round,
+            "block_hash": record.block.hash,
+            "block": record.block.canonical(),
+            "commit": record.commit.canonical(),
+            "state_hash": record.state_hash,
+            "randomness": record.block.header.randomness,
+            "consensus_offset": record.consensus_offset,
+            "proposed_at_ms": record.proposed_at_ms,
+            "finalized_at_ms": record.finalized_at_ms,
+        },
+    )
+
+
+def decode_finalized(data: bytes | None, codec: Codec | None = None) -> FinalizedRecord:
+    """Decode and check internal consistency (hashes, heights); the certificate's signatures
+    are checked by the follower against the validator set of the height."""
+    codec = codec or default_codec()
+    try:
+        _, record = codec.decode(data, "BlockFinalized")
+    except CodecError as exc:
+        raise WireError(str(exc)) from exc
+    block = decode_block(record["block"])
+    commit = decode_commit(record["commit"])
+    checks = (
+        ("height", record["height"], block.height),
+        ("block_hash", record["block_hash"], block.hash),
+        ("randomness", record["randomness"], block.header.randomness),
+        ("commit height", commit.height, block.height),
+        ("commit block hash", commit.block_hash, block.hash),
+        ("round", record["round"], commit.round),
+        ("chain id", record["chain_id"], block.header.chain_id),
+    )
+    for name, got, want in checks:
+        if got != want:
+            raise WireError(f"BlockFinalized {name} does not match its block")
+    return FinalizedRecord(
+        record["chain_id"],
+        block,
+        commit,
+        record["state_hash"],
+        record["consensus_offset"],
+        record["proposed_at_ms"],
+        record["finalized_at_ms"],
+    )
+
+
+def encode_evidence(chain_id: str, evidence: DuplicateVoteEvidence, codec: Codec | None = None
+                    ) -> bytes:
+    codec = codec or default_codec()
+    return codec.encode(
+        "DuplicateVoteEvidenceFound",
+        {
+            "chain_id": chain_id,
+            "height": evidence.height,
+            "validator": evidence.validator_address,
+            "evidence": evidence.canonical(),
+        },
+    )
+
+
+def decode_evidence_record(
+    data: bytes | None, chain_id: str, codec: Codec | None = None
+) -> DuplicateVoteEvidence:
+    codec = codec or default_codec()
+    try:
+        _, record = codec.decode(data, "DuplicateVoteEvidenceFound")
+    except CodecError as exc:
+        raise WireError(str(exc)) from exc
+    if record["chain_id"] != chain_id:
+        raise WireError(f"evidence of chain {record['chain_id']!r}, expected {chain_id!r}")
+    evidence = decode_evidence(record["evidence"])
+    if evidence.height != record["height"] or (
+        evidence.validator_address != record["validator"]
+    ):
+        raise WireError("DuplicateVoteEvidenceFound fields do not match its evidence")
+    return evidence
