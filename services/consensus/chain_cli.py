@@ -18,23 +18,10 @@ from rich.table import Table
 from protocol.follow import BlockFollower
 from services.ledger.core import LedgerState
 from services.ledger.core.chain_spec import ChainSpec
+from services.ledger.genesis_cli import GENESIS_OPTION, genesis_path
 
 app = typer.Typer(help="Read and follow the finalized chain (every block verified).",
                   no_args_is_help=True)
-
-GENESIS_OPTION = typer.Option(
-    None, "--genesis", envvar="QUSTREAM_GENESIS",
-    help="Genesis file of the chain (default: the demo's, <state_dir>/demo/genesis.json).",
-)
-
-
-def genesis_path(option: Path | None) -> Path:
-    if option is not None:
-        return option
-    from streams.settings import load_settings
-
-    return load_settings().state_dir / "demo" / "genesis.json"
-
 
 def block_summary(verified: Any) -> dict[str, Any]:
     """A JSON-friendly view of a ``follower.VerifiedBlock`` (what the CLI and demo show)."""

@@ -52,8 +52,8 @@ def run(
     """Serve the API with one worker (scale with replicas, not workers)."""
     import uvicorn
 
-    from services.consensus.chain_cli import genesis_path
     from services.gateway.api import build_gateway, create_app
+    from services.ledger.genesis_cli import genesis_path
     from streams.settings import load_settings
     from streams.telemetry import setup_telemetry
 

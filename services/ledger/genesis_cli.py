@@ -30,6 +30,20 @@ from services.ledger.core.tx import QrngSource
 app = typer.Typer(help="Create and inspect the genesis file of a QuStream chain.")
 
 
+GENESIS_OPTION = typer.Option(
+    None, "--genesis", envvar="QUSTREAM_GENESIS",
+    help="Genesis file of the chain (default: the demo's, <state_dir>/demo/genesis.json).",
+)
+
+
+def genesis_path(option: Path | None) -> Path:
+    if option is not None:
+        return option
+    from streams.settings import load_settings
+
+    return load_settings().state_dir / "demo" / "genesis.json"
+
+
 @app.command()
 def new(
     out: Path = typer.Option(..., "--out", help="Directory for genesis.json and keys/."),

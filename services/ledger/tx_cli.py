@@ -15,8 +15,8 @@ from typing import Any
 
 import typer
 
-from services.consensus.chain_cli import GENESIS_OPTION, genesis_path
 from services.ledger.core.queries import next_nonce
+from services.ledger.genesis_cli import GENESIS_OPTION, genesis_path
 
 app = typer.Typer(help="Sign and submit staking and transfer transactions.",
                   no_args_is_help=True)
