@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from protocol.canonical import HASH_SIZE, CanonicalWriter
 from protocol.commit import CommitCertificate
+from protocol.errors import InputError
 from protocol.evidence import DuplicateVoteEvidence
 from protocol.keys import ADDRESS_SIZE
 from protocol.merkle import merkle_root
@@ -31,7 +32,7 @@ RANDOMNESS_SIZE = 64
 ZERO_HASH = bytes(HASH_SIZE)
 
 
-class BlockFormatError(ValueError):
+class BlockFormatError(InputError):
     """A block, header or body violates the format (sizes, order, roots)."""
 
 

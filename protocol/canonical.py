@@ -28,6 +28,8 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from protocol.errors import InputError
+
 T = TypeVar("T")
 # The writer has a method named ``bytes``; annotations inside the class use this alias.
 Bytes = bytes
@@ -40,7 +42,7 @@ _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
 
 
-class CanonicalEncodingError(ValueError):
+class CanonicalEncodingError(InputError):
     """A value cannot be encoded canonically (out of range, wrong type, bad tag)."""
 
 
@@ -149,7 +151,7 @@ def sha256(data: bytes) -> Bytes:
     return hashlib.sha256(data).digest()
 
 
-class CanonicalDecodeError(ValueError):
+class CanonicalDecodeError(InputError):
     """The bytes are not a canonical encoding of the expected message."""
 
 

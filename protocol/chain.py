@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from protocol.app import Application, FinalizeBlockRequest, FinalizeBlockResponse, VoteInfo
 from protocol.block import Block
 from protocol.commit import CommitCertificate, CommitFlag, verify_commit
+from protocol.errors import InputError
 from protocol.evidence import (
     DuplicateVoteEvidence,
     EvidenceError,
@@ -35,7 +36,7 @@ from protocol.validators import ValidatorSet
 S = TypeVar("S")
 
 
-class ChainError(ValueError):
+class ChainError(InputError):
     """A decided block cannot be applied to this chain (wrong height, bad commit)."""
 
 

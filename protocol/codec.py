@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from protocol.block import Block, BlockFormatError, Body, EntropyRef, Header, SeqRange
 from protocol.canonical import CanonicalDecodeError, CanonicalReader
 from protocol.commit import CommitCertificate, CommitFlag, CommitSig
+from protocol.errors import InputError
 from protocol.evidence import DuplicateVoteEvidence
 from protocol.messages import MessageError, Vote, VoteType
 
@@ -21,7 +22,7 @@ _T = TypeVar("_T")
 MAX_ITEMS = 100_000  # per sequence inside one block; a Kafka message is <= 8 MiB anyway
 
 
-class WireError(ValueError):
+class WireError(InputError):
     """A chain record is malformed, of an unexpected schema, or inconsistent with its body."""
 
 

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from protocol.canonical import HASH_SIZE, CanonicalWriter
+from protocol.errors import InputError
 from protocol.keys import ADDRESS_SIZE, SignatureCheck, default_signature_check
 from protocol.messages import VoteType, vote_sign_bytes
 from protocol.validators import Validator, ValidatorSet
 
 
-class CommitError(ValueError):
+class CommitError(InputError):
     """A certificate cannot be built from the given votes."""
 
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 from protocol.app import Misbehavior, MisbehaviorKind
 from protocol.canonical import CanonicalWriter
+from protocol.errors import InputError
 from protocol.keys import SignatureCheck, default_signature_check
 from protocol.messages import Vote
 from protocol.validators import ValidatorSet
 
 
-class EvidenceError(ValueError):
+class EvidenceError(InputError):
     """Evidence is malformed, expired, or does not prove misbehaviour."""
 
 

@@ -22,6 +22,7 @@ from protocol.block import Block
 from protocol.chain import ChainState, apply_block
 from protocol.check import check_block, first_problem
 from protocol.commit import CommitCertificate
+from protocol.errors import InputError
 from protocol.finalized import FinalizedRecord
 from protocol.proposer import ProposerPriorities, initial_priorities, next_height
 
@@ -29,7 +30,7 @@ S = TypeVar("S")
 MAX_KNOWN_HASHES = 10_000  # heights remembered for duplicate and fork detection
 
 
-class FollowError(ValueError):
+class FollowError(InputError):
     """A finalized block does not verify against the chain; the message says why."""
 
 

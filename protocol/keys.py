@@ -21,9 +21,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
 from protocol.canonical import CanonicalWriter
+from protocol.errors import InputError
 
 
-class KeyError_(ValueError):
+class KeyError_(InputError):
     """Base for key problems (kept distinct from the builtin ``KeyError``)."""
 
 

@@ -16,12 +16,14 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from protocol.errors import InputError
+
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 
-class MerkleProofError(ValueError):
+class MerkleProofError(InputError):
     """An inclusion proof is malformed (index out of range, wrong path length)."""
 
 

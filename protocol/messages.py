@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from protocol.canonical import HASH_SIZE, CanonicalWriter
+from protocol.errors import InputError
 from protocol.keys import ADDRESS_SIZE, PublicKey
 
 
-class MessageError(ValueError):
+class MessageError(InputError):
     """A consensus message is malformed (bad height, round, hash length or address)."""
 
 

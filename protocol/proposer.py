@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protocol.errors import InputError
 from protocol.validators import ValidatorSet
 
 PRIORITY_WINDOW_SIZE_FACTOR = 2
@@ -26,7 +27,7 @@ INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 
 
-class ProposerError(ValueError):
+class ProposerError(InputError):
     """Priorities do not match the validator set they are used with."""
 
 

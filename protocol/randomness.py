@@ -29,11 +29,12 @@ from collections.abc import Sequence
 
 from protocol.block import RANDOMNESS_SIZE, EntropyRef
 from protocol.canonical import TAG_PREFIX, CanonicalWriter
+from protocol.errors import InputError
 
 GENESIS_KEY = (TAG_PREFIX + "GenesisRandomness").encode("ascii")
 
 
-class RandomnessError(ValueError):
+class RandomnessError(InputError):
     """A randomness input has the wrong size."""
 
 

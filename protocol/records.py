@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from protocol.canonical import CanonicalWriter
+from protocol.errors import InputError
 
 MAGIC = b"QSR1"
 KEM_CIPHERTEXT_BYTES = 1088
@@ -39,7 +40,7 @@ _DATA_START = _WRAP_START + NONCE_BYTES + 32 + TAG_BYTES
 OVERHEAD = _DATA_START + NONCE_BYTES + TAG_BYTES
 
 
-class RecordCryptoError(ValueError):
+class RecordCryptoError(InputError):
     """Base of record encryption errors."""
 
 

@@ -114,7 +114,7 @@ class Command:
         return self.body.TYPE
 
 
-class MalformedCommandError(ValueError):
+class MalformedCommandError(InputError):
     """The bytes are not a command at all (bad payload, unknown type, bad field types).
 
     Not a rejection: such input goes to the dead-letter queue with this reason.

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.canonical import CanonicalWriter, sha256
+from protocol.errors import InputError
 from protocol.keys import PublicKey
 
 
-class ValidatorSetError(ValueError):
+class ValidatorSetError(InputError):
     """A validator set is malformed (duplicate address, non-positive power, empty)."""
 
 

@@ -24,13 +24,15 @@ from typing import Any, NamedTuple
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+from protocol.errors import InputError
+
 MARKER = b"\xc3\x01"
 HEADER_SIZE = 10
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 _FP = struct.Struct("<Q")
 
 
-class CodecError(ValueError):
+class CodecError(InputError):
     """A message could not be encoded or decoded; says which schema and why."""
 
 

@@ -3,7 +3,7 @@
 Producers are idempotent with ``acks=all`` (no duplicates from retries, nothing acknowledged
 before every in-sync replica has it). Consumers commit manually and read committed data only,
 so a transactional writer's aborted output is never seen. Errors from the client library are
-translated here into ``KafkaError`` subclasses of our own.
+translated here into ``KafkaOperationError`` subclasses of our own.
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from protocol.errors import OperationError
 from streams.settings import Settings
 from streams.topics import CATALOGUE, TopicSpec
 
 
-class KafkaError(RuntimeError):
+class KafkaOperationError(OperationError):
     """A Kafka operation failed; the message says which and why."""
 
 
-class DeliveryError(KafkaError):
+class DeliveryError(KafkaOperationError):
     """A produced message was not acknowledged by the cluster."""
 
 
@@ -52,7 +53,7 @@ def make_producer(
         if transactional_id is not None:
             producer.init_transactions(30)
     except KafkaException as exc:
-        raise KafkaError(f"cannot create producer: {exc}") from exc
+        raise KafkaOperationError(f"cannot create producer: {exc}") from exc
     return producer
 
 
@@ -72,7 +73,7 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consum
     try:
         return Consumer(config)
     except KafkaException as exc:
-        raise KafkaError(f"cannot create consumer: {exc}") from exc
+        raise KafkaOperationError(f"cannot create consumer: {exc}") from exc
 
 
 def make_admin(settings: Settings) -> AdminClient:
@@ -104,7 +105,8 @@ def ensure_topics(
     try:
         existing = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
-        raise KafkaError(f"cannot list topics at {settings.kafka_bootstrap()}: {exc}") from exc
+        raise KafkaOperationError(
+            f"cannot list topics at {settings.kafka_bootstrap()}: {exc}") from exc
     reports: list[TopicReport] = []
     missing = [s for s in specs if settings.topic(s.name) not in existing]
     if missing:
@@ -120,7 +122,7 @@ def ensure_topics(
                 future.result(timeout_s)
             except KafkaException as exc:
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise KafkaError(f"cannot create topic {name}: {exc}") from exc
+                    raise KafkaOperationError(f"cannot create topic {name}: {exc}") from exc
             reports.append(TopicReport(name, "created"))
     present = [s for s in specs if settings.topic(s.name) in existing]
     if present:
@@ -131,7 +133,7 @@ def ensure_topics(
             try:
                 actual = {k: v.value for k, v in described[resource].result(timeout_s).items()}
             except KafkaException as exc:
-                raise KafkaError(f"cannot describe topic {name}: {exc}") from exc
+                raise KafkaOperationError(f"cannot describe topic {name}: {exc}") from exc
             drift = [
                 f"{key}: want {want}, have {actual.get(key)}"
                 for key, want in spec_.configs(factor).items()

@@ -23,8 +23,10 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from protocol.errors import InputError
 
-class SettingsError(ValueError):
+
+class SettingsError(InputError):
     """The configuration file or an environment variable holds a value QuStream cannot use."""
 
 

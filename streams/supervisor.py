@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from protocol.errors import OperationError
 
-class SupervisorError(RuntimeError):
+
+class SupervisorError(OperationError):
     """A service could not be started or named."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from protocol.errors import QuStreamError
 from streams.topics import CATALOGUE, TopicSpec
 
 ROLES: tuple[str, ...] = (
@@ -49,7 +50,7 @@ READER_ROLES: dict[str, tuple[str, ...]] = {
 }
 
 
-class UnmappedWriterError(KeyError):
+class UnmappedWriterError(QuStreamError, KeyError):
     """A catalogue topic names a writer the chart has no role for."""
 
 

@@ -24,6 +24,7 @@ import yaml
 from infra.helm import generate_topics
 from infra.k8s.rules import Finding, check_rules, name_of
 from infra.k8s.schemas import CRD_DIR, KUBE_VERSION, SchemaMissingError, schema_violations
+from protocol.errors import OperationError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "infra" / "helm" / "qustream"
@@ -34,7 +35,7 @@ RELEASE = "qustream"
 NAMESPACE = "qustream"
 
 
-class RenderError(RuntimeError):
+class RenderError(OperationError):
     """``helm template`` refused the chart with these values."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from protocol.errors import OperationError
 
-class InfraError(RuntimeError):
+
+class InfraError(OperationError):
     """The embedded Kafka or Cassandra could not be prepared, started, stopped or reached."""
 
 

@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.canonical import CanonicalWriter
+from protocol.errors import InputError
 from protocol.keys import Algorithm, SigningKey
 
 DIGEST_SIZE = 32
 ZERO_DIGEST = bytes(DIGEST_SIZE)
 
 
-class ChunkFormatError(ValueError):
+class ChunkFormatError(InputError):
     """A chunk or checkpoint record is structurally invalid (field type, size or range)."""
 
 

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol.errors import InputError
 from protocol.keys import KeyFormatError, PublicKey
 
 
-class RegistryError(ValueError):
+class RegistryError(InputError):
     """A registry entry or file is malformed, inconsistent or duplicated."""
 
 

@@ -39,9 +39,10 @@ from dataclasses import dataclass, field
 
 from protocol.entropy.chain import Checkpoint, Chunk, expected_digest
 from protocol.entropy.registry import SourceRegistryEntry
+from protocol.errors import InputError
 
 
-class EntropyRejectedError(ValueError):
+class EntropyRejectedError(InputError):
     """A chunk or checkpoint was rejected; the message names the source, seq and reason."""
 
     code = "rejected"

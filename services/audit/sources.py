@@ -20,13 +20,14 @@ from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from protocol.errors import OperationError
 from streams.kafka import make_consumer
 from streams.settings import Settings
 
 AUDITED_TOPICS = ("chain.blocks", "chain.consensus", "entropy.raw", "ledger.tx", "users.events")
 
 
-class SourceError(RuntimeError):
+class SourceError(OperationError):
     """A log could not be read (the broker failed, or an export is damaged)."""
 
 

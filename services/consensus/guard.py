@@ -20,12 +20,13 @@ import json
 import os
 from pathlib import Path
 
+from protocol.errors import OperationError
 from services.consensus.core.signer import SignerState, SignStep
 
 FORMAT = "qustream-signer/1"
 
 
-class GuardError(RuntimeError):
+class GuardError(OperationError):
     """The guard file cannot be read, belongs to another key, or cannot be made durable."""
 
 

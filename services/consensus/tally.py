@@ -56,7 +56,7 @@ from streams.chain_reader import catch_up
 from streams.chain_wire import decode_consensus, encode_evidence, encode_finalized, height_key
 from streams.codec import default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import KafkaError, make_consumer, make_producer
+from streams.kafka import KafkaOperationError, make_consumer, make_producer
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class Tally(ConsensusDriver):
                 self.producer.produce(topic, value=value, key=key)
             self.producer.commit_transaction(30)
         except KafkaException as exc:
-            raise KafkaError(f"tally transaction failed: {exc}") from exc
+            raise KafkaOperationError(f"tally transaction failed: {exc}") from exc
         self._pending.clear()
 
     def _consensus(self, message: Message) -> None:

@@ -24,11 +24,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from protocol.errors import InputError
+
 SCOPES = ("read", "keys", "users")
 PREFIX = "qsk_"
 
 
-class ApiKeyError(ValueError):
+class ApiKeyError(InputError):
     """A key cannot be created or parsed (bad scope, malformed key)."""
 
 

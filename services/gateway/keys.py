@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from protocol.errors import QuStreamError
 from protocol.keydelivery import (
     MAX_LENGTH,
     MIN_LENGTH,
@@ -59,7 +60,7 @@ log = logging.getLogger("qustream.gateway.keys")
 POOL_DRAW_BYTES = 32  # at least this many pool bytes go into every key (>= 256 bits)
 
 
-class PoolUnavailable(Exception):
+class PoolUnavailable(QuStreamError):
     """The private pool cannot serve now; ``retry_after_s`` is a hint."""
 
     def __init__(self, reason: str, retry_after_s: int = 2) -> None:

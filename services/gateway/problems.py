@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from protocol.errors import QuStreamError
+
 PROBLEM_JSON = "application/problem+json"
 BASE = "https://qustream.dev/problems/"
 log = logging.getLogger("qustream.gateway")
@@ -30,7 +32,7 @@ TITLES = {
 }
 
 
-class Problem(Exception):
+class Problem(QuStreamError):
     """An error response: ``status``, a stable ``slug`` (the type URI's last part), a
     human ``detail``; ``headers`` (e.g. Retry-After) and ``extra`` members are optional."""
 

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from protocol.errors import QuStreamError
+
 DAY_S = 86_400.0
 
 
@@ -26,7 +28,7 @@ class _Bucket:
     quota_window: float = 0.0
 
 
-class Limited(Exception):
+class Limited(QuStreamError):
     """Over the limit; ``retry_after_s`` says when to try again, ``what`` which limit."""
 
     def __init__(self, what: str, retry_after_s: int) -> None:

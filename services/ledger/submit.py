@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from confluent_kafka import Producer
 
 from protocol.canonical import CanonicalDecodeError
+from protocol.errors import InputError
 from services.ledger.core.errors import LedgerError
 from services.ledger.core.tx import SignedTx, decode_signed_tx, tx_hash
 from streams.codec import Codec, CodecError, default_codec
@@ -23,7 +24,7 @@ from streams.kafka import DeliveryError, make_producer
 from streams.settings import Settings
 
 
-class SubmissionError(ValueError):
+class SubmissionError(InputError):
     """A submitted transaction is not a decodable, correctly signed transaction."""
 
 

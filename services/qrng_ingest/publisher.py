@@ -47,9 +47,10 @@ from protocol.entropy.chain import (
     extend,
     sign_checkpoint,
 )
+from protocol.errors import OperationError
 from protocol.keys import SigningKey
 from streams.codec import CodecError, default_codec
-from streams.kafka import KafkaError, make_consumer, make_producer
+from streams.kafka import KafkaOperationError, make_consumer, make_producer
 from streams.settings import Settings
 
 
@@ -98,11 +99,11 @@ class ChunkEncoder:
         ))
 
 
-class PublishError(RuntimeError):
+class PublishError(OperationError):
     """A chunk or checkpoint could not be published; the process must restart and resume."""
 
 
-class ResumeError(RuntimeError):
+class ResumeError(OperationError):
     """The state file or the topic tail cannot be read, or they contradict each other."""
 
 
@@ -489,7 +490,7 @@ def open_publisher(
     state = StateFile(settings.state_dir / "qrng" / f"{source_id}.json", source_id)
     try:
         positions = resume_positions(settings, source_id, state)
-    except KafkaError as exc:
+    except KafkaOperationError as exc:
         raise ResumeError(f"cannot resume {source_id}: {exc}") from exc
     return ChunkPublisher(settings, source_id, key, positions=positions, state=state,
                           checkpoint_policy=checkpoint_policy, private_share=private_share,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from protocol.entropy.chain import CheckpointPolicy, HealthSummary
+from protocol.errors import InputError
 from protocol.keys import SigningKey
 from services.qrng_ingest.core.health import (
     BlockHealth,
@@ -46,7 +47,7 @@ from streams.settings import Settings
 from streams.telemetry import setup_telemetry
 
 
-class IngestConfigError(ValueError):
+class IngestConfigError(InputError):
     """An ingest setting that cannot work (chunk size not a whole number of windows ...)."""
 
 

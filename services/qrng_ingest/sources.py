@@ -28,12 +28,14 @@ from typing import Protocol
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from protocol.errors import InputError, OperationError
 
-class SourceError(RuntimeError):
+
+class SourceError(OperationError):
     """A source cannot be opened or read; the message names the source."""
 
 
-class SourceSpecError(ValueError):
+class SourceSpecError(InputError):
     """A ``--source`` spec that does not parse."""
 
 

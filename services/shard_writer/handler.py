@@ -44,6 +44,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry import metrics
 
+from protocol.errors import OperationError
 from services.shard_writer.core import (
     Accepted,
     AlreadyApplied,
@@ -73,7 +74,7 @@ log = logging.getLogger(__name__)
 MAX_COMMAND_BYTES = 256 * 1024  # a record is at most 64 KiB of ciphertext; base64 + envelope
 
 
-class HandlerError(RuntimeError):
+class HandlerError(OperationError):
     """The command handler cannot continue (fenced, or Kafka failed fatally)."""
 
 

@@ -22,12 +22,13 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, S
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import PreparedStatement
 
+from protocol.errors import OperationError
 from streams.settings import Settings
 
 _KEYSPACE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 
-class StoreError(RuntimeError):
+class StoreError(OperationError):
     """A Cassandra operation of the user projection failed; says which and why."""
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from protocol.errors import InputError
+
 
 class Kind(Enum):
     INSERT = "insert"  # params: the listed columns, then the timestamp
@@ -88,7 +90,7 @@ OPERATIONS: dict[str, Operation] = {
 }
 
 
-class ProjectionError(ValueError):
+class ProjectionError(InputError):
     """A write the fold cannot apply (wrong parameter count, a key column left null)."""
 
 

@@ -32,11 +32,12 @@ from protocol.block import Block, Body, EntropyRef, Header, ranges_of
 from protocol.chain import ChainTip
 from protocol.check import check_header, first_problem
 from protocol.commit import CommitCertificate
+from protocol.errors import InputError
 from protocol.evidence import DuplicateVoteEvidence
 from protocol.randomness import block_randomness
 
 
-class InvalidBlockError(ValueError):
+class InvalidBlockError(InputError):
     """A proposed block breaks a validation rule; the message names the rule and the input."""
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from protocol.errors import OperationError
 from protocol.keys import SigningKey
 
 
-class DoubleSignError(RuntimeError):
+class DoubleSignError(OperationError):
     """Signing would contradict or precede a signature this validator already gave."""
 
 

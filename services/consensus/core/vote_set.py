@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from protocol.errors import InputError
 from protocol.evidence import DuplicateVoteEvidence
 from protocol.messages import Vote, VoteType
 from protocol.validators import ValidatorSet
@@ -27,7 +28,7 @@ MAX_VALUES_PER_VALIDATOR = 4
 NIL_KEY = b""
 
 
-class VoteSetError(ValueError):
+class VoteSetError(InputError):
     """A vote does not belong in this set (wrong height/round/type, unknown validator)."""
 
 

@@ -15,8 +15,10 @@ Codes are part of the public contract (``TxResult.code``); never renumber them.
 
 from __future__ import annotations
 
+from protocol.errors import InputError
 
-class LedgerError(ValueError):
+
+class LedgerError(InputError):
     """Base of every ledger error."""
 
     code: int = 99

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from protocol.errors import InputError
+
 MIN_ALPHA_EXPONENT = 20
 MAX_ALPHA_EXPONENT = 40
 STARTUP_SAMPLES = 1024
@@ -38,11 +40,11 @@ BINARY_WINDOW = 1024
 NON_BINARY_WINDOW = 512
 
 
-class HealthParameterError(ValueError):
+class HealthParameterError(InputError):
     """A min-entropy, alpha or sample width outside what SP 800-90B and QuStream allow."""
 
 
-class BlockShapeError(ValueError):
+class BlockShapeError(InputError):
     """A block handed to the health tests is not a whole number of APT windows."""
 
 

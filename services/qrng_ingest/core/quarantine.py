@@ -19,6 +19,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from protocol.errors import InputError
 from services.qrng_ingest.core.health import BlockHealth
 
 
@@ -34,7 +35,7 @@ class TransitionKind(StrEnum):
     RECOVERED = "RECOVERED"
 
 
-class QuarantinePolicyError(ValueError):
+class QuarantinePolicyError(InputError):
     """A quarantine policy value that cannot work (non-positive window counts)."""
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from protocol.errors import InputError, QuStreamError
 
-class CommandRejectedError(Exception):
+
+class CommandRejectedError(QuStreamError):
     """Base: the command was well formed and authentic but cannot be applied to the user."""
 
     code: ClassVar[str] = "rejected"
@@ -93,5 +95,5 @@ REJECTIONS: dict[str, type[CommandRejectedError]] = {
 }
 
 
-class ForgedSignatureError(ValueError):
+class ForgedSignatureError(InputError):
     """The command's signature does not verify against any key the user authorised."""

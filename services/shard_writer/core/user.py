@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from protocol.errors import InputError
 from services.shard_writer.core.events import (
     DeviceLinked,
     DeviceRevoked,
@@ -30,7 +31,7 @@ COMMAND_WINDOW = 1024
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-class EventOrderError(ValueError):
+class EventOrderError(InputError):
     """An event does not follow the state it is applied to (wrong user or version gap)."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from protocol.errors import InputError
 from protocol.users import (
     COMMAND_TYPES,
     Command,
@@ -20,7 +21,7 @@ from protocol.users import (
 from services.shard_writer.core.events import EVENT_TYPES, Event
 
 
-class MalformedEventError(ValueError):
+class MalformedEventError(InputError):
     """An event record on ``users.events`` cannot be turned into an ``Event``."""
 
 
