@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from cassandra import DriverException
 from cassandra.cluster import Session
@@ -70,26 +70,27 @@ def rows_for(statements: Statements, events: Sequence[Event]) -> list[Row]:
     s = statements
     for event in events:
         body, user, v = event.body, event.user_id, event.version
-        if isinstance(body, UserRegistered):
-            rows.append((s.insert_user, (user, v, body.signing_key, body.encryption_key, 0,
-                                         event.recorded_at_ms, event.recorded_at_ms, v)))
-        elif isinstance(body, RecordPut):
-            rows.append((s.insert_record, (user, body.record_id, body.record_version, v,
-                                           body.ciphertext, len(body.ciphertext),
-                                           event.recorded_at_ms, v)))
-        elif isinstance(body, RecordDeleted):
-            rows.append((s.delete_record, (v, user, body.record_id)))
-        elif isinstance(body, KeysRotated):
-            rows.append((s.rotate_keys, (v, body.signing_key, body.encryption_key,
-                                         body.key_epoch, user)))
-        elif isinstance(body, DeviceLinked):
-            rows.append((s.insert_device, (user, body.device_id, body.device_key, v, v)))
-        elif isinstance(body, DeviceRevoked):
-            rows.append((s.revoke_device, (v, user, body.device_id)))
-        elif isinstance(body, UserDeleted):
-            rows.append((s.delete_records, (v, user)))
-            rows.append((s.delete_devices, (v, user)))
-            rows.append((s.erase_user, (v, user)))
+        match body:
+            case UserRegistered(signing_key, encryption_key):
+                rows.append((s.insert_user, (user, v, signing_key, encryption_key, 0,
+                                             event.recorded_at_ms, event.recorded_at_ms, v)))
+            case RecordPut(record_id, record_version, ciphertext):
+                rows.append((s.insert_record, (user, record_id, record_version, v, ciphertext,
+                                               len(ciphertext), event.recorded_at_ms, v)))
+            case RecordDeleted(record_id):
+                rows.append((s.delete_record, (v, user, record_id)))
+            case KeysRotated(signing_key, encryption_key, key_epoch):
+                rows.append((s.rotate_keys, (v, signing_key, encryption_key, key_epoch, user)))
+            case DeviceLinked(device_id, device_key):
+                rows.append((s.insert_device, (user, device_id, device_key, v, v)))
+            case DeviceRevoked(device_id):
+                rows.append((s.revoke_device, (v, user, device_id)))
+            case UserDeleted():
+                rows.append((s.delete_records, (v, user)))
+                rows.append((s.delete_devices, (v, user)))
+                rows.append((s.erase_user, (v, user)))
+            case _:
+                assert_never(body)
     if events:
         last = events[-1]
         rows.append((s.touch_user, (last.version, last.version, last.recorded_at_ms,

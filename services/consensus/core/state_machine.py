@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from typing import Protocol
+from typing import Protocol, assert_never
 
 from protocol.block import Block
 from protocol.commit import CommitCertificate, CommitFlag, CommitSig, verify_commit
@@ -246,14 +246,17 @@ def handle(
 ) -> tuple[ConsensusState, tuple[Output, ...]]:
     """Apply one input. Deterministic in (config, logic answers, state, event)."""
     out: list[Output] = []
-    if isinstance(event, StartHeight):
-        state = _on_start_height(config, logic, state, event, out)
-    elif isinstance(event, ProposalReceived | VoteReceived):
-        state = _on_message(config, state, event, out)
-    elif isinstance(event, TimeoutFired):
-        state = _on_timeout(config, logic, state, event, out)
-    else:
-        state = _on_commit(config, state, event, out)
+    match event:
+        case StartHeight():
+            state = _on_start_height(config, logic, state, event, out)
+        case ProposalReceived() | VoteReceived():
+            state = _on_message(config, state, event, out)
+        case TimeoutFired():
+            state = _on_timeout(config, logic, state, event, out)
+        case CommitReceived():
+            state = _on_commit(config, state, event, out)
+        case _:
+            assert_never(event)
     state = _run_rules(config, logic, state, out)
     return state, tuple(out)
 

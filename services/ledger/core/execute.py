@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import assert_never
 
 from protocol.app import TxResult
 from services.ledger.core import governance, staking
@@ -99,29 +100,31 @@ def apply_body(state: LedgerState, tx: Tx, height: int) -> LedgerState:
     """The state after ``tx``'s body; raises ``BodyError`` if it does not apply."""
     sender = tx.sender_address
     body = tx.body
-    if isinstance(body, Transfer):
-        return credit(debit(state, sender, body.amount), body.to, body.amount)
-    if isinstance(body, CreateValidator):
-        return staking.create_validator(state, tx.sender, body, height)
-    if isinstance(body, EditValidator):
-        return staking.edit_validator(state, sender, body, height)
-    if isinstance(body, Delegate):
-        return staking.delegate(state, sender, body, height)
-    if isinstance(body, Undelegate):
-        return staking.undelegate(state, sender, body, height)
-    if isinstance(body, WithdrawRewards):
-        return _withdraw(state, sender, body.validator)
-    if isinstance(body, Unjail):
-        return staking.unjail(state, sender, height)
-    if isinstance(body, SubmitProposal):
-        return governance.submit_proposal(state, sender, body, height)
-    if isinstance(body, VoteProposal):
-        return governance.vote(state, sender, body, height)
-    if isinstance(body, RegisterQrngSource):
-        return _register_source(state, sender, body)
-    if isinstance(body, PayForService):
-        return _pay_for_service(state, sender, body)
-    raise TypeError(f"unhandled transaction body {type(body).__name__}")  # a bug, not input
+    match body:
+        case Transfer():
+            return credit(debit(state, sender, body.amount), body.to, body.amount)
+        case CreateValidator():
+            return staking.create_validator(state, tx.sender, body, height)
+        case EditValidator():
+            return staking.edit_validator(state, sender, body, height)
+        case Delegate():
+            return staking.delegate(state, sender, body, height)
+        case Undelegate():
+            return staking.undelegate(state, sender, body, height)
+        case WithdrawRewards():
+            return _withdraw(state, sender, body.validator)
+        case Unjail():
+            return staking.unjail(state, sender, height)
+        case SubmitProposal():
+            return governance.submit_proposal(state, sender, body, height)
+        case VoteProposal():
+            return governance.vote(state, sender, body, height)
+        case RegisterQrngSource():
+            return _register_source(state, sender, body)
+        case PayForService():
+            return _pay_for_service(state, sender, body)
+        case _:
+            assert_never(body)
 
 
 def _withdraw(state: LedgerState, sender: bytes, validator: bytes) -> LedgerState:

@@ -9,6 +9,7 @@ command, and ``IdempotencyKeyReusedError`` when it is a different one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import assert_never
 
 from protocol.keys import KeyError_
 from protocol.users import (
@@ -145,41 +146,49 @@ def _decide_body(state: User | None, command: Command,
         return VersionConflictError(
             f"user {user}: expected version {command.expected_version}, "
             f"actual {state.version}")
-    if isinstance(body, PutRecord):
-        return _put_record(state, body, limits)
-    if isinstance(body, DeleteRecord):
-        record = state.records.get(body.record_id)
-        if record is None or record.deleted:
-            return UnknownRecordError(f"user {user} has no record {body.record_id!r}")
-        return RecordDeleted(body.record_id, record.record_version + 1)
-    if isinstance(body, LinkDevice):
-        if not _valid_id(body.device_id):
-            return InvalidCommandError(f"bad device id {body.device_id!r}")
-        existing = state.devices.get(body.device_id)
-        if existing is not None and not existing.revoked:
-            return DeviceAlreadyLinkedError(f"user {user}: device {body.device_id!r} is linked")
-        active = sum(1 for d in state.devices.values() if not d.revoked)
-        if active >= limits.max_devices:
-            return QuotaExceededError(f"user {user}: {active} devices, at most "
-                                      f"{limits.max_devices}")
-        try:
-            user_id_for(body.device_key)
-        except KeyError_ as exc:
-            return InvalidCommandError(f"bad device key: {exc}")
-        return DeviceLinked(body.device_id, body.device_key)
-    if isinstance(body, RevokeDevice):
-        device = state.devices.get(body.device_id)
-        if device is None or device.revoked:
-            return UnknownDeviceError(f"user {user}: no linked device {body.device_id!r}")
-        return DeviceRevoked(body.device_id)
-    if isinstance(body, RotateKeys):
-        bad = _check_keys(body.signing_key, body.encryption_key)
-        if bad is not None:
-            return bad
-        return KeysRotated(body.signing_key, body.encryption_key, state.key_epoch + 1)
-    if isinstance(body, DeleteUser):
-        return UserDeleted()
-    return InvalidCommandError(f"unsupported command {type(body).__name__}")
+    match body:
+        case PutRecord():
+            return _put_record(state, body, limits)
+        case DeleteRecord(record_id):
+            record = state.records.get(record_id)
+            if record is None or record.deleted:
+                return UnknownRecordError(f"user {user} has no record {record_id!r}")
+            return RecordDeleted(record_id, record.record_version + 1)
+        case LinkDevice(device_id, device_key):
+            return _link_device(state, device_id, device_key, limits)
+        case RevokeDevice(device_id):
+            device = state.devices.get(device_id)
+            if device is None or device.revoked:
+                return UnknownDeviceError(f"user {user}: no linked device {device_id!r}")
+            return DeviceRevoked(device_id)
+        case RotateKeys(signing_key, encryption_key):
+            bad = _check_keys(signing_key, encryption_key)
+            if bad is not None:
+                return bad
+            return KeysRotated(signing_key, encryption_key, state.key_epoch + 1)
+        case DeleteUser():
+            return UserDeleted()
+        case _:
+            assert_never(body)
+
+
+def _link_device(state: User, device_id: str, device_key: str,
+                 limits: Limits) -> EventBody | CommandRejectedError:
+    user = state.user_id
+    if not _valid_id(device_id):
+        return InvalidCommandError(f"bad device id {device_id!r}")
+    existing = state.devices.get(device_id)
+    if existing is not None and not existing.revoked:
+        return DeviceAlreadyLinkedError(f"user {user}: device {device_id!r} is linked")
+    active = sum(1 for d in state.devices.values() if not d.revoked)
+    if active >= limits.max_devices:
+        return QuotaExceededError(f"user {user}: {active} devices, at most "
+                                  f"{limits.max_devices}")
+    try:
+        user_id_for(device_key)
+    except KeyError_ as exc:
+        return InvalidCommandError(f"bad device key: {exc}")
+    return DeviceLinked(device_id, device_key)
 
 
 def _put_record(state: User, body: PutRecord, limits: Limits) -> EventBody | CommandRejectedError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, assert_never
 
 from protocol.errors import InputError
 from services.shard_writer.core.events import (
@@ -104,34 +104,30 @@ def evolve(state: User | None, event: Event) -> User:
     if state is None:
         raise EventOrderError(f"{event.event_type} for unregistered user {event.user_id}")
     commands = _remember(state.commands, event)
-    if isinstance(body, DeviceLinked):
-        devices = _with(state.devices, body.device_id, DeviceState(body.device_key, False))
-        return replace(state, version=event.version, devices=devices,
-                       commands=commands)
-    if isinstance(body, DeviceRevoked):
-        device = state.devices[body.device_id]
-        devices = _with(state.devices, body.device_id, replace(device, revoked=True))
-        return replace(state, version=event.version, devices=devices,
-                       commands=commands)
-    if isinstance(body, KeysRotated):
-        return replace(state, version=event.version, signing_key=body.signing_key,
-                       encryption_key=body.encryption_key, key_epoch=body.key_epoch,
-                       commands=commands)
-    if isinstance(body, RecordPut):
-        records = _with(state.records, body.record_id,
-                        RecordState(body.record_version, len(body.ciphertext), False))
-        return replace(state, version=event.version, records=records,
-                       commands=commands)
-    if isinstance(body, RecordDeleted):
-        records = _with(state.records, body.record_id,
-                        RecordState(body.record_version, 0, True))
-        return replace(state, version=event.version, records=records,
-                       commands=commands)
-    if isinstance(body, UserDeleted):
-        return replace(state, version=event.version, signing_key="", encryption_key=b"",
-                       deleted=True, devices=_EMPTY, records=_EMPTY,
-                       commands=commands)
-    raise TypeError(f"unknown event body {type(body).__name__}")
+    match body:
+        case DeviceLinked(device_id, device_key):
+            devices = _with(state.devices, device_id, DeviceState(device_key, False))
+            return replace(state, version=event.version, devices=devices, commands=commands)
+        case DeviceRevoked(device_id):
+            devices = _with(state.devices, device_id,
+                            replace(state.devices[device_id], revoked=True))
+            return replace(state, version=event.version, devices=devices, commands=commands)
+        case KeysRotated(signing_key, encryption_key, key_epoch):
+            return replace(state, version=event.version, signing_key=signing_key,
+                           encryption_key=encryption_key, key_epoch=key_epoch,
+                           commands=commands)
+        case RecordPut(record_id, record_version, ciphertext):
+            records = _with(state.records, record_id,
+                            RecordState(record_version, len(ciphertext), False))
+            return replace(state, version=event.version, records=records, commands=commands)
+        case RecordDeleted(record_id, record_version):
+            records = _with(state.records, record_id, RecordState(record_version, 0, True))
+            return replace(state, version=event.version, records=records, commands=commands)
+        case UserDeleted():
+            return replace(state, version=event.version, signing_key="", encryption_key=b"",
+                           deleted=True, devices=_EMPTY, records=_EMPTY, commands=commands)
+        case _:
+            assert_never(body)
 
 
 def fold(events: Iterable[Event], state: User | None = None) -> User | None:

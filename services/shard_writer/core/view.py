@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, assert_never
 
 from services.shard_writer.core.events import (
     DeviceLinked,
@@ -22,6 +22,7 @@ from services.shard_writer.core.events import (
     UserDeleted,
     UserRegistered,
 )
+from services.shard_writer.core.user import EventOrderError
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -75,27 +76,29 @@ def evolve_view(view: UserView | None, event: Event) -> UserView:
     if isinstance(body, UserRegistered):
         return UserView(event.user_id, v, body.signing_key, body.encryption_key, 0, False, t, t)
     if view is None:
-        raise ValueError(f"{event.event_type} before UserRegistered for {event.user_id}")
+        raise EventOrderError(f"{event.event_type} before UserRegistered for {event.user_id}")
     view = replace(view, version=v, updated_at_ms=t)
-    if isinstance(body, KeysRotated):
-        return replace(view, signing_key=body.signing_key, encryption_key=body.encryption_key,
-                       key_epoch=body.key_epoch)
-    if isinstance(body, DeviceLinked):
-        device = DeviceView(event.user_id, body.device_id, body.device_key, v, False)
-        return replace(view, devices=_with(view.devices, body.device_id, device))
-    if isinstance(body, DeviceRevoked):
-        revoked = replace(view.devices[body.device_id], revoked=True)
-        return replace(view, devices=_with(view.devices, body.device_id, revoked))
-    if isinstance(body, RecordPut):
-        record = RecordView(event.user_id, body.record_id, body.record_version, v,
-                            body.ciphertext, len(body.ciphertext), t)
-        return replace(view, records=_with(view.records, body.record_id, record))
-    if isinstance(body, RecordDeleted):
-        return replace(view, records=_with(view.records, body.record_id, None))
-    if isinstance(body, UserDeleted):
-        return replace(view, signing_key=None, encryption_key=None, key_epoch=None, deleted=True,
-                       records=_EMPTY, devices=_EMPTY)
-    raise TypeError(f"unknown event body {type(body).__name__}")
+    match body:
+        case KeysRotated(signing_key, encryption_key, key_epoch):
+            return replace(view, signing_key=signing_key, encryption_key=encryption_key,
+                           key_epoch=key_epoch)
+        case DeviceLinked(device_id, device_key):
+            device = DeviceView(event.user_id, device_id, device_key, v, False)
+            return replace(view, devices=_with(view.devices, device_id, device))
+        case DeviceRevoked(device_id):
+            revoked = replace(view.devices[device_id], revoked=True)
+            return replace(view, devices=_with(view.devices, device_id, revoked))
+        case RecordPut(record_id, record_version, ciphertext):
+            record = RecordView(event.user_id, record_id, record_version, v, ciphertext,
+                                len(ciphertext), t)
+            return replace(view, records=_with(view.records, record_id, record))
+        case RecordDeleted(record_id):
+            return replace(view, records=_with(view.records, record_id, None))
+        case UserDeleted():
+            return replace(view, signing_key=None, encryption_key=None, key_epoch=None,
+                           deleted=True, records=_EMPTY, devices=_EMPTY)
+        case _:
+            assert_never(body)
 
 
 def fold_view(events: Iterable[Event]) -> dict[str, UserView]:
