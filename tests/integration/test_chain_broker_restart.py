@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from infra.local import LocalCluster
+from infra.local.process import pid_alive, port_open
 from streams.settings import KafkaSettings, Settings
 from tests.integration.test_chain_e2e import Network, network_factory  # noqa: F401
 from tests.integration.test_infra import private_kafka  # noqa: F401
@@ -43,7 +44,10 @@ def test_broker_crash_mid_run_loses_nothing_and_the_chain_resumes(
     broker = private_kafka.status(("kafka",))[0]
     assert broker.pid is not None
     os.kill(broker.pid, signal.SIGKILL)
-    time.sleep(3)  # the services see the broker gone and retry
+    deadline = time.monotonic() + 30  # the broker is gone: the services see errors and retry
+    while pid_alive(broker.pid) or port_open(broker.port):
+        assert time.monotonic() < deadline, "the killed broker is still there"
+        time.sleep(0.1)
     assert private_kafka.up(("kafka",))[0].state == "up"
 
     target = len(before) + 5

@@ -21,6 +21,7 @@ from confluent_kafka import TopicPartition
 
 from protocol.entropy.chain import Checkpoint, Chunk
 from protocol.entropy.verifier import ChainVerifier, EntropyRejectedError
+from protocol.keys import SigningKey
 from services.ledger.core.chain_spec import ChainSpec, source_registry
 from streams.chain_reader import VerifiedBlock, read_blocks, watermarks
 from streams.codec import default_codec
@@ -76,6 +77,14 @@ class Network:
     @property
     def genesis(self) -> Path:
         return self.root / "net" / "genesis.json"
+
+    @property
+    def chain_id(self) -> str:
+        return ChainSpec.load(self.genesis).chain_id
+
+    def key_address(self, name: str) -> bytes:
+        """The address of the key file ``net/keys/<name>.json`` (e.g. ``validator-0``)."""
+        return SigningKey.load(self.root / "net" / "keys" / f"{name}.json").address
 
     def blocks(self) -> list[VerifiedBlock]:
         return list(read_blocks(self.settings, ChainSpec.load(self.genesis).follower(),

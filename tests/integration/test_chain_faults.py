@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from confluent_kafka import TopicPartition
+
 from protocol.keys import SigningKey
+from protocol.messages import Vote, VoteType
 from services.ledger.core import Delegate, encode_signed_tx, sign_tx
 from services.ledger.core.queries import next_nonce, validator
 from services.ledger.submit import submit_tx
-from streams.chain_wire import decode_finalized
+from streams.chain_reader import watermarks
+from streams.chain_wire import decode_consensus, decode_finalized
+from streams.kafka import make_consumer
+from streams.supervisor import ServiceState, Supervisor
 from tests.integration.test_chain_e2e import (
     Network,
     finalized_height,
@@ -30,6 +37,39 @@ def _wait(network: Network, height: int, timeout_s: float) -> int:
         time.sleep(0.3)
         reached = finalized_height(network.settings)
     return reached
+
+
+def _until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        time.sleep(0.2)
+
+
+def _state(supervisor: Supervisor, name: str) -> ServiceState:
+    supervisor.tick()  # reaps what exited, restarts what is due
+    return next(s.state for s in supervisor.status() if s.name == name)
+
+
+def _prevoters(network: Network, height: int) -> set[bytes]:
+    """Validators whose prevotes for ``height`` are on chain.consensus (read to its end)."""
+    topic = network.settings.topic("chain.consensus")
+    consumer = make_consumer(network.settings, f"prevoters-{time.time_ns()}")
+    found: set[bytes] = set()
+    try:
+        end = watermarks(consumer, topic)[1]
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        while consumer.position([TopicPartition(topic, 0)])[0].offset < end:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            decoded = decode_consensus(message.value(), network.chain_id)
+            if isinstance(decoded, Vote) and decoded.height == height and (
+                    decoded.vote_type is VoteType.PREVOTE):
+                found.add(decoded.validator_address)
+    finally:
+        consumer.close()
+    return found
 
 
 def _stable_height(network: Network, quiet_s: float, timeout_s: float) -> int:
@@ -80,16 +120,19 @@ def test_kill_validators_and_tally(network_factory: object) -> None:
 
     # the tally dies mid-stream: nothing is finalized meanwhile, restart resumes without gap
     supervisor.kill("tally", signal.SIGKILL)
-    time.sleep(2)
+    _until(lambda: _state(supervisor, "tally") is not ServiceState.RUNNING, 30,
+           "the supervisor to see the tally gone")
 
     # two of four down: no quorum, the chain halts
     supervisor.kill("validator-2", signal.SIGKILL)
-    time.sleep(1)
-    supervisor.tick()  # restarts only the tally (backoff elapsed), validators come back later
-    for name in ("validator-2", "validator-3"):
-        supervisor.stop([name], grace_s=1)
+    supervisor.stop(["validator-2", "validator-3"], grace_s=1)  # they come back later
+    _until(lambda: _state(supervisor, "tally") is ServiceState.RUNNING, 30,
+           "the tally's restart")
     halted_at = _stable_height(network, quiet_s=4, timeout_s=30)  # the tally catches up
-    time.sleep(3)
+    live = (network.key_address("validator-0"), network.key_address("validator-1"))
+    _until(lambda: set(live) <= _prevoters(network, halted_at + 1), 60,
+           f"both live validators to prevote at height {halted_at + 1}")
+    assert _prevoters(network, halted_at + 1) <= set(live), "a stopped validator voted"
     assert finalized_height(network.settings) == halted_at, "chain advanced without quorum"
 
     # restart both: the chain resumes

@@ -103,6 +103,18 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str,
         time.sleep(0.5)
 
 
+def events_written(settings: Settings) -> int:
+    """How many records ``users.events`` holds (transaction markers included)."""
+    topic = settings.topic("users.events")
+    consumer = make_consumer(settings, f"count-{time.time_ns()}")
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                   for p in partitions)
+    finally:
+        consumer.close()
+
+
 def handler_caught_up(settings: Settings) -> Callable[[], bool]:
     """True once the handler group committed every command offset."""
     topic = settings.topic("users.commands")
@@ -235,7 +247,9 @@ def test_two_shard_writers_split_partitions_and_one_stopping_loses_nothing(
         produce_commands(users_settings, workload.commands)
         handler = CommandHandler.create(users_settings, instance_id="split")
         thread = in_thread(handler)
-        time.sleep(3)
+        quarter = len(workload.commands) // 4
+        wait_until(lambda: events_written(users_settings) >= quarter, 120,
+                   "a quarter of the events, so the second shard_writer leaves mid-run")
         second.stop()  # leaves the group: its partitions move to the first instance
         wait_until(handler_caught_up(users_settings), 120, "the handler")
         handler.stop()

@@ -40,11 +40,11 @@ from services.ledger.core import (
     ServiceKind,
     SubmitProposal,
     Transfer,
+    TxBody,
     Undelegate,
     Unjail,
     VoteOption,
     VoteProposal,
-    TxBody,
     WithdrawRewards,
     decode_signed_tx,
     encode_signed_tx,
@@ -53,7 +53,6 @@ from services.ledger.core import (
 )
 from services.ledger.core.genesis_file import genesis_from_json, genesis_state, genesis_to_json
 from tests.unit.test_ledger_fixtures import (
-    CHAIN_ID,
     FEE,
     Chain,
     address,
