@@ -17,33 +17,33 @@ from protocol.errors import QuStreamError
 from streams.topics import CATALOGUE, TopicSpec
 
 ROLES: tuple[str, ...] = (
-    "qrng", "builder", "validator", "tally", "gateway", "users-handler", "shard-writer",
+    "qrng", "validator", "tally", "gateway", "users-handler", "shard-writer",
 )
 
 WRITER_ROLES: dict[str, tuple[str, ...]] = {
     "qrng_ingest": ("qrng",),
-    # Proposals come from the node's block builder, votes from its validator process.
-    "validator nodes": ("builder", "validator"),
+    # Proposals and votes both come from the validator node (its block builder runs inside).
+    "validator nodes": ("validator",),
     "tally": ("tally",),
     "tally / validators": ("tally", "validator"),
     # Clients submit through the gateway; nothing outside the cluster holds Kafka credentials.
     "gateway / clients": ("gateway",),
     "gateway": ("gateway",),
     "user command handler": ("users-handler",),
-    "entropy consumers": ("builder", "validator", "gateway"),
-    "consensus consumers": ("builder", "validator", "tally"),
-    "ledger consumers": ("builder", "validator", "tally"),
+    "entropy consumers": ("validator", "gateway"),
+    "consensus consumers": ("validator", "tally"),
+    "ledger consumers": ("validator", "tally"),
     "user consumers": ("users-handler", "shard-writer"),
 }
 
 READER_ROLES: dict[str, tuple[str, ...]] = {
-    "entropy.raw": ("builder", "validator"),
+    "entropy.raw": ("validator",),
     "entropy.private": ("gateway",),
     "qrng.status": ("gateway",),
-    "chain.consensus": ("builder", "validator", "tally"),
-    "chain.blocks": ("builder", "validator", "tally", "gateway"),
-    "chain.evidence": ("builder", "validator"),
-    "ledger.tx": ("builder", "validator"),
+    "chain.consensus": ("validator", "tally"),
+    "chain.blocks": ("validator", "tally", "gateway"),
+    "chain.evidence": ("validator",),
+    "ledger.tx": ("validator",),
     "users.commands": ("users-handler",),
     "users.events": ("users-handler", "shard-writer"),
     "users.replies": ("gateway",),

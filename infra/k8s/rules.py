@@ -137,7 +137,7 @@ def no_secrets_rendered(objects: list[Object]) -> Iterator[Finding]:
         yield Finding(name_of(obj), "kind", "the chart must reference Secrets, never render one")
 
 
-# --- validators, builders, singletons -------------------------------------------------------
+# --- validators and singletons -------------------------------------------------------
 
 
 def _key_secret(workload: Object) -> str | None:
@@ -181,20 +181,6 @@ def validators_are_single_and_distinct(objects: list[Object]) -> Iterator[Findin
         if "state" not in claims:
             yield Finding(name, "spec.volumeClaimTemplates",
                           "the double-sign guard state needs a persistent 'state' claim")
-    builders = [w for w in workloads if _component(w) == "builder"]
-    for workload in builders:
-        name = name_of(workload)
-        spec = workload.get("spec", {})
-        if spec.get("replicas", 1) != 1 or spec.get("strategy", {}).get("type") != "Recreate":
-            yield Finding(name, "spec.replicas/spec.strategy.type",
-                          "a block builder signs with its validator's key: replicas 1, Recreate")
-        key = _key_secret(workload)
-        if key not in owners:
-            yield Finding(name, "spec.template.spec.volumes[key].secret.secretName",
-                          f"key Secret {key!r} belongs to no validator")
-    if len(builders) != len(validators):
-        yield Finding("chart", "validators.nodes",
-                      f"{len(validators)} validators but {len(builders)} block builders")
     for workload in workloads:
         if _component(workload) in ("tally", "qrng") and workload["spec"].get("replicas", 1) != 1:
             yield Finding(name_of(workload), "spec.replicas", "must be 1 for this role")
@@ -202,7 +188,7 @@ def validators_are_single_and_distinct(objects: list[Object]) -> Iterator[Findin
 
 def genesis_is_mounted(objects: list[Object]) -> Iterator[Finding]:
     for workload in _of_kind(objects, *WORKLOAD_KINDS):
-        if _component(workload) not in ("builder", "validator", "tally"):
+        if _component(workload) not in ("validator", "tally"):
             continue
         for field, container in _containers(_pod_spec(workload)):
             args = container.get("args", [])
