@@ -1,19 +1,9 @@
 """Quantum-safe key delivery, the client side of ``POST /v1/keys``.
 
-Protocol (both ends use the functions of ``protocol.keydelivery``):
-
-1. The client makes fresh X25519 and ML-KEM-768 key pairs and computes the request commitment
-   ``C = H("KeyRequest" | x25519 public | ML-KEM public | u32 length)``; it signs a
-   ``PayForService(KEY_MATERIAL, units, C)`` transaction from its funded account. So the fee
-   transaction on chain commits to exactly this delivery (its recipient keys and size).
-2. The gateway draws fresh bytes from the private QRNG pool, mixes them with OS entropy
-   (``HKDF-SHA-512(ikm = pool || os, salt = C, info = tx hash)``), and seals the result:
-   ``ss1 = X25519(ephemeral, client)``, ``(ss2, ct) = ML-KEM-768.Encaps(client)``,
-   ``KEK = HKDF-SHA-256(ss1 || ss2, info = "KeyDelivery" | eph | client x25519 | ct | C)``,
-   ``AES-256-GCM(KEK, nonce, key material, aad = C)``. Both shared secrets feed the KEK, so the
-   delivery stays secret unless both X25519 and ML-KEM-768 are broken.
-3. ``KeyClient.request`` decapsulates and returns the key material; anything that does not
-   open raises ``KeyDeliveryError``.
+The protocol is ``protocol.keydelivery`` (both ends use its functions): the client sends fresh
+X25519 and ML-KEM-768 public keys and pays with a ``PayForService`` transaction committing to
+them; ``KeyClient.request`` decapsulates what the gateway sealed and returns the key material;
+anything that does not open raises ``KeyDeliveryError``.
 """
 
 from __future__ import annotations

@@ -23,11 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.canonical import CanonicalWriter
+from protocol.canonical import HASH_SIZE, CanonicalWriter
 from protocol.errors import InputError
 from protocol.keys import Algorithm, SigningKey
 
-DIGEST_SIZE = 32
+DIGEST_SIZE = HASH_SIZE  # every digest of the entropy chain is a SHA-256
 ZERO_DIGEST = bytes(DIGEST_SIZE)
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol.keys import PublicKey
+from protocol.keys import ADDRESS_SIZE, PublicKey
 from services.ledger.core import staking
 from services.ledger.core.errors import InvalidParamsError, LedgerError
 from services.ledger.core.fmap import FrozenMap
-from services.ledger.core.params import ADDRESS_SIZE, RATE_ONE, U64_MAX, Params
+from services.ledger.core.params import RATE_ONE, U64_MAX, Params
 from services.ledger.core.state import Account, LedgerState, Supply, evolve
 from services.ledger.core.tx import MAX_CHAIN_ID_LENGTH, CreateValidator, QrngSource
 

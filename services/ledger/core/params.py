@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from protocol.canonical import CanonicalWriter
+from protocol.keys import ADDRESS_SIZE
 from services.ledger.core.errors import InvalidParamsError
 
 MICRO = 1_000_000
 RATE_ONE = 1_000_000_000
 U64_MAX = 2**64 - 1
-ADDRESS_SIZE = 20
 
 
 def apply_rate(amount: int, rate: int) -> int:

@@ -30,9 +30,9 @@ from protocol.canonical import (
     read_tag,
     sha256,
 )
-from protocol.keys import Algorithm, KeyError_, PublicKey, SignatureCheck, SigningKey
+from protocol.keys import ADDRESS_SIZE, Algorithm, KeyError_, PublicKey, SignatureCheck, SigningKey
 from services.ledger.core.errors import InvalidTxError, TxDecodeError
-from services.ledger.core.params import ADDRESS_SIZE, RATE_ONE, U64_MAX
+from services.ledger.core.params import RATE_ONE, U64_MAX
 
 __all__ = [
     "CreateValidator",
