@@ -34,14 +34,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from streams.admin import ensure_topics
 from streams.chain_wire import decode_finalized
-from streams.kafka import (
-    Position,
-    consumer_config,
-    ensure_topics,
-    make_consumer,
-    producer_config,
-)
+from streams.kafka import Position, consumer_config, make_consumer, producer_config
 from streams.settings import Settings, load_settings
 from streams.supervisor import ServiceSpec, Supervisor
 

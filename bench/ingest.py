@@ -29,7 +29,8 @@ from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_b
 from services.qrng_ingest.publisher import PRODUCER_TUNING
 from services.qrng_ingest.service import IngestConfig, build_service
 from services.qrng_ingest.sources import SimulatorSource
-from streams.kafka import ensure_topics, producer_config
+from streams.admin import ensure_topics
+from streams.kafka import producer_config
 from streams.settings import Settings, load_settings
 from streams.topics import TopicSpec, spec
 

@@ -257,7 +257,7 @@ def _services(settings: Settings, demo_dir: Path, validators: int, sources: int,
 
 
 def _delete_demo_topics(settings: Settings, console: Console) -> None:
-    from streams.kafka import delete_topics
+    from streams.admin import delete_topics
     from streams.topics import CATALOGUE
 
     names = delete_topics(settings, [settings.topic(s.name) for s in CATALOGUE])
@@ -281,7 +281,7 @@ def demo(
 ) -> None:
     """Run the whole QuStream network locally and watch it finalize randomness."""
     from infra.local.cluster import LocalCluster
-    from streams.kafka import ensure_topics
+    from streams.admin import ensure_topics
 
     console = Console()
     settings = load_settings()

@@ -307,7 +307,7 @@ class LocalCluster:
     def _kafka_ready(self) -> bool:
         if not port_open(self.settings.infra.kafka_port):
             return False
-        from streams.kafka import brokers_answer
+        from streams.admin import brokers_answer
 
         quiet = logging.getLogger("infra.local.kafka_probe")
         quiet.addHandler(logging.NullHandler())

@@ -11,9 +11,10 @@ from fastavro.schema import parse_schema
 from fastavro.utils import generate_many
 from opentelemetry import trace
 
+from streams.admin import ensure_topics
 from streams.codec import SCHEMA_DIR, CodecError, default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import KafkaConsumer, Record, ensure_topics, make_consumer, make_producer
+from streams.kafka import KafkaConsumer, Record, make_consumer, make_producer
 from streams.settings import Settings
 from streams.telemetry import extract_context, inject_context, setup_telemetry
 from streams.topics import CATALOGUE

@@ -21,9 +21,10 @@ import pytest
 from protocol.entropy.chain import Checkpoint, Chunk
 from protocol.entropy.verifier import ChainVerifier, EntropyRejectedError
 from services.ledger.core.chain_spec import ChainSpec, source_registry
+from streams.admin import ensure_topics
 from streams.chain_reader import VerifiedBlock, read_blocks
 from streams.codec import default_codec
-from streams.kafka import Position, ensure_topics, make_consumer
+from streams.kafka import Position, make_consumer
 from streams.settings import Settings
 from streams.supervisor import ServiceSpec, Supervisor
 

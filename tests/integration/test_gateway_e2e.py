@@ -47,8 +47,9 @@ from services.ledger.core.chain_spec import ChainSpec
 from services.ledger.core.tx import PayForService, decode_signed_tx
 from services.shard_writer.core import DeleteRecord, PutRecord, RegisterUser, signed_command
 from services.shard_writer.store import create_schema, drop_keyspace
+from streams.admin import ensure_topics
 from streams.codec import default_codec
-from streams.kafka import Position, ensure_topics, make_consumer
+from streams.kafka import Position, make_consumer
 from streams.settings import Settings
 from streams.supervisor import ServiceSpec, Supervisor
 from tests.integration.test_chain_e2e import CLI, PacedFifo

@@ -23,6 +23,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from streams import kafka
+from streams.admin import ensure_topics
 from streams.errors import FencedError, KafkaOperationError, RetriableKafkaError
 from streams.kafka import Delivery, KafkaProducer, Position, Record
 from streams.settings import Settings
@@ -38,7 +39,7 @@ INPUTS = 6
 
 def _topics(settings: Settings) -> tuple[str, str]:
     specs = [TopicSpec(name, 2, "test", "test", ()) for name in ("edge.source", "edge.sink")]
-    kafka.ensure_topics(settings, specs)
+    ensure_topics(settings, specs)
     return settings.topic("edge.source"), settings.topic("edge.sink")
 
 
@@ -149,7 +150,7 @@ def test_an_unreachable_broker_gives_our_errors_in_bounded_time(settings: Settin
 
     started = time.monotonic()
     with pytest.raises(RetriableKafkaError):
-        kafka.ensure_topics(nowhere, timeout_s=2)
+        ensure_topics(nowhere, timeout_s=2)
     consumer = kafka.make_consumer(nowhere, "nowhere", **fast)
     try:
         with pytest.raises(RetriableKafkaError):

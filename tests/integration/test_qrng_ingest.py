@@ -27,9 +27,10 @@ from services.qrng_ingest.core.liveness import LivenessPolicy
 from services.qrng_ingest.monitor import StatusBoard
 from services.qrng_ingest.service import IngestConfig, build_service
 from services.qrng_ingest.sources import FaultSource, SimulatorSource
+from streams.admin import ensure_topics
 from streams.codec import default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import Position, Record, ensure_topics, make_consumer, make_producer, make_reader
+from streams.kafka import Position, Record, make_consumer, make_producer, make_reader
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -34,8 +34,9 @@ from services.shard_writer.core import Command, command_to_record
 from services.shard_writer.projection import Projector
 from services.shard_writer.queries import UserQueries
 from services.shard_writer.store import create_schema, drop_keyspace
+from streams.admin import ensure_topics
 from streams.codec import default_codec
-from streams.kafka import consumer_config, ensure_topics, make_producer
+from streams.kafka import consumer_config, make_producer
 from streams.settings import Settings
 from tests.support.workload import make_workload
 

@@ -18,8 +18,9 @@ from services.shard_writer.core import PutRecord, RegisterUser, signed_command, 
 from services.shard_writer.handler import MAX_COMMAND_BYTES, CommandHandler
 from services.shard_writer.projection import Projector
 from services.shard_writer.store import create_schema, drop_keyspace
+from streams.admin import ensure_topics
 from streams.codec import default_codec
-from streams.kafka import ensure_topics, make_producer, read_to_end
+from streams.kafka import make_producer, read_to_end
 from streams.settings import Settings
 from tests.integration.test_users_pipeline import (
     handler_caught_up,
