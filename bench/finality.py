@@ -32,11 +32,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streams.chain_reader import watermarks
+from streams.admin import ensure_topics
 from streams.chain_wire import decode_finalized
-from streams.kafka import ensure_topics, make_consumer, make_producer
+from streams.kafka import Position, consumer_config, make_consumer, producer_config
 from streams.settings import Settings, load_settings
 from streams.supervisor import ServiceSpec, Supervisor
 
@@ -56,20 +56,17 @@ def _blocks(settings: Settings) -> list[tuple[int, int, int]]:
     consumer = make_consumer(settings, f"bench-{uuid.uuid4().hex[:8]}")
     out: list[tuple[int, int, int]] = []
     try:
-        _, end = watermarks(consumer, topic)
-        consumer.assign([TopicPartition(topic, 0, 0)])
+        _, end = consumer.watermarks(topic)
+        consumer.assign([Position(topic, 0, 0)])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             message = consumer.poll(0.3)
             if message is None:
-                position = consumer.position([TopicPartition(topic, 0)])[0].offset
-                if position >= end:
+                if consumer.position(topic, 0) >= end:
                     break
                 continue
-            if message.error():
-                continue
-            record = decode_finalized(message.value())
-            out.append((record.height, record.proposed_at_ms, int(message.timestamp()[1])))
+            record = decode_finalized(message.value)
+            out.append((record.height, record.proposed_at_ms, message.timestamp_ms))
     finally:
         consumer.close()
     return out
@@ -103,7 +100,7 @@ def run_network(base: Settings, validators: int, interval_ms: int, seconds: floa
                 if started is None:
                     consumer = make_consumer(settings, f"probe-{uuid.uuid4().hex[:8]}")
                     try:
-                        low, high = watermarks(consumer, settings.topic("chain.blocks"))
+                        low, high = consumer.watermarks(settings.topic("chain.blocks"))
                     finally:
                         consumer.close()
                     if high > low:
@@ -130,15 +127,16 @@ def throughput(blocks: list[tuple[int, int, int]]) -> float:
 
 
 def kafka_round_trip(settings: Settings, count: int = 200) -> float:
-    """p50 ms of produce -> consume of one small record, same client settings as consensus."""
+    """p50 ms of produce -> consume of one small record, same client settings as consensus,
+    with the raw confluent-kafka clients (no edge kit in the baseline)."""
     settings = settings.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:8]}."})
     ensure_topics(settings)
     topic = settings.topic("chain.consensus")
     overrides: dict[str, Any] = {"linger.ms": 0}
-    producer = make_producer(settings, **overrides)
-    consumer = make_consumer(settings, f"rt-{uuid.uuid4().hex[:8]}",
-                             **{"fetch.wait.max.ms": 5, "fetch.min.bytes": 1})
-    _, end = watermarks(consumer, topic)
+    producer = Producer(producer_config(settings, **overrides))
+    consumer = Consumer(consumer_config(settings, f"rt-{uuid.uuid4().hex[:8]}",
+                                        **{"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}))
+    _, end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)
     consumer.assign([TopicPartition(topic, 0, end)])
     samples: list[float] = []
     try:

@@ -29,7 +29,8 @@ from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_b
 from services.qrng_ingest.publisher import PRODUCER_TUNING
 from services.qrng_ingest.service import IngestConfig, build_service
 from services.qrng_ingest.sources import SimulatorSource
-from streams.kafka import ensure_topics, producer_config
+from streams.admin import delete_topics, ensure_topics
+from streams.kafka import producer_config
 from streams.settings import Settings, load_settings
 from streams.topics import TopicSpec, spec
 
@@ -90,22 +91,26 @@ def main() -> None:
     baseline_spec = TopicSpec("bench.baseline", raw.partitions, raw.key, "bench", (),
                               retention_ms=raw.retention_ms,
                               max_message_bytes=raw.max_message_bytes)
-    ensure_topics(settings, [spec("entropy.raw"), spec("entropy.private"),
-                             spec("qrng.status"), baseline_spec])
+    topics = [spec("entropy.raw"), spec("entropy.private"), spec("qrng.status"), baseline_spec]
+    ensure_topics(settings, topics)
     ours: list[float] = []
     baseline: list[float] = []
-    with tempfile.TemporaryDirectory() as state, Progress(console=console) as progress:
-        task = progress.add_task("ingest bench", total=ROUNDS * 2 + 1)
-        progress.update(task, description="health tests alone")
-        health = _health_rate()
-        progress.advance(task)
-        for round_ in range(ROUNDS):
-            progress.update(task, description=f"ours, round {round_ + 1}")
-            ours.append(_ours(settings, Path(state), round_))
+    try:
+        with tempfile.TemporaryDirectory() as state, Progress(console=console) as progress:
+            task = progress.add_task("ingest bench", total=ROUNDS * 2 + 1)
+            progress.update(task, description="health tests alone")
+            health = _health_rate()
             progress.advance(task)
-            progress.update(task, description=f"baseline, round {round_ + 1}")
-            baseline.append(_baseline(settings, settings.topic("bench.baseline")))
-            progress.advance(task)
+            for round_ in range(ROUNDS):
+                progress.update(task, description=f"ours, round {round_ + 1}")
+                ours.append(_ours(settings, Path(state), round_))
+                progress.advance(task)
+                progress.update(task, description=f"baseline, round {round_ + 1}")
+                baseline.append(_baseline(settings, settings.topic("bench.baseline")))
+                progress.advance(task)
+    finally:
+        # A run writes gigabytes (1 MiB chunks at hundreds of MB/s): give the disk back.
+        delete_topics(settings, [settings.topic(t.name) for t in topics])
     console.print(f"ours MB/s per round: {[round(x, 1) for x in ours]}; "
                   f"baseline: {[round(x, 1) for x in baseline]}; load {os.getloadavg()}")
     best_ours, best_baseline = max(ours), max(baseline)

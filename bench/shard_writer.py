@@ -24,8 +24,9 @@ from cassandra.concurrent import execute_concurrent
 from services.shard_writer.core import Event, RecordPut, UserRegistered, event_to_record
 from services.shard_writer.projection import Projector, group_by_user, rows_for
 from services.shard_writer.store import Statements, connect, create_schema, drop_keyspace
+from streams.admin import ensure_topics
 from streams.codec import default_codec
-from streams.kafka import ensure_topics, make_producer
+from streams.kafka import make_producer
 from streams.settings import load_settings
 from streams.topics import spec
 

@@ -305,7 +305,9 @@ def _strip(reason: str) -> str:
 
 
 class KafkaBlockSource:
-    """``chain.blocks`` read directly (one partition); positions are offsets.
+    """``chain.blocks`` read directly (one partition); positions are offsets. Reads through the
+    streams edge kit's consumer (the SDK stands on ``streams`` for Kafka, as it does for the
+    Avro wire format), so a broker failure reaches the caller as a ``streams.errors`` type.
 
     ``follow=False`` stops at the end of the topic (after ``idle_timeout_s`` without news)."""
 
@@ -316,26 +318,22 @@ class KafkaBlockSource:
         self.idle_timeout_s = idle_timeout_s
 
     def records(self, after: int | None) -> Iterator[tuple[int, bytes]]:
-        from confluent_kafka import TopicPartition
-
-        from streams.kafka import make_consumer
+        from streams.kafka import Position, make_consumer
 
         topic = self.settings.topic("chain.blocks")
         consumer = make_consumer(self.settings, f"sdk-subscriber-{time.time_ns()}",
                                  **{"fetch.wait.max.ms": 20})
         try:
-            consumer.assign([TopicPartition(topic, 0, 0 if after is None else after + 1)])
+            consumer.assign([Position(topic, 0, 0 if after is None else after + 1)])
             idle_since = time.monotonic()
             while True:
-                message = consumer.poll(0.2)
-                if message is None:
+                record = consumer.poll(0.2)
+                if record is None:
                     if not self.follow and time.monotonic() - idle_since > self.idle_timeout_s:
                         return
                     continue
-                if message.error():
-                    continue
                 idle_since = time.monotonic()
-                yield int(message.offset() or 0), bytes(message.value() or b"")
+                yield record.offset, bytes(record.value or b"")
         finally:
             consumer.close()
 

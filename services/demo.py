@@ -121,10 +121,10 @@ def _watch_qrng(settings: Settings, view: DemoView, stop: threading.Event) -> No
     try:
         while not stop.is_set():
             message = consumer.poll(0.5)
-            if message is None or message.error():
+            if message is None:
                 continue
             try:
-                decoded = codec.decode(message.value())
+                decoded = codec.decode(message.value)
             except CodecError:
                 continue
             record = decoded.record
@@ -257,23 +257,12 @@ def _services(settings: Settings, demo_dir: Path, validators: int, sources: int,
 
 
 def _delete_demo_topics(settings: Settings, console: Console) -> None:
-    from streams.kafka import make_admin
+    from streams.admin import delete_topics
     from streams.topics import CATALOGUE
 
-    admin = make_admin(settings)
-    existing = admin.list_topics(timeout=30).topics
-    names = [settings.topic(s.name) for s in CATALOGUE if settings.topic(s.name) in existing]
-    if not names:
-        return
-    for future in admin.delete_topics(names, operation_timeout=60).values():
-        future.result(60)
-    # Deletion completes asynchronously in the controller; wait until the names are free.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if not set(names) & set(admin.list_topics(timeout=30).topics):
-            break
-        time.sleep(0.5)
-    console.print(f"deleted {len(names)} topics of the previous demo chain")
+    names = delete_topics(settings, [settings.topic(s.name) for s in CATALOGUE])
+    if names:
+        console.print(f"deleted {len(names)} topics of the previous demo chain")
 
 
 def demo(
@@ -292,7 +281,7 @@ def demo(
 ) -> None:
     """Run the whole QuStream network locally and watch it finalize randomness."""
     from infra.local.cluster import LocalCluster
-    from streams.kafka import ensure_topics
+    from streams.admin import ensure_topics
 
     console = Console()
     settings = load_settings()

@@ -9,78 +9,52 @@ gateway and tests). Nothing on the topic is trusted: the follower verifies every
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from protocol.chain import ChainState
 from protocol.codec import WireError
 from protocol.finalized import FinalizedRecord
 from protocol.follow import BlockFollower, BlockOutcome, FollowError, ForkError
 from streams.chain_wire import decode_finalized
-from streams.kafka import make_consumer
+from streams.kafka import Position, Record, make_consumer
 from streams.settings import Settings
-
-
-def watermarks(consumer: Consumer, topic: str, partition: int = 0,
-               timeout_s: float = 60.0) -> tuple[int, int]:
-    """(low, high) of a partition, waiting out leader elections (fresh topics, broker
-    restarts) that make the broker answer NOT_LEADER for a moment."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                       timeout=10)
-            return int(low), int(high)
-        except KafkaException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def _end_offset(consumer: Consumer, topic: str) -> int:
-    return watermarks(consumer, topic)[1]
 
 
 def catch_up(
     settings: Settings, follower: BlockFollower, *, timeout_s: float = 60.0,
-    on_skip: Any = None,
+    on_skip: Callable[[Record, Exception], object] | None = None,
 ) -> BlockFollower:
     """Read ``chain.blocks`` from after ``follower.last_offset`` to its current end.
 
-    Undecodable or unverifiable records are passed to ``on_skip(message, error)`` (the caller
+    Undecodable or unverifiable records are passed to ``on_skip(record, error)`` (the caller
     dead-letters them) and skipped; a fork raises."""
     topic = settings.topic("chain.blocks")
     consumer = make_consumer(settings, f"catch-up-{time.time_ns()}", **{"fetch.wait.max.ms": 5})
     try:
-        end = _end_offset(consumer, topic)
+        end = consumer.watermarks(topic)[1]
         position = follower.last_offset + 1
         if position >= end:
             return follower
-        consumer.assign([TopicPartition(topic, 0, position)])
+        consumer.assign([Position(topic, 0, position)])
         deadline = time.monotonic() + timeout_s
         while position < end and time.monotonic() < deadline:
-            message = consumer.poll(0.2)
-            if message is None:
+            record = consumer.poll(0.2)
+            if record is None:
                 # transaction markers occupy offsets; the consumer's position passes them
-                current = consumer.position([TopicPartition(topic, 0)])[0].offset
-                if current >= end:
+                if consumer.position(topic, 0) >= end:
                     break
                 continue
-            if message.error():
-                continue
-            offset = int(message.offset() or 0)
-            position = offset + 1
-            follower.last_offset = offset
+            position = record.offset + 1
+            follower.last_offset = record.offset
             try:
-                follower.accept(decode_finalized(message.value()))
+                follower.accept(decode_finalized(record.value))
             except ForkError:
                 raise
             except (WireError, FollowError) as exc:
                 if on_skip is not None:
-                    on_skip(message, exc)
+                    on_skip(record, exc)
         return follower
     finally:
         consumer.close()
@@ -112,30 +86,28 @@ def read_blocks(
     topic = settings.topic("chain.blocks")
     consumer = make_consumer(settings, f"reader-{time.time_ns()}", **{"fetch.wait.max.ms": 20})
     try:
-        consumer.assign([TopicPartition(topic, 0, 0)])
-        end = _end_offset(consumer, topic)
+        consumer.assign([Position(topic, 0, 0)])
+        end = consumer.watermarks(topic)[1]
         idle_since = time.monotonic()
         while True:
             message = consumer.poll(0.2)
             if message is None:
-                current = consumer.position([TopicPartition(topic, 0)])[0].offset
+                current = consumer.position(topic, 0)
                 caught_up = current >= end or end == 0
                 if not follow and (caught_up or time.monotonic() - idle_since > idle_timeout_s):
-                    end = _end_offset(consumer, topic)
+                    end = consumer.watermarks(topic)[1]
                     if current >= end or time.monotonic() - idle_since > idle_timeout_s:
                         return
                 continue
-            if message.error():
-                continue
             idle_since = time.monotonic()
             try:
-                record = decode_finalized(message.value())
+                record = decode_finalized(message.value)
             except WireError as exc:
-                raise FollowError(f"offset {message.offset()}: {exc}") from exc
+                raise FollowError(f"offset {message.offset}: {exc}") from exc
             if follower.accept(record) is BlockOutcome.DUPLICATE:
                 continue
             if record.height >= from_height:
-                yield VerifiedBlock(record, int(message.offset() or 0), follower.chain,
-                                    message.timestamp()[1])
+                yield VerifiedBlock(record, message.offset, follower.chain,
+                                    message.timestamp_ms)
     finally:
         consumer.close()

@@ -1,27 +1,48 @@
-"""Dead-letter queues: rejected input keeps its original bytes and the reason.
+"""Dead-letter queues: rejected input keeps its original bytes, the reason and a typed error.
 
-A consumer that cannot accept a message (bad signature, unknown source, malformed bytes,
-wrong schema, oversized) hands it to ``DeadLetters.send`` and moves on; nothing is dropped
-silently and nothing crashes the consumer. The DLQ record is a ``MessageDeadLettered`` Avro
-message; the reason is also put in headers so `kcat`-style tools show it without decoding.
+A consumer that cannot accept a record (bad signature, unknown source, malformed bytes, wrong
+schema, oversized) hands it to ``DeadLetters.send`` with the exception that rejected it (or an
+enum member naming the reason) and moves on; nothing is dropped silently and nothing crashes
+the consumer. The DLQ record is a ``MessageDeadLettered`` Avro message; reason and error type
+are also put in headers so `kcat`-style tools show them without decoding.
+
+The error type is derived from the error's type, never chosen at the call site
+(``error_type``): an enum member's value, else the exception class's ``code`` (a ``ClassVar``
+such as ``EntropyRejectedError.code``), else the class name. So the same rejection has the same
+error type wherever it is dead-lettered, and metrics and alerts can count by it.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 from collections import Counter
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
 from streams.codec import Codec, default_codec
+from streams.kafka import Record
 
 
 class _Producer(Protocol):
-    def produce(self, topic: str, value: bytes | None = ..., key: Any = ..., **kwargs: Any) -> None:
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, *,
+                headers: Sequence[tuple[str, bytes]] | None = None) -> None:
         ...
 
 
+Rejection = BaseException | enum.Enum
+
+
+def error_type(error: Rejection) -> str:
+    """The stable error type of a rejection (see the module docstring)."""
+    if isinstance(error, enum.Enum):
+        return str(error.value)
+    code = getattr(type(error), "code", None)
+    return code if isinstance(code, str) else type(error).__name__
+
+
 class DeadLetters:
-    """Writes rejected messages to one DLQ topic and counts them by reason type."""
+    """Writes rejected records to one DLQ topic and counts them by error type."""
 
     def __init__(
         self, producer: _Producer, topic: str, consumer: str, codec: Codec | None = None
@@ -32,44 +53,27 @@ class DeadLetters:
         self._codec = codec or default_codec()
         self.counts: Counter[str] = Counter()
 
-    def send(
-        self,
-        *,
-        source_topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        reason: str,
-        error_type: str,
-    ) -> None:
-        record = {
-            "source_topic": source_topic,
-            "partition": partition,
-            "offset": offset,
-            "key": key,
-            "value": value,
+    def send(self, record: Record, error: Rejection, detail: str | None = None) -> None:
+        """Dead-letter ``record`` as it was consumed. The reason is ``detail`` or, for an
+        exception, its message; the error type is ``error_type(error)``."""
+        kind = error_type(error)
+        reason = detail if detail is not None else (
+            str(error) if isinstance(error, BaseException) else kind)
+        letter = {
+            "source_topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "key": record.key,
+            "value": record.value,
             "reason": reason,
-            "error_type": error_type,
+            "error_type": kind,
             "consumer": self._consumer,
             "dead_lettered_at_ms": int(time.time() * 1000),
         }
         self._producer.produce(
             self._topic,
-            value=self._codec.encode("MessageDeadLettered", record),
-            key=key,
-            headers=[("qs.dlq.reason", reason.encode()), ("qs.dlq.error", error_type.encode())],
+            self._codec.encode("MessageDeadLettered", letter),
+            record.key,
+            headers=[("qs.dlq.reason", reason.encode()), ("qs.dlq.error", kind.encode())],
         )
-        self.counts[error_type] += 1
-
-    def send_message(self, message: Any, reason: str, error_type: str) -> None:
-        """Dead-letter a confluent-kafka ``Message`` as it was consumed."""
-        self.send(
-            source_topic=message.topic(),
-            partition=message.partition(),
-            offset=message.offset(),
-            key=message.key(),
-            value=message.value(),
-            reason=reason,
-            error_type=error_type,
-        )
+        self.counts[kind] += 1

@@ -1,31 +1,175 @@
-"""Kafka client factories and topic administration (the shell around confluent-kafka).
+"""The Kafka edge: wrapped clients and their factories (topic administration: ``streams.admin``).
+
+With ``streams.admin``, the only module of QuStream's production code that imports
+confluent-kafka (an import-linter contract keeps it so). Everything above them speaks our own
+types:
+
+- ``Record`` (topic, partition, offset, key, value, timestamp, headers) instead of the library's
+  ``Message``; ``Position`` (topic, partition, offset) instead of ``TopicPartition``;
+  ``Delivery`` for a delivery report.
+- ``KafkaConsumer`` and ``KafkaProducer`` wrap the library's clients; every library error leaves
+  them translated into ``streams.errors`` (``translate``), decided on the library's flags and
+  error codes, never on message text.
+- Consumer errors are never dropped: the end of a partition is not an error (``at_end`` says it
+  was reached); a fatal error raises; any other error is counted in ``KafkaConsumer.errors`` and
+  logged at most once per ``log_every_s`` per kind — or raises, for readers built by
+  ``make_reader`` (bounded reads whose result would be wrong with a hole in it). Client-wide
+  errors (the library's ``error_cb``: brokers out of reach) are counted the same way by every
+  client the factories build (``ErrorTally``), and raise when fatal.
 
 Producers are idempotent with ``acks=all`` (no duplicates from retries, nothing acknowledged
 before every in-sync replica has it). Consumers commit manually and read committed data only,
-so a transactional writer's aborted output is never seen. Errors from the client library are
-translated here into ``KafkaOperationError`` subclasses of our own.
+so a transactional writer's aborted output is never seen.
+
+Tests and benchmarks may build the library's clients themselves from ``consumer_config`` and
+``producer_config`` (a baseline measures the raw client; a probe may want its exact API).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import enum
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from confluent_kafka import Consumer, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
-from protocol.errors import OperationError
+from streams.errors import (
+    AbortableTransactionError,
+    DeliveryError,
+    FatalKafkaError,
+    FencedError,
+    KafkaOperationError,
+    KafkaTimeoutError,
+    ProducerQueueFullError,
+    RetriableKafkaError,
+)
 from streams.settings import Settings
-from streams.topics import CATALOGUE, TopicSpec
+
+log = logging.getLogger(__name__)
+
+BEGINNING = OFFSET_BEGINNING  # a Position offset: the partition's first retained record
+END = OFFSET_END  # a Position offset: after the partition's last record
 
 
-class KafkaOperationError(OperationError):
-    """A Kafka operation failed; the message says which and why."""
+# ---------------------------------------------------------------------------- our values
 
 
-class DeliveryError(KafkaOperationError):
-    """A produced message was not acknowledged by the cluster."""
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed Kafka record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+
+class Position(NamedTuple):
+    """A place in a partition: the offset of the next record to read (or ``BEGINNING``/``END``)."""
+
+    topic: str
+    partition: int
+    offset: int = END
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A delivery report: where the message landed, or why it did not."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: DeliveryError | None
+
+
+def next_positions(records: Iterable[Record]) -> dict[tuple[str, int], int]:
+    """Per (topic, partition), the offset after the last of ``records`` (what to commit)."""
+    after: dict[tuple[str, int], int] = {}
+    for record in records:
+        after[(record.topic, record.partition)] = record.offset + 1
+    return after
+
+
+def first_positions(records: Iterable[Record]) -> dict[tuple[str, int], int]:
+    """Per (topic, partition), the offset of the first of ``records`` (where to rewind)."""
+    first: dict[tuple[str, int], int] = {}
+    for record in records:
+        first.setdefault((record.topic, record.partition), record.offset)
+    return first
+
+
+# ---------------------------------------------------------------------------- translation
+
+_FENCED = frozenset({
+    KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+    KafkaError.FENCED_INSTANCE_ID, KafkaError.TRANSACTION_COORDINATOR_FENCED,
+})
+_TIMEOUTS = frozenset({
+    KafkaError._TIMED_OUT, KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT_QUEUE,
+    KafkaError.REQUEST_TIMED_OUT,
+})
+# Transient by their nature (Kafka's own RetriableException family and the client's local
+# "not yet" states), whether or not the call that reported them set the retriable flag:
+# synchronous calls such as watermark queries report them without it.
+_TRANSIENT = frozenset({
+    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._WAIT_COORD,
+    KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC, KafkaError._RESOLVE,
+    KafkaError._NODE_UPDATE, KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.BROKER_NOT_AVAILABLE, KafkaError.REPLICA_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND, KafkaError.FENCED_LEADER_EPOCH,
+    KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError.OFFSET_NOT_AVAILABLE,
+    KafkaError.REBALANCE_IN_PROGRESS, KafkaError.NETWORK_EXCEPTION,
+    KafkaError.CONCURRENT_TRANSACTIONS, KafkaError.KAFKA_STORAGE_ERROR,
+    KafkaError.UNSTABLE_OFFSET_COMMIT, KafkaError.THROTTLING_QUOTA_EXCEEDED,
+})
+
+
+def translate(error: KafkaError | KafkaException, what: str) -> KafkaOperationError:
+    """Our error for a library error: ``what`` names the operation that failed.
+
+    Order matters: fencing first (it is fatal and says why), then the library's fatal and
+    abort flags, then timeouts, then transient kinds; anything else is a plain
+    ``KafkaOperationError`` (not known to be worth retrying)."""
+    if isinstance(error, KafkaException):
+        inner = error.args[0] if error.args else None
+        if not isinstance(inner, KafkaError):
+            return KafkaOperationError(f"{what}: {error}")
+        error = inner
+    code, name = error.code(), error.name()
+    message = f"{what}: {error.str()} ({name})"
+    if code in _FENCED:
+        return FencedError(message, kafka_error=name)
+    if error.fatal():
+        return FatalKafkaError(message, kafka_error=name)
+    if error.txn_requires_abort():
+        return AbortableTransactionError(message, kafka_error=name)
+    if code in _TIMEOUTS:
+        return KafkaTimeoutError(message, kafka_error=name)
+    if error.retriable() or code in _TRANSIENT:
+        return RetriableKafkaError(message, kafka_error=name)
+    return KafkaOperationError(message, kafka_error=name)
+
+
+# ---------------------------------------------------------------------------- configuration
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -41,24 +185,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     return config
 
 
-def make_producer(
-    settings: Settings, *, transactional_id: str | None = None, **overrides: Any
-) -> Producer:
-    """An idempotent, acks=all producer; transactional when ``transactional_id`` is given."""
-    config = producer_config(settings, **overrides)
-    if transactional_id is not None:
-        config["transactional.id"] = transactional_id
-    try:
-        producer = Producer(config)
-        if transactional_id is not None:
-            producer.init_transactions(30)
-    except KafkaException as exc:
-        raise KafkaOperationError(f"cannot create producer: {exc}") from exc
-    return producer
-
-
-def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
-    """A consumer with manual commits, reading only committed data, from the earliest offset."""
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         **settings.kafka_config(),
         "group.id": group_id,
@@ -70,77 +197,396 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consum
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
     }
     config.update(overrides)
-    try:
-        return Consumer(config)
-    except KafkaException as exc:
-        raise KafkaOperationError(f"cannot create consumer: {exc}") from exc
+    return config
 
 
-def make_admin(settings: Settings) -> AdminClient:
-    return AdminClient(settings.kafka_config())
+# ---------------------------------------------------------------------------- the consumer
 
 
-@dataclass(frozen=True, slots=True)
-class TopicReport:
-    topic: str
-    status: str  # "created", "ok", "drift"
-    drift: tuple[str, ...] = ()
+class ErrorPolicy(enum.Enum):
+    """What a consumer does with an error that is neither fatal nor the end of a partition."""
+
+    COUNT = "count"  # count it, log it (rate-limited), keep consuming: the client recovers
+    RAISE = "raise"  # raise it: a bounded read must not silently miss a part
 
 
-def ensure_topics(
-    settings: Settings,
-    specs: Iterable[TopicSpec] = CATALOGUE,
-    *,
-    replication_factor: int | None = None,
-    timeout_s: float = 30.0,
-) -> list[TopicReport]:
-    """Create missing catalogue topics; report configuration drift of existing ones.
+def _tp(position: Position) -> TopicPartition:
+    return TopicPartition(position.topic, position.partition, position.offset)
 
-    Drift is reported, not corrected: changing partitions or retention of a live topic is an
-    operator's decision.
-    """
-    factor = replication_factor or settings.kafka.replication_factor
-    admin = make_admin(settings)
-    specs = list(specs)
-    try:
-        existing = admin.list_topics(timeout=timeout_s).topics
-    except KafkaException as exc:
-        raise KafkaOperationError(
-            f"cannot list topics at {settings.kafka_bootstrap()}: {exc}") from exc
-    reports: list[TopicReport] = []
-    missing = [s for s in specs if settings.topic(s.name) not in existing]
-    if missing:
-        futures = admin.create_topics(
-            [
-                NewTopic(settings.topic(s.name), s.partitions, factor, config=s.configs(factor))
-                for s in missing
-            ],
-            operation_timeout=timeout_s,
-        )
-        for name, future in futures.items():
+
+def _position(tp: TopicPartition) -> Position:
+    return Position(tp.topic, tp.partition, tp.offset)
+
+
+Rebalance = Callable[[list[Position]], Sequence[Position] | None]
+
+
+class ErrorTally:
+    """A client's errors that are neither fatal nor the end of a partition: counted by the
+    library's error name, the newest kept (a health check can show it), and each kind logged
+    at most once per ``log_every_s``.
+
+    ``on_client_error`` is the library's ``error_cb``: the client-wide errors it reports (a
+    broker out of reach, all brokers down) are informational while the client recovers by
+    itself, so they are counted; a fatal one raises (the library re-raises it from the
+    ``poll``/``consume``/``flush`` that served it)."""
+
+    def __init__(self, name: str, *, log_every_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.log_every_s = log_every_s
+        self.clock = clock
+        self.counts: Counter[str] = Counter()
+        self.last: KafkaOperationError | None = None
+        self._logged_at: dict[str, float] = {}
+
+    def add(self, kind: str, error: KafkaOperationError) -> None:
+        self.last = error
+        self.counts[kind] += 1
+        now = self.clock()
+        last = self._logged_at.get(kind)
+        if last is None or now - last >= self.log_every_s:
+            self._logged_at[kind] = now
+            log.warning("%s (%d so far; logged at most every %.0fs)", error, self.counts[kind],
+                        self.log_every_s)
+
+    def on_client_error(self, error: KafkaError) -> None:
+        translated = translate(error, f"{self.name} client")
+        if isinstance(translated, FatalKafkaError):
+            raise translated
+        self.add(error.name(), translated)
+
+
+class KafkaConsumer:
+    """A consumer that hands out ``Record``s and raises only our errors (see module doc).
+
+    ``errors`` counts the errors that were neither raised nor the end of a partition, by the
+    library's error name; ``last_error`` is the newest of them."""
+
+    def __init__(self, consumer: Consumer, name: str, *, policy: ErrorPolicy = ErrorPolicy.COUNT,
+                 tally: ErrorTally | None = None, log_every_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._consumer = consumer
+        self.name = name
+        self.policy = policy
+        self._clock = clock
+        self.tally = tally or ErrorTally(name, log_every_s=log_every_s, clock=clock)
+        self._at_end: set[tuple[str, int]] = set()
+
+    @property
+    def errors(self) -> Counter[str]:
+        return self.tally.counts
+
+    @property
+    def last_error(self) -> KafkaOperationError | None:
+        return self.tally.last
+
+    # -- records
+
+    def _record(self, message: Message) -> Record | None:
+        """The record of a polled message, or None for an event (after handling it)."""
+        error = message.error()
+        if error is None:
+            topic, partition = message.topic() or "", message.partition() or 0
+            self._at_end.discard((topic, partition))
+            headers: Any = message.headers() or ()
+            return Record(topic, partition, message.offset() or 0, message.key(),
+                          message.value(), message.timestamp()[1], tuple(headers))
+        self.handle_error(error, message.topic(), message.partition())
+        return None
+
+    def handle_error(self, error: KafkaError, topic: str | None = None,
+                     partition: int | None = None) -> None:
+        """Partition EOF: remembered; fatal: raised; any other: counted and logged (or raised
+        under ``ErrorPolicy.RAISE``)."""
+        if error.code() == KafkaError._PARTITION_EOF:
+            self._at_end.add((topic or "", partition or 0))
+            return
+        where = f"{self.name} consuming" + (f" {topic}[{partition}]" if topic else "")
+        translated = translate(error, where)
+        if isinstance(translated, FatalKafkaError) or self.policy is ErrorPolicy.RAISE:
+            raise translated
+        self.tally.add(error.name(), translated)
+
+    def poll(self, timeout_s: float) -> Record | None:
+        """The next record, waiting up to ``timeout_s``; None when none arrived."""
+        deadline = self._clock() + timeout_s
+        while True:
             try:
-                future.result(timeout_s)
+                message = self._consumer.poll(max(0.0, deadline - self._clock()))
             except KafkaException as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise KafkaOperationError(f"cannot create topic {name}: {exc}") from exc
-            reports.append(TopicReport(name, "created"))
-    present = [s for s in specs if settings.topic(s.name) in existing]
-    if present:
-        resources = [ConfigResource("topic", settings.topic(s.name)) for s in present]
-        described = admin.describe_configs(resources)
-        for spec_, resource in zip(present, resources, strict=True):
-            name = settings.topic(spec_.name)
+                raise translate(exc, f"{self.name} poll") from exc
+            if message is None:
+                return None
+            record = self._record(message)
+            if record is not None:
+                return record
+            if self._clock() >= deadline:
+                return None
+
+    def consume(self, max_records: int, timeout_s: float) -> list[Record]:
+        """Up to ``max_records``, waiting until that many arrived or ``timeout_s`` passed."""
+        try:
+            messages = self._consumer.consume(max_records, timeout_s)
+        except KafkaException as exc:
+            raise translate(exc, f"{self.name} consume") from exc
+        records = []
+        for message in messages:
+            record = self._record(message)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def poll_batch(self, timeout_s: float, max_records: int = 500) -> list[Record]:
+        """Wait up to ``timeout_s`` for one record, then take whatever else is already fetched
+        (``consume(n, t)`` waits for n records or the full timeout, which would put its timeout
+        on every hop of a latency-bound loop)."""
+        first = self.poll(timeout_s)
+        if first is None:
+            return []
+        return [first, *self.consume(max_records - 1, 0)] if max_records > 1 else [first]
+
+    def at_end(self, topic: str, partition: int) -> bool:
+        """True when the partition's end was reached after its last record handed out (needs
+        ``enable.partition.eof``)."""
+        return (topic, partition) in self._at_end
+
+    # -- positions
+
+    def assign(self, positions: Iterable[Position]) -> None:
+        try:
+            self._consumer.assign([_tp(p) for p in positions])
+        except KafkaException as exc:
+            raise translate(exc, f"{self.name} assign") from exc
+
+    def subscribe(self, topics: Sequence[str], *, on_assign: Rebalance | None = None,
+                  on_revoke: Rebalance | None = None) -> None:
+        """Join the group for ``topics``. ``on_assign`` may return the positions to start the
+        assigned partitions at (else the group's committed offsets apply); ``on_revoke`` is
+        also called when partitions are lost."""
+
+        def assigned(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            chosen = on_assign([_position(tp) for tp in partitions]) if on_assign else None
+            if chosen is not None:
+                consumer.assign([_tp(p) for p in chosen])
+
+        def revoked(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            if on_revoke is not None:
+                on_revoke([_position(tp) for tp in partitions])
+
+        try:
+            self._consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked,
+                                     on_lost=revoked)
+        except KafkaException as exc:
+            raise translate(exc, f"{self.name} subscribe") from exc
+
+    def seek(self, position: Position) -> None:
+        try:
+            self._consumer.seek(_tp(position))
+        except KafkaException as exc:
+            raise translate(exc, f"{self.name} seek {position}") from exc
+
+    def position(self, topic: str, partition: int) -> int:
+        """The offset of the next record this consumer will read from the partition."""
+        try:
+            return int(self._consumer.position([TopicPartition(topic, partition)])[0].offset)
+        except KafkaException as exc:
+            raise translate(exc, f"{self.name} position of {topic}[{partition}]") from exc
+
+    def commit(self, positions: Iterable[Position], *, asynchronous: bool = False) -> None:
+        offsets = [_tp(p) for p in positions]
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            raise translate(exc, f"{self.name} commit") from exc
+
+    def watermarks(self, topic: str, partition: int = 0, timeout_s: float = 60.0
+                   ) -> tuple[int, int]:
+        """(low, high) of a partition, waiting out transient errors (a leader election on a
+        fresh topic or a restarting broker) until ``timeout_s``."""
+        deadline = self._clock() + timeout_s
+        while True:
             try:
-                actual = {k: v.value for k, v in described[resource].result(timeout_s).items()}
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=min(10.0, max(0.1, timeout_s)))
+                return int(low), int(high)
             except KafkaException as exc:
-                raise KafkaOperationError(f"cannot describe topic {name}: {exc}") from exc
-            drift = [
-                f"{key}: want {want}, have {actual.get(key)}"
-                for key, want in spec_.configs(factor).items()
-                if actual.get(key) != want
-            ]
-            partitions = len(existing[name].partitions)
-            if partitions != spec_.partitions:
-                drift.insert(0, f"partitions: want {spec_.partitions}, have {partitions}")
-            reports.append(TopicReport(name, "drift" if drift else "ok", tuple(drift)))
-    return reports
+                error = translate(exc, f"{self.name} watermarks of {topic}[{partition}]")
+                if not isinstance(error, RetriableKafkaError) or self._clock() > deadline:
+                    raise error from exc
+            time.sleep(0.2)
+
+    def partitions(self, topic: str, timeout_s: float = 30.0) -> list[int]:
+        """The topic's partition numbers; empty when the topic does not exist."""
+        try:
+            metadata = self._consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        except KafkaException as exc:
+            raise translate(exc, f"{self.name} metadata of {topic}") from exc
+        if metadata is None or metadata.error is not None:
+            return []
+        return sorted(metadata.partitions)
+
+    def close(self) -> None:
+        try:
+            self._consumer.close()
+        except KafkaException as exc:
+            raise translate(exc, f"{self.name} close") from exc
+
+
+# ---------------------------------------------------------------------------- the producer
+
+
+class KafkaProducer:
+    """A producer that raises only our errors; transactional when built with an id.
+    ``tally`` holds the client-wide errors it reported and recovered from."""
+
+    def __init__(self, producer: Producer, transactional_id: str | None = None, *,
+                 tally: ErrorTally | None = None) -> None:
+        self._producer = producer
+        self.transactional_id = transactional_id
+        self.tally = tally or ErrorTally(transactional_id or "producer")
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, *,
+                partition: int | None = None,
+                headers: Sequence[tuple[str, bytes]] | None = None,
+                on_delivery: Callable[[Delivery], None] | None = None) -> None:
+        """Queue one message; ``ProducerQueueFullError`` when the local queue is full."""
+        kwargs: dict[str, Any] = {"value": value, "key": key}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = list(headers)
+        if on_delivery is not None:
+            kwargs["on_delivery"] = _delivery_callback(on_delivery)
+        try:
+            self._producer.produce(topic, **kwargs)
+        except BufferError as exc:
+            raise ProducerQueueFullError(f"producer queue full producing to {topic}") from exc
+        except KafkaException as exc:
+            raise translate(exc, f"cannot produce to {topic}") from exc
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Serve delivery reports (their callbacks run here); returns how many."""
+        try:
+            return int(self._producer.poll(timeout_s))
+        except KafkaException as exc:
+            raise translate(exc, "producer poll") from exc
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait for every queued message's report; returns how many are still unreported."""
+        try:
+            return int(self._producer.flush(timeout_s))
+        except KafkaException as exc:
+            raise translate(exc, "producer flush") from exc
+
+    # -- transactions (see streams.transactions for the procedure)
+
+    def init_transactions(self, timeout_s: float) -> None:
+        try:
+            self._producer.init_transactions(timeout_s)
+        except KafkaException as exc:
+            raise translate(exc, f"init transactions of {self.transactional_id}") from exc
+
+    def begin_transaction(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise translate(exc, f"begin a transaction of {self.transactional_id}") from exc
+
+    def send_offsets_to_transaction(self, positions: Iterable[Position],
+                                    consumer: KafkaConsumer, timeout_s: float) -> None:
+        try:
+            self._producer.send_offsets_to_transaction(
+                [_tp(p) for p in positions], consumer._consumer.consumer_group_metadata(),
+                timeout_s)
+        except KafkaException as exc:
+            raise translate(exc, f"send offsets to the transaction of "
+                                 f"{self.transactional_id}") from exc
+
+    def commit_transaction(self, timeout_s: float) -> None:
+        try:
+            self._producer.commit_transaction(timeout_s)
+        except KafkaException as exc:
+            raise translate(exc, f"commit the transaction of {self.transactional_id}") from exc
+
+    def abort_transaction(self, timeout_s: float) -> None:
+        try:
+            self._producer.abort_transaction(timeout_s)
+        except KafkaException as exc:
+            raise translate(exc, f"abort the transaction of {self.transactional_id}") from exc
+
+
+def _delivery_callback(on_delivery: Callable[[Delivery], None]) -> Callable[..., None]:
+    def delivered(error: KafkaError | None, message: Message) -> None:
+        failure = None if error is None else DeliveryError(
+            f"{message.topic()} not acknowledged: {error.str()} ({error.name()})",
+            kafka_error=error.name())
+        offset = message.offset()
+        on_delivery(Delivery(message.topic() or "", message.partition() or 0,
+                             -1 if offset is None else offset, failure))
+
+    return delivered
+
+
+# ---------------------------------------------------------------------------- factories
+
+
+def make_producer(
+    settings: Settings, *, transactional_id: str | None = None, **overrides: Any
+) -> KafkaProducer:
+    """An idempotent, acks=all producer; transactional when ``transactional_id`` is given (then
+    ``init_transactions`` has run: an earlier instance's open transaction is aborted and that
+    instance fenced)."""
+    config = producer_config(settings, **overrides)
+    if transactional_id is not None:
+        config["transactional.id"] = transactional_id
+    tally = ErrorTally(transactional_id or "producer")
+    try:
+        producer = KafkaProducer(Producer({**config, "error_cb": tally.on_client_error}),
+                                 transactional_id, tally=tally)
+    except KafkaException as exc:
+        raise translate(exc, "cannot create producer") from exc
+    if transactional_id is not None:
+        producer.init_transactions(30)
+    return producer
+
+
+def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> KafkaConsumer:
+    """A consumer with manual commits, reading only committed data, from the earliest offset;
+    errors that are not fatal are counted and logged (``ErrorPolicy.COUNT``)."""
+    return _consumer(settings, group_id, ErrorPolicy.COUNT, overrides)
+
+
+def make_reader(settings: Settings, group_id: str, **overrides: Any) -> KafkaConsumer:
+    """A consumer for a bounded read (to the end of a partition, a rebuild, an audit): like
+    ``make_consumer``, but every consumer error raises (``ErrorPolicy.RAISE``)."""
+    return _consumer(settings, group_id, ErrorPolicy.RAISE, overrides)
+
+
+def _consumer(settings: Settings, group_id: str, policy: ErrorPolicy,
+              overrides: dict[str, Any]) -> KafkaConsumer:
+    tally = ErrorTally(group_id)
+    config = {**consumer_config(settings, group_id, **overrides),
+              "error_cb": tally.on_client_error}
+    try:
+        return KafkaConsumer(Consumer(config), group_id, policy=policy, tally=tally)
+    except KafkaException as exc:
+        raise translate(exc, "cannot create consumer") from exc
+
+
+def read_to_end(settings: Settings, topic: str, group_id: str,
+                partitions: Sequence[int] | None = None, **overrides: Any) -> Iterator[Record]:
+    """Every committed record of ``partitions`` of ``topic`` (default: all of them), from offset
+    0 to the end each partition has when the reader gets there, partition batches interleaved
+    in fetch order; any consumer error raises (``make_reader``). Nothing is committed."""
+    reader = make_reader(settings, group_id, **{"enable.partition.eof": True, **overrides})
+    try:
+        chosen = reader.partitions(topic) if partitions is None else list(partitions)
+        reader.assign([Position(topic, p, 0) for p in chosen])
+        while not all(reader.at_end(topic, p) for p in chosen):
+            yield from reader.consume(10_000, 1.0)
+    finally:
+        reader.close()

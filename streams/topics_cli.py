@@ -48,7 +48,7 @@ def ensure(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Create missing topics and report drift of existing ones (exit 1 on drift)."""
-    from streams.kafka import ensure_topics
+    from streams.admin import ensure_topics
     from streams.settings import load_settings
 
     reports = ensure_topics(load_settings(), replication_factor=replication_factor or None)

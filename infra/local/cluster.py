@@ -307,20 +307,14 @@ class LocalCluster:
     def _kafka_ready(self) -> bool:
         if not port_open(self.settings.infra.kafka_port):
             return False
-        from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient
+        from streams.admin import brokers_answer
 
         quiet = logging.getLogger("infra.local.kafka_probe")
         quiet.addHandler(logging.NullHandler())
         quiet.propagate = False
         conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap, "logger": quiet,
                                 "socket.timeout.ms": 2000}
-        admin = AdminClient(conf)
-        try:
-            metadata = admin.list_topics(timeout=3)
-        except KafkaException:
-            return False
-        return bool(metadata.brokers)
+        return brokers_answer(conf, 3)
 
     def _cassandra_ready(self) -> bool:
         host, port = self.cassandra_contact

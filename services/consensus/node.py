@@ -6,14 +6,15 @@ cannot buffer yet (two or more ahead; the core itself buffers height + 1), feeds
 timeouts, applies decisions and starts the next height. Subclasses say what to do with the
 outputs (sign and send, or write the finalized block).
 
-Why confluent-kafka loops and not Faust here (issue 5, item 4): ``chain.consensus`` has one
-partition by design, so there is no parallelism for Faust's agents to exploit; every message
-needs a signature check and a step of a synchronous pure state machine, and the latency
-target (p99 <= 300 ms over three Kafka hops: proposal, prevotes, precommits) leaves little
-room for an asyncio/aiokafka layer plus changelog writes. The state that Faust tables would
-hold (vote sets, pools) is rebuilt by replaying the inputs: ``chain.blocks`` gives the applied
-chain and the offset where the last height was decided, ``chain.consensus`` from there gives
-the current height's messages. The measured numbers are in ``bench/finality.py``.
+Why a plain run loop (``streams.runloop``) and not Faust here (issue 5, item 4):
+``chain.consensus`` has one partition by design, so there is no parallelism for Faust's agents
+to exploit; every message needs a signature check and a step of a synchronous pure state
+machine, and the latency target (p99 <= 300 ms over three Kafka hops: proposal, prevotes,
+precommits) leaves little room for an asyncio/aiokafka layer plus changelog writes. The state
+that Faust tables would hold (vote sets, pools) is rebuilt by replaying the inputs:
+``chain.blocks`` gives the applied chain and the offset where the last height was decided,
+``chain.consensus`` from there gives the current height's messages. The measured numbers are
+in ``bench/finality.py``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from protocol.block import Block
+from protocol.codec import WireError
 from protocol.commit import CommitCertificate
 from protocol.finalized import FinalizedRecord
 from protocol.follow import BlockFollower
@@ -41,6 +44,7 @@ from services.consensus.core.state_machine import (
     MessageRejected,
     Output,
     ProposalReceived,
+    RejectionKind,
     ScheduleTimeout,
     StartHeight,
     Step,
@@ -49,20 +53,15 @@ from services.consensus.core.state_machine import (
     handle,
     initial_state,
 )
+from streams.chain_wire import decode_consensus
+from streams.codec import Codec
+from streams.dlq import DeadLetters
+from streams.kafka import KafkaConsumer, KafkaProducer, Record
+from streams.runloop import RunLoop, by_topic
 
 log = logging.getLogger(__name__)
 
 MAX_LATER = 20_000  # messages kept for heights the core cannot buffer yet
-
-
-def drain(consumer: Any, timeout_s: float) -> list[Any]:
-    """Wait up to ``timeout_s`` for one record, then take whatever else is already fetched.
-    (``Consumer.consume(n, t)`` waits for n records or the full timeout, which put ~50 ms
-    on every consensus hop.)"""
-    first = consumer.poll(timeout_s)
-    if first is None:
-        return []
-    return [first, *consumer.consume(500, 0)]
 
 
 def now_ms() -> int:
@@ -92,7 +91,8 @@ class ConsensusDriver:
         self._start_at: float | None = 0.0  # monotonic time to start the next height
         self._finalized: dict[int, FinalizedRecord] = {}
         self.rejected: dict[str, int] = {}
-        self._source: Any = None
+        self._source: Record | None = None
+        self.stop_event = threading.Event()
 
     # -- hooks
 
@@ -102,14 +102,39 @@ class ConsensusDriver:
     def logic(self) -> BlockLogic:
         raise NotImplementedError
 
-    def on_outputs(self, outputs: Sequence[Output], source: Any) -> None:
+    def on_outputs(self, outputs: Sequence[Output], source: Record | None) -> None:
         """Called with every output batch before decisions are applied."""
 
-    def on_decided(self, decision: Decided, source: Any) -> None:
+    def on_decided(self, decision: Decided, source: Record | None) -> None:
         """Called after the decided block was applied to ``self.follower``."""
 
-    def on_rejected(self, rejection: MessageRejected, source: Any) -> None:
+    def on_rejected(self, rejection: MessageRejected, source: Record | None) -> None:
         """A message the core refused for a reason other than being stale."""
+
+    # -- the loop
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    @property
+    def consensus_resume_offset(self) -> int:
+        """Where ``chain.consensus`` is read from: right after the message that completed the
+        last finalized block (every message of later heights is behind it)."""
+        last = self.follower.last
+        return 0 if last is None else last.consensus_offset + 1
+
+    def run_loop(self, consumer: KafkaConsumer, handlers: Mapping[str, Callable[[Record], None]],
+                 producer: KafkaProducer, *, tick: Callable[[], float],
+                 after_batch: Callable[[], object] | None = None,
+                 duration_s: float | None = None) -> None:
+        """Feed the core from ``consumer`` (one handler per topic) until ``stop`` or
+        ``duration_s``; the consumer is closed and the producer flushed on the way out."""
+        log.info("%s starting at height %d", consumer.name, self.follower.next_height)
+        try:
+            RunLoop(consumer, by_topic(handlers), producer=producer, tick=tick,
+                    after_batch=after_batch, stop_event=self.stop_event).run(duration_s=duration_s)
+        finally:
+            consumer.close()
 
     # -- inputs
 
@@ -117,7 +142,17 @@ class ConsensusDriver:
     def height(self) -> int:
         return self.state.height
 
-    def feed(self, event: Event, source: Any = None) -> None:
+    def decode_input(self, record: Record, codec: Codec,
+                     dead_letters: DeadLetters) -> Proposal | Vote | None:
+        """The proposal or vote a ``chain.consensus`` record carries; None when it is
+        malformed (then it was dead-lettered)."""
+        try:
+            return decode_consensus(record.value, self.config.chain_id, codec)
+        except WireError as exc:
+            dead_letters.send(record, exc)
+            return None
+
+    def feed(self, event: Event, source: Record | None = None) -> None:
         """Hand one input to the core (or keep it until its height is near)."""
         if isinstance(event, ProposalReceived | VoteReceived):
             message: Proposal | Vote = (
@@ -156,7 +191,7 @@ class ConsensusDriver:
         if record is not None and self.state.step not in (Step.NEW, Step.COMMITTED):
             self.feed(CommitReceived(record.block, record.commit))
 
-    def _dispatch(self, outputs: Sequence[Output], source: Any) -> None:
+    def _dispatch(self, outputs: Sequence[Output], source: Record | None) -> None:
         self.on_outputs(outputs, source)
         for output in outputs:
             if isinstance(output, ScheduleTimeout):
@@ -170,11 +205,12 @@ class ConsensusDriver:
             elif isinstance(output, MessageRejected):
                 self._rejected(output, source)
 
-    def _rejected(self, rejection: MessageRejected, source: Any) -> None:
+    def _rejected(self, rejection: MessageRejected, source: Record | None) -> None:
         event = rejection.event
         if isinstance(event, ProposalReceived | VoteReceived):
             message = event.proposal if isinstance(event, ProposalReceived) else event.vote
-            if message.height < self.state.height or "buffer is full" in rejection.reason:
+            if (message.height < self.state.height
+                    or rejection.kind is RejectionKind.FUTURE_BUFFER_FULL):
                 return
             self.rejected["message"] = self.rejected.get("message", 0) + 1
             self.on_rejected(rejection, source)
@@ -183,7 +219,7 @@ class ConsensusDriver:
         else:
             log.warning("core refused %s: %s", type(event).__name__, rejection.reason)
 
-    def _apply(self, decision: Decided, source: Any) -> None:
+    def _apply(self, decision: Decided, source: Record | None) -> None:
         if decision.height != self.follower.next_height:
             return
         self._finalized.pop(decision.height, None)
@@ -196,7 +232,7 @@ class ConsensusDriver:
         else:
             self._start_at = time.monotonic() + delay
 
-    def start_delay_s(self, decision: Decided, source: Any) -> float:
+    def start_delay_s(self, decision: Decided, source: Record | None) -> float:
         return self.block_interval_ms / 1000
 
     def tick(self) -> float:

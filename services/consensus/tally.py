@@ -16,12 +16,16 @@ and hash, and a different hash at one height is a fork alarm — see ``follower.
 Exactly once per height (the edge ``chain.consensus -> chain.blocks``): the tally's position is
 its own output. On start it folds ``chain.blocks`` (verifying every block) and reads
 ``chain.consensus`` from right after the ``consensus_offset`` of the last block. Each decision
-is written in a Kafka transaction (``transactional.id`` per instance, so a zombie of the same
-instance is fenced) together with the evidence and dead letters produced since the previous
-one; a crash before the commit aborts it and the restarted tally decides that height again from
-the log. Evidence may be written twice across a restart; it is identified by its hash.
+is written in one ``streams.transactions.TransactionalBatch`` (``transactional.id`` per
+instance, so a zombie of the same instance is fenced) together with the evidence and dead
+letters collected since the previous one: step 1 begin, step 2 produce them, step 3 flush,
+step 6 commit (no offsets join it, steps 4 and 5 are empty: the position is the output). Evidence
+and dead letters between decisions are written the same way after each polled batch. A crash
+before the commit aborts it and the restarted tally decides that height again from the log; an
+abortable error keeps the outputs pending and the next batch writes them again. Evidence may
+be written twice across a restart; it is identified by its hash.
 
-Why a confluent-kafka loop and not Faust: see ``services/consensus/node.py``.
+Why a plain run loop and not Faust: see ``services/consensus/node.py``.
 """
 
 from __future__ import annotations
@@ -30,14 +34,9 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from confluent_kafka import KafkaException, Message, TopicPartition
 
 from protocol.block import Block
-from protocol.codec import WireError
 from protocol.finalized import FinalizedRecord
 from protocol.proposal import Proposal
 from services.consensus.core.state_machine import (
@@ -50,14 +49,14 @@ from services.consensus.core.state_machine import (
     VoteReceived,
 )
 from services.consensus.node import ConsensusDriver
-from services.consensus.node import drain as _drain
 from services.ledger.core.chain_spec import ChainSpec
 from streams.chain_reader import catch_up
-from streams.chain_wire import decode_consensus, encode_evidence, encode_finalized, height_key
+from streams.chain_wire import encode_evidence, encode_finalized, height_key
 from streams.codec import default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import KafkaOperationError, make_consumer, make_producer
+from streams.kafka import Position, Record, make_consumer, make_producer
 from streams.settings import Settings
+from streams.transactions import PendingOutputs, TransactionalBatch
 
 log = logging.getLogger(__name__)
 
@@ -84,76 +83,61 @@ class Tally(ConsensusDriver):
         self.producer = make_producer(settings,
                                       transactional_id=f"{settings.topic_prefix}tally.{instance}",
                                       **{"linger.ms": 0})
-        self._pending: list[tuple[str, bytes | None, bytes]] = []
-        self.dlq = DeadLetters(_Collector(self._pending), settings.topic("dlq.chain"),
-                               f"tally-{instance}")
-        skipped: list[tuple[Message, Exception]] = []
-        follower = catch_up(settings, spec.follower(),
-                            on_skip=lambda m, e: skipped.append((m, e)))
-        for message, error in skipped:
-            self.dlq.send_message(message, str(error), type(error).__name__)
+        self.batch = TransactionalBatch(self.producer)
+        self._pending = PendingOutputs()
+        self.dlq = DeadLetters(self._pending, settings.topic("dlq.chain"), f"tally-{instance}")
+        follower = catch_up(settings, spec.follower(), on_skip=self.dlq.send)
         super().__init__(ConsensusConfig(spec.chain_id, None), follower, 0)
         self._proposed_at: dict[bytes, int] = {}
         self._evidence_seen: set[bytes] = set()
-        self._stop = False
         self.written = 0
         self._flush()
 
     def logic(self) -> _Observer:
         return _Observer()
 
-    def on_outputs(self, outputs: Sequence[Output], source: Any) -> None:
+    def on_outputs(self, outputs: Sequence[Output], source: Record | None) -> None:
         for output in outputs:
             if isinstance(output, EvidenceDetected):
                 key = output.evidence.hash()
                 if key not in self._evidence_seen:
                     self._evidence_seen.add(key)
-                    self._pending.append((
+                    self._pending.produce(
                         self.settings.topic("chain.evidence"),
-                        output.evidence.validator_address,
-                        encode_evidence(self.config.chain_id, output.evidence, self.codec)))
+                        encode_evidence(self.config.chain_id, output.evidence, self.codec),
+                        output.evidence.validator_address)
 
-    def on_rejected(self, rejection: MessageRejected, source: Any) -> None:
-        if isinstance(source, _Logged):
-            self.dlq.send_message(source.message, rejection.reason, "rejected_by_core")
+    def on_rejected(self, rejection: MessageRejected, source: Record | None) -> None:
+        if source is not None:
+            self.dlq.send(source, rejection.kind, rejection.reason)
 
-    def on_decided(self, decision: Decided, source: Any) -> None:
-        assert isinstance(source, _Logged)
+    def on_decided(self, decision: Decided, source: Record | None) -> None:
+        assert source is not None
         record = FinalizedRecord(
             chain_id=self.config.chain_id,
             block=decision.block,
             commit=decision.commit,
             state_hash=self.follower.chain.tip.app_hash,
-            consensus_offset=int(source.message.offset() or 0),
+            consensus_offset=source.offset,
             proposed_at_ms=self._proposed_at.get(decision.block.hash, source.timestamp_ms),
             finalized_at_ms=source.timestamp_ms,
         )
         self.follower.last = record
-        self._pending.append((self.settings.topic("chain.blocks"), height_key(record.height),
-                              encode_finalized(record, self.codec)))
+        self._pending.produce(self.settings.topic("chain.blocks"),
+                              encode_finalized(record, self.codec), height_key(record.height))
         self._proposed_at = {}
         self._flush()
         self.written += 1
 
     def _flush(self) -> None:
-        """Write everything pending in one transaction (see the module doc)."""
-        if not self._pending:
-            return
-        try:
-            self.producer.begin_transaction()
-            for topic, key, value in self._pending:
-                self.producer.produce(topic, value=value, key=key)
-            self.producer.commit_transaction(30)
-        except KafkaException as exc:
-            raise KafkaOperationError(f"tally transaction failed: {exc}") from exc
-        self._pending.clear()
+        """Write everything pending in one transactional batch (see the module doc); on an
+        abort it stays pending for the next call."""
+        if self._pending and self.batch.run(self._pending.write_to):
+            self._pending.clear()
 
-    def _consensus(self, message: Message) -> None:
-        source = _Logged(message)
-        try:
-            decoded = decode_consensus(message.value(), self.config.chain_id, self.codec)
-        except WireError as exc:
-            self.dlq.send_message(message, str(exc), "malformed")
+    def _consensus(self, source: Record) -> None:
+        decoded = self.decode_input(source, self.codec, self.dlq)
+        if decoded is None:
             return
         if isinstance(decoded, Proposal):
             self._proposed_at.setdefault(decoded.block_hash, source.timestamp_ms)
@@ -161,53 +145,14 @@ class Tally(ConsensusDriver):
         else:
             self.feed(VoteReceived(decoded), source)
 
-    def stop(self) -> None:
-        self._stop = True
-
     def run(self, duration_s: float | None = None) -> None:
         topic = self.settings.topic("chain.consensus")
         consumer = make_consumer(self.settings, f"tally-{self.instance}-{time.time_ns()}",
                                  **{"fetch.wait.max.ms": 5, "fetch.min.bytes": 1})
-        last = self.follower.last
-        consumer.assign([TopicPartition(topic, 0, 0 if last is None else
-                                        last.consensus_offset + 1)])
-        started = time.monotonic()
-        log.info("tally %s starting at height %d", self.instance, self.follower.next_height)
-        try:
-            while not self._stop:
-                if duration_s is not None and time.monotonic() - started > duration_s:
-                    break
-                self.tick()
-                for message in _drain(consumer, 0.05):
-                    if not message.error():
-                        self._consensus(message)
-                if len(self._pending) > 0 and not self._stop:
-                    self._flush()  # evidence and dead letters between decisions
-        finally:
-            consumer.close()
-            self._flush()
-            self.producer.flush(10)
-
-
-@dataclass(frozen=True, slots=True)
-class _Logged:
-    message: Message
-
-    @property
-    def timestamp_ms(self) -> int:
-        return int(self.message.timestamp()[1])
-
-
-@dataclass(frozen=True, slots=True)
-class _Collector:
-    """A ``DeadLetters`` producer that queues records for the next transaction."""
-
-    pending: list[tuple[str, bytes | None, bytes]]
-
-    def produce(self, topic: str, value: bytes | None = None, key: Any = None,
-                **kwargs: Any) -> None:
-        assert value is not None
-        self.pending.append((topic, key, value))
+        consumer.assign([Position(topic, 0, self.consensus_resume_offset)])
+        # after each batch: evidence and dead letters collected between decisions
+        self.run_loop(consumer, {topic: self._consensus}, self.producer, tick=self.tick,
+                      after_batch=self._flush, duration_s=duration_s)
 
 
 def run_tally(settings: Settings, genesis: Path, instance: str = "0",

@@ -1,8 +1,9 @@
 """The validator node: one process per validator key, with its block builder inside.
 
-Inputs (one confluent-kafka consumer, assigned, never a consumer group: every node reads
-everything): ``chain.consensus`` (the round messages), ``chain.blocks`` (catch-up and fork
-alarm), ``chain.evidence``, ``ledger.tx`` (the mempool) and ``entropy.raw`` (the entropy pool).
+Inputs (one consumer, assigned, never a consumer group: every node reads everything; one
+``streams.runloop.RunLoop`` dispatches each record to the handler of its topic):
+``chain.consensus`` (the round messages), ``chain.blocks`` (catch-up and fork alarm),
+``chain.evidence``, ``ledger.tx`` (the mempool) and ``entropy.raw`` (the entropy pool).
 The block builder of DESIGN.md section 3 is the part of this node that keeps the pool, mempool
 and evidence (``BuilderState``) and proposes when the core says this key is the round's
 proposer: proposing and voting share the one double-sign guard, so they live in one process.
@@ -15,8 +16,9 @@ quorum of precommits from the log), and replays it through the core with its per
 
 Commit order of the output edge (signature -> ``chain.consensus``): the core returns the new
 signer state with each signed message; ``SignGuard.persist`` fsyncs it; then the message is
-produced (idempotent producer, acks=all, linger 0). Inputs are never committed: the position is
-re-derived from ``chain.blocks`` on start.
+produced (idempotent producer, acks=all, linger 0; the run loop serves its delivery reports
+every turn and flushes it on exit). Inputs are never committed: the position is re-derived
+from ``chain.blocks`` on start.
 
 Timeouts run on the local monotonic clock and enter the core as ``TimeoutFired``. After a
 decision the node waits ``block_interval_ms`` from the log time of the decision (so a
@@ -33,10 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Message, TopicPartition
-
 from protocol.codec import WireError
-from protocol.entropy.verifier import EntropyRejectedError
 from protocol.evidence import DuplicateVoteEvidence
 from protocol.keys import SigningKey
 from protocol.proposal import Proposal
@@ -57,20 +56,14 @@ from services.consensus.core.state_machine import (
 from services.consensus.guard import SignGuard
 from services.consensus.mempool import Mempool
 from services.consensus.node import ConsensusDriver, now_ms
-from services.consensus.node import drain as _drain
 from services.ledger.core.chain_spec import ChainSpec, source_registry
 from services.ledger.core.queries import next_nonce
 from services.ledger.submit import SubmissionError, decode_submitted
 from streams.chain_reader import catch_up
-from streams.chain_wire import (
-    decode_consensus,
-    decode_evidence_record,
-    decode_finalized,
-    encode_consensus,
-)
+from streams.chain_wire import decode_evidence_record, decode_finalized, encode_consensus
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import make_consumer, make_producer
+from streams.kafka import Position, Record, make_consumer, make_producer
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,21 +90,17 @@ class ValidatorNode(ConsensusDriver):
         self.guard = SignGuard(guard_path, key.address)
         self.name = f"validator-{key.address.hex()[:12]}"
         self.producer = make_producer(settings, **PRODUCER_LATENCY)
-        producer: Any = self.producer
-        self.dlq_chain = DeadLetters(producer, settings.topic("dlq.chain"), self.name)
-        self.dlq_entropy = DeadLetters(producer, settings.topic("dlq.entropy"), self.name)
-        self.dlq_ledger = DeadLetters(producer, settings.topic("dlq.ledger"), self.name)
-        follower = catch_up(settings, spec.follower(),
-                            on_skip=lambda m, e: self.dlq_chain.send_message(
-                                m, str(e), type(e).__name__))
+        self.dlq_chain = DeadLetters(self.producer, settings.topic("dlq.chain"), self.name)
+        self.dlq_entropy = DeadLetters(self.producer, settings.topic("dlq.entropy"), self.name)
+        self.dlq_ledger = DeadLetters(self.producer, settings.topic("dlq.ledger"), self.name)
+        follower = catch_up(settings, spec.follower(), on_skip=self.dlq_chain.send)
         self.builder = BlockBuilder.for_registry(source_registry(follower.chain.app_state),
                                                  follower.chain, options.builder)
         self.mempool = Mempool()
         self.evidence: dict[bytes, DuplicateVoteEvidence] = {}
         super().__init__(ConsensusConfig(spec.chain_id, key, options.timeouts), follower,
                          options.block_interval_ms)
-        self._deferred: list[tuple[float, ProposalReceived, Any]] = []
-        self._stop = False
+        self._deferred: list[tuple[float, ProposalReceived, Record]] = []
         self.codec = default_codec()
         self.sent = 0
         self.decided_heights = 0
@@ -129,7 +118,7 @@ class ValidatorNode(ConsensusDriver):
 
     # -- outputs
 
-    def on_outputs(self, outputs: Sequence[Output], source: Any) -> None:
+    def on_outputs(self, outputs: Sequence[Output], source: Record | None) -> None:
         messages = [o.message for o in outputs if isinstance(o, Broadcast)]
         if messages:
             self.guard.persist(self.state.signer)  # durable BEFORE anything leaves
@@ -144,11 +133,11 @@ class ValidatorNode(ConsensusDriver):
         if messages:
             self.producer.poll(0)
 
-    def on_rejected(self, rejection: MessageRejected, source: Any) -> None:
-        if isinstance(source, _Source):
-            self.dlq_chain.send_message(source.message, rejection.reason, "rejected_by_core")
+    def on_rejected(self, rejection: MessageRejected, source: Record | None) -> None:
+        if source is not None:
+            self.dlq_chain.send(source, rejection.kind, rejection.reason)
 
-    def on_decided(self, decision: Decided, source: Any) -> None:
+    def on_decided(self, decision: Decided, source: Record | None) -> None:
         self.decided_heights += 1
         chain = self.follower.chain
         self.builder.advance(chain)
@@ -160,18 +149,15 @@ class ValidatorNode(ConsensusDriver):
             del self.evidence[key]
         log.info("%s decided height %d round %d", self.name, decision.height, decision.round)
 
-    def start_delay_s(self, decision: Decided, source: Any) -> float:
-        logged_ms = source.timestamp_ms if isinstance(source, _Source) else now_ms()
+    def start_delay_s(self, decision: Decided, source: Record | None) -> float:
+        logged_ms = source.timestamp_ms if source is not None else now_ms()
         return max(0.0, (logged_ms + self.block_interval_ms - now_ms()) / 1000)
 
     # -- inputs
 
-    def _consensus(self, message: Message) -> None:
-        source = _Source(message)
-        try:
-            decoded = decode_consensus(message.value(), self.config.chain_id, self.codec)
-        except WireError as exc:
-            self.dlq_chain.send_message(message, str(exc), "malformed")
+    def _consensus(self, source: Record) -> None:
+        decoded = self.decode_input(source, self.codec, self.dlq_chain)
+        if decoded is None:
             return
         if isinstance(decoded, Proposal):
             event = ProposalReceived(decoded)
@@ -183,39 +169,44 @@ class ValidatorNode(ConsensusDriver):
         else:
             self.feed(VoteReceived(decoded), source)
 
-    def _entropy(self, message: Message) -> None:
+    def _entropy(self, message: Record) -> None:
         try:
-            schema, record = self.codec.decode(message.value())
+            schema, record = self.codec.decode(message.value)
         except CodecError as exc:
             self.builder.pool.count_rejection("malformed")
-            self.dlq_entropy.send_message(message, str(exc), "malformed")
+            self.dlq_entropy.send(message, exc)
             return
         try:
             self.builder.accept_entropy(schema, record)
-        except EntropyRejectedError as exc:
-            self.dlq_entropy.send_message(message, str(exc), exc.code)
-        except ValueError as exc:
-            self.dlq_entropy.send_message(message, str(exc), "malformed")
+        except ValueError as exc:  # EntropyRejectedError, or a record that is no chunk
+            self.dlq_entropy.send(message, exc)
 
-    def _transaction(self, message: Message) -> None:
+    def _transaction(self, message: Record) -> None:
         try:
-            self.mempool.add(decode_submitted(message.value(), self.codec))
+            self.mempool.add(decode_submitted(message.value, self.codec))
         except SubmissionError as exc:
-            self.dlq_ledger.send_message(message, str(exc), "rejected")
+            self.dlq_ledger.send(message, exc)
 
-    def _blocks(self, message: Message) -> None:
+    def _blocks(self, message: Record) -> None:
         try:
-            self.feed_finalized(decode_finalized(message.value(), self.codec))
+            self.feed_finalized(decode_finalized(message.value, self.codec))
         except WireError as exc:
-            self.dlq_chain.send_message(message, str(exc), "malformed")
+            self.dlq_chain.send(message, exc)
 
-    def _evidence(self, message: Message) -> None:
+    def _evidence(self, message: Record) -> None:
         try:
-            item = decode_evidence_record(message.value(), self.config.chain_id, self.codec)
+            item = decode_evidence_record(message.value, self.config.chain_id, self.codec)
         except WireError as exc:
-            self.dlq_chain.send_message(message, str(exc), "malformed")
+            self.dlq_chain.send(message, exc)
             return
         self.evidence.setdefault(item.hash(), item)
+
+    def _tick(self) -> float:
+        """Timers of the core and deferred proposals whose entropy arrived (or waited long
+        enough); returns the seconds until the next timer."""
+        wait = self.tick()
+        self._release_deferred()
+        return wait
 
     def _release_deferred(self) -> None:
         if not self._deferred:
@@ -231,66 +222,34 @@ class ValidatorNode(ConsensusDriver):
 
     # -- the loop
 
-    def assignments(self) -> list[TopicPartition]:
+    def assignments(self) -> list[Position]:
         s = self.settings
-        last = self.follower.last
-        consensus_from = 0 if last is None else last.consensus_offset + 1
         parts = [
-            TopicPartition(s.topic("chain.consensus"), 0, consensus_from),
-            TopicPartition(s.topic("chain.blocks"), 0, self.follower.last_offset + 1),
-            TopicPartition(s.topic("chain.evidence"), 0, 0),
+            Position(s.topic("chain.consensus"), 0, self.consensus_resume_offset),
+            Position(s.topic("chain.blocks"), 0, self.follower.last_offset + 1),
+            Position(s.topic("chain.evidence"), 0, 0),
         ]
         consumer = make_consumer(s, f"{self.name}-meta")
         try:
             for name in ("ledger.tx", "entropy.raw"):
                 topic = s.topic(name)
-                meta = consumer.list_topics(topic, timeout=30).topics[topic]
-                parts.extend(TopicPartition(topic, p, 0) for p in sorted(meta.partitions))
+                parts.extend(Position(topic, p, 0) for p in consumer.partitions(topic))
         finally:
             consumer.close()
         return parts
-
-    def stop(self) -> None:
-        self._stop = True
 
     def run(self, duration_s: float | None = None) -> None:
         consumer = make_consumer(self.settings, f"{self.name}-{time.time_ns()}",
                                  **CONSUMER_LATENCY)
         consumer.assign(self.assignments())
-        handlers = {
-            self.settings.topic("chain.consensus"): self._consensus,
-            self.settings.topic("chain.blocks"): self._blocks,
-            self.settings.topic("chain.evidence"): self._evidence,
-            self.settings.topic("ledger.tx"): self._transaction,
-            self.settings.topic("entropy.raw"): self._entropy,
-        }
-        started = time.monotonic()
-        log.info("%s starting at height %d", self.name, self.follower.next_height)
-        try:
-            while not self._stop:
-                if duration_s is not None and time.monotonic() - started > duration_s:
-                    break
-                wait = self.tick()
-                self._release_deferred()
-                for message in _drain(consumer, min(wait, 0.05)):
-                    if message.error():
-                        continue
-                    handlers[message.topic() or ""](message)
-                self.producer.poll(0)
-        finally:
-            consumer.close()
-            self.producer.flush(10)
-
-
-@dataclass(frozen=True, slots=True)
-class _Source:
-    """Where an input came from (for the DLQ and the log time of a decision)."""
-
-    message: Message
-
-    @property
-    def timestamp_ms(self) -> int:
-        return int(self.message.timestamp()[1])
+        topic = self.settings.topic
+        self.run_loop(consumer, {
+            topic("chain.consensus"): self._consensus,
+            topic("chain.blocks"): self._blocks,
+            topic("chain.evidence"): self._evidence,
+            topic("ledger.tx"): self._transaction,
+            topic("entropy.raw"): self._entropy,
+        }, self.producer, tick=self._tick, duration_s=duration_s)
 
 
 def run_validator(settings: Settings, genesis: Path, key_path: Path, state_dir: Path,

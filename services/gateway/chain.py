@@ -285,14 +285,14 @@ class ChainFollower:
 
     def _run(self) -> None:
         from protocol.follow import FollowError
-        from streams.chain_reader import read_blocks, watermarks
+        from streams.chain_reader import read_blocks
         from streams.kafka import make_consumer
 
         while not self._stop.is_set():
             try:
                 probe = make_consumer(self.settings, f"gateway-probe-{time.time_ns()}")
                 try:
-                    end = watermarks(probe, self.settings.topic("chain.blocks"))[1]
+                    end = probe.watermarks(self.settings.topic("chain.blocks"))[1]
                 finally:
                     probe.close()
                 if end == 0:

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
@@ -55,6 +55,9 @@ from protocol.keydelivery import (
     units_for,
 )
 from services.gateway.problems import Problem, unavailable
+
+if TYPE_CHECKING:
+    from streams.kafka import Delivery, KafkaConsumer, Position, Record
 
 log = logging.getLogger("qustream.gateway.keys")
 POOL_DRAW_BYTES = 32  # at least this many pool bytes go into every key (>= 256 bits)
@@ -147,7 +150,8 @@ class PrivatePool:
         self.verified: collections.deque[tuple[int, int, Any]] = collections.deque()
         self._offsets: dict[tuple[str, int], tuple[int, int]] = {}
         self._committed: dict[int, int] = {}
-        self._assigned: set[int] = set()
+        self._assigned_partitions: set[int] = set()
+        self._verifier: Any = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="private-pool", daemon=True)
 
@@ -158,7 +162,7 @@ class PrivatePool:
 
     def status(self) -> dict[str, Any]:
         return {**self.buffer.status(), "verified_chunks_waiting": len(self.verified),
-                "partitions": sorted(self._assigned)}
+                "partitions": sorted(self._assigned_partitions)}
 
     def start(self) -> None:
         self._thread.start()
@@ -168,58 +172,26 @@ class PrivatePool:
         self._thread.join(5)
 
     def _run(self) -> None:
-        from confluent_kafka import TopicPartition
-
-        from protocol.entropy.chain import Checkpoint, Chunk, ChunkFormatError
-        from protocol.entropy.verifier import ChainVerifier, EntropyRejectedError
-        from streams.codec import CodecError, default_codec
+        from protocol.entropy.verifier import ChainVerifier
         from streams.kafka import make_consumer
+        from streams.runloop import RunLoop, by_topic
 
         topic = self.settings.topic("entropy.private")
-        codec = default_codec()
-        verifier = ChainVerifier(_LiveRegistry(self.registry), allow_mid_stream=True)
-
-        def assigned(_consumer: Any, partitions: list[Any]) -> None:
-            self._assigned |= {p.partition for p in partitions}
-
-        def revoked(_consumer: Any, partitions: list[Any]) -> None:
-            gone = {p.partition for p in partitions}
-            self._assigned -= gone
-            self.verified = collections.deque(v for v in self.verified if v[0] not in gone)
-
+        self._verifier = ChainVerifier(_LiveRegistry(self.registry), allow_mid_stream=True)
         consumer = make_consumer(self.settings, self.group_id,
                                  **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 50})
-        consumer.subscribe([topic], on_assign=assigned, on_revoke=revoked)
+        consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self.buffer.reason = "ok"
+
+        def tick() -> float:
+            self._open_chunks(consumer, topic)
+            if consumer.last_error is not None:
+                self.buffer.reason = f"consumer error: {consumer.last_error}"
+            return 0.1
+
         try:
-            while not self._stop.is_set():
-                self._open_chunks(consumer, topic, TopicPartition)
-                message = consumer.poll(0.1)
-                if message is None:
-                    continue
-                if message.error():
-                    self.buffer.reason = f"consumer error: {message.error()}"
-                    continue
-                partition, offset = int(message.partition() or 0), int(message.offset() or 0)
-                try:
-                    schema, record = codec.decode(message.value())
-                    if schema == "EntropyChunkPublished":
-                        chunk = Chunk.from_record(record)
-                        if not chunk.private:
-                            raise ChunkFormatError("public chunk on entropy.private")
-                        verifier.accept_chunk(chunk)
-                        self._offsets[(chunk.source_id, chunk.seq)] = (partition, offset)
-                    elif schema == "EntropyCheckpointSigned":
-                        for chunk in verifier.accept_checkpoint(Checkpoint.from_record(record)):
-                            where = self._offsets.pop((chunk.source_id, chunk.seq), None)
-                            if where is not None and where[0] in self._assigned:
-                                self.verified.append((where[0], where[1], chunk))
-                except (CodecError, ChunkFormatError, EntropyRejectedError) as exc:
-                    if self.on_reject is not None:
-                        self.on_reject(type(exc).__name__)
-                    log.debug("private pool skips %s@%s: %s", partition, offset, exc)
-                if len(self._offsets) > 100_000:
-                    self._offsets.clear()
+            RunLoop(consumer, by_topic({topic: self._accept}), tick=tick, poll_s=0.1,
+                    max_records=1, stop_event=self._stop).run()
         except Exception as exc:
             self.buffer.healthy = False
             self.buffer.reason = f"consumer failed: {type(exc).__name__}: {exc}"
@@ -228,15 +200,51 @@ class PrivatePool:
         finally:
             consumer.close()
 
-    def _open_chunks(self, consumer: Any, topic: str, topic_partition: Any) -> None:
+    def _on_assign(self, partitions: list[Position]) -> None:
+        self._assigned_partitions |= {p.partition for p in partitions}
+
+    def _on_revoke(self, partitions: list[Position]) -> None:
+        gone = {p.partition for p in partitions}
+        self._assigned_partitions -= gone
+        self.verified = collections.deque(v for v in self.verified if v[0] not in gone)
+
+    def _accept(self, record: Record) -> None:
+        """Step 2 of the module doc for one record of ``entropy.private``."""
+        from protocol.entropy.chain import Checkpoint, Chunk, ChunkFormatError
+        from protocol.entropy.verifier import EntropyRejectedError
+        from streams.codec import CodecError, default_codec
+
+        try:
+            schema, fields = default_codec().decode(record.value)
+            if schema == "EntropyChunkPublished":
+                chunk = Chunk.from_record(fields)
+                if not chunk.private:
+                    raise ChunkFormatError("public chunk on entropy.private")
+                self._verifier.accept_chunk(chunk)
+                self._offsets[(chunk.source_id, chunk.seq)] = (record.partition, record.offset)
+            elif schema == "EntropyCheckpointSigned":
+                for chunk in self._verifier.accept_checkpoint(Checkpoint.from_record(fields)):
+                    where = self._offsets.pop((chunk.source_id, chunk.seq), None)
+                    if where is not None and where[0] in self._assigned_partitions:
+                        self.verified.append((where[0], where[1], chunk))
+        except (CodecError, ChunkFormatError, EntropyRejectedError) as exc:
+            if self.on_reject is not None:
+                self.on_reject(type(exc).__name__)
+            log.debug("private pool skips %s@%s: %s", record.partition, record.offset, exc)
+        if len(self._offsets) > 100_000:
+            self._offsets.clear()
+
+    def _open_chunks(self, consumer: KafkaConsumer, topic: str) -> None:
         """Move verified chunks into the buffer, committing past each one first."""
+        from streams.errors import KafkaOperationError
+        from streams.kafka import Position
+
         while self.verified and self.buffer.available < self.low_water:
             partition, offset, chunk = self.verified.popleft()
             target = max(self._committed.get(partition, 0), offset + 1)
             try:
-                consumer.commit(offsets=[topic_partition(topic, partition, target)],
-                                asynchronous=False)
-            except Exception as exc:  # lost the partition: never use the chunk
+                consumer.commit([Position(topic, partition, target)])
+            except KafkaOperationError as exc:  # lost the partition: never use the chunk
                 log.warning("commit past chunk %s#%d failed, dropped: %s", chunk.source_id,
                             chunk.seq, exc)
                 continue
@@ -324,17 +332,17 @@ class KafkaTxSink:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
 
-        def delivered(err: Any, _msg: Any) -> None:
+        def delivered(report: Delivery) -> None:
             def resolve() -> None:
                 if future.done():
                     return
-                if err is not None:
-                    future.set_exception(RuntimeError(str(err)))
+                if report.error is not None:
+                    future.set_exception(report.error)
                 else:
                     future.set_result(None)
             loop.call_soon_threadsafe(resolve)
 
-        self.producer.produce(self.topic, value=value, key=key, on_delivery=delivered,
+        self.producer.produce(self.topic, value, key, on_delivery=delivered,
                               headers=list(inject_context()))
         await asyncio.wait_for(future, 15)
         from services.ledger.core.tx import tx_hash

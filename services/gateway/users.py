@@ -114,7 +114,7 @@ class KafkaCassandraUsers:
 
     def execute(self, command: Any) -> Any:
         from services.shard_writer.client import ReplyTimeoutError
-        from streams.kafka import DeliveryError
+        from streams.errors import DeliveryError
 
         try:
             return self.client.execute(command, timeout_s=self.timeout_s)

@@ -13,14 +13,13 @@ import functools
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import Producer
-
 from protocol.canonical import CanonicalDecodeError
 from protocol.errors import InputError
 from services.ledger.core.errors import LedgerError
 from services.ledger.core.tx import SignedTx, decode_signed_tx, tx_hash
 from streams.codec import Codec, CodecError, default_codec
-from streams.kafka import DeliveryError, make_producer
+from streams.errors import DeliveryError
+from streams.kafka import Delivery, KafkaProducer, make_producer
 from streams.settings import Settings
 
 
@@ -80,7 +79,7 @@ def submitted_record(raw: bytes) -> tuple[bytes, bytes]:
 
 
 def submit_tx(
-    settings: Settings, signed_tx_bytes: bytes, producer: Producer | None = None,
+    settings: Settings, signed_tx_bytes: bytes, producer: KafkaProducer | None = None,
     timeout_s: float = 30.0,
 ) -> bytes:
     """Write one encoded signed transaction to ``ledger.tx`` and wait for the acknowledgement.
@@ -92,10 +91,12 @@ def submit_tx(
     own = producer is None
     producer = producer or make_producer(settings)
     errors: list[str] = []
-    producer.produce(
-        settings.topic("ledger.tx"), value=value, key=key,
-        on_delivery=lambda err, _msg: errors.append(str(err)) if err else None,
-    )
+
+    def delivered(report: Delivery) -> None:
+        if report.error is not None:
+            errors.append(str(report.error))
+
+    producer.produce(settings.topic("ledger.tx"), value, key, on_delivery=delivered)
     remaining = producer.flush(timeout_s)
     if remaining or errors:
         raise DeliveryError(f"transaction not acknowledged: {errors or 'timeout'}")

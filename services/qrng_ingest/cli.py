@@ -165,10 +165,8 @@ def status(
                 if once and seen:
                     break
                 continue
-            if message.error():
-                continue
             try:
-                board.apply(codec.decode(message.value()))
+                board.apply(codec.decode(message.value))
             except CodecError:
                 continue
             seen += 1

@@ -15,12 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from confluent_kafka import Producer
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from rich.table import Table
 
 from services.qrng_ingest.core.liveness import Alert
 from streams.codec import Codec, Decoded, default_codec
+from streams.errors import ProducerQueueFullError
+from streams.kafka import KafkaProducer
 from streams.settings import Settings
 
 HEALTH_STATE_CODES = {"STARTUP": 0, "HEALTHY": 1, "QUARANTINED": 2, "STALLED": 3}
@@ -89,7 +90,7 @@ class Heartbeat:
 class StatusEmitter:
     """Produces heartbeats and alerts of one source to ``qrng.status``."""
 
-    def __init__(self, settings: Settings, producer: Producer, source_id: str,
+    def __init__(self, settings: Settings, producer: KafkaProducer, source_id: str,
                  codec: Codec | None = None) -> None:
         self._producer = producer
         self._topic = settings.topic("qrng.status")
@@ -111,9 +112,9 @@ class StatusEmitter:
         value = self._codec.encode(schema, record)
         while True:
             try:
-                self._producer.produce(self._topic, value=value, key=self._key)
+                self._producer.produce(self._topic, value, self._key)
                 return
-            except BufferError:
+            except ProducerQueueFullError:
                 self._producer.poll(0.05)
 
 

@@ -21,9 +21,9 @@ Commit order (what makes "never reuse a sequence number with different bytes" ho
    their sequence numbers were never published). Kafka is read after the old process is gone:
    a killed producer's connections are closed, so nothing of it lands later.
 
-Back-pressure: the producer queue is bounded (``queue.buffering.max.kbytes``); when full,
-``publish`` serves delivery reports (``poll``) until there is room, so memory stays bounded when
-Kafka is slow.
+Back-pressure: the producer queue is bounded (``queue.buffering.max.kbytes``); when full
+(``ProducerQueueFullError``), ``publish`` serves delivery reports (``poll``) until there is room,
+so memory stays bounded when Kafka is slow.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from protocol.entropy.chain import (
     ChainHead,
@@ -50,7 +48,15 @@ from protocol.entropy.chain import (
 from protocol.errors import OperationError
 from protocol.keys import SigningKey
 from streams.codec import CodecError, default_codec
-from streams.kafka import KafkaOperationError, make_consumer, make_producer
+from streams.errors import KafkaOperationError, ProducerQueueFullError
+from streams.kafka import (
+    Delivery,
+    KafkaConsumer,
+    KafkaProducer,
+    Position,
+    make_producer,
+    make_reader,
+)
 from streams.settings import Settings
 
 
@@ -169,7 +175,7 @@ class StateFile:
 
 
 def _tail_of_partition(
-    consumer: Consumer, topic: str, partition: int, start: int, end: int, source_id: str,
+    consumer: KafkaConsumer, topic: str, partition: int, start: int, end: int, source_id: str,
     private: bool,
 ) -> tuple[ChainPosition | None, int]:
     """Newest chunk and checkpoint of (source, pool) in offsets [start, end) of one partition."""
@@ -177,7 +183,7 @@ def _tail_of_partition(
     key = source_id.encode()
     found: ChainPosition | None = None
     checkpointed = -1
-    consumer.assign([TopicPartition(topic, partition, start)])
+    consumer.assign([Position(topic, partition, start)])
     next_offset = start
     deadline = time.monotonic() + 60
     while next_offset < end:
@@ -186,16 +192,14 @@ def _tail_of_partition(
         message = consumer.poll(1.0)
         if message is None:
             continue
-        if message.error():
-            raise ResumeError(f"cannot read {topic}[{partition}]: {message.error()}")
-        offset = int(message.offset() or 0)
+        offset = message.offset
         next_offset = offset + 1
-        if message.key() != key:
+        if message.key != key:
             continue
         try:
-            decoded = codec.decode(message.value())
+            decoded = codec.decode(message.value)
         except CodecError as exc:
-            raise ResumeError(f"{topic}[{partition}]@{message.offset()}: {exc}") from exc
+            raise ResumeError(f"{topic}[{partition}]@{offset}: {exc}") from exc
         record = decoded.record
         if record["source_id"] != source_id or bool(record.get("private")) != private:
             continue
@@ -211,22 +215,6 @@ def _tail_of_partition(
     return found, checkpointed
 
 
-def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
-    """Low and high offsets, waiting out a leader election (fresh topic, broker restart)."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                       timeout=10)
-            return int(low), int(high)
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            retriable = getattr(error, "retriable", lambda: False)()
-            if time.monotonic() > deadline or not (retriable or "leader" in str(exc).lower()):
-                raise
-            time.sleep(0.2)
-
-
 def read_tail(
     settings: Settings, source_id: str, private: bool, known: ChainPosition | None,
     *, window: int = 256,
@@ -238,15 +226,14 @@ def read_tail(
     checkpoint of the chain (or the partition's start) is reached.
     """
     topic = topic_for(settings, private)
-    consumer = make_consumer(settings, f"qrng-resume-{source_id}-{os.getpid()}",
-                             **{"isolation.level": "read_uncommitted"})
+    consumer = make_reader(settings, f"qrng-resume-{source_id}-{os.getpid()}",
+                           **{"isolation.level": "read_uncommitted"})
     try:
-        metadata = consumer.list_topics(topic, timeout=30).topics[topic]
-        if metadata.error is not None:
-            raise ResumeError(f"topic {topic} is not available: {metadata.error}")
-        partitions = sorted(metadata.partitions)
+        partitions = consumer.partitions(topic)
+        if not partitions:
+            raise ResumeError(f"topic {topic} is not available")
         if known is not None and known.partition is not None and known.offset is not None:
-            low, high = _watermarks(consumer, topic, known.partition)
+            low, high = consumer.watermarks(topic, known.partition)
             start = max(low, int(known.offset) + 1)
             found, checkpointed = _tail_of_partition(
                 consumer, topic, known.partition, start, high, source_id, private)
@@ -256,7 +243,7 @@ def read_tail(
                                                        known.checkpointed_seq))
         best: ChainPosition | None = None
         for partition in partitions:
-            low, high = _watermarks(consumer, topic, partition)
+            low, high = consumer.watermarks(topic, partition)
             end = high
             newest: ChainPosition | None = None
             while end > low:
@@ -273,7 +260,7 @@ def read_tail(
             if newest is not None and (best is None or newest.head.next_seq > best.head.next_seq):
                 best = newest
         return best
-    except KafkaException as exc:
+    except KafkaOperationError as exc:
         raise ResumeError(f"cannot read the tail of {topic}: {exc}") from exc
     finally:
         consumer.close()
@@ -332,7 +319,7 @@ class ChunkPublisher:
         state: StateFile,
         checkpoint_policy: CheckpointPolicy | None = None,
         private_share: float = 0.0,
-        producer: Producer | None = None,
+        producer: KafkaProducer | None = None,
         on_latency: Callable[[float], None] | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         **producer_overrides: Any,
@@ -361,24 +348,24 @@ class ChunkPublisher:
         self.stats = PublisherStats()
 
     @property
-    def producer(self) -> Producer:
+    def producer(self) -> KafkaProducer:
         return self._producer
 
     def _check(self) -> None:
         if self._fatal is not None:
             raise PublishError(self._fatal)
 
-    def _produce(self, private: bool, value: bytes, on_delivery: Callable[..., None]) -> None:
+    def _produce(self, private: bool, value: bytes,
+                 on_delivery: Callable[[Delivery], None]) -> None:
         topic = self._topics[private]
         while True:
             self._check()
             try:
-                self._producer.produce(topic, value=value, key=self._key_bytes,
-                                       on_delivery=on_delivery)
+                self._producer.produce(topic, value, self._key_bytes, on_delivery=on_delivery)
                 return
-            except BufferError:
-                self._producer.poll(0.05)  # queue full: wait for acknowledgements
-            except KafkaException as exc:
+            except ProducerQueueFullError:
+                self._producer.poll(0.05)  # wait for acknowledgements
+            except KafkaOperationError as exc:
                 raise PublishError(f"cannot produce to {topic}: {exc}") from exc
 
     def publish(
@@ -400,10 +387,10 @@ class ChunkPublisher:
         sent_at = time.perf_counter()
         next_head = head
 
-        def delivered(error: Any, message: Any) -> None:
-            if error is not None:
-                self._fatal = (f"chunk {self.source_id}#{chunk.seq} was not delivered: {error}; "
-                               "restart to resume from the topic")
+        def delivered(report: Delivery) -> None:
+            if report.error is not None:
+                self._fatal = (f"chunk {self.source_id}#{chunk.seq} was not delivered: "
+                               f"{report.error}; restart to resume from the topic")
                 return
             latency_ms = (time.perf_counter() - sent_at) * 1000
             self.stats.delivered_chunks += 1
@@ -413,7 +400,7 @@ class ChunkPublisher:
                 self._on_latency(latency_ms)
             previous = self.delivered[private]
             self.delivered[private] = ChainPosition(
-                next_head, previous.checkpointed_seq, message.partition(), message.offset())
+                next_head, previous.checkpointed_seq, report.partition, report.offset)
 
         self._produce(private, value, delivered)
         self.heads[private] = head
@@ -441,11 +428,10 @@ class ChunkPublisher:
             value = self._codec.encode("EntropyCheckpointSigned", checkpoint.to_record())
             last_seq = checkpoint.last_seq
 
-            def delivered(error: Any, message: Any, pool: bool = pool,
-                          last_seq: int = last_seq) -> None:
-                if error is not None:
+            def delivered(report: Delivery, pool: bool = pool, last_seq: int = last_seq) -> None:
+                if report.error is not None:
                     self._fatal = (f"checkpoint {self.source_id} ..#{last_seq} was not "
-                                   f"delivered: {error}; restart to resume from the topic")
+                                   f"delivered: {report.error}; restart to resume from the topic")
                     return
                 self.delivered[pool] = replace(self.delivered[pool], checkpointed_seq=last_seq)
                 self._save_state()
@@ -473,7 +459,7 @@ class ChunkPublisher:
             if self._fatal is None:
                 self.maybe_checkpoint(force=True)
             remaining = self._producer.flush(timeout_s)
-        except KafkaException as exc:
+        except KafkaOperationError as exc:
             raise PublishError(f"cannot flush the producer: {exc}") from exc
         if remaining:
             raise PublishError(f"{remaining} messages still unacknowledged after {timeout_s}s")

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
-
-from confluent_kafka import TopicPartition
 
 from services.shard_writer.core import Command, command_to_record
 from streams.codec import CodecError, default_codec
-from streams.kafka import DeliveryError, make_consumer, make_producer
+from streams.errors import DeliveryError
+from streams.kafka import Delivery, Position, make_consumer, make_producer
 from streams.settings import Settings
 
 
@@ -52,20 +50,19 @@ class UserClient:
         self.replies_topic = settings.topic("users.replies")
 
     def submit(self, command: Command, *, timeout_s: float = 30.0) -> Submitted:
-        delivered: list[Any] = []
+        delivered: list[Delivery] = []
         self.producer.produce(
             self.commands_topic, key=command.user_id.encode(),
             value=self.codec.encode("UserCommandIssued", command_to_record(command)),
-            on_delivery=lambda err, msg: delivered.append((err, msg)))
+            on_delivery=delivered.append)
         self.producer.flush(timeout_s)
-        if not delivered or delivered[0][0] is not None:
+        if not delivered or delivered[0].error is not None:
             raise DeliveryError(f"command {command.command_id} not acknowledged: "
-                                f"{delivered[0][0] if delivered else 'timeout'}")
-        partition = delivered[0][1].partition()
+                                f"{delivered[0].error if delivered else 'timeout'}")
+        partition = delivered[0].partition
         reader = make_consumer(self.settings, f"{self.replies_topic}.client")
         try:
-            _low, high = reader.get_watermark_offsets(
-                TopicPartition(self.replies_topic, partition), timeout=timeout_s)
+            _low, high = reader.watermarks(self.replies_topic, partition, timeout_s)
         finally:
             reader.close()
         return Submitted(command, partition, high)
@@ -75,14 +72,14 @@ class UserClient:
         reader = make_consumer(self.settings, f"{self.replies_topic}.client")
         deadline = time.monotonic() + timeout_s
         try:
-            reader.assign([TopicPartition(self.replies_topic, submitted.partition,
-                                          submitted.replies_from)])
+            reader.assign([Position(self.replies_topic, submitted.partition,
+                                    submitted.replies_from)])
             while time.monotonic() < deadline:
                 message = reader.poll(0.2)
-                if message is None or message.error() is not None:
+                if message is None:
                     continue
                 try:
-                    decoded = self.codec.decode(message.value())
+                    decoded = self.codec.decode(message.value)
                 except CodecError:
                     continue
                 r = decoded.record

@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, TopicPartition
-
 from services.shard_writer.core import Event, UserView, event_from_record, fold_view
 from services.shard_writer.queries import UserQueries
 from streams.codec import default_codec
-from streams.kafka import make_admin, make_consumer
+from streams.kafka import read_to_end
 from streams.settings import Settings
 
 
@@ -27,31 +25,13 @@ class LoggedEvent:
     event: Event
 
 
-def read_events(settings: Settings, *, timeout_s: float = 60.0) -> list[LoggedEvent]:
-    """Every committed event of ``users.events``, partition by partition, in offset order."""
+def read_events(settings: Settings) -> list[LoggedEvent]:
+    """Every committed event of ``users.events``, each partition's in offset order."""
     topic = settings.topic("users.events")
-    metadata = make_admin(settings).list_topics(topic, timeout=timeout_s)
-    partitions = sorted(metadata.topics[topic].partitions)
-    reader = make_consumer(settings, f"{topic}.consistency", **{"enable.partition.eof": True})
     codec = default_codec()
-    logged: list[LoggedEvent] = []
-    try:
-        reader.assign([TopicPartition(topic, p, 0) for p in partitions])
-        at_end: set[int] = set()
-        while len(at_end) < len(partitions):
-            for message in reader.consume(10_000, 1.0):
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(message.partition())  # type: ignore[arg-type]
-                        continue
-                    raise RuntimeError(f"cannot read {topic}: {error}")
-                record = codec.decode(message.value(), expected="UserEventRecorded").record
-                logged.append(LoggedEvent(message.partition(), message.offset(),  # type: ignore[arg-type]
-                                          event_from_record(record)))
-    finally:
-        reader.close()
-    return logged
+    return [LoggedEvent(record.partition, record.offset, event_from_record(
+                codec.decode(record.value, expected="UserEventRecorded").record))
+            for record in read_to_end(settings, topic, f"{topic}.consistency")]
 
 
 def end_positions(logged: Iterable[LoggedEvent]) -> dict[int, int]:

@@ -4,19 +4,20 @@ Guarantee: Kafka transactions. A batch's events, replies, dead letters and the c
 offsets are committed atomically, and every downstream consumer reads ``read_committed``, so a
 command is applied exactly once however often the handler dies.
 
-Commit order of one batch (``CommandHandler.run_once``):
+Commit order of one batch (``CommandHandler.process``): the run loop polls at most
+``max_batch`` commands, then one ``streams.transactions.TransactionalBatch`` runs its steps:
 
-1. ``consume`` at most ``max_batch`` commands;
-2. ``begin_transaction``;
-3. per command, against a *working copy* of the per-user state: size check, decode, signature,
-   idempotency, ``decide``; produce its event to ``users.events`` (same key, same partition
-   number as the command), or its rejection to ``users.replies``, or the original bytes to
-   ``dlq.users`` with the reason;
-4. ``flush`` (the events' offsets are now known), produce one ``UserCommandAccepted`` reply per
-   accepted command, naming its event's offset (for read-your-own-writes);
-5. ``send_offsets_to_transaction`` with the next command offsets and the group metadata (a
-   zombie of an older group generation is fenced here);
-6. ``commit_transaction``; only now does the working copy become the state.
+1. begin;
+2. produce the outputs: per command, against a *working copy* of the per-user state: size
+   check, decode, signature, idempotency, ``decide``; its event to ``users.events`` (same key,
+   same partition number as the command), or its rejection to ``users.replies``, or the
+   original bytes to ``dlq.users`` with the typed reason;
+3. flush: the events' offsets are now known;
+4. one ``UserCommandAccepted`` reply per accepted command, naming its event's offset (for
+   read-your-own-writes);
+5. the next command offsets join the transaction with the group metadata (a zombie of an older
+   group generation is fenced here);
+6. commit; only now does the working copy become the state.
 
 On an abortable error the transaction is aborted, the working copy dropped and the consumer
 rewound to the batch's first offsets; a fatal error (fenced producer) ends the process.
@@ -37,11 +38,10 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry import metrics
 
 from protocol.errors import OperationError
@@ -65,9 +65,21 @@ from services.shard_writer.core import (
     evolve,
 )
 from streams.codec import CodecError, default_codec
-from streams.dlq import DeadLetters
-from streams.kafka import make_consumer, make_producer
+from streams.dlq import DeadLetters, error_type
+from streams.errors import KafkaOperationError
+from streams.kafka import (
+    Delivery,
+    KafkaConsumer,
+    KafkaProducer,
+    Position,
+    Record,
+    make_consumer,
+    make_producer,
+    read_to_end,
+)
+from streams.runloop import LoopService, RunLoop
 from streams.settings import Settings, load_settings
+from streams.transactions import TransactionalBatch
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +111,10 @@ class HandlerStats:
     dead_lettered: Counter[str] = field(default_factory=Counter)
 
 
-class CommandHandler:
+class CommandHandler(LoopService):
     """Build with ``CommandHandler.create``; ``run`` until ``stop``."""
 
-    def __init__(self, settings: Settings, consumer: Consumer, producer: Producer, *,
+    def __init__(self, settings: Settings, consumer: KafkaConsumer, producer: KafkaProducer, *,
                  group_id: str, max_batch: int = 500, limits: Limits | None = None,
                  clock: Callable[[], int] | None = None) -> None:
         self.settings = settings
@@ -116,14 +128,15 @@ class CommandHandler:
         self.limits = limits or Limits()
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.codec = default_codec()
-        self.dead_letters = DeadLetters(producer, settings.topic("dlq.users"),  # type: ignore[arg-type]
-                                        "users.handler")
+        self.dead_letters = DeadLetters(producer, settings.topic("dlq.users"), "users.handler")
+        self.batch = TransactionalBatch(producer, consumer)
         self.partitions: dict[int, PartitionState] = {}
         self.stats = HandlerStats()
         meter = metrics.get_meter("qustream.users.handler")
         self._outcomes = meter.create_counter("qustream_user_commands",
                                               description="user commands by outcome")
-        self._running = True
+        self.loop = RunLoop(consumer, self.process, max_records=max_batch, poll_s=0.5,
+                            fill=True)
 
     @classmethod
     def create(cls, settings: Settings, *, instance_id: str = "0", group_id: str | None = None,
@@ -137,47 +150,32 @@ class CommandHandler:
         handler = cls(settings, consumer, producer, group_id=group, max_batch=max_batch,
                       limits=limits)
         consumer.subscribe([handler.commands_topic], on_assign=handler._on_assign,
-                           on_revoke=handler._on_revoke, on_lost=handler._on_revoke)
+                           on_revoke=handler._on_revoke)
         return handler
 
     # --- state rebuild -----------------------------------------------------------------------
 
-    def _read_partition(self, topic: str, partition: int) -> list[Message]:
-        """Every committed message of one partition, from offset 0 to its end."""
-        reader = make_consumer(self.settings, f"{self.group_id}.rebuild",
-                               **{"enable.partition.eof": True})
+    def _read_partition(self, topic: str, partition: int) -> list[Record]:
+        """Every committed record of one partition, from offset 0 to its end."""
         try:
-            reader.assign([TopicPartition(topic, partition, 0)])
-            messages: list[Message] = []
-            while True:
-                batch = reader.consume(10_000, 1.0)
-                done = False
-                for message in batch:
-                    error = message.error()
-                    if error is None:
-                        messages.append(message)
-                    elif error.code() == KafkaError._PARTITION_EOF:
-                        done = True
-                    else:
-                        raise HandlerError(f"cannot rebuild from {topic}[{partition}]: {error}")
-                if done:
-                    return messages
-        finally:
-            reader.close()
+            return list(read_to_end(self.settings, topic, f"{self.group_id}.rebuild",
+                                    [partition]))
+        except KafkaOperationError as exc:
+            raise HandlerError(f"cannot rebuild from {topic}[{partition}]: {exc}") from exc
 
     def rebuild(self, partition: int) -> PartitionState:
         state = PartitionState()
-        for message in self._read_partition(self.events_topic, partition):
+        for record in self._read_partition(self.events_topic, partition):
             try:
                 event = event_from_record(
-                    self.codec.decode(message.value(), expected="UserEventRecorded").record)
+                    self.codec.decode(record.value, expected="UserEventRecorded").record)
             except (CodecError, ValueError) as exc:
                 raise HandlerError(f"unreadable event at {self.events_topic}[{partition}]@"
-                                   f"{message.offset()}: {exc}") from exc
+                                   f"{record.offset}: {exc}") from exc
             state.users[event.user_id] = evolve(state.users.get(event.user_id), event)
-        for message in self._read_partition(self.replies_topic, partition):
+        for record in self._read_partition(self.replies_topic, partition):
             try:
-                decoded = self.codec.decode(message.value())
+                decoded = self.codec.decode(record.value)
             except CodecError:
                 continue
             if decoded.schema == "UserCommandRejected":
@@ -186,72 +184,44 @@ class CommandHandler:
                                           Rejection(r["command_digest"], r["code"], r["reason"]))
         return state
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, partitions: list[Position]) -> None:
         for tp in partitions:
             self.partitions[tp.partition] = self.rebuild(tp.partition)
         log.info("assigned %s (%d users)", sorted(tp.partition for tp in partitions),
                  sum(len(self.partitions[tp.partition].users) for tp in partitions))
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, partitions: list[Position]) -> None:
         for tp in partitions:
             self.partitions.pop(tp.partition, None)
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        self._running = False
-
-    def run(self, *, idle_timeout_s: float | None = None) -> None:
-        idle_since = time.monotonic()
-        while self._running:
-            if self.run_once():
-                idle_since = time.monotonic()
-            elif idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
-                break
-
-    def run_once(self, timeout_s: float = 0.5) -> int:
-        """One batch through steps 1-6 of the module docstring; returns commands consumed."""
-        messages = [m for m in self.consumer.consume(self.max_batch, timeout_s)
-                    if m.error() is None]
-        if not messages:
+    def process(self, records: Sequence[Record]) -> int:
+        """One batch through the steps of the module docstring; returns the commands applied
+        (0 when the batch was aborted: the same commands come again)."""
+        if not records:
             return 0
-        first: dict[int, int] = {}
-        after: dict[int, int] = {}
-        for message in messages:
-            partition, offset = message.partition(), message.offset()
-            assert partition is not None and offset is not None
-            first.setdefault(partition, offset)
-            after[partition] = offset + 1
         working: dict[int, PartitionState] = {}
         stats = HandlerStats()
-        try:
-            self.producer.begin_transaction()
-            pending: list[tuple[Event, int, list[int]]] = []
-            for message in messages:
-                self._handle(message, working, pending, stats)
-            self.producer.flush(30)
+        pending: list[tuple[Event, int, list[int]]] = []
+
+        def produce(producer: KafkaProducer) -> None:
+            for record in records:
+                self._handle(record, working, pending, stats)
+
+        def reply(producer: KafkaProducer) -> None:
             now = self.clock()
             for event, event_partition, delivered in pending:
                 self._reply_accepted(event, event_partition, delivered[0] if delivered else -1,
                                      now)
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(self.commands_topic, p, o) for p, o in after.items()],
-                self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(30)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if isinstance(error, KafkaError) and error.txn_requires_abort():
-                log.warning("aborting batch: %s", error)
-                self.producer.abort_transaction(30)
-                for partition, offset in first.items():
-                    self.consumer.seek(TopicPartition(self.commands_topic, partition, offset))
-                return 0
-            raise HandlerError(f"command handler cannot continue: {exc}") from exc
+
+        if not self.batch.run(produce, records, after_flush=reply):
+            return 0
         for partition, state in working.items():
             if partition in self.partitions:
                 self.partitions[partition] = state
         self._count(stats)
-        return len(messages)
+        return len(records)
 
     def _state(self, working: dict[int, PartitionState], partition: int) -> PartitionState:
         state = working.get(partition)
@@ -260,15 +230,14 @@ class CommandHandler:
             state = working[partition] = PartitionState(dict(base.users), dict(base.rejected))
         return state
 
-    def _dead(self, message: Message, exc: Exception, stats: HandlerStats) -> None:
-        self.dead_letters.send_message(message, str(exc), type(exc).__name__)
-        stats.dead_lettered[type(exc).__name__] += 1
+    def _dead(self, message: Record, exc: Exception, stats: HandlerStats) -> None:
+        self.dead_letters.send(message, exc)
+        stats.dead_lettered[error_type(exc)] += 1
 
-    def _handle(self, message: Message, working: dict[int, PartitionState],
+    def _handle(self, message: Record, working: dict[int, PartitionState],
                 pending: list[tuple[Event, int, list[int]]], stats: HandlerStats) -> None:
-        partition = message.partition()
-        assert partition is not None
-        value = message.value()
+        partition = message.partition
+        value = message.value
         if value is not None and len(value) > MAX_COMMAND_BYTES:
             self._dead(message, MalformedCommandError(
                 f"command of {len(value)} bytes exceeds {MAX_COMMAND_BYTES}"), stats)
@@ -276,9 +245,9 @@ class CommandHandler:
         try:
             command = command_from_record(
                 self.codec.decode(value, expected="UserCommandIssued").record)
-            if message.key() != command.user_id.encode():
+            if message.key != command.user_id.encode():
                 raise MalformedCommandError(
-                    f"message key {message.key()!r} is not the user id {command.user_id}")
+                    f"message key {message.key!r} is not the user id {command.user_id}")
         except (CodecError, MalformedCommandError) as exc:
             self._dead(message, exc, stats)
             return
@@ -365,10 +334,10 @@ class CommandHandler:
         self.consumer.close()
 
 
-def _record_offset(out: list[int]) -> Callable[[Any, Message], None]:
-    def on_delivery(error: Any, message: Message) -> None:
-        if error is None and message.offset() is not None:
-            out.append(message.offset())  # type: ignore[arg-type]
+def _record_offset(out: list[int]) -> Callable[[Delivery], None]:
+    def on_delivery(delivery: Delivery) -> None:
+        if delivery.error is None and delivery.offset >= 0:
+            out.append(delivery.offset)
 
     return on_delivery
 

@@ -4,10 +4,10 @@ Each instance is a member of one consumer group over ``users.events``; the parti
 assigned are its shard. Guarantee: at-least-once delivery + idempotent writes + stored
 positions = every event applied, the rows as if applied exactly once.
 
-Commit order of one batch (``Projector.run_once``):
+Commit order of one batch (``Projector.process``):
 
-1. ``consume`` at most ``max_batch`` events (bounded, so a batch takes a fraction of
-   ``max.poll.interval.ms``);
+1. the run loop (``streams.runloop``) polls at most ``max_batch`` events (bounded, so a batch
+   takes a fraction of ``max.poll.interval.ms``);
 2. decode them; an undecodable event goes to ``dlq.users`` with the reason (flushed before 4);
 3. write the rows: one UNLOGGED batch per user (a single-partition mutation), every statement
    ``USING TIMESTAMP`` = the event's per-user version, all users concurrently, and wait for all;
@@ -16,10 +16,10 @@ Commit order of one batch (``Projector.run_once``):
 5. commit the offsets to Kafka, asynchronously, for lag monitoring only.
 
 A crash anywhere re-applies at most the batch in flight, which changes nothing (idempotent).
-On (re)assignment ``on_assign`` seeks each partition to its stored position, so a restart
-resumes exactly; on revocation nothing is in flight, since batches complete inside the poll
-loop before the next ``consume`` (which is where rebalance callbacks run): the flush before
-revoke is the loop's structure.
+On (re)assignment ``on_assign`` starts each partition at its stored position, so a restart
+resumes exactly; on revocation nothing is in flight, since batches complete inside the run
+loop before the next poll (which is where rebalance callbacks run): the flush before revoke is
+the loop's structure.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ from typing import Any, assert_never
 from cassandra import DriverException
 from cassandra.cluster import Session
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from services.shard_writer.core import (
     DeviceLinked,
@@ -52,8 +50,17 @@ from services.shard_writer.core import (
 )
 from services.shard_writer.store import Statements, StoreError, connect, create_schema
 from streams.codec import CodecError, default_codec
-from streams.dlq import DeadLetters
-from streams.kafka import make_consumer, make_producer
+from streams.dlq import DeadLetters, error_type
+from streams.kafka import (
+    BEGINNING,
+    KafkaConsumer,
+    KafkaProducer,
+    Position,
+    Record,
+    make_consumer,
+    make_producer,
+)
+from streams.runloop import LoopService, RunLoop
 from streams.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -140,11 +147,12 @@ class ProjectorStats:
     dead_lettered: Counter[str] = field(default_factory=Counter)
 
 
-class Projector:
+class Projector(LoopService):
     """One shard_writer instance: build with ``Projector.create`` and call ``run``."""
 
-    def __init__(self, settings: Settings, session: Session, consumer: Consumer,
-                 dead_letters: DeadLetters, dlq_producer: Any, *, max_batch: int = 5000,
+    def __init__(self, settings: Settings, session: Session, consumer: KafkaConsumer,
+                 dead_letters: DeadLetters, dlq_producer: KafkaProducer, *,
+                 max_batch: int = 5000,
                  commit_to_kafka: bool = True) -> None:
         self.settings = settings
         self.topic = settings.topic("users.events")
@@ -158,7 +166,8 @@ class Projector:
         self.codec = default_codec()
         self.stats = ProjectorStats()
         self.assigned: set[int] = set()
-        self._running = True
+        self.loop = RunLoop(consumer, self.process, max_records=max_batch, poll_s=0.5,
+                            fill=True)
 
     @classmethod
     def create(cls, settings: Settings, session: Session, *, group_id: str | None = None,
@@ -175,12 +184,11 @@ class Projector:
         group = group_id or settings.topic(f"users.shard_writer.{settings.cassandra.keyspace}")
         consumer = make_consumer(settings, group, **overrides)
         producer = make_producer(settings)
-        dead_letters = DeadLetters(producer, settings.topic("dlq.users"),  # type: ignore[arg-type]
-                                   "shard_writer")
+        dead_letters = DeadLetters(producer, settings.topic("dlq.users"), "shard_writer")
         projector = cls(settings, session, consumer, dead_letters, producer,
                         max_batch=max_batch)
         consumer.subscribe([projector.topic], on_assign=projector._on_assign,
-                           on_revoke=projector._on_revoke, on_lost=projector._on_revoke)
+                           on_revoke=projector._on_revoke)
         return projector
 
     # --- rebalance ---------------------------------------------------------------------------
@@ -192,15 +200,15 @@ class Projector:
             raise StoreError(f"cannot read projection positions: {exc}") from exc
         return {row.partition: row.next_offset for row in rows}
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, partitions: list[Position]) -> list[Position]:
         positions = self.stored_positions()
-        for tp in partitions:
-            tp.offset = positions.get(tp.partition, OFFSET_BEGINNING)
-        consumer.assign(partitions)
-        self.assigned |= {tp.partition for tp in partitions}
-        log.info("assigned %s", {tp.partition: tp.offset for tp in partitions})
+        starts = [tp._replace(offset=positions.get(tp.partition, BEGINNING))
+                  for tp in partitions]
+        self.assigned |= {tp.partition for tp in starts}
+        log.info("assigned %s", {tp.partition: tp.offset for tp in starts})
+        return starts
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, partitions: list[Position]) -> None:
         # Nothing is in flight here (see the module docstring): positions already cover
         # every event applied from these partitions.
         self.assigned -= {tp.partition for tp in partitions}
@@ -208,38 +216,20 @@ class Projector:
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        self._running = False
-
-    def run(self, *, idle_timeout_s: float | None = None) -> None:
-        """Project until ``stop()`` (or, with ``idle_timeout_s``, until idle that long)."""
-        idle_since = time.monotonic()
-        while self._running:
-            if self.run_once():
-                idle_since = time.monotonic()
-            elif idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
-                break
-
-    def run_once(self, timeout_s: float = 0.5) -> int:
-        """One batch through steps 1-5 of the module docstring; returns events applied."""
-        messages = self.consumer.consume(self.max_batch, timeout_s)
-        if not messages:
+    def process(self, records: Sequence[Record]) -> int:
+        """Steps 2-5 of the module docstring for one polled batch; returns events applied."""
+        if not records:
             return 0
         events: list[Event] = []
         next_offsets: dict[int, int] = {}
         dead = 0
-        for message in messages:
-            if message.error() is not None:
-                log.warning("consumer error: %s", message.error())
-                continue
-            partition, offset = message.partition(), message.offset()
-            assert partition is not None and offset is not None  # set on every non-error message
-            next_offsets[partition] = offset + 1
+        for record in records:
+            next_offsets[record.partition] = record.offset + 1
             try:
-                events.append(self.decode(message))
+                events.append(self.decode(record))
             except (CodecError, MalformedEventError, KeyError, TypeError) as exc:
-                self.dead_letters.send_message(message, str(exc), type(exc).__name__)
-                self.stats.dead_lettered[type(exc).__name__] += 1
+                self.dead_letters.send(record, exc)
+                self.stats.dead_lettered[error_type(exc)] += 1
                 dead += 1
         if dead:
             self._dlq_producer.flush(30)
@@ -248,15 +238,15 @@ class Projector:
             self.session, (rows_for(self.statements, evs) for evs in users.values()))
         self.save_positions(next_offsets)
         if self.commit_to_kafka and next_offsets:
-            self.consumer.commit(offsets=[TopicPartition(self.topic, p, o)
-                                          for p, o in next_offsets.items()], asynchronous=True)
+            self.consumer.commit([Position(self.topic, p, o) for p, o in next_offsets.items()],
+                                 asynchronous=True)
         self.stats.events += len(events)
         self.stats.batches += 1
         return len(events)
 
-    def decode(self, message: Message) -> Event:
-        record = self.codec.decode(message.value(), expected="UserEventRecorded")
-        return event_from_record(record.record)
+    def decode(self, record: Record) -> Event:
+        return event_from_record(
+            self.codec.decode(record.value, expected="UserEventRecorded").record)
 
     def save_positions(self, next_offsets: dict[int, int]) -> None:
         futures = [

@@ -6,15 +6,15 @@ import json
 import time
 
 import pytest
-from confluent_kafka import Consumer
-from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 from fastavro.schema import parse_schema
 from fastavro.utils import generate_many
 from opentelemetry import trace
 
-from streams.codec import SCHEMA_DIR, default_codec
+from streams.admin import ensure_topics
+from streams.codec import SCHEMA_DIR, CodecError, default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import ensure_topics, make_admin, make_consumer, make_producer
+from streams.kafka import KafkaConsumer, Record, make_consumer, make_producer
 from streams.settings import Settings
 from streams.telemetry import extract_context, inject_context, setup_telemetry
 from streams.topics import CATALOGUE
@@ -22,15 +22,15 @@ from streams.topics import CATALOGUE
 pytestmark = pytest.mark.integration
 
 
-def _drain(consumer: Consumer, count: int, timeout_s: float = 30.0) -> list:
-    messages: list = []
+def _drain(consumer: KafkaConsumer, count: int, timeout_s: float = 30.0) -> list[Record]:
+    messages: list[Record] = []
     deadline = time.monotonic() + timeout_s
     while len(messages) < count and time.monotonic() < deadline:
         message = consumer.poll(0.5)
         if message is None:
             continue
-        assert message.error() is None, message.error()
         messages.append(message)
+    assert not consumer.errors, consumer.errors
     assert len(messages) == count, f"got {len(messages)} of {count} messages"
     return messages
 
@@ -40,7 +40,7 @@ def test_ensure_topics_creates_catalogue_then_reports_drift(settings: Settings) 
     assert {r.topic for r in reports} == {settings.topic(s.name) for s in CATALOGUE}
     assert {r.status for r in reports} == {"created"}
 
-    admin = make_admin(settings)
+    admin = AdminClient(settings.kafka_config())
     metadata = admin.list_topics(timeout=10).topics
     for spec in CATALOGUE:
         assert len(metadata[settings.topic(spec.name)].partitions) == spec.partitions
@@ -71,7 +71,7 @@ def test_every_schema_round_trips_through_kafka(settings: Settings, unique_name)
     codec = default_codec()
     topic = settings.topic("roundtrip")
     ensure_topics(settings, [])  # connectivity check; the topic is auto-created below
-    admin = make_admin(settings)
+    admin = AdminClient(settings.kafka_config())
     from confluent_kafka.admin import NewTopic
 
     for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
@@ -88,7 +88,7 @@ def test_every_schema_round_trips_through_kafka(settings: Settings, unique_name)
     consumer = make_consumer(settings, unique_name("roundtrip"))
     consumer.subscribe([topic])
     try:
-        received = [codec.decode(m.value()) for m in _drain(consumer, len(sent))]
+        received = [codec.decode(m.value) for m in _drain(consumer, len(sent))]
     finally:
         consumer.close()
     assert [(d.schema, d.record) for d in received] == sent
@@ -99,9 +99,8 @@ def test_dead_letters_keep_original_bytes_and_reason(settings: Settings, unique_
     producer = make_producer(settings)
     dlq_topic = settings.topic("dlq.chain")
     dead = DeadLetters(producer, dlq_topic, consumer="test")
-    dead.send(source_topic=settings.topic("chain.consensus"), partition=0, offset=41,
-              key=b"k", value=b"\x00garbage", reason="not an Avro message",
-              error_type="CodecError")
+    rejected = Record(settings.topic("chain.consensus"), 0, 41, b"k", b"\x00garbage", 0)
+    dead.send(rejected, CodecError("not an Avro message"))
     assert producer.flush(30) == 0
     assert dead.counts["CodecError"] == 1
 
@@ -111,11 +110,12 @@ def test_dead_letters_keep_original_bytes_and_reason(settings: Settings, unique_
         (message,) = _drain(consumer, 1)
     finally:
         consumer.close()
-    record = default_codec().decode(message.value(), expected="MessageDeadLettered").record
+    record = default_codec().decode(message.value, expected="MessageDeadLettered").record
     assert record["value"] == b"\x00garbage"
     assert record["offset"] == 41
     assert record["reason"] == "not an Avro message"
-    assert dict(message.headers())["qs.dlq.error"] == b"CodecError"
+    assert record["error_type"] == "CodecError"
+    assert dict(message.headers)["qs.dlq.error"] == b"CodecError"
 
 
 def test_trace_context_crosses_kafka_in_headers(settings: Settings, unique_name) -> None:
@@ -134,5 +134,5 @@ def test_trace_context_crosses_kafka_in_headers(settings: Settings, unique_name)
         (message,) = _drain(consumer, 1)
     finally:
         consumer.close()
-    context = extract_context(message.headers())
+    context = extract_context(list(message.headers))
     assert trace.get_current_span(context).get_span_context().trace_id == trace_id

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from confluent_kafka import TopicPartition
 
 from protocol.entropy.chain import Checkpoint, Chunk
 from protocol.entropy.verifier import ChainVerifier, EntropyRejectedError
 from protocol.keys import SigningKey
 from services.ledger.core.chain_spec import ChainSpec, source_registry
-from streams.chain_reader import VerifiedBlock, read_blocks, watermarks
+from streams.admin import ensure_topics
+from streams.chain_reader import VerifiedBlock, read_blocks
 from streams.codec import default_codec
-from streams.kafka import ensure_topics, make_consumer
+from streams.kafka import Position, make_consumer
 from streams.settings import Settings
 from streams.supervisor import ServiceSpec, Supervisor
 
@@ -112,7 +112,7 @@ def finalized_height(settings: Settings) -> int:
     topic = settings.topic("chain.blocks")
     consumer = make_consumer(settings, f"probe-{time.time_ns()}")
     try:
-        low, high = watermarks(consumer, topic)
+        low, high = consumer.watermarks(topic)
     finally:
         consumer.close()
     # Each transaction adds one commit marker after its record(s).
@@ -185,18 +185,18 @@ def verified_entropy(settings: Settings, genesis: Path) -> dict[tuple[str, int],
     codec = default_codec()
     out: dict[tuple[str, int], bytes] = {}
     try:
-        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        ends = {p: watermarks(consumer, topic, p)[1] for p in partitions}
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        partitions = consumer.partitions(topic, 10)
+        ends = {p: consumer.watermarks(topic, p)[1] for p in partitions}
+        consumer.assign([Position(topic, p, 0) for p in partitions])
         done = {p for p, end in ends.items() if end == 0}
         deadline = time.monotonic() + 60
         while len(done) < len(partitions) and time.monotonic() < deadline:
             message = consumer.poll(0.5)
-            if message is None or message.error():
+            if message is None:
                 continue
-            if message.offset() + 1 >= ends[message.partition()]:
-                done.add(message.partition())
-            schema, record = codec.decode(message.value())
+            if message.offset + 1 >= ends[message.partition]:
+                done.add(message.partition)
+            schema, record = codec.decode(message.value)
             try:
                 if schema == "EntropyChunkPublished":
                     verifier.accept_chunk(Chunk.from_record(record))

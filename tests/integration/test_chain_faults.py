@@ -87,22 +87,20 @@ def _stable_height(network: Network, quiet_s: float, timeout_s: float) -> int:
 
 
 def _raw_heights(network: Network) -> list[int]:
-    from confluent_kafka import TopicPartition
-
-    from streams.kafka import make_consumer
+    from streams.kafka import Position, make_consumer
 
     topic = network.settings.topic("chain.blocks")
     consumer = make_consumer(network.settings, f"raw-{time.time_ns()}")
     heights: list[int] = []
     try:
-        consumer.assign([TopicPartition(topic, 0, 0)])
+        consumer.assign([Position(topic, 0, 0)])
         idle = time.monotonic()
         while time.monotonic() - idle < 3:
             message = consumer.poll(0.3)
-            if message is None or message.error():
+            if message is None:
                 continue
             idle = time.monotonic()
-            heights.append(decode_finalized(message.value()).height)
+            heights.append(decode_finalized(message.value).height)
     finally:
         consumer.close()
     return heights

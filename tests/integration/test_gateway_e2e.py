@@ -28,7 +28,6 @@ from typing import Any
 import httpx
 import pytest
 from cassandra.cluster import Session
-from confluent_kafka import TopicPartition
 
 from protocol.commit import CommitFlag, CommitSig
 from protocol.keys import SigningKey
@@ -48,8 +47,9 @@ from services.ledger.core.chain_spec import ChainSpec
 from services.ledger.core.tx import PayForService, decode_signed_tx
 from services.shard_writer.core import DeleteRecord, PutRecord, RegisterUser, signed_command
 from services.shard_writer.store import create_schema, drop_keyspace
+from streams.admin import ensure_topics
 from streams.codec import default_codec
-from streams.kafka import ensure_topics, make_consumer
+from streams.kafka import Position, make_consumer
 from streams.settings import Settings
 from streams.supervisor import ServiceSpec, Supervisor
 from tests.integration.test_chain_e2e import CLI, PacedFifo
@@ -371,15 +371,15 @@ def _ledger_payments(settings: Settings) -> dict[bytes, PayForService]:
     codec = default_codec()
     out: dict[bytes, PayForService] = {}
     try:
-        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        partitions = consumer.partitions(topic, 10)
+        consumer.assign([Position(topic, p, 0) for p in partitions])
         idle = time.monotonic()
         while time.monotonic() - idle < 3:
             message = consumer.poll(0.5)
-            if message is None or message.error():
+            if message is None:
                 continue
             idle = time.monotonic()
-            schema, record = codec.decode(message.value())
+            schema, record = codec.decode(message.value)
             if schema != "TransactionSubmitted":
                 continue
             body = decode_signed_tx(record["tx"]).tx.body

@@ -11,7 +11,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Message, TopicPartition
 
 from protocol.entropy.chain import Checkpoint, CheckpointPolicy, Chunk, extend
 from protocol.entropy.registry import SourceRegistry, SourceRegistryEntry
@@ -28,9 +27,10 @@ from services.qrng_ingest.core.liveness import LivenessPolicy
 from services.qrng_ingest.monitor import StatusBoard
 from services.qrng_ingest.service import IngestConfig, build_service
 from services.qrng_ingest.sources import FaultSource, SimulatorSource
+from streams.admin import ensure_topics
 from streams.codec import default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import ensure_topics, make_consumer, make_producer
+from streams.kafka import Position, Record, make_consumer, make_producer, make_reader
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -39,18 +39,16 @@ CHUNK = 64 * 1024
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _read_all(settings: Settings, topic: str, idle_s: float = 3.0) -> list[Message]:
-    """Every message of a topic, all partitions, in partition order."""
-    consumer: Consumer = make_consumer(settings, f"qrng-test-{time.time_ns()}",
-                                       **{"isolation.level": "read_uncommitted"})
+def _read_all(settings: Settings, topic: str, idle_s: float = 3.0) -> list[Record]:
+    """Every record of a topic, all partitions, in partition order (any consumer error
+    fails the test: ``make_reader``)."""
+    consumer = make_reader(settings, f"qrng-test-{time.time_ns()}",
+                           **{"isolation.level": "read_uncommitted"})
     try:
-        metadata = consumer.list_topics(topic, timeout=30).topics[topic]
-        ends = {}
-        for partition in metadata.partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-            ends[partition] = high
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        messages: list[Message] = []
+        ends = {partition: consumer.watermarks(topic, partition, 30)[1]
+                for partition in consumer.partitions(topic)}
+        consumer.assign([Position(topic, p, 0) for p in ends])
+        messages: list[Record] = []
         positions = dict.fromkeys(ends, 0)
         deadline = time.monotonic() + 120
         last = time.monotonic()
@@ -61,8 +59,7 @@ def _read_all(settings: Settings, topic: str, idle_s: float = 3.0) -> list[Messa
                         positions[p] < ends[p] for p in ends):
                     break
                 continue
-            assert message.error() is None, message.error()
-            positions[message.partition()] = message.offset() + 1
+            positions[message.partition] = message.offset + 1
             messages.append(message)
             last = time.monotonic()
         return messages
@@ -70,11 +67,11 @@ def _read_all(settings: Settings, topic: str, idle_s: float = 3.0) -> list[Messa
         consumer.close()
 
 
-def _decode(messages: list[Message]) -> list[tuple[str, object]]:
+def _decode(messages: list[Record]) -> list[tuple[str, object]]:
     codec = default_codec()
     out: list[tuple[str, object]] = []
     for message in messages:
-        decoded = codec.decode(message.value())
+        decoded = codec.decode(message.value)
         if decoded.schema == "EntropyChunkPublished":
             out.append((decoded.schema, Chunk.from_record(decoded.record)))
         elif decoded.schema == "EntropyCheckpointSigned":
@@ -131,7 +128,7 @@ def test_simulated_source_publishes_verifiable_gapless_chains(settings: Settings
     board = StatusBoard()
     codec = default_codec()
     for message in _read_all(settings, settings.topic("qrng.status")):
-        board.apply(codec.decode(message.value()))
+        board.apply(codec.decode(message.value))
     assert board.rows["sim-1"].health_state == "HEALTHY"
     assert any(schema == "QrngHeartbeatEmitted" for schema, _ in status)
     assert board.table().row_count == 1
@@ -197,8 +194,7 @@ def _wait_for_chunks(settings: Settings, count: int, timeout_s: float = 60) -> N
     try:
         while seen < count:
             assert time.monotonic() < deadline, f"only {seen} chunks appeared"
-            message = consumer.poll(0.5)
-            if message is not None and message.error() is None:
+            if consumer.poll(0.5) is not None:
                 seen += 1
     finally:
         consumer.close()
@@ -268,7 +264,7 @@ def test_forged_and_replayed_chunks_are_rejected_and_dead_lettered(settings: Set
                             private=False, payload=os.urandom(CHUNK),
                             produced_at_ms=1, simulated=True, health=HealthSummary())
     producer = make_producer(settings)
-    producer.produce(topic, genuine[0].value(), key=b"real-1")
+    producer.produce(topic, genuine[0].value, key=b"real-1")
     producer.produce(topic, codec.encode("EntropyChunkPublished", conflicting.to_record()),
                      key=b"real-1")
     producer.produce(topic, codec.encode("EntropyChunkPublished", forged.to_record()),
@@ -282,7 +278,7 @@ def test_forged_and_replayed_chunks_are_rejected_and_dead_lettered(settings: Set
     verified: list[Chunk] = []
     rejected: list[EntropyRejectedError] = []
     for message in _read_all(settings, topic):
-        decoded = codec.decode(message.value())
+        decoded = codec.decode(message.value)
         try:
             if decoded.schema == "EntropyChunkPublished":
                 verifier.accept_chunk(Chunk.from_record(decoded.record))
@@ -291,7 +287,7 @@ def test_forged_and_replayed_chunks_are_rejected_and_dead_lettered(settings: Set
                     decoded.record)))
         except EntropyRejectedError as exc:
             rejected.append(exc)
-            dlq.send_message(message, str(exc), exc.code)
+            dlq.send(message, exc)
     assert producer.flush(30) == 0
     assert [type(e) for e in rejected] == [DuplicateChunkError, ConflictingChunkError,
                                            BadSignatureError]

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 from cassandra.cluster import Session
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from services.shard_writer.consistency import (
     check_log,
@@ -33,8 +34,9 @@ from services.shard_writer.core import Command, command_to_record
 from services.shard_writer.projection import Projector
 from services.shard_writer.queries import UserQueries
 from services.shard_writer.store import create_schema, drop_keyspace
+from streams.admin import ensure_topics
 from streams.codec import default_codec
-from streams.kafka import ensure_topics, make_admin, make_consumer, make_producer
+from streams.kafka import consumer_config, make_producer
 from streams.settings import Settings
 from tests.support.workload import make_workload
 
@@ -118,10 +120,10 @@ def events_written(settings: Settings) -> int:
 def handler_caught_up(settings: Settings) -> Callable[[], bool]:
     """True once the handler group committed every command offset."""
     topic = settings.topic("users.commands")
-    consumer = make_consumer(settings, settings.topic("users.handler"))
+    consumer = Consumer(consumer_config(settings, settings.topic("users.handler")))
 
     def done() -> bool:
-        partitions = sorted(make_admin(settings).list_topics(topic, timeout=10)
+        partitions = sorted(AdminClient(settings.kafka_config()).list_topics(topic, timeout=10)
                             .topics[topic].partitions)
         try:
             committed = consumer.committed([TopicPartition(topic, p) for p in partitions],

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 from cassandra.cluster import Session
-from confluent_kafka import KafkaError, TopicPartition
 
 from protocol.keys import Algorithm, SigningKey
 from protocol.records import RecordKeyPair, open_record, seal_record
@@ -19,8 +18,9 @@ from services.shard_writer.core import PutRecord, RegisterUser, signed_command, 
 from services.shard_writer.handler import MAX_COMMAND_BYTES, CommandHandler
 from services.shard_writer.projection import Projector
 from services.shard_writer.store import create_schema, drop_keyspace
+from streams.admin import ensure_topics
 from streams.codec import default_codec
-from streams.kafka import ensure_topics, make_admin, make_consumer, make_producer
+from streams.kafka import make_producer, read_to_end
 from streams.settings import Settings
 from tests.integration.test_users_pipeline import (
     handler_caught_up,
@@ -45,24 +45,8 @@ def users_settings(cassandra_settings: Settings, cassandra_session: Session) -> 
 def read_topic(settings: Settings, name: str) -> list[tuple[bytes | None, bytes | None]]:
     """Every committed message (key, value) of a topic, raw bytes."""
     topic = settings.topic(name)
-    partitions = sorted(make_admin(settings).list_topics(topic, timeout=10)
-                        .topics[topic].partitions)
-    reader = make_consumer(settings, f"{topic}.scan", **{"enable.partition.eof": True})
-    out: list[tuple[bytes | None, bytes | None]] = []
-    try:
-        reader.assign([TopicPartition(topic, p, 0) for p in partitions])
-        ended: set[int] = set()
-        while len(ended) < len(partitions):
-            for message in reader.consume(1000, 1.0):
-                error = message.error()
-                if error is not None:
-                    assert error.code() == KafkaError._PARTITION_EOF, error
-                    ended.add(message.partition())  # type: ignore[arg-type]
-                else:
-                    out.append((message.key(), message.value()))
-    finally:
-        reader.close()
-    return out
+    return [(record.key, record.value)
+            for record in read_to_end(settings, topic, f"{topic}.scan")]
 
 
 def test_bad_input_is_dead_lettered_counted_and_the_stream_keeps_flowing(

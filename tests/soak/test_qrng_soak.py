@@ -14,7 +14,7 @@ from protocol.keys import SigningKey
 from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_block
 from services.qrng_ingest.service import build_service
 from services.qrng_ingest.sources import FaultSource
-from streams.kafka import ensure_topics
+from streams.admin import ensure_topics
 from streams.settings import Settings
 from tests.integration.test_qrng_ingest import (
     CHUNK,

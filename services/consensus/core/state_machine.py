@@ -40,7 +40,7 @@ observer: the tally, the audit).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from enum import IntEnum
+from enum import Enum, IntEnum
 from typing import Protocol, assert_never
 
 from protocol.block import Block
@@ -157,10 +157,19 @@ class EvidenceDetected:
     evidence: DuplicateVoteEvidence
 
 
+class RejectionKind(Enum):
+    """Why the machine refused an input, as a type the shell can decide on (the value is the
+    stable dead-letter error type)."""
+
+    INVALID = "rejected_by_core"  # wrong height, proposer, signature, membership, ...
+    FUTURE_BUFFER_FULL = "future_buffer_full"  # valid maybe, but no room to keep it yet
+
+
 @dataclass(frozen=True, slots=True)
 class MessageRejected:
     event: Event
     reason: str
+    kind: RejectionKind = RejectionKind.INVALID
 
 
 Output = Broadcast | ScheduleTimeout | Decided | EvidenceDetected | MessageRejected
@@ -311,7 +320,8 @@ def _on_message(
     waiting = state.step is Step.NEW and message.height == state.height
     if waiting or message.height == state.height + 1:
         if len(state.future) >= config.max_future_messages:
-            out.append(MessageRejected(event, "future-message buffer is full"))
+            out.append(MessageRejected(event, "future-message buffer is full",
+                                       RejectionKind.FUTURE_BUFFER_FULL))
             return state
         return replace(state, future=(*state.future, event))
     if message.height != state.height:

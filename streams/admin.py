@@ -1,0 +1,119 @@
+"""Topic administration at the Kafka edge: create the catalogue, delete topics, probe brokers.
+
+Like ``streams.kafka``, and only with it, this module sees confluent-kafka; its errors leave as
+``streams.errors`` types (``streams.kafka.translate``), decided on error codes, never on text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from streams.kafka import translate
+from streams.settings import Settings
+from streams.topics import CATALOGUE, TopicSpec
+
+
+def brokers_answer(config: dict[str, Any], timeout_s: float) -> bool:
+    """True when a cluster reached with ``config`` lists at least one broker in time."""
+    try:
+        return bool(AdminClient(config).list_topics(timeout=timeout_s).brokers)
+    except KafkaException:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class TopicReport:
+    topic: str
+    status: str  # "created", "ok", "drift"
+    drift: tuple[str, ...] = ()
+
+
+def _already_exists(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS
+
+
+def ensure_topics(
+    settings: Settings,
+    specs: Iterable[TopicSpec] = CATALOGUE,
+    *,
+    replication_factor: int | None = None,
+    timeout_s: float = 30.0,
+) -> list[TopicReport]:
+    """Create missing catalogue topics; report configuration drift of existing ones.
+
+    Drift is reported, not corrected: changing partitions or retention of a live topic is an
+    operator's decision.
+    """
+    factor = replication_factor or settings.kafka.replication_factor
+    admin = AdminClient(settings.kafka_config())
+    specs = list(specs)
+    try:
+        existing = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise translate(exc, f"cannot list topics at {settings.kafka_bootstrap()}") from exc
+    reports: list[TopicReport] = []
+    missing = [s for s in specs if settings.topic(s.name) not in existing]
+    if missing:
+        futures = admin.create_topics(
+            [
+                NewTopic(settings.topic(s.name), s.partitions, factor, config=s.configs(factor))
+                for s in missing
+            ],
+            operation_timeout=timeout_s,
+        )
+        for name, future in futures.items():
+            try:
+                future.result(timeout_s)
+            except KafkaException as exc:
+                if not _already_exists(exc):
+                    raise translate(exc, f"cannot create topic {name}") from exc
+            reports.append(TopicReport(name, "created"))
+    present = [s for s in specs if settings.topic(s.name) in existing]
+    if present:
+        resources = [ConfigResource("topic", settings.topic(s.name)) for s in present]
+        described = admin.describe_configs(resources)
+        for spec_, resource in zip(present, resources, strict=True):
+            name = settings.topic(spec_.name)
+            try:
+                actual = {k: v.value for k, v in described[resource].result(timeout_s).items()}
+            except KafkaException as exc:
+                raise translate(exc, f"cannot describe topic {name}") from exc
+            drift = [
+                f"{key}: want {want}, have {actual.get(key)}"
+                for key, want in spec_.configs(factor).items()
+                if actual.get(key) != want
+            ]
+            partitions = len(existing[name].partitions)
+            if partitions != spec_.partitions:
+                drift.insert(0, f"partitions: want {spec_.partitions}, have {partitions}")
+            reports.append(TopicReport(name, "drift" if drift else "ok", tuple(drift)))
+    return reports
+
+
+def delete_topics(settings: Settings, names: Iterable[str], *, timeout_s: float = 60.0
+                  ) -> list[str]:
+    """Delete those of ``names`` that exist and wait until the names are free (deletion
+    completes asynchronously in the controller); returns the names deleted."""
+    admin = AdminClient(settings.kafka_config())
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+        doomed = [name for name in names if name in existing]
+        if not doomed:
+            return []
+        for future in admin.delete_topics(doomed, operation_timeout=timeout_s).values():
+            future.result(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not set(doomed) & set(admin.list_topics(timeout=timeout_s).topics):
+                break
+            time.sleep(0.5)
+    except KafkaException as exc:
+        raise translate(exc, "cannot delete topics") from exc
+    return doomed

@@ -1,0 +1,146 @@
+"""The transactional batch: one consume-process-produce step of a Kafka -> Kafka edge.
+
+A batch's outputs and (when it consumed through a group) the offsets after its inputs commit in
+one Kafka transaction; every downstream reader is ``read_committed``, so each input is applied
+exactly once however often the process dies. ``TransactionalBatch.run`` does, in this order
+(the same numbers mark the steps in the code):
+
+1. ``begin_transaction``.
+2. Produce the outputs: the caller's ``produce`` writes them through the producer it is given.
+3. ``flush``: every output's delivery report has arrived (so its offset is known); one still
+   unreported after the timeout makes the batch abort.
+4. Produce the outputs that name offsets of step 2's outputs (the caller's ``after_flush``,
+   e.g. replies that point at the event they caused).
+5. ``send_offsets_to_transaction``: the offsets after the consumed records, with the consumer's
+   group metadata (a zombie from an older group generation is fenced here). Skipped when the
+   batch consumed nothing through a group (an edge whose position is its own output).
+6. ``commit_transaction``. Only after this returns does the caller make its working state the
+   state (``run`` returned True).
+
+On an ``AbortableTransactionError`` at any step the transaction is aborted, the consumer is
+rewound to the first consumed offset of each partition, and ``run`` returns False: the caller
+drops its working state and the same inputs come again. Transient errors of steps 5 and 6 are
+retried until the timeout; one that persists, or a transient error of steps 1-4 (a full produce
+queue), ends the batch the same way. ``FencedError``/``FatalKafkaError`` propagate: this
+instance must stop (a new one aborts whatever it left open). Any other exception (a bug in
+``produce``) aborts the transaction and propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from streams.errors import AbortableTransactionError, FatalKafkaError, RetriableKafkaError
+from streams.kafka import (
+    KafkaConsumer,
+    KafkaProducer,
+    Position,
+    Record,
+    first_positions,
+    next_positions,
+)
+
+log = logging.getLogger(__name__)
+
+
+class TransactionalBatch:
+    """Runs batches through steps 1-6 of the module docstring on one transactional producer."""
+
+    def __init__(self, producer: KafkaProducer, consumer: KafkaConsumer | None = None, *,
+                 timeout_s: float = 30.0) -> None:
+        if producer.transactional_id is None:
+            raise ValueError("a transactional batch needs a producer with a transactional.id")
+        self.producer = producer
+        self.consumer = consumer
+        self.timeout_s = timeout_s
+        self.aborted = 0
+
+    def run(self, produce: Callable[[KafkaProducer], None], consumed: Sequence[Record] = (),
+            *, after_flush: Callable[[KafkaProducer], None] | None = None) -> bool:
+        """Steps 1-6; True when committed, False when aborted (the inputs will come again)."""
+        producer = self.producer
+        try:
+            # Step 1: begin.
+            producer.begin_transaction()
+            # Step 2: produce the outputs.
+            produce(producer)
+            # Step 3: flush, so every output's offset is known.
+            unreported = producer.flush(self.timeout_s)
+            if unreported:
+                raise AbortableTransactionError(
+                    f"{unreported} outputs unacknowledged after {self.timeout_s}s")
+            # Step 4: outputs that name the offsets of step 2's outputs.
+            if after_flush is not None:
+                after_flush(producer)
+            # Step 5: the consumed offsets join the transaction.
+            if self.consumer is not None and consumed:
+                positions = [Position(topic, partition, offset) for (topic, partition), offset
+                             in next_positions(consumed).items()]
+                consumer = self.consumer
+                self._retrying(lambda: producer.send_offsets_to_transaction(
+                    positions, consumer, self.timeout_s))
+            # Step 6: commit.
+            self._retrying(lambda: producer.commit_transaction(self.timeout_s))
+        except (AbortableTransactionError, RetriableKafkaError) as exc:
+            # Retriable errors here were retried until the timeout: the transaction cannot
+            # complete, so it ends like an abortable one.
+            log.warning("aborting the batch of %s: %s", producer.transactional_id, exc)
+            self._abort(consumed)
+            return False
+        except FatalKafkaError:
+            raise  # nothing more can be done with this producer, not even an abort
+        except BaseException:
+            self._abort(consumed, quiet=True)
+            raise
+        return True
+
+    def _retrying(self, call: Callable[[], None]) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                call()
+                return
+            except RetriableKafkaError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+
+    def _abort(self, consumed: Sequence[Record], *, quiet: bool = False) -> None:
+        """Abort the open transaction and rewind the consumer to the batch's first offsets."""
+        self.aborted += 1
+        try:
+            self.producer.abort_transaction(self.timeout_s)
+        except Exception:
+            if not quiet:
+                raise
+            log.exception("abort after a failed batch failed too")
+            return
+        if self.consumer is not None:
+            for (topic, partition), offset in first_positions(consumed).items():
+                self.consumer.seek(Position(topic, partition, offset))
+
+
+@dataclass
+class PendingOutputs:
+    """Outputs collected between transactions (quacks like a producer for ``DeadLetters``),
+    written by ``write_to`` inside the next one (step 2)."""
+
+    items: list[tuple[str, bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]] = field(
+        default_factory=list)
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, *,
+                headers: Sequence[tuple[str, bytes]] | None = None) -> None:
+        self.items.append((topic, value, key, tuple(headers or ())))
+
+    def write_to(self, producer: KafkaProducer) -> None:
+        for topic, value, key, headers in self.items:
+            producer.produce(topic, value, key, headers=headers)
+
+    def clear(self) -> None:
+        self.items.clear()
+
+    def __len__(self) -> int:
+        return len(self.items)
