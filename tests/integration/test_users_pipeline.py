@@ -108,7 +108,7 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str,
 def events_written(settings: Settings) -> int:
     """How many records ``users.events`` holds (transaction markers included)."""
     topic = settings.topic("users.events")
-    consumer = make_consumer(settings, f"count-{time.time_ns()}")
+    consumer = Consumer(consumer_config(settings, f"count-{time.time_ns()}"))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
