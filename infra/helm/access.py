@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from streams.topics import CATALOGUE, TopicSpec
 
 ROLES: tuple[str, ...] = (
-    "qrng", "builder", "validator", "tally", "gateway", "users-handler", "shard-writer",
+    "qrng", "builder", "validator", "tally", "gateway", "users-handler", "shard-writer", "monitor",
 )
 
 WRITER_ROLES: dict[str, tuple[str, ...]] = {
@@ -33,19 +33,26 @@ WRITER_ROLES: dict[str, tuple[str, ...]] = {
     "consensus consumers": ("builder", "validator", "tally"),
     "ledger consumers": ("builder", "validator", "tally"),
     "user consumers": ("users-handler", "shard-writer"),
+    "monitor": ("monitor",),
 }
 
 READER_ROLES: dict[str, tuple[str, ...]] = {
-    "entropy.raw": ("builder", "validator"),
+    "entropy.raw": ("builder", "validator", "monitor"),
     "entropy.private": ("gateway",),
-    "qrng.status": ("gateway",),
-    "chain.consensus": ("builder", "validator", "tally"),
-    "chain.blocks": ("builder", "validator", "tally", "gateway"),
+    "qrng.status": ("gateway", "monitor"),
+    "chain.consensus": ("builder", "validator", "tally", "monitor"),
+    "chain.blocks": ("builder", "validator", "tally", "gateway", "monitor"),
     "chain.evidence": ("builder", "validator"),
-    "ledger.tx": ("builder", "validator"),
+    "ledger.tx": ("builder", "validator", "monitor"),
     "users.commands": ("users-handler",),
     "users.events": ("users-handler", "shard-writer"),
     "users.replies": ("gateway",),
+    "dlq.entropy": ("monitor",),
+    "dlq.chain": ("monitor",),
+    "dlq.ledger": ("monitor",),
+    "dlq.users": ("monitor",),
+    "alerts": ("monitor",),
+    "monitor.state": ("monitor",),
 }
 
 
