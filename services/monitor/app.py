@@ -112,8 +112,9 @@ def make_app(settings: Settings, runtime: MonitorRuntime,
     """The monitor as a Faust app (not started: run it with ``faust.Worker``)."""
     options = runtime.options
     servers = [f"kafka://{host.strip()}" for host in settings.kafka_bootstrap().split(",")]
+    settings.state_dir.mkdir(parents=True, exist_ok=True)  # Faust makes datadir, not parents
     app = MonitorApp(
-        settings.topic("monitor"),  # app id = consumer group, under the ACL prefix
+        options.app_id or settings.topic("monitor"),  # app id = group, under the ACL prefix
         broker=servers,
         broker_credentials=_credentials(settings),
         store="memory://",

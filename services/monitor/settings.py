@@ -30,6 +30,7 @@ class MonitorSettings(BaseSettings):
     metrics_port: int | None = None  # Prometheus /metrics; unset: none
     metrics_host: str = "127.0.0.1"
     # processing
+    app_id: str | None = None  # Faust app id = consumer group; default <prefix>monitor
     instance_id: str = "monitor-0"  # static consumer-group membership (one monitor per prefix)
     evaluate_interval_s: float = 1.0
     batch_size: int = 2000
