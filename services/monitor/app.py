@@ -102,7 +102,8 @@ class MonitorService:
     webhook: AlertmanagerClient | None
     on_alert: Callable[[AlertRaised | AlertResolved], None] | None = None
     started: asyncio.Lock = field(default_factory=asyncio.Lock)
-    deliveries: asyncio.Queue[list[dict[str, Any]]] = field(default_factory=asyncio.Queue)
+    deliveries: asyncio.Queue[list[dict[str, Any]]] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=100))
     last_resend: float = 0.0
 
 
@@ -220,4 +221,7 @@ def _queue_delivery(service: MonitorService, before: Any,
         firing = [e for e in decided if isinstance(e, AlertRaised)]
     payload = batch(firing, resolved, now_ms, resend_ms, runtime.options.generator_url)
     if payload:
-        service.deliveries.put_nowait(payload)
+        try:
+            service.deliveries.put_nowait(payload)
+        except asyncio.QueueFull:  # the receiver is down; the next resend carries what fires
+            log.warning("alertmanager unreachable: dropped %d alert updates", len(payload))
