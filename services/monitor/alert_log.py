@@ -11,13 +11,17 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
 from services.consensus.follower import watermarks
 from services.monitor.core.alerts import AlertEvent, AlertRaised, AlertResolved
 from streams.codec import Codec, CodecError, default_codec
 from streams.kafka import make_consumer
 from streams.settings import Settings
+
+
+class AlertLogError(RuntimeError):
+    """The alerts topic cannot be read (missing, or the cluster unreachable)."""
 
 
 def encode(event: AlertEvent, codec: Codec | None = None) -> bytes:
@@ -61,6 +65,14 @@ def read_alerts(settings: Settings, *, follow: bool = False,
                                   **{"fetch.wait.max.ms": 50})
     codec = default_codec()
     try:
+        try:
+            known = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        except KafkaException as exc:
+            raise AlertLogError(f"cannot reach Kafka at {settings.kafka_bootstrap()}: {exc}"
+                                ) from exc
+        if known is None or known.error is not None:
+            raise AlertLogError(f"topic {topic} does not exist (qustream topics ensure creates "
+                                "it; the monitor writes it)")
         low, end = watermarks(consumer, topic)
         if not follow and end <= low:
             return

@@ -66,16 +66,20 @@ def list_alerts(
     as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
 ) -> None:
     """The open alerts (or, with --all, the alert history the topic keeps)."""
-    from services.monitor.alert_log import read_alerts
+    from services.monitor.alert_log import AlertLogError, read_alerts
     from streams.settings import load_settings
 
     settings = load_settings()
     open_alerts = OpenAlerts()
     events = []
-    with console.status("reading the alerts topic ...", spinner="dots"):
-        for event in read_alerts(settings):
-            open_alerts = fold(open_alerts, event)
-            events.append(event)
+    try:
+        with console.status("reading the alerts topic ...", spinner="dots"):
+            for event in read_alerts(settings):
+                open_alerts = fold(open_alerts, event)
+                events.append(event)
+    except AlertLogError as exc:
+        Console(stderr=True).print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
     if as_json:
         selected: list[AlertEvent] = events if history else list(open_alerts.alerts.values())
         for event in selected:
@@ -92,20 +96,28 @@ def watch(
     duration: float | None = typer.Option(None, "--duration", help="stop after seconds"),
 ) -> None:
     """Follow the alerts live: the open alerts and the latest raises and resolves."""
-    from services.monitor.alert_log import read_alerts
+    from services.monitor.alert_log import AlertLogError, read_alerts
     from streams.settings import load_settings
 
     settings = load_settings()
     lock = threading.Lock()
+    problem: list[str] = []
     state = {"open": OpenAlerts()}
     recent: deque[AlertEvent] = deque(maxlen=12)
     stop = threading.Event()
 
     def follow() -> None:
-        for event in read_alerts(settings, follow=True, stop=stop.is_set):
-            with lock:
-                state["open"] = fold(state["open"], event)
-                recent.appendleft(event)
+        while not stop.is_set():
+            try:
+                for event in read_alerts(settings, follow=True, stop=stop.is_set):
+                    with lock:
+                        problem.clear()
+                        state["open"] = fold(state["open"], event)
+                        recent.appendleft(event)
+            except AlertLogError as exc:  # not there yet: say so and try again
+                with lock:
+                    problem[:] = [str(exc)]
+                stop.wait(2)
 
     reader = threading.Thread(target=follow, daemon=True)
     reader.start()
@@ -115,6 +127,8 @@ def watch(
         with lock:
             table = _open_table(state["open"], time.time_ns() // 1_000_000)
             lines = "\n".join(_line(e) for e in recent) or "(no alert events yet)"
+            if problem:
+                lines = f"[red]{problem[0]}[/]\n{lines}"
         return Group(table, lines)
 
     try:
