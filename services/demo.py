@@ -11,7 +11,8 @@ What it does, in order (each step is idempotent, so a second run continues the s
    shard_writer — the same commands a deployment runs;
 5. registers a few users and stores encrypted records through the public CLI;
 6. shows finalized blocks (verified from genesis, not taken from the topic on trust), QRNG
-   health and rate, validator power, missed blocks and jail status, and the services;
+   health and rate, validator power, missed blocks and jail status, the monitor's active
+   alerts, and the services;
 7. on Ctrl-C or after ``--duration`` stops everything cleanly and prints a summary and how to
    inspect the chain.
 """
@@ -55,6 +56,7 @@ class DemoView:
     validators: list[dict[str, Any]] = field(default_factory=list)
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     alerts: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+    open_alerts: Any = None  # the monitor's open alerts (core.alerts.OpenAlerts)
     users: list[str] = field(default_factory=list)
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=5))
 
@@ -138,6 +140,24 @@ def _watch_qrng(settings: Settings, view: DemoView, stop: threading.Event) -> No
         consumer.close()
 
 
+def _watch_alerts(settings: Settings, view: DemoView, stop: threading.Event) -> None:
+    """The monitor's open alerts, folded from the alerts topic as they come."""
+    from services.monitor.alert_log import read_alerts
+    from services.monitor.core.alerts import OpenAlerts, fold
+
+    open_alerts = OpenAlerts()
+    while not stop.is_set():
+        try:
+            for event in read_alerts(settings, follow=True, stop=stop.is_set):
+                open_alerts = fold(open_alerts, event)
+                with view.lock:
+                    view.open_alerts = open_alerts
+        except Exception as exc:  # the broker restarting, etc.: retry, the view says why
+            with view.lock:
+                view.errors.appendleft(f"alerts reader: {type(exc).__name__}: {exc}")
+            stop.wait(2)
+
+
 def _add_users(settings: Settings, demo_dir: Path, count: int, view: DemoView,
                stop: threading.Event) -> None:
     """Register users and store records through the public CLI, as an application would."""
@@ -197,6 +217,15 @@ def _render(view: DemoView, supervisor: Supervisor, started: float, gateway: str
         for v in view.validators:
             validators.add_row(v["address"][:16] + "…", str(v["power"]), str(v["missed"]),
                                v["jailed"], "yes" if v["in_set"] else "no")
+        alerts = Table(title="active alerts (qustream alerts watch)", expand=True)
+        for column in ("severity", "rule", "subject", "for", "summary"):
+            alerts.add_column(column)
+        now_ms = int(time.time() * 1000)
+        for alert in sorted(view.open_alerts.alerts.values() if view.open_alerts else (),
+                            key=lambda a: a.since_ms):
+            style = "red" if alert.severity == "critical" else "yellow"
+            alerts.add_row(f"[{style}]{alert.severity}[/]", alert.rule, alert.subject[:16],
+                           f"{max(0, now_ms - alert.since_ms) / 1000:.0f} s", alert.summary)
         services = Table(title="services", expand=True)
         for column in ("service", "pid", "state", "restarts"):
             services.add_column(column)
@@ -209,7 +238,7 @@ def _render(view: DemoView, supervisor: Supervisor, started: float, gateway: str
                  f"users registered: {len(view.users)}"]
         notes += [f"[yellow]{a}[/]" for a in view.alerts]
         notes += [f"[red]{e}[/]" for e in view.errors]
-    return Group(blocks, sources, validators, services, Panel("\n".join(notes)))
+    return Group(blocks, sources, validators, alerts, services, Panel("\n".join(notes)))
 
 
 def _demo_api_key(demo_dir: Path) -> str:
@@ -249,6 +278,8 @@ def _services(settings: Settings, demo_dir: Path, validators: int, sources: int,
     specs.append(ServiceSpec("tally", (*QUSTREAM, "tally", "run", "--genesis", genesis)))
     specs.append(ServiceSpec("users-handler", (*QUSTREAM, "users", "handler")))
     specs.append(ServiceSpec("shard-writer", (*QUSTREAM, "users", "shard-writer")))
+    specs.append(ServiceSpec("monitor", (*QUSTREAM, "monitor", "run", "--genesis", genesis,
+                                         "--quiet")))
     specs.append(ServiceSpec("gateway", (*QUSTREAM, "gateway", "run", "--host", "127.0.0.1",
                                          "--port", str(gateway_port), "--genesis", genesis,
                                          "--keys-file",
@@ -317,6 +348,7 @@ def demo(
         threading.Thread(target=_watch_blocks, daemon=True,
                          args=(settings, demo_dir / "genesis.json", view, stop, live_from)),
         threading.Thread(target=_watch_qrng, args=(settings, view, stop), daemon=True),
+        threading.Thread(target=_watch_alerts, args=(settings, view, stop), daemon=True),
         threading.Thread(target=_add_users, args=(settings, demo_dir, users, view, stop),
                          daemon=True),
     ]
@@ -375,6 +407,8 @@ def _summary(console: Console, view: DemoView, supervisor: Supervisor, demo_dir:
             "entropy_chunks": view.entropy_chunks,
             "finality_p50_ms": finality[len(finality) // 2] if finality else None,
             "users_registered": len(view.users),
+            "alerts_open": sorted(f"{a.rule} {a.subject}" for a in
+                                  (view.open_alerts.alerts.values() if view.open_alerts else ())),
             "seconds": round(elapsed, 1),
             "service_restarts": {s.name: s.restarts for s in supervisor.status() if s.restarts},
             "errors": list(view.errors),
@@ -392,6 +426,7 @@ def _summary(console: Console, view: DemoView, supervisor: Supervisor, demo_dir:
         f"--validator <address> --amount 100 --genesis {genesis}\n"
         f"HTTP API (while the demo runs): curl -H 'Authorization: Bearer {api_key}' "
         f"{gateway_url}/v1/beacon/latest\n"
+        f"Alerts the monitor raised: qustream alerts list --all\n"
         f"Service logs: {demo_dir / 'logs'}/   Cluster: qustream infra status"
     )
     if view.blocks_this_run == 0:

@@ -41,6 +41,8 @@ _PARTS: tuple[tuple[str, str, str, str], ...] = (
     ("tx", "services.ledger.tx_cli", "app", "group"),
     ("users", "services.shard_writer.cli", "app", "group"),
     ("gateway", "services.gateway.cli", "app", "group"),
+    ("monitor", "services.monitor.cli", "app", "group"),
+    ("alerts", "services.monitor.alerts_cli", "app", "group"),
     ("audit", "services.audit.cli", "audit", "command"),
     ("export", "services.audit.cli", "export", "command"),
     ("state", "services.audit.cli", "state", "command"),

@@ -75,6 +75,14 @@ CATALOGUE: tuple[TopicSpec, ...] = (
               retention_ms=30 * DAY_MS),
     TopicSpec("dlq.users", 1, "original key", "user consumers", ("MessageDeadLettered",),
               retention_ms=30 * DAY_MS),
+    # Compacted: the latest event per rule + subject stays (the open alerts after a restart);
+    # a day of history is kept before compaction for `qustream alerts list --all`.
+    TopicSpec("alerts", 1, "rule + subject", "monitor", ("AlertRaised", "AlertResolved"),
+              retention_ms=FOREVER, cleanup_policy="compact",
+              extra=(("min.compaction.lag.ms", str(DAY_MS)),)),
+    # The changelog of the monitor's Faust table: its windows and positions, one key per piece.
+    TopicSpec("monitor.state", 1, "state piece", "monitor", (), retention_ms=FOREVER,
+              cleanup_policy="compact", max_message_bytes=MAX_MESSAGE_BYTES),
 )
 
 BY_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in CATALOGUE}

@@ -17,7 +17,7 @@ from protocol.errors import QuStreamError
 from streams.topics import CATALOGUE, TopicSpec
 
 ROLES: tuple[str, ...] = (
-    "qrng", "validator", "tally", "gateway", "users-handler", "shard-writer",
+    "qrng", "validator", "tally", "gateway", "users-handler", "shard-writer", "monitor",
 )
 
 WRITER_ROLES: dict[str, tuple[str, ...]] = {
@@ -34,19 +34,26 @@ WRITER_ROLES: dict[str, tuple[str, ...]] = {
     "consensus consumers": ("validator", "tally"),
     "ledger consumers": ("validator", "tally"),
     "user consumers": ("users-handler", "shard-writer"),
+    "monitor": ("monitor",),
 }
 
 READER_ROLES: dict[str, tuple[str, ...]] = {
-    "entropy.raw": ("validator",),
+    "entropy.raw": ("validator", "monitor"),
     "entropy.private": ("gateway",),
-    "qrng.status": ("gateway",),
-    "chain.consensus": ("validator", "tally"),
-    "chain.blocks": ("validator", "tally", "gateway"),
+    "qrng.status": ("gateway", "monitor"),
+    "chain.consensus": ("validator", "tally", "monitor"),
+    "chain.blocks": ("validator", "tally", "gateway", "monitor"),
     "chain.evidence": ("validator",),
-    "ledger.tx": ("validator",),
+    "ledger.tx": ("validator", "monitor"),
     "users.commands": ("users-handler",),
     "users.events": ("users-handler", "shard-writer"),
     "users.replies": ("gateway",),
+    "dlq.entropy": ("monitor",),
+    "dlq.chain": ("monitor",),
+    "dlq.ledger": ("monitor",),
+    "dlq.users": ("monitor",),
+    "alerts": ("monitor",),
+    "monitor.state": ("monitor",),
 }
 
 

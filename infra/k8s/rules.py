@@ -7,12 +7,15 @@ expectations come from code, not from the chart: topics and their writers from t
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from infra.helm.access import ROLES, topics_written_by
+from infra.k8s.metrics import is_exported, query_metrics
+from services.monitor.core.rules import RULES as MONITOR_RULES
 from streams.topics import BY_NAME, CATALOGUE
 
 Object = dict[str, Any]
@@ -423,6 +426,86 @@ def metrics_are_scraped(objects: list[Object]) -> Iterator[Finding]:
                           "no ServiceMonitor scrapes a Service selecting these pods")
 
 
+# --- alerting and dashboards ------------------------------------------------------------------
+
+DASHBOARDS = ("qustream-overview", "qustream-qrng", "qustream-validators")
+
+
+def _unknown_metrics(expr: str) -> tuple[list[str], list[str]]:
+    names = query_metrics(expr)
+    return names, [name for name in names if not is_exported(name)]
+
+
+def prometheus_rules_match_the_monitor(objects: list[Object]) -> Iterator[Finding]:
+    """One PrometheusRule holding the monitor's rules (services/monitor/core/rules.py): the
+    same alert names and severities, each expression over metrics the code exports."""
+    rules = _of_kind(objects, "PrometheusRule")
+    if len(rules) != 1:
+        yield Finding("chart", "monitor.prometheusRules",
+                      f"expected one PrometheusRule, rendered {len(rules)}")
+        return
+    expected = {rule.name: rule for rule in MONITOR_RULES}
+    seen: set[str] = set()
+    for g, group in enumerate(rules[0]["spec"].get("groups", [])):
+        for r, rule in enumerate(group.get("rules", [])):
+            where = f"spec.groups[{g}].rules[{r}]"
+            name = rule.get("alert", "")
+            seen.add(name)
+            if name not in expected:
+                yield Finding(name_of(rules[0]), where, f"alert {name!r} is not a monitor rule")
+                continue
+            if rule.get("labels", {}).get("severity") != expected[name].severity:
+                yield Finding(name_of(rules[0]), f"{where}.labels.severity",
+                              f"is not the monitor's {expected[name].severity!r}")
+            names, unknown = _unknown_metrics(str(rule.get("expr", "")))
+            if not names or unknown:
+                yield Finding(name_of(rules[0]), f"{where}.expr",
+                              f"queries no exported metric: {unknown or 'none named'}")
+    for missing in sorted(expected.keys() - seen):
+        yield Finding(name_of(rules[0]), "spec.groups", f"monitor rule {missing} is missing")
+
+
+def _panels(panels: list[Object]) -> Iterator[Object]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))  # rows hold panels
+
+
+def dashboards_query_exported_metrics(objects: list[Object]) -> Iterator[Finding]:
+    """The Grafana dashboards (ConfigMaps of *.json) parse, include the overview, QRNG and
+    validator dashboards, and every panel queries metrics the code exports."""
+    uids: set[str] = set()
+    for config_map in _of_kind(objects, "ConfigMap"):
+        for key, text in (config_map.get("data") or {}).items():
+            if not key.endswith(".json") or "dashboard" not in config_map["metadata"]["name"]:
+                continue
+            try:
+                board = json.loads(text)
+            except ValueError as exc:
+                yield Finding(name_of(config_map), f"data.{key}", f"not JSON: {exc}")
+                continue
+            uids.add(str(board.get("uid", "")))
+            panels = list(_panels(board.get("panels", [])))
+            if not panels:
+                yield Finding(name_of(config_map), f"data.{key}", "a dashboard without panels")
+            for panel in panels:
+                if panel.get("type") == "row":
+                    continue
+                where = f"data.{key} panel {panel.get('title', panel.get('id'))!r}"
+                targets = [t for t in panel.get("targets", []) if t.get("expr")]
+                if not targets:
+                    yield Finding(name_of(config_map), where, "no query")
+                for target in targets:
+                    names, unknown = _unknown_metrics(target["expr"])
+                    if not names or unknown:
+                        yield Finding(name_of(config_map), where,
+                                      f"{target['expr']!r} queries no exported metric: "
+                                      f"{unknown or 'none named'}")
+    for uid in DASHBOARDS:
+        if uid not in uids:
+            yield Finding("chart", "monitor.dashboards", f"dashboard {uid!r} is not rendered")
+
+
 RULES: tuple[Callable[[list[Object]], Iterable[Finding]], ...] = (
     containers_are_hardened,
     no_secrets_rendered,
@@ -437,6 +520,8 @@ RULES: tuple[Callable[[list[Object]], Iterable[Finding]], ...] = (
     disruption_budgets_cover_workloads,
     gateway_autoscales,
     metrics_are_scraped,
+    prometheus_rules_match_the_monitor,
+    dashboards_query_exported_metrics,
 )
 
 

@@ -2,10 +2,10 @@
 
 - Core Kubernetes kinds: the strict (unknown fields rejected) schemas that the PyPI package
   ``kubernetes-validate`` ships for each Kubernetes minor version.
-- Strimzi (Kafka, KafkaNodePool, KafkaTopic, KafkaUser) and K8ssandra (K8ssandraCluster): the
-  ``openAPIV3Schema`` of each CRD in ``../shared/k8s-crds/`` (beside the repository), closed so
-  that an unknown field is an error, as the API server's pruning would otherwise drop it silently.
-- ServiceMonitor: QuStream's own closed schema in ``infra/k8s/schemas/``.
+- Strimzi (Kafka, KafkaNodePool, KafkaTopic, KafkaUser), K8ssandra (K8ssandraCluster) and the
+  Prometheus Operator (ServiceMonitor, PrometheusRule): the ``openAPIV3Schema`` of each CRD in
+  ``CRD_DIR`` (``../shared/k8s-crds/``, beside the repository), closed so that an unknown field
+  is an error, as the API server's pruning would otherwise drop it silently.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO_ROOT.parent / "shared" / "k8s-crds"
-OWN_SCHEMAS = Path(__file__).resolve().parent / "schemas"
 KUBE_VERSION = "1.33.0"
 
 # kind -> CRD file in CRD_DIR
@@ -35,9 +34,8 @@ CRD_FILES: dict[tuple[str, str], str] = {
     ("kafka.strimzi.io/v1", "KafkaUser"): "strimzi-044-Crd-kafkauser.yaml",
     ("kafka.strimzi.io/v1", "KafkaNodePool"): "strimzi-045-Crd-kafkanodepool.yaml",
     ("k8ssandra.io/v1alpha1", "K8ssandraCluster"): "k8ssandra.io_k8ssandraclusters.yaml",
-}
-OWN_SCHEMA_FILES: dict[tuple[str, str], str] = {
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_servicemonitors.yaml",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
 }
 # Fields the API server fills in or accepts on every object; CRD schemas leave them open.
 _OBJECT_META_SCHEMA: dict[str, Any] = {
@@ -164,9 +162,6 @@ def validator_for(api_version: str, kind: str, kube_version: str = KUBE_VERSION,
                 f"{kind}: CRD file {path} not found (shared/ must sit beside the repository)"
             )
         return jsonschema.Draft7Validator(crd_schema(path, api_version))
-    if key in OWN_SCHEMA_FILES:
-        schema = json.loads((OWN_SCHEMAS / OWN_SCHEMA_FILES[key]).read_text())
-        return jsonschema.Draft7Validator(schema)
     schema_file = _kube_schema_dir(kube_version) / _core_schema_file(api_version, kind)
     if not schema_file.is_file():
         raise SchemaMissingError(

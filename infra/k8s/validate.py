@@ -3,7 +3,8 @@
 For each values profile (values-dev.yaml, values-prod.yaml) the chart is rendered with the pinned
 ``helm template`` (installed by infra/k8s/install_tools.sh into .qustream/tools/bin), every
 object is checked against its schema (infra/k8s/schemas.py, unknown fields rejected) and against
-QuStream's rules (infra/k8s/rules.py). The chart's topics block must also match the catalogue.
+QuStream's rules (infra/k8s/rules.py). The chart's topics block must also match the catalogue,
+and its alertRules block the monitor's rules.
 Exit status 0 when all is well, 1 with one line per problem otherwise.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from infra.helm import generate_topics
+from infra.helm import generate_rules, generate_topics
 from infra.k8s.rules import Finding, check_rules, name_of
 from infra.k8s.schemas import CRD_DIR, KUBE_VERSION, SchemaMissingError, schema_violations
 from protocol.errors import OperationError
@@ -119,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     failures = 0
     if generate_topics.main(["--check"]) != 0:
+        failures += 1
+    if generate_rules.main(["--check"]) != 0:
         failures += 1
     for profile in args.profiles:
         complaint = lint(CHART / profile)

@@ -226,8 +226,8 @@ def test_the_chart_can_create_the_genesis_configmap() -> None:
     objects = render([CHART / "values-dev.yaml"],
                      {"genesis": {"create": True, "json": '{"chain_id": "qustream-dev"}'}})
     assert _messages(validate_objects(objects)) == []
-    configmap = next(o for o in objects if o["kind"] == "ConfigMap")
-    assert configmap["metadata"]["name"] == "qustream-genesis"
+    configmap = next(o for o in objects if o["kind"] == "ConfigMap"
+                     and o["metadata"]["name"] == "qustream-genesis")
     assert configmap["data"]["genesis.json"] == '{"chain_id": "qustream-dev"}'
 
 

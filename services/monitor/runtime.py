@@ -1,0 +1,177 @@
+"""The monitor between Faust and the core: restore, fold batches, decide alerts.
+
+Guarantees, and how (the edge ``inputs -> monitor.state, alerts``):
+
+1. Windows survive a restart: every piece of state is a value of the Faust table ``state``
+   (changelog topic ``monitor.state``), written whole whenever a batch changed it
+   (``changed_pieces``) — re-assigned, never mutated in place, or Faust would not record it.
+2. No record is folded twice: each piece carries the next offset it expects per input
+   partition, written in the same value (``core.positions``). Faust commits input offsets only
+   after the producer flushed the batch's table writes, so after ``kill -9`` it redelivers
+   records from before the last commit, and the pieces skip those they already hold.
+3. No record is lost: offsets are committed after the writes (at-least-once), so anything not
+   in the restored state is redelivered.
+4. No alert is raised twice and none is forgotten: on start the monitor folds the ``alerts``
+   topic into the open alerts (``load_alerts``) and only then decides; a raise that reached the
+   topic before the crash is open and not raised again; one that did not is raised now, since
+   its condition still holds in the restored state.
+5. Nothing is decided on a stale view: time-based rules (a stall is the absence of records)
+   are judged only once the monitor has read every input partition up to where it stood at
+   start (``caught_up``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from services.monitor import store
+from services.monitor.core import alerts, rules
+from services.monitor.core.alerts import AlertEvent, OpenAlerts
+from services.monitor.core.facts import Position
+from services.monitor.core.state import NETWORK, MonitorState, apply_record
+from services.monitor.decode import Record, RecordDecoder
+from services.monitor.ledger import LedgerView
+from services.monitor.metrics import Snapshot
+from services.monitor.settings import MonitorSettings
+from streams.kafka import KafkaConsumer, make_consumer
+from streams.kafka import Position as KafkaPosition
+from streams.settings import Settings
+
+TAIL = 16  # records read back from each partition's end to find its last committed record
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class MonitorRuntime:
+    def __init__(self, settings: Settings, options: MonitorSettings,
+                 ledger: LedgerView | None = None) -> None:
+        self.settings = settings
+        self.options = options
+        self.policy = options.policy()
+        self.ledger = ledger
+        self.decoder = RecordDecoder(settings, ledger)
+        self.state = MonitorState()
+        self.open_alerts = OpenAlerts()
+        self.restored = False
+        self.alerts_loaded = False
+        self.caught_up = False
+        self.events: Counter[str] = Counter()
+        self._names = self.decoder.names()
+        self._ends: dict[tuple[str, int], int] | None = None
+        self._next: dict[tuple[str, int], int] = {}
+        self._started = time.monotonic()
+
+    # -- start ------------------------------------------------------------------------------
+
+    def restore(self, items: Iterable[tuple[Any, Any]]) -> None:
+        """Load every piece from the recovered table (keys and values are bytes)."""
+        state = MonitorState()
+        for key, value in items:
+            if value is None:
+                continue
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            state = store.with_piece(state, name, value)
+        self.state = state
+        self.restored = True
+
+    def catch_up_ledger(self) -> None:
+        """Follow chain.blocks up to where the restored chain view stands (blocking)."""
+        if self.ledger is not None:
+            position = self.state.network.positions.get(
+                f"{self.settings.topic('chain.blocks')}:0", 0)
+            self.ledger.catch_up(self.settings, position)
+
+    def measure_ends(self) -> None:
+        """Where every input partition ends now (blocking): the offset after its last committed
+        record, found by reading the partition's tail (the high watermark may sit on a
+        transaction marker, which no consumer ever receives). Caught up means read up to here."""
+        consumer = make_consumer(self.settings,
+                                 f"{self.settings.topic('monitor')}-ends-{time.time_ns()}",
+                                 **{"fetch.wait.max.ms": 10})
+        ends: dict[tuple[str, int], int] = {}
+        try:
+            for topic in self._names:
+                for partition in consumer.partitions(topic):
+                    low, high = consumer.watermarks(topic, partition)
+                    if high > low:
+                        consumer.assign([KafkaPosition(topic, partition, max(low, high - TAIL))])
+                        ends.update(self._tail_end(consumer, topic, partition, high))
+        finally:
+            consumer.close()
+        self._ends = ends
+        self._started = time.monotonic()
+
+    @staticmethod
+    def _tail_end(consumer: KafkaConsumer, topic: str, partition: int, high: int
+                  ) -> dict[tuple[str, int], int]:
+        deadline = time.monotonic() + 10
+        last: int | None = None
+        while time.monotonic() < deadline:
+            record = consumer.poll(0.2)
+            if record is not None:
+                last = record.offset
+                if last + 1 >= high:
+                    break
+            if consumer.position(topic, partition) >= high:
+                break
+        return {} if last is None else {(topic, partition): last + 1}
+
+    def load_alerts(self) -> None:
+        """Fold the alerts topic: what has been told and not resolved (blocking)."""
+        from services.monitor.alert_log import read_alerts
+
+        open_alerts = OpenAlerts()
+        for event in read_alerts(self.settings):
+            open_alerts = alerts.fold(open_alerts, event)
+        self.open_alerts = open_alerts
+        self.alerts_loaded = True
+
+    # -- records ----------------------------------------------------------------------------
+
+    def apply(self, records: Sequence[Record]) -> list[str]:
+        """Fold a batch; returns the keys of the pieces to write (the network last)."""
+        changed: set[str] = set()
+        for record in records:
+            facts = self.decoder.facts(record)
+            tp = (record.topic, record.partition)
+            self._next[tp] = max(self._next.get(tp, 0), record.offset + 1)
+            self.events[self._names.get(record.topic, record.topic)] += 1
+            if facts:
+                self.state, keys = apply_record(
+                    self.policy, self.state,
+                    Position(record.topic, record.partition, record.offset), facts)
+                changed |= keys
+        return sorted(changed, key=lambda k: (k == NETWORK, k))
+
+    def piece(self, key: str) -> bytes:
+        return store.piece_bytes(self.state, key)
+
+    def check_caught_up(self) -> bool:
+        if self.caught_up or self._ends is None:
+            return self.caught_up
+        done = all(self._next.get(tp, 0) >= end for tp, end in self._ends.items())
+        if done or time.monotonic() - self._started >= self.options.catch_up_timeout_s:
+            self.caught_up = True
+        return self.caught_up
+
+    # -- alerts -----------------------------------------------------------------------------
+
+    def evaluate(self, now_ms: int | None = None) -> tuple[AlertEvent, ...]:
+        """Decide alert events at ``now_ms``; nothing until restored, loaded and caught up."""
+        if not (self.restored and self.alerts_loaded and self.check_caught_up()):
+            return ()
+        now_ms = _now_ms() if now_ms is None else now_ms
+        observations = rules.evaluate(self.policy, self.state, now_ms)
+        self.open_alerts, events = alerts.reconcile(self.open_alerts, observations, now_ms)
+        return events
+
+    def snapshot(self) -> Snapshot | None:
+        if not self.restored:
+            return None
+        return Snapshot(self.policy, self.state, self.open_alerts, dict(self.events),
+                        dict(self.decoder.undecodable))

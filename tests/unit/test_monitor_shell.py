@@ -1,0 +1,141 @@
+"""The monitor's shell without Kafka: decoding records, storing state, Alertmanager JSON,
+settings, the documentation of every rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from services.monitor import alert_log, store
+from services.monitor.alertmanager import batch, firing_alert, resolved_alert
+from services.monitor.core.alerts import AlertRaised, AlertResolved
+from services.monitor.core.facts import (
+    ChunkSeen,
+    DeadLettered,
+    HeartbeatSeen,
+    Position,
+    PrecommitSeen,
+    QrngAlertSeen,
+    TxSubmitted,
+)
+from services.monitor.core.rules import RULES
+from services.monitor.core.state import MonitorState, apply_record
+from services.monitor.decode import INPUTS, Record, RecordDecoder
+from services.monitor.metrics import METRICS, PREFIX
+from services.monitor.settings import MonitorSettings
+from streams.codec import default_codec
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = Settings(topic_prefix="x.")
+T = 1_800_000_000_000
+
+
+def _record(topic: str, schema: str, fields: dict[str, object], offset: int = 0) -> Record:
+    return Record(SETTINGS.topic(topic), 0, offset, T, default_codec().encode(schema, fields))
+
+
+def test_records_become_facts_and_bad_ones_are_counted() -> None:
+    decoder = RecordDecoder(SETTINGS)
+    beat = _record("qrng.status", "QrngHeartbeatEmitted", {
+        "source_id": "q", "at_ms": T, "bytes_per_s": 5.0, "chunks_published": 3, "last_seq": 2,
+        "health_state": "HEALTHY", "simulated": True, "rct_failures": 1, "apt_failures": 2})
+    assert decoder.facts(beat) == (HeartbeatSeen("q", T, 5.0, "HEALTHY", 1, 2, 2),)
+    alert = _record("qrng.status", "QrngAlertRaised", {
+        "source_id": "q", "at_ms": T, "kind": "HEALTH_FAILURE", "test": "RCT", "detail": ""})
+    assert decoder.facts(alert) == (QrngAlertSeen("q", T, "HEALTH_FAILURE", "RCT"),)
+    chunk = {"source_id": "q", "seq": 4, "prev_digest": bytes(32), "payload_digest": bytes(32),
+             "chunk_digest": bytes(32), "payload": b"\x01" * 100, "produced_at_ms": T,
+             "simulated": True}
+    assert decoder.facts(_record("entropy.raw", "EntropyChunkPublished", chunk)) == (
+        ChunkSeen("q", 4, 100, T),)
+    private = _record("entropy.raw", "EntropyChunkPublished", {**chunk, "private": True})
+    assert decoder.facts(private) == ()
+    vote = _record("chain.consensus", "VoteCast", {
+        "chain_id": "c", "height": 7, "round": 1, "vote_type": "PRECOMMIT", "block_hash": None,
+        "validator": b"\xab" * 20, "signature": b""})
+    assert decoder.facts(vote) == (PrecommitSeen(7, 1, "ab" * 20, False, T),)
+    tx = _record("ledger.tx", "TransactionSubmitted", {
+        "tx": b"t", "sender": b"s", "nonce": 1, "submitted_at_ms": T})
+    assert decoder.facts(tx) == (TxSubmitted(
+        "e3b98a4da31a127d4bde6e43033f66ba274cab0eb7eb1c70ec41402bf6273dd8", T),)
+    dead = _record("dlq.chain", "MessageDeadLettered", {
+        "source_topic": "x", "partition": 0, "offset": 1, "reason": "bad", "error_type": "sig",
+        "consumer": "tally", "dead_lettered_at_ms": T})
+    assert decoder.facts(dead) == (DeadLettered("dlq.chain", "sig", T),)
+    garbage = Record(SETTINGS.topic("qrng.status"), 0, 9, T, b"\xc3\x01garbage")
+    assert decoder.facts(garbage) == ()
+    bad_block = Record(SETTINGS.topic("chain.blocks"), 0, 3, T, b"nonsense")
+    assert [type(f).__name__ for f in decoder.facts(bad_block)] == ["BlockRejected"]
+    assert decoder.undecodable == {"qrng.status": 1, "chain.blocks": 1}
+    assert set(decoder.names().values()) == set(INPUTS)
+
+
+def test_state_pieces_round_trip_through_the_table() -> None:
+    policy = MonitorSettings().policy()
+    state = MonitorState()
+    for offset, fact in enumerate((HeartbeatSeen("q", T, 1.0, "HEALTHY", 1, 0, 0),
+                                   ChunkSeen("q", 0, 10, T), TxSubmitted("d", T),
+                                   DeadLettered("dlq.users", "schema", T))):
+        state, _ = apply_record(policy, state, Position("t", 0, offset), (fact,))
+    restored = MonitorState()
+    for key in ("source/q", "network", "mempool", "dead-letters"):
+        restored = store.with_piece(restored, key, store.piece_bytes(state, key))
+    assert restored == state
+    with pytest.raises(store.StateFormatError):
+        store.loads(MonitorState, b'{"format": 99, "value": {}}')
+    with pytest.raises(store.StateFormatError):
+        store.with_piece(MonitorState(), "network", b"not json")
+
+
+def test_alert_events_round_trip_on_the_topic() -> None:
+    raised = AlertRaised("id1", "QrngQuarantined", "critical", "q", 1.0, 1.0, T, T + 5, "s",
+                         (("source", "q"),))
+    resolved = AlertResolved("id1", "QrngQuarantined", "critical", "q", 0.0, T, T + 9, "s")
+    assert alert_log.decode(alert_log.encode(raised)) == raised
+    assert alert_log.decode(alert_log.encode(resolved)) == resolved
+    assert alert_log.key(raised) == alert_log.key(resolved) == b"QrngQuarantined|q"
+
+
+def test_alertmanager_v2_json() -> None:
+    raised = AlertRaised("id1", "ValidatorJailed", "critical", "ab" * 20, 1.0, 1.0, T, T + 5,
+                         "validator abab is jailed", (("validator", "ab" * 20),))
+    firing = firing_alert(raised, T + 10_000, 60_000, "http://grafana")
+    assert firing == {
+        "labels": {"alertname": "ValidatorJailed", "severity": "critical",
+                   "service": "qustream", "validator": "ab" * 20},
+        "annotations": {"summary": "validator abab is jailed", "alert_id": "id1",
+                        "description": firing["annotations"]["description"],
+                        "runbook": "docs/operations.md#validatorjailed"},
+        "startsAt": "2027-01-15T08:00:00.000Z", "endsAt": "2027-01-15T08:04:10.000Z",
+        "generatorURL": "http://grafana"}
+    resolved = AlertResolved("id1", "ValidatorJailed", "critical", "ab" * 20, 0.0, T, T + 20_000,
+                             "validator abab is not jailed")
+    done = resolved_alert(resolved, raised)
+    assert done["labels"] == firing["labels"] and done["endsAt"] == "2027-01-15T08:00:20.000Z"
+    chain = AlertRaised("id2", "ChainStalled", "critical", "chain", 9.0, 3.0, T, T, "stalled")
+    assert batch([chain], [(resolved, raised)], T, 1000)[0]["labels"] == {
+        "alertname": "ChainStalled", "severity": "critical", "service": "qustream"}
+    json.dumps(batch([raised, chain], [(resolved, raised)], T, 1000))  # serialisable
+
+
+def test_settings_build_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUSTREAM_MONITOR_QRNG_WINDOW_S", "20")
+    monkeypatch.setenv("QUSTREAM_MONITOR_QRNG_HOP_S", "5")
+    monkeypatch.setenv("QUSTREAM_MONITOR_MISSED_PRECOMMITS", "7")
+    policy = MonitorSettings().policy()
+    assert (policy.qrng_window.size_ms, policy.qrng_window.hop_ms) == (20_000, 5_000)
+    assert policy.missed_precommits == 7
+    assert MonitorSettings.model_fields["alertmanager_url"].default is None
+
+
+def test_every_rule_and_metric_is_documented() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    for rule in RULES:
+        assert f"#### {rule.name}\n" in text, rule.name
+    for metric in METRICS:
+        assert f"`{PREFIX}{metric.name}" in text, metric.name
+    for name in MonitorSettings.model_fields:
+        assert f"QUSTREAM_MONITOR_{name.upper()}" in text, name
