@@ -8,16 +8,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import TopicPartition
-
 from protocol.keys import SigningKey
 from protocol.messages import Vote, VoteType
 from services.ledger.core import Delegate, encode_signed_tx, sign_tx
 from services.ledger.core.queries import next_nonce, validator
 from services.ledger.submit import submit_tx
-from streams.chain_reader import watermarks
 from streams.chain_wire import decode_consensus, decode_finalized
-from streams.kafka import make_consumer
+from streams.kafka import Position, make_consumer
 from streams.supervisor import ServiceState, Supervisor
 from tests.integration.test_chain_e2e import (
     Network,
@@ -57,13 +54,13 @@ def _prevoters(network: Network, height: int) -> set[bytes]:
     consumer = make_consumer(network.settings, f"prevoters-{time.time_ns()}")
     found: set[bytes] = set()
     try:
-        end = watermarks(consumer, topic)[1]
-        consumer.assign([TopicPartition(topic, 0, 0)])
-        while consumer.position([TopicPartition(topic, 0)])[0].offset < end:
-            message = consumer.poll(0.5)
-            if message is None or message.error():
+        end = consumer.watermarks(topic)[1]
+        consumer.assign([Position(topic, 0, 0)])
+        while consumer.position(topic, 0) < end:
+            record = consumer.poll(0.5)
+            if record is None:
                 continue
-            decoded = decode_consensus(message.value(), network.chain_id)
+            decoded = decode_consensus(record.value, network.chain_id)
             if isinstance(decoded, Vote) and decoded.height == height and (
                     decoded.vote_type is VoteType.PREVOTE):
                 found.add(decoded.validator_address)
