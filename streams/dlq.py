@@ -14,6 +14,10 @@ from typing import Any, Protocol
 
 from streams.codec import Codec, default_codec
 
+# The reason is written twice (record and header); capped so a DLQ record of the largest wrapped
+# message still fits the DLQ topic (streams.topics.DLQ_ENVELOPE_BYTES).
+MAX_REASON_BYTES = 4096
+
 
 class _Producer(Protocol):
     def produce(self, topic: str, value: bytes | None = ..., key: Any = ..., **kwargs: Any) -> None:
@@ -43,6 +47,7 @@ class DeadLetters:
         reason: str,
         error_type: str,
     ) -> None:
+        reason = _truncate(reason, MAX_REASON_BYTES)
         record = {
             "source_topic": source_topic,
             "partition": partition,
@@ -73,3 +78,10 @@ class DeadLetters:
             reason=reason,
             error_type=error_type,
         )
+
+
+def _truncate(text: str, limit: int) -> str:
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "..."

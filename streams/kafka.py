@@ -1,18 +1,22 @@
 """Kafka client factories and topic administration (the shell around confluent-kafka).
 
 Producers are idempotent with ``acks=all`` (no duplicates from retries, nothing acknowledged
-before every in-sync replica has it). Consumers commit manually and read committed data only,
-so a transactional writer's aborted output is never seen. Errors from the client library are
-translated here into ``KafkaError`` subclasses of our own.
+before every in-sync replica has it), and place keyed records as Java's default partitioner does
+(murmur2 of the key bytes, positive, modulo the partition count), so a Java, Kafka Streams or
+Connect producer sends a user's or a source's records to the same partition as we do.
+Consumers commit manually and read committed data only, so a transactional writer's aborted
+output is never seen; committed positions step over transaction markers, so a caught-up group's
+lag reads 0 (``positions_past_markers``). Errors from the client library are translated here
+into ``KafkaError`` subclasses of our own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.settings import Settings
@@ -35,6 +39,9 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "compression.type": "none",
         "linger.ms": 5,
         "message.max.bytes": 9 * 1024 * 1024,
+        # librdkafka's default is CRC32; murmur2 is Java's. Records without a key are spread
+        # randomly (we produce none to keyed topics). See docs/kafka-interop.md (migration).
+        "partitioner": "murmur2_random",
     }
     config.update(overrides)
     return config
@@ -73,6 +80,41 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consum
         return Consumer(config)
     except KafkaException as exc:
         raise KafkaError(f"cannot create consumer: {exc}") from exc
+
+
+def positions_past_markers(consumer: Consumer, topic: str,
+                           consumed: Mapping[int, int]) -> dict[int, int]:
+    """Offsets to commit for ``topic`` after processing every message handed out so far.
+
+    ``consumed`` maps partition -> offset after the last message processed (partitions with no
+    message yet may be absent). A transactional writer leaves a commit marker (a control record)
+    after each transaction; the consumer steps over it without handing it out, so committing
+    "last offset + 1" leaves a lag of one on every partition such a writer wrote, forever. The
+    consumer's position is exactly past the messages handed out and the markers stepped over
+    (never past a message not yet handed out), so the larger of the two is what a caught-up
+    consumer commits: its lag, measured against the log end offset, reads 0 (Java's consumer
+    position does the same). Returns only partitions of ``topic`` with a valid position or an
+    entry in ``consumed``.
+    """
+    result = dict(consumed)
+    try:
+        assigned = [tp for tp in consumer.assignment() if tp.topic == topic]
+        positions = consumer.position(assigned) if assigned else []
+    except KafkaException as exc:
+        raise KafkaError(f"cannot read the positions on {topic}: {exc}") from exc
+    for tp in positions:
+        if tp.offset >= 0 and tp.offset > result.get(tp.partition, -1):
+            result[tp.partition] = tp.offset
+    return result
+
+
+def advanced_positions(consumer: Consumer, topic: str,
+                       committed: Mapping[int, int]) -> list[TopicPartition]:
+    """Partitions of ``topic`` whose position moved past ``committed`` with no message handed
+    out (markers stepped over while idle): commit them and a caught-up group's lag reads 0."""
+    return [TopicPartition(topic, partition, offset)
+            for partition, offset in sorted(positions_past_markers(consumer, topic, {}).items())
+            if offset > committed.get(partition, -1)]
 
 
 def make_admin(settings: Settings) -> AdminClient:

@@ -15,8 +15,14 @@ Commit order of one batch (``CommandHandler.run_once``):
 4. ``flush`` (the events' offsets are now known), produce one ``UserCommandAccepted`` reply per
    accepted command, naming its event's offset (for read-your-own-writes);
 5. ``send_offsets_to_transaction`` with the next command offsets and the group metadata (a
-   zombie of an older group generation is fenced here);
+   zombie of an older group generation is fenced here); the next offset of a partition is the
+   consumer's position where it has stepped over transaction markers of a transactional
+   command writer (``streams.kafka.positions_past_markers``);
 6. ``commit_transaction``; only now does the working copy become the state.
+
+Lag: when a poll returns nothing but the position moved past the last committed offset (the
+markers at the end of a transactional writer's batch), an offsets-only transaction commits it, so
+a caught-up handler's group lag, against the log end offset, reads 0 (``run``).
 
 On an abortable error the transaction is aborted, the working copy dropped and the consumer
 rewound to the batch's first offsets; a fatal error (fenced producer) ends the process.
@@ -65,7 +71,12 @@ from services.shard_writer.core import (
 )
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import make_consumer, make_producer
+from streams.kafka import (
+    advanced_positions,
+    make_consumer,
+    make_producer,
+    positions_past_markers,
+)
 from streams.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -118,6 +129,7 @@ class CommandHandler:
         self.dead_letters = DeadLetters(producer, settings.topic("dlq.users"),  # type: ignore[arg-type]
                                         "users.handler")
         self.partitions: dict[int, PartitionState] = {}
+        self.committed: dict[int, int] = {}  # command partition -> offset committed by us
         self.stats = HandlerStats()
         meter = metrics.get_meter("qustream.users.handler")
         self._outcomes = meter.create_counter("qustream_user_commands",
@@ -194,6 +206,7 @@ class CommandHandler:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.partitions.pop(tp.partition, None)
+            self.committed.pop(tp.partition, None)
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -205,8 +218,31 @@ class CommandHandler:
         while self._running:
             if self.run_once():
                 idle_since = time.monotonic()
-            elif idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+                continue
+            self.commit_past_markers()
+            if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
                 break
+
+    def commit_past_markers(self) -> bool:
+        """While idle: commit positions that moved past transaction markers only (see the
+        module docstring, Lag), in an offsets-only transaction. True if one was committed."""
+        advanced = advanced_positions(self.consumer, self.commands_topic, self.committed)
+        if not advanced:
+            return False
+        try:
+            self.producer.begin_transaction()
+            self.producer.send_offsets_to_transaction(
+                advanced, self.consumer.consumer_group_metadata(), 30)
+            self.producer.commit_transaction(30)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if isinstance(error, KafkaError) and error.txn_requires_abort():
+                log.warning("aborting an offsets-only transaction: %s", error)
+                self.producer.abort_transaction(30)
+                return False
+            raise HandlerError(f"command handler cannot continue: {exc}") from exc
+        self.committed.update((tp.partition, tp.offset) for tp in advanced)
+        return True
 
     def run_once(self, timeout_s: float = 0.5) -> int:
         """One batch through steps 1-6 of the module docstring; returns commands consumed."""
@@ -233,6 +269,7 @@ class CommandHandler:
             for event, event_partition, delivered in pending:
                 self._reply_accepted(event, event_partition, delivered[0] if delivered else -1,
                                      now)
+            after = positions_past_markers(self.consumer, self.commands_topic, after)
             self.producer.send_offsets_to_transaction(
                 [TopicPartition(self.commands_topic, p, o) for p, o in after.items()],
                 self.consumer.consumer_group_metadata(), 30)
@@ -249,6 +286,7 @@ class CommandHandler:
         for partition, state in working.items():
             if partition in self.partitions:
                 self.partitions[partition] = state
+        self.committed.update(after)
         self._count(stats)
         return len(messages)
 

@@ -13,7 +13,10 @@ Commit order of one batch (``Projector.run_once``):
    ``USING TIMESTAMP`` = the event's per-user version, all users concurrently, and wait for all;
 4. write each partition's next offset to ``positions`` (``USING TIMESTAMP`` = that offset, so a
    late write of a smaller position never wins);
-5. commit the offsets to Kafka, asynchronously, for lag monitoring only.
+5. commit the offsets to Kafka, asynchronously, for lag monitoring only: the consumer's
+   positions, which step over the handler's transaction markers, so a caught-up shard_writer's
+   lag reads 0 (``streams.kafka.positions_past_markers``; an idle poll commits a position that
+   moved past markers alone).
 
 A crash anywhere re-applies at most the batch in flight, which changes nothing (idempotent).
 On (re)assignment ``on_assign`` seeks each partition to its stored position, so a restart
@@ -53,7 +56,12 @@ from services.shard_writer.core import (
 from services.shard_writer.store import Statements, StoreError, connect, create_schema
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import make_consumer, make_producer
+from streams.kafka import (
+    advanced_positions,
+    make_consumer,
+    make_producer,
+    positions_past_markers,
+)
 from streams.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -157,6 +165,7 @@ class Projector:
         self.codec = default_codec()
         self.stats = ProjectorStats()
         self.assigned: set[int] = set()
+        self.committed: dict[int, int] = {}  # partition -> offset last committed to Kafka
         self._running = True
 
     @classmethod
@@ -203,6 +212,8 @@ class Projector:
         # Nothing is in flight here (see the module docstring): positions already cover
         # every event applied from these partitions.
         self.assigned -= {tp.partition for tp in partitions}
+        for tp in partitions:
+            self.committed.pop(tp.partition, None)
         log.info("revoked %s", sorted(tp.partition for tp in partitions))
 
     # --- the loop ----------------------------------------------------------------------------
@@ -216,7 +227,10 @@ class Projector:
         while self._running:
             if self.run_once():
                 idle_since = time.monotonic()
-            elif idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+                continue
+            if self.commit_to_kafka:
+                self._commit(advanced_positions(self.consumer, self.topic, self.committed))
+            if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
                 break
 
     def run_once(self, timeout_s: float = 0.5) -> int:
@@ -247,11 +261,16 @@ class Projector:
             self.session, (rows_for(self.statements, evs) for evs in users.values()))
         self.save_positions(next_offsets)
         if self.commit_to_kafka and next_offsets:
-            self.consumer.commit(offsets=[TopicPartition(self.topic, p, o)
-                                          for p, o in next_offsets.items()], asynchronous=True)
+            past = positions_past_markers(self.consumer, self.topic, next_offsets)
+            self._commit([TopicPartition(self.topic, p, o) for p, o in past.items()])
         self.stats.events += len(events)
         self.stats.batches += 1
         return len(events)
+
+    def _commit(self, offsets: list[TopicPartition]) -> None:
+        if offsets:
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+            self.committed.update((tp.partition, tp.offset) for tp in offsets)
 
     def decode(self, message: Message) -> Event:
         record = self.codec.decode(message.value(), expected="UserEventRecorded")
