@@ -235,14 +235,19 @@ class CommandHandler:
                 advanced, self.consumer.consumer_group_metadata(), 30)
             self.producer.commit_transaction(30)
         except KafkaException as exc:
-            error = exc.args[0]
-            if isinstance(error, KafkaError) and error.txn_requires_abort():
-                log.warning("aborting an offsets-only transaction: %s", error)
-                self.producer.abort_transaction(30)
-                return False
-            raise HandlerError(f"command handler cannot continue: {exc}") from exc
+            self._abort_or_raise(exc, "an offsets-only transaction")
+            return False
         self.committed.update((tp.partition, tp.offset) for tp in advanced)
         return True
+
+    def _abort_or_raise(self, exc: KafkaException, what: str) -> None:
+        """Abort the open transaction on an abortable error; anything else is fatal."""
+        error = exc.args[0]
+        if isinstance(error, KafkaError) and error.txn_requires_abort():
+            log.warning("aborting %s: %s", what, error)
+            self.producer.abort_transaction(30)
+            return
+        raise HandlerError(f"command handler cannot continue: {exc}") from exc
 
     def run_once(self, timeout_s: float = 0.5) -> int:
         """One batch through steps 1-6 of the module docstring; returns commands consumed."""
@@ -275,14 +280,10 @@ class CommandHandler:
                 self.consumer.consumer_group_metadata(), 30)
             self.producer.commit_transaction(30)
         except KafkaException as exc:
-            error = exc.args[0]
-            if isinstance(error, KafkaError) and error.txn_requires_abort():
-                log.warning("aborting batch: %s", error)
-                self.producer.abort_transaction(30)
-                for partition, offset in first.items():
-                    self.consumer.seek(TopicPartition(self.commands_topic, partition, offset))
-                return 0
-            raise HandlerError(f"command handler cannot continue: {exc}") from exc
+            self._abort_or_raise(exc, "batch")
+            for partition, offset in first.items():
+                self.consumer.seek(TopicPartition(self.commands_topic, partition, offset))
+            return 0
         for partition, state in working.items():
             if partition in self.partitions:
                 self.partitions[partition] = state
