@@ -6,8 +6,8 @@ publishing with acks=all (``services.qrng_ingest.service``). Baseline: a bare co
 producer with the same configuration sending pre-generated chunks of the same size to a topic
 with the same settings. Rounds alternate (ours, baseline, ours, baseline) against the Kafka from
 the settings (``QUSTREAM_KAFKA_BOOTSTRAP_SERVERS`` or the embedded broker) on uniquely named
-topics; the best round of each is reported, plus the health tests alone. Bounded: about a minute.
-Last line: one JSON object.
+topics (deleted at the end); the best round of each is reported, plus the health tests alone.
+Bounded: about a minute. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import json
 import os
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from confluent_kafka import Producer
 from rich.console import Console
 from rich.progress import Progress
 
+from bench.common import scratch_kafka
 from services.qrng_ingest.core.chain import CheckpointPolicy
 from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_block
 from services.qrng_ingest.publisher import PRODUCER_TUNING
@@ -83,9 +83,13 @@ def _baseline(settings: Settings, topic: str) -> float:
 
 
 def main() -> None:
+    with scratch_kafka(load_settings()) as settings:
+        result = _run(settings)
+    print(json.dumps(result))
+
+
+def _run(settings: Settings) -> dict[str, object]:
     console = Console(stderr=True)
-    base = load_settings()
-    settings = base.model_copy(update={"topic_prefix": f"bench-{uuid.uuid4().hex[:8]}."})
     raw = spec("entropy.raw")
     baseline_spec = TopicSpec("bench.baseline", raw.partitions, raw.key, "bench", (),
                               retention_ms=raw.retention_ms,
@@ -109,10 +113,9 @@ def main() -> None:
     console.print(f"ours MB/s per round: {[round(x, 1) for x in ours]}; "
                   f"baseline: {[round(x, 1) for x in baseline]}; load {os.getloadavg()}")
     best_ours, best_baseline = max(ours), max(baseline)
-    print(json.dumps({"bench": "ingest", "unit": "MB/s", "ours": round(best_ours, 1),
-                      "baseline": round(best_baseline, 1),
-                      "ratio": round(best_ours / best_baseline, 3),
-                      "health_tests_mb_s": round(health, 1)}))
+    return {"bench": "ingest", "unit": "MB/s", "ours": round(best_ours, 1),
+            "baseline": round(best_baseline, 1), "ratio": round(best_ours / best_baseline, 3),
+            "health_tests_mb_s": round(health, 1)}
 
 
 if __name__ == "__main__":
