@@ -39,9 +39,10 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "compression.type": "none",
         "linger.ms": 5,
         "message.max.bytes": 9 * 1024 * 1024,
-        # librdkafka's default is CRC32; murmur2 is Java's. Records without a key are spread
-        # randomly (we produce none to keyed topics). See docs/kafka-interop.md (migration).
-        "partitioner": "murmur2_random",
+        # librdkafka's default is CRC32; murmur2_random is Java's placement of keyed records
+        # (records without a key are spread randomly; we produce none to keyed topics).
+        # Settings keep CRC32 only for deployments not migrated yet (docs/kafka-interop.md).
+        "partitioner": settings.kafka.partitioner,
     }
     config.update(overrides)
     return config

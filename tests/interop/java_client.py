@@ -26,6 +26,9 @@ MAIN_CLASS = "io.qustream.interop.Interop"
 def build(timeout_s: float = 900) -> str:
     """Compile the program (the first build downloads its jars); returns its classpath."""
     java_home = find_java_home()
+    if not (java_home / "bin" / "javac").is_file():
+        raise RuntimeError(f"{java_home} is a Java runtime without a compiler: the interop test "
+                           "needs a JDK (apt-get install openjdk-17-jdk-headless)")
     done = subprocess.run(
         [str(find_maven()), "-B", "-q", "-f", str(PROJECT / "pom.xml"),
          f"-Dinterop.target={BUILD}", "compile"],

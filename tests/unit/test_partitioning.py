@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.kafka import producer_config
-from streams.settings import Settings
+from streams.settings import KafkaSettings, Settings, SettingsError, load_settings
 
 M = 0x5BD1E995
 MASK32 = 0xFFFFFFFF
@@ -72,3 +72,13 @@ def test_every_producer_is_configured_for_murmur2() -> None:
     assert config["partitioner"] == "murmur2_random"
     # an override that changes anything else keeps the partitioner
     assert producer_config(Settings(), **{"linger.ms": 1})["partitioner"] == "murmur2_random"
+
+
+def test_an_unmigrated_deployment_can_keep_the_old_placement(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    legacy = Settings(kafka=KafkaSettings(partitioner="consistent_random"))
+    assert producer_config(legacy)["partitioner"] == "consistent_random"
+    assert legacy.to_env()["QUSTREAM_KAFKA_PARTITIONER"] == "consistent_random"
+    monkeypatch.setenv("QUSTREAM_KAFKA_PARTITIONER", "crc32")
+    with pytest.raises(SettingsError, match="partitioner"):
+        load_settings()
