@@ -47,3 +47,5 @@ def test_a_failing_bench_deletes_its_topics_and_groups_only(settings: Settings,
     groups = {g.group_id for g in admin.list_consumer_groups().result().valid}
     assert made["group"] not in groups
     assert bystander in groups
+    for future in admin.delete_consumer_groups([bystander]).values():
+        future.result(30)
