@@ -606,14 +606,20 @@ def test_java_clients_read_and_write_our_topics(stack: Stack) -> None:
     """What an enterprise Java user runs (issue 14), on this network's topics: Avro's
     ``BinaryMessageDecoder`` over every schema decodes every message of every topic and
     re-encodes it to the same bytes; Java's default partitioner agrees with the partition of
-    every keyed record; a command sent by a plain Java producer is applied to its user."""
+    every keyed record; a command sent by a plain Java producer for a user registered through
+    our gateway reaches the handler that holds that user's state, and is applied."""
+    from sdk.records import seal_record
+
     classpath = java_client.build()
     common = ("--url", stack.url, "--api-key", stack.api_key)
     _example(stack, "get_key.py", *common, "--account", str(stack.keys_dir / "account-0.json"))
     identity = UserIdentity.generate()
-    command = signed_command(identity.signing, identity.user_id, "from-java", RegisterUser(
-        identity.signing.public_key.to_text(), identity.records.public_key),
-        issued_at_ms=int(time.time() * 1000))
+    user = identity.user_id
+    with UserStore(stack.url, stack.api_key, identity) as store:
+        store.register()  # through our gateway and producer (503s are retried, idempotently)
+    envelope = seal_record(identity.records.public_key, user, "from-java", 1, b"hello")
+    command = signed_command(identity.signing, user, "from-java", PutRecord(
+        "from-java", 1, envelope), issued_at_ms=int(time.time() * 1000))
     record_json = io.StringIO()
     fastavro.json_writer(record_json, default_codec().parsed_schema("UserCommandIssued"),
                          [command_to_record(command)])
@@ -622,17 +628,17 @@ def test_java_clients_read_and_write_our_topics(stack: Stack) -> None:
               "history": str(SCHEMA_DIR / "history")}
     sent = java_client.run(classpath, "produce", {
         **config, "topic": settings.topic("users.commands"), "schema": "UserCommandIssued",
-        "key": identity.user_id, "record_json": record_json.getvalue()})
-    assert sent["partition"] == java_partition(identity.user_id.encode(), sent["partitions"])
+        "key": user, "record_json": record_json.getvalue()})
+    assert sent["partition"] == java_partition(user.encode(), sent["partitions"])
     assert sent["header_hex"] == default_codec().encode(
         "UserCommandIssued", command_to_record(command))[:10].hex()
     with stack.http(stack.api_key) as http:
-        deadline = time.monotonic() + 60
-        while (answer := http.get(f"/v1/users/{identity.user_id}")).status_code != 200:
+        deadline = time.monotonic() + 120
+        while (answer := http.get(f"/v1/users/{user}/records/from-java")).status_code != 200:
             assert time.monotonic() < deadline, f"Java's command not applied: {answer.text}\n" \
                 f"{stack.log('users-handler')}"
             time.sleep(0.5)
-        assert answer.json()["user_id"] == identity.user_id
+        assert base64.b64decode(answer.json()["ciphertext"]) == envelope
 
     topics = {settings.topic(t.name): list(t.schemas) for t in CATALOGUE}
     result = java_client.run(classpath, "decode", {**config, "topics": topics}, timeout_s=600)
