@@ -19,7 +19,7 @@ help:
 	@echo "make bench  - every benchmark under bench/ (each prints a JSON line)"
 
 $(STAMP): pyproject.toml
-	@command -v java >/dev/null || { echo "Java 17 is required: apt-get install openjdk-17-jre-headless"; exit 1; }
+	@command -v java >/dev/null || { echo "Java 17 is required (a JDK: the tests compile a small Java program): apt-get install openjdk-17-jdk-headless"; exit 1; }
 	@command -v mvn >/dev/null || { echo "Maven is required: apt-get install maven"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

@@ -17,7 +17,8 @@ ratio is p50_ms_4 / baseline_p50_ms (a block needs at least three such hops: pro
 prevotes, precommits, then the tally's transactional write).
 
 Run: ``python -m bench.finality`` (uses QUSTREAM_KAFKA_BOOTSTRAP_SERVERS or the embedded
-broker). The last line is one JSON object.
+broker). Every network's topics and consumer groups are deleted when it ends. The last line is
+one JSON object.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from bench.common import scratch_kafka
 from streams.admin import ensure_topics
 from streams.chain_wire import decode_finalized
 from streams.kafka import Position, consumer_config, make_consumer, producer_config
@@ -74,8 +76,7 @@ def _blocks(settings: Settings) -> list[tuple[int, int, int]]:
 
 def run_network(base: Settings, validators: int, interval_ms: int, seconds: float
                 ) -> list[tuple[int, int, int]]:
-    settings = base.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:8]}."})
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_kafka(base) as settings, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         env = {**os.environ, "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap(),
                "QUSTREAM_TOPIC_PREFIX": settings.topic_prefix, "QUSTREAM_STATE_DIR": tmp}
@@ -126,32 +127,32 @@ def throughput(blocks: list[tuple[int, int, int]]) -> float:
     return (len(steady) - 1) * 1000 / max(span_ms, 1)
 
 
-def kafka_round_trip(settings: Settings, count: int = 200) -> float:
+def kafka_round_trip(base: Settings, count: int = 200) -> float:
     """p50 ms of produce -> consume of one small record, same client settings as consensus,
     with the raw confluent-kafka clients (no edge kit in the baseline)."""
-    settings = settings.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:8]}."})
-    ensure_topics(settings)
-    topic = settings.topic("chain.consensus")
-    overrides: dict[str, Any] = {"linger.ms": 0}
-    producer = Producer(producer_config(settings, **overrides))
-    consumer = Consumer(consumer_config(settings, f"rt-{uuid.uuid4().hex[:8]}",
-                                        **{"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}))
-    _, end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)
-    consumer.assign([TopicPartition(topic, 0, end)])
-    samples: list[float] = []
-    try:
-        for _ in range(count):
-            sent = time.perf_counter()
-            producer.produce(topic, value=b"x" * 200)
-            producer.poll(0)
-            while True:
-                message = consumer.poll(1.0)
-                if message is not None and not message.error():
-                    break
-            samples.append((time.perf_counter() - sent) * 1000)
-    finally:
-        consumer.close()
-        producer.flush(5)
+    with scratch_kafka(base) as settings:
+        ensure_topics(settings)
+        topic = settings.topic("chain.consensus")
+        overrides: dict[str, Any] = {"linger.ms": 0}
+        producer = Producer(producer_config(settings, **overrides))
+        consumer = Consumer(consumer_config(settings, f"rt-{uuid.uuid4().hex[:8]}",
+                                            **{"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}))
+        _, end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)
+        consumer.assign([TopicPartition(topic, 0, end)])
+        samples: list[float] = []
+        try:
+            for _ in range(count):
+                sent = time.perf_counter()
+                producer.produce(topic, value=b"x" * 200)
+                producer.poll(0)
+                while True:
+                    message = consumer.poll(1.0)
+                    if message is not None and not message.error():
+                        break
+                samples.append((time.perf_counter() - sent) * 1000)
+        finally:
+            consumer.close()
+            producer.flush(5)
     return _percentile(samples, 0.5)
 
 

@@ -16,13 +16,13 @@ import json
 import os
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from confluent_kafka import Producer
 from rich.console import Console
 from rich.progress import Progress
 
+from bench.common import scratch_kafka
 from protocol.entropy.chain import CheckpointPolicy
 from protocol.keys import SigningKey
 from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_block
@@ -84,9 +84,13 @@ def _baseline(settings: Settings, topic: str) -> float:
 
 
 def main() -> None:
+    with scratch_kafka(load_settings()) as settings:
+        result = _run(settings)
+    print(json.dumps(result))
+
+
+def _run(settings: Settings) -> dict[str, object]:
     console = Console(stderr=True)
-    base = load_settings()
-    settings = base.model_copy(update={"topic_prefix": f"bench-{uuid.uuid4().hex[:8]}."})
     raw = spec("entropy.raw")
     baseline_spec = TopicSpec("bench.baseline", raw.partitions, raw.key, "bench", (),
                               retention_ms=raw.retention_ms,
@@ -109,15 +113,15 @@ def main() -> None:
                 baseline.append(_baseline(settings, settings.topic("bench.baseline")))
                 progress.advance(task)
     finally:
-        # A run writes gigabytes (1 MiB chunks at hundreds of MB/s): give the disk back.
+        # A run writes gigabytes (1 MiB chunks at hundreds of MB/s): give the disk back at
+        # once (scratch_kafka deletes whatever else is left under the prefix).
         delete_topics(settings, [settings.topic(t.name) for t in topics])
     console.print(f"ours MB/s per round: {[round(x, 1) for x in ours]}; "
                   f"baseline: {[round(x, 1) for x in baseline]}; load {os.getloadavg()}")
     best_ours, best_baseline = max(ours), max(baseline)
-    print(json.dumps({"bench": "ingest", "unit": "MB/s", "ours": round(best_ours, 1),
-                      "baseline": round(best_baseline, 1),
-                      "ratio": round(best_ours / best_baseline, 3),
-                      "health_tests_mb_s": round(health, 1)}))
+    return {"bench": "ingest", "unit": "MB/s", "ours": round(best_ours, 1),
+            "baseline": round(best_baseline, 1), "ratio": round(best_ours / best_baseline, 3),
+            "health_tests_mb_s": round(health, 1)}
 
 
 if __name__ == "__main__":

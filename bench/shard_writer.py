@@ -5,7 +5,8 @@
 ``users.events``, decode, one unlogged single-partition batch per user with ``USING TIMESTAMP``
 = version, stored positions after every batch. ``baseline`` is the cassandra-driver's
 ``execute_concurrent`` writing exactly the same statements, one request per row, from
-pre-built parameters (no Kafka, no decoding, no positions). The last line is one JSON object.
+pre-built parameters (no Kafka, no decoding, no positions). Its topics, consumer group and
+keyspaces are deleted at the end. The last line is one JSON object.
 
     python -m bench.shard_writer [--users 2000] [--events-per-user 25]
 """
@@ -21,13 +22,14 @@ from typing import Any
 
 from cassandra.concurrent import execute_concurrent
 
+from bench.common import scratch_kafka
 from services.shard_writer.core import Event, RecordPut, UserRegistered, event_to_record
 from services.shard_writer.projection import Projector, group_by_user, rows_for
 from services.shard_writer.store import Statements, connect, create_schema, drop_keyspace
 from streams.admin import ensure_topics
 from streams.codec import default_codec
 from streams.kafka import make_producer
-from streams.settings import load_settings
+from streams.settings import Settings, load_settings
 from streams.topics import spec
 
 
@@ -52,9 +54,14 @@ def main() -> None:
     parser.add_argument("--payload-bytes", type=int, default=1300)  # a sealed ~100 B record
     parser.add_argument("--concurrency", type=int, default=256)
     args = parser.parse_args()
-    base = load_settings()
+    with scratch_kafka(load_settings()) as settings:
+        ours, baseline = _run(settings, args)
+    print(json.dumps({"bench": "shard_writer", "unit": "events/s", "ours": round(ours),
+                      "baseline": round(baseline), "ratio": round(ours / baseline, 3)}))
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> tuple[float, float]:
     run = uuid.uuid4().hex[:10]
-    settings = base.model_copy(update={"topic_prefix": f"bench.{run}."}, deep=True)
     ours_ks, base_ks = f"bench_sw_{run}", f"bench_raw_{run}"
     settings.cassandra.keyspace = ours_ks
     ensure_topics(settings, [spec("users.events"), spec("dlq.users")])
@@ -103,8 +110,7 @@ def main() -> None:
         for ks in (ours_ks, base_ks):
             drop_keyspace(session, ks)
         cluster.shutdown()
-    print(json.dumps({"bench": "shard_writer", "unit": "events/s", "ours": round(ours),
-                      "baseline": round(baseline), "ratio": round(ours / baseline, 3)}))
+    return ours, baseline
 
 
 if __name__ == "__main__":

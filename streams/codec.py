@@ -2,7 +2,11 @@
 
 Wire format (Avro 1.11 specification, "Single-object encoding"): the two-byte marker ``C3 01``,
 the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form,
-then the Avro binary body. Every message so names its schema without a registry.
+then the Avro binary body. Every message so names its schema without a registry, and Java's
+``BinaryMessageDecoder`` reads it (``tests/interop`` proves it on a real network's topics).
+
+Releases before issue 14 wrote the fingerprint bytes in reverse (big-endian) order. Topics keep
+some of that data forever, so readers accept both orders; only the specification's is written.
 
 The registry of schemas is the ``schemas/`` folder: ``<Name>.avsc`` is the current (reader)
 version of each event and ``history/<Name>.v<N>.avsc`` are every version ever released, so data
@@ -71,15 +75,20 @@ class Codec:
             parsed = parse_schema(raw)
             fp = _fingerprint(raw)
             self._writers[name] = _Writer(name, parsed, MARKER + fp)
-            self._readers[MARKER + fp] = (name, parsed, None)
+            self._add_reader(fp, (name, parsed, None))
         for path in sorted((schema_dir / "history").glob("*.avsc")):
             raw = json.loads(path.read_text())
             name = raw["name"]
             fp = _fingerprint(raw)
             if MARKER + fp in self._readers or name not in self._writers:
                 continue  # identical to the current version, or a retired event
-            self._readers[MARKER + fp] = (name, parse_schema(raw),
-                                 self._writers[name].parsed)
+            self._add_reader(fp, (name, parse_schema(raw), self._writers[name].parsed))
+
+    def _add_reader(self, fp: bytes, entry: tuple[str, Any, Any]) -> None:
+        """Register a writer schema under its header, and under the legacy reversed header."""
+        self._readers[MARKER + fp] = entry
+        # setdefault: should a reversed header ever equal a correct one, the correct one wins.
+        self._readers.setdefault(MARKER + fp[::-1], entry)
 
     @property
     def schema_names(self) -> tuple[str, ...]:
@@ -138,8 +147,12 @@ class Codec:
 
 
 def _fingerprint(raw: dict[str, Any]) -> bytes:
+    """The 8 fingerprint bytes as the header carries them (little-endian, as Java writes them).
+
+    fastavro's hex string already lists the bytes in that order, so it is only unhexed.
+    """
     canonical = to_parsing_canonical_form(raw)
-    return _FP.pack(int(fingerprint(canonical, "CRC-64-AVRO"), 16))
+    return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
 
 
 @cache

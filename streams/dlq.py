@@ -23,6 +23,10 @@ from typing import Protocol
 from streams.codec import Codec, default_codec
 from streams.kafka import Record
 
+# The reason is written twice (record and header); capped so a DLQ record of the largest wrapped
+# message still fits the DLQ topic (streams.topics.DLQ_ENVELOPE_BYTES).
+MAX_REASON_BYTES = 4096
+
 
 class _Producer(Protocol):
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None, *,
@@ -57,8 +61,8 @@ class DeadLetters:
         """Dead-letter ``record`` as it was consumed. The reason is ``detail`` or, for an
         exception, its message; the error type is ``error_type(error)``."""
         kind = error_type(error)
-        reason = detail if detail is not None else (
-            str(error) if isinstance(error, BaseException) else kind)
+        reason = _truncate(detail if detail is not None else (
+            str(error) if isinstance(error, BaseException) else kind), MAX_REASON_BYTES)
         letter = {
             "source_topic": record.topic,
             "partition": record.partition,
@@ -77,3 +81,10 @@ class DeadLetters:
             headers=[("qs.dlq.reason", reason.encode()), ("qs.dlq.error", kind.encode())],
         )
         self.counts[kind] += 1
+
+
+def _truncate(text: str, limit: int) -> str:
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "..."

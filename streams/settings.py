@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +44,11 @@ class KafkaSettings(BaseSettings):
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
     replication_factor: int = 1  # 3 in production (see the Helm chart)
+    # Where keyed records go: murmur2 is Java's default partitioner (every Java, Streams or
+    # Connect producer agrees with us); consistent_random (CRC32) is librdkafka's default and
+    # what releases before issue 14 used: only for deployments that have not migrated their
+    # keyed topics yet (docs/kafka-interop.md).
+    partitioner: Literal["murmur2_random", "consistent_random"] = "murmur2_random"
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka properties for the connection part (servers, TLS, SASL)."""
@@ -150,6 +155,7 @@ class Settings(BaseModel):
             "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap(),
             "QUSTREAM_TOPIC_PREFIX": self.topic_prefix,
             "QUSTREAM_STATE_DIR": str(self.state_dir),
+            "QUSTREAM_KAFKA_PARTITIONER": self.kafka.partitioner,
         }
         if self.cassandra.contact_points:
             env.update({

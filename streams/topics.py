@@ -2,6 +2,13 @@
 
 Names are relative (``chain.blocks``) and prefixed at run time (default ``qs.``). The Helm chart's
 KafkaTopic resources are generated from and checked against this catalogue.
+
+Retention is only as good as the segments behind it: Kafka deletes whole closed segments, and
+rolls a segment only when it reaches ``segment.bytes`` or, on the next append, is older than
+``segment.ms`` (default 7 days, 1 GiB). So every topic with a finite retention gets a
+``segment.ms`` of at most ``1 / SEGMENT_FRACTION`` of it: no record outlives its retention by
+more than that segment time plus the broker's ``log.retention.check.interval.ms``, at any write
+rate. Dead-letter topics are sized for the largest message they wrap plus the envelope.
 """
 
 from __future__ import annotations
@@ -11,6 +18,16 @@ from dataclasses import dataclass, field
 DAY_MS = 24 * 3600 * 1000
 FOREVER = -1
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # 1 MiB chunks plus headers; blocks carry many digests
+DEFAULT_MESSAGE_BYTES = 1024 * 1024
+SEGMENT_FRACTION = 10  # segment.ms <= retention.ms / SEGMENT_FRACTION
+MAX_SEGMENT_MS = DAY_MS  # long retentions still roll daily: deletion in day-sized steps
+FOREVER_SEGMENT_MS = 7 * DAY_MS  # Kafka's default; kept explicit so drift is reported
+SEGMENT_BYTES = 128 * 1024 * 1024  # finite retention: fine-grained deletion at high rates
+FOREVER_SEGMENT_BYTES = 1024 * 1024 * 1024  # Kafka's default; nothing is deleted anyway
+# What MessageDeadLettered adds around the original key and value: the reason (capped by
+# streams.dlq.MAX_REASON_BYTES) in the record and in a header, the key again as the DLQ key,
+# names, numbers, the Avro header and Kafka's record overhead.
+DLQ_ENVELOPE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +40,19 @@ class TopicSpec:
     retention_ms: int = 7 * DAY_MS
     cleanup_policy: str = "delete"
     min_insync_replicas: int = 2
-    max_message_bytes: int = 1024 * 1024
+    max_message_bytes: int = DEFAULT_MESSAGE_BYTES
     extra: tuple[tuple[str, str], ...] = field(default=())
+    dead_letters_of: tuple[str, ...] = ()  # a DLQ: the topics whose messages it wraps
+
+    @property
+    def segment_ms(self) -> int:
+        if self.retention_ms == FOREVER:
+            return FOREVER_SEGMENT_MS
+        return max(1, min(MAX_SEGMENT_MS, self.retention_ms // SEGMENT_FRACTION))
+
+    @property
+    def segment_bytes(self) -> int:
+        return FOREVER_SEGMENT_BYTES if self.retention_ms == FOREVER else SEGMENT_BYTES
 
     def configs(self, replication_factor: int) -> dict[str, str]:
         """Topic configs for a cluster with the given replication factor.
@@ -37,13 +65,15 @@ class TopicSpec:
             "cleanup.policy": self.cleanup_policy,
             "min.insync.replicas": str(min(self.min_insync_replicas, replication_factor)),
             "max.message.bytes": str(self.max_message_bytes),
+            "segment.ms": str(self.segment_ms),
+            "segment.bytes": str(self.segment_bytes),
             "unclean.leader.election.enable": "false",
         }
         configs.update(dict(self.extra))
         return configs
 
 
-CATALOGUE: tuple[TopicSpec, ...] = (
+_DATA: tuple[TopicSpec, ...] = (
     TopicSpec("entropy.raw", 6, "source id", "qrng_ingest",
               ("EntropyChunkPublished", "EntropyCheckpointSigned"),
               retention_ms=7 * DAY_MS, max_message_bytes=MAX_MESSAGE_BYTES),
@@ -67,14 +97,6 @@ CATALOGUE: tuple[TopicSpec, ...] = (
               retention_ms=FOREVER),
     TopicSpec("users.replies", 12, "user id", "user command handler",
               ("UserCommandAccepted", "UserCommandRejected"), retention_ms=DAY_MS),
-    TopicSpec("dlq.entropy", 1, "original key", "entropy consumers", ("MessageDeadLettered",),
-              retention_ms=30 * DAY_MS, max_message_bytes=MAX_MESSAGE_BYTES),
-    TopicSpec("dlq.chain", 1, "original key", "consensus consumers", ("MessageDeadLettered",),
-              retention_ms=30 * DAY_MS, max_message_bytes=MAX_MESSAGE_BYTES),
-    TopicSpec("dlq.ledger", 1, "original key", "ledger consumers", ("MessageDeadLettered",),
-              retention_ms=30 * DAY_MS),
-    TopicSpec("dlq.users", 1, "original key", "user consumers", ("MessageDeadLettered",),
-              retention_ms=30 * DAY_MS),
     # Compacted: the latest event per rule + subject stays (the open alerts after a restart);
     # a day of history is kept before compaction for `qustream alerts list --all`.
     TopicSpec("alerts", 1, "rule + subject", "monitor", ("AlertRaised", "AlertResolved"),
@@ -83,6 +105,27 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     # The changelog of the monitor's Faust table: its windows and positions, one key per piece.
     TopicSpec("monitor.state", 1, "state piece", "monitor", (), retention_ms=FOREVER,
               cleanup_policy="compact", max_message_bytes=MAX_MESSAGE_BYTES),
+)
+
+
+def _dead_letters(name: str, writer: str, wraps: tuple[str, ...]) -> TopicSpec:
+    """A DLQ whose max.message.bytes holds the largest message of the topics it wraps."""
+    largest = max(t.max_message_bytes for t in _DATA if t.name in wraps)
+    return TopicSpec(name, 1, "original key", writer, ("MessageDeadLettered",),
+                     retention_ms=30 * DAY_MS, max_message_bytes=largest + DLQ_ENVELOPE_BYTES,
+                     dead_letters_of=wraps)
+
+
+CATALOGUE: tuple[TopicSpec, ...] = (
+    *_DATA,
+    _dead_letters("dlq.entropy", "entropy consumers",
+                  ("entropy.raw", "entropy.private", "qrng.status")),
+    _dead_letters("dlq.chain", "consensus consumers",
+                  ("chain.consensus", "chain.blocks", "chain.evidence")),
+    _dead_letters("dlq.ledger", "ledger consumers", ("ledger.tx",)),
+    _dead_letters("dlq.users", "user consumers",
+                  ("users.commands", "users.events", "users.replies")),
+    _dead_letters("dlq.monitor", "monitor", ("alerts", "monitor.state")),
 )
 
 BY_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in CATALOGUE}

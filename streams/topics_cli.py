@@ -13,7 +13,8 @@ app = typer.Typer(help="Kafka topics of the catalogue (DESIGN.md section 3).", n
 
 @app.command("list")
 def list_topics(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Show the catalogue: every topic with partitions, key, writer, retention and schemas."""
+    """Show the catalogue: every topic with partitions, key, writer, retention, segment time
+    and schemas."""
     from streams.settings import load_settings
     from streams.topics import CATALOGUE
 
@@ -25,6 +26,7 @@ def list_topics(as_json: bool = typer.Option(False, "--json", help="Print JSON."
             "key": s.key,
             "writer": s.writer,
             "retention_ms": s.retention_ms,
+            "segment_ms": s.segment_ms,
             "schemas": list(s.schemas),
         }
         for s in CATALOGUE
@@ -33,7 +35,8 @@ def list_topics(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         print(json.dumps(rows, indent=2))
         return
     table = Table(title="QuStream topic catalogue")
-    for column in ("topic", "partitions", "key", "writer", "retention_ms", "schemas"):
+    for column in ("topic", "partitions", "key", "writer", "retention_ms", "segment_ms",
+                   "schemas"):
         table.add_column(column)
     for row in rows:
         table.add_row(*(", ".join(v) if isinstance(v, list) else str(v) for v in row.values()))
@@ -47,7 +50,10 @@ def ensure(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Create missing topics and report drift of existing ones (exit 1 on drift)."""
+    """Create missing topics and report drift of existing ones (exit 1 on drift).
+
+    Drift covers partitions and every catalogue config: retention, segment.ms / segment.bytes
+    (which make the retention real), max.message.bytes, min.insync.replicas ..."""
     from streams.admin import ensure_topics
     from streams.settings import load_settings
 

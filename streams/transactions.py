@@ -11,11 +11,16 @@ exactly once however often the process dies. ``TransactionalBatch.run`` does, in
    unreported after the timeout makes the batch abort.
 4. Produce the outputs that name offsets of step 2's outputs (the caller's ``after_flush``,
    e.g. replies that point at the event they caused).
-5. ``send_offsets_to_transaction``: the offsets after the consumed records, with the consumer's
-   group metadata (a zombie from an older group generation is fenced here). Skipped when the
-   batch consumed nothing through a group (an edge whose position is its own output).
+5. ``send_offsets_to_transaction``: the offsets after the consumed records, or the consumer's
+   position where it stepped over transaction markers beyond them (``past_markers``: so a
+   caught-up group's lag reads 0), with the consumer's group metadata (a zombie from an older
+   group generation is fenced here). Skipped when the batch consumed nothing through a group
+   (an edge whose position is its own output).
 6. ``commit_transaction``. Only after this returns does the caller make its working state the
    state (``run`` returned True).
+
+While idle, ``commit_idle_positions`` commits positions that moved past markers alone, in an
+offsets-only transaction (steps 1, 5, 6).
 
 On an ``AbortableTransactionError`` at any step the transaction is aborted, the consumer is
 rewound to the first consumed offset of each partition, and ``run`` returns False: the caller
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from streams.errors import AbortableTransactionError, FatalKafkaError, RetriableKafkaError
@@ -57,6 +62,8 @@ class TransactionalBatch:
         self.consumer = consumer
         self.timeout_s = timeout_s
         self.aborted = 0
+        # (topic, partition) -> offset this batch's transactions committed for the consumer
+        self.committed: dict[tuple[str, int], int] = {}
 
     def run(self, produce: Callable[[KafkaProducer], None], consumed: Sequence[Record] = (),
             *, after_flush: Callable[[KafkaProducer], None] | None = None) -> bool:
@@ -77,8 +84,10 @@ class TransactionalBatch:
                 after_flush(producer)
             # Step 5: the consumed offsets join the transaction.
             if self.consumer is not None and consumed:
-                positions = [Position(topic, partition, offset) for (topic, partition), offset
-                             in next_positions(consumed).items()]
+                after = self.consumer.past_markers(next_positions(consumed))
+                positions = [Position(topic, partition, offset)
+                             for (topic, partition), offset in after.items()]
+                self.committed.update(after)
                 consumer = self.consumer
                 self._retrying(lambda: producer.send_offsets_to_transaction(
                     positions, consumer, self.timeout_s))
@@ -96,6 +105,39 @@ class TransactionalBatch:
             self._abort(consumed, quiet=True)
             raise
         return True
+
+    def commit_idle_positions(self) -> bool:
+        """While idle: commit, in an offsets-only transaction, the consumer positions that moved
+        past the last committed offsets with no record handed out (the markers at the end of a
+        transactional writer's batch), so a caught-up group's lag reads 0. True if committed."""
+        consumer = self.consumer
+        if consumer is None:
+            return False
+        advanced = {key: offset for key, offset in consumer.past_markers({}).items()
+                    if offset > self.committed.get(key, -1)}
+        if not advanced:
+            return False
+        positions = [Position(topic, partition, offset)
+                     for (topic, partition), offset in sorted(advanced.items())]
+        producer = self.producer
+        try:
+            producer.begin_transaction()
+            self._retrying(lambda: producer.send_offsets_to_transaction(
+                positions, consumer, self.timeout_s))
+            self._retrying(lambda: producer.commit_transaction(self.timeout_s))
+        except (AbortableTransactionError, RetriableKafkaError) as exc:
+            log.warning("aborting an offsets-only transaction of %s: %s",
+                        producer.transactional_id, exc)
+            self.aborted += 1
+            producer.abort_transaction(self.timeout_s)
+            return False
+        self.committed.update(advanced)
+        return True
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Partitions this consumer no longer owns (revoked): their committed offsets go."""
+        for key in partitions:
+            self.committed.pop(key, None)
 
     def _retrying(self, call: Callable[[], None]) -> None:
         deadline = time.monotonic() + self.timeout_s

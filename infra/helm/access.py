@@ -52,6 +52,7 @@ READER_ROLES: dict[str, tuple[str, ...]] = {
     "dlq.chain": ("monitor",),
     "dlq.ledger": ("monitor",),
     "dlq.users": ("monitor",),
+    "dlq.monitor": (),
     "alerts": ("monitor",),
     "monitor.state": ("monitor",),
 }

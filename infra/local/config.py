@@ -94,6 +94,11 @@ def kafka_server_properties(*, port: int, controller_port: int, data_dir: Path) 
         # Entropy chunks and blocks may exceed the 1 MiB default.
         "message.max.bytes": 8 * 1024 * 1024,
         "replica.fetch.max.bytes": 8 * 1024 * 1024,
+        # Retention is enforced by a periodic check (default every 5 minutes, first run 30 s
+        # after start), which adds to how long a record outlives its retention.ms; a few seconds
+        # costs nothing on a dev node.
+        "log.retention.check.interval.ms": 5000,
+        "log.initial.task.delay.ms": 1000,
     }
     lines = ["# Written by `qustream infra`; edits are overwritten on the next `up`."]
     lines += [f"{key}={value}" for key, value in values.items()]

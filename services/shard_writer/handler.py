@@ -22,6 +22,11 @@ Commit order of one batch (``CommandHandler.process``): the run loop polls at mo
 On an abortable error the transaction is aborted, the working copy dropped and the consumer
 rewound to the batch's first offsets; a fatal error (fenced producer) ends the process.
 
+Lag: step 5 commits the consumer's position where it stepped over the command writer's
+transaction markers, and a turn without commands commits a position that moved past markers
+alone in an offsets-only transaction (``TransactionalBatch.commit_idle_positions``), so a
+caught-up handler's group lag, against the log end offset, reads 0.
+
 State: on assignment of command partition ``p`` the state of its users is rebuilt by folding
 ``users.events`` partition ``p`` from offset 0 (``read_committed``, until its end), and the
 rejections already answered by folding ``users.replies`` partition ``p``: so "a repeated
@@ -136,7 +141,8 @@ class CommandHandler(LoopService):
         self._outcomes = meter.create_counter("qustream_user_commands",
                                               description="user commands by outcome")
         self.loop = RunLoop(consumer, self.process, max_records=max_batch, poll_s=0.5,
-                            fill=True)
+                            fill=True, after_batch=self._after_turn)
+        self._busy = False
 
     @classmethod
     def create(cls, settings: Settings, *, instance_id: str = "0", group_id: str | None = None,
@@ -193,6 +199,14 @@ class CommandHandler(LoopService):
     def _on_revoke(self, partitions: list[Position]) -> None:
         for tp in partitions:
             self.partitions.pop(tp.partition, None)
+        self.batch.forget((tp.topic, tp.partition) for tp in partitions)
+
+    def _after_turn(self) -> None:
+        """After a turn without commands: commit positions that moved past the command writer's
+        transaction markers alone (module doc, Lag)."""
+        if not self._busy:
+            self.batch.commit_idle_positions()
+        self._busy = False
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -201,6 +215,7 @@ class CommandHandler(LoopService):
         (0 when the batch was aborted: the same commands come again)."""
         if not records:
             return 0
+        self._busy = True
         working: dict[int, PartitionState] = {}
         stats = HandlerStats()
         pending: list[tuple[Event, int, list[int]]] = []

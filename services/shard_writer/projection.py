@@ -13,7 +13,10 @@ Commit order of one batch (``Projector.process``):
    ``USING TIMESTAMP`` = the event's per-user version, all users concurrently, and wait for all;
 4. write each partition's next offset to ``positions`` (``USING TIMESTAMP`` = that offset, so a
    late write of a smaller position never wins);
-5. commit the offsets to Kafka, asynchronously, for lag monitoring only.
+5. commit the offsets to Kafka, asynchronously, for lag monitoring only: the consumer's
+   positions, which step over the handler's transaction markers, so a caught-up shard_writer's
+   lag reads 0 (``KafkaConsumer.past_markers``; a turn without events commits a position that
+   moved past markers alone).
 
 A crash anywhere re-applies at most the batch in flight, which changes nothing (idempotent).
 On (re)assignment ``on_assign`` starts each partition at its stored position, so a restart
@@ -167,7 +170,9 @@ class Projector(LoopService):
         self.stats = ProjectorStats()
         self.assigned: set[int] = set()
         self.loop = RunLoop(consumer, self.process, max_records=max_batch, poll_s=0.5,
-                            fill=True)
+                            fill=True, after_batch=self._after_turn)
+        self.committed: dict[tuple[str, int], int] = {}  # positions last committed to Kafka
+        self._busy = False
 
     @classmethod
     def create(cls, settings: Settings, session: Session, *, group_id: str | None = None,
@@ -212,6 +217,8 @@ class Projector(LoopService):
         # Nothing is in flight here (see the module docstring): positions already cover
         # every event applied from these partitions.
         self.assigned -= {tp.partition for tp in partitions}
+        for tp in partitions:
+            self.committed.pop((tp.topic, tp.partition), None)
         log.info("revoked %s", sorted(tp.partition for tp in partitions))
 
     # --- the loop ----------------------------------------------------------------------------
@@ -220,6 +227,7 @@ class Projector(LoopService):
         """Steps 2-5 of the module docstring for one polled batch; returns events applied."""
         if not records:
             return 0
+        self._busy = True
         events: list[Event] = []
         next_offsets: dict[int, int] = {}
         dead = 0
@@ -238,8 +246,8 @@ class Projector(LoopService):
             self.session, (rows_for(self.statements, evs) for evs in users.values()))
         self.save_positions(next_offsets)
         if self.commit_to_kafka and next_offsets:
-            self.consumer.commit([Position(self.topic, p, o) for p, o in next_offsets.items()],
-                                 asynchronous=True)
+            self._commit(self.consumer.past_markers(
+                {(self.topic, p): o for p, o in next_offsets.items()}))
         self.stats.events += len(events)
         self.stats.batches += 1
         return len(events)
@@ -247,6 +255,20 @@ class Projector(LoopService):
     def decode(self, record: Record) -> Event:
         return event_from_record(
             self.codec.decode(record.value, expected="UserEventRecorded").record)
+
+    def _after_turn(self) -> None:
+        """After a turn without events: commit positions that moved past the handler's
+        transaction markers alone (module doc, step 5)."""
+        if not self._busy and self.commit_to_kafka:
+            self._commit({key: offset for key, offset in self.consumer.past_markers({}).items()
+                          if offset > self.committed.get(key, -1)})
+        self._busy = False
+
+    def _commit(self, positions: dict[tuple[str, int], int]) -> None:
+        if positions:
+            self.consumer.commit([Position(t, p, o) for (t, p), o in positions.items()],
+                                 asynchronous=True)
+            self.committed.update(positions)
 
     def save_positions(self, next_offsets: dict[int, int]) -> None:
         futures = [

@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import io
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import httpx
 import pytest
 from cassandra.cluster import Session
@@ -45,14 +47,23 @@ from sdk.testing import flip_bit, tamper
 from sdk.users import RecordDecryptionError, UserIdentity, UserStore, command_json
 from services.ledger.core.chain_spec import ChainSpec
 from services.ledger.core.tx import PayForService, decode_signed_tx
-from services.shard_writer.core import DeleteRecord, PutRecord, RegisterUser, signed_command
+from services.shard_writer.core import (
+    DeleteRecord,
+    PutRecord,
+    RegisterUser,
+    command_to_record,
+    signed_command,
+)
 from services.shard_writer.store import create_schema, drop_keyspace
 from streams.admin import ensure_topics
-from streams.codec import default_codec
+from streams.codec import SCHEMA_DIR, default_codec
 from streams.kafka import Position, make_consumer
 from streams.settings import Settings
 from streams.supervisor import ServiceSpec, Supervisor
+from streams.topics import CATALOGUE
 from tests.integration.test_chain_e2e import CLI, PacedFifo
+from tests.interop import java_client
+from tests.unit.test_partitioning import java_partition
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -586,3 +597,62 @@ def test_examples_run_against_the_gateway(stack: Stack) -> None:
                          "--text", "two", "--delete")
     assert second["plaintext"] == "two" and second["record_version"] == 2
     assert second["deleted_at"]
+
+
+# ------------------------------------------------------------------------- Java interop
+
+
+def test_java_clients_read_and_write_our_topics(stack: Stack) -> None:
+    """What an enterprise Java user runs (issue 14), on this network's topics: Avro's
+    ``BinaryMessageDecoder`` over every schema decodes every message of every topic and
+    re-encodes it to the same bytes; Java's default partitioner agrees with the partition of
+    every keyed record; a command sent by a plain Java producer for a user registered through
+    our gateway reaches the handler that holds that user's state, and is applied."""
+    from sdk.records import seal_record
+
+    classpath = java_client.build()
+    common = ("--url", stack.url, "--api-key", stack.api_key)
+    _example(stack, "get_key.py", *common, "--account", str(stack.keys_dir / "account-0.json"))
+    identity = UserIdentity.generate()
+    user = identity.user_id
+    with UserStore(stack.url, stack.api_key, identity) as store:
+        store.register()  # through our gateway and producer (503s are retried, idempotently)
+    envelope = seal_record(identity.records.public_key, user, "from-java", 1, b"hello")
+    command = signed_command(identity.signing, user, "from-java", PutRecord(
+        "from-java", 1, envelope), issued_at_ms=int(time.time() * 1000))
+    record_json = io.StringIO()
+    fastavro.json_writer(record_json, default_codec().parsed_schema("UserCommandIssued"),
+                         [command_to_record(command)])
+    settings = stack.settings
+    config = {"bootstrap": settings.kafka_bootstrap(), "schemas": str(SCHEMA_DIR),
+              "history": str(SCHEMA_DIR / "history")}
+    sent = java_client.run(classpath, "produce", {
+        **config, "topic": settings.topic("users.commands"), "schema": "UserCommandIssued",
+        "key": user, "record_json": record_json.getvalue()})
+    assert sent["partition"] == java_partition(user.encode(), sent["partitions"])
+    assert sent["header_hex"] == default_codec().encode(
+        "UserCommandIssued", command_to_record(command))[:10].hex()
+    with stack.http(stack.api_key) as http:
+        deadline = time.monotonic() + 120
+        while (answer := http.get(f"/v1/users/{user}/records/from-java")).status_code != 200:
+            assert time.monotonic() < deadline, f"Java's command not applied: {answer.text}\n" \
+                f"{stack.log('users-handler')}"
+            time.sleep(0.5)
+        assert base64.b64decode(answer.json()["ciphertext"]) == envelope
+
+    topics = {settings.topic(t.name): list(t.schemas) for t in CATALOGUE}
+    result = java_client.run(classpath, "decode", {**config, "topics": topics}, timeout_s=600)
+    history = list((SCHEMA_DIR / "history").glob("*.avsc"))
+    assert result["schemas_in_store"] == len(list(SCHEMA_DIR.glob("*.avsc"))) + len(history)
+    counts = {name.removeprefix(settings.topic_prefix): stats
+              for name, stats in result["topics"].items()}
+    for name in ("chain.blocks", "chain.consensus", "entropy.raw", "ledger.tx", "users.events",
+                 "qrng.status", "users.commands", "users.replies"):
+        assert counts[name]["messages"] > 0, (name, counts[name])
+    for name, stats in counts.items():
+        assert stats["caught_up"], (name, stats)
+        assert stats["decoded"] == stats["messages"], (name, stats)  # 100%, per topic
+        assert stats["reencoded_identical"] == stats["decoded"], (name, stats)
+        assert stats["on_java_partition"] == stats["keyed"], (name, stats)
+    assert counts["users.commands"]["keyed"] > 0 and counts["entropy.raw"]["keyed"] > 0
+    print(json.dumps({"java_decoded": {n: s["decoded"] for n, s in counts.items()}}))

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 
 def message(topic: str, partition: int, offset: int, value: bytes = b"v", key: bytes = b"k",
@@ -58,11 +58,26 @@ class FakeRawConsumer(_Recording):
         super().__init__()
         self.script: deque[Message | None] = deque(script)
         self.poll_timeouts: list[float] = []
+        # (topic, partition) -> the offset of the next record: past what was handed out
+        self.positions: dict[tuple[str, int], int] = {}
+
+    def _handed_out(self, item: Message | None) -> Message | None:
+        if item is not None and item.error() is None:
+            self.positions[(item.topic(), item.partition())] = item.offset() + 1
+        return item
 
     def poll(self, timeout: float) -> Message | None:
         self._call("poll", timeout)
         self.poll_timeouts.append(timeout)
-        return self.script.popleft() if self.script else None
+        return self._handed_out(self.script.popleft()) if self.script else None
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in sorted(self.positions)]
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition,
+                               self.positions.get((tp.topic, tp.partition), -1001))
+                for tp in partitions]
 
     def consume(self, num_messages: int, timeout: float) -> list[Message]:
         self._call("consume", num_messages, timeout)
@@ -72,10 +87,12 @@ class FakeRawConsumer(_Recording):
             if item is None:
                 break
             out.append(item)
+            self._handed_out(item)
         return out
 
     def seek(self, partition: Any) -> None:
         self._call("seek", (partition.topic, partition.partition, partition.offset))
+        self.positions[(partition.topic, partition.partition)] = partition.offset
 
     def consumer_group_metadata(self) -> str:
         self._call("consumer_group_metadata")

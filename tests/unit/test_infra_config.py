@@ -31,6 +31,9 @@ def test_kafka_properties_single_kraft_node_on_loopback(tmp_path: Path) -> None:
                 "transaction.state.log.min.isr", "offsets.topic.num.partitions"):
         assert props[key] == "1", key
     assert props["group.initial.rebalance.delay.ms"] == "0"
+    # retention is enforced within seconds (the topic catalogue's segment rule relies on it)
+    assert int(props["log.retention.check.interval.ms"]) <= 5000
+    assert int(props["log.initial.task.delay.ms"]) <= 5000
 
 
 def test_every_listener_is_loopback(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def test_the_chart_runs_one_monitor_with_the_genesis_and_its_metrics(objects: Ob
     user = _one(objects, "KafkaUser", "monitor")
     writes = {acl["resource"]["name"] for acl in user["spec"]["authorization"]["acls"]
               if "Write" in acl["operations"] and acl["resource"]["type"] == "topic"}
-    assert writes == {"qs.alerts", "qs.monitor.state"}
+    assert writes == {"qs.alerts", "qs.monitor.state", "qs.dlq.monitor"}
     assert _one(objects, "ServiceMonitor", "monitor")
 
 

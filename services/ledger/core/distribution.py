@@ -22,7 +22,9 @@ token stake no slash-event bookkeeping is needed.
 Rounding, never creating money: the increment per block is
 ``(to_delegators * SCALE + carry) // shares`` and the remainder is carried into the next block
 of the same validator, so at any time the undistributed remainder of a validator is below
-``shares / SCALE`` micro-units, and payouts round down. Therefore the sum of what delegators can
+``shares / SCALE`` micro-units for the shares of its last reward (an undelegation since may have
+left fewer; the remainder then goes to the delegators still there at the next reward), which is
+under one micro-unit, and payouts round down. Therefore the sum of what delegators can
 withdraw never exceeds ``outstanding - commission``. A delegator receives exactly
 ``sum over blocks of shares * increment_b`` scaled down and rounded down once at withdrawal,
 which is what the naive per-block loop in the tests computes, to the micro-unit. Against the
