@@ -12,7 +12,6 @@ import pytest
 from cassandra.cluster import Session
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import ConfigResource
-from services.shard_writer.workload import make_workload
 
 from services.shard_writer.core import command_to_record
 from services.shard_writer.handler import CommandHandler
@@ -24,6 +23,7 @@ from streams.settings import Settings
 from streams.topics import BY_NAME, TopicSpec
 from tests.integration.test_users_pipeline import users_settings  # noqa: F401
 from tests.support.raw_kafka import raw_admin, raw_consumer, raw_producer
+from tests.support.workload import make_workload
 from tests.unit.test_partitioning import java_partition
 
 pytestmark = pytest.mark.integration
