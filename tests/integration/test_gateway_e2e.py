@@ -608,7 +608,7 @@ def test_java_clients_read_and_write_our_topics(stack: Stack) -> None:
     re-encodes it to the same bytes; Java's default partitioner agrees with the partition of
     every keyed record; a command sent by a plain Java producer for a user registered through
     our gateway reaches the handler that holds that user's state, and is applied."""
-    from sdk.records import seal_record
+    from protocol.records import seal_record
 
     classpath = java_client.build()
     common = ("--url", stack.url, "--api-key", stack.api_key)
