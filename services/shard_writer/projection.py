@@ -28,14 +28,14 @@ import argparse
 import logging
 import signal
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cassandra import DriverException
-from cassandra.cluster import Session
-from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra import OperationTimedOut
+from cassandra.cluster import NoHostAvailable, ResponseFuture, Session
+from cassandra.query import PreparedStatement
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from services.shard_writer.core import (
@@ -50,7 +50,14 @@ from services.shard_writer.core import (
     UserRegistered,
     event_from_record,
 )
-from services.shard_writer.store import Statements, StoreError, connect, create_schema
+from services.shard_writer.store import (
+    CASSANDRA_ERRORS,
+    Statements,
+    StoreError,
+    connect,
+    create_schema,
+    unlogged_batch,
+)
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters
 from streams.kafka import make_consumer, make_producer
@@ -105,28 +112,48 @@ def group_by_user(events: Iterable[Event]) -> dict[str, list[Event]]:
 
 
 def write_rows(session: Session, rows_by_user: Iterable[list[Row]], *,
-               max_in_flight: int = 128) -> int:
+               max_in_flight: int = 128, attempts: int = 4) -> int:
     """Write every user's rows as unlogged single-partition batches, concurrently; wait for
-    all. Returns the number of statements written; raises ``StoreError`` on any failure."""
-    futures = []
+    all. Returns the number of statements written; raises ``StoreError`` on any failure.
+
+    A request that no node took (every coordinator of its plan busy or just gone) or that the
+    client timed out is sent again, up to ``attempts`` times with a growing pause: the writes
+    are idempotent, so a repeat cannot change the result (errors the nodes answered are retried
+    by the session's ``IdempotentRetryPolicy``)."""
+    in_flight: deque[tuple[ResponseFuture, tuple[Any, ...]]] = deque()
     written = 0
+
+    def settle(future: ResponseFuture, request: tuple[Any, ...]) -> None:
+        for attempt in range(1, attempts + 1):
+            try:
+                future.result()
+                return
+            except (NoHostAvailable, OperationTimedOut) as exc:
+                if attempt == attempts:
+                    raise
+                log.warning("write not taken (%s); sending it again", exc)
+                time.sleep(0.1 * 2**attempt)
+                future = session.execute_async(*request)
+
     try:
         for rows in rows_by_user:
             for start in range(0, len(rows), MAX_BATCH_STATEMENTS):
                 chunk = rows[start:start + MAX_BATCH_STATEMENTS]
+                request: tuple[Any, ...]
                 if len(chunk) == 1:
-                    futures.append(session.execute_async(chunk[0][0], chunk[0][1]))
+                    request = (chunk[0][0], chunk[0][1])
                 else:
-                    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                    batch = unlogged_batch()
                     for statement, params in chunk:
                         batch.add(statement, params)
-                    futures.append(session.execute_async(batch))
+                    request = (batch,)
+                in_flight.append((session.execute_async(*request), request))
                 written += len(chunk)
-                if len(futures) >= max_in_flight:
-                    futures.pop(0).result()
-        for future in futures:
-            future.result()
-    except DriverException as exc:
+                if len(in_flight) >= max_in_flight:
+                    settle(*in_flight.popleft())
+        while in_flight:
+            settle(*in_flight.popleft())
+    except CASSANDRA_ERRORS as exc:
         raise StoreError(f"projection write failed: {exc}") from exc
     return written
 
@@ -187,7 +214,7 @@ class Projector:
     def stored_positions(self) -> dict[int, int]:
         try:
             rows = self.session.execute(self.statements.select_positions, (self.topic,))
-        except DriverException as exc:
+        except CASSANDRA_ERRORS as exc:
             raise StoreError(f"cannot read projection positions: {exc}") from exc
         return {row.partition: row.next_offset for row in rows}
 
@@ -266,7 +293,7 @@ class Projector:
         try:
             for future in futures:
                 future.result()
-        except DriverException as exc:
+        except CASSANDRA_ERRORS as exc:
             raise StoreError(f"cannot save projection positions: {exc}") from exc
 
     def close(self) -> None:
