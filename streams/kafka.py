@@ -4,13 +4,25 @@ Producers are idempotent with ``acks=all`` (no duplicates from retries, nothing 
 before every in-sync replica has it). Consumers commit manually and read committed data only,
 so a transactional writer's aborted output is never seen. Errors from the client library are
 translated here into ``KafkaError`` subclasses of our own.
+
+Riding through a replicated cluster's failures (docs/replicated-cluster.md): a produce to a
+partition whose leader died, or that has too few in-sync replicas (``NOT_ENOUGH_REPLICAS``),
+is retried inside the client until ``message.timeout.ms`` with the idempotent producer's
+sequence numbers, so it is neither lost nor written twice; consumers follow leaders through
+metadata refreshes. What surfaces to the caller are the transactional calls whose coordinator
+moved or timed out: ``retrying`` repeats a call that failed with a retriable error (the client
+documents that as safe: a commit or offset send retried cannot apply twice), and
+``run_transaction`` redoes a whole transaction after an abortable error (its aborted output is
+invisible to ``read_committed`` readers).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
@@ -25,6 +37,63 @@ class KafkaError(RuntimeError):
 
 class DeliveryError(KafkaError):
     """A produced message was not acknowledged by the cluster."""
+
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRY_DEADLINE_S = 120.0  # far beyond a broker election (seconds), short of "the cluster is gone"
+
+
+def is_retriable(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return bool(getattr(error, "retriable", lambda: False)())
+
+
+def requires_abort(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return bool(getattr(error, "txn_requires_abort", lambda: False)())
+
+
+def retrying(call: Callable[[], T], *, what: str, deadline_s: float = RETRY_DEADLINE_S) -> T:
+    """``call()``, called again while it fails with a retriable error (a coordinator or leader
+    moving, a timeout) until ``deadline_s`` has passed; any other ``KafkaException``, or the
+    last retriable one, propagates unchanged for the caller to classify."""
+    deadline = time.monotonic() + deadline_s
+    pause = 0.1
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            if not is_retriable(exc) or time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s failed, retrying: %s", what, exc)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+def run_transaction(producer: Producer, fill: Callable[[], None], *, what: str,
+                    timeout_s: float = 30.0, deadline_s: float = RETRY_DEADLINE_S) -> None:
+    """Begin a transaction, ``fill()`` it with produces and commit it, riding through broker
+    failures: a retriable commit failure is retried; an abortable one aborts and starts over
+    (``fill`` must produce the same records again); a fatal one (the producer was fenced by a
+    newer instance) raises ``KafkaError``, as does running out of ``deadline_s``."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            producer.begin_transaction()
+            fill()
+            retrying(lambda: producer.commit_transaction(timeout_s), what=f"{what}: commit",
+                     deadline_s=max(0.0, deadline - time.monotonic()))
+            return
+        except KafkaException as exc:
+            if not requires_abort(exc) or time.monotonic() > deadline:
+                raise KafkaError(f"{what} failed: {exc}") from exc
+            log.warning("%s aborted, starting over: %s", what, exc)
+            try:
+                retrying(lambda: producer.abort_transaction(timeout_s), what=f"{what}: abort",
+                         deadline_s=max(0.0, deadline - time.monotonic()))
+            except KafkaException as abort_exc:
+                raise KafkaError(f"{what}: abort failed: {abort_exc}") from abort_exc
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -50,7 +119,8 @@ def make_producer(
     try:
         producer = Producer(config)
         if transactional_id is not None:
-            producer.init_transactions(30)
+            # The transaction coordinator may be moving (a broker just died): wait it out.
+            retrying(lambda: producer.init_transactions(30), what="init_transactions")
     except KafkaException as exc:
         raise KafkaError(f"cannot create producer: {exc}") from exc
     return producer

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from services.block_builder.core.block import Block
 from services.consensus.core.messages import Proposal
@@ -60,7 +60,7 @@ from services.consensus.wire import (
 )
 from streams.codec import default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import KafkaError, make_consumer, make_producer
+from streams.kafka import make_consumer, make_producer, run_transaction
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -140,16 +140,16 @@ class Tally(ConsensusDriver):
         self.written += 1
 
     def _flush(self) -> None:
-        """Write everything pending in one transaction (see the module doc)."""
+        """Write everything pending in one transaction (see the module doc); a transaction
+        that a broker failure aborts is written again (``run_transaction``)."""
         if not self._pending:
             return
-        try:
-            self.producer.begin_transaction()
+
+        def fill() -> None:
             for topic, key, value in self._pending:
                 self.producer.produce(topic, value=value, key=key)
-            self.producer.commit_transaction(30)
-        except KafkaException as exc:
-            raise KafkaError(f"tally transaction failed: {exc}") from exc
+
+        run_transaction(self.producer, fill, what="tally transaction")
         self._pending.clear()
 
     def _consensus(self, message: Message) -> None:

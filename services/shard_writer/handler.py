@@ -19,7 +19,9 @@ Commit order of one batch (``CommandHandler.run_once``):
 6. ``commit_transaction``; only now does the working copy become the state.
 
 On an abortable error the transaction is aborted, the working copy dropped and the consumer
-rewound to the batch's first offsets; a fatal error (fenced producer) ends the process.
+rewound to the batch's first offsets; a retriable error of steps 5-6 (the transaction or group
+coordinator moving to another broker) repeats that step; a fatal error (fenced producer) ends
+the process.
 
 State: on assignment of command partition ``p`` the state of its users is rebuilt by folding
 ``users.events`` partition ``p`` from offset 0 (``read_committed``, until its end), and the
@@ -65,7 +67,7 @@ from services.shard_writer.core import (
 )
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import make_consumer, make_producer
+from streams.kafka import make_consumer, make_producer, retrying
 from streams.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -233,15 +235,18 @@ class CommandHandler:
             for event, event_partition, delivered in pending:
                 self._reply_accepted(event, event_partition, delivered[0] if delivered else -1,
                                      now)
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(self.commands_topic, p, o) for p, o in after.items()],
-                self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(30)
+            # A coordinator that moves (its broker died) fails these with retriable errors;
+            # repeating them cannot commit twice (streams.kafka.retrying).
+            offsets = [TopicPartition(self.commands_topic, p, o) for p, o in after.items()]
+            metadata = self.consumer.consumer_group_metadata()
+            retrying(lambda: self.producer.send_offsets_to_transaction(offsets, metadata, 30),
+                     what="send_offsets_to_transaction")
+            retrying(lambda: self.producer.commit_transaction(30), what="commit_transaction")
         except KafkaException as exc:
             error = exc.args[0]
             if isinstance(error, KafkaError) and error.txn_requires_abort():
                 log.warning("aborting batch: %s", error)
-                self.producer.abort_transaction(30)
+                retrying(lambda: self.producer.abort_transaction(30), what="abort_transaction")
                 for partition, offset in first.items():
                     self.consumer.seek(TopicPartition(self.commands_topic, partition, offset))
                 return 0
