@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from infra.local import config
 from infra.local.config import ComponentLayout
+from infra.local.faults import coordinator_partition, java_string_hash
 from infra.local.health import kafka_verdicts
 from infra.local.nodes import plan_nodes
 from streams.settings import InfraSettings, Settings, load_settings
@@ -180,3 +181,18 @@ def test_kafka_verdicts_flag_brokers_out_of_the_isr(tmp_path: Path) -> None:
     assert verdicts["kafka-2"].detail == "leads 0, 1/2 replicas in ISR"
     del metadata.brokers[2]
     assert kafka_verdicts(metadata, nodes)["kafka-2"].detail.startswith("not registered")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", 0), ("hello", 99162322), ("QuStream", -1615691036),
+    ("polygenelubricants", -(2**31)),  # Java's famous MIN_VALUE hash
+    ("é€😀", 16752006),  # UTF-16 code units, surrogate pair included
+])
+def test_java_string_hash(text: str, expected: int) -> None:
+    assert java_string_hash(text) == expected
+
+
+@given(st.text(max_size=40), st.integers(min_value=1, max_value=64))
+def test_coordinator_partition_is_in_range(key: str, partitions: int) -> None:
+    assert 0 <= coordinator_partition(key, partitions) < partitions
+    assert coordinator_partition("polygenelubricants", partitions) == 0
