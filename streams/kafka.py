@@ -71,6 +71,17 @@ def retrying(call: Callable[[], T], *, what: str, deadline_s: float = RETRY_DEAD
             pause = min(pause * 2, 2.0)
 
 
+def raise_if_fatal(messages: Iterable[Any], *, what: str) -> None:
+    """Raise ``KafkaError`` when a consumed batch carries a fatal client error: the consumer
+    can never recover from one (a static group member fenced by its own rejoin after its
+    session timed out, librdkafka issue 3437), so the process must end and be restarted
+    rather than poll a dead consumer."""
+    for message in messages:
+        error = message.error()
+        if error is not None and error.fatal():
+            raise KafkaError(f"{what}: fatal consumer error: {error}")
+
+
 def run_transaction(producer: Producer, fill: Callable[[], None], *, what: str,
                     timeout_s: float = 30.0, deadline_s: float = RETRY_DEADLINE_S) -> None:
     """Begin a transaction, ``fill()`` it with produces and commit it, riding through broker

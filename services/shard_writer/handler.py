@@ -67,7 +67,8 @@ from services.shard_writer.core import (
 )
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import make_consumer, make_producer, retrying
+from streams.kafka import KafkaError as StreamsKafkaError
+from streams.kafka import make_consumer, make_producer, raise_if_fatal, retrying
 from streams.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,14 @@ class CommandHandler:
                max_batch: int = 500, limits: Limits | None = None,
                **consumer_overrides: Any) -> CommandHandler:
         group = group_id or settings.topic("users.handler")
+        # Kafka's default transaction timeout: a transaction must outlive a broker failover.
+        # When the group coordinator's broker dies, send_offsets_to_transaction can wait until
+        # that broker is back (librdkafka issues 5511, 5456); a transaction that times out
+        # meanwhile is aborted by the coordinator and this producer fenced (the process ends,
+        # to be restarted: nothing is applied twice). A handler that is restarted aborts its
+        # predecessor's transaction at once (init_transactions), whatever this value.
         producer = make_producer(settings, transactional_id=f"{group}.{instance_id}",
-                                 **{"transaction.timeout.ms": 15_000})
+                                 **{"transaction.timeout.ms": 60_000})
         consumer = make_consumer(settings, group, **{"group.instance.id": f"{group}.{instance_id}",
                                                      **consumer_overrides})
         handler = cls(settings, consumer, producer, group_id=group, max_batch=max_batch,
@@ -212,8 +219,12 @@ class CommandHandler:
 
     def run_once(self, timeout_s: float = 0.5) -> int:
         """One batch through steps 1-6 of the module docstring; returns commands consumed."""
-        messages = [m for m in self.consumer.consume(self.max_batch, timeout_s)
-                    if m.error() is None]
+        batch = self.consumer.consume(self.max_batch, timeout_s)
+        try:
+            raise_if_fatal(batch, what="users.handler")
+        except StreamsKafkaError as exc:
+            raise HandlerError(str(exc)) from exc
+        messages = [m for m in batch if m.error() is None]
         if not messages:
             return 0
         first: dict[int, int] = {}
@@ -385,7 +396,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group-id")
     parser.add_argument("--max-batch", type=int, default=500)
     parser.add_argument("--idle-exit-s", type=float, default=None)
-    parser.add_argument("--session-timeout-ms", type=int, default=10_000)
+    # Longer than a group coordinator's failover (docs/replicated-cluster.md): a static
+    # member whose session times out while the coordinator moves is fenced for good. A
+    # restarted instance rejoins at once under its instance id, whatever this value.
+    parser.add_argument("--session-timeout-ms", type=int, default=30_000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     handler = CommandHandler.create(load_settings(), instance_id=args.instance_id,

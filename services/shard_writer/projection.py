@@ -60,7 +60,7 @@ from services.shard_writer.store import (
 )
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import make_consumer, make_producer
+from streams.kafka import make_consumer, make_producer, raise_if_fatal
 from streams.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -251,6 +251,7 @@ class Projector:
         messages = self.consumer.consume(self.max_batch, timeout_s)
         if not messages:
             return 0
+        raise_if_fatal(messages, what="shard_writer")
         events: list[Event] = []
         next_offsets: dict[int, int] = {}
         dead = 0
@@ -309,14 +310,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch", type=int, default=5000)
     parser.add_argument("--idle-exit-s", type=float, default=None,
                         help="exit after this many idle seconds (tests, rebuilds)")
-    parser.add_argument("--session-timeout-ms", type=int, default=10_000)
+    # Default: 30 s for a static member (longer than a group coordinator's failover, see the
+    # handler's --session-timeout-ms), 10 s for a dynamic one, whose partitions wait that long
+    # to be reassigned after a crash.
+    parser.add_argument("--session-timeout-ms", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = load_settings()
     cluster, session = connect(settings)
+    overrides: dict[str, Any] = {"session.timeout.ms": args.session_timeout_ms or (
+        30_000 if args.instance_id else 10_000)}
     projector = Projector.create(settings, session, group_id=args.group_id,
                                  instance_id=args.instance_id, max_batch=args.max_batch,
-                                 **{"session.timeout.ms": args.session_timeout_ms})
+                                 **overrides)
     signal.signal(signal.SIGTERM, lambda *_: projector.stop())
     signal.signal(signal.SIGINT, lambda *_: projector.stop())
     try:

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import KafkaError as ClientError
 from confluent_kafka import KafkaException
 
-from streams.kafka import KafkaError, retrying, run_transaction
+from streams.kafka import KafkaError, raise_if_fatal, retrying, run_transaction
 
 
 def _error(*, retriable: bool = False, abortable: bool = False,
@@ -88,3 +88,19 @@ def test_retrying_gives_up_at_its_deadline_with_the_client_error() -> None:
         retrying(always, what="x", deadline_s=0.5)
     assert 2 <= len(calls) <= 6
     assert retrying(lambda: 7, what="y") == 7
+
+
+class _Message:
+    def __init__(self, error: ClientError | None) -> None:
+        self._error = error
+
+    def error(self) -> ClientError | None:
+        return self._error
+
+
+def test_a_fatal_consumer_error_ends_the_loop_others_do_not() -> None:
+    fenced = ClientError(ClientError.FENCED_INSTANCE_ID, "fenced", fatal=True)
+    transient = ClientError(ClientError._TRANSPORT, "down")
+    raise_if_fatal([_Message(None), _Message(transient)], what="x")
+    with pytest.raises(KafkaError, match="fatal consumer error"):
+        raise_if_fatal([_Message(None), _Message(fenced)], what="x")
