@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.local import STATE_HELP, ComponentStatus, InfraError, LocalCluster
+from infra.local.process import pid_alive, read_pid
 from streams.settings import MAX_NODES, Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -95,6 +96,20 @@ def _table(statuses: list[ComponentStatus]) -> Table:
     return table
 
 
+def _other_clusters(cluster: LocalCluster) -> list[str]:
+    """Folders of running embedded clusters of another size under the same state dir (so
+    `status` can say where a replicated cluster is when run without its flags)."""
+    mine = {node.cluster_home for node in cluster.nodes()}
+    running = []
+    for home in sorted(cluster.state_dir.glob("*-x[0-9]*")):
+        if home in mine or not home.is_dir():
+            continue
+        pids = [read_pid(pid_file) for pid_file in home.glob("*/*.pid")]
+        if any(pid is not None and pid_alive(pid, str(home)) for pid in pids):
+            running.append(home.name)
+    return running
+
+
 def _replicated_hint(cluster: LocalCluster) -> None:
     infra = cluster.settings.infra
     if infra.kafka_brokers == 1 and infra.cassandra_nodes == 1:
@@ -166,11 +181,17 @@ def status(
     kafka_brokers: int | None = _brokers_option(),
     cassandra_nodes: int | None = _nodes_option(),
 ) -> None:
-    statuses = _cluster(kafka_brokers, cassandra_nodes).status(sync=True)
+    cluster = _cluster(kafka_brokers, cassandra_nodes)
+    statuses = cluster.status(sync=True)
     if as_json:
         typer.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
     else:
         _out.print(_table(statuses))
+        for other in _other_clusters(cluster):
+            size = other.rsplit("-x", 1)[1]
+            flag = "--kafka-brokers" if other.startswith("kafka") else "--cassandra-nodes"
+            _err.print(f"note: a {other.split('-x')[0]} cluster of {size} nodes runs under "
+                       f"{cluster.state_dir / other} (`qustream infra status {flag} {size}`)")
     if not all(s.is_up for s in statuses):
         raise typer.Exit(3)
     if any(s.in_sync is False for s in statuses):

@@ -19,6 +19,7 @@ invisible to ``read_committed`` readers).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -69,6 +70,37 @@ def retrying(call: Callable[[], T], *, what: str, deadline_s: float = RETRY_DEAD
             log.warning("%s failed, retrying: %s", what, exc)
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
+
+
+class ClientStuckError(KafkaError):
+    """A client call did not return within its deadline; the client object must be replaced.
+
+    librdkafka's ``send_offsets_to_transaction`` can wait for a dead group coordinator forever,
+    ignoring its own timeout (librdkafka issues 5456 and 5511, open in 2.16)."""
+
+
+def within(call: Callable[[], T], *, seconds: float, what: str) -> T:
+    """``call()``, given at most ``seconds`` to return; raises ``ClientStuckError`` if it does
+    not. The call runs on a helper thread, which is abandoned if it hangs: the caller must
+    then stop using the client (a replaced transactional producer is fenced, so whatever the
+    abandoned call does later is refused by the brokers)."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # handed to the caller's thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"kafka-{what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise ClientStuckError(f"{what} did not return within {seconds:.0f} s")
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def raise_if_fatal(messages: Iterable[Any], *, what: str) -> None:

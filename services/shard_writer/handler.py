@@ -20,8 +20,10 @@ Commit order of one batch (``CommandHandler.run_once``):
 
 On an abortable error the transaction is aborted, the working copy dropped and the consumer
 rewound to the batch's first offsets; a retriable error of steps 5-6 (the transaction or group
-coordinator moving to another broker) repeats that step; a fatal error (fenced producer) ends
-the process.
+coordinator moving to another broker) repeats that step; a step 5 that hangs (librdkafka can
+wait for a dead group coordinator forever) replaces the producer, whose ``init_transactions``
+aborts the transaction (it was never committed: step 6 had not started), and the batch is
+rewound; a fatal error (fenced producer) ends the process.
 
 State: on assignment of command partition ``p`` the state of its users is rebuilt by folding
 ``users.events`` partition ``p`` from offset 0 (``read_committed``, until its end), and the
@@ -67,13 +69,23 @@ from services.shard_writer.core import (
 )
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters
+from streams.kafka import (
+    ClientStuckError,
+    make_consumer,
+    make_producer,
+    raise_if_fatal,
+    retrying,
+    within,
+)
 from streams.kafka import KafkaError as StreamsKafkaError
-from streams.kafka import make_consumer, make_producer, raise_if_fatal, retrying
 from streams.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 256 * 1024  # a record is at most 64 KiB of ciphertext; base64 + envelope
+# A send_offsets_to_transaction that has not returned by then is stuck in the client, not slow:
+# a broker failover takes seconds (docs/replicated-cluster.md); the transaction timeout is 60 s.
+STUCK_AFTER_S = 40.0
 
 
 class HandlerError(RuntimeError):
@@ -106,7 +118,8 @@ class CommandHandler:
 
     def __init__(self, settings: Settings, consumer: Consumer, producer: Producer, *,
                  group_id: str, max_batch: int = 500, limits: Limits | None = None,
-                 clock: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], int] | None = None,
+                 new_producer: Callable[[], Producer] | None = None) -> None:
         self.settings = settings
         self.commands_topic = settings.topic("users.commands")
         self.events_topic = settings.topic("users.events")
@@ -120,6 +133,7 @@ class CommandHandler:
         self.codec = default_codec()
         self.dead_letters = DeadLetters(producer, settings.topic("dlq.users"),  # type: ignore[arg-type]
                                         "users.handler")
+        self._new_producer = new_producer
         self.partitions: dict[int, PartitionState] = {}
         self.stats = HandlerStats()
         meter = metrics.get_meter("qustream.users.handler")
@@ -138,12 +152,15 @@ class CommandHandler:
         # meanwhile is aborted by the coordinator and this producer fenced (the process ends,
         # to be restarted: nothing is applied twice). A handler that is restarted aborts its
         # predecessor's transaction at once (init_transactions), whatever this value.
-        producer = make_producer(settings, transactional_id=f"{group}.{instance_id}",
+        def new_producer() -> Producer:
+            return make_producer(settings, transactional_id=f"{group}.{instance_id}",
                                  **{"transaction.timeout.ms": 60_000})
+
+        producer = new_producer()
         consumer = make_consumer(settings, group, **{"group.instance.id": f"{group}.{instance_id}",
                                                      **consumer_overrides})
         handler = cls(settings, consumer, producer, group_id=group, max_batch=max_batch,
-                      limits=limits)
+                      limits=limits, new_producer=new_producer)
         consumer.subscribe([handler.commands_topic], on_assign=handler._on_assign,
                            on_revoke=handler._on_revoke, on_lost=handler._on_revoke)
         return handler
@@ -250,9 +267,17 @@ class CommandHandler:
             # repeating them cannot commit twice (streams.kafka.retrying).
             offsets = [TopicPartition(self.commands_topic, p, o) for p, o in after.items()]
             metadata = self.consumer.consumer_group_metadata()
-            retrying(lambda: self.producer.send_offsets_to_transaction(offsets, metadata, 30),
-                     what="send_offsets_to_transaction")
+            retrying(lambda: within(
+                lambda: self.producer.send_offsets_to_transaction(offsets, metadata, 30),
+                seconds=STUCK_AFTER_S, what="send_offsets_to_transaction"),
+                what="send_offsets_to_transaction")
+            # Never abandoned half-way: a commit that completed late must not be redone.
             retrying(lambda: self.producer.commit_transaction(30), what="commit_transaction")
+        except ClientStuckError as exc:
+            self._replace_producer(exc)
+            for partition, offset in first.items():
+                self.consumer.seek(TopicPartition(self.commands_topic, partition, offset))
+            return 0
         except KafkaException as exc:
             error = exc.args[0]
             if isinstance(error, KafkaError) and error.txn_requires_abort():
@@ -267,6 +292,17 @@ class CommandHandler:
                 self.partitions[partition] = state
         self._count(stats)
         return len(messages)
+
+    def _replace_producer(self, stuck: ClientStuckError) -> None:
+        """A wedged producer is dropped for a new one with the same ``transactional.id``: its
+        ``init_transactions`` aborts the open transaction and fences the old producer, so the
+        batch, rewound by the caller, is decided again and applied once."""
+        if self._new_producer is None:
+            raise HandlerError(f"command handler cannot continue: {stuck}") from stuck
+        log.warning("replacing the transactional producer: %s", stuck)
+        self.producer = self._new_producer()
+        self.dead_letters = DeadLetters(self.producer,  # type: ignore[arg-type]
+                                        self.settings.topic("dlq.users"), "users.handler")
 
     def _state(self, working: dict[int, PartitionState], partition: int) -> PartitionState:
         state = working.get(partition)

@@ -10,7 +10,14 @@ import pytest
 from confluent_kafka import KafkaError as ClientError
 from confluent_kafka import KafkaException
 
-from streams.kafka import KafkaError, raise_if_fatal, retrying, run_transaction
+from streams.kafka import (
+    ClientStuckError,
+    KafkaError,
+    raise_if_fatal,
+    retrying,
+    run_transaction,
+    within,
+)
 
 
 def _error(*, retriable: bool = False, abortable: bool = False,
@@ -104,3 +111,15 @@ def test_a_fatal_consumer_error_ends_the_loop_others_do_not() -> None:
     raise_if_fatal([_Message(None), _Message(transient)], what="x")
     with pytest.raises(KafkaError, match="fatal consumer error"):
         raise_if_fatal([_Message(None), _Message(fenced)], what="x")
+
+
+def test_within_returns_raises_or_gives_up_on_a_hanging_call() -> None:
+    import threading
+
+    assert within(lambda: 5, seconds=1, what="quick") == 5
+    with pytest.raises(ZeroDivisionError):
+        within(lambda: 1 // 0, seconds=1, what="failing")
+    release = threading.Event()
+    with pytest.raises(ClientStuckError, match="hanging did not return"):
+        within(lambda: release.wait(30), seconds=0.2, what="hanging")
+    release.set()
