@@ -25,6 +25,14 @@ Consumers commit manually and read committed data only, so a transactional write
 output is never seen; committed positions step over transaction markers, so a caught-up group's
 lag reads 0 (``KafkaConsumer.past_markers``).
 
+Riding through a replicated cluster's failures (docs/replicated-cluster.md): a produce to a
+partition whose leader died, or that has too few in-sync replicas (``NOT_ENOUGH_REPLICAS``), is
+retried inside the client until ``message.timeout.ms`` with the idempotent producer's sequence
+numbers, so it is neither lost nor written twice; consumers follow leaders through metadata
+refreshes. What surfaces to the caller are the transactional calls whose coordinator moved or
+timed out (``streams.transactions`` retries or redoes those) and a transaction coordinator that
+is moving when a producer starts (``make_producer`` waits it out).
+
 Tests and benchmarks may build the library's clients themselves from ``consumer_config`` and
 ``producer_config`` (a baseline measures the raw client; a probe may want its exact API).
 """
@@ -64,6 +72,7 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+RETRY_DEADLINE_S = 120.0  # far beyond a broker election, short of "the cluster is gone"
 BEGINNING = OFFSET_BEGINNING  # a Position offset: the partition's first retained record
 END = OFFSET_END  # a Position offset: after the partition's last record
 
@@ -581,7 +590,16 @@ def make_producer(
     except KafkaException as exc:
         raise translate(exc, "cannot create producer") from exc
     if transactional_id is not None:
-        producer.init_transactions(30)
+        # The transaction coordinator may be moving (a broker just died): wait that out.
+        deadline = time.monotonic() + RETRY_DEADLINE_S
+        while True:
+            try:
+                producer.init_transactions(30)
+                break
+            except RetriableKafkaError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     return producer
 
 

@@ -20,7 +20,11 @@ Commit order of one batch (``CommandHandler.process``): the run loop polls at mo
 6. commit; only now does the working copy become the state.
 
 On an abortable error the transaction is aborted, the working copy dropped and the consumer
-rewound to the batch's first offsets; a fatal error (fenced producer) ends the process.
+rewound to the batch's first offsets; a retriable error of steps 5-6 (the transaction or group
+coordinator moving to another broker) repeats that step; a step 5 that hangs (librdkafka can
+wait for a dead group coordinator forever) replaces the producer, whose ``init_transactions``
+aborts the transaction (it was never committed: step 6 had not started), and the batch is
+rewound; a fatal error (fenced producer) ends the process.
 
 Lag: step 5 commits the consumer's position where it stepped over the command writer's
 transaction markers, and a turn without commands commits a position that moved past markers
@@ -121,7 +125,8 @@ class CommandHandler(LoopService):
 
     def __init__(self, settings: Settings, consumer: KafkaConsumer, producer: KafkaProducer, *,
                  group_id: str, max_batch: int = 500, limits: Limits | None = None,
-                 clock: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], int] | None = None,
+                 new_producer: Callable[[], KafkaProducer] | None = None) -> None:
         self.settings = settings
         self.commands_topic = settings.topic("users.commands")
         self.events_topic = settings.topic("users.events")
@@ -134,7 +139,8 @@ class CommandHandler(LoopService):
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.codec = default_codec()
         self.dead_letters = DeadLetters(producer, settings.topic("dlq.users"), "users.handler")
-        self.batch = TransactionalBatch(producer, consumer)
+        self.batch = TransactionalBatch(producer, consumer, new_producer=new_producer,
+                                        on_replaced=self._use_producer)
         self.partitions: dict[int, PartitionState] = {}
         self.stats = HandlerStats()
         meter = metrics.get_meter("qustream.users.handler")
@@ -149,12 +155,20 @@ class CommandHandler(LoopService):
                max_batch: int = 500, limits: Limits | None = None,
                **consumer_overrides: Any) -> CommandHandler:
         group = group_id or settings.topic("users.handler")
-        producer = make_producer(settings, transactional_id=f"{group}.{instance_id}",
-                                 **{"transaction.timeout.ms": 15_000})
+
+        # Kafka's default transaction timeout: a transaction must outlive a broker failover.
+        # When the group coordinator's broker dies, send_offsets_to_transaction can wait until
+        # that broker is back (librdkafka issues 5511, 5456): the batch replaces a producer
+        # stuck there (``TransactionalBatch``); a restarted handler aborts its predecessor's
+        # open transaction at once (init_transactions), whatever this value.
+        def new_producer() -> KafkaProducer:
+            return make_producer(settings, transactional_id=f"{group}.{instance_id}",
+                                 **{"transaction.timeout.ms": 60_000})
+
         consumer = make_consumer(settings, group, **{"group.instance.id": f"{group}.{instance_id}",
                                                      **consumer_overrides})
-        handler = cls(settings, consumer, producer, group_id=group, max_batch=max_batch,
-                      limits=limits)
+        handler = cls(settings, consumer, new_producer(), group_id=group, max_batch=max_batch,
+                      limits=limits, new_producer=new_producer)
         consumer.subscribe([handler.commands_topic], on_assign=handler._on_assign,
                            on_revoke=handler._on_revoke)
         return handler
@@ -200,6 +214,12 @@ class CommandHandler(LoopService):
         for tp in partitions:
             self.partitions.pop(tp.partition, None)
         self.batch.forget((tp.topic, tp.partition) for tp in partitions)
+
+    def _use_producer(self, producer: KafkaProducer) -> None:
+        """The batch replaced a wedged producer: write everything through the new one."""
+        self.producer = producer
+        self.dead_letters = DeadLetters(producer, self.settings.topic("dlq.users"),
+                                        "users.handler")
 
     def _after_turn(self) -> None:
         """After a turn without commands: commit positions that moved past the command writer's
@@ -365,7 +385,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group-id")
     parser.add_argument("--max-batch", type=int, default=500)
     parser.add_argument("--idle-exit-s", type=float, default=None)
-    parser.add_argument("--session-timeout-ms", type=int, default=10_000)
+    # Longer than a group coordinator's failover (docs/replicated-cluster.md): a static
+    # member whose session times out while the coordinator moves is fenced for good. A
+    # restarted instance rejoins at once under its instance id, whatever this value.
+    parser.add_argument("--session-timeout-ms", type=int, default=30_000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     handler = CommandHandler.create(load_settings(), instance_id=args.instance_id,
