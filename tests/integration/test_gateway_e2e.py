@@ -449,9 +449,10 @@ def test_user_records_over_http_read_your_writes(stack: Stack) -> None:
     identity = UserIdentity.generate()
     user = identity.user_id
 
-    def command(body: Any) -> dict[str, Any]:
+    def command(body: Any, version: int | None = None) -> dict[str, Any]:
         return command_json(signed_command(identity.signing, user, os.urandom(8).hex(), body,
-                                           issued_at_ms=int(time.time() * 1000)))
+                                           issued_at_ms=int(time.time() * 1000),
+                                           expected_version=version))
 
     with stack.http(stack.api_key) as http:
         registered = http.post(f"/v1/users/{user}", json=command(RegisterUser(
@@ -463,9 +464,9 @@ def test_user_records_over_http_read_your_writes(stack: Stack) -> None:
 
         from protocol.records import open_record, seal_record
 
-        envelope = seal_record(identity.records.public_key, user, "r1", 1, b"secret")
+        envelope = seal_record(identity.records, user, "r1", 1, b"secret")
         put = http.post(f"/v1/users/{user}/records/r1", json=command(PutRecord("r1", 1,
-                                                                               envelope)))
+                                                                               envelope), 1))
         assert put.status_code == 202, put.text
         record = http.get(f"/v1/users/{user}/records/r1",
                           params={"min_offset": put.json()["position"]})
@@ -475,16 +476,19 @@ def test_user_records_over_http_read_your_writes(stack: Stack) -> None:
         assert open_record(identity.records, user, "r1", 1, stored) == b"secret"
 
         again = http.put(f"/v1/users/{user}/records/r1", json=command(PutRecord(
-            "r1", 3, seal_record(identity.records.public_key, user, "r1", 3, b"x"))))
+            "r1", 3, seal_record(identity.records, user, "r1", 3, b"x")), 2))
         assert_problem(again, 409)  # version 3 is not the next one
+        blind = http.request("DELETE", f"/v1/users/{user}/records/r1",
+                             json=command(DeleteRecord("r1")))
+        assert assert_problem(blind, 409)["code"] == "expected_version_required"
 
         deleted = http.request("DELETE", f"/v1/users/{user}/records/r1",
-                               json=command(DeleteRecord("r1")))
+                               json=command(DeleteRecord("r1"), 2))
         assert deleted.status_code == 202, deleted.text
         assert_problem(http.get(f"/v1/users/{user}/records/r1",
                                 params={"min_offset": deleted.json()["position"]}), 404)
         assert_problem(http.post(f"/v1/users/{user}/records/r2",
-                                 json=command(PutRecord("r1", 1, envelope))), 422)
+                                 json=command(PutRecord("r1", 1, envelope), 3)), 422)
 
 
 def test_user_store_encrypts_and_reads_its_own_writes(stack: Stack) -> None:
@@ -608,7 +612,7 @@ def test_java_clients_read_and_write_our_topics(stack: Stack) -> None:
     re-encodes it to the same bytes; Java's default partitioner agrees with the partition of
     every keyed record; a command sent by a plain Java producer for a user registered through
     our gateway reaches the handler that holds that user's state, and is applied."""
-    from sdk.records import seal_record
+    from protocol.records import seal_record
 
     classpath = java_client.build()
     common = ("--url", stack.url, "--api-key", stack.api_key)
@@ -617,9 +621,9 @@ def test_java_clients_read_and_write_our_topics(stack: Stack) -> None:
     user = identity.user_id
     with UserStore(stack.url, stack.api_key, identity) as store:
         store.register()  # through our gateway and producer (503s are retried, idempotently)
-    envelope = seal_record(identity.records.public_key, user, "from-java", 1, b"hello")
+    envelope = seal_record(identity.records, user, "from-java", 1, b"hello")
     command = signed_command(identity.signing, user, "from-java", PutRecord(
-        "from-java", 1, envelope), issued_at_ms=int(time.time() * 1000))
+        "from-java", 1, envelope), issued_at_ms=int(time.time() * 1000), expected_version=1)
     record_json = io.StringIO()
     fastavro.json_writer(record_json, default_codec().parsed_schema("UserCommandIssued"),
                          [command_to_record(command)])
