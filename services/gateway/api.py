@@ -33,11 +33,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.keydelivery import MAX_LENGTH, MIN_LENGTH
-from services.gateway.auth import ApiKeyRecord, ApiKeyStore, key_from_headers
+from services.gateway.auth import REFRESH_S, ApiKeyRecord, ApiKeyStore, key_from_headers
 from services.gateway.chain import ChainView
 from services.gateway.keys import KeyRequest, KeyService, LedgerView
 from services.gateway.problems import PROBLEM_JSON, Problem, install, problem_body, unavailable
-from services.gateway.ratelimit import Limited, RateLimiter
+from services.gateway.ratelimit import Limited, RateLimiter, StreamSlots
 from services.gateway.users import (
     SignedCommandIn,
     UserBackend,
@@ -50,6 +50,9 @@ from services.gateway.users import (
 
 JSON = "application/json"
 MAX_RANGE = 100
+STREAM_PATH = "/v1/stream/blocks"
+KEEP_ALIVE_S = 15.0  # an SSE comment at least this often on an idle stream
+RECHECK_S = 2.0  # an open stream re-checks its API key at least this often (revocation)
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 
 # Annotation aliases live at module level: with postponed annotations FastAPI resolves them
@@ -70,6 +73,7 @@ class Gateway:
     view: ChainView
     keys: ApiKeyStore
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    streams: StreamSlots = field(default_factory=StreamSlots)
     ledger: LedgerView = field(default_factory=LedgerView)
     key_service: KeyService | None = None
     users: UserBackend | None = None
@@ -172,6 +176,23 @@ class _Guard:
         self.metrics.requests.labels("beacon_latest", "200").inc()
         return True
 
+    async def _stream(self, record: ApiKeyRecord, scope: dict[str, Any],
+                      receive: Callable[[], Awaitable[Any]],
+                      send: Callable[[Any], Awaitable[None]]) -> None:
+        """An event stream holds one of its key's slots for exactly as long as its ASGI call
+        runs (it ends when the client goes, the stream ends, or the key is revoked)."""
+        try:
+            self.gateway.streams.acquire(record.key_id, record.max_streams)
+        except Limited as exc:
+            self.metrics.requests.labels("stream_blocks", "429").inc()
+            await _send_problem(send, 429, "too-many-streams", f"over the {exc.what}",
+                                {"Retry-After": str(exc.retry_after_s)})
+            return
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            self.gateway.streams.release(record.key_id)
+
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
         if scope["type"] != "http":
@@ -189,6 +210,14 @@ class _Guard:
             if (scope["path"] == "/v1/beacon/latest" and scope["method"] == "GET"
                     and await self._fast_beacon(record, send)):
                 return
+            if scope["path"] == STREAM_PATH:
+                await self._stream(record, scope, receive, send)
+                return
+        await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        """Size limit and metrics around the application."""
         limit = self.gateway.max_body_bytes
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and (not value.isdigit() or int(value) > limit):
@@ -381,7 +410,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         from_: Annotated[int | None, Query(alias="from", ge=1, le=2**62)] = None,
         until: Annotated[int | None, Query(ge=1, le=2**62)] = None,
         last_event_id: Annotated[str | None, Header(max_length=24)] = None,
-        _key: ApiKeyRecord = read,
+        key: ApiKeyRecord = read,
     ) -> StreamingResponse:
         if last_event_id is not None:
             if not last_event_id.isdigit():
@@ -394,15 +423,21 @@ def create_app(gateway: Gateway) -> FastAPI:
                                                      "not kept here; read chain.blocks")
 
         async def events() -> AsyncIterator[bytes]:
+            # Ends when the key is revoked (checked before every event and at least every
+            # RECHECK_S while idle) or at ``until``.
             height = start
+            quiet_since = time.monotonic()
             yield b"retry: 1000\n\n"
-            while until is None or height <= until:
+            while (until is None or height <= until) and gateway.keys.still_valid(key):
                 event = view.sse_event(height)
                 if event is not None:
                     yield event
                     height += 1
-                elif not await view.wait_beyond(height - 1, 15.0):
+                    quiet_since = time.monotonic()
+                elif (not await view.wait_beyond(height - 1, RECHECK_S)
+                      and time.monotonic() - quiet_since >= KEEP_ALIVE_S):
                     yield b": keep-alive\n\n"
+                    quiet_since = time.monotonic()
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
@@ -515,7 +550,8 @@ def _add_problem_schema(app: FastAPI) -> None:
 
 
 def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = True,
-                  users: bool = True, retain: int = 5000) -> Gateway:
+                  users: bool = True, retain: int = 5000,
+                  key_refresh_s: float = REFRESH_S) -> Gateway:
     """Wire the real components (connections are opened here, threads start with the app)."""
     from services.gateway.chain import ChainFollower, load_view
     from services.gateway.keys import KafkaTxSink, PrivatePool
@@ -523,7 +559,7 @@ def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = 
 
     spec = ChainSpec.load(genesis)
     view = load_view(spec, retain)
-    gateway = Gateway(view=view, keys=ApiKeyStore(api_keys))
+    gateway = Gateway(view=view, keys=ApiKeyStore(api_keys, refresh_s=key_refresh_s))
     gateway.ledger.state = spec.initial.app_state
     # The registry is swapped whole (never cleared and refilled: the pool's thread reads it),
     # and only when the chain's registered sources change.

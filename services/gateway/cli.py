@@ -48,6 +48,9 @@ def run(
     ssl_keyfile: Path | None = typer.Option(None, "--ssl-keyfile"),
     ssl_ca_certs: Path | None = typer.Option(None, "--ssl-ca-certs",
                                              help="Require client certificates (mTLS)."),
+    key_refresh_s: float = typer.Option(1.0, "--api-key-refresh-s", min=0.0,
+                                        help="Re-read the API key file at most this often: a "
+                                             "revoked key stops working within this delay."),
 ) -> None:
     """Serve the API with one worker (scale with replicas, not workers)."""
     import uvicorn
@@ -60,7 +63,8 @@ def run(
     settings = load_settings()
     setup_telemetry("gateway")
     gateway = build_gateway(settings, genesis_path(genesis), _keys_file(keys_file),
-                            keys=serve_keys, users=serve_users, retain=retain)
+                            keys=serve_keys, users=serve_users, retain=retain,
+                            key_refresh_s=key_refresh_s)
     typer.echo(f"QuStream gateway on http://{host}:{port} (chain {gateway.view.chain_id})")
     uvicorn.run(create_app(gateway), host=host, port=port, log_level="warning",
                 access_log=False, ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
@@ -76,6 +80,8 @@ def create(
     rate: float = typer.Option(50.0, "--rate", help="Requests per second."),
     burst: int = typer.Option(100, "--burst"),
     key_bytes_per_day: int = typer.Option(1_048_576, "--key-bytes-per-day"),
+    max_streams: int = typer.Option(4, "--max-streams", min=1,
+                                    help="Event streams (SSE) the key may hold open at once."),
     keys_file: Path | None = KEYS_FILE,
 ) -> None:
     """Create a key and print it (only its hash is stored)."""
@@ -84,7 +90,8 @@ def create(
     try:
         key = ApiKeyStore(_keys_file(keys_file)).create(
             tuple(s.strip() for s in scopes.split(",") if s.strip()), label=label,
-            rate_per_s=rate, burst=burst, key_bytes_per_day=key_bytes_per_day)
+            rate_per_s=rate, burst=burst, key_bytes_per_day=key_bytes_per_day,
+            max_streams=max_streams)
     except ApiKeyError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scopes") from exc
     typer.echo(key)
@@ -98,11 +105,13 @@ def list_keys(keys_file: Path | None = KEYS_FILE) -> None:
     for record in ApiKeyStore(_keys_file(keys_file)).records():
         typer.echo(json.dumps({"key_id": record.key_id, "scopes": list(record.scopes),
                                "rate_per_s": record.rate_per_s, "burst": record.burst,
-                               "label": record.label}))
+                               "max_streams": record.max_streams, "label": record.label}))
 
 
 @keys_app.command("revoke")
 def revoke(key_id: str, keys_file: Path | None = KEYS_FILE) -> None:
+    """Revoke a key: running gateways refuse it within a second (their refresh interval),
+    open event streams included."""
     from services.gateway.auth import ApiKeyStore
 
     if not ApiKeyStore(_keys_file(keys_file)).revoke(key_id):
