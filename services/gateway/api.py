@@ -461,13 +461,15 @@ def create_app(gateway: Gateway) -> FastAPI:
                                  body.length, base64.b64decode(body.payment_tx, validate=True))
         except (binascii.Error, ValueError) as exc:
             raise Problem(422, "invalid-base64", f"a field is not base64: {exc}") from exc
-        try:
-            gateway.limiter.charge_quota(key.key_id, body.length, key.key_bytes_per_day)
-        except Limited as exc:
-            raise Problem(429, "quota-exceeded", f"over the {exc.what}",
-                          headers={"Retry-After": str(exc.retry_after_s)},
-                          retry_after_s=exc.retry_after_s) from exc
-        result = await gateway.key_service.deliver(request)
+        def charge() -> None:
+            try:
+                gateway.limiter.charge_quota(key.key_id, body.length, key.key_bytes_per_day)
+            except Limited as exc:
+                raise Problem(429, "quota-exceeded", f"over the {exc.what}",
+                              headers={"Retry-After": str(exc.retry_after_s)},
+                              retry_after_s=exc.retry_after_s) from exc
+
+        result = await gateway.key_service.deliver(request, charge)
         metrics.keys_served.inc()
         return result
 
@@ -551,10 +553,14 @@ def _add_problem_schema(app: FastAPI) -> None:
 
 def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = True,
                   users: bool = True, retain: int = 5000,
-                  key_refresh_s: float = REFRESH_S) -> Gateway:
-    """Wire the real components (connections are opened here, threads start with the app)."""
+                  key_refresh_s: float = REFRESH_S, delivery_key: Path | None = None,
+                  inclusion_timeout_s: float = 20.0) -> Gateway:
+    """Wire the real components (connections are opened here, threads start with the app).
+    ``delivery_key``: the key deliveries are signed with (made on first use; clients pin its
+    public key)."""
     from services.gateway.chain import ChainFollower, load_view
     from services.gateway.keys import KafkaTxSink, PrivatePool
+    from services.gateway.payments import PaymentBook, key_payment_outcomes
     from services.ledger.core.chain_spec import ChainSpec, source_registry
 
     spec = ChainSpec.load(genesis)
@@ -565,9 +571,14 @@ def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = 
     # and only when the chain's registered sources change.
     registry = [source_registry(spec.initial.app_state)]
     sources = [spec.initial.app_state.qrng_sources]
+    payments = PaymentBook()
+    previous = [spec.initial]  # the chain before the next block on_block sees
 
     def on_block(verified: Any) -> None:
         state = verified.chain.app_state
+        if keys:
+            payments.record(key_payment_outcomes(previous[0], spec.app, verified.record))
+        previous[0] = verified.chain
         gateway.ledger.state = state
         if state.qrng_sources is not sources[0]:
             registry[0], sources[0] = source_registry(state), state.qrng_sources
@@ -576,11 +587,23 @@ def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = 
     gateway.starters.append(follower.start)
     gateway.stoppers.append(follower.stop)
     if keys:
+        from services.gateway.spent import CassandraSpentPayments
+        from services.shard_writer.store import connect
+
+        cluster, session = connect(settings)
+        spent = CassandraSpentPayments(
+            session, settings.cassandra.keyspace,
+            replication_factor=settings.cassandra.replication_factor,
+            datacenter=settings.cassandra.local_datacenter)
         pool = PrivatePool(settings, lambda: registry[0])
         sink = KafkaTxSink(settings)
-        gateway.key_service = KeyService(pool, sink, gateway.ledger, view.chain_id)
+        gateway.key_service = KeyService(
+            pool, sink, gateway.ledger, view.chain_id, payments=payments, spent=spent,
+            signer=load_delivery_key(delivery_key or settings.state_dir / "gateway"
+                                     / "delivery-key.json"),
+            inclusion_timeout_s=inclusion_timeout_s)
         gateway.starters.append(pool.start)
-        gateway.stoppers += [pool.stop, sink.close]
+        gateway.stoppers += [pool.stop, sink.close, cluster.shutdown]
     if users:
         from services.gateway.users import KafkaCassandraUsers
 
@@ -590,4 +613,18 @@ def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = 
     return gateway
 
 
+def load_delivery_key(path: Path) -> Any:
+    """The gateway's delivery signing key at ``path`` (ML-DSA-65, mode 0600), made on first
+    use; its public key is also written beside it, with the suffix ``.pub``, for clients to
+    pin."""
+    from protocol.keys import SigningKey
 
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        SigningKey.generate().save(path)
+    key = SigningKey.load(path)
+    public = path.with_suffix(".pub")
+    text = key.public_key.to_text()
+    if not public.exists() or public.read_text().strip() != text:
+        public.write_text(text + "\n")
+    return key

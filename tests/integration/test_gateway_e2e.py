@@ -101,6 +101,15 @@ class Stack:
     def chain_id(self) -> str:
         return ChainSpec.load(self.genesis).chain_id
 
+    @property
+    def gateway_key(self) -> str:
+        """The gateway's delivery key (it writes the public half on start), to pin."""
+        return self.gateway_key_file.read_text().strip()
+
+    @property
+    def gateway_key_file(self) -> Path:
+        return self.root / "gateway" / "delivery-key.pub"
+
     def http(self, key: str | None = None) -> httpx.Client:
         headers = {"X-API-Key": key} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
@@ -269,7 +278,7 @@ def test_requests_without_or_with_a_wrong_key_or_scope_are_refused(stack: Stack)
         assert_problem(reader.get(f"/v1/users/{user}"), 403)
     with pytest.raises(UnauthorizedError):
         KeyClient(stack.url, "qs_wrong", SigningKey.load(stack.keys_dir / "account-0.json"),
-                  stack.chain_id).request(32)
+                  stack.chain_id, gateway_keys=stack.gateway_key).request(32)
     with pytest.raises(ForbiddenError):
         UserStore(stack.url, stack.read_key, UserIdentity.generate()).user()
 
@@ -404,7 +413,8 @@ def _ledger_payments(settings: Settings) -> dict[bytes, PayForService]:
 def test_key_delivery_from_the_private_pool(stack: Stack) -> None:
     _wait_pool(stack, 4096)
     clients = [KeyClient.from_key_file(stack.url, stack.api_key,
-                                       stack.keys_dir / f"account-{i}.json", stack.chain_id)
+                                       stack.keys_dir / f"account-{i}.json", stack.chain_id,
+                                       gateway_keys=stack.gateway_key)
                for i in range(3)]
     try:
         single = clients[0].request(64)
@@ -584,7 +594,8 @@ def _example(stack: Stack, name: str, *args: str) -> list[dict[str, Any]]:
 def test_examples_run_against_the_gateway(stack: Stack) -> None:
     common = ("--url", stack.url, "--api-key", stack.api_key)
     (key,) = _example(stack, "get_key.py", *common, "--account",
-                      str(stack.keys_dir / "account-0.json"), "--length", "48")
+                      str(stack.keys_dir / "account-0.json"), "--length", "48",
+                      "--gateway-key-file", str(stack.gateway_key_file))
     assert key["length"] == 48 and len(bytes.fromhex(key["key"])) == 48
 
     for source in (common, ("--kafka",)):
@@ -616,7 +627,8 @@ def test_java_clients_read_and_write_our_topics(stack: Stack) -> None:
 
     classpath = java_client.build()
     common = ("--url", stack.url, "--api-key", stack.api_key)
-    _example(stack, "get_key.py", *common, "--account", str(stack.keys_dir / "account-0.json"))
+    _example(stack, "get_key.py", *common, "--account", str(stack.keys_dir / "account-0.json"),
+             "--gateway-key-file", str(stack.gateway_key_file))
     identity = UserIdentity.generate()
     user = identity.user_id
     with UserStore(stack.url, stack.api_key, identity) as store:
