@@ -461,6 +461,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                                  body.length, base64.b64decode(body.payment_tx, validate=True))
         except (binascii.Error, ValueError) as exc:
             raise Problem(422, "invalid-base64", f"a field is not base64: {exc}") from exc
+
         def charge() -> None:
             try:
                 gateway.limiter.charge_quota(key.key_id, body.length, key.key_bytes_per_day)
