@@ -27,6 +27,16 @@ Two ways to trust:
   block, and +2/3 of the far block's own set. The far block's randomness is then accepted on
   the strength of those signatures; derivation checks resume with the next block.
 
+  Trusting period (as CometBFT's light client): trust in a validator set lasts only as long as
+  its validators can still be punished, i.e. less than the unbonding period. A light subscriber
+  refuses to verify anything (skipping or the next block) from a trusted block whose time is
+  ``trusting_period_ms`` or more in the past (``TrustExpiredError``: start from a newer
+  checkpoint, or verify fully from genesis), and refuses blocks timed more than
+  ``max_clock_drift_ms`` ahead of its clock. The default trusting period is two thirds of the
+  unbonding period of the default genesis parameters (14 days of 21;
+  ``trusting_period_for(params)`` gives it for a chain's own parameters). Every verified block
+  renews the trust, so a subscriber that keeps up never expires.
+
 Any failure raises ``BlockRejectedError`` (``BlockGapError`` when heights jump,
 ``ForkDetectedError`` for a second block at a known height) with the reason; nothing
 unverified is ever yielded. A duplicate of a known block is skipped silently.
@@ -53,9 +63,26 @@ from protocol.commit import (
 from protocol.finalized import FinalizedRecord
 from protocol.follow import BlockOutcome, FollowError, ForkError, GapError
 from protocol.validators import ValidatorSet, validator_set_from_json, validator_set_to_json
-from sdk.errors import BlockGapError, BlockRejectedError, ForkDetectedError
+from sdk.errors import BlockGapError, BlockRejectedError, ForkDetectedError, TrustExpiredError
 from services.ledger.core.chain_spec import ChainSpec
+from services.ledger.core.params import Params
 from streams.chain_wire import decode_finalized
+
+DAY_MS = 86_400_000
+MAX_CLOCK_DRIFT_MS = 10_000  # as CometBFT's light client
+
+
+def trusting_period_for(params: Params) -> int:
+    """Two thirds of the unbonding period of ``params``, in ms (a day is ``blocks_per_day``)."""
+    unbonding_ms = params.unbonding_period_blocks * DAY_MS // max(1, params.blocks_per_day)
+    return unbonding_ms * 2 // 3
+
+
+DEFAULT_TRUSTING_PERIOD_MS = trusting_period_for(Params())
+
+
+def _wall_clock_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +157,32 @@ ValidatorSets = Callable[[int], ValidatorSet]
 
 class _LightVerifier:
     def __init__(self, checkpoint: TrustedCheckpoint, validator_sets: ValidatorSets | None,
-                 trust_level: TrustLevel) -> None:
+                 trust_level: TrustLevel, trusting_period_ms: int = DEFAULT_TRUSTING_PERIOD_MS,
+                 clock_ms: Callable[[], int] = _wall_clock_ms,
+                 max_clock_drift_ms: int = MAX_CLOCK_DRIFT_MS) -> None:
         self.trusted = checkpoint
         self.validator_sets = validator_sets
         self.trust_level = trust_level
+        self.trusting_period_ms = trusting_period_ms
+        self.clock_ms = clock_ms
+        self.max_clock_drift_ms = max_clock_drift_ms
         self.validators = checkpoint.next_validators  # governs trusted.height + 1
         self.hashes: dict[int, bytes] = {checkpoint.height: checkpoint.block_hash}
+
+    def _check_trust(self, height: int, time_ms: int) -> None:
+        """The trusted block must be younger than the trusting period, the new one not from
+        the future (module doc)."""
+        now = self.clock_ms()
+        age = now - self.trusted.time_ms
+        if age >= self.trusting_period_ms:
+            raise TrustExpiredError(
+                height, f"the trusted block {self.trusted.height} is {age // 1000} s old, not "
+                        f"younger than the trusting period of {self.trusting_period_ms // 1000} "
+                        "s: its validators may have unbonded; start from a newer checkpoint or "
+                        "verify fully from genesis")
+        if time_ms > now + self.max_clock_drift_ms:
+            raise BlockRejectedError(height, f"block time is {time_ms - now} ms ahead of this "
+                                             f"clock (more than {self.max_clock_drift_ms} ms)")
 
     def _set_for(self, height: int, wanted_hash: bytes) -> ValidatorSet:
         if self.validators.hash() == wanted_hash:
@@ -161,6 +208,7 @@ class _LightVerifier:
             return False
         if height > trusted.height + 1:
             raise BlockGapError(height, f"expected height {trusted.height + 1}")
+        self._check_trust(height, header.time_ms)
         if header.validators_hash != self.validators.hash():
             raise BlockRejectedError(height, "validators hash does not match the trusted "
                                              "validator set (wrong validator set)")
@@ -194,6 +242,7 @@ class _LightVerifier:
             raise BlockRejectedError(height, "skip target is not beyond the trusted height")
         if header.chain_id != self.trusted.chain_id or header.time_ms <= self.trusted.time_ms:
             raise BlockRejectedError(height, "skip target has another chain id or older time")
+        self._check_trust(height, header.time_ms)
         mismatch = block.structural_problem()
         if mismatch is not None:
             raise BlockRejectedError(height, mismatch.reason)
@@ -217,14 +266,20 @@ class BlockSubscriber:
                  checkpoint: TrustedCheckpoint | None = None,
                  validator_sets: ValidatorSets | None = None,
                  resume_after: tuple[int, int] | None = None,
-                 trust_level: TrustLevel | None = None) -> None:
+                 trust_level: TrustLevel | None = None,
+                 trusting_period_ms: int = DEFAULT_TRUSTING_PERIOD_MS,
+                 clock_ms: Callable[[], int] = _wall_clock_ms,
+                 max_clock_drift_ms: int = MAX_CLOCK_DRIFT_MS) -> None:
         """``resume_after=(position, height)``: continue a previous run (with ``genesis``, the
-        blocks up to that height are re-verified from the start and not yielded again)."""
+        blocks up to that height are re-verified from the start and not yielded again).
+        ``trusting_period_ms``, ``clock_ms`` (wall clock in ms) and ``max_clock_drift_ms``
+        bound the light client's trust (module doc)."""
         if (genesis is None) == (checkpoint is None):
             raise ValueError("give exactly one of genesis= or checkpoint=")
         self.source = source
         self._follower = ChainSpec.load(genesis).follower() if genesis else None
-        self._light = (_LightVerifier(checkpoint, validator_sets, trust_level or TrustLevel())
+        self._light = (_LightVerifier(checkpoint, validator_sets, trust_level or TrustLevel(),
+                                      trusting_period_ms, clock_ms, max_clock_drift_ms)
                        if checkpoint is not None else None)
         self.position: int | None = None
         self._yield_after = 0

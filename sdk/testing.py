@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ def _commit(chain_id: str, block: Block, keys: dict[bytes, SigningKey],
 
 def make_local_chain(directory: Path, heights: int, *, validators: int = 4, accounts: int = 2,
                      sources: int = 2, entropy_per_block: int = 1,
-                     chain_id: str = "qustream-test", genesis_time_ms: int = 1_700_000_000_000,
+                     chain_id: str = "qustream-test", genesis_time_ms: int | None = None,
                      algorithm: Algorithm = Algorithm.ED25519,
                      txs: Callable[[int, ChainState, tuple[SigningKey, ...]],  # type: ignore[type-arg]
                                    tuple[bytes, ...]] | None = None,
@@ -64,7 +65,11 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
     """Write ``directory/genesis.json`` and build ``heights`` finalized blocks (see module).
 
     ``algorithm`` signs for the validators and accounts; ``txs(height, chain, account_keys)``
-    gives each block's encoded transactions (signed with the account keys, say)."""
+    gives each block's encoded transactions (signed with the account keys, say). Blocks are one
+    second apart; by default the last one is a minute old (so a light client's trusting period
+    holds), ``genesis_time_ms`` places the chain elsewhere in time."""
+    if genesis_time_ms is None:
+        genesis_time_ms = int(time.time() * 1000) - 1000 * heights - 60_000
     validator_keys = tuple(SigningKey.generate(algorithm) for _ in range(validators))
     account_keys = tuple(SigningKey.generate(algorithm) for _ in range(accounts))
     source_keys = [SigningKey.generate(Algorithm.ED25519) for _ in range(sources)]

@@ -283,7 +283,9 @@ def _services(settings: Settings, demo_dir: Path, validators: int, sources: int,
     specs.append(ServiceSpec("gateway", (*QUSTREAM, "gateway", "run", "--host", "127.0.0.1",
                                          "--port", str(gateway_port), "--genesis", genesis,
                                          "--keys-file",
-                                         str(demo_dir / "gateway" / "api-keys.json"))))
+                                         str(demo_dir / "gateway" / "api-keys.json"),
+                                         "--delivery-key",
+                                         str(demo_dir / "gateway" / "delivery-key.json"))))
     return specs
 
 

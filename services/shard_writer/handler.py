@@ -31,11 +31,13 @@ transaction markers, and a turn without commands commits a position that moved p
 alone in an offsets-only transaction (``TransactionalBatch.commit_idle_positions``), so a
 caught-up handler's group lag, against the log end offset, reads 0.
 
-State: on assignment of command partition ``p`` the state of its users is rebuilt by folding
-``users.events`` partition ``p`` from offset 0 (``read_committed``, until its end), and the
-rejections already answered by folding ``users.replies`` partition ``p``: so "a repeated
-idempotency key returns the first outcome" holds across restarts (rejections within the replies
-topic's retention, accepted commands within the last ``COMMAND_WINDOW`` commands of a user).
+State (``core.partition``): on assignment of command partition ``p`` the state of its users is
+rebuilt by folding ``users.events`` partition ``p`` from offset 0 (``read_committed``, until its
+end), and the rejections already answered by folding ``users.replies`` partition ``p``: so "a
+repeated idempotency key returns the first outcome" holds across restarts (rejections of
+authenticated commands, the newest ``MAX_REJECTIONS`` per partition within the replies topic's
+retention; accepted commands within the last ``COMMAND_WINDOW`` commands of a user). A batch
+works on a ``BatchState`` over the partition's state (what it touches, not a copy of it).
 A stable ``transactional.id`` per instance (``--instance-id``) makes a restarted instance abort
 its predecessor's open transaction before it rebuilds.
 """
@@ -64,7 +66,6 @@ from services.shard_writer.core import (
     IdempotencyKeyReusedError,
     Limits,
     MalformedCommandError,
-    User,
     authenticate,
     command_digest,
     command_from_record,
@@ -72,6 +73,13 @@ from services.shard_writer.core import (
     event_from_record,
     event_to_record,
     evolve,
+)
+from services.shard_writer.core.partition import (
+    BatchState,
+    PartitionState,
+    Rejection,
+    remembered,
+    remembered_code,
 )
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters, error_type
@@ -97,19 +105,6 @@ MAX_COMMAND_BYTES = 256 * 1024  # a record is at most 64 KiB of ciphertext; base
 
 class HandlerError(OperationError):
     """The command handler cannot continue (fenced, or Kafka failed fatally)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    digest: bytes
-    code: str
-    reason: str
-
-
-@dataclass
-class PartitionState:
-    users: dict[str, User] = field(default_factory=dict)
-    rejected: dict[tuple[str, str], Rejection] = field(default_factory=dict)
 
 
 @dataclass
@@ -198,10 +193,10 @@ class CommandHandler(LoopService):
                 decoded = self.codec.decode(record.value)
             except CodecError:
                 continue
-            if decoded.schema == "UserCommandRejected":
+            if decoded.schema == "UserCommandRejected" and remembered_code(decoded.record["code"]):
                 r = decoded.record
-                state.rejected.setdefault((r["user_id"], r["command_id"]),
-                                          Rejection(r["command_digest"], r["code"], r["reason"]))
+                state.remember((r["user_id"], r["command_id"]),
+                               Rejection(r["command_digest"], r["code"], r["reason"]))
         return state
 
     def _on_assign(self, partitions: list[Position]) -> None:
@@ -236,7 +231,7 @@ class CommandHandler(LoopService):
         if not records:
             return 0
         self._busy = True
-        working: dict[int, PartitionState] = {}
+        working: dict[int, BatchState] = {}
         stats = HandlerStats()
         pending: list[tuple[Event, int, list[int]]] = []
 
@@ -253,23 +248,23 @@ class CommandHandler(LoopService):
         if not self.batch.run(produce, records, after_flush=reply):
             return 0
         for partition, state in working.items():
-            if partition in self.partitions:
-                self.partitions[partition] = state
+            if self.partitions.get(partition) is state.base:  # not revoked meanwhile
+                state.commit()
         self._count(stats)
         return len(records)
 
-    def _state(self, working: dict[int, PartitionState], partition: int) -> PartitionState:
+    def _state(self, working: dict[int, BatchState], partition: int) -> BatchState:
         state = working.get(partition)
         if state is None:
             base = self.partitions.get(partition) or PartitionState()
-            state = working[partition] = PartitionState(dict(base.users), dict(base.rejected))
+            state = working[partition] = base.batch()
         return state
 
     def _dead(self, message: Record, exc: Exception, stats: HandlerStats) -> None:
         self.dead_letters.send(message, exc)
         stats.dead_lettered[error_type(exc)] += 1
 
-    def _handle(self, message: Record, working: dict[int, PartitionState],
+    def _handle(self, message: Record, working: dict[int, BatchState],
                 pending: list[tuple[Event, int, list[int]]], stats: HandlerStats) -> None:
         partition = message.partition
         value = message.value
@@ -287,9 +282,9 @@ class CommandHandler(LoopService):
             self._dead(message, exc, stats)
             return
         state = self._state(working, partition)
-        user = state.users.get(command.user_id)
+        user = state.user(command.user_id)
         digest = command_digest(command)
-        earlier = state.rejected.get((command.user_id, command.command_id))
+        earlier = state.rejection((command.user_id, command.command_id))
         if earlier is not None:
             if earlier.digest == digest:
                 stats.duplicates += 1
@@ -307,7 +302,7 @@ class CommandHandler(LoopService):
                 return
         decision = decide(user, command, self.clock(), self.limits)
         if isinstance(decision, CommandRejectedError):
-            remember = None if isinstance(decision, IdempotencyKeyReusedError) else state
+            remember = state if remembered(type(decision)) else None
             self._reject(command, partition, decision, digest, stats, remember=remember)
         elif isinstance(decision, AlreadyApplied):
             stats.duplicates += 1
@@ -325,14 +320,14 @@ class CommandHandler(LoopService):
                     on_delivery=_record_offset(delivered))
                 pending.append((event, partition, delivered))
             assert user is not None
-            state.users[command.user_id] = user
+            state.set_user(user)
             stats.accepted += 1
 
     def _reject(self, command: Command, partition: int, rejection: CommandRejectedError,
-                digest: bytes, stats: HandlerStats, *, remember: PartitionState | None) -> None:
+                digest: bytes, stats: HandlerStats, *, remember: BatchState | None) -> None:
         if remember is not None:
-            remember.rejected[(command.user_id, command.command_id)] = Rejection(
-                digest, rejection.code, rejection.reason)
+            remember.remember((command.user_id, command.command_id),
+                              Rejection(digest, rejection.code, rejection.reason))
         stats.rejected[rejection.code] += 1
         self._reply_rejected(command, partition, rejection.code, rejection.reason, digest)
 
