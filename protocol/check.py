@@ -9,6 +9,7 @@ follower stops at the first. The checks, in the order findings are listed (each 
 1. ``hash_link``: chain id, height and previous block hash link to ``tip``;
 2. ``state_hash``: the header's app hash is the state after the previous block;
 3. ``validator_set``: the header names the sets ``tip`` expects for this height and the next;
+   ``entropy_sources``: and the number of QRNG sources registered in the state it builds on;
 4. ``time``: strictly later than the previous block;
 5. ``entropy_root`` / ``block_body``: the body matches the header's roots and ordering rules;
 6. ``randomness``: re-derived from the previous randomness and the block's entropy references;
@@ -69,6 +70,8 @@ def check_header(
         ("validator_set", "validators hash", header.validators_hash, tip.validators_hash),
         ("validator_set", "next validators hash", header.next_validators_hash,
          tip.next_validators_hash),
+        ("entropy_sources", "registered source count", header.registered_sources,
+         tip.registered_sources),
     )
     for check, name, got, want in links:
         if got != want:
