@@ -127,6 +127,9 @@ class ConsensusDriver:
         self._start_at: float | None = 0.0  # monotonic time to start the next height
         self._commit_until = 0.0  # monotonic end of the commit window of the decided height
         self._finalized: dict[int, list[FinalizedRecord]] = {}
+        # the record of each proposal fed, by (height, round): an invalid block is judged when
+        # a rule fires, which may be on a later input, and is dead-lettered with its own record
+        self._proposal_records: dict[tuple[int, int], Record] = {}
         self.rejected: dict[str, int] = {}
         self._source: Record | None = None
         self.stop_event = threading.Event()
@@ -201,6 +204,11 @@ class ConsensusDriver:
                 return
         if source is not None:
             self._source = source
+            if isinstance(event, ProposalReceived):
+                self._proposal_records.setdefault(
+                    (event.proposal.height, event.proposal.round), source)
+                while len(self._proposal_records) > 1_000:
+                    del self._proposal_records[next(iter(self._proposal_records))]
         state, outputs = handle(self.config, self.logic(), self.state, event)
         self.state = state
         # Inputs the core replays from its own buffer (at StartHeight) are attributed to the
@@ -274,6 +282,8 @@ class ConsensusDriver:
             if (message.height < self.state.height
                     or rejection.kind is RejectionKind.FUTURE_BUFFER_FULL):
                 return
+            if rejection.kind is RejectionKind.INVALID_BLOCK:
+                source = self._proposal_records.get((message.height, message.round), source)
             self.rejected["message"] = self.rejected.get("message", 0) + 1
             self.on_rejected(rejection, source)
         elif isinstance(event, CommitReceived):

@@ -75,15 +75,9 @@ def read_submitted(data: bytes | None, codec: Codec | None = None) -> tuple[Sign
 
 
 def decode_submitted(data: bytes | None, codec: Codec | None = None) -> PendingTx:
-    codec = codec or default_codec()
-    try:
-        _, record = codec.decode(data, "TransactionSubmitted")
-    except CodecError as exc:
-        raise SubmissionError(str(exc)) from exc
-    pending = parse_tx(record["tx"])
-    if pending.sender != record["sender"] or pending.nonce != record["nonce"]:
-        raise SubmissionError("TransactionSubmitted sender/nonce do not match its transaction")
-    return pending
+    """The signature-checked transaction of a ``TransactionSubmitted`` record."""
+    _, raw = read_submitted(data, codec)
+    return parse_tx(raw)
 
 
 def submitted_record(raw: bytes) -> tuple[bytes, bytes]:

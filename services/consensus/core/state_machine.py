@@ -188,6 +188,7 @@ class RejectionKind(Enum):
 
     INVALID = "rejected_by_core"  # wrong height, proposer, signature, membership, ...
     FUTURE_BUFFER_FULL = "future_buffer_full"  # valid maybe, but no room to keep it yet
+    INVALID_BLOCK = "invalid_block"  # a well-formed proposal whose block this node refuses
 
 
 @dataclass(frozen=True, slots=True)
@@ -757,6 +758,11 @@ def _rule_proposal(
     else:
         acceptable = state.locked_round <= vr or locked_hash == proposal.block_hash
     choice = proposal.block_hash if valid and acceptable else None
+    if not valid:  # said once per proposal: the shell dead-letters it with the reason
+        out.append(MessageRejected(ProposalReceived(proposal),
+                                   f"invalid block {proposal.block_hash.hex()[:16]}: "
+                                   f"{state.validity[proposal.block_hash]}",
+                                   RejectionKind.INVALID_BLOCK))
     state = _cast(config, state, VoteType.PREVOTE, choice, out)
     return replace(state, step=Step.PREVOTE)
 
