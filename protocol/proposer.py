@@ -15,15 +15,16 @@ int64 like CometBFT's ``safeAddClip``.
 ``next_height(priorities, set, next_set)`` is one increment later with the set changes applied.
 
 Cost. The proposer of round r needs r+1 increments, so a round number is a claim of work. The
-rounds are *bounded* rather than advanced in closed form: the algorithm is only periodic over
-windows of total-power increments from its centred start, and the window (the total power) can
-be far larger than any round a live network reaches, so a closed form would be a second
-algorithm to prove equal to CometBFT's for no gain. Instead ``ProposerSchedule`` advances one
-increment per new round and remembers every proposer it computed (O(n) per round, each round
-once per height), and the consensus core refuses any message whose round lies more than
-``MAX_ROUNDS_AHEAD`` beyond its own before asking who proposes it (``core/state_machine.py``).
-So the work a message can cause is bounded by the honest network's own round plus that window,
-whatever number it claims.
+rounds are *bounded* rather than advanced in closed form. Increments keep the sum of the
+priorities and move them in a bounded range, so the sequence of proposers is eventually
+periodic, but its period grows with the total voting power (tens of thousands with the demo's
+stake, one per token bonded), far beyond any round a live network reaches: skipping ahead would
+need a second algorithm, proven equal to CometBFT's on every input, to save work no honest
+node ever does. Instead ``ProposerSchedule`` advances one increment per new round and
+remembers every proposer it computed (O(n) per round, each round once per height), and the
+consensus core refuses any message whose round lies more than ``MAX_ROUNDS_AHEAD`` beyond its
+own before asking who proposes it (``core/state_machine.py``). So the work a message can cause
+is bounded by the honest network's own round plus that window, whatever number it claims.
 """
 
 from __future__ import annotations

@@ -443,10 +443,12 @@ def _summary(console: Console, view: DemoView, supervisor: Supervisor, demo_dir:
                                   (view.open_alerts.alerts.values() if view.open_alerts else ())),
             "seconds": round(elapsed, 1),
             "service_restarts": {s.name: s.restarts for s in supervisor.status() if s.restarts},
+            # A few marked pulses are normal (the first block before the sources publish, a
+            # source restarting); most of a run without fresh entropy is a broken network.
             "errors": list(view.errors) + (
                 [f"{view.not_random} of {view.blocks_this_run} blocks carried no fresh entropy "
                  "from enough sources (their pulses are marked not random; see dlq.entropy)"]
-                if view.not_random else []),
+                if view.not_random * 2 > view.blocks_this_run else []),
         }
     console.rule("summary")
     console.print_json(json.dumps(summary))

@@ -52,9 +52,14 @@ from protocol.entropy.verifier import (
 
 
 class UnjoinableChainError(EntropyRejectedError):
-    """Verified chunks of a source that can never continue the chain (module doc)."""
+    """Verified chunks of a source that can never continue the chain (module doc);
+    ``verified`` names them (they are no longer pending anywhere)."""
 
     code = "unjoinable_chain"
+
+    def __init__(self, reason: str, verified: tuple[Chunk, ...] = ()) -> None:
+        super().__init__(reason)
+        self.verified = verified
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +148,7 @@ class EntropyPool:
                       f"which expects #{floor + 1} next: the source restarted its chain (or "
                       f"this node missed chunks that expired)")
             self.unjoinable[source] = reason
-            raise UnjoinableChainError(reason)
+            raise UnjoinableChainError(reason, verified)
         self.unjoinable.pop(source, None)
         self.verified_chunks += added
         return outcome

@@ -198,6 +198,8 @@ class ValidatorNode(ConsensusDriver):
         except UnjoinableChainError as exc:
             log.warning("%s: %s", self.name, exc)
             self.dlq_entropy.send(message, exc)
+            for chunk in exc.verified:
+                self._pending_chunks.pop((chunk.source_id, chunk.chunk_digest), None)
             accepted = None
         except ValueError as exc:  # EntropyRejectedError, or a record that is no chunk
             self.dlq_entropy.send(message, exc)
