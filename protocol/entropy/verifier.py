@@ -104,6 +104,7 @@ class PendingLimitError(EntropyRejectedError):
 
 RECENT_DIGESTS = 4096
 MAX_COMPETING = 4  # unverified chunks kept per (chain, seq): the genuine one and forgeries
+MAX_DISCARDED = 4096  # discarded chunks kept for ``take_discarded`` (a reader may never ask)
 ChainKey = tuple[str, bool]  # (source id, private pool)
 
 
@@ -177,6 +178,7 @@ class ChainVerifier:
             chain = self._chains.pop(key)
             self._discarded.extend(c for seq in sorted(chain.candidates)
                                    for c in chain.candidates[seq])
+        del self._discarded[:-MAX_DISCARDED]
 
     def verified_seq(self, source_id: str, private: bool = False) -> int:
         """Last verified sequence number of a chain, -1 when none."""
@@ -197,7 +199,8 @@ class ChainVerifier:
 
     def take_discarded(self) -> tuple[Chunk, ...]:
         """Chunks dropped since the last call because a checkpoint decided against them (or
-        their source left the registry), oldest first: ``LosingBranchError`` material."""
+        their source left the registry), oldest first: ``LosingBranchError`` material. Only
+        the newest ``MAX_DISCARDED`` are kept for a caller that never asks."""
         discarded, self._discarded = tuple(self._discarded), []
         return discarded
 
@@ -329,6 +332,7 @@ class ChainVerifier:
                     linked.add(chunk.chunk_digest)
                 else:
                     self._discarded.append(chunk)
+        del self._discarded[:-MAX_DISCARDED]
         chain.candidates = survivors
         chain.by_digest = {c.chunk_digest: c for seq in survivors for c in survivors[seq]}
         for chunk in branch:

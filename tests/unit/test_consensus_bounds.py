@@ -249,3 +249,37 @@ def test_unsigned_messages_of_the_next_height_are_not_buffered(junk: int) -> Non
 
 def test_key_of_covers_every_validator() -> None:
     assert set(KEY_OF) == {v.address for v in VALIDATORS.validators}
+
+
+def test_a_completed_last_commit_costs_only_its_new_signatures() -> None:
+    """Readers verify a ``last_commit`` that extends the certificate they verified by checking
+    the late precommits only; a forged late record still fails."""
+    from protocol.chain import apply_block
+    from protocol.check import check_signatures
+    from protocol.commit import CommitSig
+
+    state, decision, last = _decide_with(0, "block")
+    extended = commit_for_next_height(state)  # type: ignore[arg-type]
+    assert extended is not None
+    logic = Logic(KEYS[0]).inner
+    after, _ = apply_block(logic.chain, logic.app, decision.block, decision.commit)
+    block = dataclasses.replace(logic, chain=after).propose(2, 0)
+    calls: list[bytes] = []
+
+    def counting(key, message, signature):  # type: ignore[no-untyped-def]
+        calls.append(message)
+        return key.verify(message, signature)
+
+    def with_last_commit(commit):  # type: ignore[no-untyped-def]
+        body = dataclasses.replace(block.body, last_commit=commit)
+        return dataclasses.replace(block, body=body)
+
+    found = check_signatures(after, with_last_commit(extended), None, check=counting,
+                             verified_last_commit=decision.commit)
+    assert found == [] and len(calls) == 1
+    forged = dataclasses.replace(extended, signatures=tuple(
+        CommitSig(s.flag, s.validator_address, bytes(64)) if s.validator_address == last.address
+        else s for s in extended.signatures))
+    found = check_signatures(after, with_last_commit(forged), None, check=counting,
+                             verified_last_commit=decision.commit)
+    assert [f.check for f in found] == ["last_commit"]
