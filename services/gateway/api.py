@@ -391,14 +391,17 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def get_validators(height: height_path, _key: ApiKeyRecord = read) -> Response:
         return stored_or_problem(height, view.validators_json(height))
 
-    @app.get("/v1/beacon/latest", tags=["beacon"], summary="Latest randomness with its proof")
+    @app.get("/v1/beacon/latest", tags=["beacon"],
+             summary="Latest random pulse (fresh entropy from enough sources) with its proof")
     async def beacon_latest(_key: ApiKeyRecord = read) -> Response:
         body = view.latest_beacon
         if body is None:
-            raise unavailable("no-beacon-yet", "no block finalized yet", 2)
+            raise unavailable("no-beacon-yet", "no random pulse finalized yet (blocks without "
+                              "fresh entropy are never served as the latest pulse)", 2)
         return _json(body)
 
-    @app.get("/v1/beacon/{height}", tags=["beacon"], summary="Randomness of a height, proof")
+    @app.get("/v1/beacon/{height}", tags=["beacon"],
+             summary="Pulse of a height with its proof and status (random or not)")
     async def beacon_at(height: height_path, _key: ApiKeyRecord = read) -> Response:
         return stored_or_problem(height, view.beacon_json(height)
                                  if view.get(height) is not None else None)
