@@ -54,6 +54,7 @@ observer: the tally, the audit).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 from typing import Protocol, assert_never
@@ -243,13 +244,13 @@ class ConsensusState:
     locked_round: int = -1
     valid_block: Block | None = None
     valid_round: int = -1
-    proposals: dict[int, Proposal] = field(default_factory=dict)  # round -> first proposal
-    blocks: dict[bytes, Block] = field(default_factory=dict)  # hash -> block seen proposed
-    validity: dict[bytes, str | None] = field(default_factory=dict)  # hash -> reason / None
+    proposals: Mapping[int, Proposal] = field(default_factory=dict)  # round -> first proposal
+    blocks: Mapping[bytes, Block] = field(default_factory=dict)  # hash -> block seen proposed
+    validity: Mapping[bytes, str | None] = field(default_factory=dict)  # hash -> reason / None
     done: frozenset[tuple[str, int]] = frozenset()  # "first time" guards (rule, round)
     decision: Decided | None = None
     future: tuple[Event, ...] = ()  # messages of height + 1
-    future_senders: dict[bytes, int] = field(default_factory=dict)  # per sender, in ``future``
+    future_senders: Mapping[bytes, int] = field(default_factory=dict)  # per sender, in ``future``
     next_validators: ValidatorSet | None = None  # the set of height + 1, when known
     # Proposers of this height, computed on demand (a cache: not part of the state's value).
     schedule: ProposerSchedule | None = field(default=None, compare=False, repr=False)

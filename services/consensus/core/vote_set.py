@@ -26,6 +26,7 @@ never counts against anyone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from protocol.errors import InputError
@@ -59,9 +60,10 @@ class VoteSet:
     round: int
     vote_type: VoteType
     validators: ValidatorSet
-    votes: dict[bytes, Vote] = field(default_factory=dict)  # address -> first vote
-    by_value: dict[bytes, dict[bytes, Vote]] = field(default_factory=dict)  # key -> addr -> vote
-    power_by_value: dict[bytes, int] = field(default_factory=dict)  # block key -> power
+    votes: Mapping[bytes, Vote] = field(default_factory=dict)  # address -> first vote
+    # block key -> address -> vote
+    by_value: Mapping[bytes, Mapping[bytes, Vote]] = field(default_factory=dict)
+    power_by_value: Mapping[bytes, int] = field(default_factory=dict)  # block key -> power
     power: int = 0  # power of all validators that voted, each once
     conflicts: tuple[DuplicateVoteEvidence, ...] = ()
 
@@ -146,10 +148,10 @@ class HeightVoteSet:
 
     height: int
     validators: ValidatorSet
-    sets: dict[tuple[int, VoteType], VoteSet] = field(default_factory=dict)
+    sets: Mapping[tuple[int, VoteType], VoteSet] = field(default_factory=dict)
     round: int = 0
     # validator -> the rounds beyond ``round + 1`` it opened (at most MAX_CATCHUP_ROUNDS)
-    catchup: dict[bytes, tuple[int, ...]] = field(default_factory=dict)
+    catchup: Mapping[bytes, tuple[int, ...]] = field(default_factory=dict)
     _rounds: tuple[int, ...] = ()  # sorted rounds that have a vote set
 
     def get(self, round: int, vote_type: VoteType) -> VoteSet:
