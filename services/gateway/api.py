@@ -11,6 +11,8 @@ Endpoints (scopes in brackets; every error is an RFC 9457 problem document):
 ``/v1/stream/blocks`` (SSE), ``/v1/accounts/{address}`` [read]; ``POST /v1/keys`` [keys];
 ``POST /v1/users``, ``GET /v1/users/{id}``, ``POST|PUT|GET|DELETE
 /v1/users/{id}/records/{rid}`` [users]; ``/healthz``, ``/readyz``, ``/metrics`` (no key).
+The web explorer (pages under ``/``, ``/docs``, the keyless read-only ``/explorer/api``) is
+added by ``services.gateway.explorer.routes``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol.keydelivery import MAX_LENGTH, MIN_LENGTH
 from services.gateway.auth import REFRESH_S, ApiKeyRecord, ApiKeyStore, key_from_headers
 from services.gateway.chain import ChainView
+from services.gateway.explorer.documents import GenesisAnchor
+from services.gateway.explorer.feeds import NetworkFeeds
+from services.gateway.explorer.routes import install_explorer
 from services.gateway.keys import KeyRequest, KeyService, LedgerView
 from services.gateway.problems import PROBLEM_JSON, Problem, install, problem_body, unavailable
 from services.gateway.ratelimit import Limited, RateLimiter, StreamSlots
@@ -78,6 +83,8 @@ class Gateway:
     key_service: KeyService | None = None
     users: UserBackend | None = None
     max_body_bytes: int = 256 * 1024
+    genesis: GenesisAnchor | None = None  # what the explorer checks block 1 against
+    feeds: NetworkFeeds | None = None  # QRNG status and alerts for the explorer
     starters: list[Callable[[], None]] = field(default_factory=list)
     stoppers: list[Callable[[], None]] = field(default_factory=list)
 
@@ -280,6 +287,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         description="Verified quantum randomness beacon, quantum-safe key delivery and "
                     "private user records. Errors are RFC 9457 problem documents.",
         responses=PROBLEM_RESPONSES,
+        docs_url=None, redoc_url=None,  # the explorer serves /docs from local assets
     )
     install(app)
     app.add_middleware(_Guard, gateway=gateway, metrics=metrics)
@@ -530,6 +538,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             raise Problem(404, "record-not-found", f"user {user_id} has no record {record_id}")
         return record_document(record)
 
+    install_explorer(app, gateway)
     _add_problem_schema(app)
     return app
 
@@ -566,7 +575,11 @@ def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = 
 
     spec = ChainSpec.load(genesis)
     view = load_view(spec, retain)
-    gateway = Gateway(view=view, keys=ApiKeyStore(api_keys, refresh_s=key_refresh_s))
+    feeds = NetworkFeeds(settings)
+    gateway = Gateway(view=view, keys=ApiKeyStore(api_keys, refresh_s=key_refresh_s),
+                      genesis=GenesisAnchor.of_spec(spec), feeds=feeds)
+    gateway.starters.append(feeds.start)
+    gateway.stoppers.append(feeds.stop)
     gateway.ledger.state = spec.initial.app_state
     # The registry is swapped whole (never cleared and refilled: the pool's thread reads it),
     # and only when the chain's registered sources change.
