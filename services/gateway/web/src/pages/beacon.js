@@ -17,6 +17,7 @@ export async function beaconPage(root, query) {
   replace(root, h("h1", {}, "Randomness beacon"), form, out);
   let path = `/explorer/api/beacon/${chain.head?.height ?? 1}`;
   if (query.get("height")) path = `/explorer/api/beacon/${Number(query.get("height"))}`;
+  else if (query.get("time_ms")) path = `/explorer/api/beacon?time_ms=${Number(query.get("time_ms"))}`;
   else if (query.get("time")) path = `/explorer/api/beacon?time_ms=${Date.parse(`${query.get("time")}Z`)}`;
   if (!chain.head) { replace(out, h("p", { class: "muted" }, "No pulse yet.")); return; }
   let pulse;
