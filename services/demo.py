@@ -336,8 +336,10 @@ def demo(
 
     api_key = _demo_api_key(demo_dir)
     gateway_url = f"http://127.0.0.1:{gateway_port}"
+    console.print(f"explorer: {gateway_url}/   (every block verified in your browser; API "
+                  f"reference {gateway_url}/docs)", soft_wrap=True)
     console.print(f"gateway: {gateway_url}   API key: {api_key}   (saved in "
-                  f"{demo_dir / 'gateway' / 'demo-api-key'})")
+                  f"{demo_dir / 'gateway' / 'demo-api-key'})", soft_wrap=True)
     supervisor = Supervisor(_services(settings, demo_dir, validators, sources,
                                       block_interval_ms, qrng_rate, gateway_port),
                             demo_dir / "logs")
@@ -359,7 +361,7 @@ def demo(
     printed = 0
     try:
         if live:
-            banner = f"gateway {gateway_url}  API key {api_key}"
+            banner = f"explorer {gateway_url}/  API key {api_key}"
             with Live(_render(view, supervisor, started, banner), console=console,
                       refresh_per_second=2) as screen:
                 while duration is None or time.monotonic() - started < duration:
@@ -368,15 +370,18 @@ def demo(
                     time.sleep(0.5)
         else:
             while duration is None or time.monotonic() - started < duration:
+                # soft_wrap: one line per block even when stdout is not a terminal (a
+                # pipe or CI log, where rich would otherwise wrap at 80 columns).
                 for event in supervisor.tick():
-                    console.print(f"[yellow]{event}[/]")
+                    console.print(f"[yellow]{event}[/]", soft_wrap=True)
                 with view.lock:
                     new = list(view.blocks)[: view.blocks_this_run - printed]
                     printed = view.blocks_this_run
                 for b in reversed(new):
                     console.print(f"block {b['height']} round {b['round']} randomness "
                                   f"{b['randomness'][:24]}… signers {b['signers']} entropy "
-                                  f"{b['entropy_chunks']} chunks {b['proposal_to_finality_ms']} ms")
+                                  f"{b['entropy_chunks']} chunks {b['proposal_to_finality_ms']} ms",
+                                  soft_wrap=True)
                 time.sleep(0.5)
     except KeyboardInterrupt:
         pass
@@ -426,6 +431,7 @@ def _summary(console: Console, view: DemoView, supervisor: Supervisor, demo_dir:
         f"  qustream chain follow --genesis {genesis}\n"
         f"Send a transaction:  qustream tx delegate --key {demo_dir / 'keys' / 'account-0.json'} "
         f"--validator <address> --amount 100 --genesis {genesis}\n"
+        f"Explorer (while the demo runs): {gateway_url}/\n"
         f"HTTP API (while the demo runs): curl -H 'Authorization: Bearer {api_key}' "
         f"{gateway_url}/v1/beacon/latest\n"
         f"Alerts the monitor raised: qustream alerts list --all\n"

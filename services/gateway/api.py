@@ -348,6 +348,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         pool = gateway.key_service.pool.status() if gateway.key_service else None
         if view.error or not view.caught_up:
             raise unavailable("not-ready", view.error or "still reading the chain", 2)
+        users_ready = getattr(gateway.users, "ready", None)
+        if users_ready is not None and not users_ready():
+            raise unavailable("not-ready", "the user projection's tables do not exist yet", 2)
         import json
 
         return _json(json.dumps({"status": "ready", "head": view.head_height,

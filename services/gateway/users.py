@@ -99,18 +99,43 @@ def user_document(view: Any) -> dict[str, Any]:
 
 
 class KafkaCassandraUsers:
-    """The real backend: ``UserClient`` for commands, ``UserQueries`` for reads."""
+    """The real backend: ``UserClient`` for commands, ``UserQueries`` for reads.
+
+    The projection's tables are made by the shard writer, which may start after the gateway:
+    until they exist, reads answer 503 and ``ready()`` is False (``/readyz`` says not ready)
+    instead of the gateway failing to start."""
 
     def __init__(self, settings: Any, *, timeout_s: float = 15.0) -> None:
         from services.shard_writer.client import UserClient
-        from services.shard_writer.queries import UserQueries
         from services.shard_writer.store import connect
 
-        self.cluster, session = connect(settings)
-        self.queries = UserQueries(session, settings.cassandra.keyspace,
-                                   settings.topic("users.events"))
+        self.cluster, self._session = connect(settings)
+        self._settings = settings
+        self._queries: Any = None
         self.client = UserClient(settings)
         self.timeout_s = timeout_s
+
+    @property
+    def queries(self) -> Any:
+        """The prepared projection queries; 503 while the projection's tables are missing."""
+        if self._queries is None:
+            from services.shard_writer.queries import UserQueries
+            from services.shard_writer.store import StoreError
+
+            try:
+                self._queries = UserQueries(self._session, self._settings.cassandra.keyspace,
+                                            self._settings.topic("users.events"))
+            except StoreError as exc:
+                raise unavailable("users-not-ready", "the user projection is not set up yet "
+                                  f"(the shard writer creates its tables): {exc}", 5) from exc
+        return self._queries
+
+    def ready(self) -> bool:
+        try:
+            self.queries  # noqa: B018  (prepares the statements once the tables exist)
+        except Problem:
+            return False
+        return True
 
     def execute(self, command: Any) -> Any:
         from services.shard_writer.client import ReplyTimeoutError

@@ -39,6 +39,7 @@ def _demo(settings: Settings, *args: str, probe_gateway: bool = False) -> dict:
         env=_env(settings), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     beacon = None
+    explorer = None
     if probe_gateway:
         key_file = settings.state_dir / "demo" / "gateway" / "demo-api-key"
         deadline = time.monotonic() + 120
@@ -53,11 +54,21 @@ def _demo(settings: Settings, *args: str, probe_gateway: bool = False) -> dict:
                 continue
             if answer.status_code == 200:
                 beacon = answer.json()
+                explorer = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
     output, _ = process.communicate(timeout=400)
     assert process.returncode == 0, output[-4000:]
     if probe_gateway:
         assert beacon is not None, output[-4000:]
         assert "gateway: http://127.0.0.1" in output
+        assert f"explorer: http://127.0.0.1:{port}/" in output
+        assert explorer is not None and explorer.status_code == 200, output[-4000:]
+        assert "<title>QuStream explorer</title>" in explorer.text
+    # The gateway waits (not ready) for the projection's tables instead of exiting, and
+    # --plain prints one line per block on a pipe (no wrapping at 80 columns).
+    assert "gateway exited" not in output, output[-4000:]
+    blocks = [line for line in output.splitlines() if line.startswith("block ")]
+    assert blocks and all(line.endswith(" ms") and " randomness " in line for line in blocks), (
+        blocks[:5])
     summary: dict = json.loads((settings.state_dir / "demo" / "summary.json").read_text())
     assert summary["errors"] == [], summary
     return summary
