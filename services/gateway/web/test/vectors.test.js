@@ -134,8 +134,8 @@ test("blocks: a changed body is named by the check it breaks", () => {
   assert.throws(() => decodeBlock(concat(new CanonicalWriter("Block").nested(headerBytes).nested(bodyBytes).finish(), Uint8Array.of(0))), /trailing/);
 });
 
-test("commit certificates: verdict, reason and signed power as verify_commit gives them", () => {
-  const data = load("commit/cases.json");
+for (const [file, algorithm] of [["commit/cases.json", "ed25519"], ["commit/ml_dsa_65.json", "ml-dsa-65"]]) test(`commit certificates (${algorithm}): verdict, reason and signed power as verify_commit gives them`, () => {
+  const data = load(file);
   const verdicts = new Set();
   for (const entry of data.cases) {
     const validators = validatorSetFromJson(entry.validators.map((/** @type {any} */ v) => {
@@ -151,6 +151,7 @@ test("commit certificates: verdict, reason and signed power as verify_commit giv
     const expected = entry.expected.verify_commit;
     assert.deepEqual([result.ok, result.reason, Number(result.signedPower)], [expected.ok, expected.reason, expected.signed_power], entry.name);
     verdicts.add(result.ok);
+    assert.ok(validators.every((v) => v.algorithm === algorithm));
   }
   assert.deepEqual([...verdicts].sort(), [false, true]);
 });
