@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from services.gateway.explorer.documents import (
     block_document,
@@ -27,6 +28,7 @@ from services.gateway.explorer.documents import (
     staking_document,
     timeline_document,
 )
+from services.gateway.explorer.feeds import SourceBoard
 from services.gateway.problems import Problem, unavailable
 from services.gateway.ratelimit import Limited
 
@@ -177,11 +179,13 @@ def install_explorer(app: FastAPI, gateway: Gateway) -> None:
         state = gateway.ledger.state
         registered = ({s.source_id: s.simulated for s in state.qrng_sources.values()}
                       if state is not None else {})
+        now_ms = time.time_ns() // 1_000_000
         feeds = gateway.feeds
-        if feeds is None:
-            return _json({"sources": [], "error": "this gateway does not follow qrng.status"})
+        if feeds is None:  # the chain's registry alone
+            return _json({"sources": SourceBoard().document(now_ms, registered),
+                          "error": "this gateway does not follow qrng.status"})
         with feeds.lock:
-            sources = feeds.sources.document(time.time_ns() // 1_000_000, registered)
+            sources = feeds.sources.document(now_ms, registered)
         return _json({"sources": sources, "error": feeds.error})
 
     @route("/alerts", "The monitor's open alerts and recent alert events (alerts topic)")
@@ -225,12 +229,21 @@ def install_explorer(app: FastAPI, gateway: Gateway) -> None:
         start = (int(last_event_id) + 1 if last_event_id is not None
                  else from_ if from_ is not None else max(1, view.head_height + 1))
         start = max(start, view.first_height)
+        slot = f"explorer:{address}"
         try:
-            gateway.streams.acquire(f"explorer:{address}", STREAMS_PER_CLIENT)
+            gateway.streams.acquire(slot, STREAMS_PER_CLIENT)
         except Limited as exc:
             raise Problem(429, "too-many-streams", f"over the {exc.what}",
                           headers={"Retry-After": str(exc.retry_after_s)},
                           retry_after_s=exc.retry_after_s) from exc
+        held = [True]
+
+        def release() -> None:
+            # Once, from whichever comes first: the stream's end or the response's end (a
+            # client that leaves before the first event never runs the generator at all).
+            if held[0]:
+                held[0] = False
+                gateway.streams.release(slot)
 
         async def events() -> AsyncIterator[bytes]:
             height = start
@@ -248,8 +261,9 @@ def install_explorer(app: FastAPI, gateway: Gateway) -> None:
                         yield b": keep-alive\n\n"
                         quiet_since = time.monotonic()
             finally:
-                gateway.streams.release(f"explorer:{address}")
+                release()
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
-                                          "X-Accel-Buffering": "no"})
+                                          "X-Accel-Buffering": "no"},
+                                 background=BackgroundTask(release))
