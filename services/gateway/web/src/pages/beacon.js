@@ -43,8 +43,10 @@ export async function beaconPage(root, query) {
     ["randomness", hex(pulse.randomness)], ["time", time(pulse.time_ms)],
     ["block", h("a", { href: `/blocks/${pulse.height}` }, hex(pulse.block_hash))],
     ["algorithm", proof.algorithm], ["previous randomness", proof.previous_randomness ? hex(proof.previous_randomness) : "—"],
-    ["randomness input", hex(toHex(fromBase64(proof.randomness_input)))],
+    ["randomness input", h("details", {}, h("summary", {}, `${fromBase64(proof.randomness_input).length} bytes (BlockRandomness: height and entropy references)`), hex(toHex(fromBase64(proof.randomness_input))))],
     ["entropy", `${proof.entropy.length} chunks from ${new Set(proof.entropy.map((/** @type {any} */ e) => e.source_id)).size} sources`],
-    ["validators hash", hex(proof.validators_hash)], ["header", hex(toHex(fromBase64(proof.header)))],
+    ["validators hash", hex(proof.validators_hash)],
+    ["header", h("details", {}, h("summary", {}, `${fromBase64(proof.header).length} bytes, canonical`), hex(toHex(fromBase64(proof.header))))],
+    ["commit certificate", h("details", {}, h("summary", {}, `${fromBase64(proof.commit).length} bytes, canonical`), hex(toHex(fromBase64(proof.commit))))],
   ]));
 }
