@@ -117,6 +117,9 @@ def error_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from streams.supervisor import die_with_parent
+
+    die_with_parent()  # a service of a supervisor (the demo) ends when the supervisor does
     _register()
     try:
         app(args=argv if argv is not None else sys.argv[1:], prog_name="qustream")

@@ -19,6 +19,7 @@ from protocol.follow import BlockFollower
 from services.ledger.core import LedgerState
 from services.ledger.core.chain_spec import ChainSpec
 from services.ledger.genesis_cli import GENESIS_OPTION, genesis_path
+from streams.console import output_console
 
 app = typer.Typer(help="Read and follow the finalized chain (every block verified).",
                   no_args_is_help=True)
@@ -87,7 +88,7 @@ def head(
     if last is None:
         console.print("[yellow]no finalized block yet[/]")
         raise typer.Exit(1)
-    _print(block_summary(last), as_json, Console())
+    _print(block_summary(last), as_json, output_console())
 
 
 @app.command()
@@ -104,7 +105,7 @@ def block(
     with console.status(f"verifying the chain up to height {height} ..."):
         for verified in read_blocks(load_settings(), _follower(genesis), height):
             if verified.record.height == height:
-                _print(block_summary(verified), as_json, Console())
+                _print(block_summary(verified), as_json, output_console())
                 return
     console.print(f"[red]no finalized block at height {height}[/]")
     raise typer.Exit(1)
@@ -120,7 +121,7 @@ def follow(
     from streams.chain_reader import read_blocks
     from streams.settings import load_settings
 
-    console = Console()
+    console = output_console()
     try:
         for verified in read_blocks(load_settings(), _follower(genesis), from_height,
                                     follow=True):
