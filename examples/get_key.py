@@ -4,8 +4,8 @@ The client makes fresh X25519 and ML-KEM-768 key pairs, pays with a signed ``Pay
 transaction from a funded account (the fee transaction commits to this request), and
 decapsulates the answer; only this process can read the key. Against the demo::
 
-    qustream demo                      # prints the gateway URL and an API key
-    python examples/get_key.py --url http://127.0.0.1:8080 --api-key KEY \\
+    .venv/bin/qustream demo                      # prints the gateway URL and an API key
+    .venv/bin/python examples/get_key.py --url http://127.0.0.1:8080 --api-key KEY \\
         [--account .qustream/demo/keys/account-0.json] [--length 32]
 
 Prints one JSON line: the key (hex), its commitment and the payment's transaction hash.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,8 @@ import httpx
 from sdk.errors import ApiError, KeyDeliveryError
 from sdk.keys import KeyClient
 
-DEMO_ACCOUNT = Path(".qustream/demo/keys/account-0.json")
+STATE_DIR = Path(os.environ.get("QUSTREAM_STATE_DIR") or ".qustream")
+DEMO_ACCOUNT = STATE_DIR / "demo" / "keys" / "account-0.json"
 
 
 def main(argv: list[str] | None = None) -> int:

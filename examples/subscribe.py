@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from sdk.errors import ApiError, BlockRejectedError
 from sdk.subscriber import BlockSource, BlockSubscriber, KafkaBlockSource, SseBlockSource
 
-DEMO_GENESIS = Path(".qustream/demo/genesis.json")
+DEMO_GENESIS = Path(os.environ.get("QUSTREAM_STATE_DIR") or ".qustream") / "demo" / "genesis.json"
 
 
 def main(argv: list[str] | None = None) -> int:
