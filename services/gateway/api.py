@@ -36,7 +36,14 @@ from protocol.keydelivery import MAX_LENGTH, MIN_LENGTH
 from services.gateway.auth import ApiKeyRecord, ApiKeyStore, key_from_headers
 from services.gateway.chain import ChainView
 from services.gateway.keys import KeyRequest, KeyService, LedgerView
-from services.gateway.problems import PROBLEM_JSON, Problem, install, problem_body, unavailable
+from services.gateway.problems import (
+    PROBLEM_JSON,
+    Problem,
+    install,
+    not_offered,
+    problem_body,
+    unavailable,
+)
 from services.gateway.ratelimit import Limited, RateLimiter
 from services.gateway.users import (
     SignedCommandIn,
@@ -100,10 +107,14 @@ class SignedCommand(BaseModel):
     issued_at_ms: int = Field(ge=0, le=2**63 - 1)
     expected_version: int | None = Field(None, ge=0, le=2**62)
     device_id: str = Field("", max_length=128)
+    user_id: str | None = Field(None, pattern=r"^[0-9a-f]{40}$",
+                                description="the user the command was signed for (optional; "
+                                            "422 when it is not the URL's)")
 
     def as_input(self) -> SignedCommandIn:
         return SignedCommandIn(self.command_id, self.command_type, self.payload, self.signature,
-                               self.issued_at_ms, self.expected_version, self.device_id)
+                               self.issued_at_ms, self.expected_version, self.device_id,
+                               self.user_id)
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -113,6 +124,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
                          (403, "API key lacks the scope"), (404, "Not found"),
                          (413, "Request too large"),
                          (422, "Invalid request"), (429, "Rate limit or quota exceeded"),
+                         (501, "Not offered by this gateway"),
                          (503, "Temporarily unavailable"))
 }
 
@@ -419,7 +431,7 @@ def create_app(gateway: Gateway) -> FastAPI:
               summary="Fresh key material from the private QRNG pool, sealed to your keys")
     async def post_keys(body: KeyRequestIn, key: ApiKeyRecord = keys_scope) -> dict[str, Any]:
         if gateway.key_service is None:
-            raise unavailable("keys-disabled", "this gateway does not serve key material", 60)
+            raise not_offered("this gateway does not serve key material (started --no-keys)")
         try:
             request = KeyRequest(base64.b64decode(body.x25519_public_key, validate=True),
                                  base64.b64decode(body.mlkem768_public_key, validate=True),
@@ -439,7 +451,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     # ------------------------------------------------------------------ users
     def users_backend() -> UserBackend:
         if gateway.users is None:
-            raise unavailable("users-disabled", "this gateway does not serve user records", 60)
+            raise not_offered("this gateway does not serve user records (started --no-users)")
         return gateway.users
 
 

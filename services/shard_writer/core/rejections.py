@@ -97,3 +97,5 @@ REJECTIONS: dict[str, type[CommandRejectedError]] = {
 
 class ForgedSignatureError(InputError):
     """The command's signature does not verify against any key the user authorised."""
+
+    code: ClassVar[str] = "forged_signature"  # in the rejection reply the handler also sends
