@@ -89,10 +89,12 @@ def _root(
         os.environ["QUSTREAM_CONFIG"] = str(config)
     if debug:
         os.environ["QUSTREAM_DEBUG"] = "1"
-    # librdkafka logs every failed connection attempt; the same conditions reach the user
-    # translated (streams.kafka), so its own lines are shown only when debugging.
+    # librdkafka logs every failed connection attempt and the Cassandra driver each failed
+    # connection with its traceback; the same conditions reach the user translated
+    # (streams.kafka, shard_writer.store), so the libraries' own lines show only when debugging.
     logging.getLogger("streams.kafka.librdkafka").setLevel(
         logging.DEBUG if debugging() else logging.CRITICAL)
+    logging.getLogger("cassandra").setLevel(logging.DEBUG if debugging() else logging.CRITICAL)
 
 
 def _register() -> None:
@@ -116,18 +118,24 @@ def error_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def main(argv: list[str] | None = None) -> None:
-    from streams.supervisor import die_with_parent
-
-    die_with_parent()  # a service of a supervisor (the demo) ends when the supervisor does
-    _register()
+def run(application: typer.Typer, argv: list[str]) -> None:
+    """Run a Typer application as ``qustream``: a ``QuStreamError`` becomes one line on stderr
+    and exit status 2 (re-raised when debugging)."""
     try:
-        app(args=argv if argv is not None else sys.argv[1:], prog_name="qustream")
+        application(args=argv, prog_name="qustream")
     except QuStreamError as exc:
         if debugging():
             raise
         print(f"qustream: error: {error_line(exc)}", file=sys.stderr)
         sys.exit(EXIT_COULD_NOT_RUN)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from streams.supervisor import die_with_parent
+
+    die_with_parent()  # a service of a supervisor (the demo) ends when the supervisor does
+    _register()
+    run(app, argv if argv is not None else sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -600,6 +600,13 @@ def await_cluster(client: Any, settings: Settings, what: str) -> None:
             f"{settings.kafka_origin()}", kafka_error=reason.kafka_error) from exc
 
 
+def ensure_reachable(settings: Settings) -> None:
+    """``KafkaUnreachableError`` unless the cluster answers within the connect timeout: for
+    processes that reach Kafka through another client library (the monitor's Faust), so an
+    unreachable cluster is reported as every other command reports it."""
+    make_consumer(settings, "qustream-reachability-probe").close()
+
+
 def _cause(exc: KafkaException) -> str:
     inner = exc.args[0] if exc.args else None
     return inner.str() if isinstance(inner, KafkaError) else str(exc)
