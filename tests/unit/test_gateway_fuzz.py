@@ -1,7 +1,8 @@
 """Property-based fuzzing of the published OpenAPI spec with schemathesis (in-process ASGI).
 
-For every operation: no 5xx but the documented 501 (not offered) and 503, every 4xx/5xx is a well-formed problem document, and requests
-without a key or with a wrong key get 401/403 and nothing else.
+For every operation: no 5xx but the documented 501 (not offered) and 503, every 4xx/5xx is a
+well-formed problem document, and requests without a key or with a wrong key get 401/403 and
+nothing else.
 """
 
 from __future__ import annotations
