@@ -456,6 +456,7 @@ def demo(
                                   f"{b['entropy_chunks']} chunks {b['proposal_to_finality_ms']} ms",
                                   soft_wrap=True)
                 time.sleep(0.5)
+        ended_by = f"--duration {duration:g} s"
     except KeyboardInterrupt:
         pass
     except _Stopped as signalled:
@@ -464,7 +465,7 @@ def demo(
         for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(number, signal.SIG_IGN)  # nothing may interrupt the cleanup
         stop.set()
-        _say(console, f"stopping services ({ended_by if duration is None else 'done'}) ...")
+        _say(console, f"stopping services ({ended_by}) ...")
         supervisor.stop(grace_s=15)
     try:
         _summary(console, view, supervisor, demo_dir, time.monotonic() - started, gateway_url,
