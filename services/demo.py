@@ -45,7 +45,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from protocol.errors import OperationError
-from streams.console import heading, output_console
+from streams.console import heading, output_console, shell_command
 from streams.settings import Settings, load_settings
 from streams.supervisor import (
     ServiceSpec,
@@ -97,17 +97,6 @@ def _clear_leftovers(run_file: Path, console: Console) -> None:
         stop_leftovers(found, run_file)
     else:
         run_file.unlink(missing_ok=True)
-
-
-def command(*args: str) -> str:
-    """A ``qustream`` command line as a newcomer can type it here: this installation's
-    script, relative to the current directory when it is below it (``.venv/bin/qustream``)."""
-    script = Path(sys.executable).parent / "qustream"
-    try:
-        shown = str(script.relative_to(Path.cwd()))
-    except ValueError:
-        shown = str(script)
-    return " ".join([shown, *args])
 
 
 @dataclass
@@ -509,15 +498,15 @@ def _summary(console: Console, view: DemoView, supervisor: Supervisor, demo_dir:
     account = demo_dir / "keys" / "account-0.json"
     console.print(
         "Inspect the chain (every block re-verified from genesis):\n"
-        f"  {command('chain head --genesis', str(genesis))}\n"
-        f"  {command('chain block 1 --genesis', str(genesis))}\n"
-        f"  {command('chain follow --genesis', str(genesis))}\n"
-        f"Send a transaction:  {command('tx delegate --key', str(account))}"
+        f"  {shell_command('chain head --genesis', str(genesis))}\n"
+        f"  {shell_command('chain block 1 --genesis', str(genesis))}\n"
+        f"  {shell_command('chain follow --genesis', str(genesis))}\n"
+        f"Send a transaction:  {shell_command('tx delegate --key', str(account))}"
         f" --validator {validator} --amount 100 --genesis {genesis}\n"
         f"HTTP API (while the demo runs): curl -H 'Authorization: Bearer {api_key}' "
         f"{gateway_url}/v1/beacon/latest\n"
-        f"Alerts the monitor raised: {command('alerts list --all')}\n"
-        f"Service logs: {demo_dir / 'logs'}/   Cluster: {command('infra status')}",
+        f"Alerts the monitor raised: {shell_command('alerts list --all')}\n"
+        f"Service logs: {demo_dir / 'logs'}/   Cluster: {shell_command('infra status')}",
         soft_wrap=True,
     )
     if view.blocks_this_run == 0:

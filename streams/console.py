@@ -9,6 +9,8 @@ width, never this much) and never wrap a printed line.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -32,3 +34,14 @@ def heading(console: Console, title: str) -> None:
         console.rule(title)
     else:
         console.print(f"== {title} ==")
+
+
+def shell_command(*args: str) -> str:
+    """A ``qustream`` command line as a reader can type it here: this installation's script,
+    relative to the current directory when it is below it (``.venv/bin/qustream ...``)."""
+    script = Path(sys.executable).parent / "qustream"
+    try:
+        shown = str(script.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(script)
+    return " ".join([shown, *args])

@@ -13,7 +13,9 @@ Nothing is left behind, however the supervising process ends:
   stops every service's process group;
 - each service is told, through ``QUSTREAM_PARENT_PID``, to ask the kernel for SIGTERM when the
   supervisor dies (``die_with_parent``, Linux ``PR_SET_PDEATHSIG``): a ``kill -9`` of the
-  supervisor still ends its services;
+  supervisor still ends its services. The kernel ties this to the *thread* that started the
+  service, so ``start`` and ``tick`` belong on a thread that lives as long as the supervisor
+  (the main thread, as in the demo and the tests);
 - with a ``run_file``, the running services (pid, command line) are recorded there while they
   run, and ``leftovers`` lets the next start find whatever a previous supervisor left alive (a
   service that ignored the signal, or a platform without ``PR_SET_PDEATHSIG``) and stop it.

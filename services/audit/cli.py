@@ -174,6 +174,7 @@ def export(
     from services.audit.export import write_export
     from services.audit.replay import live_projection_rows
     from services.audit.sources import KafkaSource
+    from streams.console import shell_command
     from streams.settings import load_settings
 
     console = Console()
@@ -186,8 +187,8 @@ def export(
               for topic, entry in manifest["topics"].items()}
     digest = (to / "manifest.sha256").read_text().strip()
     console.print(f"exported to {to}: {json.dumps(counts)}")
-    console.print(f"manifest sha256 {digest}  (audit with: qustream audit --from-export {to} "
-                  f"--manifest-sha256 {digest})")
+    audit_it = shell_command("audit --from-export", str(to), "--manifest-sha256", digest)
+    console.print(f"manifest sha256 {digest}  (audit with: {audit_it})", soft_wrap=True)
 
 
 def state(
