@@ -105,7 +105,8 @@ def test_the_run_file_lists_running_services_until_they_stop(tmp_path: Path) -> 
         assert recorded["supervisor_pid"] == os.getpid()
         assert {n: e["pid"] for n, e in recorded["services"].items()} == {
             s.name: s.pid for s in supervisor.status()}
-        assert {f.name for f in leftovers(run_file)} == {"a", "b"}  # as the next run sees it
+        # as the next run sees them (once exec has filled in their command lines)
+        _wait_for(lambda: {f.name for f in leftovers(run_file)} == {"a", "b"})
         assert previous_supervisor(run_file) is None  # that is us, not another one
     finally:
         supervisor.stop(grace_s=5)
