@@ -190,3 +190,37 @@ def test_audit_exit_status_of_an_export(tmp_path: Path, genesis: Path) -> None:
     assert code == 1, (out, err)
     report = json.loads(out)
     assert report["ok"] is False and report["first_divergence"]["check"] == "export"
+
+
+def _listening(port: int) -> set[str]:
+    """Local addresses listening on ``port`` (IPv4), from /proc/net/tcp."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+@pytest.mark.parametrize(("host_args", "expected"), [((), "127.0.0.1"),
+                                                     (("--host", "0.0.0.0"), "0.0.0.0")])
+def test_the_gateway_listens_on_loopback_unless_asked(
+        settings: Settings, tmp_path: Path, genesis: Path, host_args: tuple[str, ...],
+        expected: str) -> None:
+    port = _closed_port()
+    env = _clean_env(**settings.to_env())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "gateway", "run", "--no-keys", "--no-users",
+         "--port", str(port), "--genesis", str(genesis), *host_args],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _listening(port):
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "the gateway did not start listening"
+            time.sleep(0.2)
+        assert _listening(port) == {expected}
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -89,3 +89,32 @@ def test_every_command_has_help() -> None:
     for path in paths:
         code, _ = _run(cli.app, [*path, "--help"])
         assert code == 0, path
+
+
+def test_every_qustream_command_the_docs_name_exists() -> None:
+    """``qustream X Y`` in README.md and docs/*.md names a real command (a renamed or removed
+    one, such as a separate block builder, would send a newcomer astray)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cli._register()
+    top = typer.main.get_command(cli.app)
+    named = set()
+    for document in (root / "README.md", *sorted((root / "docs").glob("*.md"))):
+        for match in re.finditer(r"(?<!-n )(?<![\w.-])qustream((?: [a-z][a-z-]*)+)",
+                                 document.read_text()):
+            named.add((document.name, tuple(match.group(1).split())))
+    assert len(named) > 30
+    missing = []
+    for document, words in sorted(named):
+        command: Any = top
+        for word in words:
+            commands = getattr(command, "commands", None)
+            if commands is None:
+                break  # a command: the rest are its arguments or prose
+            if word not in commands:
+                missing.append(f"{document}: qustream {' '.join(words)}")
+                break
+            command = commands[word]
+    assert not missing, missing
