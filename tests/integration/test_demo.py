@@ -100,6 +100,9 @@ def _demo(settings: Settings, *args: str, probe_gateway: bool = False,
         process.kill()
     output = "".join(lines)
     assert process.returncode == 0, output[-4000:]
+    block_lines = [line for line in lines if line.startswith("block ")]
+    assert block_lines and all(line.rstrip().endswith(" ms") for line in block_lines), \
+        "--plain prints one line per block, never wrapped"
     assert not service_pids(settings), "the run file outlived the demo"
     left = [name for name, pid in seen.items() if running(pid)]
     assert not left, (left, output[-3000:])
