@@ -103,7 +103,7 @@ def _check_registration(user_id: str, command: Any) -> None:
 def reply_document(reply: Any) -> dict[str, Any]:
     from services.shard_writer.core import ForgedSignatureError
 
-    if not reply.accepted and reply.code == ForgedSignatureError.code:
+    if not reply.accepted and reply.code == ForgedSignatureError.reply_code:
         raise Problem(422, "signature-invalid", f"the command's signature does not verify "
                                                 f"with user {reply.user_id}'s keys (was it "
                                                 "signed for another user's URL?)",

@@ -315,7 +315,7 @@ class CommandHandler(LoopService):
                 authenticate(user, command)
             except ForgedSignatureError as exc:
                 self._dead(message, exc, stats)
-                self._reply_rejected(command, partition, exc.code, str(exc), digest)
+                self._reply_rejected(command, partition, exc.reply_code, str(exc), digest)
                 return
         decision = decide(user, command, self.clock(), self.limits)
         if isinstance(decision, CommandRejectedError):

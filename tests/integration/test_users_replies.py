@@ -126,7 +126,7 @@ def test_a_command_signed_for_another_user_is_rejected_at_once(users_settings: S
         forged = _as_user(alice.put("notes", 1, b"for alice", command_id="c-1"), bob.user_id)
         started = time.monotonic()
         reply = client.execute(forged, timeout_s=60)
-        assert not reply.accepted and reply.code == ForgedSignatureError.code
+        assert not reply.accepted and reply.code == ForgedSignatureError.reply_code
         assert time.monotonic() - started < 15  # answered, not timed out
         # The forgery took no idempotency key: bob's own command with that id applies.
         genuine = client.execute(bob.put("notes", 1, b"for bob", command_id="c-1"))

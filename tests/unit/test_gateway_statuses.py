@@ -45,7 +45,7 @@ class RecordingUsers:
             authenticate(self.users.get(command.user_id), command)
         except ForgedSignatureError as exc:
             return Reply(command.user_id, command.command_id, False, None, 0, None,
-                         ForgedSignatureError.code, str(exc))
+                         ForgedSignatureError.reply_code, str(exc))
         key = (command.user_id, command.command_id)
         if key not in self.applied:
             self.offset += 1

@@ -98,4 +98,6 @@ REJECTIONS: dict[str, type[CommandRejectedError]] = {
 class ForgedSignatureError(InputError):
     """The command's signature does not verify against any key the user authorised."""
 
-    code: ClassVar[str] = "forged_signature"  # in the rejection reply the handler also sends
+    # the code of the rejection reply the handler also sends (the dead letter keeps the class
+    # name as its error type)
+    reply_code: ClassVar[str] = "forged_signature"
