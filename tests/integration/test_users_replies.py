@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from cassandra.cluster import Session
@@ -26,21 +25,15 @@ from services.shard_writer.core import (
 )
 from services.shard_writer.handler import CommandHandler
 from services.shard_writer.projection import Projector
-from services.shard_writer.store import create_schema, drop_keyspace
-from streams.admin import ensure_topics
 from streams.kafka import read_to_end
 from streams.settings import Settings
-from tests.integration.test_users_pipeline import in_thread, queries_for
+from tests.integration.test_users_pipeline import (  # noqa: F401 (a fixture)
+    in_thread,
+    queries_for,
+    users_settings,
+)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def users_settings(cassandra_settings: Settings, cassandra_session: Session) -> Iterator[Settings]:
-    ensure_topics(cassandra_settings)
-    create_schema(cassandra_session, cassandra_settings.cassandra.keyspace)
-    yield cassandra_settings
-    drop_keyspace(cassandra_session, cassandra_settings.cassandra.keyspace)
 
 
 class Person:
@@ -71,7 +64,7 @@ def _as_user(command: Command, user_id: str) -> Command:
 
 
 def test_a_repeated_command_is_answered_with_a_readable_position(
-        users_settings: Settings, cassandra_session: Session) -> None:
+        users_settings: Settings, cassandra_session: Session) -> None:  # noqa: F811
     client = UserClient(users_settings)
     queries = queries_for(users_settings, cassandra_session)
     alice = Person()
@@ -115,7 +108,8 @@ def test_a_repeated_command_is_answered_with_a_readable_position(
         handler.close()
 
 
-def test_a_command_signed_for_another_user_is_rejected_at_once(users_settings: Settings) -> None:
+def test_a_command_signed_for_another_user_is_rejected_at_once(
+        users_settings: Settings) -> None:  # noqa: F811
     client = UserClient(users_settings)
     alice, bob = Person(), Person()
     handler = CommandHandler.create(users_settings, instance_id=uuid.uuid4().hex)
