@@ -409,8 +409,6 @@ def demo(
     stop = threading.Event()
     started = time.monotonic()
     live_from = _current_height(settings, demo_dir) + 1
-    _on_stop_signals()
-    supervisor.start()
     threads = [
         threading.Thread(target=_watch_blocks, daemon=True,
                          args=(settings, demo_dir / "genesis.json", view, stop, live_from)),
@@ -419,11 +417,13 @@ def demo(
         threading.Thread(target=_add_users, args=(settings, demo_dir, users, view, stop),
                          daemon=True),
     ]
-    for thread in threads:
-        thread.start()
     printed = 0
     ended_by = "Ctrl-C"
-    try:
+    try:  # from the first service on, every way out goes through the cleanup below
+        _on_stop_signals()
+        supervisor.start()
+        for thread in threads:
+            thread.start()
         if live and console.is_terminal:
             banner = f"gateway {gateway_url}  API key {api_key}"
             with Live(_render(view, supervisor, started, banner), console=console,
@@ -450,6 +450,8 @@ def demo(
         pass
     except _Stopped as signalled:
         ended_by = str(signalled)
+    except OSError:  # the terminal went away (its window closed) while the view was drawn
+        ended_by = "the terminal closed"
     finally:
         for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(number, signal.SIG_IGN)  # nothing may interrupt the cleanup

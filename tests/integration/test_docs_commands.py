@@ -11,14 +11,14 @@ Markers, in the Markdown source, an HTML comment right before a ``sh``/``bash`` 
 Every ``sh``/``bash`` block carries one of the two, so nothing documented goes untested by
 accident (``test_every_shell_block_is_marked``).
 
-How they run: one demo network (``qustream demo --plain``) in a scratch folder that looks like
-a checkout to the commands (``.venv``, ``examples``, ``infra`` are links to this one; its
-``.qustream`` is its own), on the test cluster; the demo's gateway port replaces the documented
-``8080``. Each document's runnable blocks run in order in one bash session, as a reader would
-type them into one terminal (variables carry over), commands one after the other, each one's
-exit status recorded. The demo runs in a pseudo-terminal, and at the end that terminal is
-closed as a window would be: the demo must stop every one of its services (SIGHUP), which is
-the issue's "closing its terminal" case.
+How they run: one demo network (``qustream demo``, its live view) in a scratch folder that
+looks like a checkout to the commands (``.venv``, ``examples``, ``infra`` are links to this one;
+its ``.qustream`` is its own), on the test cluster; the demo's gateway port replaces the
+documented ``8080``. Each document's runnable blocks run in order in one bash session, as a
+reader would type them into one terminal (variables carry over), commands one after the other,
+each one's exit status recorded. The demo runs in a pseudo-terminal, and at the end that
+terminal is closed as a window would be: the demo must stop every one of its services (SIGHUP),
+which is the issue's "closing its terminal" case.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def test_every_shell_block_is_marked() -> None:
 
 
 class DemoNetwork:
-    """``qustream demo --plain`` on the test cluster, in a pseudo-terminal of its own."""
+    """``qustream demo`` on the test cluster, drawing its live view in a pseudo-terminal."""
 
     def __init__(self, settings: Settings, folder: Path) -> None:
         self.folder = folder
@@ -143,7 +143,7 @@ class DemoNetwork:
         self.output = bytearray()
         self.master, slave = pty.openpty()
         self.process = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "qustream"), "demo", "--plain", "--users", "1",
+            [str(ROOT / ".venv" / "bin" / "qustream"), "demo", "--users", "1",
              "--gateway-port", str(self.port)],
             cwd=folder, env=self.env, stdin=slave, stdout=slave, stderr=slave,
             start_new_session=True, preexec_fn=_take_terminal)
