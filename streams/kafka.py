@@ -612,7 +612,6 @@ def _cause(exc: KafkaException) -> str:
     return inner.str() if isinstance(inner, KafkaError) else str(exc)
 
 
-
 def make_producer(
     settings: Settings, *, transactional_id: str | None = None, **overrides: Any
 ) -> KafkaProducer:
