@@ -48,7 +48,7 @@ test-unit: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy streams services sdk infra bench
+	$(BIN)/mypy protocol streams services sdk infra bench
 	$(BIN)/lint-imports
 
 soak: $(STAMP)

@@ -2,10 +2,12 @@
 
 The server runs in a child process (``python -m bench.gateway --serve PORT``): the real
 ``create_app`` over a locally made signed chain (``sdk.testing``), with an in-memory private
-pool filled from OS random bytes and a transaction sink that does not write to Kafka (so this
-measures the gateway: auth, rate limit, payment checks with ML-DSA/Ed25519 verification,
-HKDF mixing, X25519 + ML-KEM-768 sealing, AES-GCM, JSON). The baseline is a bare ASGI app on
-the same uvicorn stack returning a fixed JSON body of the beacon's size. The load generator in
+pool filled from OS random bytes and a transaction sink that does not write to Kafka and plays
+a chain that includes every payment at once (so this measures the gateway, not block time:
+auth, rate limit, payment checks with ML-DSA/Ed25519 verification, the payment claim, HKDF
+mixing, X25519 + ML-KEM-768 sealing, AES-GCM, the ML-DSA-65 signature over the delivery,
+JSON). The baseline is a bare ASGI app on the same uvicorn stack returning a fixed JSON body of
+the beacon's size. The load generator in
 this process keeps ``CONNECTIONS`` keep-alive HTTP/1.1 connections on loopback busy for
 ``SECONDS`` per endpoint. Last line: one JSON object.
 """
@@ -56,6 +58,7 @@ def serve(port: int, workdir: Path, baseline: bool) -> None:
     from services.gateway.api import Gateway, create_app
     from services.gateway.auth import ApiKeyStore
     from services.gateway.keys import BufferPool, KeyService, LedgerView
+    from services.gateway.payments import PaymentBook
     from tests.unit.test_gateway_api import MemorySink
 
     view, state = fill_view_from(workdir)  # the chain the load generator signs for
@@ -63,8 +66,10 @@ def serve(port: int, workdir: Path, baseline: bool) -> None:
     pool = BufferPool(max_bytes=1 << 26)
     pool.put("bench-os-random", os.urandom(32 << 20))
     ledger = LedgerView(state=state)
+    book = PaymentBook()
     gateway = Gateway(view=view, keys=store, ledger=ledger,
-                      key_service=KeyService(pool, MemorySink(), ledger, view.chain_id))
+                      key_service=KeyService(pool, MemorySink(book), ledger, view.chain_id,
+                                             payments=book))
     uvicorn.run(create_app(gateway), host="127.0.0.1", port=port, log_level="warning",
                 access_log=False)
 

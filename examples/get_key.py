@@ -1,12 +1,18 @@
 """Fetch fresh quantum key material from a QuStream gateway (``POST /v1/keys``).
 
 The client makes fresh X25519 and ML-KEM-768 key pairs, pays with a signed ``PayForService``
-transaction from a funded account (the fee transaction commits to this request), and
-decapsulates the answer; only this process can read the key. Against the demo::
+transaction from a funded account (the fee transaction commits to this request), checks the
+gateway's signature over the delivery against the gateway key it pinned, and decapsulates the
+answer; only this process can read the key. The gateway answers once the payment is in a
+finalized block (a few seconds). Against the demo::
 
     .venv/bin/qustream demo                      # prints the gateway URL and an API key
     .venv/bin/python examples/get_key.py --url http://127.0.0.1:8080 --api-key KEY \\
-        [--account .qustream/demo/keys/account-0.json] [--length 32]
+        [--account .qustream/demo/keys/account-0.json] [--length 32] \\
+        [--gateway-key-file .qustream/demo/gateway/delivery-key.pub]
+
+(``.venv/bin/qustream gateway delivery-key`` prints a gateway's key; pin it from a source you
+trust.)
 
 Prints one JSON line: the key (hex), its commitment and the payment's transaction hash.
 Exit status 2 on an API error (e.g. 503 while the private pool is empty: retry after the
@@ -28,6 +34,7 @@ from sdk.keys import KeyClient
 
 STATE_DIR = Path(os.environ.get("QUSTREAM_STATE_DIR") or ".qustream")
 DEMO_ACCOUNT = STATE_DIR / "demo" / "keys" / "account-0.json"
+DEMO_GATEWAY_KEY = STATE_DIR / "demo" / "gateway" / "delivery-key.pub"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,12 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--account", type=Path, default=DEMO_ACCOUNT,
                         help="key file of the funded account that pays the fee")
     parser.add_argument("--length", type=int, default=32, help="bytes of key material")
+    parser.add_argument("--gateway-key", help="the gateway's delivery key (public key text)")
+    parser.add_argument("--gateway-key-file", type=Path, default=DEMO_GATEWAY_KEY,
+                        help="a file holding it (used when --gateway-key is not given)")
     args = parser.parse_args(argv)
+    gateway_key = args.gateway_key or args.gateway_key_file.read_text().strip()
 
     head = httpx.get(f"{args.url}/v1/chain/head", headers={"X-API-Key": args.api_key},
                      timeout=30)
     chain_id = head.json().get("chain_id", "") if head.status_code == 200 else ""
-    client = KeyClient.from_key_file(args.url, args.api_key, args.account, chain_id)
+    client = KeyClient.from_key_file(args.url, args.api_key, args.account, chain_id,
+                                     gateway_keys=gateway_key)
     try:
         delivered = client.request(args.length)
     except ApiError as exc:

@@ -12,8 +12,17 @@ Protocol (both ends use the functions here):
    ``KEK = HKDF-SHA-256(ss1 || ss2, info = "KeyDelivery" | eph | client x25519 | ct | C)``,
    ``AES-256-GCM(KEK, nonce, key material, aad = C)``. Both shared secrets feed the KEK, so the
    delivery stays secret unless both X25519 and ML-KEM-768 are broken.
-3. The client (``sdk.keys.KeyClient``) decapsulates and returns the key material; anything
-   that does not open raises ``KeyDeliveryError``.
+3. The gateway signs the delivery transcript (``delivery_transcript``: chain id, ``C``, the
+   payment's tx hash, length, everything it sent, the time) with its delivery key (ML-DSA-65).
+   The client checks that signature against the gateway key(s) it pinned, that the tx hash is
+   its own payment's and ``C`` its own request's, then decapsulates; anything that does not
+   verify or open raises ``KeyDeliveryError``. Without the signature, anyone on a plain-HTTP
+   path could encapsulate key material *of their choosing* to the client's public keys (they
+   travel in the request), and the client could not tell.
+
+Payment (``services.gateway.keys``): a key is delivered only after the payment is included in
+a verified block and executed successfully, and each payment is claimed once across every
+gateway (a Cassandra lightweight transaction on the payer's (address, nonce)).
 """
 
 from __future__ import annotations
@@ -40,6 +49,19 @@ def units_for(length: int) -> int:
 def request_commitment(x25519_public: bytes, mlkem_public: bytes, length: int) -> bytes:
     return (CanonicalWriter("KeyRequest").raw(x25519_public, X25519_BYTES)
             .bytes(mlkem_public).u32(length).digest())
+
+
+def delivery_transcript(chain_id: str, commitment: bytes, tx_hash: bytes, length: int,
+                        ephemeral_public: bytes, kem_ciphertext: bytes, nonce: bytes,
+                        ciphertext: bytes, sources: tuple[str, ...], delivered_at_ms: int
+                        ) -> bytes:
+    """What the gateway signs for one delivery (step 3 of the module doc)."""
+    writer = (CanonicalWriter("KeyDeliverySigned").text(chain_id).raw(commitment, HASH_SIZE)
+              .raw(tx_hash, HASH_SIZE).u32(length).raw(ephemeral_public, X25519_BYTES)
+              .bytes(kem_ciphertext).bytes(nonce).bytes(ciphertext).u32(len(sources)))
+    for source in sources:
+        writer.text(source)
+    return writer.u64(delivered_at_ms).finish()
 
 
 def delivery_kek(shared_x25519: bytes, shared_mlkem: bytes, ephemeral_public: bytes,

@@ -42,13 +42,21 @@ class Algorithm(StrEnum):
 
     @classmethod
     def parse(cls, name: str) -> Algorithm:
+        """The algorithm named exactly (lower case) as it is encoded: decoding accepts one
+        spelling only, so a key, and every transaction that carries it, has one encoding and
+        one hash. Human input goes through ``from_option``."""
         try:
-            return cls(name.lower())
+            return cls(name)
         except ValueError as exc:
             raise UnknownAlgorithmError(
                 f"unknown signature algorithm {name!r}; use one of "
                 f"{', '.join(a.value for a in cls)}"
             ) from exc
+
+    @classmethod
+    def from_option(cls, name: str) -> Algorithm:
+        """A command-line option: case and surrounding spaces do not matter there."""
+        return cls.parse(name.strip().lower())
 
 
 ADDRESS_SIZE = 20  # bytes of a key holder's address
@@ -100,7 +108,10 @@ class PublicKey:
             raw = base64.b64decode(data, validate=True)
         except ValueError as exc:
             raise KeyFormatError(f"public key is not valid base64: {exc}") from exc
-        return cls(Algorithm.parse(name), raw)
+        key = cls(Algorithm.parse(name), raw)
+        if key.to_text() != text:  # e.g. non-zero padding bits: another spelling of one key
+            raise KeyFormatError("public key text is not in its canonical form")
+        return key
 
 
 @functools.lru_cache(maxsize=4096)

@@ -7,10 +7,12 @@ bodies travel as compact JSON with sorted keys and base64 byte fields (``encode_
 strictly (``decode_body``: any unknown, missing or extra field, or wrong field type is an error).
 
 A command is signed (ML-DSA-65 by default, Ed25519 allowed) over its canonical encoding
-(``signing_bytes``), which names the user, the idempotency key, the expected version, the type,
-the payload bytes as sent, the issue time and the signing device. The user's own key signs with
-``device_id == ""``; a linked, not revoked device signs with its id. The SDK builds commands
-with ``signed_command``; the handler (``services.shard_writer``) authenticates and decides them.
+(``signing_bytes``), which names the user, the idempotency key, the expected version (required
+for every command but ``RegisterUser``: a command applies only to that exact version, so never
+twice), the type, the payload bytes as sent, the issue time and the signing device. The user's
+own key signs with ``device_id == ""``; a linked, not revoked device signs with its id. The SDK
+builds commands with ``signed_command``; the handler (``services.shard_writer``) authenticates
+and decides them.
 """
 
 from __future__ import annotations
@@ -102,7 +104,9 @@ COMMAND_TYPES: dict[str, type[CommandBody]] = {
 class Command:
     user_id: str
     command_id: str  # idempotency key, chosen by the client
-    expected_version: int | None  # None: apply whatever the user's version is
+    # The user version the command applies to (signed). Required for every command but
+    # RegisterUser: it is what makes a signed command apply at most once, ever.
+    expected_version: int | None
     body: CommandBody
     payload: bytes  # the encoded body as signed
     issued_at_ms: int

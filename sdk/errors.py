@@ -26,6 +26,11 @@ class BlockGapError(BlockRejectedError):
     """A block arrived beyond the next expected height: something in between is missing."""
 
 
+class TrustExpiredError(BlockRejectedError):
+    """Light client: the trusted block is older than the trusting period, so its validators
+    may have unbonded (and could sign anything unpunished); start from a newer checkpoint."""
+
+
 class ForkDetectedError(BlockRejectedError):
     """Two different blocks claim one height: a safety alarm, stop and investigate."""
 

@@ -27,9 +27,24 @@ Two ways to trust:
   block, and +2/3 of the far block's own set. The far block's randomness is then accepted on
   the strength of those signatures; derivation checks resume with the next block.
 
+  Trusting period (as CometBFT's light client): trust in a validator set lasts only as long as
+  its validators can still be punished, i.e. less than the unbonding period. A light subscriber
+  refuses to verify anything (skipping or the next block) from a trusted block whose time is
+  ``trusting_period_ms`` or more in the past (``TrustExpiredError``: start from a newer
+  checkpoint, or verify fully from genesis), and refuses blocks timed more than
+  ``max_clock_drift_ms`` ahead of its clock. The default trusting period is two thirds of the
+  unbonding period of the default genesis parameters (14 days of 21;
+  ``trusting_period_for(params)`` gives it for a chain's own parameters). Every verified block
+  renews the trust, so a subscriber that keeps up never expires.
+
 Any failure raises ``BlockRejectedError`` (``BlockGapError`` when heights jump,
-``ForkDetectedError`` for a second block at a known height) with the reason; nothing
-unverified is ever yielded. A duplicate of a known block is skipped silently.
+``ForkDetectedError`` for a second block at a known height whose certificate verifies) with the
+reason; nothing unverified is ever yielded (a verified block whose pulse carried no fresh
+entropy is yielded with ``is_random`` False, and never becomes ``latest_random``). A duplicate
+of a known block is skipped silently;
+a second block at a known height whose certificate does *not* verify is not a fork (anyone who
+can write the topic can append one): it is skipped and listed in ``skipped``, and the stream
+goes on.
 """
 
 from __future__ import annotations
@@ -37,6 +52,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +67,36 @@ from protocol.commit import (
     verify_commit_light_trusting,
 )
 from protocol.finalized import FinalizedRecord
-from protocol.follow import BlockOutcome, FollowError, ForkError, GapError
+from protocol.follow import (
+    BlockOutcome,
+    FollowError,
+    ForkError,
+    GapError,
+    UnverifiedConflictError,
+    conflict_error,
+)
+from protocol.pulse import PulseStatus, is_random, pulse_status
 from protocol.validators import ValidatorSet, validator_set_from_json, validator_set_to_json
-from sdk.errors import BlockGapError, BlockRejectedError, ForkDetectedError
+from sdk.errors import BlockGapError, BlockRejectedError, ForkDetectedError, TrustExpiredError
 from services.ledger.core.chain_spec import ChainSpec
+from services.ledger.core.params import Params
 from streams.chain_wire import decode_finalized
+
+DAY_MS = 86_400_000
+MAX_CLOCK_DRIFT_MS = 10_000  # as CometBFT's light client
+
+
+def trusting_period_for(params: Params) -> int:
+    """Two thirds of the unbonding period of ``params``, in ms (a day is ``blocks_per_day``)."""
+    unbonding_ms = params.unbonding_period_blocks * DAY_MS // max(1, params.blocks_per_day)
+    return unbonding_ms * 2 // 3
+
+
+DEFAULT_TRUSTING_PERIOD_MS = trusting_period_for(Params())
+
+
+def _wall_clock_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +118,17 @@ class VerifiedBlock:
     @property
     def block_hash(self) -> bytes:
         return self.record.block.hash
+
+    @property
+    def pulse_status(self) -> PulseStatus:
+        """NIST-like status of this pulse (``protocol.pulse``): 0 is all good."""
+        return pulse_status(self.record.block.header)
+
+    @property
+    def is_random(self) -> bool:
+        """False when the block carried no fresh entropy, or from too few sources: then its
+        randomness was computable in advance and must not be used as a random value."""
+        return is_random(self.pulse_status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +182,33 @@ ValidatorSets = Callable[[int], ValidatorSet]
 
 class _LightVerifier:
     def __init__(self, checkpoint: TrustedCheckpoint, validator_sets: ValidatorSets | None,
-                 trust_level: TrustLevel) -> None:
+                 trust_level: TrustLevel, trusting_period_ms: int = DEFAULT_TRUSTING_PERIOD_MS,
+                 clock_ms: Callable[[], int] = _wall_clock_ms,
+                 max_clock_drift_ms: int = MAX_CLOCK_DRIFT_MS) -> None:
         self.trusted = checkpoint
         self.validator_sets = validator_sets
         self.trust_level = trust_level
+        self.trusting_period_ms = trusting_period_ms
+        self.clock_ms = clock_ms
+        self.max_clock_drift_ms = max_clock_drift_ms
         self.validators = checkpoint.next_validators  # governs trusted.height + 1
         self.hashes: dict[int, bytes] = {checkpoint.height: checkpoint.block_hash}
+        self.sets: dict[int, ValidatorSet] = {}  # the set that signed a verified height
+
+    def _check_trust(self, height: int, time_ms: int) -> None:
+        """The trusted block must be younger than the trusting period, the new one not from
+        the future (module doc)."""
+        now = self.clock_ms()
+        age = now - self.trusted.time_ms
+        if age >= self.trusting_period_ms:
+            raise TrustExpiredError(
+                height, f"the trusted block {self.trusted.height} is {age // 1000} s old, not "
+                        f"younger than the trusting period of {self.trusting_period_ms // 1000} "
+                        "s: its validators may have unbonded; start from a newer checkpoint or "
+                        "verify fully from genesis")
+        if time_ms > now + self.max_clock_drift_ms:
+            raise BlockRejectedError(height, f"block time is {time_ms - now} ms ahead of this "
+                                             f"clock (more than {self.max_clock_drift_ms} ms)")
 
     def _set_for(self, height: int, wanted_hash: bytes) -> ValidatorSet:
         if self.validators.hash() == wanted_hash:
@@ -157,18 +230,23 @@ class _LightVerifier:
         if height <= trusted.height:
             known = self.hashes.get(height)
             if known is not None and known != block.hash:
-                raise ForkDetectedError(height, "a different block is already trusted here")
+                error = conflict_error(record, known, self.sets.get(height))
+                if isinstance(error, ForkError):
+                    raise ForkDetectedError(height, str(error))
+                raise error
             return False
         if height > trusted.height + 1:
             raise BlockGapError(height, f"expected height {trusted.height + 1}")
+        self._check_trust(height, header.time_ms)
         if header.validators_hash != self.validators.hash():
             raise BlockRejectedError(height, "validators hash does not match the trusted "
                                              "validator set (wrong validator set)")
-        # No application state here: the app hash and the next set are taken from the header
-        # (the next set is checked against its hash below, the app hash by full verifiers).
+        # No application state here: the app hash, the next set and the registered source
+        # count are taken from the header (the next set is checked against its hash below, the
+        # others by full verifiers, and the certificate's signers vouch for them).
         tip = ChainTip(trusted.chain_id, trusted.height + 1, trusted.block_hash, trusted.time_ms,
                        trusted.randomness, (), header.app_hash, self.validators.hash(),
-                       header.next_validators_hash)
+                       header.next_validators_hash, header.registered_sources)
         findings = check_header(tip, self.validators, block)
         if findings:
             raise BlockRejectedError(height, findings[0].reason)
@@ -176,17 +254,20 @@ class _LightVerifier:
         if finding is not None:
             raise BlockRejectedError(height, finding.reason)
         next_set = self._set_for(height + 1, header.next_validators_hash)
-        self._advance(record, next_set)
+        self._advance(record, self.validators, next_set)
         return True
 
-    def _advance(self, record: FinalizedRecord, next_set: ValidatorSet) -> None:
+    def _advance(self, record: FinalizedRecord, signed_by: ValidatorSet,
+                 next_set: ValidatorSet) -> None:
         header = record.block.header
         self.trusted = TrustedCheckpoint(header.chain_id, record.height, record.block.hash,
                                          header.randomness, header.time_ms, next_set)
         self.validators = next_set
         self.hashes[record.height] = record.block.hash
+        self.sets[record.height] = signed_by
         if len(self.hashes) > 10_000:  # heights only grow, so the first key is the oldest
             del self.hashes[next(iter(self.hashes))]
+            del self.sets[next(iter(self.sets))]
 
     def skip_to(self, record: FinalizedRecord) -> None:
         block, header, height = record.block, record.block.header, record.height
@@ -194,6 +275,7 @@ class _LightVerifier:
             raise BlockRejectedError(height, "skip target is not beyond the trusted height")
         if header.chain_id != self.trusted.chain_id or header.time_ms <= self.trusted.time_ms:
             raise BlockRejectedError(height, "skip target has another chain id or older time")
+        self._check_trust(height, header.time_ms)
         mismatch = block.structural_problem()
         if mismatch is not None:
             raise BlockRejectedError(height, mismatch.reason)
@@ -206,7 +288,7 @@ class _LightVerifier:
         light = verify_commit_light(header.chain_id, block.hash, height, record.commit, own)
         if not light.ok:
             raise BlockRejectedError(height, f"commit does not verify: {light.reason}")
-        self._advance(record, self._set_for(height + 1, header.next_validators_hash))
+        self._advance(record, own, self._set_for(height + 1, header.next_validators_hash))
 
 
 class BlockSubscriber:
@@ -217,14 +299,20 @@ class BlockSubscriber:
                  checkpoint: TrustedCheckpoint | None = None,
                  validator_sets: ValidatorSets | None = None,
                  resume_after: tuple[int, int] | None = None,
-                 trust_level: TrustLevel | None = None) -> None:
+                 trust_level: TrustLevel | None = None,
+                 trusting_period_ms: int = DEFAULT_TRUSTING_PERIOD_MS,
+                 clock_ms: Callable[[], int] = _wall_clock_ms,
+                 max_clock_drift_ms: int = MAX_CLOCK_DRIFT_MS) -> None:
         """``resume_after=(position, height)``: continue a previous run (with ``genesis``, the
-        blocks up to that height are re-verified from the start and not yielded again)."""
+        blocks up to that height are re-verified from the start and not yielded again).
+        ``trusting_period_ms``, ``clock_ms`` (wall clock in ms) and ``max_clock_drift_ms``
+        bound the light client's trust (module doc)."""
         if (genesis is None) == (checkpoint is None):
             raise ValueError("give exactly one of genesis= or checkpoint=")
         self.source = source
         self._follower = ChainSpec.load(genesis).follower() if genesis else None
-        self._light = (_LightVerifier(checkpoint, validator_sets, trust_level or TrustLevel())
+        self._light = (_LightVerifier(checkpoint, validator_sets, trust_level or TrustLevel(),
+                                      trusting_period_ms, clock_ms, max_clock_drift_ms)
                        if checkpoint is not None else None)
         self.position: int | None = None
         self._yield_after = 0
@@ -234,6 +322,9 @@ class BlockSubscriber:
             if self._light is not None:
                 self.position = position
         self.last: VerifiedBlock | None = None
+        self.latest_random: VerifiedBlock | None = None  # the last block with ``is_random``
+        # (position, reason) of records skipped as conflicting blocks nobody signed, newest last
+        self.skipped: deque[tuple[int, str]] = deque(maxlen=1000)
 
     @property
     def next_height(self) -> int:
@@ -253,29 +344,42 @@ class BlockSubscriber:
                                  tip.previous_randomness, tip.previous_time_ms, chain.validators)
 
     def verify(self, raw: bytes, position: int) -> VerifiedBlock | None:
-        """Verify one record; the block, or None for a harmless duplicate. Raises
-        ``BlockRejectedError`` (state unchanged) when it does not verify."""
+        """Verify one record; the block, or None for a harmless duplicate or a conflicting
+        record nobody signed (listed in ``skipped``). Raises ``BlockRejectedError`` (state
+        unchanged) when it does not verify."""
         try:
             record = decode_finalized(raw)
         except WireError as exc:
             raise BlockRejectedError(None, f"undecodable record: {exc}") from exc
+        try:
+            fresh = self._verify_record(record)
+        except UnverifiedConflictError as exc:
+            self.skipped.append((position, str(exc)))
+            fresh = False
+        self.position = position
+        if not fresh:
+            return None
+        self.last = VerifiedBlock(record, position, raw)
+        if self.last.is_random:
+            self.latest_random = self.last
+        return self.last
+
+    def _verify_record(self, record: FinalizedRecord) -> bool:
         if self._light is not None:
             fresh = self._light.verify(record)
         else:
             assert self._follower is not None
             try:
                 fresh = self._follower.accept(record) is BlockOutcome.APPLIED
+            except UnverifiedConflictError:
+                raise
             except ForkError as exc:
                 raise ForkDetectedError(record.height, str(exc)) from exc
             except GapError as exc:
                 raise BlockGapError(record.height, str(exc)) from exc
             except FollowError as exc:
                 raise BlockRejectedError(record.height, _strip(str(exc))) from exc
-        self.position = position
-        if not fresh:
-            return None
-        self.last = VerifiedBlock(record, position, raw)
-        return self.last
+        return fresh
 
     def skip_to(self, raw: bytes, position: int) -> VerifiedBlock:
         """Light mode only: trust a far block by skipping verification (see module doc)."""

@@ -4,7 +4,9 @@ What it does, in order (each step is idempotent, so a second run continues the s
 
 1. starts the embedded Kafka and Cassandra (or uses the configured external cluster);
 2. writes a genesis with 4 validators, 2 simulated QRNG sources and funded accounts under
-   ``<state_dir>/demo/`` unless one exists (``--fresh`` deletes the demo's chain first);
+   ``<state_dir>/demo/`` unless one exists (``--fresh`` deletes the demo's chain first, with
+   the QRNG servers' state files: a server that resumed its old hash chain on a new chain
+   could never be included, and every pulse would lack fresh entropy);
 3. creates the catalogue's topics;
 4. starts every service as its own OS process under ``streams.supervisor``: the QRNG servers,
    the validators (each with its block builder), the tally, the user command handler and the
@@ -110,6 +112,7 @@ class DemoView:
     head: dict[str, Any] | None = None
     finality_ms: list[int] = field(default_factory=list)
     entropy_chunks: int = 0
+    not_random: int = 0  # blocks of this run whose pulse carries no fresh entropy
     validators: list[dict[str, Any]] = field(default_factory=list)
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     alerts: deque[str] = field(default_factory=lambda: deque(maxlen=5))
@@ -157,6 +160,7 @@ def _watch_blocks(settings: Settings, genesis: Path, view: DemoView, stop: threa
                         view.first_height = view.first_height or summary["height"]
                         view.finality_ms.append(summary["proposal_to_finality_ms"])
                         view.entropy_chunks += summary["entropy_chunks"]
+                        view.not_random += not summary["random"]
                 if stop.is_set():
                     return
         except FollowError as exc:  # a block that does not verify: show it, keep watching
@@ -256,7 +260,10 @@ def _render(view: DemoView, supervisor: Supervisor, started: float, gateway: str
                        "txs", "proposal→final"):
             blocks.add_column(column)
         for b in list(view.blocks):
-            blocks.add_row(str(b["height"]), str(b["round"]), b["randomness"][:24] + "…",
+            randomness = b["randomness"][:24] + "…"
+            if not b["random"]:
+                randomness = f"[red]NOT RANDOM[/] {randomness[:12]}…"
+            blocks.add_row(str(b["height"]), str(b["round"]), randomness,
                            str(b["signers"]), str(b["signed_power"]),
                            f"{b['entropy_chunks']} chunks", str(b["txs"]),
                            f"{b['proposal_to_finality_ms']} ms")
@@ -347,7 +354,9 @@ def _services(settings: Settings, demo_dir: Path, validators: int, sources: int,
     specs.append(ServiceSpec("monitor", (*QUSTREAM, "monitor", "run", "--genesis", genesis,
                                          "--quiet")))
     specs.append(ServiceSpec("gateway", (*QUSTREAM, "gateway", "run", "--host", "127.0.0.1",
-                                         "--port", str(gateway_port), "--genesis", genesis)))
+                                         "--port", str(gateway_port), "--genesis", genesis,
+                                         "--delivery-key",
+                                         str(demo_dir / "gateway" / "delivery-key.json"))))
     return specs
 
 
@@ -358,6 +367,28 @@ def _delete_demo_topics(settings: Settings, console: Console) -> None:
     names = delete_topics(settings, [settings.topic(s.name) for s in CATALOGUE])
     if names:
         console.print(f"deleted {len(names)} topics of the previous demo chain")
+
+
+def reset_qrng_state(state_dir: Path, demo_dir: Path, console: Console) -> list[Path]:
+    """Delete the state files of the demo's QRNG servers (``<state_dir>/qrng/<id>.json``):
+    a new chain expects every source from sequence 0, and a server resuming its old chain
+    would publish chunks no block can include. Returns the files deleted."""
+    source_ids = {f"qrng-{index}" for index in range(8)}  # the demo's naming (--sources <= 8)
+    try:
+        genesis = json.loads((demo_dir / "genesis.json").read_text())
+        source_ids |= {str(source["source_id"]) for source in genesis.get("qrng_sources", ())}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no previous genesis (or an unreadable one): the default names only
+    deleted = []
+    for source_id in sorted(source_ids):
+        path = state_dir / "qrng" / f"{source_id}.json"
+        if path.exists():
+            path.unlink()
+            deleted.append(path)
+    if deleted:
+        console.print(f"reset the state of {len(deleted)} QRNG servers "
+                      f"({', '.join(p.stem for p in deleted)})")
+    return deleted
 
 
 def demo(
@@ -387,6 +418,7 @@ def demo(
     LocalCluster(settings, console=console).up()
     if fresh:
         _delete_demo_topics(settings, console)
+        reset_qrng_state(settings.state_dir, demo_dir, console)
         shutil.rmtree(demo_dir, ignore_errors=True)
     if not (demo_dir / "genesis.json").exists():
         subprocess.run([*QUSTREAM, "genesis", "new", "--out", str(demo_dir), "--validators",
@@ -440,8 +472,9 @@ def demo(
                     new = list(view.blocks)[: view.blocks_this_run - printed]
                     printed = view.blocks_this_run
                 for b in reversed(new):
+                    mark = "" if b["random"] else " [red]NOT RANDOM[/]"
                     console.print(f"block {b['height']} round {b['round']} randomness "
-                                  f"{b['randomness'][:24]}… signers {b['signers']} entropy "
+                                  f"{b['randomness'][:24]}…{mark} signers {b['signers']} entropy "
                                   f"{b['entropy_chunks']} chunks {b['proposal_to_finality_ms']} ms",
                                   soft_wrap=True)
                 time.sleep(0.5)
@@ -484,13 +517,19 @@ def _summary(console: Console, view: DemoView, supervisor: Supervisor, demo_dir:
             "head_height": view.head["height"] if view.head else None,
             "head_randomness": view.head["randomness"] if view.head else None,
             "entropy_chunks": view.entropy_chunks,
+            "pulses_not_random": view.not_random,
             "finality_p50_ms": finality[len(finality) // 2] if finality else None,
             "users_registered": len(view.users),
             "alerts_open": sorted(f"{a.rule} {a.subject}" for a in
                                   (view.open_alerts.alerts.values() if view.open_alerts else ())),
             "seconds": round(elapsed, 1),
             "service_restarts": {s.name: s.restarts for s in supervisor.status() if s.restarts},
-            "errors": list(view.errors),
+            # A few marked pulses are normal (the first block before the sources publish, a
+            # source restarting); most of a run without fresh entropy is a broken network.
+            "errors": list(view.errors) + (
+                [f"{view.not_random} of {view.blocks_this_run} blocks carried no fresh entropy "
+                 "from enough sources (their pulses are marked not random; see dlq.entropy)"]
+                if view.not_random * 2 > view.blocks_this_run else []),
         }
     (demo_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     heading(console, "summary")

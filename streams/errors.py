@@ -83,6 +83,15 @@ class ProducerQueueFullError(RetriableKafkaError):
     code = "producer_queue_full"
 
 
+class ClientStuckError(KafkaOperationError):
+    """A client call did not return within its deadline; the client object must be replaced.
+
+    librdkafka's ``send_offsets_to_transaction`` can wait for a dead group coordinator forever,
+    ignoring its own timeout (librdkafka issues 5456 and 5511, open in 2.16)."""
+
+    code = "client_stuck"
+
+
 class DeliveryError(KafkaOperationError):
     """A produced message was not acknowledged by the cluster."""
 

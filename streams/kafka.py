@@ -32,6 +32,14 @@ own log lines (one per failed connection attempt) go to the ``streams.kafka.libr
 rather than straight to stderr; the conditions they describe reach callers translated, through
 ``ErrorTally``.
 
+Riding through a replicated cluster's failures (docs/replicated-cluster.md): a produce to a
+partition whose leader died, or that has too few in-sync replicas (``NOT_ENOUGH_REPLICAS``), is
+retried inside the client until ``message.timeout.ms`` with the idempotent producer's sequence
+numbers, so it is neither lost nor written twice; consumers follow leaders through metadata
+refreshes. What surfaces to the caller are the transactional calls whose coordinator moved or
+timed out (``streams.transactions`` retries or redoes those) and a transaction coordinator that
+is moving when a producer starts (``make_producer`` waits it out).
+
 Tests and benchmarks may build the library's clients themselves from ``consumer_config`` and
 ``producer_config`` (a baseline measures the raw client; a probe may want its exact API).
 """
@@ -77,6 +85,7 @@ LIBRDKAFKA_LOG = logging.getLogger("streams.kafka.librdkafka")
 # carries the broker list; asking for every topic could be megabytes on a large cluster.
 _PROBE_TOPIC = "__consumer_offsets"
 
+RETRY_DEADLINE_S = 120.0  # far beyond a broker election, short of "the cluster is gone"
 BEGINNING = OFFSET_BEGINNING  # a Position offset: the partition's first retained record
 END = OFFSET_END  # a Position offset: after the partition's last record
 
@@ -633,7 +642,16 @@ def make_producer(
         raise
     producer = KafkaProducer(client, transactional_id, tally=tally)
     if transactional_id is not None:
-        producer.init_transactions(30)
+        # The transaction coordinator may be moving (a broker just died): wait that out.
+        deadline = time.monotonic() + RETRY_DEADLINE_S
+        while True:
+            try:
+                producer.init_transactions(30)
+                break
+            except RetriableKafkaError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     return producer
 
 

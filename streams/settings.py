@@ -7,7 +7,9 @@ keys, and environment variables with the ``QUSTREAM_`` prefix:
 - ``QUSTREAM_KAFKA_BOOTSTRAP_SERVERS`` (``QUSTREAM_KAFKA_*`` for TLS/SASL) — when set, QuStream
   uses that cluster and starts no local Kafka;
 - ``QUSTREAM_CASSANDRA_CONTACT_POINTS`` (``QUSTREAM_CASSANDRA_*``) — likewise for Cassandra;
-- ``QUSTREAM_INFRA_*`` — ports and heap of the embedded cluster;
+- ``QUSTREAM_INFRA_*`` — ports and heap of the embedded cluster, and its size
+  (``QUSTREAM_INFRA_KAFKA_BROKERS`` / ``QUSTREAM_INFRA_CASSANDRA_NODES``: 1 by default, 3 for the
+  replicated cluster, whose replication factors then follow the cluster size);
 - ``QUSTREAM_STATE_DIR``, ``QUSTREAM_TOPIC_PREFIX``.
 
 An unknown key or section in the file, or a bad value anywhere, is a ``SettingsError`` that
@@ -24,10 +26,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protocol.errors import InputError
+
+MAX_NODES = 9  # Cassandra nodes take 127.0.0.1-9; brokers a block of 2 ports each
+
+# A replication factor of 3 survives one node down while a quorum (2) still acknowledges.
+REPLICATION_CAP = 3
 
 
 class SettingsError(InputError):
@@ -99,7 +106,15 @@ class CassandraSettings(BaseSettings):
 
 
 class InfraSettings(BaseSettings):
-    """The embedded single-node cluster: ports chosen to stay clear of the standard ones."""
+    """The embedded cluster: ports chosen to stay clear of the standard ones.
+
+    ``kafka_brokers`` / ``cassandra_nodes`` = 1 is the single-node development cluster on the
+    ports above. More than one is the replicated cluster, which has its own state folders and
+    ports so it never meets the single-node one: broker ``i`` (1-based) of ``kafka_brokers``
+    listens on ``replicated_kafka_port + 2(i-1)`` with its controller on the port after it;
+    Cassandra node ``i`` listens on ``127.0.0.i`` (Linux routes all of 127/8 to the loopback
+    interface) with the same native and storage ports on every address.
+    """
 
     model_config = SettingsConfigDict(env_prefix="QUSTREAM_INFRA_", extra="forbid")
 
@@ -113,14 +128,47 @@ class InfraSettings(BaseSettings):
     cassandra_heap: str = "1g"
     java_home: str | None = None  # a Java 17 home; found on PATH or /usr/lib/jvm otherwise
     start_timeout_s: float = 240.0
+    kafka_brokers: int = Field(default=1, ge=1, le=MAX_NODES)
+    cassandra_nodes: int = Field(default=1, ge=1, le=MAX_NODES)
+    replicated_kafka_port: int = 19192
+    replicated_cassandra_native_port: int = 19142
+    replicated_cassandra_storage_port: int = 17100
+    # Six JVMs on a two-core, 24 GiB machine beside other work: small heaps.
+    replicated_kafka_heap: str = "448m"
+    replicated_cassandra_heap: str = "768m"
 
     @field_validator("kafka_port", "kafka_controller_port", "cassandra_native_port",
-                     "cassandra_storage_port")
+                     "cassandra_storage_port", "replicated_cassandra_native_port",
+                     "replicated_cassandra_storage_port")
     @classmethod
     def _port_range(cls, value: int) -> int:
         if not 1024 <= value <= 65535:
             raise ValueError(f"port {value} is outside 1024..65535")
         return value
+
+    @field_validator("replicated_kafka_port")
+    @classmethod
+    def _port_block(cls, value: int) -> int:
+        if not 1024 <= value <= 65535 - 2 * MAX_NODES:
+            raise ValueError(f"port {value} leaves no room for {MAX_NODES} brokers below 65536")
+        return value
+
+    def kafka_broker_ports(self) -> list[tuple[int, int]]:
+        """(client port, controller port) of every embedded broker, node 1 first."""
+        if self.kafka_brokers == 1:
+            return [(self.kafka_port, self.kafka_controller_port)]
+        base = self.replicated_kafka_port
+        return [(base + 2 * i, base + 2 * i + 1) for i in range(self.kafka_brokers)]
+
+    def cassandra_hosts(self) -> list[str]:
+        """The loopback address of every embedded Cassandra node, node 1 (the seed) first."""
+        return [f"127.0.0.{i}" for i in range(1, self.cassandra_nodes + 1)]
+
+    def cassandra_ports(self) -> tuple[int, int]:
+        """(native port, storage port) of the embedded Cassandra nodes."""
+        if self.cassandra_nodes == 1:
+            return self.cassandra_native_port, self.cassandra_storage_port
+        return self.replicated_cassandra_native_port, self.replicated_cassandra_storage_port
 
 
 class Settings(BaseModel):
@@ -132,6 +180,20 @@ class Settings(BaseModel):
     cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
     infra: InfraSettings = Field(default_factory=InfraSettings)
 
+    @model_validator(mode="after")
+    def _replication_follows_the_embedded_cluster(self) -> Settings:
+        """On the embedded replicated cluster, topics and the keyspace are replicated to
+        min(3, nodes) unless a replication factor was configured explicitly."""
+        if (not self.uses_external_kafka and self.infra.kafka_brokers > 1
+                and "replication_factor" not in self.kafka.model_fields_set):
+            self.kafka = self.kafka.model_copy(update={
+                "replication_factor": min(REPLICATION_CAP, self.infra.kafka_brokers)})
+        if (not self.uses_external_cassandra and self.infra.cassandra_nodes > 1
+                and "replication_factor" not in self.cassandra.model_fields_set):
+            self.cassandra = self.cassandra.model_copy(update={
+                "replication_factor": min(REPLICATION_CAP, self.infra.cassandra_nodes)})
+        return self
+
     @property
     def uses_external_kafka(self) -> bool:
         return bool(self.kafka.bootstrap_servers)
@@ -141,8 +203,10 @@ class Settings(BaseModel):
         return bool(self.cassandra.contact_points)
 
     def kafka_bootstrap(self) -> str:
-        """The configured bootstrap servers, or the embedded broker's loopback address."""
-        return self.kafka.bootstrap_servers or f"127.0.0.1:{self.infra.kafka_port}"
+        """The configured bootstrap servers, or the embedded brokers' loopback addresses."""
+        if self.kafka.bootstrap_servers:
+            return self.kafka.bootstrap_servers
+        return ",".join(f"127.0.0.1:{port}" for port, _ in self.infra.kafka_broker_ports())
 
     def kafka_config(self) -> dict[str, Any]:
         """librdkafka connection properties (servers, TLS, SASL), embedded broker resolved."""
@@ -151,26 +215,29 @@ class Settings(BaseModel):
         ).client_config()
 
     def cassandra_endpoint(self) -> tuple[list[str], int]:
-        """Contact points and native port, or the embedded node's loopback address."""
+        """Contact points and native port, or the embedded nodes' loopback addresses."""
         if self.cassandra.contact_points:
             return self.cassandra.hosts(), self.cassandra.port
-        return ["127.0.0.1"], self.infra.cassandra_native_port
+        return self.infra.cassandra_hosts(), self.infra.cassandra_ports()[0]
 
     def to_env(self) -> dict[str, str]:
         """``QUSTREAM_*`` variables that give a child process these same settings (the demo's
         services and the tests' service processes are configured this way)."""
         env = {
             "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap(),
+            "QUSTREAM_KAFKA_REPLICATION_FACTOR": str(self.kafka.replication_factor),
             "QUSTREAM_TOPIC_PREFIX": self.topic_prefix,
             "QUSTREAM_STATE_DIR": str(self.state_dir),
             "QUSTREAM_KAFKA_PARTITIONER": self.kafka.partitioner,
         }
-        if self.cassandra.contact_points:
+        if self.cassandra.contact_points or self.infra.cassandra_nodes > 1:
+            hosts, port = self.cassandra_endpoint()
             env.update({
-                "QUSTREAM_CASSANDRA_CONTACT_POINTS": self.cassandra.contact_points,
-                "QUSTREAM_CASSANDRA_PORT": str(self.cassandra.port),
+                "QUSTREAM_CASSANDRA_CONTACT_POINTS": ",".join(hosts),
+                "QUSTREAM_CASSANDRA_PORT": str(port),
                 "QUSTREAM_CASSANDRA_KEYSPACE": self.cassandra.keyspace,
                 "QUSTREAM_CASSANDRA_LOCAL_DATACENTER": self.cassandra.local_datacenter,
+                "QUSTREAM_CASSANDRA_REPLICATION_FACTOR": str(self.cassandra.replication_factor),
             })
         return env
 

@@ -47,7 +47,8 @@ def list_topics(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 @app.command()
 def ensure(
     replication_factor: int = typer.Option(
-        0, help="Replication factor for new topics (0 = from settings: 1 locally, 3 in prod)."
+        0, help="Replication factor for new topics (0 = from settings: "
+                "QUSTREAM_KAFKA_REPLICATION_FACTOR, or the embedded cluster's size up to 3)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

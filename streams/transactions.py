@@ -34,11 +34,18 @@ instance must stop (a new one aborts whatever it left open). Any other exception
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from streams.errors import AbortableTransactionError, FatalKafkaError, RetriableKafkaError
+from streams.errors import (
+    AbortableTransactionError,
+    ClientStuckError,
+    FatalKafkaError,
+    RetriableKafkaError,
+)
 from streams.kafka import (
     KafkaConsumer,
     KafkaProducer,
@@ -49,18 +56,53 @@ from streams.kafka import (
 )
 
 log = logging.getLogger(__name__)
+# A send_offsets_to_transaction that has not returned by then is stuck in the client, not slow:
+# a broker failover takes seconds (docs/replicated-cluster.md).
+STUCK_AFTER_S = 40.0
+
+T = TypeVar("T")
+
+
+def within(call: Callable[[], T], *, seconds: float, what: str) -> T:
+    """``call()``, given at most ``seconds`` to return; raises ``ClientStuckError`` if it does
+    not. The call runs on a helper thread, which is abandoned if it hangs: the caller must then
+    stop using the client (a replaced transactional producer is fenced, so whatever the
+    abandoned call does later is refused by the brokers)."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # handed to the caller's thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"kafka-{what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise ClientStuckError(f"{what} did not return within {seconds:.0f} s")
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 class TransactionalBatch:
     """Runs batches through steps 1-6 of the module docstring on one transactional producer."""
 
     def __init__(self, producer: KafkaProducer, consumer: KafkaConsumer | None = None, *,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, stuck_after_s: float = STUCK_AFTER_S,
+                 new_producer: Callable[[], KafkaProducer] | None = None,
+                 on_replaced: Callable[[KafkaProducer], None] | None = None) -> None:
         if producer.transactional_id is None:
             raise ValueError("a transactional batch needs a producer with a transactional.id")
         self.producer = producer
         self.consumer = consumer
         self.timeout_s = timeout_s
+        self.stuck_after_s = stuck_after_s
+        self._new_producer = new_producer
+        self._on_replaced = on_replaced
+        self.replaced = 0
         self.aborted = 0
         # (topic, partition) -> offset this batch's transactions committed for the consumer
         self.committed: dict[tuple[str, int], int] = {}
@@ -89,8 +131,11 @@ class TransactionalBatch:
                              for (topic, partition), offset in after.items()]
                 self.committed.update(after)
                 consumer = self.consumer
-                self._retrying(lambda: producer.send_offsets_to_transaction(
-                    positions, consumer, self.timeout_s))
+                # librdkafka can wait here for a dead group coordinator forever: bounded.
+                self._retrying(lambda: within(
+                    lambda: producer.send_offsets_to_transaction(positions, consumer,
+                                                                 self.timeout_s),
+                    seconds=self.stuck_after_s, what="send_offsets_to_transaction"))
             # Step 6: commit.
             self._retrying(lambda: producer.commit_transaction(self.timeout_s))
         except (AbortableTransactionError, RetriableKafkaError) as exc:
@@ -98,6 +143,12 @@ class TransactionalBatch:
             # complete, so it ends like an abortable one.
             log.warning("aborting the batch of %s: %s", producer.transactional_id, exc)
             self._abort(consumed)
+            return False
+        except ClientStuckError as exc:
+            # Step 5 hung (step 6 had not started, so nothing is committed): a new producer
+            # with the same transactional.id aborts the open transaction and fences this one.
+            self._replace(exc)
+            self._rewind(consumed)
             return False
         except FatalKafkaError:
             raise  # nothing more can be done with this producer, not even an abort
@@ -139,6 +190,17 @@ class TransactionalBatch:
         for key in partitions:
             self.committed.pop(key, None)
 
+    def _replace(self, stuck: ClientStuckError) -> None:
+        if self._new_producer is None:
+            raise stuck
+        log.warning("replacing the transactional producer %s: %s",
+                    self.producer.transactional_id, stuck)
+        self.aborted += 1
+        self.replaced += 1
+        self.producer = self._new_producer()
+        if self._on_replaced is not None:
+            self._on_replaced(self.producer)
+
     def _retrying(self, call: Callable[[], None]) -> None:
         deadline = time.monotonic() + self.timeout_s
         while True:
@@ -160,6 +222,10 @@ class TransactionalBatch:
                 raise
             log.exception("abort after a failed batch failed too")
             return
+        self._rewind(consumed)
+
+    def _rewind(self, consumed: Sequence[Record]) -> None:
+        """Seek the consumer back to the batch's first offsets: the same inputs come again."""
         if self.consumer is not None:
             for (topic, partition), offset in first_positions(consumed).items():
                 self.consumer.seek(Position(topic, partition, offset))

@@ -47,6 +47,11 @@ TEST_PORTS: dict[str, int] = {
     "cassandra_storage_port": _PORT_BASE + 5,
 }
 KEEP_CLUSTER = os.environ.get("QUSTREAM_TEST_KEEP_CLUSTER", "") == "1"
+# The suite runs on the single-node cluster (the replicated fault tests build their own
+# settings): a shell that selected the replicated one for `qustream` commands
+# (docs/replicated-cluster.md) must not move the tests, or the services they start, onto it.
+for _size in ("QUSTREAM_INFRA_KAFKA_BROKERS", "QUSTREAM_INFRA_CASSANDRA_NODES"):
+    os.environ.pop(_size, None)
 CLUSTER_FIXTURES = frozenset({"kafka_bootstrap", "cassandra_contact", "settings",
                               "cassandra_settings", "cassandra_session"})
 

@@ -63,6 +63,77 @@ def new_kafka_cluster_id(random_bytes: bytes) -> str:
 
 def kafka_server_properties(*, port: int, controller_port: int, data_dir: Path) -> str:
     """server.properties for a single KRaft node that is both broker and controller."""
+    return _render_properties(_kafka_single_node_values(
+        port=port, controller_port=controller_port, data_dir=data_dir))
+
+
+# How fast the replicated cluster notices a dead broker and moves its leaderships (see
+# docs/replicated-cluster.md for the resulting bound on a pause). A broker that misses its
+# heartbeats for broker.session.timeout.ms is fenced by the active controller, which then
+# elects new leaders from the in-sync replicas and drops the dead broker from every ISR; if
+# the dead broker was also the active controller, the other voters first notice the silence
+# (controller.quorum.fetch.timeout.ms) and elect a new one (within
+# controller.quorum.election.timeout.ms).
+KAFKA_FAILOVER: dict[str, int] = {
+    "broker.heartbeat.interval.ms": 500,
+    "broker.session.timeout.ms": 3000,
+    "controller.quorum.fetch.timeout.ms": 2000,
+    "controller.quorum.election.timeout.ms": 1000,
+}
+
+
+def kafka_failover_bound_ms() -> int:
+    """The longest a partition can be without a leader after kill -9 of one broker, by the
+    settings above: the worst case is the active controller dying with it."""
+    return (KAFKA_FAILOVER["controller.quorum.fetch.timeout.ms"]
+            + KAFKA_FAILOVER["controller.quorum.election.timeout.ms"]
+            + KAFKA_FAILOVER["broker.session.timeout.ms"])
+
+
+def kafka_replicated_properties(*, node_id: int, ports: list[tuple[int, int]],
+                                data_dir: Path) -> str:
+    """server.properties for broker ``node_id`` (1-based) of a cluster of ``len(ports)`` KRaft
+    nodes, each both broker and controller (a voter of the static controller quorum).
+
+    Internal topics get replication min(3, n) with min.insync.replicas min(2, n), and so do
+    topics created without explicit settings; a few partitions each, so the group and
+    transaction coordinators are spread over the brokers as in production.
+    """
+    if not 1 <= node_id <= len(ports):
+        raise ValueError(f"node id {node_id} outside 1..{len(ports)}")
+    port, controller_port = ports[node_id - 1]
+    replication = min(3, len(ports))
+    min_isr = min(2, replication)
+    values = _kafka_single_node_values(port=port, controller_port=controller_port,
+                                       data_dir=data_dir)
+    partitions = max(3, len(ports))
+    values.update({
+        "node.id": node_id,
+        "controller.quorum.voters": ",".join(
+            f"{index}@{LOOPBACK}:{cport}" for index, (_, cport) in enumerate(ports, start=1)),
+        "default.replication.factor": replication,
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": replication,
+        "offsets.topic.num.partitions": partitions,
+        "transaction.state.log.replication.factor": replication,
+        "transaction.state.log.min.isr": min_isr,
+        "transaction.state.log.num.partitions": partitions,
+        "share.coordinator.state.topic.replication.factor": replication,
+        "share.coordinator.state.topic.min.isr": min_isr,
+        "unclean.leader.election.enable": "false",
+        **KAFKA_FAILOVER,
+    })
+    return _render_properties(values)
+
+
+def _render_properties(values: dict[str, str | int]) -> str:
+    lines = ["# Written by `qustream infra`; edits are overwritten on the next `up`."]
+    lines += [f"{key}={value}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _kafka_single_node_values(*, port: int, controller_port: int,
+                              data_dir: Path) -> dict[str, str | int]:
     values: dict[str, str | int] = {
         "process.roles": "broker,controller",
         "node.id": 1,
@@ -100,9 +171,7 @@ def kafka_server_properties(*, port: int, controller_port: int, data_dir: Path) 
         "log.retention.check.interval.ms": 5000,
         "log.initial.task.delay.ms": 1000,
     }
-    lines = ["# Written by `qustream infra`; edits are overwritten on the next `up`."]
-    lines += [f"{key}={value}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
+    return values
 
 
 def kafka_log4j2_properties() -> str:
@@ -131,6 +200,77 @@ def cassandra_yaml(*, cluster_name: str, native_port: int, storage_port: int,
                    data_root: Path) -> str:
     """cassandra.yaml for a fast-starting single node on loopback (rendered as JSON, which is
     valid YAML, so no YAML quoting rules can bite)."""
+    return _render_yaml(_cassandra_single_node_config(
+        cluster_name=cluster_name, native_port=native_port, storage_port=storage_port,
+        data_root=data_root))
+
+
+CASSANDRA_DATACENTER = "datacenter1"
+CASSANDRA_RACK = "rack1"
+
+
+def cassandra_ring_token(node_index: int, nodes: int) -> str:
+    """Murmur3 token of node ``node_index`` (1-based) in a ring of ``nodes`` with one token
+    each: evenly spaced, so every node owns the same share."""
+    if not 1 <= node_index <= nodes:
+        raise ValueError(f"node {node_index} outside 1..{nodes}")
+    return str(-(2**63) + (node_index - 1) * (2**64 // nodes))
+
+
+def cassandra_ring_yaml(*, cluster_name: str, node_index: int, nodes: int, native_port: int,
+                        storage_port: int, data_root: Path) -> str:
+    """cassandra.yaml for node ``node_index`` (1-based) of a ring of ``nodes`` on
+    127.0.0.1..n, node 1 being the seed.
+
+    Each node gets an evenly spaced single token and does not bootstrap (a brand-new ring has
+    no data to stream, and without streaming the nodes can join one after another in seconds).
+    GossipingPropertyFileSnitch with one data center and rack, as production uses, and no
+    dynamic snitch: a read at ONE through a node that is a replica is served by that node
+    itself, which is how the fault tests check that a restarted node caught up.
+    """
+    address = ring_address(node_index)
+    config = _cassandra_single_node_config(
+        cluster_name=cluster_name, native_port=native_port, storage_port=storage_port,
+        data_root=data_root)
+    config.update({
+        "initial_token": cassandra_ring_token(node_index, nodes),
+        "listen_address": address,
+        "rpc_address": address,
+        "seed_provider": [{
+            "class_name": "org.apache.cassandra.locator.SimpleSeedProvider",
+            "parameters": [{"seeds": f"{ring_address(1)}:{storage_port}"}],
+        }],
+        "auto_bootstrap": False,
+        "endpoint_snitch": "GossipingPropertyFileSnitch",
+        "dynamic_snitch": False,
+        # A node that was down gets the writes it missed replayed from the others' hints
+        # (within max_hint_window); the default throttle would replay a test's backlog slowly.
+        "hinted_handoff_enabled": True,
+        "max_hint_window": "3h",
+        "hinted_handoff_throttle": "8MiB",
+        "max_hints_delivery_threads": 2,
+    })
+    return _render_yaml(config)
+
+
+def cassandra_rackdc_properties() -> str:
+    return f"dc={CASSANDRA_DATACENTER}\nrack={CASSANDRA_RACK}\n"
+
+
+def ring_address(node_index: int) -> str:
+    """The loopback address of Cassandra node ``node_index`` (1-based) of the ring."""
+    if not 1 <= node_index <= 254:
+        raise ValueError(f"node {node_index} has no 127.0.0.x address")
+    return f"127.0.0.{node_index}"
+
+
+def _render_yaml(config: dict[str, object]) -> str:
+    header = "# Written by `qustream infra`; edits are overwritten on the next `up`.\n"
+    return header + json.dumps(config, indent=2) + "\n"
+
+
+def _cassandra_single_node_config(*, cluster_name: str, native_port: int, storage_port: int,
+                                  data_root: Path) -> dict[str, object]:
     config: dict[str, object] = {
         "cluster_name": cluster_name,
         # One token: a single node needs no vnodes, and token allocation costs start time.
@@ -170,8 +310,7 @@ def cassandra_yaml(*, cluster_name: str, native_port: int, storage_port: int,
         "disk_failure_policy": "stop",
         "commit_failure_policy": "stop",
     }
-    header = "# Written by `qustream infra`; edits are overwritten on the next `up`.\n"
-    return header + json.dumps(config, indent=2) + "\n"
+    return config
 
 
 def cassandra_logback_xml() -> str:
@@ -234,7 +373,8 @@ _CASSANDRA_ADD_OPENS = (
 
 
 def cassandra_jvm_args(*, heap: str, layout: ComponentLayout, gc: str = "G1",
-                       jamm_jar: Path | None = None) -> list[str]:
+                       jamm_jar: Path | None = None, initial_token: str = "0",
+                       ring: bool = False) -> list[str]:
     args = [f"-Xms{heap}", f"-Xmx{heap}", "-Xss256k"]
     args += ["-XX:+UseSerialGC"] if gc == "Serial" else ["-XX:+UseG1GC", "-XX:MaxGCPauseMillis=300"]
     args += [
@@ -253,9 +393,16 @@ def cassandra_jvm_args(*, heap: str, layout: ComponentLayout, gc: str = "G1",
         f"-Dlogback.configurationFile={layout.conf / 'logback.xml'}",
         # Single node: nothing to gossip with, so do not wait for gossip to settle.
         "-Dcassandra.skip_wait_for_gossip_to_settle=0",
-        "-Dcassandra.initial_token=0",
+        f"-Dcassandra.initial_token={initial_token}",
         "-Dcassandra.superuser_setup_delay_ms=0",
     ]
+    if ring:
+        args += [
+            f"-Dcassandra-rackdc.properties=file://{layout.conf / 'cassandra-rackdc.properties'}",
+            # Nodes join with fixed tokens and no streaming: the 30 s default is for
+            # bootstrapping strangers, not for a ring that starts one node after another.
+            "-Dcassandra.ring_delay_ms=5000",
+        ]
     args += [f"--add-exports={module}=ALL-UNNAMED" for module in _CASSANDRA_ADD_EXPORTS]
     args += [f"--add-opens={module}=ALL-UNNAMED" for module in _CASSANDRA_ADD_OPENS]
     if jamm_jar is not None:
@@ -266,6 +413,8 @@ def cassandra_jvm_args(*, heap: str, layout: ComponentLayout, gc: str = "G1",
 
 
 def cassandra_start_command(java: Path, *, heap: str, layout: ComponentLayout, gc: str = "G1",
-                            jamm_jar: Path | None = None) -> list[str]:
-    return [str(java), *cassandra_jvm_args(heap=heap, layout=layout, gc=gc, jamm_jar=jamm_jar),
+                            jamm_jar: Path | None = None, initial_token: str = "0",
+                            ring: bool = False) -> list[str]:
+    return [str(java), *cassandra_jvm_args(heap=heap, layout=layout, gc=gc, jamm_jar=jamm_jar,
+                                           initial_token=initial_token, ring=ring),
             CASSANDRA_MAIN]

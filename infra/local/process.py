@@ -173,6 +173,29 @@ def terminate(pid: int, *, must_contain: str | None = None, grace_s: float = 60.
     return True
 
 
+def terminate_all(targets: Sequence[tuple[int, str | None]], *,
+                  grace_s: float = 60.0) -> list[bool]:
+    """``terminate`` several processes at once: SIGTERM to all, one shared grace period, then
+    SIGKILL to what is left. ``targets`` are (pid, must_contain); returns, per target, whether
+    a live process was stopped."""
+    alive = [pid_alive(pid, marker) for pid, marker in targets]
+    for (pid, _), live in zip(targets, alive, strict=True):
+        if live:
+            _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(
+            live and pid_alive(pid) for (pid, _), live in zip(targets, alive, strict=True)):
+        time.sleep(0.2)
+    for (pid, _), live in zip(targets, alive, strict=True):
+        if live and pid_alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and any(
+            live and pid_alive(pid) for (pid, _), live in zip(targets, alive, strict=True)):
+        time.sleep(0.1)
+    return alive
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)

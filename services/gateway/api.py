@@ -33,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.keydelivery import MAX_LENGTH, MIN_LENGTH
-from services.gateway.auth import ApiKeyRecord, ApiKeyStore, key_from_headers
+from services.gateway.auth import REFRESH_S, ApiKeyRecord, ApiKeyStore, key_from_headers
 from services.gateway.chain import ChainView
 from services.gateway.keys import KeyRequest, KeyService, LedgerView
 from services.gateway.problems import (
@@ -44,7 +44,7 @@ from services.gateway.problems import (
     problem_body,
     unavailable,
 )
-from services.gateway.ratelimit import Limited, RateLimiter
+from services.gateway.ratelimit import Limited, RateLimiter, StreamSlots
 from services.gateway.users import (
     SignedCommandIn,
     UserBackend,
@@ -57,6 +57,9 @@ from services.gateway.users import (
 
 JSON = "application/json"
 MAX_RANGE = 100
+STREAM_PATH = "/v1/stream/blocks"
+KEEP_ALIVE_S = 15.0  # an SSE comment at least this often on an idle stream
+RECHECK_S = 2.0  # an open stream re-checks its API key at least this often (revocation)
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 
 # Annotation aliases live at module level: with postponed annotations FastAPI resolves them
@@ -77,6 +80,7 @@ class Gateway:
     view: ChainView
     keys: ApiKeyStore
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    streams: StreamSlots = field(default_factory=StreamSlots)
     ledger: LedgerView = field(default_factory=LedgerView)
     key_service: KeyService | None = None
     users: UserBackend | None = None
@@ -184,6 +188,23 @@ class _Guard:
         self.metrics.requests.labels("beacon_latest", "200").inc()
         return True
 
+    async def _stream(self, record: ApiKeyRecord, scope: dict[str, Any],
+                      receive: Callable[[], Awaitable[Any]],
+                      send: Callable[[Any], Awaitable[None]]) -> None:
+        """An event stream holds one of its key's slots for exactly as long as its ASGI call
+        runs (it ends when the client goes, the stream ends, or the key is revoked)."""
+        try:
+            self.gateway.streams.acquire(record.key_id, record.max_streams)
+        except Limited as exc:
+            self.metrics.requests.labels("stream_blocks", "429").inc()
+            await _send_problem(send, 429, "too-many-streams", f"over the {exc.what}",
+                                {"Retry-After": str(exc.retry_after_s)})
+            return
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            self.gateway.streams.release(record.key_id)
+
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
         if scope["type"] != "http":
@@ -201,6 +222,14 @@ class _Guard:
             if (scope["path"] == "/v1/beacon/latest" and scope["method"] == "GET"
                     and await self._fast_beacon(record, send)):
                 return
+            if scope["path"] == STREAM_PATH:
+                await self._stream(record, scope, receive, send)
+                return
+        await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        """Size limit and metrics around the application."""
         limit = self.gateway.max_body_bytes
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and (not value.isdigit() or int(value) > limit):
@@ -374,14 +403,17 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def get_validators(height: height_path, _key: ApiKeyRecord = read) -> Response:
         return stored_or_problem(height, view.validators_json(height))
 
-    @app.get("/v1/beacon/latest", tags=["beacon"], summary="Latest randomness with its proof")
+    @app.get("/v1/beacon/latest", tags=["beacon"],
+             summary="Latest random pulse (fresh entropy from enough sources) with its proof")
     async def beacon_latest(_key: ApiKeyRecord = read) -> Response:
         body = view.latest_beacon
         if body is None:
-            raise unavailable("no-beacon-yet", "no block finalized yet", 2)
+            raise unavailable("no-beacon-yet", "no random pulse finalized yet (blocks without "
+                              "fresh entropy are never served as the latest pulse)", 2)
         return _json(body)
 
-    @app.get("/v1/beacon/{height}", tags=["beacon"], summary="Randomness of a height, proof")
+    @app.get("/v1/beacon/{height}", tags=["beacon"],
+             summary="Pulse of a height with its proof and status (random or not)")
     async def beacon_at(height: height_path, _key: ApiKeyRecord = read) -> Response:
         return stored_or_problem(height, view.beacon_json(height)
                                  if view.get(height) is not None else None)
@@ -393,7 +425,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         from_: Annotated[int | None, Query(alias="from", ge=1, le=2**62)] = None,
         until: Annotated[int | None, Query(ge=1, le=2**62)] = None,
         last_event_id: Annotated[str | None, Header(max_length=24)] = None,
-        _key: ApiKeyRecord = read,
+        key: ApiKeyRecord = read,
     ) -> StreamingResponse:
         if last_event_id is not None:
             if not last_event_id.isdigit():
@@ -406,15 +438,21 @@ def create_app(gateway: Gateway) -> FastAPI:
                                                      "not kept here; read chain.blocks")
 
         async def events() -> AsyncIterator[bytes]:
+            # Ends when the key is revoked (checked before every event and at least every
+            # RECHECK_S while idle) or at ``until``.
             height = start
+            quiet_since = time.monotonic()
             yield b"retry: 1000\n\n"
-            while until is None or height <= until:
+            while (until is None or height <= until) and gateway.keys.still_valid(key):
                 event = view.sse_event(height)
                 if event is not None:
                     yield event
                     height += 1
-                elif not await view.wait_beyond(height - 1, 15.0):
+                    quiet_since = time.monotonic()
+                elif (not await view.wait_beyond(height - 1, RECHECK_S)
+                      and time.monotonic() - quiet_since >= KEEP_ALIVE_S):
                     yield b": keep-alive\n\n"
+                    quiet_since = time.monotonic()
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache",
@@ -438,13 +476,16 @@ def create_app(gateway: Gateway) -> FastAPI:
                                  body.length, base64.b64decode(body.payment_tx, validate=True))
         except (binascii.Error, ValueError) as exc:
             raise Problem(422, "invalid-base64", f"a field is not base64: {exc}") from exc
-        try:
-            gateway.limiter.charge_quota(key.key_id, body.length, key.key_bytes_per_day)
-        except Limited as exc:
-            raise Problem(429, "quota-exceeded", f"over the {exc.what}",
-                          headers={"Retry-After": str(exc.retry_after_s)},
-                          retry_after_s=exc.retry_after_s) from exc
-        result = await gateway.key_service.deliver(request)
+
+        def charge() -> None:
+            try:
+                gateway.limiter.charge_quota(key.key_id, body.length, key.key_bytes_per_day)
+            except Limited as exc:
+                raise Problem(429, "quota-exceeded", f"over the {exc.what}",
+                              headers={"Retry-After": str(exc.retry_after_s)},
+                              retry_after_s=exc.retry_after_s) from exc
+
+        result = await gateway.key_service.deliver(request, charge)
         metrics.keys_served.inc()
         return result
 
@@ -527,23 +568,33 @@ def _add_problem_schema(app: FastAPI) -> None:
 
 
 def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = True,
-                  users: bool = True, retain: int = 5000) -> Gateway:
-    """Wire the real components (connections are opened here, threads start with the app)."""
+                  users: bool = True, retain: int = 5000,
+                  key_refresh_s: float = REFRESH_S, delivery_key: Path | None = None,
+                  inclusion_timeout_s: float = 20.0) -> Gateway:
+    """Wire the real components (connections are opened here, threads start with the app).
+    ``delivery_key``: the key deliveries are signed with (made on first use; clients pin its
+    public key)."""
     from services.gateway.chain import ChainFollower, load_view
     from services.gateway.keys import KafkaTxSink, PrivatePool
+    from services.gateway.payments import PaymentBook, key_payment_outcomes
     from services.ledger.core.chain_spec import ChainSpec, source_registry
 
     spec = ChainSpec.load(genesis)
     view = load_view(spec, retain)
-    gateway = Gateway(view=view, keys=ApiKeyStore(api_keys))
+    gateway = Gateway(view=view, keys=ApiKeyStore(api_keys, refresh_s=key_refresh_s))
     gateway.ledger.state = spec.initial.app_state
     # The registry is swapped whole (never cleared and refilled: the pool's thread reads it),
     # and only when the chain's registered sources change.
     registry = [source_registry(spec.initial.app_state)]
     sources = [spec.initial.app_state.qrng_sources]
+    payments = PaymentBook()
+    previous = [spec.initial]  # the chain before the next block on_block sees
 
     def on_block(verified: Any) -> None:
         state = verified.chain.app_state
+        if keys:
+            payments.record(key_payment_outcomes(previous[0], spec.app, verified.record))
+        previous[0] = verified.chain
         gateway.ledger.state = state
         if state.qrng_sources is not sources[0]:
             registry[0], sources[0] = source_registry(state), state.qrng_sources
@@ -552,11 +603,23 @@ def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = 
     gateway.starters.append(follower.start)
     gateway.stoppers.append(follower.stop)
     if keys:
+        from services.gateway.spent import CassandraSpentPayments
+        from services.shard_writer.store import connect
+
+        cluster, session = connect(settings)
+        spent = CassandraSpentPayments(
+            session, settings.cassandra.keyspace,
+            replication_factor=settings.cassandra.replication_factor,
+            datacenter=settings.cassandra.local_datacenter)
         pool = PrivatePool(settings, lambda: registry[0])
         sink = KafkaTxSink(settings)
-        gateway.key_service = KeyService(pool, sink, gateway.ledger, view.chain_id)
+        gateway.key_service = KeyService(
+            pool, sink, gateway.ledger, view.chain_id, payments=payments, spent=spent,
+            signer=load_delivery_key(delivery_key or settings.state_dir / "gateway"
+                                     / "delivery-key.json"),
+            inclusion_timeout_s=inclusion_timeout_s)
         gateway.starters.append(pool.start)
-        gateway.stoppers += [pool.stop, sink.close]
+        gateway.stoppers += [pool.stop, sink.close, cluster.shutdown]
     if users:
         from services.gateway.users import KafkaCassandraUsers
 
@@ -566,4 +629,18 @@ def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = 
     return gateway
 
 
+def load_delivery_key(path: Path) -> Any:
+    """The gateway's delivery signing key at ``path`` (ML-DSA-65, mode 0600), made on first
+    use; its public key is also written beside it, with the suffix ``.pub``, for clients to
+    pin."""
+    from protocol.keys import SigningKey
 
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        SigningKey.generate().save(path)
+    key = SigningKey.load(path)
+    public = path.with_suffix(".pub")
+    text = key.public_key.to_text()
+    if not public.exists() or public.read_text().strip() != text:
+        public.write_text(text + "\n")
+    return key

@@ -20,10 +20,13 @@ Pool (``PrivatePool``), one consumer thread per gateway:
 buffer is short or the consumer is unhealthy; there is no fallback to OS entropy alone.
 
 Delivery (``KeyService.deliver``): validate keys and the signed ``PayForService`` (its
-commitment must be ``sdk.keys.request_commitment`` of this request, its account must afford it
-in the gateway's verified ledger view), charge the key's quota, draw pool bytes, put the
-transaction on ``ledger.tx`` and wait for the acknowledgement, mix pool and OS bytes with
-HKDF-SHA-512, seal with X25519 + ML-KEM-768 + AES-256-GCM (protocol in ``sdk.keys``).
+commitment must be ``protocol.keydelivery.request_commitment`` of this request), check the pool
+can serve, then the two payment rules of ``services.gateway.payments``: put the payment on
+``ledger.tx`` (if no block has it yet: its account must afford it and its nonce be neither used
+nor too far ahead) and wait until a verified block included and executed it; claim it once
+across every gateway. Only then draw pool bytes, mix them with OS bytes (HKDF-SHA-512), seal with
+X25519 + ML-KEM-768 + AES-256-GCM and sign the delivery with the gateway's delivery key
+(protocol in ``protocol.keydelivery``).
 """
 
 from __future__ import annotations
@@ -51,8 +54,16 @@ from protocol.keydelivery import (
     MLKEM_PUBLIC_BYTES,
     X25519_BYTES,
     delivery_kek,
+    delivery_transcript,
     request_commitment,
     units_for,
+)
+from protocol.keys import SigningKey
+from services.gateway.payments import (
+    MemorySpentPayments,
+    PaymentBook,
+    PaymentOutcome,
+    SpentPayments,
 )
 from services.gateway.problems import Problem, unavailable
 
@@ -61,6 +72,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qustream.gateway.keys")
 POOL_DRAW_BYTES = 32  # at least this many pool bytes go into every key (>= 256 bits)
+MAX_NONCE_AHEAD = 64  # a payment's nonce at most this far past the account's pending nonce
 
 
 class PoolUnavailable(QuStreamError):
@@ -287,8 +299,6 @@ class LedgerView:
 
     state: Any = None
     pending_nonce: dict[bytes, int] = field(default_factory=dict)
-    recent_txs: collections.OrderedDict[bytes, None] = field(
-        default_factory=collections.OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def account(self, address: bytes) -> dict[str, Any]:
@@ -358,25 +368,50 @@ def _problem(status: int, slug: str, detail: str) -> Problem:
     return Problem(status, slug, detail)
 
 
+@dataclass(frozen=True, slots=True)
+class _Payment:
+    sender: bytes
+    nonce: int
+    tx_hash: bytes
+    fee: int
+    units: int
+
+
 class KeyService:
+    """``POST /v1/keys`` (module doc; the payment rules are ``services.gateway.payments``).
+
+    ``signer`` signs every delivery (clients pin its public key; a fresh one is made when none
+    is given, for tests); ``payments`` is fed with key payment outcomes from verified blocks;
+    ``spent`` is the claim store every gateway shares; ``inclusion_timeout_s`` is how long one
+    request waits for its payment's block before answering ``503 payment-pending`` (the client
+    resends the same request)."""
+
     def __init__(self, pool: KeyPool, sink: TxSink, ledger: LedgerView, chain_id: str,
-                 *, check_ledger: bool = True) -> None:
+                 *, check_ledger: bool = True, signer: SigningKey | None = None,
+                 payments: PaymentBook | None = None, spent: SpentPayments | None = None,
+                 inclusion_timeout_s: float = 20.0, claimant: str | None = None) -> None:
         self.pool = pool
         self.sink = sink
         self.ledger = ledger
         self.chain_id = chain_id
         self.check_ledger = check_ledger
+        self.signer = signer if signer is not None else SigningKey.generate()
+        self.public_key = self.signer.public_key.to_text()
+        self.payments = payments if payments is not None else PaymentBook()
+        self.spent: SpentPayments = spent if spent is not None else MemorySpentPayments()
+        self.inclusion_timeout_s = inclusion_timeout_s
+        self.claimant = claimant or f"gateway-{os.urandom(6).hex()}"
 
-    def _check_payment(self, request: KeyRequest, commitment: bytes) -> tuple[bytes, int, bytes]:
-        from services.ledger.core.tx import PayForService, ServiceKind
+    def _check_payment(self, request: KeyRequest, commitment: bytes) -> _Payment:
+        """What can be checked without the chain: a signed PayForService(KEY_MATERIAL) for
+        this chain, committing to this request, paying enough units."""
+        from services.ledger.core.tx import PayForService, ServiceKind, decode_signed_tx
         from services.ledger.submit import SubmissionError, parse_tx
 
         try:
             pending = parse_tx(request.payment_tx)
         except SubmissionError as exc:
             raise _problem(422, "invalid-payment", str(exc)) from exc
-        from services.ledger.core.tx import decode_signed_tx
-
         tx = decode_signed_tx(request.payment_tx).tx
         body = tx.body
         if tx.chain_id != self.chain_id:
@@ -391,28 +426,89 @@ class KeyService:
         if body.units < units_for(request.length):
             raise _problem(422, "invalid-payment", f"{request.length} bytes need "
                                                    f"{units_for(request.length)} units")
-        if self.check_ledger:
-            state = self.ledger.state
-            if state is None:
-                raise unavailable("chain-not-ready", "the gateway has not read the chain yet", 2)
-            from services.ledger.core.queries import balance, next_nonce
+        return _Payment(pending.sender, pending.nonce, pending.hash, tx.fee, body.units)
 
-            cost = tx.fee + body.units * state.params.price_key_material_per_unit
-            if balance(state, pending.sender) < cost:
-                raise _problem(422, "insufficient-funds", f"account {pending.sender.hex()} "
-                                                          f"cannot pay {cost} micro-units")
-            if pending.nonce < next_nonce(state, pending.sender):
-                raise _problem(409, "nonce-used", f"nonce {pending.nonce} is already used")
-        with self.ledger.lock:
-            if pending.hash in self.ledger.recent_txs:
-                raise _problem(409, "payment-reused", "this payment transaction was already "
-                                                      "used for a delivery")
-            self.ledger.recent_txs[pending.hash] = None
-            while len(self.ledger.recent_txs) > 100_000:
-                self.ledger.recent_txs.popitem(last=False)
-        return pending.sender, pending.nonce, pending.hash
+    def _admit(self, payment: _Payment) -> None:
+        """A payment not yet on chain: can it still be included? (A used nonce never will; one
+        too far ahead would only hold the request for nothing.)"""
+        if not self.check_ledger:
+            return
+        state = self.ledger.state
+        if state is None:
+            raise unavailable("chain-not-ready", "the gateway has not read the chain yet", 2)
+        from services.ledger.core.queries import balance, next_nonce
 
-    async def deliver(self, request: KeyRequest) -> dict[str, Any]:
+        cost = payment.fee + payment.units * state.params.price_key_material_per_unit
+        if balance(state, payment.sender) < cost:
+            raise _problem(422, "insufficient-funds", f"account {payment.sender.hex()} "
+                                                      f"cannot pay {cost} micro-units")
+        expected = next_nonce(state, payment.sender)
+        if payment.nonce < expected:
+            raise _problem(409, "nonce-used", f"nonce {payment.nonce} is already used (and "
+                                              "not by a key payment this gateway knows)")
+        ahead = max(expected, self.ledger.pending_nonce.get(payment.sender, 0))
+        if payment.nonce > ahead + MAX_NONCE_AHEAD:
+            raise _problem(422, "nonce-too-far", f"nonce {payment.nonce} is more than "
+                                                 f"{MAX_NONCE_AHEAD} ahead of {ahead}")
+
+    async def _included(self, request: KeyRequest, payment: _Payment) -> PaymentOutcome:
+        """Rule 1 of ``payments``: the payment's outcome once a verified block included it."""
+        outcome = self.payments.get(payment.tx_hash)
+        if outcome is None:
+            self._admit(payment)
+            try:
+                await self.sink.submit(request.payment_tx)
+            except Exception as exc:
+                raise unavailable("ledger-unavailable",
+                                  f"the payment could not be written to ledger.tx: {exc}",
+                                  5) from exc
+            with self.ledger.lock:
+                self.ledger.pending_nonce[payment.sender] = max(
+                    self.ledger.pending_nonce.get(payment.sender, 0), payment.nonce + 1)
+            outcome = await self.payments.wait(payment.tx_hash, self.inclusion_timeout_s)
+        if outcome is None:
+            raise unavailable("payment-pending", "the payment is submitted but not yet in a "
+                              "finalized block; send the same request again (no key is "
+                              "delivered before the payment is on chain)", 2)
+        if not outcome.paid:
+            raise _problem(409, "payment-failed", f"the payment was included at height "
+                                                  f"{outcome.height} but failed: {outcome.log}")
+        return outcome
+
+    async def _claim(self, payment: _Payment) -> None:
+        """Rule 2 of ``payments``: exactly one claim per payment across every gateway."""
+        from services.gateway.spent import SpentStoreError
+
+        try:
+            won = await asyncio.to_thread(self.spent.claim, payment.sender, payment.nonce,
+                                          payment.tx_hash, self.claimant)
+        except SpentStoreError as exc:
+            raise unavailable("claims-unavailable", str(exc), 5) from exc
+        if not won:
+            raise _problem(409, "payment-reused", "this payment was already used for a "
+                                                  "delivery")
+
+    async def _release(self, payment: _Payment) -> None:
+        from services.gateway.spent import SpentStoreError
+
+        try:
+            await asyncio.to_thread(self.spent.release, payment.sender, payment.nonce,
+                                    self.claimant)
+        except SpentStoreError:
+            log.warning("could not release the claim of %s#%d; that payment is spent",
+                        payment.sender.hex(), payment.nonce)
+
+    def _ready(self, n: int) -> None:
+        """Refuse before the client pays for nothing: the pool must be able to serve now."""
+        status = self.pool.status()
+        if not status.get("healthy", True) or status.get("available_bytes", n) < n:
+            raise unavailable("pool-unavailable", f"private pool cannot serve {n} bytes now "
+                                                  f"({status.get('reason', 'low')})", 2)
+
+    async def deliver(self, request: KeyRequest,
+                      charge: Callable[[], None] | None = None) -> dict[str, Any]:
+        """The signed, sealed delivery for ``request``; ``charge`` (the key's quota) runs once
+        the payment is on chain, before the claim, so resending a pending request is free."""
         if len(request.x25519_public) != X25519_BYTES:
             raise _problem(422, "invalid-key", f"x25519_public_key must be {X25519_BYTES} bytes")
         if len(request.mlkem_public) != MLKEM_PUBLIC_BYTES:
@@ -427,30 +523,24 @@ class KeyService:
             raise _problem(422, "invalid-key", f"public key rejected: {exc}") from exc
         commitment = request_commitment(request.x25519_public, request.mlkem_public,
                                         request.length)
-        sender, nonce, tx_id = self._check_payment(request, commitment)
+        payment = self._check_payment(request, commitment)
+        draw = max(POOL_DRAW_BYTES, request.length)
+        self._ready(draw)
+        await self._included(request, payment)
+        if charge is not None:
+            charge()
+        await self._claim(payment)
         try:
-            pool_bytes, sources = self.pool.draw(max(POOL_DRAW_BYTES, request.length))
+            pool_bytes, sources = self.pool.draw(draw)
         except PoolUnavailable as exc:
-            with self.ledger.lock:
-                self.ledger.recent_txs.pop(tx_id, None)
+            await self._release(payment)
             raise unavailable("pool-unavailable", exc.reason, exc.retry_after_s) from exc
         try:
-            try:
-                await self.sink.submit(request.payment_tx)
-            except Exception as exc:
-                with self.ledger.lock:
-                    self.ledger.recent_txs.pop(tx_id, None)
-                raise unavailable("ledger-unavailable",
-                                  f"the payment could not be written to ledger.tx: {exc}",
-                                  5) from exc
-            with self.ledger.lock:
-                self.ledger.pending_nonce[sender] = max(self.ledger.pending_nonce.get(sender, 0),
-                                                        nonce + 1)
             ikm = bytearray(pool_bytes)
             ikm += os.urandom(64)
             key = bytearray(HKDF(algorithm=hashes.SHA512(), length=request.length,
-                                 salt=commitment, info=b"QuStream/v1/KeyMaterial" + tx_id
-                                 ).derive(bytes(ikm)))
+                                 salt=commitment, info=b"QuStream/v1/KeyMaterial"
+                                 + payment.tx_hash).derive(bytes(ikm)))
             ikm[:] = bytes(len(ikm))
         finally:
             pool_bytes[:] = bytes(len(pool_bytes))
@@ -462,11 +552,18 @@ class KeyService:
         nonce_bytes = os.urandom(12)
         ciphertext = AESGCM(kek).encrypt(nonce_bytes, bytes(key), commitment)
         key[:] = bytes(len(key))
+        delivered_at_ms = int(time.time() * 1000)
+        signature = self.signer.sign(delivery_transcript(
+            self.chain_id, commitment, payment.tx_hash, request.length, ephemeral_public,
+            kem_ciphertext, nonce_bytes, ciphertext, sources, delivered_at_ms))
         return {
-            "commitment": commitment.hex(), "tx_hash": tx_id.hex(), "length": request.length,
+            "commitment": commitment.hex(), "tx_hash": payment.tx_hash.hex(),
+            "length": request.length,
             "x25519_ephemeral_public_key": base64.b64encode(ephemeral_public).decode(),
             "mlkem768_ciphertext": base64.b64encode(kem_ciphertext).decode(),
             "nonce": base64.b64encode(nonce_bytes).decode(),
             "ciphertext": base64.b64encode(ciphertext).decode(),
-            "sources": list(sources), "delivered_at_ms": int(time.time() * 1000),
+            "sources": list(sources), "delivered_at_ms": delivered_at_ms,
+            "gateway_key": self.public_key,
+            "signature": base64.b64encode(signature).decode(),
         }

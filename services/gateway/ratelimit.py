@@ -1,7 +1,8 @@
 """Per-key token buckets and daily quotas (in memory, per gateway process).
 
 Each key has a bucket of ``burst`` tokens refilled at ``rate_per_s``; a request takes one.
-Key-material requests also draw from a daily byte quota. An empty bucket or quota gives 429
+Key-material requests also draw from a daily byte quota, and event streams from a per-key cap
+on streams open at once (``StreamSlots``). An empty bucket or quota, or a full cap, gives 429
 with ``Retry-After`` (seconds until the bucket has a token / the quota window resets). With
 several gateway replicas each enforces its own share; a shared limiter (Redis, Envoy) belongs
 in front of them in production.
@@ -69,3 +70,31 @@ class RateLimiter:
                 raise Limited(f"daily quota of {limit} key-material bytes",
                               max(1, math.ceil(bucket.quota_window + DAY_S - now)))
             bucket.quota_used += amount
+
+
+class StreamSlots:
+    """How many event streams each key holds open; ``acquire`` past the key's cap raises
+    ``Limited``. Every ``acquire`` is paired with one ``release`` (the gateway releases when
+    the stream's ASGI call ends, whichever way)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key_id: str, cap: int) -> None:
+        with self._lock:
+            held = self._open.get(key_id, 0)
+            if held >= cap:
+                raise Limited(f"limit of {cap} open event streams per key", 5)
+            self._open[key_id] = held + 1
+
+    def release(self, key_id: str) -> None:
+        with self._lock:
+            held = self._open.get(key_id, 0) - 1
+            if held > 0:
+                self._open[key_id] = held
+            else:
+                self._open.pop(key_id, None)
+
+    def held(self, key_id: str) -> int:
+        return self._open.get(key_id, 0)

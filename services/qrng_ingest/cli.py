@@ -92,6 +92,11 @@ def run(
 ) -> None:
     """Run one QRNG ingest server until interrupted."""
     from protocol.entropy.chain import CheckpointPolicy
+    from protocol.entropy.registry import source_id_problem
+
+    problem = source_id_problem(source_id)  # the ledger's and every consumer's rule
+    if problem is not None:
+        raise typer.BadParameter(problem, param_hint="--source-id")
     from protocol.keys import SigningKey
     from services.qrng_ingest.core.liveness import LivenessPolicy
     from services.qrng_ingest.service import IngestConfig, IngestReport, build_service

@@ -72,7 +72,7 @@ def _queries():  # type: ignore[no-untyped-def]
 def keygen(out: Path = typer.Option(Path("user.json"), "--out", "-o"),
            algorithm: str = typer.Option("ml-dsa-65", help="ml-dsa-65 or ed25519")) -> None:
     """Create a new user identity (signing key + ML-KEM-768 record key)."""
-    identity = UserIdentity.generate(Algorithm.parse(algorithm))
+    identity = UserIdentity.generate(Algorithm.from_option(algorithm))
     identity.save(out)
     console.print(f"user id {identity.user_id} -> {out}")
 
@@ -101,9 +101,9 @@ def put(record_id: str, data: str = typer.Argument(..., help="plaintext ('@file'
         console.print(f"[red]user {identity.user_id} is not registered[/]")
         raise typer.Exit(1)
     version = 1 if current is None else current.record_version + 1
-    envelope = seal_record(user.encryption_key, identity.user_id, record_id, version, plaintext,
+    envelope = seal_record(identity.records, identity.user_id, record_id, version, plaintext,
                            key_epoch=user.key_epoch or 0)
-    _send(identity, PutRecord(record_id, version, envelope))
+    _send(identity, PutRecord(record_id, version, envelope), user.version)
 
 
 @app.command()
@@ -140,10 +140,25 @@ def get(record_id: str | None = typer.Argument(None), identity_file: Path = IDEN
     typer.echo(plaintext.decode("utf-8", "replace"))
 
 
+def _version(identity: UserIdentity) -> int:
+    """The user's version in the projection: what the next command is signed for (a command
+    names the version it applies to, so it can never be applied again)."""
+    cluster, queries = _queries()
+    try:
+        user = queries.get_user(identity.user_id, with_records=False)
+    finally:
+        cluster.shutdown()
+    if user is None:
+        console.print(f"[red]user {identity.user_id} is not registered[/]")
+        raise typer.Exit(1)
+    return int(user.version)
+
+
 @app.command()
 def delete(record_id: str, identity_file: Path = IDENTITY) -> None:
     """Delete one record."""
-    _send(_load_identity(identity_file), DeleteRecord(record_id))
+    identity = _load_identity(identity_file)
+    _send(identity, DeleteRecord(record_id), _version(identity))
 
 
 @app.command("delete-user")
@@ -152,7 +167,8 @@ def delete_user(identity_file: Path = IDENTITY,
     """Erase the user: every record becomes unreadable and is dropped from the projection."""
     if not yes:
         raise typer.BadParameter("erasure is final; pass --yes")
-    _send(_load_identity(identity_file), DeleteUser())
+    identity = _load_identity(identity_file)
+    _send(identity, DeleteUser(), _version(identity))
 
 
 @app.command()

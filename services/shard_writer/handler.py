@@ -24,18 +24,24 @@ Commit order of one batch (``CommandHandler.process``): the run loop polls at mo
 6. commit; only now does the working copy become the state.
 
 On an abortable error the transaction is aborted, the working copy dropped and the consumer
-rewound to the batch's first offsets; a fatal error (fenced producer) ends the process.
+rewound to the batch's first offsets; a retriable error of steps 5-6 (the transaction or group
+coordinator moving to another broker) repeats that step; a step 5 that hangs (librdkafka can
+wait for a dead group coordinator forever) replaces the producer, whose ``init_transactions``
+aborts the transaction (it was never committed: step 6 had not started), and the batch is
+rewound; a fatal error (fenced producer) ends the process.
 
 Lag: step 5 commits the consumer's position where it stepped over the command writer's
 transaction markers, and a turn without commands commits a position that moved past markers
 alone in an offsets-only transaction (``TransactionalBatch.commit_idle_positions``), so a
 caught-up handler's group lag, against the log end offset, reads 0.
 
-State: on assignment of command partition ``p`` the state of its users is rebuilt by folding
-``users.events`` partition ``p`` from offset 0 (``read_committed``, until its end), and the
-rejections already answered by folding ``users.replies`` partition ``p``: so "a repeated
-idempotency key returns the first outcome" holds across restarts (rejections within the replies
-topic's retention, accepted commands within the last ``COMMAND_WINDOW`` commands of a user).
+State (``core.partition``): on assignment of command partition ``p`` the state of its users is
+rebuilt by folding ``users.events`` partition ``p`` from offset 0 (``read_committed``, until its
+end), and the rejections already answered by folding ``users.replies`` partition ``p``: so "a
+repeated idempotency key returns the first outcome" holds across restarts (rejections of
+authenticated commands, the newest ``MAX_REJECTIONS`` per partition within the replies topic's
+retention; accepted commands within the last ``COMMAND_WINDOW`` commands of a user). A batch
+works on a ``BatchState`` over the partition's state (what it touches, not a copy of it).
 A stable ``transactional.id`` per instance (``--instance-id``) makes a restarted instance abort
 its predecessor's open transaction before it rebuilds.
 """
@@ -64,7 +70,6 @@ from services.shard_writer.core import (
     IdempotencyKeyReusedError,
     Limits,
     MalformedCommandError,
-    User,
     authenticate,
     command_digest,
     command_from_record,
@@ -72,6 +77,13 @@ from services.shard_writer.core import (
     event_from_record,
     event_to_record,
     evolve,
+)
+from services.shard_writer.core.partition import (
+    BatchState,
+    PartitionState,
+    Rejection,
+    remembered,
+    remembered_code,
 )
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters, error_type
@@ -100,22 +112,6 @@ class HandlerError(OperationError):
 
 
 @dataclass(frozen=True, slots=True)
-class Rejection:
-    digest: bytes
-    code: str
-    reason: str
-
-
-@dataclass
-class PartitionState:
-    users: dict[str, User] = field(default_factory=dict)
-    rejected: dict[tuple[str, str], Rejection] = field(default_factory=dict)
-    # per user, the users.events offset of their latest event (the position a repeated
-    # command's reply names)
-    last_offsets: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
 class _Repeat:
     """A repeated command, answered after the flush (its user's latest offset is known then)."""
 
@@ -138,7 +134,8 @@ class CommandHandler(LoopService):
 
     def __init__(self, settings: Settings, consumer: KafkaConsumer, producer: KafkaProducer, *,
                  group_id: str, max_batch: int = 500, limits: Limits | None = None,
-                 clock: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], int] | None = None,
+                 new_producer: Callable[[], KafkaProducer] | None = None) -> None:
         self.settings = settings
         self.commands_topic = settings.topic("users.commands")
         self.events_topic = settings.topic("users.events")
@@ -151,7 +148,8 @@ class CommandHandler(LoopService):
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.codec = default_codec()
         self.dead_letters = DeadLetters(producer, settings.topic("dlq.users"), "users.handler")
-        self.batch = TransactionalBatch(producer, consumer)
+        self.batch = TransactionalBatch(producer, consumer, new_producer=new_producer,
+                                        on_replaced=self._use_producer)
         self.partitions: dict[int, PartitionState] = {}
         self.stats = HandlerStats()
         meter = metrics.get_meter("qustream.users.handler")
@@ -166,12 +164,20 @@ class CommandHandler(LoopService):
                max_batch: int = 500, limits: Limits | None = None,
                **consumer_overrides: Any) -> CommandHandler:
         group = group_id or settings.topic("users.handler")
-        producer = make_producer(settings, transactional_id=f"{group}.{instance_id}",
-                                 **{"transaction.timeout.ms": 15_000})
+
+        # Kafka's default transaction timeout: a transaction must outlive a broker failover.
+        # When the group coordinator's broker dies, send_offsets_to_transaction can wait until
+        # that broker is back (librdkafka issues 5511, 5456): the batch replaces a producer
+        # stuck there (``TransactionalBatch``); a restarted handler aborts its predecessor's
+        # open transaction at once (init_transactions), whatever this value.
+        def new_producer() -> KafkaProducer:
+            return make_producer(settings, transactional_id=f"{group}.{instance_id}",
+                                 **{"transaction.timeout.ms": 60_000})
+
         consumer = make_consumer(settings, group, **{"group.instance.id": f"{group}.{instance_id}",
                                                      **consumer_overrides})
-        handler = cls(settings, consumer, producer, group_id=group, max_batch=max_batch,
-                      limits=limits)
+        handler = cls(settings, consumer, new_producer(), group_id=group, max_batch=max_batch,
+                      limits=limits, new_producer=new_producer)
         consumer.subscribe([handler.commands_topic], on_assign=handler._on_assign,
                            on_revoke=handler._on_revoke)
         return handler
@@ -202,10 +208,10 @@ class CommandHandler(LoopService):
                 decoded = self.codec.decode(record.value)
             except CodecError:
                 continue
-            if decoded.schema == "UserCommandRejected":
+            if decoded.schema == "UserCommandRejected" and remembered_code(decoded.record["code"]):
                 r = decoded.record
-                state.rejected.setdefault((r["user_id"], r["command_id"]),
-                                          Rejection(r["command_digest"], r["code"], r["reason"]))
+                state.remember((r["user_id"], r["command_id"]),
+                               Rejection(r["command_digest"], r["code"], r["reason"]))
         return state
 
     def _on_assign(self, partitions: list[Position]) -> None:
@@ -218,6 +224,12 @@ class CommandHandler(LoopService):
         for tp in partitions:
             self.partitions.pop(tp.partition, None)
         self.batch.forget((tp.topic, tp.partition) for tp in partitions)
+
+    def _use_producer(self, producer: KafkaProducer) -> None:
+        """The batch replaced a wedged producer: write everything through the new one."""
+        self.producer = producer
+        self.dead_letters = DeadLetters(producer, self.settings.topic("dlq.users"),
+                                        "users.handler")
 
     def _after_turn(self) -> None:
         """After a turn without commands: commit positions that moved past the command writer's
@@ -234,7 +246,7 @@ class CommandHandler(LoopService):
         if not records:
             return 0
         self._busy = True
-        working: dict[int, PartitionState] = {}
+        working: dict[int, BatchState] = {}
         stats = HandlerStats()
         pending: list[tuple[Event, int, list[int]]] = []
         repeats: list[_Repeat] = []
@@ -256,30 +268,29 @@ class CommandHandler(LoopService):
                     "user_id": user_id, "command_id": repeat.command.command_id,
                     "command_digest": repeat.digest, "version": repeat.version,
                     "partition": repeat.partition,
-                    "offset": working[repeat.partition].last_offsets.get(user_id, -1),
+                    "offset": working[repeat.partition].last_offset(user_id),
                     "accepted_at_ms": now})
 
         if not self.batch.run(produce, records, after_flush=reply):
             return 0
         for partition, state in working.items():
-            if partition in self.partitions:
-                self.partitions[partition] = state
+            if self.partitions.get(partition) is state.base:  # not revoked meanwhile
+                state.commit()
         self._count(stats)
         return len(records)
 
-    def _state(self, working: dict[int, PartitionState], partition: int) -> PartitionState:
+    def _state(self, working: dict[int, BatchState], partition: int) -> BatchState:
         state = working.get(partition)
         if state is None:
             base = self.partitions.get(partition) or PartitionState()
-            state = working[partition] = PartitionState(dict(base.users), dict(base.rejected),
-                                                         dict(base.last_offsets))
+            state = working[partition] = base.batch()
         return state
 
     def _dead(self, message: Record, exc: Exception, stats: HandlerStats) -> None:
         self.dead_letters.send(message, exc)
         stats.dead_lettered[error_type(exc)] += 1
 
-    def _handle(self, message: Record, working: dict[int, PartitionState],
+    def _handle(self, message: Record, working: dict[int, BatchState],
                 pending: list[tuple[Event, int, list[int]]], stats: HandlerStats,
                 repeats: list[_Repeat]) -> None:
         partition = message.partition
@@ -298,9 +309,9 @@ class CommandHandler(LoopService):
             self._dead(message, exc, stats)
             return
         state = self._state(working, partition)
-        user = state.users.get(command.user_id)
+        user = state.user(command.user_id)
         digest = command_digest(command)
-        earlier = state.rejected.get((command.user_id, command.command_id))
+        earlier = state.rejection((command.user_id, command.command_id))
         if earlier is not None:
             if earlier.digest == digest:
                 stats.duplicates += 1
@@ -319,7 +330,7 @@ class CommandHandler(LoopService):
                 return
         decision = decide(user, command, self.clock(), self.limits)
         if isinstance(decision, CommandRejectedError):
-            remember = None if isinstance(decision, IdempotencyKeyReusedError) else state
+            remember = state if remembered(type(decision)) else None
             self._reject(command, partition, decision, digest, stats, remember=remember)
         elif isinstance(decision, AlreadyApplied):
             stats.duplicates += 1
@@ -334,14 +345,14 @@ class CommandHandler(LoopService):
                     on_delivery=_record_offset(delivered))
                 pending.append((event, partition, delivered))
             assert user is not None
-            state.users[command.user_id] = user
+            state.set_user(user)
             stats.accepted += 1
 
     def _reject(self, command: Command, partition: int, rejection: CommandRejectedError,
-                digest: bytes, stats: HandlerStats, *, remember: PartitionState | None) -> None:
+                digest: bytes, stats: HandlerStats, *, remember: BatchState | None) -> None:
         if remember is not None:
-            remember.rejected[(command.user_id, command.command_id)] = Rejection(
-                digest, rejection.code, rejection.reason)
+            remember.remember((command.user_id, command.command_id),
+                              Rejection(digest, rejection.code, rejection.reason))
         stats.rejected[rejection.code] += 1
         self._reply_rejected(command, partition, rejection.code, rejection.reason, digest)
 
@@ -394,7 +405,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group-id")
     parser.add_argument("--max-batch", type=int, default=500)
     parser.add_argument("--idle-exit-s", type=float, default=None)
-    parser.add_argument("--session-timeout-ms", type=int, default=10_000)
+    # Longer than a group coordinator's failover (docs/replicated-cluster.md): a static
+    # member whose session times out while the coordinator moves is fenced for good. A
+    # restarted instance rejoins at once under its instance id, whatever this value.
+    parser.add_argument("--session-timeout-ms", type=int, default=30_000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     handler = CommandHandler.create(load_settings(), instance_id=args.instance_id,

@@ -30,14 +30,15 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
-from cassandra import DriverException
-from cassandra.cluster import Session
-from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra import OperationTimedOut
+from cassandra.cluster import NoHostAvailable, ResponseFuture, Session
+from cassandra.query import PreparedStatement
 
 from services.shard_writer.core import (
     DeviceLinked,
@@ -51,7 +52,14 @@ from services.shard_writer.core import (
     UserRegistered,
     event_from_record,
 )
-from services.shard_writer.store import Statements, StoreError, connect, create_schema
+from services.shard_writer.store import (
+    CASSANDRA_ERRORS,
+    Statements,
+    StoreError,
+    connect,
+    create_schema,
+    unlogged_batch,
+)
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters, error_type
 from streams.kafka import (
@@ -116,28 +124,48 @@ def group_by_user(events: Iterable[Event]) -> dict[str, list[Event]]:
 
 
 def write_rows(session: Session, rows_by_user: Iterable[list[Row]], *,
-               max_in_flight: int = 128) -> int:
+               max_in_flight: int = 128, attempts: int = 4) -> int:
     """Write every user's rows as unlogged single-partition batches, concurrently; wait for
-    all. Returns the number of statements written; raises ``StoreError`` on any failure."""
-    futures = []
+    all. Returns the number of statements written; raises ``StoreError`` on any failure.
+
+    A request that no node took (every coordinator of its plan busy or just gone) or that the
+    client timed out is sent again, up to ``attempts`` times with a growing pause: the writes
+    are idempotent, so a repeat cannot change the result (errors the nodes answered are retried
+    by the session's ``IdempotentRetryPolicy``)."""
+    in_flight: deque[tuple[ResponseFuture, tuple[Any, ...]]] = deque()
     written = 0
+
+    def settle(future: ResponseFuture, request: tuple[Any, ...]) -> None:
+        for attempt in range(1, attempts + 1):
+            try:
+                future.result()
+                return
+            except (NoHostAvailable, OperationTimedOut) as exc:
+                if attempt == attempts:
+                    raise
+                log.warning("write not taken (%s); sending it again", exc)
+                time.sleep(0.1 * 2**attempt)
+                future = session.execute_async(*request)
+
     try:
         for rows in rows_by_user:
             for start in range(0, len(rows), MAX_BATCH_STATEMENTS):
                 chunk = rows[start:start + MAX_BATCH_STATEMENTS]
+                request: tuple[Any, ...]
                 if len(chunk) == 1:
-                    futures.append(session.execute_async(chunk[0][0], chunk[0][1]))
+                    request = (chunk[0][0], chunk[0][1])
                 else:
-                    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                    batch = unlogged_batch()
                     for statement, params in chunk:
                         batch.add(statement, params)
-                    futures.append(session.execute_async(batch))
+                    request = (batch,)
+                in_flight.append((session.execute_async(*request), request))
                 written += len(chunk)
-                if len(futures) >= max_in_flight:
-                    futures.pop(0).result()
-        for future in futures:
-            future.result()
-    except DriverException as exc:
+                if len(in_flight) >= max_in_flight:
+                    settle(*in_flight.popleft())
+        while in_flight:
+            settle(*in_flight.popleft())
+    except CASSANDRA_ERRORS as exc:
         raise StoreError(f"projection write failed: {exc}") from exc
     return written
 
@@ -201,7 +229,7 @@ class Projector(LoopService):
     def stored_positions(self) -> dict[int, int]:
         try:
             rows = self.session.execute(self.statements.select_positions, (self.topic,))
-        except DriverException as exc:
+        except CASSANDRA_ERRORS as exc:
             raise StoreError(f"cannot read projection positions: {exc}") from exc
         return {row.partition: row.next_offset for row in rows}
 
@@ -279,7 +307,7 @@ class Projector(LoopService):
         try:
             for future in futures:
                 future.result()
-        except DriverException as exc:
+        except CASSANDRA_ERRORS as exc:
             raise StoreError(f"cannot save projection positions: {exc}") from exc
 
     def close(self) -> None:
@@ -295,14 +323,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch", type=int, default=5000)
     parser.add_argument("--idle-exit-s", type=float, default=None,
                         help="exit after this many idle seconds (tests, rebuilds)")
-    parser.add_argument("--session-timeout-ms", type=int, default=10_000)
+    # Default: 30 s for a static member (longer than a group coordinator's failover, see the
+    # handler's --session-timeout-ms), 10 s for a dynamic one, whose partitions wait that long
+    # to be reassigned after a crash.
+    parser.add_argument("--session-timeout-ms", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = load_settings()
     cluster, session = connect(settings)
+    group_session: dict[str, Any] = {"session.timeout.ms": args.session_timeout_ms or (
+        30_000 if args.instance_id else 10_000)}
     projector = Projector.create(settings, session, group_id=args.group_id,
                                  instance_id=args.instance_id, max_batch=args.max_batch,
-                                 **{"session.timeout.ms": args.session_timeout_ms})
+                                 **group_session)
     signal.signal(signal.SIGTERM, lambda *_: projector.stop())
     signal.signal(signal.SIGINT, lambda *_: projector.stop())
     try:

@@ -14,11 +14,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from cassandra import DriverException
 from cassandra.cluster import Session
 
 from services.shard_writer.core import DeviceView, RecordView, UserView
-from services.shard_writer.store import Statements, StoreError
+from services.shard_writer.store import CASSANDRA_ERRORS, Statements, StoreError
 
 
 class ProjectionTimeoutError(TimeoutError):
@@ -48,7 +47,7 @@ class UserQueries:
     def _rows(self, statement: Any, params: tuple[Any, ...]) -> list[Any]:
         try:
             return list(self.session.execute(statement, params))
-        except DriverException as exc:
+        except CASSANDRA_ERRORS as exc:
             raise StoreError(f"user query failed: {exc}") from exc
 
     def get_user(self, user_id: str, *, with_records: bool = True,

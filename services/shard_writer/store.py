@@ -8,6 +8,13 @@ next offset to apply; it is written after the rows it covers (see ``projection``
 Every write carries ``USING TIMESTAMP`` = the per-user event version (positions: the offset), so
 a write is idempotent and order-free: replaying any prefix of the log, in any order, leaves the
 cell written by the highest version. Driver errors are translated into ``StoreError``.
+
+Consistency (docs/replicated-cluster.md): every statement is LOCAL_QUORUM, set on the statement
+itself so that no session default can weaken it. Rows and positions are written at
+LOCAL_QUORUM and read at LOCAL_QUORUM, so a read that sees a position also sees the rows written
+before it (two quorums of a replica set always share a replica): that is the read-your-writes
+the gateway promises. ONE is never used. Since every statement is idempotent, a statement is
+retried on another coordinator when a node dies under it (``IdempotentRetryPolicy``).
 """
 
 from __future__ import annotations
@@ -25,13 +32,17 @@ from cassandra.cluster import (
     NoHostAvailable,
     Session,
 )
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import PreparedStatement
+from cassandra.policies import DCAwareRoundRobinPolicy, RetryPolicy, TokenAwarePolicy
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from protocol.errors import OperationError
 from streams.settings import Settings
 
 _KEYSPACE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+CONSISTENCY = ConsistencyLevel.LOCAL_QUORUM  # reads and writes; see the module docstring
+# What the driver raises: NoHostAvailable (no coordinator took the request) is not one of its
+# DriverExceptions.
+CASSANDRA_ERRORS: tuple[type[Exception], ...] = (DriverException, NoHostAvailable)
 
 
 class StoreError(OperationError):
@@ -48,13 +59,68 @@ def _connection_class() -> Any:
     return LibevConnection
 
 
+class IdempotentRetryPolicy(RetryPolicy):
+    """Retry what is safe to repeat, at the same consistency level (never a weaker one).
+
+    A statement marked idempotent (all of the projection's: writes are stamped with the event
+    version, reads change nothing) is retried on the next coordinator of the query plan after
+    a read or write timeout, an "unavailable" answer or a broken connection — what a replica or
+    a coordinator dying mid-request looks like — up to ``max_retries`` times. Other statements
+    get the driver's default decisions.
+    """
+
+    def __init__(self, max_retries: int = 3) -> None:
+        self.max_retries = max_retries
+
+    def _again(self, query: Any, consistency: Any, retry_num: int) -> tuple[int, Any] | None:
+        if getattr(query, "is_idempotent", False) and retry_num < self.max_retries:
+            return self.RETRY_NEXT_HOST, consistency
+        return None
+
+    def on_read_timeout(self, query: Any, consistency: Any, required_responses: int,
+                        received_responses: int, data_retrieved: bool,
+                        retry_num: int) -> tuple[int, Any]:
+        return self._again(query, consistency, retry_num) or super().on_read_timeout(
+            query, consistency, required_responses, received_responses, data_retrieved,
+            retry_num)
+
+    def on_write_timeout(self, query: Any, consistency: Any, write_type: Any,
+                         required_responses: int, received_responses: int,
+                         retry_num: int) -> tuple[int, Any]:
+        return self._again(query, consistency, retry_num) or super().on_write_timeout(
+            query, consistency, write_type, required_responses, received_responses, retry_num)
+
+    def on_unavailable(self, query: Any, consistency: Any, required_replicas: int,
+                       alive_replicas: int, retry_num: int) -> tuple[int, Any]:
+        return self._again(query, consistency, retry_num) or super().on_unavailable(
+            query, consistency, required_replicas, alive_replicas, retry_num)
+
+    def on_request_error(self, query: Any, consistency: Any, error: Exception,
+                         retry_num: int) -> tuple[int, Any]:
+        return self._again(query, consistency, retry_num) or super().on_request_error(
+            query, consistency, error, retry_num)
+
+
+RETRY_POLICY = IdempotentRetryPolicy()
+
+
+def unlogged_batch() -> BatchStatement:
+    """A single-partition batch with the projection's consistency and retry behaviour."""
+    batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=CONSISTENCY,
+                           retry_policy=RETRY_POLICY)
+    batch.is_idempotent = True
+    return batch
+
+
 def connect(settings: Settings, *, request_timeout_s: float = 30.0) -> tuple[Cluster, Session]:
-    """A connected cluster and session, token-aware, LOCAL_QUORUM by default."""
+    """A connected cluster and session: token-aware (a statement goes to a replica of its
+    partition), LOCAL_QUORUM, idempotent statements retried on another node."""
     hosts, port = settings.cassandra_endpoint()
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(
             DCAwareRoundRobinPolicy(local_dc=settings.cassandra.local_datacenter)),
-        consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+        consistency_level=CONSISTENCY,
+        retry_policy=RETRY_POLICY,
         request_timeout=request_timeout_s,
     )
     options: dict[str, Any] = {
@@ -119,14 +185,14 @@ def create_schema(session: Session, keyspace: str, *, replication_factor: int = 
     try:
         for statement in statements:
             session.execute(statement, timeout=60)
-    except DriverException as exc:
+    except CASSANDRA_ERRORS as exc:
         raise StoreError(f"cannot create the user projection schema in {ks}: {exc}") from exc
 
 
 def drop_keyspace(session: Session, keyspace: str) -> None:
     try:
         session.execute(f"DROP KEYSPACE IF EXISTS {_checked(keyspace)}", timeout=60)
-    except DriverException as exc:
+    except CASSANDRA_ERRORS as exc:
         raise StoreError(f"cannot drop keyspace {keyspace}: {exc}") from exc
 
 
@@ -187,7 +253,14 @@ class Statements:
             "select_devices": f"SELECT * FROM {ks}.devices WHERE user_id = ?",
         }
         try:
-            return cls(**{name: session.prepare(text) for name, text in cql.items()})
-        except DriverException as exc:
+            prepared = {name: session.prepare(text) for name, text in cql.items()}
+        except CASSANDRA_ERRORS as exc:
             raise StoreError(f"cannot prepare the projection statements for {ks}: {exc}") \
                 from exc
+        for statement in prepared.values():
+            # On the statement, not only the session: any session (a test's, the audit's)
+            # reads and writes the projection at the same level, with the same retries.
+            statement.consistency_level = CONSISTENCY
+            statement.retry_policy = RETRY_POLICY
+            statement.is_idempotent = True
+        return cls(**prepared)

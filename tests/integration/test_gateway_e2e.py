@@ -101,6 +101,15 @@ class Stack:
     def chain_id(self) -> str:
         return ChainSpec.load(self.genesis).chain_id
 
+    @property
+    def gateway_key(self) -> str:
+        """The gateway's delivery key (it writes the public half on start), to pin."""
+        return self.gateway_key_file.read_text().strip()
+
+    @property
+    def gateway_key_file(self) -> Path:
+        return self.root / "gateway" / "delivery-key.pub"
+
     def http(self, key: str | None = None) -> httpx.Client:
         headers = {"X-API-Key": key} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
@@ -269,7 +278,7 @@ def test_requests_without_or_with_a_wrong_key_or_scope_are_refused(stack: Stack)
         assert_problem(reader.get(f"/v1/users/{user}"), 403)
     with pytest.raises(UnauthorizedError):
         KeyClient(stack.url, "qs_wrong", SigningKey.load(stack.keys_dir / "account-0.json"),
-                  stack.chain_id).request(32)
+                  stack.chain_id, gateway_keys=stack.gateway_key).request(32)
     with pytest.raises(ForbiddenError):
         UserStore(stack.url, stack.read_key, UserIdentity.generate()).user()
 
@@ -404,7 +413,8 @@ def _ledger_payments(settings: Settings) -> dict[bytes, PayForService]:
 def test_key_delivery_from_the_private_pool(stack: Stack) -> None:
     _wait_pool(stack, 4096)
     clients = [KeyClient.from_key_file(stack.url, stack.api_key,
-                                       stack.keys_dir / f"account-{i}.json", stack.chain_id)
+                                       stack.keys_dir / f"account-{i}.json", stack.chain_id,
+                                       gateway_keys=stack.gateway_key)
                for i in range(3)]
     try:
         single = clients[0].request(64)
@@ -449,9 +459,10 @@ def test_user_records_over_http_read_your_writes(stack: Stack) -> None:
     identity = UserIdentity.generate()
     user = identity.user_id
 
-    def command(body: Any) -> dict[str, Any]:
+    def command(body: Any, version: int | None = None) -> dict[str, Any]:
         return command_json(signed_command(identity.signing, user, os.urandom(8).hex(), body,
-                                           issued_at_ms=int(time.time() * 1000)))
+                                           issued_at_ms=int(time.time() * 1000),
+                                           expected_version=version))
 
     with stack.http(stack.api_key) as http:
         registered = http.post(f"/v1/users/{user}", json=command(RegisterUser(
@@ -463,9 +474,9 @@ def test_user_records_over_http_read_your_writes(stack: Stack) -> None:
 
         from protocol.records import open_record, seal_record
 
-        envelope = seal_record(identity.records.public_key, user, "r1", 1, b"secret")
+        envelope = seal_record(identity.records, user, "r1", 1, b"secret")
         put = http.post(f"/v1/users/{user}/records/r1", json=command(PutRecord("r1", 1,
-                                                                               envelope)))
+                                                                               envelope), 1))
         assert put.status_code == 202, put.text
         record = http.get(f"/v1/users/{user}/records/r1",
                           params={"min_offset": put.json()["position"]})
@@ -475,16 +486,19 @@ def test_user_records_over_http_read_your_writes(stack: Stack) -> None:
         assert open_record(identity.records, user, "r1", 1, stored) == b"secret"
 
         again = http.put(f"/v1/users/{user}/records/r1", json=command(PutRecord(
-            "r1", 3, seal_record(identity.records.public_key, user, "r1", 3, b"x"))))
+            "r1", 3, seal_record(identity.records, user, "r1", 3, b"x")), 2))
         assert_problem(again, 409)  # version 3 is not the next one
+        blind = http.request("DELETE", f"/v1/users/{user}/records/r1",
+                             json=command(DeleteRecord("r1")))
+        assert assert_problem(blind, 409)["code"] == "expected_version_required"
 
         deleted = http.request("DELETE", f"/v1/users/{user}/records/r1",
-                               json=command(DeleteRecord("r1")))
+                               json=command(DeleteRecord("r1"), 2))
         assert deleted.status_code == 202, deleted.text
         assert_problem(http.get(f"/v1/users/{user}/records/r1",
                                 params={"min_offset": deleted.json()["position"]}), 404)
         assert_problem(http.post(f"/v1/users/{user}/records/r2",
-                                 json=command(PutRecord("r1", 1, envelope))), 422)
+                                 json=command(PutRecord("r1", 1, envelope), 3)), 422)
 
 
 def test_user_store_encrypts_and_reads_its_own_writes(stack: Stack) -> None:
@@ -580,7 +594,8 @@ def _example(stack: Stack, name: str, *args: str) -> list[dict[str, Any]]:
 def test_examples_run_against_the_gateway(stack: Stack) -> None:
     common = ("--url", stack.url, "--api-key", stack.api_key)
     (key,) = _example(stack, "get_key.py", *common, "--account",
-                      str(stack.keys_dir / "account-0.json"), "--length", "48")
+                      str(stack.keys_dir / "account-0.json"), "--length", "48",
+                      "--gateway-key-file", str(stack.gateway_key_file))
     assert key["length"] == 48 and len(bytes.fromhex(key["key"])) == 48
 
     for source in (common, ("--kafka",)):
@@ -608,18 +623,19 @@ def test_java_clients_read_and_write_our_topics(stack: Stack) -> None:
     re-encodes it to the same bytes; Java's default partitioner agrees with the partition of
     every keyed record; a command sent by a plain Java producer for a user registered through
     our gateway reaches the handler that holds that user's state, and is applied."""
-    from sdk.records import seal_record
+    from protocol.records import seal_record
 
     classpath = java_client.build()
     common = ("--url", stack.url, "--api-key", stack.api_key)
-    _example(stack, "get_key.py", *common, "--account", str(stack.keys_dir / "account-0.json"))
+    _example(stack, "get_key.py", *common, "--account", str(stack.keys_dir / "account-0.json"),
+             "--gateway-key-file", str(stack.gateway_key_file))
     identity = UserIdentity.generate()
     user = identity.user_id
     with UserStore(stack.url, stack.api_key, identity) as store:
         store.register()  # through our gateway and producer (503s are retried, idempotently)
-    envelope = seal_record(identity.records.public_key, user, "from-java", 1, b"hello")
+    envelope = seal_record(identity.records, user, "from-java", 1, b"hello")
     command = signed_command(identity.signing, user, "from-java", PutRecord(
-        "from-java", 1, envelope), issued_at_ms=int(time.time() * 1000))
+        "from-java", 1, envelope), issued_at_ms=int(time.time() * 1000), expected_version=1)
     record_json = io.StringIO()
     fastavro.json_writer(record_json, default_codec().parsed_schema("UserCommandIssued"),
                          [command_to_record(command)])

@@ -12,18 +12,20 @@ import pytest
 from cassandra.cluster import Session
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import ConfigResource
-from services.shard_writer.workload import make_workload
 
+from protocol.users import MalformedCommandError
 from services.shard_writer.core import command_to_record
 from services.shard_writer.handler import CommandHandler
 from services.shard_writer.projection import Projector
 from streams.admin import ensure_topics
 from streams.codec import default_codec
 from streams.dlq import DeadLetters
+from streams.kafka import Record
 from streams.settings import Settings
 from streams.topics import BY_NAME, TopicSpec
 from tests.integration.test_users_pipeline import users_settings  # noqa: F401
 from tests.support.raw_kafka import raw_admin, raw_consumer, raw_producer
+from tests.support.workload import make_workload
 from tests.unit.test_partitioning import java_partition
 
 pytestmark = pytest.mark.integration
@@ -157,8 +159,10 @@ def test_a_maximal_message_can_be_dead_lettered(settings: Settings, unique_name)
     consumer.close()
     assert message is not None and message.error() is None
     producer = raw_producer(settings)
-    DeadLetters(producer, settings.topic("dlq.users"), "test").send_message(
-        message, "x" * 100_000, "MalformedCommandError")
+    record = Record(message.topic() or "", message.partition() or 0, message.offset() or 0,
+                    message.key(), message.value(), message.timestamp()[1])
+    DeadLetters(producer, settings.topic("dlq.users"), "test").send(  # type: ignore[arg-type]
+        record, MalformedCommandError("x" * 100_000))
     assert producer.flush(30) == 0
     reader = raw_consumer(settings, unique_name("dlq-read"))
     reader.assign([TopicPartition(settings.topic("dlq.users"), 0, 0)])

@@ -64,8 +64,9 @@ def test_bad_input_is_dead_lettered_counted_and_the_stream_keeps_flowing(
     huge = signed_command(key, user, "huge", PutRecord("r", 1, b"x" * MAX_COMMAND_BYTES),
                           issued_at_ms=3)
     too_large = signed_command(key, user, "too-large", PutRecord("r", 1, b"x" * 70_000),
-                               issued_at_ms=4)
-    good = signed_command(key, user, "good", PutRecord("r", 1, b"y" * 100), issued_at_ms=5)
+                               issued_at_ms=4, expected_version=1)
+    good = signed_command(key, user, "good", PutRecord("r", 1, b"y" * 100), issued_at_ms=5,
+                          expected_version=1)
     from services.shard_writer.core import command_to_record
 
     unknown = command_to_record(good) | {"command_type": "DropTables", "command_id": "unk"}
@@ -132,11 +133,11 @@ def test_no_plaintext_in_kafka_or_cassandra_and_reads_see_own_writes(
         current = person.state.records.get("mine")
         version = 1 if current is None else current.record_version + 1
         secret = marker + b" read your own writes"
-        envelope = seal_record(person.records_key.public_key, person.user_id, "mine", version,
-                               secret)
+        envelope = seal_record(person.records_key, person.user_id, "mine", version, secret)
         command = signed_command(person.signing, person.user_id, "rtw",
                                  PutRecord("mine", version, envelope),
-                                 issued_at_ms=int(time.time() * 1000))
+                                 issued_at_ms=int(time.time() * 1000),
+                                 expected_version=person.state.version)
         reply = UserClient(users_settings).execute(command)
         assert reply.accepted and reply.offset is not None
         record = queries.get_record(person.user_id, "mine",

@@ -68,8 +68,11 @@ def make_workload(users: int, commands: int, *, seed: int = 7,
 
     def issue(person: SimulatedUser, body: CommandBody, expected: int | None = None,
               rotated_to: SigningKey | None = None) -> None:
+        """``expected`` defaults to the user's current version (what a client signs)."""
         nonlocal clock
         clock += 1
+        if expected is None:
+            expected = 0 if person.state is None else person.state.version
         command = signed_command(person.signing, person.user_id, f"c{len(out)}-{seed}", body,
                                  issued_at_ms=clock, expected_version=expected)
         out.append(command)
@@ -119,7 +122,7 @@ def make_workload(users: int, commands: int, *, seed: int = 7,
             plaintext = plaintext.ljust(record_bytes, b".")
             plaintexts.append(plaintext)
             if seal:
-                ciphertext = seal_record(person.records_key.public_key, person.user_id,
+                ciphertext = seal_record(person.records_key, person.user_id,
                                          record_id, version, plaintext)
             else:
                 ciphertext = rng.randbytes(len(plaintext) + 1200)

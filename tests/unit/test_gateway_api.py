@@ -21,18 +21,28 @@ from services.gateway.api import Gateway, create_app
 from services.gateway.auth import ApiKeyStore
 from services.gateway.chain import ChainView
 from services.gateway.keys import BufferPool, KeyService, LedgerView
+from services.gateway.payments import PaymentBook, PaymentOutcome
 from services.ledger.core.chain_spec import ChainSpec
 from streams.chain_wire import decode_finalized
 
 
 class MemorySink:
-    def __init__(self) -> None:
+    """A transaction sink without Kafka. With ``book``, it also plays a chain that includes
+    every submitted key payment at once, successfully (what a gateway test or bench needs
+    when the chain is not the subject)."""
+
+    def __init__(self, book: PaymentBook | None = None) -> None:
         self.txs: list[bytes] = []
+        self.book = book
 
     async def submit(self, raw: bytes) -> bytes:
-        from services.ledger.core.tx import tx_hash
+        from services.ledger.core.tx import decode_signed_tx, tx_hash
 
         self.txs.append(raw)
+        if self.book is not None:
+            tx = decode_signed_tx(raw).tx
+            self.book.record([PaymentOutcome(tx_hash(raw), tx.sender.address, tx.nonce, 0, 0,
+                                             "ok")])
         return tx_hash(raw)
 
 
@@ -64,8 +74,10 @@ def make_gateway(chain: LocalChain, pool_bytes: int = 1 << 16) -> tuple[Gateway,
     if pool_bytes:
         pool.put("qrng-0", os.urandom(pool_bytes))
     ledger = LedgerView(state=state)
+    book = PaymentBook()
     gateway = Gateway(view=view, keys=store, ledger=ledger,
-                      key_service=KeyService(pool, MemorySink(), ledger, view.chain_id))
+                      key_service=KeyService(pool, MemorySink(book), ledger, view.chain_id,
+                                             payments=book))
     return gateway, keys
 
 
@@ -165,7 +177,7 @@ def test_key_delivery_round_trip(gateway: tuple[Gateway, dict[str, str]],
     gw, keys = gateway
     http = client(gw, keys["all"])
     kc = KeyClient("http://testserver", keys["all"], chain.account_keys[0], gw.view.chain_id,
-                   client=http)
+                   client=http, gateway_keys=gw.key_service.public_key)  # type: ignore[union-attr]
     first, second = kc.request(32), kc.request(64)
     assert len(first.key) == 32 and len(second.key) == 64 and first.key != second.key[:32]
     sink = gw.key_service.sink  # type: ignore[union-attr]
@@ -185,7 +197,7 @@ def test_empty_pool_answers_503_with_retry_after(chain: LocalChain) -> None:
     gw, keys = make_gateway(chain, pool_bytes=0)
     http = client(gw, keys["all"])
     kc = KeyClient("http://testserver", keys["all"], chain.account_keys[1], gw.view.chain_id,
-                   client=http)
+                   client=http, gateway_keys=gw.key_service.public_key)  # type: ignore[union-attr]
     with pytest.raises(UnavailableError) as caught:
         kc.request(32)
     assert caught.value.retry_after is not None and caught.value.retry_after >= 1

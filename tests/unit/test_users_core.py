@@ -67,6 +67,12 @@ def cmd(body: CommandBody, command_id: str, *, expected: int | None = None,
                           expected_version=expected, device_id=device_id)
 
 
+def at(state: User, body: CommandBody, command_id: str, **kwargs: object) -> Command:
+    """``body`` signed for the version ``state`` is at (what every command but RegisterUser
+    must name)."""
+    return cmd(body, command_id, expected=state.version, **kwargs)  # type: ignore[arg-type]
+
+
 def apply(state: User | None, command: Command, now_ms: int = 5_000) -> User:
     decision = decide(state, command, now_ms)
     assert isinstance(decision, Accepted), decision
@@ -102,60 +108,66 @@ def test_unknown_user_and_version_conflict() -> None:
 
 def test_repeated_idempotency_key_returns_the_first_outcome() -> None:
     user = registered()
-    put = cmd(PutRecord("r", 1, b"ct"), "c1")
+    put = at(user, PutRecord("r", 1, b"ct"), "c1")
     after = apply(user, put)
     assert decide(after, put, 99) == AlreadyApplied("c1", 2)
-    different = cmd(PutRecord("r", 2, b"other"), "c1")
+    different = at(after, PutRecord("r", 2, b"other"), "c1")
     assert isinstance(decide(after, different, 99), IdempotencyKeyReusedError)
 
 
 def test_record_versions_sizes_and_quotas() -> None:
     user = registered()
-    assert isinstance(decide(user, cmd(PutRecord("r", 2, b"ct"), "c"), 1),
+    assert isinstance(decide(user, at(user, PutRecord("r", 2, b"ct"), "c"), 1),
                       RecordVersionConflictError)
-    user = apply(user, cmd(PutRecord("r", 1, b"abc"), "c1"))
-    user = apply(user, cmd(PutRecord("r", 2, b"abcd"), "c2"))
+    user = apply(user, at(user, PutRecord("r", 1, b"abc"), "c1"))
+    user = apply(user, at(user, PutRecord("r", 2, b"abcd"), "c2"))
     assert user.records["r"].record_version == 2 and user.stored_bytes == 4
     limits = Limits(max_record_bytes=10, max_records=1, max_stored_bytes=12)
-    assert isinstance(decide(user, cmd(PutRecord("r", 3, b"x" * 11), "c3"), 1, limits),
+    assert isinstance(decide(user, at(user, PutRecord("r", 3, b"x" * 11), "c3"), 1, limits),
                       RecordTooLargeError)
-    assert isinstance(decide(user, cmd(PutRecord("s", 1, b"x"), "c4"), 1, limits),
+    assert isinstance(decide(user, at(user, PutRecord("s", 1, b"x"), "c4"), 1, limits),
                       QuotaExceededError)
-    assert isinstance(decide(user, cmd(PutRecord("r", 3, b""), "c5"), 1), InvalidCommandError)
+    assert isinstance(decide(user, at(user, PutRecord("r", 3, b""), "c5"), 1),
+                      InvalidCommandError)
 
 
 def test_delete_record_keeps_counting_versions() -> None:
-    user = apply(registered(), cmd(PutRecord("r", 1, b"abc"), "c1"))
-    assert isinstance(decide(user, cmd(DeleteRecord("nope"), "c2"), 1), UnknownRecordError)
-    user = apply(user, cmd(DeleteRecord("r"), "c2"))
+    user = registered()
+    user = apply(user, at(user, PutRecord("r", 1, b"abc"), "c1"))
+    assert isinstance(decide(user, at(user, DeleteRecord("nope"), "c2"), 1), UnknownRecordError)
+    user = apply(user, at(user, DeleteRecord("r"), "c2"))
     assert user.records["r"].deleted and user.records["r"].record_version == 2
-    assert isinstance(decide(user, cmd(DeleteRecord("r"), "c3"), 1), UnknownRecordError)
-    assert isinstance(decide(user, cmd(PutRecord("r", 1, b"x"), "c4"), 1),
+    assert isinstance(decide(user, at(user, DeleteRecord("r"), "c3"), 1), UnknownRecordError)
+    assert isinstance(decide(user, at(user, PutRecord("r", 1, b"x"), "c4"), 1),
                       RecordVersionConflictError)
-    assert apply(user, cmd(PutRecord("r", 3, b"x"), "c5")).live_records == 1
+    assert apply(user, at(user, PutRecord("r", 3, b"x"), "c5")).live_records == 1
 
 
 def test_delete_user_erases_and_forbids_reuse() -> None:
-    user = apply(registered(), cmd(PutRecord("r", 1, b"abc"), "c1"))
-    user = apply(user, cmd(LinkDevice("phone", DEVICE.public_key.to_text()), "c2"))
-    gone = apply(user, cmd(DeleteUser(), "c3"))
+    user = registered()
+    user = apply(user, at(user, PutRecord("r", 1, b"abc"), "c1"))
+    user = apply(user, at(user, LinkDevice("phone", DEVICE.public_key.to_text()), "c2"))
+    delete = at(user, DeleteUser(), "c3")
+    gone = apply(user, delete)
     assert gone.deleted and not gone.records and not gone.devices and gone.signing_key == ""
     for i, body in enumerate([PutRecord("r", 2, b"x"), DeleteUser(),
                               RegisterUser(KEY.public_key.to_text(), ENC)]):
-        assert isinstance(decide(gone, cmd(body, f"d{i}"), 1), UserDeletedError)
-    assert decide(gone, cmd(DeleteUser(), "c3"), 1) == AlreadyApplied("c3", 4)
+        assert isinstance(decide(gone, at(gone, body, f"d{i}"), 1), UserDeletedError)
+    assert decide(gone, delete, 1) == AlreadyApplied("c3", 4)
 
 
 def test_devices_sign_until_revoked() -> None:
-    user = apply(registered(), cmd(LinkDevice("phone", DEVICE.public_key.to_text()), "c1"))
-    assert isinstance(decide(user, cmd(LinkDevice("phone", DEVICE.public_key.to_text()), "c2"),
-                             1), DeviceAlreadyLinkedError)
-    from_device = cmd(PutRecord("r", 1, b"x"), "c3", key=DEVICE, device_id="phone")
+    user = registered()
+    user = apply(user, at(user, LinkDevice("phone", DEVICE.public_key.to_text()), "c1"))
+    assert isinstance(decide(user, at(user, LinkDevice("phone", DEVICE.public_key.to_text()),
+                                      "c2"), 1), DeviceAlreadyLinkedError)
+    from_device = at(user, PutRecord("r", 1, b"x"), "c3", key=DEVICE, device_id="phone")
     authenticate(user, from_device)
-    revoked = apply(user, cmd(RevokeDevice("phone"), "c4"))
+    revoked = apply(user, at(user, RevokeDevice("phone"), "c4"))
     with pytest.raises(ForgedSignatureError):
         authenticate(revoked, from_device)
-    assert isinstance(decide(revoked, cmd(RevokeDevice("phone"), "c5"), 1), UnknownDeviceError)
+    assert isinstance(decide(revoked, at(revoked, RevokeDevice("phone"), "c5"), 1),
+                      UnknownDeviceError)
 
 
 def test_forged_and_rotated_signatures() -> None:
@@ -166,7 +178,7 @@ def test_forged_and_rotated_signatures() -> None:
     by_other = cmd(PutRecord("r", 1, b"x"), "c2", key=OTHER)
     with pytest.raises(ForgedSignatureError):
         authenticate(user, by_other)
-    rotated = apply(user, cmd(RotateKeys(OTHER.public_key.to_text(), ENC2), "c3"))
+    rotated = apply(user, at(user, RotateKeys(OTHER.public_key.to_text(), ENC2), "c3"))
     assert rotated.key_epoch == 1 and rotated.user_id == USER
     authenticate(rotated, by_other)
     with pytest.raises(ForgedSignatureError):
@@ -200,7 +212,7 @@ def test_wire_round_trip_and_strictness() -> None:
 
 def test_evolve_rejects_gaps_and_foreign_events() -> None:
     user = registered()
-    decision = decide(user, cmd(PutRecord("r", 1, b"x"), "c1"), 1)
+    decision = decide(user, at(user, PutRecord("r", 1, b"x"), "c1"), 1)
     assert isinstance(decision, Accepted)
     with pytest.raises(EventOrderError):
         evolve(None, decision.events[0])
@@ -211,7 +223,7 @@ def test_evolve_rejects_gaps_and_foreign_events() -> None:
 def test_idempotency_window_is_bounded() -> None:
     user = registered()
     for i in range(COMMAND_WINDOW + 5):
-        decision = decide(user, cmd(PutRecord("r", i + 1, b"x"), f"k{i}"), 1)
+        decision = decide(user, at(user, PutRecord("r", i + 1, b"x"), f"k{i}"), 1)
         assert isinstance(decision, Accepted)
         user = evolve(user, decision.events[0])
     assert len(user.commands) == COMMAND_WINDOW and "k0" not in user.commands
@@ -230,18 +242,26 @@ BODIES = st.one_of(
     st.just(DeleteUser()),
     st.just(RegisterUser(KEY.public_key.to_text(), ENC)),
 )
-STEPS = st.lists(
-    st.tuples(BODIES, st.integers(0, 30), st.one_of(st.none(), st.integers(0, 30))),
-    min_size=1, max_size=40)
+# The expected version: mostly the user's current one ("now"), sometimes left out or arbitrary.
+EXPECTED = st.one_of(st.just("now"), st.just("now"), st.none(), st.integers(0, 30))
+STEPS = st.lists(st.tuples(BODIES, st.integers(0, 30), EXPECTED), min_size=1, max_size=40)
 LIMITS = Limits(max_record_bytes=32, max_records=2, max_stored_bytes=60, max_devices=1)
 
 
-def run(steps: list[tuple[CommandBody, int, int | None]]) -> tuple[User | None, list, list]:
+def version_of(state: User | None, expected: int | str | None) -> int | None:
+    if expected == "now":
+        return 0 if state is None else state.version
+    assert not isinstance(expected, str)
+    return expected
+
+
+def run(steps: list[tuple[CommandBody, int, int | str | None]]
+        ) -> tuple[User | None, list, list]:
     state: User | None = None
     events: list = []
     decisions: list = []
     for body, key, expected in steps:
-        command = cmd(body, f"k{key}", expected=expected)
+        command = cmd(body, f"k{key}", expected=version_of(state, expected))
         decision = decide(state, command, len(events), LIMITS)
         decisions.append(decision)
         if isinstance(decision, Accepted):
@@ -268,6 +288,8 @@ def test_property_versions_are_gapless_and_fold_reproduces_state(steps) -> None:
 def test_property_replaying_any_command_changes_nothing(steps) -> None:
     state, _events, _ = run(steps)
     for body, key, expected in steps:
+        if expected == "now":
+            continue  # signed for a version the replay below cannot know
         decision = decide(state, cmd(body, f"k{key}", expected=expected), 10**9, LIMITS)
         assert not isinstance(decision, Accepted) or state is None or \
             f"k{key}" not in state.commands
@@ -279,7 +301,7 @@ def test_property_replaying_any_command_changes_nothing(steps) -> None:
 @settings(max_examples=200, deadline=None)
 @given(STEPS)
 def test_property_deletion_is_final_and_view_is_empty(steps) -> None:
-    state, events, _ = run([*steps, (DeleteUser(), 999, None)])
+    state, events, _ = run([*steps, (DeleteUser(), 999, "now")])
     if state is None:
         return
     assert state.deleted
@@ -287,8 +309,9 @@ def test_property_deletion_is_final_and_view_is_empty(steps) -> None:
     assert view.deleted and not view.records and not view.devices
     assert view.signing_key is None and view.version == state.version
     for body, key, _ in steps:
-        decision = decide(state, cmd(body, f"z{key}"), 1, LIMITS)
-        assert isinstance(decision, CommandRejectedError)
+        for expected in (None, state.version, state.version - 1):
+            decision = decide(state, cmd(body, f"z{key}", expected=expected), 1, LIMITS)
+            assert isinstance(decision, CommandRejectedError)
 
 
 @settings(max_examples=200, deadline=None)

@@ -4,6 +4,16 @@ Pure: time enters as ``now_ms``, limits as data. The command is assumed authenti
 (``auth.authenticate`` runs first in the shell). Idempotency comes first: a command whose key
 this user already used returns the first outcome (``AlreadyApplied``) when it is the same
 command, and ``IdempotencyKeyReusedError`` when it is a different one.
+
+Replay, whatever the command's age: every command but ``RegisterUser`` must name the user
+version it applies to (``expected_version``, signed), and applies only when the user is at
+exactly that version. Every accepted command produces one event, and versions only grow, so a
+signed command can apply at most once, ever: after it applied (or after anything else did) the
+user is past its version for good. This needs no state beyond the version the aggregate already
+has, and the fold of events stays as it was. ``RegisterUser`` applies only to a user id never
+seen (an erased user keeps its tombstone), so it may leave the version out. The idempotency
+window (``COMMAND_WINDOW``) only decides which *answer* a resent command gets
+(``AlreadyApplied`` inside it, ``VersionConflictError`` beyond); it is not what prevents replay.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from services.shard_writer.core.events import (
 from services.shard_writer.core.rejections import (
     CommandRejectedError,
     DeviceAlreadyLinkedError,
+    ExpectedVersionRequiredError,
     IdempotencyKeyReusedError,
     InvalidCommandError,
     QuotaExceededError,
@@ -142,7 +153,11 @@ def _decide_body(state: User | None, command: Command,
         return UnknownUserError(f"user {user} is not registered")
     if state.deleted:
         return UserDeletedError(f"user {user} was deleted")
-    if command.expected_version is not None and command.expected_version != state.version:
+    if command.expected_version is None:
+        return ExpectedVersionRequiredError(
+            f"user {user}: {body.TYPE} must name the version it applies to (expected_version; "
+            f"the user is at {state.version})")
+    if command.expected_version != state.version:
         return VersionConflictError(
             f"user {user}: expected version {command.expected_version}, "
             f"actual {state.version}")

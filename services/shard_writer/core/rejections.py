@@ -78,6 +78,13 @@ class InvalidCommandError(CommandRejectedError):
     code = "invalid_command"
 
 
+class ExpectedVersionRequiredError(InvalidCommandError):
+    """A command other than ``RegisterUser`` left ``expected_version`` out: without it a signed
+    command could be replayed later (see ``decide``)."""
+
+    code = "expected_version_required"
+
+
 class IdempotencyKeyReusedError(CommandRejectedError):
     """The idempotency key was already used by a *different* command of this user."""
 
@@ -90,7 +97,7 @@ REJECTIONS: dict[str, type[CommandRejectedError]] = {
         CommandRejectedError, UnknownUserError, UserAlreadyExistsError, UserDeletedError,
         VersionConflictError, RecordTooLargeError, QuotaExceededError, UnknownRecordError,
         RecordVersionConflictError, UnknownDeviceError, DeviceAlreadyLinkedError,
-        InvalidCommandError, IdempotencyKeyReusedError,
+        InvalidCommandError, ExpectedVersionRequiredError, IdempotencyKeyReusedError,
     )
 }
 

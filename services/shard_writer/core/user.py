@@ -25,7 +25,8 @@ from services.shard_writer.core.events import (
     UserRegistered,
 )
 
-#: How many recent idempotency keys each user remembers (older keys may be reused).
+#: How many recent idempotency keys each user remembers (older keys may be reused). This only
+#: decides the answer to a resent command; replay is prevented by expected versions (decide).
 COMMAND_WINDOW = 1024
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
