@@ -65,7 +65,7 @@ test-unit: $(STAMP)
 lint: $(STAMP) $(WEB_STAMP)
 	$(BIN)/ruff check .
 	cd $(WEB) && npm run --silent typecheck
-	$(BIN)/mypy streams services sdk infra bench
+	$(BIN)/mypy protocol streams services sdk infra bench
 	$(BIN)/lint-imports
 
 soak: $(STAMP)

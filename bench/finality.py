@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from bench.common import scratch_kafka
 from streams.admin import ensure_topics
@@ -127,6 +127,19 @@ def throughput(blocks: list[tuple[int, int, int]]) -> float:
     return (len(steady) - 1) * 1000 / max(span_ms, 1)
 
 
+def _end_offset(consumer: Consumer, topic: str, attempts: int = 30) -> int:
+    """The end of a just-created topic: a broker with many partitions may need a moment to
+    elect its leader (NOT_LEADER_FOR_PARTITION meanwhile)."""
+    for attempt in range(attempts):
+        try:
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1])
+        except KafkaException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
 def kafka_round_trip(base: Settings, count: int = 200) -> float:
     """p50 ms of produce -> consume of one small record, same client settings as consensus,
     with the raw confluent-kafka clients (no edge kit in the baseline)."""
@@ -137,7 +150,7 @@ def kafka_round_trip(base: Settings, count: int = 200) -> float:
         producer = Producer(producer_config(settings, **overrides))
         consumer = Consumer(consumer_config(settings, f"rt-{uuid.uuid4().hex[:8]}",
                                             **{"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}))
-        _, end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)
+        end = _end_offset(consumer, topic)
         consumer.assign([TopicPartition(topic, 0, end)])
         samples: list[float] = []
         try:

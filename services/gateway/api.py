@@ -41,7 +41,14 @@ from services.gateway.explorer.documents import GenesisAnchor
 from services.gateway.explorer.feeds import NetworkFeeds
 from services.gateway.explorer.routes import install_explorer
 from services.gateway.keys import KeyRequest, KeyService, LedgerView
-from services.gateway.problems import PROBLEM_JSON, Problem, install, problem_body, unavailable
+from services.gateway.problems import (
+    PROBLEM_JSON,
+    Problem,
+    install,
+    not_offered,
+    problem_body,
+    unavailable,
+)
 from services.gateway.ratelimit import Limited, RateLimiter, StreamSlots
 from services.gateway.users import (
     SignedCommandIn,
@@ -111,10 +118,14 @@ class SignedCommand(BaseModel):
     issued_at_ms: int = Field(ge=0, le=2**63 - 1)
     expected_version: int | None = Field(None, ge=0, le=2**62)
     device_id: str = Field("", max_length=128)
+    user_id: str | None = Field(None, pattern=r"^[0-9a-f]{40}$",
+                                description="the user the command was signed for (optional; "
+                                            "422 when it is not the URL's)")
 
     def as_input(self) -> SignedCommandIn:
         return SignedCommandIn(self.command_id, self.command_type, self.payload, self.signature,
-                               self.issued_at_ms, self.expected_version, self.device_id)
+                               self.issued_at_ms, self.expected_version, self.device_id,
+                               self.user_id)
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -124,6 +135,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
                          (403, "API key lacks the scope"), (404, "Not found"),
                          (413, "Request too large"),
                          (422, "Invalid request"), (429, "Rate limit or quota exceeded"),
+                         (501, "Not offered by this gateway"),
                          (503, "Temporarily unavailable"))
 }
 
@@ -402,14 +414,17 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def get_validators(height: height_path, _key: ApiKeyRecord = read) -> Response:
         return stored_or_problem(height, view.validators_json(height))
 
-    @app.get("/v1/beacon/latest", tags=["beacon"], summary="Latest randomness with its proof")
+    @app.get("/v1/beacon/latest", tags=["beacon"],
+             summary="Latest random pulse (fresh entropy from enough sources) with its proof")
     async def beacon_latest(_key: ApiKeyRecord = read) -> Response:
         body = view.latest_beacon
         if body is None:
-            raise unavailable("no-beacon-yet", "no block finalized yet", 2)
+            raise unavailable("no-beacon-yet", "no random pulse finalized yet (blocks without "
+                              "fresh entropy are never served as the latest pulse)", 2)
         return _json(body)
 
-    @app.get("/v1/beacon/{height}", tags=["beacon"], summary="Randomness of a height, proof")
+    @app.get("/v1/beacon/{height}", tags=["beacon"],
+             summary="Pulse of a height with its proof and status (random or not)")
     async def beacon_at(height: height_path, _key: ApiKeyRecord = read) -> Response:
         return stored_or_problem(height, view.beacon_json(height)
                                  if view.get(height) is not None else None)
@@ -465,7 +480,7 @@ def create_app(gateway: Gateway) -> FastAPI:
               summary="Fresh key material from the private QRNG pool, sealed to your keys")
     async def post_keys(body: KeyRequestIn, key: ApiKeyRecord = keys_scope) -> dict[str, Any]:
         if gateway.key_service is None:
-            raise unavailable("keys-disabled", "this gateway does not serve key material", 60)
+            raise not_offered("this gateway does not serve key material (started --no-keys)")
         try:
             request = KeyRequest(base64.b64decode(body.x25519_public_key, validate=True),
                                  base64.b64decode(body.mlkem768_public_key, validate=True),
@@ -488,7 +503,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     # ------------------------------------------------------------------ users
     def users_backend() -> UserBackend:
         if gateway.users is None:
-            raise unavailable("users-disabled", "this gateway does not serve user records", 60)
+            raise not_offered("this gateway does not serve user records (started --no-users)")
         return gateway.users
 
 

@@ -1,11 +1,13 @@
 """User records over HTTP: writes are signed commands to Kafka, reads come from Cassandra.
 
 The client signs every command (``sdk.users.UserStore`` does it); the gateway checks that the
-command matches the URL (user id, record id, command type), forwards it to ``users.commands``
-and waits for the handler's reply: 202 with the event position (``partition:offset``) when
-accepted, 409 with the handler's reason when rejected. Reads take ``?min_offset=P:O`` and wait
-until the projection has applied that event (read your own writes). Nodes only ever see
-ciphertext.
+command matches the URL (user id, record id, command type: 422 at once otherwise), forwards it
+to ``users.commands`` and waits for the handler's reply: 202 with the event position
+(``partition:offset``) when accepted (for a repeated command, a position at or after its
+event), 409 with the handler's reason when rejected, 422 when its signature does not verify
+with the user's keys (typically: signed for another user's URL). Reads take
+``?min_offset=P:O`` and wait until the projection has applied that event (read your own
+writes). Nodes only ever see ciphertext.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class SignedCommandIn:
     issued_at_ms: int
     expected_version: int | None
     device_id: str
+    user_id: str | None = None  # the user the client signed for (the SDK sends it)
 
 
 def build_command(user_id: str, data: SignedCommandIn, *, expect_type: tuple[str, ...],
@@ -54,6 +57,9 @@ def build_command(user_id: str, data: SignedCommandIn, *, expect_type: tuple[str
     if data.command_type not in expect_type:
         raise Problem(422, "wrong-command", f"this endpoint takes {' or '.join(expect_type)}, "
                                             f"not {data.command_type}")
+    if data.user_id is not None and data.user_id != user_id:
+        raise Problem(422, "wrong-user", f"the command was signed for user {data.user_id}, "
+                                         f"not for {user_id} of the URL")
     try:
         payload = base64.b64decode(data.payload, validate=True)
         signature = base64.b64decode(data.signature, validate=True)
@@ -70,10 +76,38 @@ def build_command(user_id: str, data: SignedCommandIn, *, expect_type: tuple[str
         raise Problem(422, "invalid-command", str(exc)) from exc
     if record_id is not None and getattr(command.body, "record_id", None) != record_id:
         raise Problem(422, "wrong-record", "the command's record_id does not match the URL")
+    _check_registration(user_id, command)
     return command
 
 
+def _check_registration(user_id: str, command: Any) -> None:
+    """A RegisterUser carries its key: it must be this URL's user's and sign the command."""
+    from protocol.keys import KeyError_, PublicKey
+    from protocol.users import RegisterUser, signing_bytes
+
+    body = command.body
+    if not isinstance(body, RegisterUser) or command.device_id:
+        return
+    try:
+        key = PublicKey.from_text(body.signing_key)
+    except KeyError_ as exc:
+        raise Problem(422, "invalid-command", f"signing_key: {exc}") from exc
+    if key.address_hex != user_id:
+        raise Problem(422, "wrong-user", f"the registered key belongs to user "
+                                         f"{key.address_hex}, not to {user_id} of the URL")
+    if not key.verify(signing_bytes(command), command.signature):
+        raise Problem(422, "signature-invalid", "the signature does not verify with the "
+                                                "registered key")
+
+
 def reply_document(reply: Any) -> dict[str, Any]:
+    from services.shard_writer.core import ForgedSignatureError
+
+    if not reply.accepted and reply.code == ForgedSignatureError.reply_code:
+        raise Problem(422, "signature-invalid", f"the command's signature does not verify "
+                                                f"with user {reply.user_id}'s keys (was it "
+                                                "signed for another user's URL?)",
+                      code=reply.code, command_id=reply.command_id)
     if not reply.accepted:
         raise Problem(409, "command-rejected", f"{reply.code}: {reply.reason}",
                       code=reply.code, command_id=reply.command_id)
