@@ -12,6 +12,7 @@ import { decodeBlock, decodeBody, decodeHeader, blockHash, structuralProblem } f
 import { concat, fromHex, fromUtf8, toHex } from "../src/core/bytes.js";
 import { CanonicalReader, CanonicalWriter } from "../src/core/canonical.js";
 import { FLAGS, verifyCommit } from "../src/core/commit.js";
+import { pulseOf } from "../src/core/pulse.js";
 import { blockRandomness, genesisRandomness } from "../src/core/randomness.js";
 import { addressOf, parsePublicKey, validatorSetFromJson } from "../src/core/validators.js";
 
@@ -72,7 +73,8 @@ test("canonical reader is strict: wrong tag, truncation, trailing bytes, bad boo
 const HEADER_FIELDS = {
   chain_id: "chainId", height: "height", round: "round", time_ms: "timeMs",
   previous_block_hash: "previousBlockHash", last_commit_hash: "lastCommitHash",
-  entropy_root: "entropyRoot", entropy_ranges: "entropyRanges", randomness: "randomness",
+  entropy_root: "entropyRoot", entropy_ranges: "entropyRanges", fresh_sources: "freshSources",
+  registered_sources: "registeredSources", randomness: "randomness",
   tx_root: "txRoot", evidence_root: "evidenceRoot", validators_hash: "validatorsHash",
   next_validators_hash: "nextValidatorsHash", app_hash: "appHash", proposer_address: "proposerAddress",
 };
@@ -169,3 +171,18 @@ test("randomness: R_0 and every step of the chain", () => {
   }
   assert.equal(fromUtf8(fromHex(data.genesis_value)), "qustream genesis randomness vector");
 });
+
+test("pulse status: decoded headers give protocol/pulse.py's status bits, verdict and text", () => {
+  const { cases } = load("pulse/status.json");
+  const seen = new Set();
+  for (const entry of cases) {
+    const header = decodeHeader(fromHex(entry.header_canonical));
+    assert.deepEqual([header.height, header.freshSources, header.registeredSources], [entry.height, entry.fresh_sources, entry.registered_sources]);
+    const pulse = pulseOf(header);
+    const where = `height ${entry.height} fresh ${entry.fresh_sources} of ${entry.registered_sources}`;
+    assert.deepEqual(pulse, entry.expected, where);
+    seen.add(pulse.status);
+  }
+  assert.ok([0, 1, 256, 257, 512, 513].every((status) => seen.has(status)), [...seen].join());
+});
+

@@ -23,7 +23,8 @@ import { RANDOMNESS_SIZE } from "./randomness.js";
 /**
  * @typedef {{chainId: string, height: number, round: number, timeMs: number,
  *   previousBlockHash: Uint8Array, lastCommitHash: Uint8Array, entropyRoot: Uint8Array,
- *   entropyRanges: SeqRange[], randomness: Uint8Array, txRoot: Uint8Array, evidenceRoot: Uint8Array,
+ *   entropyRanges: SeqRange[], freshSources: number, registeredSources: number,
+ *   randomness: Uint8Array, txRoot: Uint8Array, evidenceRoot: Uint8Array,
  *   validatorsHash: Uint8Array, nextValidatorsHash: Uint8Array, appHash: Uint8Array,
  *   proposerAddress: Uint8Array, canonical: Uint8Array}} Header
  */
@@ -98,6 +99,8 @@ export function decodeHeader(data) {
     lastCommitHash: r.raw(HASH_SIZE),
     entropyRoot: r.raw(HASH_SIZE),
     entropyRanges: r.sequence((x) => decodeSeqRange(x.nested()), MAX_ITEMS),
+    freshSources: r.u32(),
+    registeredSources: r.u32(),
     randomness: r.raw(RANDOMNESS_SIZE),
     txRoot: r.raw(HASH_SIZE),
     evidenceRoot: r.raw(HASH_SIZE),
@@ -170,6 +173,9 @@ function entropyMismatch(block) {
     return range.sourceId === other.sourceId && range.first === other.first && range.last === other.last;
   });
   if (!same) return "header entropy ranges do not match the body";
+  if (header.freshSources !== ranges.length) {
+    return `header says ${header.freshSources} sources contributed fresh entropy, the body has chunks of ${ranges.length}`;
+  }
   if (!equalBytes(merkleRoot(body.entropy.map((ref) => ref.canonical)), header.entropyRoot)) return "entropy root does not match the body";
   return null;
 }
