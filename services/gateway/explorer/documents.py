@@ -68,6 +68,8 @@ def chain_document(view: ChainView, genesis: GenesisAnchor | None) -> dict[str, 
             "height": head.record.height, "hash": head.record.block.hash.hex(),
             "time_ms": head.record.block.header.time_ms,
             "randomness": head.record.block.header.randomness.hex()},
+        # A hint only: the page verifies that block and computes its pulse status itself.
+        "latest_random_height": view.latest_random_height,
         "first_retained_height": view.first_height, "caught_up": view.caught_up,
         "error": view.error,
     }

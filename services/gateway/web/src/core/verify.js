@@ -16,12 +16,19 @@
  *                  than 2/3 of the power, counted in integers
  *
  * The state hash needs the ledger re-executed, which a page does not do: it is shown, not
- * checked (the SDK's full mode checks it).
+ * checked (the SDK's full mode checks it); so is the header's count of registered QRNG sources
+ * (taken from the header, as the SDK's light subscriber takes it; signed by the certificate).
+ *
+ * Beside the verdict, the pulse status of the block's randomness (core/pulse.js), computed here
+ * from the decoded header: a verified block whose pulse is not random (no fresh entropy, or
+ * fewer sources than the two-source rule asks) is still a valid block, but its randomness must
+ * not be used as a random value.
  */
 
 import { equalBytes, toHex } from "./bytes.js";
 import { structuralProblem, decodeBlock } from "./block.js";
 import { decodeCommit, verifyCommit } from "./commit.js";
+import { pulseOf } from "./pulse.js";
 import { blockRandomness } from "./randomness.js";
 import { validatorSetHash } from "./validators.js";
 
@@ -36,9 +43,12 @@ export const MAX_CLOCK_DRIFT_MS = 10_000;
  * @typedef {{chainId: string, height: number, hash: Uint8Array, randomness: Uint8Array,
  *   timeMs: number, nextValidatorsHash: Uint8Array | null}} Anchor
  */
+/** @typedef {import("./pulse.js").Pulse} Pulse */
 /**
+ * ``pulse``: the status of the block's randomness from its decoded header (null when it does
+ * not decode); meaningful for a verified block only.
  * @typedef {{ok: boolean, findings: Finding[], block: Block | null, commit: Commit | null,
- *   signedPower: bigint, totalPower: bigint}} Verdict
+ *   signedPower: bigint, totalPower: bigint, pulse: Pulse | null}} Verdict
  */
 
 /** The anchor a verified (or shown) block gives the next one. @param {Block} block @returns {Anchor} */
@@ -67,7 +77,7 @@ export function verifyBlock({ block: blockBytes, commit: commitBytes, previous, 
     commit = decodeCommit(commitBytes);
   } catch (error) {
     const reason = error instanceof Error ? error.message : String(error);
-    return { ok: false, findings: [{ check: "decode", reason: `malformed block or certificate: ${reason}` }], block: null, commit: null, signedPower: 0n, totalPower: 0n };
+    return { ok: false, findings: [{ check: "decode", reason: `malformed block or certificate: ${reason}` }], block: null, commit: null, signedPower: 0n, totalPower: 0n, pulse: null };
   }
   const header = block.header;
   if (previous === null) {
@@ -113,7 +123,7 @@ export function verifyBlock({ block: blockBytes, commit: commitBytes, previous, 
     signedPower = finding.signedPower;
     totalPower = finding.totalPower;
   }
-  return { ok: findings.length === 0, findings, block, commit, signedPower, totalPower };
+  return { ok: findings.length === 0, findings, block, commit, signedPower, totalPower, pulse: pulseOf(header) };
 }
 
 /**

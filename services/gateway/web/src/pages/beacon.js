@@ -1,5 +1,9 @@
 // @ts-check
-/** The beacon: a pulse by height or by time, its proof, and the page's own check of it. */
+/**
+ * The beacon: a pulse by height or by time (default: the latest random one, as
+ * ``/v1/beacon/latest``), its proof, and the page's own check of it — the pulse status included,
+ * computed from the verified header.
+ */
 
 import { equalBytes, fromBase64, fromHex, toHex } from "../core/bytes.js";
 import { decodeHeader } from "../core/block.js";
@@ -15,7 +19,7 @@ export async function beaconPage(root, query) {
     h("label", {}, "height", heightInput), h("label", {}, "or time (UTC)", timeInput), h("button", { type: "submit" }, "Look up"));
   const out = h("section", { id: "pulse" });
   replace(root, h("h1", {}, "Randomness beacon"), form, out);
-  let path = `/explorer/api/beacon/${chain.head?.height ?? 1}`;
+  let path = `/explorer/api/beacon/${chain.latest_random_height || (chain.head?.height ?? 1)}`;
   if (query.get("height")) path = `/explorer/api/beacon/${Number(query.get("height"))}`;
   else if (query.get("time_ms")) path = `/explorer/api/beacon?time_ms=${Number(query.get("time_ms"))}`;
   else if (query.get("time")) path = `/explorer/api/beacon?time_ms=${Date.parse(`${query.get("time")}Z`)}`;

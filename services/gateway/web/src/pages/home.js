@@ -1,11 +1,15 @@
 // @ts-check
-/** Home: the head, the latest pulse, blocks arriving live (verified as they come), charts. */
+/**
+ * Home: the head, the latest random pulse, blocks arriving live (verified as they come),
+ * charts. The latest pulse is, as ``/v1/beacon/latest``, the newest block whose randomness is
+ * random — decided here from the verified header (core/pulse.js), never from the server.
+ */
 
 import { toHex } from "../core/bytes.js";
 import { getJson, h, replace, shortHex, time } from "../ui/dom.js";
 import { lineChart } from "../ui/charts.js";
 import { BlockRows } from "../ui/rows.js";
-import { Verifier } from "../ui/verifier.js";
+import { Verifier, pulseMark } from "../ui/verifier.js";
 
 const INITIAL = 6;
 const WINDOW_MS = 5 * 60_000;
@@ -16,7 +20,7 @@ export async function homePage(root) {
   const verifier = new Verifier(chain);
   const rows = new BlockRows(verifier, { newestFirst: true, limit: 20 });
   const headCard = h("div", { class: "card", id: "head" }, h("h3", {}, "Head"), h("div", { class: "big" }, "—"));
-  const pulseCard = h("div", { class: "card", id: "pulse" }, h("h3", {}, "Latest pulse"), h("div", {}, "—"));
+  const pulseCard = h("div", { class: "card", id: "pulse" }, h("h3", {}, "Latest random pulse"), h("div", { class: "muted" }, "none verified yet"));
   const countCard = h("div", { class: "card", id: "counts" }, h("h3", {}, "Verified here"), h("div", { class: "big" }, "0"));
   const charts = h("div", { class: "cards", id: "charts" });
   replace(root, h("h1", {}, `Chain ${chain.chain_id}`), h("div", { class: "cards" }, headCard, pulseCard, countCard),
@@ -35,6 +39,17 @@ export async function homePage(root) {
   };
   drawCharts();
 
+  let pulseHeight = 0;
+  /** The pulse card shows the newest verified, random block seen so far.
+   * @param {number} height @param {import("../ui/verifier.js").Verdict} verdict */
+  const offerPulse = (height, verdict) => {
+    if (!verdict.ok || !verdict.block || !verdict.pulse?.random || height <= pulseHeight) return;
+    pulseHeight = height;
+    pulseCard.setAttribute("data-height", String(height));
+    pulseCard.replaceChildren(h("h3", {}, "Latest random pulse"), shortHex(toHex(verdict.block.header.randomness), 48),
+      h("div", {}, h("a", { href: `/beacon?height=${height}` }, `pulse ${height}`), " · verified · ", pulseMark(verdict)));
+  };
+
   /** @param {import("../ui/verifier.js").BlockDoc} doc */
   const show = async (doc) => {
     const { verdict, block } = await rows.add(doc);
@@ -42,12 +57,23 @@ export async function homePage(root) {
       h("div", { class: "muted" }, rows.failed ? `${rows.failed} failed` : "none failed"));
     if (!block) return;
     headCard.replaceChildren(h("h3", {}, "Head"), h("div", { class: "big" }, h("a", { href: `/blocks/${doc.height}` }, doc.height)),
-      h("div", { class: "muted" }, time(block.header.timeMs)));
-    pulseCard.replaceChildren(h("h3", {}, "Latest pulse"), shortHex(toHex(block.header.randomness), 48),
-      h("div", {}, h("a", { href: `/beacon?height=${doc.height}` }, "proof"), " · ", verdict.ok ? "verified" : "not verified"));
+      h("div", { class: "muted" }, time(block.header.timeMs)), h("div", {}, pulseMark(verdict)));
+    offerPulse(doc.height, verdict);
     if (!timeline.some((b) => b.height === doc.height)) {
       timeline = [...timeline, { height: doc.height, time_ms: block.header.timeMs, proposed_at_ms: doc.proposed_at_ms, finalized_at_ms: doc.finalized_at_ms }].slice(-400);
       drawCharts();
+    }
+  };
+
+  /** No random pulse among the blocks shown: the one the gateway names as the latest random,
+   * verified and its status computed here like any other (shown only if both hold).
+   * @param {number} height */
+  const olderPulse = async (height) => {
+    try {
+      const doc = await getJson(`/explorer/api/blocks/${height}`);
+      offerPulse(height, await verifier.verify(doc, await verifier.anchorBefore(height)));
+    } catch {
+      // not retained any more: the card keeps saying none is verified
     }
   };
 
@@ -57,6 +83,8 @@ export async function homePage(root) {
     const { blocks } = await getJson(`/explorer/api/blocks?from=${from}&count=${INITIAL}`);
     for (const doc of blocks) if (doc) await show(doc);
   }
+  const named = chain.latest_random_height ?? 0;
+  if (pulseHeight === 0 && named > 0 && named < from) await olderPulse(named);
   // Live: the stream starts after what is shown; each block is verified against the one before.
   const stream = new EventSource(`/explorer/api/stream?from=${head + 1}`);
   let queue = Promise.resolve();

@@ -6,7 +6,7 @@ import { anchorOf } from "../core/verify.js";
 import { decodeBlock } from "../core/block.js";
 import { fromBase64 } from "../core/bytes.js";
 import { h, shortHex, time } from "./dom.js";
-import { badge } from "./verifier.js";
+import { badge, pulseMark } from "./verifier.js";
 
 /** @typedef {import("./verifier.js").Verifier} Verifier */
 /** @typedef {import("./verifier.js").BlockDoc} BlockDoc */
@@ -24,7 +24,7 @@ export class BlockRows {
     this.verified = 0;
     this.failed = 0;
     this.element = h("div", { class: "scroll" }, h("table", { id: "blocks" }, h("thead", {}, h("tr", {},
-      ...["height", "time", "hash", "signed power", "entropy", "txs", "verdict"].map((name) => h("th", {}, name)))), this.body));
+      ...["height", "time", "hash", "signed power", "entropy", "txs", "verdict", "pulse"].map((name) => h("th", {}, name)))), this.body));
   }
 
   /** Verify and show the next block (heights in order). @param {BlockDoc} doc */
@@ -48,7 +48,8 @@ export class BlockRows {
       h("td", {}, verdict.totalPower ? `${verdict.signedPower}/${verdict.totalPower}` : "—"),
       h("td", {}, block ? block.body.entropy.length : "—"),
       h("td", {}, block ? block.body.txs.length : "—"),
-      h("td", {}, badge(verdict)));
+      h("td", {}, badge(verdict)),
+      h("td", {}, pulseMark(verdict)));
     if (this.newestFirst) this.body.prepend(row); else this.body.append(row);
     while (this.body.children.length > this.limit) (this.newestFirst ? this.body.lastElementChild : this.body.firstElementChild)?.remove();
     return { verdict, block };

@@ -86,7 +86,30 @@ export function badge(verdict) {
   return h("span", { class: "verdict bad", "data-verdict": first.check, title: first.reason }, `✘ ${first.check}`);
 }
 
-/** The verdict as a banner listing every check. @param {Verdict} verdict */
+/**
+ * The pulse status as a mark, computed in this browser from the verified header (never the
+ * server's flag): "random", or "not random" with the status text on hover; "—" for a block that
+ * is not verified (its header proves nothing).
+ * @param {Verdict | null} verdict
+ */
+export function pulseMark(verdict) {
+  if (verdict === null || !verdict.ok || verdict.pulse === null) return h("span", { class: "pulse unknown", "data-random": "unknown" }, "—");
+  const { status, random, text } = verdict.pulse;
+  if (random) return h("span", { class: "pulse ok", "data-random": "true", "data-status": status, title: `status ${status}: ${text}` }, "random");
+  return h("span", { class: "pulse bad", "data-random": "false", "data-status": status, title: `status ${status}: ${text}` }, "⚠ not random");
+}
+
+/** One line on the pulse status of a verified block (or why there is none). @param {Verdict} verdict */
+function pulseLine(verdict) {
+  if (!verdict.ok || verdict.pulse === null) {
+    return h("p", { class: "pulse-line muted", id: "pulse-status", "data-random": "unknown" }, "Pulse status: not established (the block is not verified)");
+  }
+  const { status, random, text } = verdict.pulse;
+  return h("p", { class: `pulse-line ${random ? "ok" : "bad"}`, id: "pulse-status", "data-random": String(random), "data-status": status },
+    `Pulse status ${status}: ${text}`, random ? null : h("span", { class: "muted" }, " — do not use this value as randomness."));
+}
+
+/** The verdict as a banner listing every check, and the pulse status. @param {Verdict} verdict */
 export function banner(verdict) {
   const failed = new Set(verdict.findings.map((f) => f.check));
   const list = h("ul", { class: "checks" });
@@ -98,5 +121,5 @@ export function banner(verdict) {
     ? h("strong", { "data-verdict": "verified" }, "✔ Verified in your browser")
     : h("strong", { "data-verdict": verdict.findings[0].check }, `✘ Not verified: ${verdict.findings[0].check} check failed`);
   const reasons = verdict.findings.map((f) => h("div", { class: "muted" }, `${f.check}: ${f.reason}`));
-  return h("section", { class: `banner ${verdict.ok ? "ok" : "bad"}`, id: "verdict" }, head, list, ...reasons);
+  return h("section", { class: `banner ${verdict.ok ? "ok" : "bad"}`, id: "verdict" }, head, list, ...reasons, pulseLine(verdict));
 }
