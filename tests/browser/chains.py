@@ -58,6 +58,8 @@ TAMPERINGS: dict[str, tuple[str, Callable[[bytes], bytes]]] = {
     "certificate below quorum": ("commit", _minority),
     "proposer not a validator": ("proposer", lambda raw: tamper(
         raw, header=lambda h: dataclasses.replace(h, proposer_address=bytes(20)))),
+    "fresh source count": ("entropy_root", lambda raw: tamper(raw, header=lambda h: (
+        dataclasses.replace(h, fresh_sources=h.fresh_sources + 1)))),
     "validators hash": ("validator_set", lambda raw: tamper(raw, header=lambda h: (
         dataclasses.replace(h, validators_hash=flip_bit(h.validators_hash, 1))))),
 }

@@ -131,9 +131,11 @@ def test_explorer_against_a_running_network(network_factory: Any, settings: Sett
 
             if path == f"/blocks/{GOOD}":
                 assert _verdict(driver) == ("verified", "✔ Verified in your browser")
+                assert _pulse(driver) in ("true", "false")  # decided here, from the header
             elif path == f"/blocks/{TAMPERED}":
                 check, text = _verdict(driver)
                 assert check == "randomness" and "randomness check failed" in text, text
+                assert _pulse(driver) == "unknown"  # an unverified header proves nothing
             elif path == f"/blocks/{TAMPERED + 1}":
                 assert _verdict(driver)[0] == "hash_link"
             elif path.startswith("/beacon?time_ms"):
@@ -150,6 +152,10 @@ def decode_time(url: str, height: int) -> int:
 def _verdict(driver: Any) -> tuple[str, str]:
     element = driver.find_element("css selector", "#verdict strong[data-verdict]")
     return element.get_attribute("data-verdict"), element.text
+
+
+def _pulse(driver: Any) -> str:
+    return str(driver.find_element("css selector", "#pulse-status").get_attribute("data-random"))
 
 
 def _live_blocks_appear(driver: Any) -> None:
