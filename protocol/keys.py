@@ -33,7 +33,7 @@ class UnknownAlgorithmError(KeyError_):
 
 
 class KeyFormatError(KeyError_):
-    """A key file or public-key string is malformed."""
+    """A key file or public-key string is malformed, or a key file cannot be written."""
 
 
 class Algorithm(StrEnum):
@@ -191,8 +191,14 @@ class SigningKey:
     def save(self, path: Path | str) -> None:
         """Write the key file with mode 0600, refusing to overwrite an existing key."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as exc:
+            raise KeyFormatError(f"{path} already exists; a key file is never overwritten: "
+                                 "choose another file or move that one away") from exc
+        except OSError as exc:
+            raise KeyFormatError(f"cannot write key file {path}: {exc}") from exc
         with os.fdopen(fd, "w") as handle:
             handle.write(self.to_json() + "\n")
 

@@ -19,6 +19,7 @@ from protocol.follow import BlockFollower
 from services.ledger.core import LedgerState
 from services.ledger.core.chain_spec import ChainSpec
 from services.ledger.genesis_cli import GENESIS_OPTION, genesis_path
+from streams.console import output_console
 
 app = typer.Typer(help="Read and follow the finalized chain (every block verified).",
                   no_args_is_help=True)
@@ -99,7 +100,7 @@ def head(
         raise typer.Exit(1)
     summary = block_summary(last)
     summary["latest_random_height"] = latest_random
-    _print(summary, as_json, Console())
+    _print(summary, as_json, output_console())
     if not summary["random"] and not as_json:
         console.print(f"[red]the head is not a random pulse ({summary['pulse']}); the latest "
                       f"random pulse is at height {latest_random}[/]")
@@ -119,7 +120,7 @@ def block(
     with console.status(f"verifying the chain up to height {height} ..."):
         for verified in read_blocks(load_settings(), _follower(genesis), height):
             if verified.record.height == height:
-                _print(block_summary(verified), as_json, Console())
+                _print(block_summary(verified), as_json, output_console())
                 return
     console.print(f"[red]no finalized block at height {height}[/]")
     raise typer.Exit(1)
@@ -135,7 +136,7 @@ def follow(
     from streams.chain_reader import read_blocks
     from streams.settings import load_settings
 
-    console = Console()
+    console = output_console()
     try:
         for verified in read_blocks(load_settings(), _follower(genesis), from_height,
                                     follow=True):

@@ -166,6 +166,11 @@ class ChainView:
                 self._cache.popitem(last=False)
         return body
 
+    def rendered(self, kind: str, height: int, render: Callable[[StoredBlock], Any]
+                 ) -> bytes | None:
+        """``render(block)`` of a retained height as JSON bytes, cached under ``kind``."""
+        return self._cached(kind, height, render)
+
     def block_json(self, height: int) -> bytes | None:
         return self._cached("block", height, block_document)
 
