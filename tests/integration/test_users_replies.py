@@ -48,9 +48,12 @@ class Person:
                                            self.records.public_key), issued_at_ms=_now())
 
     def put(self, record_id: str, version: int, text: bytes, command_id: str = "") -> Command:
-        envelope = seal_record(self.records.public_key, self.user_id, record_id, version, text)
+        """``version`` of the user's only record: the user is at that version then (1 after
+        registering, one more per put), which the command is signed for."""
+        envelope = seal_record(self.records, self.user_id, record_id, version, text)
         return signed_command(self.key, self.user_id, command_id or str(uuid.uuid4()),
-                              PutRecord(record_id, version, envelope), issued_at_ms=_now())
+                              PutRecord(record_id, version, envelope), issued_at_ms=_now(),
+                              expected_version=version)
 
 
 def _now() -> int:
