@@ -34,6 +34,7 @@ one JSON object.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import subprocess
@@ -127,7 +128,8 @@ def run_network(base: Settings, validators: int, interval_ms: int, blocks: int,
 
 def latency(blocks: list[tuple[int, float, float]]) -> tuple[float, float]:
     steady = blocks[WARMUP:]
-    values = [float(written - proposed) for _, proposed, written in steady]
+    values = [float(written - proposed) for _, proposed, written in steady
+              if not math.isnan(proposed)]  # NaN: the peer's node never saw the proposal
     return _percentile(values, 0.5), _percentile(values, 0.99)
 
 
