@@ -7,8 +7,14 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 PYTEST_ARGS ?=
+WEB     = services/gateway/web
+# The explorer's assets: npm ci against the committed lock file, then esbuild (web/build.mjs)
+# into web/dist (git-ignored: generated, and Swagger UI alone is 2 MB).
+WEB_STAMP = $(WEB)/dist/.built
+WEB_SOURCES = $(WEB)/package-lock.json $(WEB)/build.mjs $(WEB)/index.html $(WEB)/docs.html \
+              $(wildcard $(WEB)/src/*.js $(WEB)/src/*/*.js $(WEB)/src/*.css)
 
-.PHONY: help install tools demo test test-unit lint lint-k8s soak bench clean
+.PHONY: help install tools browser demo test test-unit lint lint-k8s soak bench clean
 
 help:
 	@echo "make demo   - start the embedded Kafka + Cassandra and run the QuStream network"
@@ -26,9 +32,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+$(WEB_STAMP): $(WEB_SOURCES)
+	@command -v node >/dev/null && command -v npm >/dev/null || { echo "Node.js 18+ and npm are required (the explorer's assets): apt-get install nodejs npm"; exit 1; }
+	cd $(WEB) && npm ci --no-audit --no-fund && npm run build
+	@touch $(WEB_STAMP)
 
-demo: $(STAMP)
+install: $(STAMP) $(WEB_STAMP)
+
+# Debian's Chromium and its WebDriver, for the explorer's browser tests (tests/browser).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+demo: $(STAMP) $(WEB_STAMP)
 	$(BIN)/qustream demo
 
 # Helm is built once from the Go module proxy (pinned; see infra/k8s/install_tools.sh).
@@ -40,15 +56,16 @@ lint-k8s: tools
 	$(BIN)/python -m infra.k8s.validate
 	$(BIN)/python -m infra.docker.lint
 
-test: $(STAMP) lint-k8s
+test: $(STAMP) $(WEB_STAMP) browser lint-k8s
 	$(BIN)/python -m pytest --ignore=tests/soak $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) $(WEB_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy streams services sdk infra bench
+	cd $(WEB) && npm run --silent typecheck
+	$(BIN)/mypy protocol streams services sdk infra bench
 	$(BIN)/lint-imports
 
 soak: $(STAMP)
@@ -58,4 +75,4 @@ bench: $(STAMP)
 	@for b in bench/*.py; do n=$$(basename $$b .py); [ "$$n" = "__init__" ] || [ "$$n" = "common" ] || $(BIN)/python -m bench.$$n; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache $(WEB)/node_modules $(WEB)/dist

@@ -6,12 +6,13 @@ gateway's signature over the delivery against the gateway key it pinned, and dec
 answer; only this process can read the key. The gateway answers once the payment is in a
 finalized block (a few seconds). Against the demo::
 
-    qustream demo                      # prints the gateway URL and an API key
-    python examples/get_key.py --url http://127.0.0.1:8080 --api-key KEY \\
+    .venv/bin/qustream demo                      # prints the gateway URL and an API key
+    .venv/bin/python examples/get_key.py --url http://127.0.0.1:8080 --api-key KEY \\
         [--account .qustream/demo/keys/account-0.json] [--length 32] \\
         [--gateway-key-file .qustream/demo/gateway/delivery-key.pub]
 
-(``qustream gateway delivery-key`` prints a gateway's key; pin it from a source you trust.)
+(``.venv/bin/qustream gateway delivery-key`` prints a gateway's key; pin it from a source you
+trust.)
 
 Prints one JSON line: the key (hex), its commitment and the payment's transaction hash.
 Exit status 2 on an API error (e.g. 503 while the private pool is empty: retry after the
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,8 +32,9 @@ import httpx
 from sdk.errors import ApiError, KeyDeliveryError
 from sdk.keys import KeyClient
 
-DEMO_ACCOUNT = Path(".qustream/demo/keys/account-0.json")
-DEMO_GATEWAY_KEY = Path(".qustream/demo/gateway/delivery-key.pub")
+STATE_DIR = Path(os.environ.get("QUSTREAM_STATE_DIR") or ".qustream")
+DEMO_ACCOUNT = STATE_DIR / "demo" / "keys" / "account-0.json"
+DEMO_GATEWAY_KEY = STATE_DIR / "demo" / "gateway" / "delivery-key.pub"
 
 
 def main(argv: list[str] | None = None) -> int:

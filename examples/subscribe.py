@@ -2,12 +2,12 @@
 
 From the gateway's server-sent-event stream (resumed with ``Last-Event-ID`` after a drop)::
 
-    python examples/subscribe.py --url http://127.0.0.1:8080 --api-key KEY \\
+    .venv/bin/python examples/subscribe.py --url http://127.0.0.1:8080 --api-key KEY \\
         --genesis .qustream/demo/genesis.json [--count 5]
 
 or straight from Kafka (``chain.blocks``; settings from the ``QUSTREAM_*`` environment)::
 
-    python examples/subscribe.py --kafka --genesis .qustream/demo/genesis.json
+    .venv/bin/python examples/subscribe.py --kafka --genesis .qustream/demo/genesis.json
 
 Every block is checked from genesis (hash link, commit certificate against the validator set,
 randomness derivation, state hash) by ``BlockSubscriber``; the gateway and Kafka are not
@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from sdk.errors import ApiError, BlockRejectedError
 from sdk.subscriber import BlockSource, BlockSubscriber, KafkaBlockSource, SseBlockSource
 
-DEMO_GENESIS = Path(".qustream/demo/genesis.json")
+DEMO_GENESIS = Path(os.environ.get("QUSTREAM_STATE_DIR") or ".qustream") / "demo" / "genesis.json"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,8 @@ class MisbehaviorKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class VoteInfo:
-    """Whether a validator of the previous height's set signed the commit of that height."""
+    """Whether a validator of the previous height's set signed the commit of that height: a
+    precommit for the block or for nil in the deciding round (only ABSENT is a miss)."""
 
     address: bytes
     power: int
@@ -85,4 +86,9 @@ class Application(Protocol, Generic[S]):
         ...
 
     def state_hash(self, state: S) -> bytes:
+        ...
+
+    def registered_sources(self, state: S) -> int:
+        """How many QRNG sources are registered in ``state`` (a block built on it says so in
+        its header, see ``protocol.pulse``)."""
         ...

@@ -110,6 +110,12 @@ class Header:
     last_commit_hash: bytes  # hash of the height-1 commit in the body; ZERO_HASH at height 1
     entropy_root: bytes
     entropy_ranges: tuple[SeqRange, ...]
+    # How many registered sources contributed fresh entropy (chunks no block included before)
+    # to this block: the number of ranges. And how many sources were registered in the state
+    # the block builds on. ``protocol.pulse`` reads the pair: a pulse without fresh entropy,
+    # or from fewer sources than the two-source rule asks, is marked not random.
+    fresh_sources: int
+    registered_sources: int
     randomness: bytes  # 64 bytes, see randomness.py
     tx_root: bytes
     evidence_root: bytes
@@ -140,6 +146,8 @@ class Header:
             raise BlockFormatError(
                 f"header height/round/time {self.height}/{self.round}/{self.time_ms} invalid"
             )
+        if self.fresh_sources < 0 or self.registered_sources < 0:
+            raise BlockFormatError("header source counts cannot be negative")
 
     def canonical(self) -> bytes:
         if self._canonical is None:
@@ -158,6 +166,8 @@ class Header:
             .raw(self.last_commit_hash, HASH_SIZE)
             .raw(self.entropy_root, HASH_SIZE)
             .sequence(self.entropy_ranges, lambda w, r: w.nested(r.canonical()))
+            .u32(self.fresh_sources)
+            .u32(self.registered_sources)
             .raw(self.randomness, RANDOMNESS_SIZE)
             .raw(self.tx_root, HASH_SIZE)
             .raw(self.evidence_root, HASH_SIZE)
@@ -272,6 +282,9 @@ def _entropy_mismatch(block: Block) -> str | None:
         return str(exc)
     if ranges != header.entropy_ranges:
         return "header entropy ranges do not match the body"
+    if header.fresh_sources != len(ranges):
+        return (f"header says {header.fresh_sources} sources contributed fresh entropy, the "
+                f"body has chunks of {len(ranges)}")
     if body.entropy_root() != header.entropy_root:
         return "entropy root does not match the body"
     return None

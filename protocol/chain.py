@@ -10,8 +10,9 @@ share it:
 
 ``apply_block`` hands the application the block as a ``FinalizeBlockRequest``: the signers of
 the previous height come from the block's own last commit (so every node applies the same
-``VoteInfo``), misbehaviour from the block's verified evidence, with the offence height's
-validator set and block time from the recent history kept here.
+``VoteInfo``; a nil precommit counts as signed, only ABSENT is a miss), misbehaviour from the
+block's verified evidence, with the offence height's validator set and block time from the
+recent history kept here.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class ChainTip:
     app_hash: bytes  # application state hash after height - 1
     validators_hash: bytes
     next_validators_hash: bytes
+    registered_sources: int = 0  # QRNG sources registered in the state after height - 1
 
     def last_seq_of(self, source_id: str) -> int:
         for source, seq in self.last_seq:
@@ -60,9 +62,11 @@ class ChainTip:
                 return seq
         return -1
 
-    def advanced(self, block: Block, app_hash: bytes, next_next_validators_hash: bytes) -> ChainTip:
+    def advanced(self, block: Block, app_hash: bytes, next_next_validators_hash: bytes,
+                 registered_sources: int = 0) -> ChainTip:
         """The tip after ``block`` is decided and applied (``app_hash`` is the state after it;
-        ``next_next_validators_hash`` the set governing height + 2)."""
+        ``next_next_validators_hash`` the set governing height + 2; ``registered_sources`` the
+        QRNG sources registered in that state)."""
         last = dict(self.last_seq)
         for seq_range in block.header.entropy_ranges:
             last[seq_range.source_id] = seq_range.last
@@ -76,6 +80,7 @@ class ChainTip:
             app_hash=app_hash,
             validators_hash=self.next_validators_hash,
             next_validators_hash=next_next_validators_hash,
+            registered_sources=registered_sources,
         )
 
 
@@ -135,6 +140,7 @@ def genesis_chain(
         app_hash=app.state_hash(app_state),
         validators_hash=validators.hash(),
         next_validators_hash=next_validators.hash(),
+        registered_sources=app.registered_sources(app_state),
     )
     return ChainState(
         tip, app_state, validators, next_validators, None, (), frozenset(), evidence_max_age
@@ -194,8 +200,11 @@ def finalize_request(chain: ChainState[Any], block: Block) -> FinalizeBlockReque
         if previous is None:
             raise ChainError(f"no validator set recorded for height {block.height - 1}")
         flags = {s.validator_address: s.flag for s in block.body.last_commit.signatures}
+        # A precommit for nil in the deciding round is a signature too: the validator was
+        # online and voting (Cosmos counts every flag but ABSENT), so it is not "missing".
         last_commit = tuple(
-            VoteInfo(v.address, v.power, flags.get(v.address) is CommitFlag.COMMIT)
+            VoteInfo(v.address, v.power,
+                     flags.get(v.address, CommitFlag.ABSENT) is not CommitFlag.ABSENT)
             for v in previous.validators.validators
         )
     misbehavior = []
@@ -251,7 +260,8 @@ def apply_block(
         if height + 1 - entry[0] <= chain.evidence_max_age
     )
     next_next = app.validator_set(app_state, height + 2)
-    tip = chain.tip.advanced(block, response.app_hash, next_next.hash())
+    tip = chain.tip.advanced(block, response.app_hash, next_next.hash(),
+                             app.registered_sources(app_state))
     return (
         ChainState(
             tip=tip,

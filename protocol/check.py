@@ -9,6 +9,7 @@ follower stops at the first. The checks, in the order findings are listed (each 
 1. ``hash_link``: chain id, height and previous block hash link to ``tip``;
 2. ``state_hash``: the header's app hash is the state after the previous block;
 3. ``validator_set``: the header names the sets ``tip`` expects for this height and the next;
+   ``entropy_sources``: and the number of QRNG sources registered in the state it builds on;
 4. ``time``: strictly later than the previous block;
 5. ``entropy_root`` / ``block_body``: the body matches the header's roots and ordering rules;
 6. ``randomness``: re-derived from the previous randomness and the block's entropy references;
@@ -33,8 +34,8 @@ from typing import Any
 
 from protocol.block import Block
 from protocol.chain import ChainState, ChainTip, check_evidence, check_last_commit
-from protocol.commit import CommitCertificate, CommitFlag, verify_commit
-from protocol.keys import SignatureCheck, default_signature_check
+from protocol.commit import CommitCertificate, CommitFlag, record_sign_bytes, verify_commit
+from protocol.keys import PublicKey, SignatureCheck, default_signature_check
 from protocol.randomness import block_randomness
 from protocol.validators import ValidatorSet
 
@@ -69,6 +70,8 @@ def check_header(
         ("validator_set", "validators hash", header.validators_hash, tip.validators_hash),
         ("validator_set", "next validators hash", header.next_validators_hash,
          tip.next_validators_hash),
+        ("entropy_sources", "registered source count", header.registered_sources,
+         tip.registered_sources),
     )
     for check, name, got, want in links:
         if got != want:
@@ -133,7 +136,8 @@ def check_signatures(
             found.append(BlockFinding("evidence", reason))
     last_commit = block.body.last_commit
     if last_commit is not None and last_commit != verified_last_commit:
-        reason = check_last_commit(chain, last_commit, check)
+        reason = check_last_commit(chain, last_commit,
+                                   _skipping_known(chain.chain_id, verified_last_commit, check))
         if reason:
             found.append(BlockFinding("last_commit", reason))
     if commit is not None:
@@ -141,6 +145,24 @@ def check_signatures(
         if finding is not None:
             found.append(finding)
     return found
+
+
+def _skipping_known(chain_id: str, verified: CommitCertificate | None,
+                    check: SignatureCheck) -> SignatureCheck:
+    """``check``, answering yes at once for a precommit ``verified`` already holds: a
+    ``last_commit`` is usually the previous certificate plus the precommits that came late
+    (the commit window, ``services/consensus/node.py``), so only those are verified again.
+    Sound because a precommit's sign bytes name its validator, height, round and value, and
+    ``verified`` was checked against the same (previous height's) set."""
+    if verified is None:
+        return check
+    known = {(record_sign_bytes(chain_id, verified, record), record.signature)
+             for record in verified.signatures if record.flag is not CommitFlag.ABSENT}
+
+    def skipping(key: PublicKey, message: bytes, signature: bytes) -> bool:
+        return (message, signature) in known or check(key, message, signature)
+
+    return skipping
 
 
 def check_block(
@@ -156,7 +178,8 @@ def check_block(
     it is valid.
 
     ``verified_last_commit``: a certificate the caller already verified against the previous
-    height's set (the previous block's own), so the same signatures are not checked twice."""
+    height's set (the previous block's own), so the same signatures are not checked twice
+    (also when the block's ``last_commit`` adds late precommits to it)."""
     found = check_header(chain.tip, chain.validators, block, expected_proposer=expected_proposer)
     found += check_signatures(chain, block, commit, check=check,
                               verified_last_commit=verified_last_commit)

@@ -116,6 +116,8 @@ def _header(data: bytes) -> Header:
         last_commit_hash=r.raw(32),
         entropy_root=r.raw(32),
         entropy_ranges=r.sequence(lambda x: _seq_range(x.nested()), MAX_ITEMS),
+        fresh_sources=r.u32(),
+        registered_sources=r.u32(),
         randomness=r.raw(64),
         tx_root=r.raw(32),
         evidence_root=r.raw(32),

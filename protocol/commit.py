@@ -176,22 +176,7 @@ def verify_commit(
     check: SignatureCheck = default_signature_check,
 ) -> CommitVerification:
     """Full verification: shape, every present signature, and COMMIT power > 2/3."""
-    total = validator_set.total_power
-    problem = _check_shape(block_hash, height, cert, validator_set)
-    if problem:
-        return _fail(problem, 0, total)
-    signed = 0
-    for record, validator in zip(cert.signatures, validator_set.validators, strict=True):
-        if record.flag is CommitFlag.ABSENT:
-            continue
-        if not check(validator.public_key, record_sign_bytes(chain_id, cert, record),
-                     record.signature):
-            return _fail(f"bad signature from {validator.address.hex()}", signed, total)
-        if record.flag is CommitFlag.COMMIT:
-            signed += validator.power
-    if not validator_set.has_quorum(signed):
-        return _fail(f"signed power {signed} is not more than 2/3 of {total}", signed, total)
-    return CommitVerification(True, "ok", signed, total)
+    return _verify(chain_id, block_hash, height, cert, validator_set, check, light=False)
 
 
 def verify_commit_light(
@@ -203,21 +188,37 @@ def verify_commit_light(
     check: SignatureCheck = default_signature_check,
 ) -> CommitVerification:
     """Like ``verify_commit`` but only COMMIT records, stopping once 2/3 are verified."""
+    return _verify(chain_id, block_hash, height, cert, validator_set, check, light=True)
+
+
+def _verify(
+    chain_id: str,
+    block_hash: bytes,
+    height: int,
+    cert: CommitCertificate,
+    validator_set: ValidatorSet,
+    check: SignatureCheck,
+    *,
+    light: bool,
+) -> CommitVerification:
     total = validator_set.total_power
     problem = _check_shape(block_hash, height, cert, validator_set)
     if problem:
         return _fail(problem, 0, total)
     signed = 0
     for record, validator in zip(cert.signatures, validator_set.validators, strict=True):
-        if record.flag is not CommitFlag.COMMIT:
+        if record.flag is CommitFlag.ABSENT or (light and record.flag is not CommitFlag.COMMIT):
             continue
         if not check(validator.public_key, record_sign_bytes(chain_id, cert, record),
                      record.signature):
             return _fail(f"bad signature from {validator.address.hex()}", signed, total)
-        signed += validator.power
-        if validator_set.has_quorum(signed):
-            return CommitVerification(True, "ok", signed, total)
-    return _fail(f"signed power {signed} is not more than 2/3 of {total}", signed, total)
+        if record.flag is CommitFlag.COMMIT:
+            signed += validator.power
+            if light and validator_set.has_quorum(signed):
+                return CommitVerification(True, "ok", signed, total)
+    if not validator_set.has_quorum(signed):
+        return _fail(f"signed power {signed} is not more than 2/3 of {total}", signed, total)
+    return CommitVerification(True, "ok", signed, total)
 
 
 def verify_commit_light_trusting(

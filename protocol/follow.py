@@ -7,8 +7,12 @@ state and validator-set hashes, time, body, randomness, proposer, evidence, last
 certificate +2/3 by power), and re-executing the application on it must give the record's state
 hash. A record of an already applied height with the same block hash is a harmless duplicate
 (two tally instances, or a tally retrying): ``BlockOutcome.DUPLICATE``. A different block at an
-applied height is a fork alarm (``ForkError``); a height beyond the next one is a gap
-(``GapError``). The Kafka side (reading the topic, catching up) is ``streams.chain_reader``.
+applied height is a fork alarm (``ForkError``) *only when its certificate verifies* against the
+validator set of that height: anyone who can write the topic can append a block with no
+signatures, and that must neither alarm nor stop a reader. Anything else at an applied height
+is ``UnverifiedConflictError``, which readers dead-letter and skip (start-up never aborts on
+it). A height beyond the next one is a gap (``GapError``). The Kafka side (reading the topic,
+catching up) is ``streams.chain_reader``.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from typing import Generic, TypeVar
 from protocol.app import Application
 from protocol.block import Block
 from protocol.chain import ChainState, apply_block
-from protocol.check import check_block, first_problem
+from protocol.check import check_block, check_commit, first_problem
 from protocol.commit import CommitCertificate
 from protocol.errors import InputError
 from protocol.finalized import FinalizedRecord
 from protocol.proposer import ProposerPriorities, initial_priorities, next_height
+from protocol.validators import ValidatorSet
 
 S = TypeVar("S")
 MAX_KNOWN_HASHES = 10_000  # heights remembered for duplicate and fork detection
@@ -42,6 +47,31 @@ class GapError(FollowError):
     """A block arrived for a height beyond the next one."""
 
 
+class UnverifiedConflictError(FollowError):
+    """A different block at an applied height whose certificate does not verify: not a fork,
+    just input nobody signed (dead-letter it and go on)."""
+
+    code = "unverified_conflict"
+
+
+def conflict_error(record: FinalizedRecord, known: bytes,
+                   validators: ValidatorSet | None) -> FollowError:
+    """What a record at an applied height with block hash other than ``known`` is: a
+    ``ForkError`` when its certificate verifies against ``validators`` (the set of that
+    height: more than 2/3 of it signed a second block), else an ``UnverifiedConflictError``."""
+    height = record.height
+    what = (f"height {height}: block {record.block.hash.hex()[:16]} differs from the finalized "
+            f"{known.hex()[:16]}")
+    if validators is None:
+        return UnverifiedConflictError(f"{what}; the validator set of that height is no longer "
+                                       "known here, so its certificate cannot be checked")
+    finding = check_commit(record.chain_id, validators, record.block, record.commit)
+    if finding is not None:
+        return UnverifiedConflictError(f"{what}, but its certificate does not verify: "
+                                       f"{finding.reason}")
+    return ForkError(f"{what}, and more than 2/3 of the validators of that height signed it")
+
+
 class BlockOutcome(StrEnum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
@@ -55,6 +85,7 @@ class BlockFollower(Generic[S]):
     chain: ChainState[S]
     priorities: ProposerPriorities
     hashes: dict[int, bytes] = field(default_factory=dict)
+    sets: dict[int, ValidatorSet] = field(default_factory=dict)  # the set that signed a height
     last: FinalizedRecord | None = None
     last_offset: int = -1  # offset on chain.blocks of the last record read
 
@@ -73,21 +104,22 @@ class BlockFollower(Generic[S]):
     def verify(self, record: FinalizedRecord) -> None:
         """Raise ``FollowError`` unless ``record`` is a valid next block (see module doc)."""
         chain = self.chain
-        findings = check_block(chain, record.block, record.commit)
+        # the previous certificate was verified when its block was applied (or decided here):
+        # its precommits need no second check as this block's last_commit
+        findings = check_block(chain, record.block, record.commit,
+                               verified_last_commit=chain.last_commit)
         problem = first_problem(findings, record.height)
         if problem is not None:
             raise FollowError(problem)
 
     def accept(self, record: FinalizedRecord) -> BlockOutcome:
-        """Verify and apply one record; duplicates are recognised, forks and gaps raise."""
+        """Verify and apply one record; duplicates are recognised; verified forks, unverified
+        conflicts (module doc) and gaps raise."""
         height = record.height
         if height < self.next_height:
             known = self.hashes.get(height)
             if known is not None and known != record.block.hash:
-                raise ForkError(
-                    f"height {height}: block {record.block.hash.hex()[:16]} differs from the "
-                    f"finalized {known.hex()[:16]}"
-                )
+                raise conflict_error(record, known, self.sets.get(height))
             return BlockOutcome.DUPLICATE
         if height > self.next_height:
             raise GapError(f"block of height {height} while expecting {self.next_height}")
@@ -105,9 +137,11 @@ class BlockFollower(Generic[S]):
                 f"differs from the record's {record.state_hash.hex()[:16]}"
             )
         self.priorities = next_height(self.priorities, self.chain.validators, chain.validators)
+        self.sets[block.height] = self.chain.validators
         self.chain = chain
         self.hashes[block.height] = block.hash
         if len(self.hashes) > MAX_KNOWN_HASHES:
             del self.hashes[next(iter(self.hashes))]  # heights only grow: the first is oldest
+            del self.sets[next(iter(self.sets))]
         if record is not None:
             self.last = record

@@ -33,7 +33,7 @@ class UnknownAlgorithmError(KeyError_):
 
 
 class KeyFormatError(KeyError_):
-    """A key file or public-key string is malformed."""
+    """A key file or public-key string is malformed, or a key file cannot be written."""
 
 
 class Algorithm(StrEnum):
@@ -42,13 +42,21 @@ class Algorithm(StrEnum):
 
     @classmethod
     def parse(cls, name: str) -> Algorithm:
+        """The algorithm named exactly (lower case) as it is encoded: decoding accepts one
+        spelling only, so a key, and every transaction that carries it, has one encoding and
+        one hash. Human input goes through ``from_option``."""
         try:
-            return cls(name.lower())
+            return cls(name)
         except ValueError as exc:
             raise UnknownAlgorithmError(
                 f"unknown signature algorithm {name!r}; use one of "
                 f"{', '.join(a.value for a in cls)}"
             ) from exc
+
+    @classmethod
+    def from_option(cls, name: str) -> Algorithm:
+        """A command-line option: case and surrounding spaces do not matter there."""
+        return cls.parse(name.strip().lower())
 
 
 ADDRESS_SIZE = 20  # bytes of a key holder's address
@@ -100,7 +108,10 @@ class PublicKey:
             raw = base64.b64decode(data, validate=True)
         except ValueError as exc:
             raise KeyFormatError(f"public key is not valid base64: {exc}") from exc
-        return cls(Algorithm.parse(name), raw)
+        key = cls(Algorithm.parse(name), raw)
+        if key.to_text() != text:  # e.g. non-zero padding bits: another spelling of one key
+            raise KeyFormatError("public key text is not in its canonical form")
+        return key
 
 
 @functools.lru_cache(maxsize=4096)
@@ -180,8 +191,14 @@ class SigningKey:
     def save(self, path: Path | str) -> None:
         """Write the key file with mode 0600, refusing to overwrite an existing key."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as exc:
+            raise KeyFormatError(f"{path} already exists; a key file is never overwritten: "
+                                 "choose another file or move that one away") from exc
+        except OSError as exc:
+            raise KeyFormatError(f"cannot write key file {path}: {exc}") from exc
         with os.fdopen(fd, "w") as handle:
             handle.write(self.to_json() + "\n")
 

@@ -13,6 +13,18 @@ int64 like CometBFT's ``safeAddClip``.
 ``ProposerPriorities`` holds the priorities *before* height h's first increment:
 ``proposer(priorities, set, r)`` is the validator picked by the (r+1)-th increment, and
 ``next_height(priorities, set, next_set)`` is one increment later with the set changes applied.
+
+Cost. The proposer of round r needs r+1 increments, so a round number is a claim of work. The
+rounds are *bounded* rather than advanced in closed form. Increments keep the sum of the
+priorities and move them in a bounded range, so the sequence of proposers is eventually
+periodic, but its period grows with the total voting power (tens of thousands with the demo's
+stake, one per token bonded), far beyond any round a live network reaches: skipping ahead would
+need a second algorithm, proven equal to CometBFT's on every input, to save work no honest
+node ever does. Instead ``ProposerSchedule`` advances one increment per new round and
+remembers every proposer it computed (O(n) per round, each round once per height), and the
+consensus core refuses any message whose round lies more than ``MAX_ROUNDS_AHEAD`` beyond its
+own before asking who proposes it (``core/state_machine.py``). So the work a message can cause
+is bounded by the honest network's own round plus that window, whatever number it claims.
 """
 
 from __future__ import annotations
@@ -91,15 +103,37 @@ def initial_priorities(validator_set: ValidatorSet) -> ProposerPriorities:
     return ProposerPriorities(tuple((v.address, 0) for v in validator_set.validators))
 
 
+class ProposerSchedule:
+    """The proposers of one height, round by round, computed on demand and remembered (see
+    the module doc). Answers are those of ``proposer``; it is a cache, so sharing one between
+    states of the same height is safe."""
+
+    __slots__ = ("_proposers", "_set", "_values")
+
+    def __init__(self, priorities: ProposerPriorities, validator_set: ValidatorSet) -> None:
+        self._set = validator_set
+        self._values = _rescale_and_center(_checked(priorities, validator_set),
+                                           validator_set.total_power)
+        self._proposers: list[bytes] = []
+
+    def proposer(self, round: int) -> bytes:
+        """Address of the proposer for ``round``: O(n) for each round not asked before."""
+        if round < 0:
+            raise ProposerError(f"round {round} is negative")
+        while len(self._proposers) <= round:
+            self._values, chosen = _increment_once(self._set, self._values)
+            self._proposers.append(self._set.validators[chosen].address)
+        return self._proposers[round]
+
+    @property
+    def computed_rounds(self) -> int:
+        return len(self._proposers)
+
+
 def proposer(priorities: ProposerPriorities, validator_set: ValidatorSet, round: int) -> bytes:
-    """Address of the proposer for ``round`` of the height ``priorities`` belong to."""
-    if round < 0:
-        raise ProposerError(f"round {round} is negative")
-    values = _rescale_and_center(_checked(priorities, validator_set), validator_set.total_power)
-    chosen = 0
-    for _ in range(round + 1):
-        values, chosen = _increment_once(validator_set, values)
-    return validator_set.validators[chosen].address
+    """Address of the proposer for ``round`` of the height ``priorities`` belong to (O(round):
+    callers that ask repeatedly keep a ``ProposerSchedule``)."""
+    return ProposerSchedule(priorities, validator_set).proposer(round)
 
 
 def next_height(

@@ -218,7 +218,7 @@ def signed_command(
 
 
 class IdentityFileError(InputError):
-    """An identity file cannot be read."""
+    """An identity file cannot be read or written (it exists already, or is unreadable)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +239,15 @@ class UserIdentity:
     def save(self, path: Path | str) -> None:
         """Write the identity (mode 0600; refuses to overwrite an existing file)."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as exc:
+            raise IdentityFileError(
+                f"{target} already exists; an identity holds private keys and is never "
+                "overwritten: choose another file (--out) or move that one away") from exc
+        except OSError as exc:
+            raise IdentityFileError(f"cannot write identity {target}: {exc}") from exc
         with os.fdopen(fd, "w") as handle:
             json.dump({"algorithm": self.signing.algorithm.value,
                        "signing_seed": base64.b64encode(self.signing.seed).decode(),

@@ -6,7 +6,7 @@ Quorum arithmetic is integer-only: ``power * 3 > total * 2`` is "more than two t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ class Validator:
 class ValidatorSet:
     validators: tuple[Validator, ...]
     total_power: int = field(init=False)
-    _index: dict[bytes, int] = field(init=False, repr=False, compare=False)
+    _index: Mapping[bytes, int] = field(init=False, repr=False, compare=False)
     # The set is immutable, so its hash is computed once (the ledger hashes both upcoming sets
     # into every state hash, and the chain tip carries one per block).
     _hash: bytes | None = field(default=None, init=False, repr=False, compare=False)

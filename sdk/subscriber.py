@@ -38,8 +38,13 @@ Two ways to trust:
   renews the trust, so a subscriber that keeps up never expires.
 
 Any failure raises ``BlockRejectedError`` (``BlockGapError`` when heights jump,
-``ForkDetectedError`` for a second block at a known height) with the reason; nothing
-unverified is ever yielded. A duplicate of a known block is skipped silently.
+``ForkDetectedError`` for a second block at a known height whose certificate verifies) with the
+reason; nothing unverified is ever yielded (a verified block whose pulse carried no fresh
+entropy is yielded with ``is_random`` False, and never becomes ``latest_random``). A duplicate
+of a known block is skipped silently;
+a second block at a known height whose certificate does *not* verify is not a fork (anyone who
+can write the topic can append one): it is skipped and listed in ``skipped``, and the stream
+goes on.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +67,15 @@ from protocol.commit import (
     verify_commit_light_trusting,
 )
 from protocol.finalized import FinalizedRecord
-from protocol.follow import BlockOutcome, FollowError, ForkError, GapError
+from protocol.follow import (
+    BlockOutcome,
+    FollowError,
+    ForkError,
+    GapError,
+    UnverifiedConflictError,
+    conflict_error,
+)
+from protocol.pulse import PulseStatus, is_random, pulse_status
 from protocol.validators import ValidatorSet, validator_set_from_json, validator_set_to_json
 from sdk.errors import BlockGapError, BlockRejectedError, ForkDetectedError, TrustExpiredError
 from services.ledger.core.chain_spec import ChainSpec
@@ -104,6 +118,17 @@ class VerifiedBlock:
     @property
     def block_hash(self) -> bytes:
         return self.record.block.hash
+
+    @property
+    def pulse_status(self) -> PulseStatus:
+        """NIST-like status of this pulse (``protocol.pulse``): 0 is all good."""
+        return pulse_status(self.record.block.header)
+
+    @property
+    def is_random(self) -> bool:
+        """False when the block carried no fresh entropy, or from too few sources: then its
+        randomness was computable in advance and must not be used as a random value."""
+        return is_random(self.pulse_status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +193,7 @@ class _LightVerifier:
         self.max_clock_drift_ms = max_clock_drift_ms
         self.validators = checkpoint.next_validators  # governs trusted.height + 1
         self.hashes: dict[int, bytes] = {checkpoint.height: checkpoint.block_hash}
+        self.sets: dict[int, ValidatorSet] = {}  # the set that signed a verified height
 
     def _check_trust(self, height: int, time_ms: int) -> None:
         """The trusted block must be younger than the trusting period, the new one not from
@@ -204,7 +230,10 @@ class _LightVerifier:
         if height <= trusted.height:
             known = self.hashes.get(height)
             if known is not None and known != block.hash:
-                raise ForkDetectedError(height, "a different block is already trusted here")
+                error = conflict_error(record, known, self.sets.get(height))
+                if isinstance(error, ForkError):
+                    raise ForkDetectedError(height, str(error))
+                raise error
             return False
         if height > trusted.height + 1:
             raise BlockGapError(height, f"expected height {trusted.height + 1}")
@@ -212,11 +241,12 @@ class _LightVerifier:
         if header.validators_hash != self.validators.hash():
             raise BlockRejectedError(height, "validators hash does not match the trusted "
                                              "validator set (wrong validator set)")
-        # No application state here: the app hash and the next set are taken from the header
-        # (the next set is checked against its hash below, the app hash by full verifiers).
+        # No application state here: the app hash, the next set and the registered source
+        # count are taken from the header (the next set is checked against its hash below, the
+        # others by full verifiers, and the certificate's signers vouch for them).
         tip = ChainTip(trusted.chain_id, trusted.height + 1, trusted.block_hash, trusted.time_ms,
                        trusted.randomness, (), header.app_hash, self.validators.hash(),
-                       header.next_validators_hash)
+                       header.next_validators_hash, header.registered_sources)
         findings = check_header(tip, self.validators, block)
         if findings:
             raise BlockRejectedError(height, findings[0].reason)
@@ -224,17 +254,20 @@ class _LightVerifier:
         if finding is not None:
             raise BlockRejectedError(height, finding.reason)
         next_set = self._set_for(height + 1, header.next_validators_hash)
-        self._advance(record, next_set)
+        self._advance(record, self.validators, next_set)
         return True
 
-    def _advance(self, record: FinalizedRecord, next_set: ValidatorSet) -> None:
+    def _advance(self, record: FinalizedRecord, signed_by: ValidatorSet,
+                 next_set: ValidatorSet) -> None:
         header = record.block.header
         self.trusted = TrustedCheckpoint(header.chain_id, record.height, record.block.hash,
                                          header.randomness, header.time_ms, next_set)
         self.validators = next_set
         self.hashes[record.height] = record.block.hash
+        self.sets[record.height] = signed_by
         if len(self.hashes) > 10_000:  # heights only grow, so the first key is the oldest
             del self.hashes[next(iter(self.hashes))]
+            del self.sets[next(iter(self.sets))]
 
     def skip_to(self, record: FinalizedRecord) -> None:
         block, header, height = record.block, record.block.header, record.height
@@ -255,7 +288,7 @@ class _LightVerifier:
         light = verify_commit_light(header.chain_id, block.hash, height, record.commit, own)
         if not light.ok:
             raise BlockRejectedError(height, f"commit does not verify: {light.reason}")
-        self._advance(record, self._set_for(height + 1, header.next_validators_hash))
+        self._advance(record, own, self._set_for(height + 1, header.next_validators_hash))
 
 
 class BlockSubscriber:
@@ -289,6 +322,9 @@ class BlockSubscriber:
             if self._light is not None:
                 self.position = position
         self.last: VerifiedBlock | None = None
+        self.latest_random: VerifiedBlock | None = None  # the last block with ``is_random``
+        # (position, reason) of records skipped as conflicting blocks nobody signed, newest last
+        self.skipped: deque[tuple[int, str]] = deque(maxlen=1000)
 
     @property
     def next_height(self) -> int:
@@ -308,29 +344,42 @@ class BlockSubscriber:
                                  tip.previous_randomness, tip.previous_time_ms, chain.validators)
 
     def verify(self, raw: bytes, position: int) -> VerifiedBlock | None:
-        """Verify one record; the block, or None for a harmless duplicate. Raises
-        ``BlockRejectedError`` (state unchanged) when it does not verify."""
+        """Verify one record; the block, or None for a harmless duplicate or a conflicting
+        record nobody signed (listed in ``skipped``). Raises ``BlockRejectedError`` (state
+        unchanged) when it does not verify."""
         try:
             record = decode_finalized(raw)
         except WireError as exc:
             raise BlockRejectedError(None, f"undecodable record: {exc}") from exc
+        try:
+            fresh = self._verify_record(record)
+        except UnverifiedConflictError as exc:
+            self.skipped.append((position, str(exc)))
+            fresh = False
+        self.position = position
+        if not fresh:
+            return None
+        self.last = VerifiedBlock(record, position, raw)
+        if self.last.is_random:
+            self.latest_random = self.last
+        return self.last
+
+    def _verify_record(self, record: FinalizedRecord) -> bool:
         if self._light is not None:
             fresh = self._light.verify(record)
         else:
             assert self._follower is not None
             try:
                 fresh = self._follower.accept(record) is BlockOutcome.APPLIED
+            except UnverifiedConflictError:
+                raise
             except ForkError as exc:
                 raise ForkDetectedError(record.height, str(exc)) from exc
             except GapError as exc:
                 raise BlockGapError(record.height, str(exc)) from exc
             except FollowError as exc:
                 raise BlockRejectedError(record.height, _strip(str(exc))) from exc
-        self.position = position
-        if not fresh:
-            return None
-        self.last = VerifiedBlock(record, position, raw)
-        return self.last
+        return fresh
 
     def skip_to(self, raw: bytes, position: int) -> VerifiedBlock:
         """Light mode only: trust a far block by skipping verification (see module doc)."""

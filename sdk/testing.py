@@ -8,7 +8,9 @@ of local random bytes, so the randomness derivation is exercised). Nothing here 
 the SDK's tests, the gateway's tests and application developers use it alike.
 
 ``tamper`` rebuilds a record after changing its block or certificate, keeping the record
-internally consistent (hashes match), so only the verifier's semantic checks can catch it.
+internally consistent (hashes match), so only the verifier's semantic checks can catch it;
+``resign`` then signs its certificate anew with the validators' keys (a block the validators
+really signed: with a second block of one height, a genuine fork).
 """
 
 from __future__ import annotations
@@ -61,13 +63,16 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
                      algorithm: Algorithm = Algorithm.ED25519,
                      txs: Callable[[int, ChainState, tuple[SigningKey, ...]],  # type: ignore[type-arg]
                                    tuple[bytes, ...]] | None = None,
+                     sources_at: Callable[[int], int] | None = None,
                      ) -> LocalChain:
     """Write ``directory/genesis.json`` and build ``heights`` finalized blocks (see module).
 
     ``algorithm`` signs for the validators and accounts; ``txs(height, chain, account_keys)``
-    gives each block's encoded transactions (signed with the account keys, say). Blocks are one
-    second apart; by default the last one is a minute old (so a light client's trusting period
-    holds), ``genesis_time_ms`` places the chain elsewhere in time."""
+    gives each block's encoded transactions (signed with the account keys, say);
+    ``sources_at(height)`` how many sources contribute entropy to that block (default: all),
+    to make pulses without fresh entropy. Blocks are one second apart; by default the last one
+    is a minute old (so a light client's trusting period holds), ``genesis_time_ms`` places the
+    chain elsewhere in time."""
     if genesis_time_ms is None:
         genesis_time_ms = int(time.time() * 1000) - 1000 * heights - 60_000
     validator_keys = tuple(SigningKey.generate(algorithm) for _ in range(validators))
@@ -96,7 +101,8 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
     for height in range(1, heights + 1):
         tip = chain.tip
         entropy: list[EntropyRef] = []
-        for source in sorted(seqs):
+        contributing = sources if sources_at is None else sources_at(height)
+        for source in sorted(seqs)[:contributing]:
             for _ in range(entropy_per_block):
                 entropy.append(EntropyRef(source, seqs[source],
                                           hashlib.sha256(os.urandom(32)).digest()))
@@ -107,6 +113,8 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
             chain_id=chain_id, height=height, round=0, time_ms=tip.previous_time_ms + 1000,
             previous_block_hash=tip.previous_block_hash, last_commit_hash=body.last_commit_hash(),
             entropy_root=body.entropy_root(), entropy_ranges=ranges_of(body.entropy),
+            fresh_sources=len(ranges_of(body.entropy)),
+            registered_sources=tip.registered_sources,
             randomness=block_randomness(tip.previous_randomness, height, body.entropy),
             tx_root=body.tx_root(), evidence_root=body.evidence_root(),
             validators_hash=tip.validators_hash, next_validators_hash=tip.next_validators_hash,
@@ -136,6 +144,16 @@ def tamper(raw: bytes, *, header: Callable[[Header], Header] | None = None,
     if commit is not None:
         cert = commit(cert)
     return encode_finalized(dataclasses.replace(record, block=block, commit=cert))
+
+
+def resign(raw: bytes, keys: tuple[SigningKey, ...]) -> bytes:
+    """``raw`` with a certificate of its block signed by every key in ``keys`` (the validators
+    of its height, in any order)."""
+    record = decode_finalized(raw)
+    by_address = {key.address: key for key in keys}
+    order = tuple(s.validator_address for s in record.commit.signatures)
+    commit = _commit(record.chain_id, record.block, by_address, order)
+    return encode_finalized(dataclasses.replace(record, commit=commit))
 
 
 def flip_bit(data: bytes, index: int = 0, bit: int = 0) -> bytes:

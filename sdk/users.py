@@ -330,4 +330,4 @@ def command_json(command: Command) -> dict[str, Any]:
             "payload": base64.b64encode(command.payload).decode(),
             "signature": base64.b64encode(command.signature).decode(),
             "issued_at_ms": command.issued_at_ms, "expected_version": command.expected_version,
-            "device_id": command.device_id}
+            "device_id": command.device_id, "user_id": command.user_id}

@@ -4,7 +4,9 @@ What it does, in order (each step is idempotent, so a second run continues the s
 
 1. starts the embedded Kafka and Cassandra (or uses the configured external cluster);
 2. writes a genesis with 4 validators, 2 simulated QRNG sources and funded accounts under
-   ``<state_dir>/demo/`` unless one exists (``--fresh`` deletes the demo's chain first);
+   ``<state_dir>/demo/`` unless one exists (``--fresh`` deletes the demo's chain first, with
+   the QRNG servers' state files: a server that resumed its old hash chain on a new chain
+   could never be included, and every pulse would lack fresh entropy);
 3. creates the catalogue's topics;
 4. starts every service as its own OS process under ``streams.supervisor``: the QRNG servers,
    the validators (each with its block builder), the tally, the user command handler and the
@@ -13,14 +15,22 @@ What it does, in order (each step is idempotent, so a second run continues the s
 6. shows finalized blocks (verified from genesis, not taken from the topic on trust), QRNG
    health and rate, validator power, missed blocks and jail status, the monitor's active
    alerts, and the services;
-7. on Ctrl-C or after ``--duration`` stops everything cleanly and prints a summary and how to
-   inspect the chain.
+7. on Ctrl-C, SIGTERM, SIGHUP (its terminal closed) or after ``--duration`` stops everything
+   cleanly and prints a summary and how to inspect the chain.
+
+No way of ending the demo leaves its services running: the signals above stop them; a
+``kill -9`` of the demo makes the kernel stop them (``streams.supervisor.die_with_parent``); and
+the running services are recorded in ``<state_dir>/demo/services.json``, so the next start
+reports and stops whatever a previous run left (and refuses to start while another demo runs on
+the same state directory).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -36,10 +46,59 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from protocol.errors import OperationError
+from streams.console import heading, output_console, shell_command
 from streams.settings import Settings, load_settings
-from streams.supervisor import ServiceSpec, Supervisor
+from streams.supervisor import (
+    ServiceSpec,
+    Supervisor,
+    leftovers,
+    previous_supervisor,
+    stop_leftovers,
+)
 
 QUSTREAM = (sys.executable, "-m", "streams.cli")
+
+
+class DemoRunningError(OperationError):
+    """Another demo runs on the same state directory."""
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP reached the demo: stop as on Ctrl-C."""
+
+
+def _on_stop_signals() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) end the demo as Ctrl-C does: once."""
+    def stop(signum: int, _frame: Any) -> None:
+        for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(number, signal.SIG_IGN)  # the cleanup must not be interrupted
+        raise _Stopped(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+
+
+def _say(console: Console, text: str) -> None:
+    """Print, unless the terminal is gone (closed with SIGHUP): stopping matters more."""
+    with contextlib.suppress(OSError):
+        console.print(text)
+
+
+def _clear_leftovers(run_file: Path, console: Console) -> None:
+    """Stop what a previous demo left running; refuse while another demo is in charge."""
+    other = previous_supervisor(run_file)
+    if other is not None:
+        raise DemoRunningError(f"another demo (pid {other}) is running with this state "
+                               f"directory ({run_file}); stop it first (kill {other})")
+    found = leftovers(run_file)
+    if found:
+        names = ", ".join(f"{f.name} (pid {f.pid})" for f in found)
+        console.print(f"[yellow]found {len(found)} services a previous demo left running: "
+                      f"{names}; stopping them[/]")
+        stop_leftovers(found, run_file)
+    else:
+        run_file.unlink(missing_ok=True)
 
 
 @dataclass
@@ -53,6 +112,7 @@ class DemoView:
     head: dict[str, Any] | None = None
     finality_ms: list[int] = field(default_factory=list)
     entropy_chunks: int = 0
+    not_random: int = 0  # blocks of this run whose pulse carries no fresh entropy
     validators: list[dict[str, Any]] = field(default_factory=list)
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     alerts: deque[str] = field(default_factory=lambda: deque(maxlen=5))
@@ -100,6 +160,7 @@ def _watch_blocks(settings: Settings, genesis: Path, view: DemoView, stop: threa
                         view.first_height = view.first_height or summary["height"]
                         view.finality_ms.append(summary["proposal_to_finality_ms"])
                         view.entropy_chunks += summary["entropy_chunks"]
+                        view.not_random += not summary["random"]
                 if stop.is_set():
                     return
         except FollowError as exc:  # a block that does not verify: show it, keep watching
@@ -199,7 +260,10 @@ def _render(view: DemoView, supervisor: Supervisor, started: float, gateway: str
                        "txs", "proposal→final"):
             blocks.add_column(column)
         for b in list(view.blocks):
-            blocks.add_row(str(b["height"]), str(b["round"]), b["randomness"][:24] + "…",
+            randomness = b["randomness"][:24] + "…"
+            if not b["random"]:
+                randomness = f"[red]NOT RANDOM[/] {randomness[:12]}…"
+            blocks.add_row(str(b["height"]), str(b["round"]), randomness,
                            str(b["signers"]), str(b["signed_power"]),
                            f"{b['entropy_chunks']} chunks", str(b["txs"]),
                            f"{b['proposal_to_finality_ms']} ms")
@@ -241,15 +305,24 @@ def _render(view: DemoView, supervisor: Supervisor, started: float, gateway: str
     return Group(blocks, sources, validators, alerts, services, Panel("\n".join(notes)))
 
 
-def _demo_api_key(demo_dir: Path) -> str:
-    """The demo's ready-made API key (all scopes), created once; only its hash is in the store."""
+def _demo_api_key(settings: Settings, demo_dir: Path) -> str:
+    """The demo's ready-made API key (all scopes), created once; only its hash is in the store.
+
+    The store is the gateway's default one (``<state_dir>/gateway/api-keys.json``), the file
+    ``qustream gateway api-key create`` writes: a key made by hand works with the demo's
+    gateway too."""
+    from services.gateway.auth import ApiKeyStore
+    from services.gateway.cli import default_keys_file
+
     saved = demo_dir / "gateway" / "demo-api-key"
     if saved.exists():
-        return saved.read_text().strip()
+        key = saved.read_text().strip()
+        if ApiKeyStore(default_keys_file(settings)).lookup(key) is not None:
+            return key
+        saved.unlink()  # the store was reset: make a new key
     done = subprocess.run([*QUSTREAM, "gateway", "api-key", "create", "--scopes",
                            "read,keys,users", "--label", "demo", "--rate", "500", "--burst",
-                           "1000", "--keys-file", str(demo_dir / "gateway" / "api-keys.json")],
-                          check=True, capture_output=True, text=True)
+                           "1000"], check=True, capture_output=True, text=True)
     key = done.stdout.strip().splitlines()[-1]
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.touch(mode=0o600)
@@ -282,8 +355,6 @@ def _services(settings: Settings, demo_dir: Path, validators: int, sources: int,
                                          "--quiet")))
     specs.append(ServiceSpec("gateway", (*QUSTREAM, "gateway", "run", "--host", "127.0.0.1",
                                          "--port", str(gateway_port), "--genesis", genesis,
-                                         "--keys-file",
-                                         str(demo_dir / "gateway" / "api-keys.json"),
                                          "--delivery-key",
                                          str(demo_dir / "gateway" / "delivery-key.json"))))
     return specs
@@ -296,6 +367,28 @@ def _delete_demo_topics(settings: Settings, console: Console) -> None:
     names = delete_topics(settings, [settings.topic(s.name) for s in CATALOGUE])
     if names:
         console.print(f"deleted {len(names)} topics of the previous demo chain")
+
+
+def reset_qrng_state(state_dir: Path, demo_dir: Path, console: Console) -> list[Path]:
+    """Delete the state files of the demo's QRNG servers (``<state_dir>/qrng/<id>.json``):
+    a new chain expects every source from sequence 0, and a server resuming its old chain
+    would publish chunks no block can include. Returns the files deleted."""
+    source_ids = {f"qrng-{index}" for index in range(8)}  # the demo's naming (--sources <= 8)
+    try:
+        genesis = json.loads((demo_dir / "genesis.json").read_text())
+        source_ids |= {str(source["source_id"]) for source in genesis.get("qrng_sources", ())}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no previous genesis (or an unreadable one): the default names only
+    deleted = []
+    for source_id in sorted(source_ids):
+        path = state_dir / "qrng" / f"{source_id}.json"
+        if path.exists():
+            path.unlink()
+            deleted.append(path)
+    if deleted:
+        console.print(f"reset the state of {len(deleted)} QRNG servers "
+                      f"({', '.join(p.stem for p in deleted)})")
+    return deleted
 
 
 def demo(
@@ -316,13 +409,16 @@ def demo(
     from infra.local.cluster import LocalCluster
     from streams.admin import ensure_topics
 
-    console = Console()
+    console = output_console()
     settings = load_settings()
     demo_dir = settings.state_dir / "demo"
-    console.rule("QuStream demo")
+    run_file = demo_dir / "services.json"
+    heading(console, "QuStream demo")
+    _clear_leftovers(run_file, console)
     LocalCluster(settings, console=console).up()
     if fresh:
         _delete_demo_topics(settings, console)
+        reset_qrng_state(settings.state_dir, demo_dir, console)
         shutil.rmtree(demo_dir, ignore_errors=True)
     if not (demo_dir / "genesis.json").exists():
         subprocess.run([*QUSTREAM, "genesis", "new", "--out", str(demo_dir), "--validators",
@@ -334,18 +430,19 @@ def demo(
         if report.status == "drift":
             console.print(f"[yellow]topic {report.topic} drifted: {'; '.join(report.drift)}[/]")
 
-    api_key = _demo_api_key(demo_dir)
+    api_key = _demo_api_key(settings, demo_dir)
     gateway_url = f"http://127.0.0.1:{gateway_port}"
+    console.print(f"explorer: {gateway_url}/   (every block verified in your browser; API "
+                  f"reference {gateway_url}/docs)", soft_wrap=True)
     console.print(f"gateway: {gateway_url}   API key: {api_key}   (saved in "
-                  f"{demo_dir / 'gateway' / 'demo-api-key'})")
+                  f"{demo_dir / 'gateway' / 'demo-api-key'})", soft_wrap=True)
     supervisor = Supervisor(_services(settings, demo_dir, validators, sources,
                                       block_interval_ms, qrng_rate, gateway_port),
-                            demo_dir / "logs")
+                            demo_dir / "logs", run_file=run_file)
     view = DemoView()
     stop = threading.Event()
     started = time.monotonic()
     live_from = _current_height(settings, demo_dir) + 1
-    supervisor.start()
     threads = [
         threading.Thread(target=_watch_blocks, daemon=True,
                          args=(settings, demo_dir / "genesis.json", view, stop, live_from)),
@@ -354,12 +451,15 @@ def demo(
         threading.Thread(target=_add_users, args=(settings, demo_dir, users, view, stop),
                          daemon=True),
     ]
-    for thread in threads:
-        thread.start()
     printed = 0
-    try:
-        if live:
-            banner = f"gateway {gateway_url}  API key {api_key}"
+    ended_by = "Ctrl-C"
+    try:  # from the first service on, every way out goes through the cleanup below
+        _on_stop_signals()
+        supervisor.start()
+        for thread in threads:
+            thread.start()
+        if live and console.is_terminal:
+            banner = f"explorer {gateway_url}/  API key {api_key}"
             with Live(_render(view, supervisor, started, banner), console=console,
                       refresh_per_second=2) as screen:
                 while duration is None or time.monotonic() - started < duration:
@@ -368,24 +468,38 @@ def demo(
                     time.sleep(0.5)
         else:
             while duration is None or time.monotonic() - started < duration:
+                # soft_wrap: one line per block even when stdout is not a terminal (a
+                # pipe or CI log, where rich would otherwise wrap at 80 columns).
                 for event in supervisor.tick():
-                    console.print(f"[yellow]{event}[/]")
+                    console.print(f"[yellow]{event}[/]", soft_wrap=True)
                 with view.lock:
                     new = list(view.blocks)[: view.blocks_this_run - printed]
                     printed = view.blocks_this_run
                 for b in reversed(new):
+                    mark = "" if b["random"] else " [red]NOT RANDOM[/]"
                     console.print(f"block {b['height']} round {b['round']} randomness "
-                                  f"{b['randomness'][:24]}… signers {b['signers']} entropy "
-                                  f"{b['entropy_chunks']} chunks {b['proposal_to_finality_ms']} ms")
+                                  f"{b['randomness'][:24]}…{mark} signers {b['signers']} entropy "
+                                  f"{b['entropy_chunks']} chunks {b['proposal_to_finality_ms']} ms",
+                                  soft_wrap=True)
                 time.sleep(0.5)
+        ended_by = f"--duration {duration:g} s"
     except KeyboardInterrupt:
         pass
+    except _Stopped as signalled:
+        ended_by = str(signalled)
+    except OSError:  # the terminal went away (its window closed) while the view was drawn
+        ended_by = "the terminal closed"
     finally:
+        for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(number, signal.SIG_IGN)  # nothing may interrupt the cleanup
         stop.set()
-        console.print("stopping services ...")
+        _say(console, f"stopping services ({ended_by}) ...")
         supervisor.stop(grace_s=15)
-    _summary(console, view, supervisor, demo_dir, time.monotonic() - started, gateway_url,
-             api_key)
+    try:
+        _summary(console, view, supervisor, demo_dir, time.monotonic() - started, gateway_url,
+                 api_key)
+    except OSError:  # the terminal is gone; summary.json was written
+        raise typer.Exit(0) from None
 
 
 def _current_height(settings: Settings, demo_dir: Path) -> int:
@@ -407,29 +521,39 @@ def _summary(console: Console, view: DemoView, supervisor: Supervisor, demo_dir:
             "head_height": view.head["height"] if view.head else None,
             "head_randomness": view.head["randomness"] if view.head else None,
             "entropy_chunks": view.entropy_chunks,
+            "pulses_not_random": view.not_random,
             "finality_p50_ms": finality[len(finality) // 2] if finality else None,
             "users_registered": len(view.users),
             "alerts_open": sorted(f"{a.rule} {a.subject}" for a in
                                   (view.open_alerts.alerts.values() if view.open_alerts else ())),
             "seconds": round(elapsed, 1),
             "service_restarts": {s.name: s.restarts for s in supervisor.status() if s.restarts},
-            "errors": list(view.errors),
+            # A few marked pulses are normal (the first block before the sources publish, a
+            # source restarting); most of a run without fresh entropy is a broken network.
+            "errors": list(view.errors) + (
+                [f"{view.not_random} of {view.blocks_this_run} blocks carried no fresh entropy "
+                 "from enough sources (their pulses are marked not random; see dlq.entropy)"]
+                if view.not_random * 2 > view.blocks_this_run else []),
         }
-    console.rule("summary")
-    console.print_json(json.dumps(summary))
     (demo_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    heading(console, "summary")
+    console.print_json(json.dumps(summary))
     genesis = demo_dir / "genesis.json"
+    validator = view.validators[0]["address"] if view.validators else "ADDRESS"
+    account = demo_dir / "keys" / "account-0.json"
     console.print(
         "Inspect the chain (every block re-verified from genesis):\n"
-        f"  qustream chain head --genesis {genesis}\n"
-        f"  qustream chain block N --genesis {genesis}\n"
-        f"  qustream chain follow --genesis {genesis}\n"
-        f"Send a transaction:  qustream tx delegate --key {demo_dir / 'keys' / 'account-0.json'} "
-        f"--validator <address> --amount 100 --genesis {genesis}\n"
+        f"  {shell_command('chain head --genesis', str(genesis))}\n"
+        f"  {shell_command('chain block 1 --genesis', str(genesis))}\n"
+        f"  {shell_command('chain follow --genesis', str(genesis))}\n"
+        f"Send a transaction:  {shell_command('tx delegate --key', str(account))}"
+        f" --validator {validator} --amount 100 --genesis {genesis}\n"
+        f"Explorer (while the demo runs): {gateway_url}/\n"
         f"HTTP API (while the demo runs): curl -H 'Authorization: Bearer {api_key}' "
         f"{gateway_url}/v1/beacon/latest\n"
-        f"Alerts the monitor raised: qustream alerts list --all\n"
-        f"Service logs: {demo_dir / 'logs'}/   Cluster: qustream infra status"
+        f"Alerts the monitor raised: {shell_command('alerts list --all')}\n"
+        f"Service logs: {demo_dir / 'logs'}/   Cluster: {shell_command('infra status')}",
+        soft_wrap=True,
     )
     if view.blocks_this_run == 0:
         raise typer.Exit(1)

@@ -14,7 +14,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from streams.kafka import translate
+from streams.kafka import await_cluster, client_logging, translate
 from streams.settings import Settings
 from streams.topics import CATALOGUE, TopicSpec
 
@@ -22,9 +22,17 @@ from streams.topics import CATALOGUE, TopicSpec
 def brokers_answer(config: dict[str, Any], timeout_s: float) -> bool:
     """True when a cluster reached with ``config`` lists at least one broker in time."""
     try:
-        return bool(AdminClient(config).list_topics(timeout=timeout_s).brokers)
+        return bool(AdminClient({**client_logging(), **config})
+                    .list_topics(timeout=timeout_s).brokers)
     except KafkaException:
         return False
+
+
+def _admin(settings: Settings) -> AdminClient:
+    """An admin client whose cluster has answered (``KafkaUnreachableError`` otherwise)."""
+    admin = AdminClient({**client_logging(), **settings.kafka_config()})
+    await_cluster(admin, settings, "topic administration")
+    return admin
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +60,7 @@ def ensure_topics(
     operator's decision.
     """
     factor = replication_factor or settings.kafka.replication_factor
-    admin = AdminClient(settings.kafka_config())
+    admin = _admin(settings)
     specs = list(specs)
     try:
         existing = admin.list_topics(timeout=timeout_s).topics
@@ -101,7 +109,7 @@ def delete_topics(settings: Settings, names: Iterable[str], *, timeout_s: float 
                   ) -> list[str]:
     """Delete those of ``names`` that exist and wait until the names are free (deletion
     completes asynchronously in the controller); returns the names deleted."""
-    admin = AdminClient(settings.kafka_config())
+    admin = _admin(settings)
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
         doomed = [name for name in names if name in existing]

@@ -16,7 +16,13 @@ from typing import Any
 from protocol.chain import ChainState
 from protocol.codec import WireError
 from protocol.finalized import FinalizedRecord
-from protocol.follow import BlockFollower, BlockOutcome, FollowError, ForkError
+from protocol.follow import (
+    BlockFollower,
+    BlockOutcome,
+    FollowError,
+    ForkError,
+    UnverifiedConflictError,
+)
 from streams.chain_wire import decode_finalized
 from streams.kafka import Position, Record, make_consumer
 from streams.settings import Settings
@@ -28,8 +34,9 @@ def catch_up(
 ) -> BlockFollower:
     """Read ``chain.blocks`` from after ``follower.last_offset`` to its current end.
 
-    Undecodable or unverifiable records are passed to ``on_skip(record, error)`` (the caller
-    dead-letters them) and skipped; a fork raises."""
+    Undecodable or unverifiable records, and conflicting records whose certificate does not
+    verify, are passed to ``on_skip(record, error)`` (the caller dead-letters them) and
+    skipped; only a verified fork raises (see ``protocol.follow``)."""
     topic = settings.topic("chain.blocks")
     consumer = make_consumer(settings, f"catch-up-{time.time_ns()}", **{"fetch.wait.max.ms": 5})
     try:
@@ -77,11 +84,14 @@ def read_blocks(
     *,
     follow: bool = False,
     idle_timeout_s: float = 5.0,
+    on_skip: Callable[[Record, Exception], object] | None = None,
 ) -> Iterator[VerifiedBlock]:
     """Verified blocks of ``chain.blocks`` from ``from_height``, folded into ``follower`` (a
     fresh one from ``ChainSpec.follower()``: every earlier block is read and verified too, since
     verification needs the state). Stops at the end of the topic unless
-    ``follow``; raises ``FollowError`` on a block that does not verify. Duplicates are skipped.
+    ``follow``; raises ``FollowError`` on a block that does not verify. Duplicates are skipped,
+    and so is a conflicting record at an applied height whose certificate does not verify
+    (``on_skip(record, error)`` hears of it): only a verified fork is an alarm.
     """
     topic = settings.topic("chain.blocks")
     consumer = make_consumer(settings, f"reader-{time.time_ns()}", **{"fetch.wait.max.ms": 20})
@@ -104,7 +114,13 @@ def read_blocks(
                 record = decode_finalized(message.value)
             except WireError as exc:
                 raise FollowError(f"offset {message.offset}: {exc}") from exc
-            if follower.accept(record) is BlockOutcome.DUPLICATE:
+            try:
+                outcome = follower.accept(record)
+            except UnverifiedConflictError as exc:
+                if on_skip is not None:
+                    on_skip(message, exc)
+                continue
+            if outcome is BlockOutcome.DUPLICATE:
                 continue
             if record.height >= from_height:
                 yield VerifiedBlock(record, message.offset, follower.chain,

@@ -3,15 +3,33 @@
 Each role of the network contributes its own Typer sub-application in its own module; this file
 only lists them, so that ``qustream --help`` explains the whole system and a missing optional part
 never breaks the others. Sub-modules must not connect to anything at import time.
+
+Errors and exit status, for every command (README, "The qustream command"):
+
+- 0: done, and (for a check) everything holds;
+- 1: a check found something wrong, or what was asked for does not exist (an audit divergence,
+  topic drift, no block at that height, a rejected command);
+- 2: the command could not run: bad usage or input, an unreadable file, a server it could not
+  reach. Any ``QuStreamError`` that reaches this root is printed as one line on stderr
+  (``qustream: error: ...``) with status 2; ``--debug`` (or ``QUSTREAM_DEBUG=1``) shows the
+  traceback instead, and the Kafka client's own log lines.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
 from pathlib import Path
 
 import typer
+
+from protocol.errors import QuStreamError
+
+EXIT_OK = 0
+EXIT_FOUND_PROBLEM = 1
+EXIT_COULD_NOT_RUN = 2
 
 app = typer.Typer(
     name="qustream",
@@ -22,7 +40,10 @@ app = typer.Typer(
         "With no cluster configured, commands use the embedded single-node Kafka and Cassandra "
         "that `qustream infra up` starts (state under .qustream/). Configure an external cluster "
         "with QUSTREAM_KAFKA_BOOTSTRAP_SERVERS / QUSTREAM_CASSANDRA_CONTACT_POINTS or a TOML file "
-        "given by --config or QUSTREAM_CONFIG."
+        "given by --config or QUSTREAM_CONFIG.\n\n"
+        "Exit status: 0 ok; 1 a check found something wrong or what was asked for does not "
+        "exist; 2 the command could not run (bad input, a server out of reach: one line on "
+        "stderr, the traceback with --debug)."
     ),
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -50,16 +71,30 @@ _PARTS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+def debugging() -> bool:
+    """True when ``--debug`` or ``QUSTREAM_DEBUG=1`` asks for tracebacks and client logs."""
+    return os.environ.get("QUSTREAM_DEBUG", "") not in ("", "0")
+
+
 @app.callback()
 def _root(
     config: Path | None = typer.Option(
         None, "--config", envvar="QUSTREAM_CONFIG", help="TOML config file (see README)."
     ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks and the Kafka client's own log lines "
+                               "(also QUSTREAM_DEBUG=1; passed on to the demo's services)."),
 ) -> None:
     if config is not None:
-        import os
-
         os.environ["QUSTREAM_CONFIG"] = str(config)
+    if debug:
+        os.environ["QUSTREAM_DEBUG"] = "1"
+    # librdkafka logs every failed connection attempt and the Cassandra driver each failed
+    # connection with its traceback; the same conditions reach the user translated
+    # (streams.kafka, shard_writer.store), so the libraries' own lines show only when debugging.
+    logging.getLogger("streams.kafka.librdkafka").setLevel(
+        logging.DEBUG if debugging() else logging.CRITICAL)
+    logging.getLogger("cassandra").setLevel(logging.DEBUG if debugging() else logging.CRITICAL)
 
 
 def _register() -> None:
@@ -77,9 +112,30 @@ def _register() -> None:
             app.command(name)(target)
 
 
+def error_line(exc: BaseException) -> str:
+    """An error as the one line the CLI prints (its message, whitespace folded)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def run(application: typer.Typer, argv: list[str]) -> None:
+    """Run a Typer application as ``qustream``: a ``QuStreamError`` becomes one line on stderr
+    and exit status 2 (re-raised when debugging)."""
+    try:
+        application(args=argv, prog_name="qustream")
+    except QuStreamError as exc:
+        if debugging():
+            raise
+        print(f"qustream: error: {error_line(exc)}", file=sys.stderr)
+        sys.exit(EXIT_COULD_NOT_RUN)
+
+
 def main(argv: list[str] | None = None) -> None:
+    from streams.supervisor import die_with_parent
+
+    die_with_parent()  # a service of a supervisor (the demo) ends when the supervisor does
     _register()
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="qustream")
+    run(app, argv if argv is not None else sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ The translation reads the library's flags (``fatal``, ``txn_requires_abort``, ``
 error codes, never message text, and callers decide on these types the same way:
 
 - ``RetriableKafkaError``: transient (a leader election, a coordinator moving, a timeout, the
-  broker out of reach for now); the same call may succeed later.
+  broker out of reach for now); the same call may succeed later. ``KafkaUnreachableError``:
+  a new client got no answer at all within the connect timeout (the factories give up rather
+  than let the library retry forever).
 - ``AbortableTransactionError``: the open transaction cannot commit; abort it, rewind the
   inputs, and run the batch again (``streams.transactions``).
 - ``FatalKafkaError``: this client can do nothing more; ``FencedError`` when another instance
@@ -47,6 +49,13 @@ class KafkaTimeoutError(RetriableKafkaError):
     """The operation did not complete within its timeout (the broker may be out of reach)."""
 
     code = "kafka_timeout"
+
+
+class KafkaUnreachableError(KafkaTimeoutError):
+    """A new client got no answer from the cluster within ``connect_timeout_s``; the message
+    names the address and the setting that chose it."""
+
+    code = "kafka_unreachable"
 
 
 class AbortableTransactionError(KafkaOperationError):

@@ -25,6 +25,13 @@ Consumers commit manually and read committed data only, so a transactional write
 output is never seen; committed positions step over transaction markers, so a caught-up group's
 lag reads 0 (``KafkaConsumer.past_markers``).
 
+Every factory waits for the cluster to answer one metadata request, at most the connect timeout
+(``QUSTREAM_KAFKA_CONNECT_TIMEOUT_S``), and otherwise raises ``KafkaUnreachableError`` naming
+the address and the setting that chose it: the library alone would retry forever. The library's
+own log lines (one per failed connection attempt) go to the ``streams.kafka.librdkafka`` logger
+rather than straight to stderr; the conditions they describe reach callers translated, through
+``ErrorTally``.
+
 Riding through a replicated cluster's failures (docs/replicated-cluster.md): a produce to a
 partition whose leader died, or that has too few in-sync replicas (``NOT_ENOUGH_REPLICAS``), is
 retried inside the client until ``message.timeout.ms`` with the idempotent producer's sequence
@@ -65,12 +72,18 @@ from streams.errors import (
     FencedError,
     KafkaOperationError,
     KafkaTimeoutError,
+    KafkaUnreachableError,
     ProducerQueueFullError,
     RetriableKafkaError,
 )
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+# librdkafka's own log lines (see module doc); the CLI shows them with --debug.
+LIBRDKAFKA_LOG = logging.getLogger("streams.kafka.librdkafka")
+# A metadata request for one topic every cluster has (or creates on demand) answers quickly and
+# carries the broker list; asking for every topic could be megabytes on a large cluster.
+_PROBE_TOPIC = "__consumer_offsets"
 
 RETRY_DEADLINE_S = 120.0  # far beyond a broker election, short of "the cluster is gone"
 BEGINNING = OFFSET_BEGINNING  # a Position offset: the partition's first retained record
@@ -185,6 +198,11 @@ def translate(error: KafkaError | KafkaException, what: str) -> KafkaOperationEr
 # ---------------------------------------------------------------------------- configuration
 
 
+def client_logging() -> dict[str, Any]:
+    """The ``logger`` property every client of ours gets (see module doc)."""
+    return {"logger": LIBRDKAFKA_LOG}
+
+
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         **settings.kafka_config(),
@@ -256,10 +274,13 @@ class ErrorTally:
         self.counts: Counter[str] = Counter()
         self.last: KafkaOperationError | None = None
         self._logged_at: dict[str, float] = {}
+        self.silent = False  # set once the client is being given up: the caller has the error
 
     def add(self, kind: str, error: KafkaOperationError) -> None:
         self.last = error
         self.counts[kind] += 1
+        if self.silent:
+            return
         now = self.clock()
         last = self._logged_at.get(kind)
         if last is None or now - last >= self.log_every_s:
@@ -574,6 +595,32 @@ def _delivery_callback(on_delivery: Callable[[Delivery], None]) -> Callable[...,
 # ---------------------------------------------------------------------------- factories
 
 
+def await_cluster(client: Any, settings: Settings, what: str) -> None:
+    """Return once the cluster answers a metadata request from ``client``; after the connect
+    timeout raise ``KafkaUnreachableError`` naming the address and where it was configured."""
+    timeout_s = settings.kafka.connect_timeout_s
+    try:
+        client.list_topics(topic=_PROBE_TOPIC, timeout=timeout_s)
+    except KafkaException as exc:
+        reason = translate(exc, what)
+        raise KafkaUnreachableError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap()} within "
+            f"{timeout_s:g} s ({_cause(exc)}); that address comes from "
+            f"{settings.kafka_origin()}", kafka_error=reason.kafka_error) from exc
+
+
+def ensure_reachable(settings: Settings) -> None:
+    """``KafkaUnreachableError`` unless the cluster answers within the connect timeout: for
+    processes that reach Kafka through another client library (the monitor's Faust), so an
+    unreachable cluster is reported as every other command reports it."""
+    make_consumer(settings, "qustream-reachability-probe").close()
+
+
+def _cause(exc: KafkaException) -> str:
+    inner = exc.args[0] if exc.args else None
+    return inner.str() if isinstance(inner, KafkaError) else str(exc)
+
+
 def make_producer(
     settings: Settings, *, transactional_id: str | None = None, **overrides: Any
 ) -> KafkaProducer:
@@ -585,10 +632,15 @@ def make_producer(
         config["transactional.id"] = transactional_id
     tally = ErrorTally(transactional_id or "producer")
     try:
-        producer = KafkaProducer(Producer({**config, "error_cb": tally.on_client_error}),
-                                 transactional_id, tally=tally)
+        client = Producer({**client_logging(), **config, "error_cb": tally.on_client_error})
     except KafkaException as exc:
         raise translate(exc, "cannot create producer") from exc
+    try:
+        await_cluster(client, settings, f"producer {transactional_id or ''}".strip())
+    except KafkaUnreachableError:
+        tally.silent = True  # see _consumer
+        raise
+    producer = KafkaProducer(client, transactional_id, tally=tally)
     if transactional_id is not None:
         # The transaction coordinator may be moving (a broker just died): wait that out.
         deadline = time.monotonic() + RETRY_DEADLINE_S
@@ -618,12 +670,19 @@ def make_reader(settings: Settings, group_id: str, **overrides: Any) -> KafkaCon
 def _consumer(settings: Settings, group_id: str, policy: ErrorPolicy,
               overrides: dict[str, Any]) -> KafkaConsumer:
     tally = ErrorTally(group_id)
-    config = {**consumer_config(settings, group_id, **overrides),
+    config = {**client_logging(), **consumer_config(settings, group_id, **overrides),
               "error_cb": tally.on_client_error}
     try:
-        return KafkaConsumer(Consumer(config), group_id, policy=policy, tally=tally)
+        client = Consumer(config)
     except KafkaException as exc:
         raise translate(exc, "cannot create consumer") from exc
+    try:
+        await_cluster(client, settings, f"consumer {group_id}")
+    except KafkaUnreachableError:
+        tally.silent = True  # closing serves the queued connection errors: already reported
+        client.close()
+        raise
+    return KafkaConsumer(client, group_id, policy=policy, tally=tally)
 
 
 def read_to_end(settings: Settings, topic: str, group_id: str,

@@ -22,7 +22,7 @@ def gen(
     if out.exists():
         typer.echo(f"error: {out} exists; refusing to overwrite a key", err=True)
         raise typer.Exit(2)
-    key = SigningKey.generate(Algorithm.parse(algorithm))
+    key = SigningKey.generate(Algorithm.from_option(algorithm))
     key.save(out)
     typer.echo(json.dumps({"file": str(out), "address": key.public_key.address_hex,
                            "algorithm": key.algorithm.value}))

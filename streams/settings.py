@@ -12,6 +12,10 @@ keys, and environment variables with the ``QUSTREAM_`` prefix:
   replicated cluster, whose replication factors then follow the cluster size);
 - ``QUSTREAM_STATE_DIR``, ``QUSTREAM_TOPIC_PREFIX``.
 
+An unknown key or section in the file, or a bad value anywhere, is a ``SettingsError`` that
+names it in one line. ``kafka_origin`` / ``cassandra_origin`` say which setting chose an address,
+so an unreachable server can be reported with the knob that points at it.
+
 Nothing here connects anywhere: settings are plain data handed to factory functions.
 """
 
@@ -22,7 +26,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protocol.errors import InputError
@@ -56,6 +60,9 @@ class KafkaSettings(BaseSettings):
     # what releases before issue 14 used: only for deployments that have not migrated their
     # keyed topics yet (docs/kafka-interop.md).
     partitioner: Literal["murmur2_random", "consistent_random"] = "murmur2_random"
+    # How long a new client waits for the cluster to answer before giving up with an error
+    # naming the address (librdkafka itself would retry forever, logging every attempt).
+    connect_timeout_s: float = Field(default=15.0, gt=0)
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka properties for the connection part (servers, TLS, SASL)."""
@@ -90,6 +97,7 @@ class CassandraSettings(BaseSettings):
     keyspace: str = "qustream"
     replication_factor: int = 1
     ssl_ca_location: str | None = None
+    connect_timeout_s: float = Field(default=10.0, gt=0)  # per connection attempt of the driver
 
     def hosts(self) -> list[str]:
         if not self.contact_points:
@@ -237,6 +245,80 @@ class Settings(BaseModel):
         """Full topic name for a catalogue name such as ``chain.blocks``."""
         return f"{self.topic_prefix}{name}"
 
+    def kafka_origin(self) -> str:
+        """Which setting chose the Kafka address (for errors that say what was unreachable)."""
+        if not self.kafka.bootstrap_servers:
+            return (f"the embedded broker's port, QUSTREAM_INFRA_KAFKA_PORT="
+                    f"{self.infra.kafka_port}, since QUSTREAM_KAFKA_BOOTSTRAP_SERVERS is unset; "
+                    "start it with `qustream infra up`")
+        return _origin("QUSTREAM_KAFKA_BOOTSTRAP_SERVERS", "kafka", "bootstrap_servers",
+                       self.kafka.bootstrap_servers)
+
+    def cassandra_origin(self) -> str:
+        """Which setting chose the Cassandra address (see ``kafka_origin``)."""
+        if not self.cassandra.contact_points:
+            return (f"the embedded node's port, QUSTREAM_INFRA_CASSANDRA_NATIVE_PORT="
+                    f"{self.infra.cassandra_native_port}, since QUSTREAM_CASSANDRA_CONTACT_POINTS "
+                    "is unset; start it with `qustream infra up`")
+        origin = _origin("QUSTREAM_CASSANDRA_CONTACT_POINTS", "cassandra", "contact_points",
+                         self.cassandra.contact_points)
+        if os.environ.get("QUSTREAM_CASSANDRA_PORT") == str(self.cassandra.port):
+            origin += " (port: QUSTREAM_CASSANDRA_PORT)"
+        return origin
+
+
+def _origin(variable: str, section: str, key: str, value: str) -> str:
+    """The environment variable or config file entry that holds ``value``, by comparison (the
+    settings object may have been built or copied in code, so nothing is recorded)."""
+    if os.environ.get(variable) == value:
+        return variable
+    path = os.environ.get("QUSTREAM_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            data = {}
+        if dict(data.get(section, {})).get(key) == value:
+            return f"{key} under [{section}] in {path}"
+    return f"{section}.{key} of the settings in use"
+
+
+_SECTIONS: dict[str, type[BaseSettings]] = {
+    "kafka": KafkaSettings, "cassandra": CassandraSettings, "infra": InfraSettings,
+}
+_TOP_LEVEL = ("state_dir", "topic_prefix")
+
+
+def _one_line(exc: ValidationError, where: str, section: str = "", prefix: str = "QUSTREAM_"
+              ) -> str:
+    """A pydantic validation error as one line: each setting (the variable when one is set,
+    else the file entry) with what is wrong with it."""
+    parts = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        variable = f"{prefix}{loc[0]}".upper() if loc else ""
+        if variable and variable in os.environ:
+            name = variable
+        elif loc:
+            name = f"{'.'.join(loc)} under [{section}]" if section else ".".join(loc)
+        else:
+            name = ""
+        message = "unknown setting (misspelt?)" if error.get("type") == "extra_forbidden" \
+            else str(error.get("msg", "invalid"))
+        parts.append(f"{name}: {message}" if name else message)
+    return f"invalid QuStream settings{where}: {'; '.join(parts)}"
+
+
+def _check_keys(data: dict[str, Any], path: str) -> None:
+    """Unknown top-level keys or sections in the config file are errors, not silently unused."""
+    unknown = [key for key, value in data.items()
+               if (key not in _SECTIONS if isinstance(value, dict) else key not in _TOP_LEVEL)]
+    if unknown:
+        known = ", ".join([*_TOP_LEVEL, *(f"[{name}]" for name in _SECTIONS)])
+        raise SettingsError(f"invalid QuStream settings in {path}: unknown "
+                            f"{'entries' if len(unknown) > 1 else 'entry'} "
+                            f"{', '.join(sorted(unknown))} (misspelt?); known: {known}")
+
 
 def load_settings(config_file: Path | str | None = None) -> Settings:
     """Build settings from the config file (if any) overlaid by ``QUSTREAM_*`` variables."""
@@ -247,6 +329,9 @@ def load_settings(config_file: Path | str | None = None) -> Settings:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SettingsError(f"cannot read config file {path}: {exc}") from exc
+        _check_keys(data, str(path))
+    where = f" (config file {path} and QUSTREAM_* variables)" if path else \
+        " (QUSTREAM_* variables)"
     try:
         # Environment wins over the file: BaseSettings gives init kwargs priority, so pass
         # only the file keys that no QUSTREAM_ variable overrides.
@@ -254,7 +339,10 @@ def load_settings(config_file: Path | str | None = None) -> Settings:
             prefix = str(cls.model_config.get("env_prefix", ""))
             values = {k: v for k, v in dict(data.get(name, {})).items()
                       if f"{prefix}{k}".upper() not in os.environ}
-            return cls(**values)
+            try:
+                return cls(**values)
+            except ValidationError as exc:
+                raise SettingsError(_one_line(exc, where, name, prefix)) from exc
 
         top = {k: v for k, v in data.items() if not isinstance(v, dict)}
         for key in ("state_dir", "topic_prefix"):
@@ -267,5 +355,9 @@ def load_settings(config_file: Path | str | None = None) -> Settings:
             infra=section(InfraSettings, "infra"),  # type: ignore[arg-type]
             **top,
         )
+    except SettingsError:
+        raise
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc, where)) from exc
     except ValueError as exc:
-        raise SettingsError(f"invalid QuStream settings: {exc}") from exc
+        raise SettingsError(f"invalid QuStream settings{where}: {exc}") from exc

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from streams.console import output_console
 
 app = typer.Typer(help="Kafka topics of the catalogue (DESIGN.md section 3).", no_args_is_help=True)
 
@@ -40,7 +41,7 @@ def list_topics(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         table.add_column(column)
     for row in rows:
         table.add_row(*(", ".join(v) if isinstance(v, list) else str(v) for v in row.values()))
-    Console().print(table)
+    output_console().print(table)
 
 
 @app.command()
@@ -63,7 +64,7 @@ def ensure(
         print(json.dumps([{"topic": r.topic, "status": r.status, "drift": list(r.drift)}
                           for r in reports], indent=2))
     else:
-        console = Console()
+        console = output_console()
         for report in reports:
             colour = {"created": "green", "ok": "cyan", "drift": "yellow"}[report.status]
             console.print(f"[{colour}]{report.status:8}[/] {report.topic}")

@@ -4,8 +4,9 @@
   ``kubernetes-validate`` ships for each Kubernetes minor version.
 - Strimzi (Kafka, KafkaNodePool, KafkaTopic, KafkaUser), K8ssandra (K8ssandraCluster) and the
   Prometheus Operator (ServiceMonitor, PrometheusRule): the ``openAPIV3Schema`` of each CRD in
-  ``CRD_DIR`` (``../shared/k8s-crds/``, beside the repository), closed so that an unknown field
-  is an error, as the API server's pruning would otherwise drop it silently.
+  ``CRD_DIR`` (``infra/k8s/crds/``, vendored with their source and version in its README, so a
+  bare clone validates with nothing beside it), closed so that an unknown field is an error, as
+  the API server's pruning would otherwise drop it silently.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import referencing
 import referencing.jsonschema
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO_ROOT.parent / "shared" / "k8s-crds"
+CRD_DIR = Path(__file__).resolve().parent / "crds"
 KUBE_VERSION = "1.33.0"
 
 # kind -> CRD file in CRD_DIR
@@ -36,6 +36,7 @@ CRD_FILES: dict[tuple[str, str], str] = {
     ("k8ssandra.io/v1alpha1", "K8ssandraCluster"): "k8ssandra.io_k8ssandraclusters.yaml",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_servicemonitors.yaml",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
 }
 # Fields the API server fills in or accepts on every object; CRD schemas leave them open.
 _OBJECT_META_SCHEMA: dict[str, Any] = {
@@ -159,7 +160,7 @@ def validator_for(api_version: str, kind: str, kube_version: str = KUBE_VERSION,
         path = crd_dir / CRD_FILES[key]
         if not path.is_file():
             raise SchemaMissingError(
-                f"{kind}: CRD file {path} not found (shared/ must sit beside the repository)"
+                f"{kind}: CRD file {path} not found (the CRDs are vendored in infra/k8s/crds/)"
             )
         return jsonschema.Draft7Validator(crd_schema(path, api_version))
     schema_file = _kube_schema_dir(kube_version) / _core_schema_file(api_version, kind)

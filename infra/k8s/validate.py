@@ -1,7 +1,8 @@
 """Render the Helm chart offline and validate every object: ``python -m infra.k8s.validate``.
 
 For each values profile (values-dev.yaml, values-prod.yaml) the chart is rendered with the pinned
-``helm template`` (installed by infra/k8s/install_tools.sh into .qustream/tools/bin), every
+``helm template`` (installed by infra/k8s/install_tools.sh into .qustream/tools/bin, or into
+``QUSTREAM_TOOLS_BIN`` when set: the script and this module read the same variable), every
 object is checked against its schema (infra/k8s/schemas.py, unknown fields rejected) and against
 QuStream's rules (infra/k8s/rules.py). The chart's topics block must also match the catalogue,
 and its alertRules block the monitor's rules.
@@ -40,10 +41,15 @@ class RenderError(OperationError):
     """``helm template`` refused the chart with these values."""
 
 
+def tools_bin() -> Path:
+    """Where install_tools.sh puts helm: ``QUSTREAM_TOOLS_BIN``, else .qustream/tools/bin."""
+    return Path(os.environ.get("QUSTREAM_TOOLS_BIN") or TOOLS_BIN)
+
+
 def helm_binary() -> Path:
     """The pinned helm, built on first use (see install_tools.sh)."""
     subprocess.run(["bash", str(INSTALL_SCRIPT)], check=True)
-    return TOOLS_BIN / "helm"
+    return tools_bin() / "helm"
 
 
 def _helm_env(scratch: Path) -> dict[str, str]:

@@ -1,8 +1,9 @@
 """``qustream audit``, ``qustream export`` and ``qustream state`` (plain Typer commands).
 
 - ``audit``: replay the topics (live, or ``--from-export DIR``) and re-verify everything (see
-  ``replay``); exit status 0 only when every check holds, 1 on any divergence, 2 when the audit
-  itself could not run (unreadable export, no genesis).
+  ``replay``); exit status 0 only when every check holds, 1 on any divergence (an export that
+  does not match its manifest included), 2 when the audit itself could not run (no export or
+  genesis there, Kafka or Cassandra out of reach, ``--at-time`` before the chain's genesis).
 - ``export --to DIR``: the audited topics, the genesis and the live projection rows as files
   with a manifest hash, for auditors without access to the cluster.
 - ``state --at-height H``: the ledger state after block H, from a verified replay.
@@ -11,7 +12,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,14 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from protocol.errors import InputError
+
 GENESIS_HELP = ("Genesis file of the chain (default: the export's copy, else the demo's "
                 "<state_dir>/demo/genesis.json).")
+
+
+class AuditRangeError(InputError):
+    """The range asked for holds nothing the chain could have (e.g. a time before genesis)."""
 
 
 class Rebuild(StrEnum):
@@ -52,8 +59,6 @@ def parse_time(text: str) -> int:
     except ValueError as exc:
         raise typer.BadParameter(f"not milliseconds or ISO 8601: {text!r}") from exc
     if moment.tzinfo is None:
-        from datetime import UTC
-
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 
@@ -98,7 +103,8 @@ def _audit(pool: Any, genesis: Path | None, from_export: Path | None,
            manifest_sha256: str | None, from_height: int, to_height: int | None,
            at_time: str | None, users: bool, keep_rebuild: bool, rebuild: str, as_json: bool,
            progress: bool) -> None:
-    from services.audit.export import ExportError, ExportSource
+    from services.audit.core.findings import AuditReport, Finding
+    from services.audit.export import ExportError, ExportSource, ExportTamperedError
     from services.audit.replay import AuditOptions, live_projection_rows, run_audit
     from services.audit.report import print_human, print_json, progress_bars
     from services.audit.sources import KafkaSource, LogSource
@@ -117,14 +123,24 @@ def _audit(pool: Any, genesis: Path | None, from_export: Path | None,
             source = KafkaSource(settings)
             genesis_path = _genesis(genesis)
             live_rows = (lambda: live_projection_rows(settings)) if users else None
+    except ExportTamperedError as exc:  # a finding, not a failure to run
+        tampered = AuditReport(facts={"source": f"export {from_export}"})
+        tampered.add(Finding("export", str(exc), "export"))
+        if as_json:
+            print_json(tampered)
+        else:
+            print_human(tampered, console)
+        raise typer.Exit(1) from exc
     except ExportError as exc:
         console.print(f"[red]cannot audit: {exc}[/]")
         raise typer.Exit(2) from exc
     if not genesis_path.exists():
         console.print(f"[red]no genesis file at {genesis_path}[/] (give --genesis)")
         raise typer.Exit(2)
-    options = AuditOptions(genesis_path, from_height, to_height,
-                           parse_time(at_time) if at_time else None, users, keep_rebuild,
+    until_ms = parse_time(at_time) if at_time else None
+    if until_ms is not None:
+        _check_after_genesis(genesis_path, until_ms, at_time or "")
+    options = AuditOptions(genesis_path, from_height, to_height, until_ms, users, keep_rebuild,
                            rebuild=rebuild)
     with progress_bars(console, progress) as bars:
         report = run_audit(source, options, settings=settings, live_rows=live_rows,
@@ -134,6 +150,17 @@ def _audit(pool: Any, genesis: Path | None, from_export: Path | None,
     else:
         print_human(report, console)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _check_after_genesis(genesis: Path, until_ms: int, text: str) -> None:
+    """``--at-time`` before the chain began names no state at all: an error, not an empty OK."""
+    from services.ledger.core.chain_spec import ChainSpec
+
+    began = ChainSpec.load(genesis).genesis.genesis_time_ms
+    if until_ms < began:
+        start = datetime.fromtimestamp(began / 1000, tz=UTC).isoformat(timespec="seconds")
+        raise AuditRangeError(f"--at-time {text} is before the chain's genesis ({start}, "
+                              f"{began} ms): there is nothing to audit at that time")
 
 
 def export(
@@ -147,6 +174,7 @@ def export(
     from services.audit.export import write_export
     from services.audit.replay import live_projection_rows
     from services.audit.sources import KafkaSource
+    from streams.console import shell_command
     from streams.settings import load_settings
 
     console = Console()
@@ -159,8 +187,8 @@ def export(
               for topic, entry in manifest["topics"].items()}
     digest = (to / "manifest.sha256").read_text().strip()
     console.print(f"exported to {to}: {json.dumps(counts)}")
-    console.print(f"manifest sha256 {digest}  (audit with: qustream audit --from-export {to} "
-                  f"--manifest-sha256 {digest})")
+    audit_it = shell_command("audit --from-export", str(to), "--manifest-sha256", digest)
+    console.print(f"manifest sha256 {digest}  (audit with: {audit_it})", soft_wrap=True)
 
 
 def state(

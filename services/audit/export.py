@@ -35,7 +35,12 @@ FORMAT = "qustream-export/1"
 
 
 class ExportError(SourceError):
-    """An export directory is incomplete or does not match its manifest."""
+    """An export directory cannot be read as one (no manifest, unknown format)."""
+
+
+class ExportTamperedError(ExportError):
+    """An export does not match its manifest or the manifest hash given out of band: what was
+    handed over is not what was exported (the audit reports it as a divergence, exit 1)."""
 
 
 def _sha256_file(path: Path) -> str:
@@ -137,7 +142,8 @@ class ExportSource:
         for name, expected in (("manifest.sha256", recorded), ("--manifest-sha256",
                                                                manifest_sha256)):
             if expected is not None and expected != actual:
-                raise ExportError(f"manifest.json hash {actual} differs from {name} {expected}")
+                raise ExportTamperedError(
+                    f"manifest.json hash {actual} differs from {name} {expected}")
         self.manifest_sha256 = actual
         self.manifest: dict[str, Any] = json.loads(text)
         if self.manifest.get("format") != FORMAT:
@@ -148,7 +154,8 @@ class ExportSource:
         for entry in files:
             path = directory / entry["file"]
             if not path.exists() or _sha256_file(path) != entry["sha256"]:
-                raise ExportError(f"{entry['file']} is missing or differs from the manifest")
+                raise ExportTamperedError(
+                    f"{entry['file']} is missing or differs from the manifest")
 
     offline = True  # read from files: the audit needs no cluster (see AuditOptions.rebuild)
 

@@ -16,13 +16,24 @@ from services.audit.core.findings import AuditReport
 @contextmanager
 def progress_bars(console: Console, enabled: bool = True
                   ) -> Iterator[Callable[[str, int | None], Callable[[int], None]]]:
-    """A ``replay.Progress`` drawing one bar per topic (or nothing when disabled)."""
+    """A ``replay.Progress`` drawing one bar per topic (or nothing when disabled).
+
+    A topic's size is an estimate (offsets, and a transactional writer's commit markers take
+    offsets too: about half of a topic written one record per transaction), so a bar's total
+    becomes its count when the topic is done: when the next topic starts, or at the end."""
     if not enabled:
         yield lambda topic, total: (lambda n: None)
         return
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
+        finishers: list[Callable[[], None]] = []
+
+        def finish_all() -> None:
+            while finishers:
+                finishers.pop()()
+
         def start(topic: str, total: int | None) -> Callable[[int], None]:
+            finish_all()
             task = progress.add_task(topic, total=total or None)
             pending = [0]
 
@@ -34,16 +45,17 @@ def progress_bars(console: Console, enabled: bool = True
 
             def finish() -> None:
                 progress.advance(task, pending[0])
+                pending[0] = 0
+                done = next(t.completed for t in progress.tasks if t.id == task)
+                progress.update(task, total=done, completed=done)
 
             finishers.append(finish)
             return advance
 
-        finishers: list[Callable[[], None]] = []
         try:
             yield start
         finally:
-            for finish in finishers:
-                finish()
+            finish_all()
 
 
 def print_human(report: AuditReport, console: Console) -> None:

@@ -21,6 +21,16 @@ block rules must not turn that skew into rejected proposals:
 
 Chunks at or below the chain's last included seq are dropped on ``advance`` (they can never be
 included again), so memory is bounded by what arrives between blocks.
+
+The registry follows the ledger (``set_registry``, after every applied block): a source removed
+by governance is refused from the next height on, on every node alike.
+
+A source whose verified chunks cannot continue the chain (the chain expects ``#n`` next and
+the source publishes from a later sequence number, e.g. a QRNG server that restarted its chain
+or a node that joined after the missing chunks expired) would otherwise sit in the pool for
+ever, never includable: ``accept_checkpoint`` drops those chunks, remembers the source in
+``unjoinable`` and raises ``UnjoinableChainError`` so the record is dead-lettered with the
+reason. It is a report, not a rejection of the checkpoint: the checkpoint itself verified.
 """
 
 from __future__ import annotations
@@ -33,7 +43,32 @@ from protocol.block import EntropyRef
 from protocol.chain import ChainTip
 from protocol.entropy.chain import Checkpoint, Chunk
 from protocol.entropy.registry import SourceRegistryEntry
-from protocol.entropy.verifier import ChainVerifier, EntropyRejectedError
+from protocol.entropy.verifier import (
+    ChainVerifier,
+    EntropyRejectedError,
+    LosingBranchError,
+    UnknownSourceError,
+)
+
+
+class UnjoinableChainError(EntropyRejectedError):
+    """Verified chunks of a source that can never continue the chain (module doc);
+    ``verified`` names them (they are no longer pending anywhere)."""
+
+    code = "unjoinable_chain"
+
+    def __init__(self, reason: str, verified: tuple[Chunk, ...] = ()) -> None:
+        super().__init__(reason)
+        self.verified = verified
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointOutcome:
+    """What one verified checkpoint did: chunks added to the pool and the chunks it verified
+    (no longer pending)."""
+
+    added: int
+    verified: tuple[Chunk, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +95,22 @@ class EntropyPool:
         self.current_height = 1
         self.verified_chunks = 0
         self.rejected: dict[str, int] = {}
+        self.unjoinable: dict[str, str] = {}  # source -> why its chunks cannot join the chain
+        self._discarded: list[tuple[Chunk, EntropyRejectedError]] = []
+
+    def set_registry(self, registry: Mapping[str, SourceRegistryEntry]) -> None:
+        """The registry of the ledger state the next block builds on (module doc)."""
+        registry = dict(registry)
+        if registry == self._registry:
+            return
+        self._registry = registry
+        self._verifier.set_registry(registry)
+        self._collect_discarded(lambda c: UnknownSourceError(
+            f"chunk {c.source_id}#{c.seq}: the source left the registry before a checkpoint "
+            "covered it"))
+        self._chunks = {s: self._chunks.get(s, {}) for s in registry}
+        for source in [s for s in self.unjoinable if s not in registry]:
+            del self.unjoinable[source]
 
     # -- feeding
 
@@ -70,22 +121,49 @@ class EntropyPool:
                                        "public topic")
         self._verifier.accept_chunk(chunk)
 
-    def accept_checkpoint(self, checkpoint: Checkpoint) -> int:
-        """Verify a checkpoint; returns how many chunks entered the pool."""
+    def accept_checkpoint(self, checkpoint: Checkpoint) -> CheckpointOutcome:
+        """Verify a checkpoint and pool the chunks it covers. Raises what the verifier raises,
+        and ``UnjoinableChainError`` when the source's chunks cannot continue the chain."""
         verified = self._verifier.accept_checkpoint(checkpoint)
         now = self._clock()
-        floor = self._last_included.get(checkpoint.source_id, -1)
+        source = checkpoint.source_id
+        floor = self._last_included.get(source, -1)
+        pooled = self._chunks.setdefault(source, {})
         added = 0
         for chunk in verified:
             if chunk.seq <= floor:
                 continue
             # The block names a chunk by its payload digest (see core/block.py EntropyRef).
             ref = EntropyRef(chunk.source_id, chunk.seq, chunk.payload_digest)
-            self._chunks[chunk.source_id][chunk.seq] = PooledChunk(
-                ref, self.current_height, now, len(chunk.payload))
+            pooled[chunk.seq] = PooledChunk(ref, self.current_height, now, len(chunk.payload))
             added += 1
+        self._collect_discarded(lambda c: LosingBranchError(
+            f"chunk {c.source_id}#{c.seq} ({c.chunk_digest.hex()[:16]}) is not on the chain "
+            f"{c.source_id!r} signed at #{checkpoint.last_seq}: forged, or built on a forgery"))
+        outcome = CheckpointOutcome(added, verified)
+        if pooled and min(pooled) > floor + 1:
+            first, last = min(pooled), max(pooled)
+            pooled.clear()
+            reason = (f"verified chunks #{first}..#{last} of {source!r} cannot join the chain, "
+                      f"which expects #{floor + 1} next: the source restarted its chain (or "
+                      f"this node missed chunks that expired)")
+            self.unjoinable[source] = reason
+            raise UnjoinableChainError(reason, verified)
+        self.unjoinable.pop(source, None)
         self.verified_chunks += added
-        return added
+        return outcome
+
+    def _collect_discarded(self, reason: Callable[[Chunk], EntropyRejectedError]) -> None:
+        for chunk in self._verifier.take_discarded():
+            error = reason(chunk)
+            self.count_rejection(error.code)
+            self._discarded.append((chunk, error))
+
+    def take_discarded(self) -> list[tuple[Chunk, EntropyRejectedError]]:
+        """Chunks held as candidates and then dropped (a checkpoint decided against them, or
+        their source left the registry), each with the error to dead-letter it with."""
+        discarded, self._discarded = self._discarded, []
+        return discarded
 
     def count_rejection(self, code: str) -> None:
         self.rejected[code] = self.rejected.get(code, 0) + 1

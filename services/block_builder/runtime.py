@@ -29,7 +29,7 @@ from protocol.evidence import DuplicateVoteEvidence
 from protocol.keys import SignatureCheck, default_signature_check
 from services.block_builder.core.logic import NodeBlockLogic
 from services.block_builder.core.proposal import EntropyRules
-from services.block_builder.pool import EntropyPool
+from services.block_builder.pool import CheckpointOutcome, EntropyPool
 
 ENTROPY_SCHEMAS = ("EntropyChunkPublished", "EntropyCheckpointSigned")
 
@@ -98,18 +98,21 @@ class BlockBuilder:
         builder.advance(chain)
         return builder
 
-    def accept_entropy(self, schema: str, record: Mapping[str, Any]) -> None:
-        """Feed one decoded ``entropy.raw`` record. Raises ``EntropyRejectedError`` (with its
-        ``code``) for a chunk or checkpoint the verifier refuses, ``MisplacedRecordError`` for
-        another schema, and the entropy chain's format errors for malformed fields; the pool
-        counts every rejection."""
+    def accept_entropy(self, schema: str, record: Mapping[str, Any]) -> Chunk | CheckpointOutcome:
+        """Feed one decoded ``entropy.raw`` record: the chunk now held, or what the checkpoint
+        verified. Raises ``EntropyRejectedError`` (with its ``code``) for a chunk or checkpoint
+        the verifier refuses (``UnjoinableChainError`` for a source that cannot continue the
+        chain), ``MisplacedRecordError`` for another schema, and the entropy chain's format
+        errors for malformed fields; the pool counts every rejection. Chunks dropped on the way
+        (forged branches) wait in ``pool.take_discarded()``."""
         try:
             if schema == "EntropyChunkPublished":
-                self.pool.accept_chunk(Chunk.from_record(record))
-            elif schema == "EntropyCheckpointSigned":
-                self.pool.accept_checkpoint(Checkpoint.from_record(record))
-            else:
-                raise MisplacedRecordError(f"{schema} does not belong on entropy.raw")
+                chunk = Chunk.from_record(record)
+                self.pool.accept_chunk(chunk)
+                return chunk
+            if schema == "EntropyCheckpointSigned":
+                return self.pool.accept_checkpoint(Checkpoint.from_record(record))
+            raise MisplacedRecordError(f"{schema} does not belong on entropy.raw")
         except EntropyRejectedError as exc:
             self.pool.count_rejection(exc.code)
             raise
@@ -117,8 +120,12 @@ class BlockBuilder:
             self.pool.count_rejection("malformed")
             raise
 
-    def advance(self, chain: ChainState[Any]) -> None:
-        """The chain moved on: drop entropy it included, age what is left."""
+    def advance(self, chain: ChainState[Any],
+                registry: Mapping[str, Any] | None = None) -> None:
+        """The chain moved on: drop entropy it included, age what is left, and follow the
+        registry of the new state when it is given (it changes by governance)."""
+        if registry is not None:
+            self.pool.set_registry(registry)
         self.pool.advance(chain.tip)
 
     def missing(self, entropy: tuple[EntropyRef, ...]) -> bool:

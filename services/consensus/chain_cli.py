@@ -19,6 +19,7 @@ from protocol.follow import BlockFollower
 from services.ledger.core import LedgerState
 from services.ledger.core.chain_spec import ChainSpec
 from services.ledger.genesis_cli import GENESIS_OPTION, genesis_path
+from streams.console import output_console
 
 app = typer.Typer(help="Read and follow the finalized chain (every block verified).",
                   no_args_is_help=True)
@@ -26,6 +27,7 @@ app = typer.Typer(help="Read and follow the finalized chain (every block verifie
 def block_summary(verified: Any) -> dict[str, Any]:
     """A JSON-friendly view of a ``follower.VerifiedBlock`` (what the CLI and demo show)."""
     from protocol.commit import CommitFlag
+    from protocol.pulse import describe, is_random, pulse_status
 
     record = verified.record
     header = record.block.header
@@ -43,6 +45,11 @@ def block_summary(verified: Any) -> dict[str, Any]:
         "time_ms": header.time_ms,
         "previous_block_hash": header.previous_block_hash.hex(),
         "randomness": header.randomness.hex(),
+        "pulse_status": int(pulse_status(header)),
+        "random": is_random(pulse_status(header)),
+        "pulse": describe(pulse_status(header)),
+        "fresh_sources": header.fresh_sources,
+        "registered_sources": header.registered_sources,
         "entropy_root": header.entropy_root.hex(),
         "entropy_chunks": len(body.entropy),
         "entropy_ranges": [
@@ -75,19 +82,28 @@ def head(
     genesis: Path | None = GENESIS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Verify the whole chain and show its latest block."""
+    """Verify the whole chain and show its latest block (and the latest random pulse: a block
+    without fresh entropy from enough sources is marked NOT RANDOM)."""
+    from protocol.pulse import is_random, pulse_status
     from streams.chain_reader import read_blocks
     from streams.settings import load_settings
 
     console = Console(stderr=True)
     last = None
+    latest_random = None
     with console.status("verifying the chain from genesis ..."):
-        for last in read_blocks(load_settings(), _follower(genesis)):  # noqa: B007
-            pass
+        for last in read_blocks(load_settings(), _follower(genesis)):
+            if is_random(pulse_status(last.record.block.header)):
+                latest_random = last.record.height
     if last is None:
         console.print("[yellow]no finalized block yet[/]")
         raise typer.Exit(1)
-    _print(block_summary(last), as_json, Console())
+    summary = block_summary(last)
+    summary["latest_random_height"] = latest_random
+    _print(summary, as_json, output_console())
+    if not summary["random"] and not as_json:
+        console.print(f"[red]the head is not a random pulse ({summary['pulse']}); the latest "
+                      f"random pulse is at height {latest_random}[/]")
 
 
 @app.command()
@@ -104,7 +120,7 @@ def block(
     with console.status(f"verifying the chain up to height {height} ..."):
         for verified in read_blocks(load_settings(), _follower(genesis), height):
             if verified.record.height == height:
-                _print(block_summary(verified), as_json, Console())
+                _print(block_summary(verified), as_json, output_console())
                 return
     console.print(f"[red]no finalized block at height {height}[/]")
     raise typer.Exit(1)
@@ -120,7 +136,7 @@ def follow(
     from streams.chain_reader import read_blocks
     from streams.settings import load_settings
 
-    console = Console()
+    console = output_console()
     try:
         for verified in read_blocks(load_settings(), _follower(genesis), from_height,
                                     follow=True):
@@ -128,9 +144,10 @@ def follow(
             if as_json:
                 print(json.dumps(summary), flush=True)
             else:
+                mark = "" if summary["random"] else "  [red]NOT RANDOM[/]"
                 console.print(
                     f"height {summary['height']:>6}  round {summary['round']}  "
-                    f"randomness {summary['randomness'][:16]}…  "
+                    f"randomness {summary['randomness'][:16]}…{mark}  "
                     f"signers {summary['signers']}  entropy chunks {summary['entropy_chunks']}  "
                     f"txs {summary['txs']}  {summary['proposal_to_finality_ms']} ms"
                 )

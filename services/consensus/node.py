@@ -15,10 +15,39 @@ that Faust tables would hold (vote sets, pools) is rebuilt by replaying the inpu
 ``chain.blocks`` gives the applied chain and the offset where the last height was decided,
 ``chain.consensus`` from there gives the current height's messages. The measured numbers are
 in ``bench/finality.py``.
+
+Commit window (what the next block's ``last_commit`` holds). The core decides, and the tally
+certifies, at the precommit that completes +2/3 — so that certificate names only the first
+quorum, and a healthy validator whose precommit comes a moment later is recorded ABSENT there.
+Liveness accounting and rewards must not read that race. So, as CometBFT does in its
+``timeout_commit``, a node that decided keeps counting precommits of the deciding round and
+starts the next height only once every validator's precommit is in or ``commit_window_ms`` has
+passed (measured from the log time of the deciding record, so a replaying node does not wait;
+never before the block interval); the proposer then carries ``commit_for_next_height``: the
+decision's certificate with every later precommit for the block, or for nil, of that round
+added (the ledger counts a nil precommit as signed, as Cosmos does).
+
+Why this still verifies and stays deterministic: every added record is a precommit whose
+signature the core verified, for the decided block (or nil) in the certificate's own round, so
+``verify_commit`` accepts the extended certificate exactly when it accepts the decision's (the
+COMMIT power only grows). Which late precommits a proposer saw depends on its timing, but the
+choice is made once, inside the proposed block, and fixed by consensus on that block: every
+reader of the chain sees the same ``last_commit`` bytes. The tally's own certificate in
+``BlockFinalized`` is unchanged — still the precommits counted at the log offset that completes
+the quorum — so every tally instance reading the same log writes the same bytes; validators and
+the audit accept any valid +2/3 certificate as ``last_commit`` (``protocol.chain``).
+
+Bounded buffers: messages of heights the core cannot take yet are kept only for height + 2, at
+most ``MAX_LATER_PER_SENDER`` per claimed sender (their set is not known yet, so they cannot be
+verified here); farther ones are dropped and counted. A ``BlockFinalized`` at an applied height
+with another hash is a fork alarm only when its certificate verifies against that height's set
+(``protocol.follow.conflict_error``); otherwise it raises ``UnverifiedConflictError`` for the
+caller to dead-letter.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -28,10 +57,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from protocol.block import Block
+from protocol.check import check_commit
 from protocol.codec import WireError
 from protocol.commit import CommitCertificate
 from protocol.finalized import FinalizedRecord
-from protocol.follow import BlockFollower
+from protocol.follow import BlockFollower, FollowError, ForkError, conflict_error
 from protocol.messages import Vote
 from protocol.proposal import Proposal
 from services.consensus.core.state_machine import (
@@ -50,6 +80,8 @@ from services.consensus.core.state_machine import (
     Step,
     TimeoutFired,
     VoteReceived,
+    all_precommits_in,
+    commit_for_next_height,
     handle,
     initial_state,
 )
@@ -61,7 +93,9 @@ from streams.runloop import RunLoop, by_topic
 
 log = logging.getLogger(__name__)
 
-MAX_LATER = 20_000  # messages kept for heights the core cannot buffer yet
+MAX_LATER = 20_000  # messages kept for height + 2, which the core cannot buffer yet
+MAX_LATER_PER_SENDER = 64
+MAX_FINALIZED_PER_HEIGHT = 4  # BlockFinalized candidates kept for a height not reached yet
 
 
 def now_ms() -> int:
@@ -78,18 +112,24 @@ class ConsensusDriver:
     use_timeouts = True
 
     def __init__(self, config: ConsensusConfig, follower: BlockFollower,
-                 block_interval_ms: int = 0) -> None:
+                 block_interval_ms: int = 0, commit_window_ms: int = 0) -> None:
         self.config = config
         self.follower = follower
         self.block_interval_ms = block_interval_ms
+        self.commit_window_ms = commit_window_ms
         chain = follower.chain
         self.state: ConsensusState = initial_state(
             chain.tip.height, chain.validators, follower.priorities, self.initial_signer())
         self._timers: list[tuple[float, int, TimeoutFired]] = []
         self._sequence = itertools.count()
         self._later: list[Event] = []
+        self._later_senders: dict[bytes, int] = {}
         self._start_at: float | None = 0.0  # monotonic time to start the next height
-        self._finalized: dict[int, FinalizedRecord] = {}
+        self._commit_until = 0.0  # monotonic end of the commit window of the decided height
+        self._finalized: dict[int, list[FinalizedRecord]] = {}
+        # the record of each proposal fed, by (height, round): an invalid block is judged when
+        # a rule fires, which may be on a later input, and is dead-lettered with its own record
+        self._proposal_records: dict[tuple[int, int], Record] = {}
         self.rejected: dict[str, int] = {}
         self._source: Record | None = None
         self.stop_event = threading.Event()
@@ -164,35 +204,65 @@ class ConsensusDriver:
             if message.height < self.state.height:
                 return  # late message of a decided height: nothing to do
             if message.height >= self.state.height + 2:
-                if len(self._later) < MAX_LATER:
-                    self._later.append(event)
+                self._keep_for_later(event, message)
                 return
         if source is not None:
             self._source = source
+            if isinstance(event, ProposalReceived):
+                self._proposal_records.setdefault(
+                    (event.proposal.height, event.proposal.round), source)
+                while len(self._proposal_records) > 1_000:
+                    del self._proposal_records[next(iter(self._proposal_records))]
         state, outputs = handle(self.config, self.logic(), self.state, event)
         self.state = state
         # Inputs the core replays from its own buffer (at StartHeight) are attributed to the
         # record being handled when the height started: the same for every reader of the log.
         self._dispatch(outputs, source if source is not None else self._source)
 
+    def _keep_for_later(self, event: Event, message: Proposal | Vote) -> None:
+        """Hold a message of height + 2 (module doc); anything farther is dropped."""
+        sender = (message.proposer_address if isinstance(message, Proposal)
+                  else message.validator_address)
+        held = self._later_senders.get(sender, 0)
+        if (message.height == self.state.height + 2 and len(self._later) < MAX_LATER
+                and held < MAX_LATER_PER_SENDER):
+            self._later.append(event)
+            self._later_senders[sender] = held + 1
+        else:
+            self.rejected["too_far_ahead"] = self.rejected.get("too_far_ahead", 0) + 1
+
     def feed_finalized(self, record: FinalizedRecord) -> None:
         """A block from ``chain.blocks``: lets a node that is behind catch up (the core checks
-        the certificate against the current set)."""
-        if record.height < self.follower.next_height:
-            known = self.follower.hashes.get(record.height)
+        the certificate against the current set). Raises ``FollowError`` for a record to
+        dead-letter: a conflicting block nobody signed (module doc), or a certificate for the
+        height being decided that does not verify; a verified fork is logged as an alarm."""
+        follower = self.follower
+        if record.height < follower.next_height:
+            known = follower.hashes.get(record.height)
             if known is not None and known != record.block.hash:
-                log.error("FORK ALARM: height %d finalized %s, applied %s", record.height,
-                          record.block.hash.hex(), known.hex())
+                error = conflict_error(record, known, follower.sets.get(record.height))
+                if not isinstance(error, ForkError):
+                    raise error
+                log.error("FORK ALARM: %s", error)
                 self.rejected["fork"] = self.rejected.get("fork", 0) + 1
             return
-        self._finalized[record.height] = record
-        if len(self._finalized) > 1_000:
+        if record.height == follower.next_height:
+            finding = check_commit(self.config.chain_id, follower.chain.validators, record.block,
+                                   record.commit, self.config.check)
+            if finding is not None:
+                raise FollowError(f"block {record.height}: {finding.reason}")
+        candidates = self._finalized.setdefault(record.height, [])
+        if len(candidates) < MAX_FINALIZED_PER_HEIGHT and record not in candidates:
+            candidates.append(record)
+        while len(self._finalized) > 1_000:
             del self._finalized[min(self._finalized)]
         self._try_commit()
 
     def _try_commit(self) -> None:
-        record = self._finalized.get(self.state.height)
-        if record is not None and self.state.step not in (Step.NEW, Step.COMMITTED):
+        height = self.state.height
+        for record in list(self._finalized.get(height, ())):
+            if self.state.height != height or self.state.step in (Step.NEW, Step.COMMITTED):
+                return
             self.feed(CommitReceived(record.block, record.commit))
 
     def _dispatch(self, outputs: Sequence[Output], source: Record | None) -> None:
@@ -216,6 +286,8 @@ class ConsensusDriver:
             if (message.height < self.state.height
                     or rejection.kind is RejectionKind.FUTURE_BUFFER_FULL):
                 return
+            if rejection.kind is RejectionKind.INVALID_BLOCK:
+                source = self._proposal_records.get((message.height, message.round), source)
             self.rejected["message"] = self.rejected.get("message", 0) + 1
             self.on_rejected(rejection, source)
         elif isinstance(event, CommitReceived):
@@ -230,19 +302,33 @@ class ConsensusDriver:
         self.follower.apply(decision.block, decision.commit)
         self.on_decided(decision, source)
         delay = self.start_delay_s(decision, source)
-        if delay <= 0:
+        window = self.commit_window_s(decision, source)
+        now = time.monotonic()
+        self._commit_until = now + window
+        if delay <= 0 and self._commit_closed(now):
             self._start_at = None
             self._start_height()  # no interval (tally, replay): start within this input
         else:
-            self._start_at = time.monotonic() + delay
+            self._start_at = now + max(delay, 0.0)
 
     def start_delay_s(self, decision: Decided, source: Record | None) -> float:
         return self.block_interval_ms / 1000
 
+    def commit_window_s(self, decision: Decided, source: Record | None) -> float:
+        """How long precommits of the decided height are still awaited (module doc)."""
+        if self.commit_window_ms <= 0:
+            return 0.0
+        logged_ms = source.timestamp_ms if source is not None else now_ms()
+        return max(0.0, (logged_ms + self.commit_window_ms - now_ms()) / 1000)
+
+    def _commit_closed(self, now: float) -> bool:
+        return now >= self._commit_until or all_precommits_in(self.state)
+
     def tick(self) -> float:
         """Fire due timers and a due height start; returns seconds until the next timer."""
         now = time.monotonic()
-        if self._start_at is not None and now >= self._start_at:
+        if (self._start_at is not None and now >= self._start_at
+                and self._commit_closed(now)):
             self._start_at = None
             self._start_height()
         while self._timers and self._timers[0][0] <= now:
@@ -253,17 +339,24 @@ class ConsensusDriver:
         if self._timers:
             waits.append(self._timers[0][0] - now)
         if self._start_at is not None:
-            waits.append(self._start_at - now)
+            waits.append(max(self._start_at, self._commit_until) - now)
         return max(0.0, min(waits))
 
     def _start_height(self) -> None:
         chain = self.follower.chain
         if self.state.step is not Step.NEW and self.state.height == chain.tip.height:
             return
-        self.feed(StartHeight(chain.tip.height, chain.validators))
+        extended = commit_for_next_height(self.state)
+        if (extended is not None and chain.last_commit is not None
+                and extended is not chain.last_commit
+                and (extended.height, extended.block_hash) == (chain.last_commit.height,
+                                                               chain.last_commit.block_hash)):
+            # the next block carries every precommit the window collected (module doc)
+            self.follower.chain = dataclasses.replace(chain, last_commit=extended)
+        self.feed(StartHeight(chain.tip.height, chain.validators, chain.next_validators))
         self._timers = [t for t in self._timers if t[2].height >= self.state.height]
         heapq.heapify(self._timers)
-        later, self._later = self._later, []
+        later, self._later, self._later_senders = self._later, [], {}
         for event in later:
             self.feed(event)
         self._try_commit()

@@ -22,7 +22,17 @@ from ``chain.blocks`` on start.
 
 Timeouts run on the local monotonic clock and enter the core as ``TimeoutFired``. After a
 decision the node waits ``block_interval_ms`` from the log time of the decision (so a
-replaying node does not wait) before starting the next height.
+replaying node does not wait), and the commit window (``node.py``), before starting the next
+height.
+
+Every input is hostile until checked (each refusal is dead-lettered with its reason): the
+mempool admits only what can pay and fits its rules (``mempool.py``), the evidence pool only
+evidence that proves a double vote (``evidence_pool.py``), the entropy pool only chunks a signed
+checkpoint covers — chunks held as candidates and then decided against by a checkpoint are
+dead-lettered as ``losing_branch``, a source whose chain cannot be joined as
+``unjoinable_chain`` — and the registry behind it follows the ledger after every block. A
+``BlockFinalized`` that conflicts with an applied block without a valid certificate is
+dead-lettered, never a reason to stop.
 """
 
 from __future__ import annotations
@@ -37,11 +47,12 @@ from typing import Any
 
 from protocol.codec import WireError
 from protocol.commit import CommitFlag, record_sign_bytes
-from protocol.evidence import DuplicateVoteEvidence
-from protocol.follow import BlockFollower
+from protocol.entropy.chain import Chunk
+from protocol.follow import BlockFollower, FollowError
 from protocol.keys import SigningKey
 from protocol.messages import Vote
 from protocol.proposal import Proposal
+from services.block_builder.pool import UnjoinableChainError
 from services.block_builder.runtime import BlockBuilder, BuilderOptions, BuildInputs
 from services.consensus.core.signer import SignerState
 from services.consensus.core.state_machine import (
@@ -56,14 +67,13 @@ from services.consensus.core.state_machine import (
     TimeoutParams,
     VoteReceived,
 )
+from services.consensus.evidence_pool import EvidencePool, EvidenceRejectedError
 from services.consensus.guard import SignGuard
-from services.consensus.mempool import Mempool
+from services.consensus.mempool import Mempool, MempoolRejectedError
 from services.consensus.node import ConsensusDriver, now_ms
 from services.consensus.verification import VoteVerifier
 from services.ledger.core.chain_spec import ChainSpec, source_registry
-from services.ledger.core.queries import next_nonce
 from services.ledger.core.state import LedgerState
-from services.ledger.submit import SubmissionError, decode_submitted
 from streams.chain_reader import catch_up
 from streams.chain_wire import decode_evidence_record, decode_finalized, encode_consensus
 from streams.codec import CodecError, default_codec
@@ -76,6 +86,7 @@ log = logging.getLogger(__name__)
 
 CONSUMER_LATENCY = {"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}
 PRODUCER_LATENCY: dict[str, Any] = {"linger.ms": 0}
+MAX_PENDING_CHUNK_RECORDS = 8192  # records of chunks held as candidates (for the DLQ)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +95,7 @@ class NodeOptions:
         propose_ms=1500, propose_delta_ms=500, prevote_ms=500, prevote_delta_ms=250,
         precommit_ms=500, precommit_delta_ms=250))
     block_interval_ms: int = 1000
+    commit_window_ms: int = 300  # awaits late precommits for the next last_commit (node.py)
     builder: BuilderOptions = field(default_factory=BuilderOptions)
 
 
@@ -111,13 +123,15 @@ class ValidatorNode(ConsensusDriver):
         self.dlq_ledger = DeadLetters(self.producer, settings.topic("dlq.ledger"), self.name)
         if follower is None:
             follower = catch_up(settings, spec.follower(), on_skip=self.dlq_chain.send)
+        self._sources = follower.chain.app_state.qrng_sources
         self.builder = BlockBuilder.for_registry(source_registry(follower.chain.app_state),
                                                  follower.chain, options.builder)
         self.mempool = Mempool()
-        self.evidence: dict[bytes, DuplicateVoteEvidence] = {}
+        self.evidence = EvidencePool()
+        self._pending_chunks: dict[tuple[str, bytes], Record] = {}  # candidates' records
         super().__init__(ConsensusConfig(spec.chain_id, key, options.timeouts,
                                          check=self.verifier), follower,
-                         options.block_interval_ms)
+                         options.block_interval_ms, options.commit_window_ms)
         self._deferred: list[tuple[float, ProposalReceived, Record]] = []
         topic = settings.topic
         self._handlers: dict[str, Callable[[Record], None]] = {
@@ -139,8 +153,7 @@ class ValidatorNode(ConsensusDriver):
 
     def _build_inputs(self) -> BuildInputs:
         return BuildInputs(self.follower.chain, self.follower.app, self.mempool.candidates(),
-                           tuple(self.evidence[k] for k in sorted(self.evidence)), now_ms(),
-                           self.key.address, self.verifier)
+                           self.evidence.pending(), now_ms(), self.key.address, self.verifier)
 
     # -- outputs
 
@@ -155,7 +168,10 @@ class ValidatorNode(ConsensusDriver):
             self.sent += 1
         for output in outputs:
             if isinstance(output, EvidenceDetected):
-                self.evidence.setdefault(output.evidence.hash(), output.evidence)
+                try:
+                    self.evidence.add(output.evidence, self.follower.chain)
+                except EvidenceRejectedError as exc:  # outside the window by now
+                    log.info("%s: own evidence not kept: %s", self.name, exc)
         if messages:
             self.producer.poll(0)
 
@@ -168,13 +184,13 @@ class ValidatorNode(ConsensusDriver):
         # Answers of this height stay: its late precommits come back in the next proposal.
         self.verifier.forget_before(decision.height)
         chain = self.follower.chain
-        self.builder.advance(chain)
-        self.mempool.prune(decision.block.body.txs,
-                           lambda address: next_nonce(chain.app_state, address))
-        for key in [k for k, item in self.evidence.items()
-                    if (item.height, k) in chain.committed_evidence
-                    or chain.tip.height - item.height > chain.evidence_max_age]:
-            del self.evidence[key]
+        sources = chain.app_state.qrng_sources
+        registry = None if sources is self._sources else source_registry(chain.app_state)
+        self._sources = sources
+        self.builder.advance(chain, registry)  # the registry follows the ledger, per height
+        self._dead_letter_discarded(None)
+        self.mempool.prune(decision.block.body.txs, chain.app_state, chain.tip.height)
+        self.evidence.prune(chain, decision.block.body.evidence)
         log.info("%s decided height %d round %d", self.name, decision.height, decision.round)
 
     def start_delay_s(self, decision: Decided, source: Record | None) -> float:
@@ -207,29 +223,55 @@ class ValidatorNode(ConsensusDriver):
             self.dlq_entropy.send(message, exc)
             return
         try:
-            self.builder.accept_entropy(schema, record)
+            accepted = self.builder.accept_entropy(schema, record)
+        except UnjoinableChainError as exc:
+            log.warning("%s: %s", self.name, exc)
+            self.dlq_entropy.send(message, exc)
+            for chunk in exc.verified:
+                self._pending_chunks.pop((chunk.source_id, chunk.chunk_digest), None)
+            accepted = None
         except ValueError as exc:  # EntropyRejectedError, or a record that is no chunk
             self.dlq_entropy.send(message, exc)
+            return
+        if isinstance(accepted, Chunk):  # a candidate until a checkpoint decides
+            self._pending_chunks[(accepted.source_id, accepted.chunk_digest)] = message
+            while len(self._pending_chunks) > MAX_PENDING_CHUNK_RECORDS:
+                del self._pending_chunks[next(iter(self._pending_chunks))]
+            return
+        if accepted is not None:
+            for chunk in accepted.verified:
+                self._pending_chunks.pop((chunk.source_id, chunk.chunk_digest), None)
+        self._dead_letter_discarded(message)
+
+    def _dead_letter_discarded(self, source: Record | None) -> None:
+        """Chunks held as candidates and then decided against (forged branches, or a source
+        that left the registry): their own records go to the DLQ."""
+        for chunk, error in self.builder.pool.take_discarded():
+            record = self._pending_chunks.pop((chunk.source_id, chunk.chunk_digest), None)
+            if record is not None:
+                self.dlq_entropy.send(record, error)
+            elif source is not None:
+                log.info("%s: discarded %s without its record", self.name, error)
 
     def _transaction(self, message: Record) -> None:
+        chain = self.follower.chain
         try:
-            self.mempool.add(decode_submitted(message.value, self.codec))
-        except SubmissionError as exc:
+            self.mempool.admit(message.value, chain.app_state, chain.tip.height)
+        except MempoolRejectedError as exc:
             self.dlq_ledger.send(message, exc)
 
     def _blocks(self, message: Record) -> None:
         try:
             self.feed_finalized(decode_finalized(message.value, self.codec))
-        except WireError as exc:
+        except (WireError, FollowError) as exc:
             self.dlq_chain.send(message, exc)
 
     def _evidence(self, message: Record) -> None:
         try:
             item = decode_evidence_record(message.value, self.config.chain_id, self.codec)
-        except WireError as exc:
+            self.evidence.add(item, self.follower.chain)
+        except (WireError, EvidenceRejectedError) as exc:
             self.dlq_chain.send(message, exc)
-            return
-        self.evidence.setdefault(item.hash(), item)
 
     def _tick(self) -> float:
         """Timers of the core and deferred proposals whose entropy arrived (or waited long

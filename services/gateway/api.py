@@ -11,6 +11,8 @@ Endpoints (scopes in brackets; every error is an RFC 9457 problem document):
 ``/v1/stream/blocks`` (SSE), ``/v1/accounts/{address}`` [read]; ``POST /v1/keys`` [keys];
 ``POST /v1/users``, ``GET /v1/users/{id}``, ``POST|PUT|GET|DELETE
 /v1/users/{id}/records/{rid}`` [users]; ``/healthz``, ``/readyz``, ``/metrics`` (no key).
+The web explorer (pages under ``/``, ``/docs``, the keyless read-only ``/explorer/api``) is
+added by ``services.gateway.explorer.routes``.
 """
 
 from __future__ import annotations
@@ -35,8 +37,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol.keydelivery import MAX_LENGTH, MIN_LENGTH
 from services.gateway.auth import REFRESH_S, ApiKeyRecord, ApiKeyStore, key_from_headers
 from services.gateway.chain import ChainView
+from services.gateway.explorer.documents import GenesisAnchor
+from services.gateway.explorer.feeds import NetworkFeeds
+from services.gateway.explorer.routes import install_explorer
 from services.gateway.keys import KeyRequest, KeyService, LedgerView
-from services.gateway.problems import PROBLEM_JSON, Problem, install, problem_body, unavailable
+from services.gateway.problems import (
+    PROBLEM_JSON,
+    Problem,
+    install,
+    not_offered,
+    problem_body,
+    unavailable,
+)
 from services.gateway.ratelimit import Limited, RateLimiter, StreamSlots
 from services.gateway.users import (
     SignedCommandIn,
@@ -78,6 +90,8 @@ class Gateway:
     key_service: KeyService | None = None
     users: UserBackend | None = None
     max_body_bytes: int = 256 * 1024
+    genesis: GenesisAnchor | None = None  # what the explorer checks block 1 against
+    feeds: NetworkFeeds | None = None  # QRNG status and alerts for the explorer
     starters: list[Callable[[], None]] = field(default_factory=list)
     stoppers: list[Callable[[], None]] = field(default_factory=list)
 
@@ -104,10 +118,14 @@ class SignedCommand(BaseModel):
     issued_at_ms: int = Field(ge=0, le=2**63 - 1)
     expected_version: int | None = Field(None, ge=0, le=2**62)
     device_id: str = Field("", max_length=128)
+    user_id: str | None = Field(None, pattern=r"^[0-9a-f]{40}$",
+                                description="the user the command was signed for (optional; "
+                                            "422 when it is not the URL's)")
 
     def as_input(self) -> SignedCommandIn:
         return SignedCommandIn(self.command_id, self.command_type, self.payload, self.signature,
-                               self.issued_at_ms, self.expected_version, self.device_id)
+                               self.issued_at_ms, self.expected_version, self.device_id,
+                               self.user_id)
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -117,6 +135,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
                          (403, "API key lacks the scope"), (404, "Not found"),
                          (413, "Request too large"),
                          (422, "Invalid request"), (429, "Rate limit or quota exceeded"),
+                         (501, "Not offered by this gateway"),
                          (503, "Temporarily unavailable"))
 }
 
@@ -280,6 +299,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         description="Verified quantum randomness beacon, quantum-safe key delivery and "
                     "private user records. Errors are RFC 9457 problem documents.",
         responses=PROBLEM_RESPONSES,
+        docs_url=None, redoc_url=None,  # the explorer serves /docs from local assets
     )
     install(app)
     app.add_middleware(_Guard, gateway=gateway, metrics=metrics)
@@ -340,6 +360,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         pool = gateway.key_service.pool.status() if gateway.key_service else None
         if view.error or not view.caught_up:
             raise unavailable("not-ready", view.error or "still reading the chain", 2)
+        users_ready = getattr(gateway.users, "ready", None)
+        if users_ready is not None and not users_ready():
+            raise unavailable("not-ready", "the user projection's tables do not exist yet", 2)
         import json
 
         return _json(json.dumps({"status": "ready", "head": view.head_height,
@@ -391,14 +414,17 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def get_validators(height: height_path, _key: ApiKeyRecord = read) -> Response:
         return stored_or_problem(height, view.validators_json(height))
 
-    @app.get("/v1/beacon/latest", tags=["beacon"], summary="Latest randomness with its proof")
+    @app.get("/v1/beacon/latest", tags=["beacon"],
+             summary="Latest random pulse (fresh entropy from enough sources) with its proof")
     async def beacon_latest(_key: ApiKeyRecord = read) -> Response:
         body = view.latest_beacon
         if body is None:
-            raise unavailable("no-beacon-yet", "no block finalized yet", 2)
+            raise unavailable("no-beacon-yet", "no random pulse finalized yet (blocks without "
+                              "fresh entropy are never served as the latest pulse)", 2)
         return _json(body)
 
-    @app.get("/v1/beacon/{height}", tags=["beacon"], summary="Randomness of a height, proof")
+    @app.get("/v1/beacon/{height}", tags=["beacon"],
+             summary="Pulse of a height with its proof and status (random or not)")
     async def beacon_at(height: height_path, _key: ApiKeyRecord = read) -> Response:
         return stored_or_problem(height, view.beacon_json(height)
                                  if view.get(height) is not None else None)
@@ -454,7 +480,7 @@ def create_app(gateway: Gateway) -> FastAPI:
               summary="Fresh key material from the private QRNG pool, sealed to your keys")
     async def post_keys(body: KeyRequestIn, key: ApiKeyRecord = keys_scope) -> dict[str, Any]:
         if gateway.key_service is None:
-            raise unavailable("keys-disabled", "this gateway does not serve key material", 60)
+            raise not_offered("this gateway does not serve key material (started --no-keys)")
         try:
             request = KeyRequest(base64.b64decode(body.x25519_public_key, validate=True),
                                  base64.b64decode(body.mlkem768_public_key, validate=True),
@@ -477,7 +503,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     # ------------------------------------------------------------------ users
     def users_backend() -> UserBackend:
         if gateway.users is None:
-            raise unavailable("users-disabled", "this gateway does not serve user records", 60)
+            raise not_offered("this gateway does not serve user records (started --no-users)")
         return gateway.users
 
 
@@ -530,6 +556,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             raise Problem(404, "record-not-found", f"user {user_id} has no record {record_id}")
         return record_document(record)
 
+    install_explorer(app, gateway)
     _add_problem_schema(app)
     return app
 
@@ -566,7 +593,11 @@ def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = 
 
     spec = ChainSpec.load(genesis)
     view = load_view(spec, retain)
-    gateway = Gateway(view=view, keys=ApiKeyStore(api_keys, refresh_s=key_refresh_s))
+    feeds = NetworkFeeds(settings)
+    gateway = Gateway(view=view, keys=ApiKeyStore(api_keys, refresh_s=key_refresh_s),
+                      genesis=GenesisAnchor.of_spec(spec), feeds=feeds)
+    gateway.starters.append(feeds.start)
+    gateway.stoppers.append(feeds.stop)
     gateway.ledger.state = spec.initial.app_state
     # The registry is swapped whole (never cleared and refilled: the pool's thread reads it),
     # and only when the chain's registered sources change.

@@ -5,6 +5,11 @@
 that signed it. Documents are rendered on demand and cached; the latest beacon pulse is
 serialized once per block, so ``GET /v1/beacon/latest`` is a dictionary lookup.
 
+Every pulse carries its status (``protocol.pulse``: NIST-like ``status`` code, ``random``, and
+the fresh and registered source counts). ``/v1/beacon/latest`` is the latest *random* pulse: a
+block without fresh entropy from enough sources is served at its height, marked, but never as
+the latest random value (the head document says which height that is).
+
 ``ChainFollower`` feeds it: ``follower.read_blocks`` re-verifies every block from genesis
 (hash links, certificates, randomness, state hashes), so a block reaches the API only after the
 gateway verified it. A block that does not verify stops the feed and marks the view unhealthy
@@ -31,6 +36,7 @@ from typing import Any
 
 from protocol.commit import CommitFlag
 from protocol.finalized import FinalizedRecord
+from protocol.pulse import describe, is_random, pulse_status
 from protocol.randomness import randomness_input
 from protocol.validators import ValidatorSet, validator_set_to_json
 from services.ledger.core.chain_spec import ChainSpec
@@ -69,7 +75,8 @@ class ChainView:
         self.first_height = 1
         self.error: str | None = None
         self.caught_up = False
-        self.latest_beacon: bytes | None = None
+        self.latest_beacon: bytes | None = None  # the latest random pulse, serialized
+        self.latest_random_height = 0
         self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
@@ -90,7 +97,9 @@ class ChainView:
             while len(self._blocks) > self.retain:
                 del self._blocks[self.first_height]
                 self.first_height += 1
-        self.latest_beacon = _dumps(self.beacon_document(record.height))
+        if is_random(pulse_status(record.block.header)):
+            self.latest_beacon = _dumps(self.beacon_document(record.height))
+            self.latest_random_height = record.height
         self._wake()
 
     def add_verified(self, verified: Any) -> None:
@@ -157,11 +166,16 @@ class ChainView:
                 self._cache.popitem(last=False)
         return body
 
+    def rendered(self, kind: str, height: int, render: Callable[[StoredBlock], Any]
+                 ) -> bytes | None:
+        """``render(block)`` of a retained height as JSON bytes, cached under ``kind``."""
+        return self._cached(kind, height, render)
+
     def block_json(self, height: int) -> bytes | None:
         return self._cached("block", height, block_document)
 
     def beacon_json(self, height: int) -> bytes | None:
-        if height == self.head_height and self.latest_beacon is not None:
+        if height == self.latest_random_height and self.latest_beacon is not None:
             return self.latest_beacon
         return self._cached("beacon", height, lambda s: self.beacon_document(s.record.height))
 
@@ -189,6 +203,7 @@ class ChainView:
                 "hash": stored.record.block.hash.hex(), "time_ms": header.time_ms,
                 "randomness": header.randomness.hex(), "state_hash": stored.record.state_hash.hex(),
                 "validators_hash": header.validators_hash.hex(),
+                "latest_random_height": self.latest_random_height,
                 "first_retained_height": self.first_height, "caught_up": self.caught_up}
 
     def beacon_document(self, height: int) -> dict[str, Any]:
@@ -203,6 +218,7 @@ class ChainView:
         return {
             "height": height, "chain_id": self.chain_id, "time_ms": block.header.time_ms,
             "randomness": block.header.randomness.hex(), "block_hash": block.hash.hex(),
+            **pulse_fields(block.header),
             "proof": {
                 "previous_randomness": (previous_randomness.hex()
                                         if previous_randomness is not None else None),
@@ -225,6 +241,14 @@ class ChainView:
                 yield height
 
 
+def pulse_fields(header: Any) -> dict[str, Any]:
+    """The status of the pulse ``header`` carries (``protocol.pulse``), as JSON fields."""
+    status = pulse_status(header)
+    return {"status": int(status), "status_text": describe(status),
+            "random": is_random(status), "fresh_sources": header.fresh_sources,
+            "registered_sources": header.registered_sources}
+
+
 def block_document(stored: StoredBlock) -> dict[str, Any]:
     record = stored.record
     block, header, body = record.block, record.block.header, record.block.body
@@ -238,6 +262,8 @@ def block_document(stored: StoredBlock) -> dict[str, Any]:
             "entropy_root": header.entropy_root.hex(),
             "entropy_ranges": [{"source_id": r.source_id, "first": r.first, "last": r.last}
                                for r in header.entropy_ranges],
+            "fresh_sources": header.fresh_sources,
+            "registered_sources": header.registered_sources,
             "randomness": header.randomness.hex(), "tx_root": header.tx_root.hex(),
             "evidence_root": header.evidence_root.hex(),
             "validators_hash": header.validators_hash.hex(),
@@ -257,6 +283,7 @@ def block_document(stored: StoredBlock) -> dict[str, Any]:
             "signed_power": sum(stored.validators.power_of(s.validator_address) for s in signed),
             "total_power": stored.validators.total_power,
         },
+        "pulse": pulse_fields(header),
         "state_hash": record.state_hash.hex(),
         "validators_url": f"/v1/validators/{record.height}",
         "finalized_at_ms": record.finalized_at_ms,

@@ -6,10 +6,13 @@
     qustream gateway api-key list | revoke KEY_ID
     qustream gateway delivery-key                              # the public key clients pin
 
-Keys are stored hashed in ``<state_dir>/gateway/api-keys.json`` (``--keys-file`` to change).
-With ``--ssl-ca-certs`` clients must present a certificate signed by that CA (mTLS). Key
-deliveries are signed with ``<state_dir>/gateway/delivery-key.json`` (``--delivery-key``; made
-on first use, ML-DSA-65); give every replica the same file, or pin each replica's key.
+Keys are stored hashed in ``<state_dir>/gateway/api-keys.json`` (``--keys-file`` or
+``QUSTREAM_GATEWAY_KEYS_FILE`` to change): the same file for ``run`` and ``api-key``, and for the
+demo's gateway. With ``--ssl-ca-certs`` clients must present a certificate signed by that CA
+(mTLS). The server listens on loopback unless ``--host`` says otherwise (``--host 0.0.0.0`` for
+every interface, as the Helm chart does inside its pod). Key deliveries are signed with
+``<state_dir>/gateway/delivery-key.json`` (``--delivery-key``; made on first use, ML-DSA-65);
+give every replica the same file, or pin each replica's key.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import ssl
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -27,6 +31,11 @@ app.add_typer(keys_app, name="api-key")
 
 KEYS_FILE = typer.Option(None, "--keys-file", envvar="QUSTREAM_GATEWAY_KEYS_FILE",
                          help="API key store (default <state_dir>/gateway/api-keys.json).")
+
+
+def default_keys_file(settings: Any) -> Path:
+    """The API key store every gateway command (and the demo) uses by default."""
+    return Path(settings.state_dir) / "gateway" / "api-keys.json"
 
 
 DELIVERY_KEY = typer.Option(None, "--delivery-key", envvar="QUSTREAM_GATEWAY_DELIVERY_KEY",
@@ -47,13 +56,15 @@ def _keys_file(option: Path | None) -> Path:
         return option
     from streams.settings import load_settings
 
-    return load_settings().state_dir / "gateway" / "api-keys.json"
+    return default_keys_file(load_settings())
 
 
 @app.command()
 def run(
     port: int = typer.Option(8080, "--port"),
-    host: str = typer.Option("0.0.0.0", "--host"),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="Address to listen on: loopback by default; 0.0.0.0 for "
+                                  "every interface (keep /metrics and /healthz internal)."),
     genesis: Path | None = typer.Option(None, "--genesis", envvar="QUSTREAM_GENESIS",
                                         help="Genesis file (default: the demo's)."),
     keys_file: Path | None = KEYS_FILE,

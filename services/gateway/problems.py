@@ -27,7 +27,8 @@ TITLES = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict", 410: "Gone",
     413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
-    429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+    429: "Too Many Requests", 500: "Internal Server Error", 501: "Not Implemented",
+    502: "Bad Gateway",
     503: "Service Unavailable", 504: "Gateway Timeout",
 }
 
@@ -49,6 +50,11 @@ class Problem(QuStreamError):
 def unavailable(slug: str, detail: str, retry_after_s: int) -> Problem:
     return Problem(503, slug, detail, headers={"Retry-After": str(retry_after_s)},
                    retry_after_s=retry_after_s)
+
+
+def not_offered(detail: str) -> Problem:
+    """A part of the API this gateway was started without: permanent, so no Retry-After."""
+    return Problem(501, "not-offered", detail)
 
 
 def problem_body(status: int, slug: str, detail: str, **extra: Any) -> bytes:
@@ -86,6 +92,11 @@ def install(app: FastAPI) -> None:
         errors = [{"location": ".".join(str(p) for p in e.get("loc", ())),
                    "message": str(e.get("msg", ""))} for e in exc.errors()]
         first = errors[0] if errors else {"location": "request", "message": "invalid"}
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            # Not JSON at all: a malformed request (400), not invalid fields (422).
+            return problem_response(400, "malformed-json",
+                                    f"the body is not valid JSON: {first['message']}",
+                                    errors=errors)
         return problem_response(422, "invalid-request",
                                 f"{first['location']}: {first['message']}", errors=errors)
 

@@ -1,11 +1,13 @@
 """User records over HTTP: writes are signed commands to Kafka, reads come from Cassandra.
 
 The client signs every command (``sdk.users.UserStore`` does it); the gateway checks that the
-command matches the URL (user id, record id, command type), forwards it to ``users.commands``
-and waits for the handler's reply: 202 with the event position (``partition:offset``) when
-accepted, 409 with the handler's reason when rejected. Reads take ``?min_offset=P:O`` and wait
-until the projection has applied that event (read your own writes). Nodes only ever see
-ciphertext.
+command matches the URL (user id, record id, command type: 422 at once otherwise), forwards it
+to ``users.commands`` and waits for the handler's reply: 202 with the event position
+(``partition:offset``) when accepted (for a repeated command, a position at or after its
+event), 409 with the handler's reason when rejected, 422 when its signature does not verify
+with the user's keys (typically: signed for another user's URL). Reads take
+``?min_offset=P:O`` and wait until the projection has applied that event (read your own
+writes). Nodes only ever see ciphertext.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class SignedCommandIn:
     issued_at_ms: int
     expected_version: int | None
     device_id: str
+    user_id: str | None = None  # the user the client signed for (the SDK sends it)
 
 
 def build_command(user_id: str, data: SignedCommandIn, *, expect_type: tuple[str, ...],
@@ -54,6 +57,9 @@ def build_command(user_id: str, data: SignedCommandIn, *, expect_type: tuple[str
     if data.command_type not in expect_type:
         raise Problem(422, "wrong-command", f"this endpoint takes {' or '.join(expect_type)}, "
                                             f"not {data.command_type}")
+    if data.user_id is not None and data.user_id != user_id:
+        raise Problem(422, "wrong-user", f"the command was signed for user {data.user_id}, "
+                                         f"not for {user_id} of the URL")
     try:
         payload = base64.b64decode(data.payload, validate=True)
         signature = base64.b64decode(data.signature, validate=True)
@@ -70,10 +76,38 @@ def build_command(user_id: str, data: SignedCommandIn, *, expect_type: tuple[str
         raise Problem(422, "invalid-command", str(exc)) from exc
     if record_id is not None and getattr(command.body, "record_id", None) != record_id:
         raise Problem(422, "wrong-record", "the command's record_id does not match the URL")
+    _check_registration(user_id, command)
     return command
 
 
+def _check_registration(user_id: str, command: Any) -> None:
+    """A RegisterUser carries its key: it must be this URL's user's and sign the command."""
+    from protocol.keys import KeyError_, PublicKey
+    from protocol.users import RegisterUser, signing_bytes
+
+    body = command.body
+    if not isinstance(body, RegisterUser) or command.device_id:
+        return
+    try:
+        key = PublicKey.from_text(body.signing_key)
+    except KeyError_ as exc:
+        raise Problem(422, "invalid-command", f"signing_key: {exc}") from exc
+    if key.address_hex != user_id:
+        raise Problem(422, "wrong-user", f"the registered key belongs to user "
+                                         f"{key.address_hex}, not to {user_id} of the URL")
+    if not key.verify(signing_bytes(command), command.signature):
+        raise Problem(422, "signature-invalid", "the signature does not verify with the "
+                                                "registered key")
+
+
 def reply_document(reply: Any) -> dict[str, Any]:
+    from services.shard_writer.core import ForgedSignatureError
+
+    if not reply.accepted and reply.code == ForgedSignatureError.reply_code:
+        raise Problem(422, "signature-invalid", f"the command's signature does not verify "
+                                                f"with user {reply.user_id}'s keys (was it "
+                                                "signed for another user's URL?)",
+                      code=reply.code, command_id=reply.command_id)
     if not reply.accepted:
         raise Problem(409, "command-rejected", f"{reply.code}: {reply.reason}",
                       code=reply.code, command_id=reply.command_id)
@@ -99,18 +133,43 @@ def user_document(view: Any) -> dict[str, Any]:
 
 
 class KafkaCassandraUsers:
-    """The real backend: ``UserClient`` for commands, ``UserQueries`` for reads."""
+    """The real backend: ``UserClient`` for commands, ``UserQueries`` for reads.
+
+    The projection's tables are made by the shard writer, which may start after the gateway:
+    until they exist, reads answer 503 and ``ready()`` is False (``/readyz`` says not ready)
+    instead of the gateway failing to start."""
 
     def __init__(self, settings: Any, *, timeout_s: float = 15.0) -> None:
         from services.shard_writer.client import UserClient
-        from services.shard_writer.queries import UserQueries
         from services.shard_writer.store import connect
 
-        self.cluster, session = connect(settings)
-        self.queries = UserQueries(session, settings.cassandra.keyspace,
-                                   settings.topic("users.events"))
+        self.cluster, self._session = connect(settings)
+        self._settings = settings
+        self._queries: Any = None
         self.client = UserClient(settings)
         self.timeout_s = timeout_s
+
+    @property
+    def queries(self) -> Any:
+        """The prepared projection queries; 503 while the projection's tables are missing."""
+        if self._queries is None:
+            from services.shard_writer.queries import UserQueries
+            from services.shard_writer.store import StoreError
+
+            try:
+                self._queries = UserQueries(self._session, self._settings.cassandra.keyspace,
+                                            self._settings.topic("users.events"))
+            except StoreError as exc:
+                raise unavailable("users-not-ready", "the user projection is not set up yet "
+                                  f"(the shard writer creates its tables): {exc}", 5) from exc
+        return self._queries
+
+    def ready(self) -> bool:
+        try:
+            self.queries  # noqa: B018  (prepares the statements once the tables exist)
+        except Problem:
+            return False
+        return True
 
     def execute(self, command: Any) -> Any:
         from services.shard_writer.client import ReplyTimeoutError

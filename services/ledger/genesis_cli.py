@@ -69,7 +69,7 @@ def new(
     genesis_path = out / "genesis.json"
     if genesis_path.exists():
         raise typer.BadParameter(f"{genesis_path} already exists", param_hint="--out")
-    scheme = Algorithm.parse(algorithm)
+    scheme = Algorithm.from_option(algorithm)
     keys_dir = out / "keys"
     validator_keys = [SigningKey.generate(scheme) for _ in range(validators)]
     account_keys = [SigningKey.generate(scheme) for _ in range(accounts)]

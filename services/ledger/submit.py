@@ -55,16 +55,29 @@ def _parse_tx(raw: bytes) -> PendingTx:
     return PendingTx(raw, signed.tx.sender.address, signed.tx.nonce, tx_hash(raw))
 
 
-def decode_submitted(data: bytes | None, codec: Codec | None = None) -> PendingTx:
+def read_submitted(data: bytes | None, codec: Codec | None = None) -> tuple[SignedTx, bytes]:
+    """The transaction a ``TransactionSubmitted`` record carries and its bytes, decoded and
+    matched against the record's fields but *not* signature-checked (the mempool checks what a
+    fresh key cannot fake first, the signature last). ``SubmissionError`` if malformed."""
     codec = codec or default_codec()
     try:
         _, record = codec.decode(data, "TransactionSubmitted")
     except CodecError as exc:
         raise SubmissionError(str(exc)) from exc
-    pending = parse_tx(record["tx"])
-    if pending.sender != record["sender"] or pending.nonce != record["nonce"]:
+    raw = bytes(record["tx"])
+    try:
+        signed: SignedTx = decode_signed_tx(raw)
+    except (CanonicalDecodeError, LedgerError, ValueError) as exc:
+        raise SubmissionError(f"not a signed transaction: {exc}") from exc
+    if signed.tx.sender_address != record["sender"] or signed.tx.nonce != record["nonce"]:
         raise SubmissionError("TransactionSubmitted sender/nonce do not match its transaction")
-    return pending
+    return signed, raw
+
+
+def decode_submitted(data: bytes | None, codec: Codec | None = None) -> PendingTx:
+    """The signature-checked transaction of a ``TransactionSubmitted`` record."""
+    _, raw = read_submitted(data, codec)
+    return parse_tx(raw)
 
 
 def submitted_record(raw: bytes) -> tuple[bytes, bytes]:

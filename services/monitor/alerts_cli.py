@@ -96,10 +96,13 @@ def watch(
     duration: float | None = typer.Option(None, "--duration", help="stop after seconds"),
 ) -> None:
     """Follow the alerts live: the open alerts and the latest raises and resolves."""
-    from services.monitor.alert_log import AlertLogError, read_alerts
+    from protocol.errors import QuStreamError
+    from services.monitor.alert_log import read_alerts
+    from streams.kafka import ensure_reachable
     from streams.settings import load_settings
 
     settings = load_settings()
+    ensure_reachable(settings)  # out of reach at the start: one line, not a silent view
     lock = threading.Lock()
     problem: list[str] = []
     state = {"open": OpenAlerts()}
@@ -114,7 +117,7 @@ def watch(
                         problem.clear()
                         state["open"] = fold(state["open"], event)
                         recent.appendleft(event)
-            except AlertLogError as exc:  # not there yet: say so and try again
+            except QuStreamError as exc:  # no topic yet, broker gone: say so and try again
                 with lock:
                     problem[:] = [str(exc)]
                 stop.wait(2)

@@ -40,9 +40,11 @@ def run(
     from services.monitor.metrics import serve
     from services.monitor.runtime import MonitorRuntime
     from services.monitor.settings import MonitorSettings
+    from streams.kafka import ensure_reachable
     from streams.settings import load_settings
 
     settings = load_settings()
+    ensure_reachable(settings)  # Faust's client would print a traceback of its own
     overrides = {k: v for k, v in (("metrics_port", metrics_port), ("metrics_host", metrics_host),
                                    ("alertmanager_url", alertmanager_url)) if v is not None}
     options = MonitorSettings(**overrides)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from protocol.entropy.registry import SourceRegistryEntry
 from protocol.finalized import FinalizedRecord
 from protocol.follow import BlockOutcome, FollowError
 from protocol.proposer import proposer
+from protocol.pulse import pulse_status
 from services.ledger.core.chain_spec import ChainSpec, source_registry
 from services.ledger.core.state import ValidatorRecord
 from services.monitor.core.facts import BlockRejected, BlockSeen, Fact, ValidatorStatusSeen
@@ -43,13 +44,14 @@ def block_seen(record: FinalizedRecord, round_proposers: tuple[str, ...] = ()) -
         finalized_at_ms=record.finalized_at_ms,
         validators=tuple(s.validator_address.hex() for s in record.commit.signatures),
         signed=tuple(a.hex() for a in record.commit.signed_addresses()),
-        previous_signed=tuple(
+        previous_signed=tuple(  # a nil precommit is a signature too (the ledger counts it)
             s.validator_address.hex() for s in (last_commit.signatures if last_commit else ())
-            if s.flag is CommitFlag.COMMIT),
+            if s.flag is not CommitFlag.ABSENT),
         round_proposers=round_proposers,
         double_signers=tuple(dict.fromkeys(e.validator_address.hex()
                                            for e in block.body.evidence)),
         tx_digests=tuple(hashlib.sha256(tx).hexdigest() for tx in block.body.txs),
+        pulse_status=int(pulse_status(block.header)),
     )
 
 

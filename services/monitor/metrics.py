@@ -69,6 +69,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("chain_rounds_above_zero", "gauge", "blocks decided after round 0 in the chain "
                "window"),
     MetricSpec("chain_block_rejected", "gauge", "1 while a finalized block does not verify"),
+    MetricSpec("chain_pulse_not_random", "gauge", "1 while the latest pulse carries no fresh "
+               "entropy from enough sources"),
     MetricSpec("mempool_depth", "gauge", "submitted transactions not yet in a block"),
     MetricSpec("dlq_messages", "gauge", "dead-lettered messages in the DLQ window",
                ("dlq", "reason")),
@@ -148,6 +150,7 @@ class MonitorCollector(Collector):
             put("chain_finality_seconds", [label], None if value is None else value / 1000)
         put("chain_rounds_above_zero", [], chain.late_rounds.total(policy.chain_window, now_ms))
         put("chain_block_rejected", [], 1.0 if chain.rejected else 0.0)
+        put("chain_pulse_not_random", [], 1.0 if chain.not_random else 0.0)
         put("mempool_depth", [], state.mempool.depth)
         for subject, counts in sorted(state.dead_letters.counts.items()):
             dlq, _, reason = subject.partition("/")

@@ -92,6 +92,11 @@ def run(
 ) -> None:
     """Run one QRNG ingest server until interrupted."""
     from protocol.entropy.chain import CheckpointPolicy
+    from protocol.entropy.registry import source_id_problem
+
+    problem = source_id_problem(source_id)  # the ledger's and every consumer's rule
+    if problem is not None:
+        raise typer.BadParameter(problem, param_hint="--source-id")
     from protocol.keys import SigningKey
     from services.qrng_ingest.core.liveness import LivenessPolicy
     from services.qrng_ingest.service import IngestConfig, IngestReport, build_service
@@ -142,11 +147,15 @@ def run(
 @app.command("status")
 def status(
     once: bool = typer.Option(False, "--once", help="print the table once, after catching up"),
-    refresh_s: float = typer.Option(1.0, "--refresh"),
+    refresh_s: float = typer.Option(1.0, "--refresh", help="seconds between updates"),
 ) -> None:
-    """Live table of every source seen on qrng.status."""
+    """Live table of every source seen on qrng.status (until Ctrl-C).
+
+    On a terminal the table is redrawn in place; in a pipe or a file it is printed again every
+    ``--refresh`` seconds (``--once``: once, after catching up)."""
     from services.qrng_ingest.monitor import StatusBoard
     from streams.codec import CodecError, default_codec
+    from streams.console import output_console
     from streams.kafka import make_consumer
     from streams.settings import load_settings
 
@@ -155,6 +164,7 @@ def status(
     consumer.subscribe([settings.topic("qrng.status")])
     board = StatusBoard()
     codec = default_codec()
+    out = output_console()
 
     def drain(budget_s: float) -> int:
         seen = 0
@@ -175,9 +185,14 @@ def status(
     try:
         if once:
             drain(5.0)
-            Console().print(board.table())
+            out.print(board.table())
             return
-        with Live(board.table(), console=Console(), refresh_per_second=2) as live:
+        if not out.is_terminal:
+            while True:
+                drain(refresh_s)
+                out.print(board.table())
+                out.file.flush()
+        with Live(board.table(), console=out, refresh_per_second=2) as live:
             while True:
                 drain(refresh_s)
                 live.update(board.table())

@@ -72,7 +72,7 @@ def _queries():  # type: ignore[no-untyped-def]
 def keygen(out: Path = typer.Option(Path("user.json"), "--out", "-o"),
            algorithm: str = typer.Option("ml-dsa-65", help="ml-dsa-65 or ed25519")) -> None:
     """Create a new user identity (signing key + ML-KEM-768 record key)."""
-    identity = UserIdentity.generate(Algorithm.parse(algorithm))
+    identity = UserIdentity.generate(Algorithm.from_option(algorithm))
     identity.save(out)
     console.print(f"user id {identity.user_id} -> {out}")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from services.shard_writer.core import Command, command_to_record
+from services.shard_writer.core import Command, command_digest, command_to_record
 from streams.codec import CodecError, default_codec
 from streams.errors import DeliveryError
 from streams.kafka import Delivery, Position, make_consumer, make_producer
@@ -69,6 +69,7 @@ class UserClient:
 
     def wait_reply(self, submitted: Submitted, *, timeout_s: float = 30.0) -> Reply:
         command = submitted.command
+        digest = command_digest(command)
         reader = make_consumer(self.settings, f"{self.replies_topic}.client")
         deadline = time.monotonic() + timeout_s
         try:
@@ -85,6 +86,8 @@ class UserClient:
                 r = decoded.record
                 if r["user_id"] != command.user_id or r["command_id"] != command.command_id:
                     continue
+                if r.get("command_digest") not in (None, digest):
+                    continue  # another command under the same key (a forgery): not ours
                 if decoded.schema == "UserCommandAccepted":
                     return Reply(r["user_id"], r["command_id"], True, r["version"],
                                  r["partition"], None if r["offset"] < 0 else r["offset"])

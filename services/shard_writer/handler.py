@@ -11,10 +11,14 @@ Commit order of one batch (``CommandHandler.process``): the run loop polls at mo
 2. produce the outputs: per command, against a *working copy* of the per-user state: size
    check, decode, signature, idempotency, ``decide``; its event to ``users.events`` (same key,
    same partition number as the command), or its rejection to ``users.replies``, or the
-   original bytes to ``dlq.users`` with the typed reason;
+   original bytes to ``dlq.users`` with the typed reason (a forged signature is also answered
+   with a rejection, so whoever waits for the command learns it at once; it is not remembered
+   against the idempotency key, which would let a forger block the genuine command);
 3. flush: the events' offsets are now known;
 4. one ``UserCommandAccepted`` reply per accepted command, naming its event's offset (for
-   read-your-own-writes);
+   read-your-own-writes); a repeated command (same idempotency key and content) is answered
+   here too, with the offset of its user's latest event, which is at or after the event the
+   command produced the first time: reading at that position sees the command's effect;
 5. the next command offsets join the transaction with the group metadata (a zombie of an older
    group generation is fenced here);
 6. commit; only now does the working copy become the state.
@@ -107,6 +111,16 @@ class HandlerError(OperationError):
     """The command handler cannot continue (fenced, or Kafka failed fatally)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Repeat:
+    """A repeated command, answered after the flush (its user's latest offset is known then)."""
+
+    command: Command
+    partition: int
+    digest: bytes
+    version: int
+
+
 @dataclass
 class HandlerStats:
     accepted: int = 0
@@ -188,6 +202,7 @@ class CommandHandler(LoopService):
                 raise HandlerError(f"unreadable event at {self.events_topic}[{partition}]@"
                                    f"{record.offset}: {exc}") from exc
             state.users[event.user_id] = evolve(state.users.get(event.user_id), event)
+            state.last_offsets[event.user_id] = record.offset
         for record in self._read_partition(self.replies_topic, partition):
             try:
                 decoded = self.codec.decode(record.value)
@@ -234,16 +249,27 @@ class CommandHandler(LoopService):
         working: dict[int, BatchState] = {}
         stats = HandlerStats()
         pending: list[tuple[Event, int, list[int]]] = []
+        repeats: list[_Repeat] = []
 
         def produce(producer: KafkaProducer) -> None:
             for record in records:
-                self._handle(record, working, pending, stats)
+                self._handle(record, working, pending, stats, repeats)
 
         def reply(producer: KafkaProducer) -> None:
             now = self.clock()
             for event, event_partition, delivered in pending:
-                self._reply_accepted(event, event_partition, delivered[0] if delivered else -1,
-                                     now)
+                offset = delivered[0] if delivered else -1
+                self._reply_accepted(event, event_partition, offset, now)
+                if offset >= 0:
+                    working[event_partition].last_offsets[event.user_id] = offset
+            for repeat in repeats:
+                user_id = repeat.command.user_id
+                self._produce_reply("UserCommandAccepted", user_id, repeat.partition, {
+                    "user_id": user_id, "command_id": repeat.command.command_id,
+                    "command_digest": repeat.digest, "version": repeat.version,
+                    "partition": repeat.partition,
+                    "offset": working[repeat.partition].last_offset(user_id),
+                    "accepted_at_ms": now})
 
         if not self.batch.run(produce, records, after_flush=reply):
             return 0
@@ -265,7 +291,8 @@ class CommandHandler(LoopService):
         stats.dead_lettered[error_type(exc)] += 1
 
     def _handle(self, message: Record, working: dict[int, BatchState],
-                pending: list[tuple[Event, int, list[int]]], stats: HandlerStats) -> None:
+                pending: list[tuple[Event, int, list[int]]], stats: HandlerStats,
+                repeats: list[_Repeat]) -> None:
         partition = message.partition
         value = message.value
         if value is not None and len(value) > MAX_COMMAND_BYTES:
@@ -299,6 +326,7 @@ class CommandHandler(LoopService):
                 authenticate(user, command)
             except ForgedSignatureError as exc:
                 self._dead(message, exc, stats)
+                self._reply_rejected(command, partition, exc.reply_code, str(exc), digest)
                 return
         decision = decide(user, command, self.clock(), self.limits)
         if isinstance(decision, CommandRejectedError):
@@ -306,10 +334,7 @@ class CommandHandler(LoopService):
             self._reject(command, partition, decision, digest, stats, remember=remember)
         elif isinstance(decision, AlreadyApplied):
             stats.duplicates += 1
-            self._produce_reply("UserCommandAccepted", command.user_id, partition, {
-                "user_id": command.user_id, "command_id": command.command_id,
-                "command_digest": digest, "version": decision.version, "partition": partition,
-                "offset": -1, "accepted_at_ms": self.clock()})
+            repeats.append(_Repeat(command, partition, digest, decision.version))
         elif isinstance(decision, Accepted):
             for event in decision.events:
                 user = evolve(user, event)

@@ -127,7 +127,8 @@ def connect(settings: Settings, *, request_timeout_s: float = 30.0) -> tuple[Clu
         "contact_points": hosts,
         "port": port,
         "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
-        "connect_timeout": 10,
+        "connect_timeout": settings.cassandra.connect_timeout_s,
+        "control_connection_timeout": settings.cassandra.connect_timeout_s,
         "protocol_version": 5,  # Cassandra 4.0+; saves the driver's downgrade handshake
     }
     connection_class = _connection_class()
@@ -141,8 +142,18 @@ def connect(settings: Settings, *, request_timeout_s: float = 30.0) -> tuple[Clu
         session = cluster.connect()
     except (DriverException, NoHostAvailable, OSError) as exc:
         cluster.shutdown()
-        raise StoreError(f"cannot connect to Cassandra at {hosts}:{port}: {exc}") from exc
+        where = ",".join(f"{host}:{port}" for host in hosts)
+        raise StoreError(f"cannot reach Cassandra at {where} ({_reason(exc)}); that address "
+                         f"comes from {settings.cassandra_origin()}") from exc
     return cluster, session
+
+
+def _reason(exc: Exception) -> str:
+    """The driver's reason in one line (NoHostAvailable carries one error per host)."""
+    errors = getattr(exc, "errors", None)
+    if isinstance(errors, dict) and errors:
+        return "; ".join(" ".join(str(e).split()) for e in errors.values())
+    return " ".join(str(exc).split())
 
 
 def _checked(keyspace: str) -> str:

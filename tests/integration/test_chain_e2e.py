@@ -132,7 +132,8 @@ def network_factory(settings: Settings, tmp_path: Path) -> Iterator[object]:
     made: list[Network] = []
 
     def make(validators: int = 4, interval_ms: int = 1000, sources: int = 2,
-             byzantine: tuple[int, ...] = (), tally: bool = True) -> Network:
+             byzantine: tuple[int, ...] = (), tally: bool = True,
+             behaviour: str = "double-sign", byzantine_args: tuple[str, ...] = ()) -> Network:
         import subprocess
 
         net_dir = tmp_path / "net"
@@ -153,9 +154,9 @@ def network_factory(settings: Settings, tmp_path: Path) -> Iterator[object]:
         for index in range(validators):
             spec = validator_spec(net_dir, index, interval_ms)
             argv = spec.argv
-            if index in byzantine:  # the same node, double-signing (tests/support/byzantine.py)
-                argv = (sys.executable, "-m", "tests.support.byzantine", "double-sign",
-                        *argv[argv.index("--key"):])
+            if index in byzantine:  # the same node, misbehaving (tests/support/byzantine.py)
+                argv = (sys.executable, "-m", "tests.support.byzantine", behaviour,
+                        *argv[argv.index("--key"):], *byzantine_args)
             specs.append(ServiceSpec(spec.name, argv,
                                      env={**env_of(settings), "PYTHONPATH": str(REPO_ROOT)}))
         if tally:

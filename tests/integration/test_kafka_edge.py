@@ -5,8 +5,9 @@ error translation.
   that a ``read_committed`` reader sees and no committed input offset, even where its outputs
   are already in the log; a rerun of the same inputs commits outputs and offsets together.
 - A zombie (an older producer with the same ``transactional.id``) is fenced with our type.
-- An unreachable broker gives our error types within bounded time, and a consumer's errors are
-  counted rather than dropped.
+- An unreachable broker gives our error types within bounded time: the factories give up
+  within the connect timeout naming the address, and a client that loses its broker later
+  counts its errors rather than dropping them.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams import kafka
 from streams.admin import ensure_topics
-from streams.errors import FencedError, KafkaOperationError, RetriableKafkaError
+from streams.errors import (
+    FencedError,
+    KafkaOperationError,
+    KafkaUnreachableError,
+    RetriableKafkaError,
+)
 from streams.kafka import Delivery, KafkaProducer, Position, Record
 from streams.settings import Settings
 from streams.topics import TopicSpec
@@ -143,15 +149,29 @@ def _closed_port() -> int:
 
 
 def test_an_unreachable_broker_gives_our_errors_in_bounded_time(settings: Settings) -> None:
+    port = _closed_port()
     nowhere = settings.model_copy(update={"kafka": settings.kafka.model_copy(
-        update={"bootstrap_servers": f"127.0.0.1:{_closed_port()}"})})
+        update={"bootstrap_servers": f"127.0.0.1:{port}", "connect_timeout_s": 2.0})})
     fast = {"socket.connection.setup.timeout.ms": 1000, "reconnect.backoff.max.ms": 500,
             "log_level": 0}  # the refused connections are expected: keep the output readable
 
+    # Every factory gives up within the connect timeout, naming the address.
+    for build in (lambda: ensure_topics(nowhere, timeout_s=2),
+                  lambda: kafka.make_consumer(nowhere, "nowhere", **fast),
+                  lambda: kafka.make_reader(nowhere, "nowhere", **fast),
+                  lambda: kafka.make_producer(nowhere, **fast)):
+        started = time.monotonic()
+        with pytest.raises(KafkaUnreachableError, match=f"127.0.0.1:{port}") as caught:
+            build()
+        assert isinstance(caught.value, RetriableKafkaError)
+        assert time.monotonic() - started < 2.0 + 10
+
+    # A client that lost its broker after it was built: errors are ours, counted, never dropped.
+    tally = kafka.ErrorTally("nowhere")
+    consumer = kafka.KafkaConsumer(
+        Consumer({**kafka.consumer_config(nowhere, "nowhere", **fast),
+                  "error_cb": tally.on_client_error}), "nowhere", tally=tally)
     started = time.monotonic()
-    with pytest.raises(RetriableKafkaError):
-        ensure_topics(nowhere, timeout_s=2)
-    consumer = kafka.make_consumer(nowhere, "nowhere", **fast)
     try:
         with pytest.raises(RetriableKafkaError):
             consumer.watermarks("any", 0, timeout_s=2)
@@ -164,7 +184,8 @@ def test_an_unreachable_broker_gives_our_errors_in_bounded_time(settings: Settin
         assert consumer.errors and isinstance(consumer.last_error, KafkaOperationError)
     finally:
         consumer.close()
-    producer = kafka.make_producer(nowhere, **{**fast, "message.timeout.ms": 1500})
+    producer = KafkaProducer(Producer(kafka.producer_config(
+        nowhere, **{**fast, "message.timeout.ms": 1500})))
     reports: list[Delivery] = []
     producer.produce("any", b"lost", on_delivery=reports.append)
     producer.flush(10)

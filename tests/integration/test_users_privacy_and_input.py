@@ -109,8 +109,10 @@ def test_bad_input_is_dead_lettered_counted_and_the_stream_keeps_flowing(
     assert all(d["value"] for d in dead)  # original bytes kept
     replies = [codec.decode(v) for _, v in read_topic(users_settings, "users.replies")]
     outcomes = sorted((d.schema, d.record["command_id"]) for d in replies)
+    # The forged command is dead-lettered and also answered (whoever sent it learns at once).
     assert outcomes == [("UserCommandAccepted", "good"), ("UserCommandAccepted", "reg"),
-                        ("UserCommandAccepted", "reg"), ("UserCommandRejected", "too-large")]
+                        ("UserCommandAccepted", "reg"), ("UserCommandRejected", "forged"),
+                        ("UserCommandRejected", "too-large")]
 
 
 def test_no_plaintext_in_kafka_or_cassandra_and_reads_see_own_writes(

@@ -211,6 +211,9 @@ class CounterApp:
             .digest()
         )
 
+    def registered_sources(self, state: CounterState) -> int:
+        return len(SOURCES)
+
 
 AppFactory = Callable[[Sequence[SigningKey], Sequence[int]], tuple[Application[Any], Any]]
 
@@ -781,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.validators,
         args.heights,
         _parse_byzantine(args.byzantine),
-        Algorithm.parse(args.algorithm),
+        Algorithm.from_option(args.algorithm),
     )
     try:
         result = simulate(config)

@@ -87,6 +87,7 @@ def _block_json(block: Block) -> dict[str, Any]:
         "chain_id": header.chain_id, "height": header.height, "round": header.round,
         "time_ms": header.time_ms,
         "entropy_ranges": [[r.source_id, r.first, r.last] for r in header.entropy_ranges],
+        "fresh_sources": header.fresh_sources, "registered_sources": header.registered_sources,
     }
     fields.update({name: getattr(header, name).hex() for name in _HEX_FIELDS})
     body = block.body

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,25 +29,8 @@ from protocol.keys import SigningKey
 from protocol.messages import Vote, VoteType
 from protocol.proposal import Proposal
 from protocol.proposer import proposer
-from services.consensus.core.state_machine import (
-    Broadcast,
-    CommitReceived,
-    ConsensusConfig,
-    ConsensusState,
-    Decided,
-    Event,
-    EvidenceDetected,
-    MessageRejected,
-    Output,
-    ProposalReceived,
-    ScheduleTimeout,
-    StartHeight,
-    TimeoutFired,
-    TimeoutStep,
-    VoteReceived,
-    handle,
-    initial_state,
-)
+from services.consensus.core import state_machine as sm
+from tests.support import vectors
 from tests.support.sim import SimConfig, Simulation, sim_keys
 from tests.unit.test_consensus_state_machine import (
     KEY_OF,
@@ -77,54 +59,54 @@ def _hash(value: bytes | None) -> str | None:
     return None if value is None else value.hex()[:16]
 
 
-def describe_input(event: Event) -> dict[str, Any]:
+def describe_input(event: sm.Event) -> dict[str, Any]:
     match event:
-        case StartHeight(height, validators):
+        case sm.StartHeight(height, validators):
             return {"input": "StartHeight", "height": height, "validators": len(validators)}
-        case ProposalReceived(p):
+        case sm.ProposalReceived(p):
             return {"input": "Proposal", "height": p.height, "round": p.round,
                     "pol_round": p.pol_round, "block": _hash(p.block_hash),
                     "proposer": INDEX.get(p.proposer_address, p.proposer_address.hex()),
                     "signature": hashlib.sha256(p.signature).hexdigest()[:16]}
-        case VoteReceived(v):
+        case sm.VoteReceived(v):
             return {"input": v.vote_type.name.title(), "height": v.height, "round": v.round,
                     "block": _hash(v.block_hash),
                     "validator": INDEX.get(v.validator_address, v.validator_address.hex()),
                     "signature": hashlib.sha256(v.signature).hexdigest()[:16]}
-        case TimeoutFired(height, round, step):
+        case sm.TimeoutFired(height, round, step):
             return {"input": "Timeout", "height": height, "round": round,
                     "step": step.name.lower()}
-        case CommitReceived(block, commit):
+        case sm.CommitReceived(block, commit):
             return {"input": "Commit", "height": commit.height, "round": commit.round,
                     "block": _hash(block.hash)}
     raise AssertionError(event)
 
 
-def describe_output(output: Output) -> dict[str, Any]:
+def describe_output(output: sm.Output) -> dict[str, Any]:
     match output:
-        case Broadcast(Proposal() as p):
+        case sm.Broadcast(Proposal() as p):
             return {"output": "Proposal", "round": p.round, "pol_round": p.pol_round,
                     "block": _hash(p.block_hash)}
-        case Broadcast(Vote() as v):
+        case sm.Broadcast(Vote() as v):
             return {"output": v.vote_type.name.title(), "round": v.round,
                     "block": _hash(v.block_hash)}
-        case ScheduleTimeout(height, round, step, duration_ms):
+        case sm.ScheduleTimeout(height, round, step, duration_ms):
             return {"output": "ScheduleTimeout", "height": height, "round": round,
                     "step": step.name.lower(), "duration_ms": duration_ms}
-        case Decided(height, round, block, commit):
+        case sm.Decided(height, round, block, commit):
             return {"output": "Decided", "height": height, "round": round,
                     "block": _hash(block.hash),
                     "signers": sorted(INDEX[a] for a in commit.signed_addresses())}
-        case EvidenceDetected(evidence):
+        case sm.EvidenceDetected(evidence):
             return {"output": "Evidence", "validator": INDEX[evidence.validator_address],
                     "height": evidence.height, "round": evidence.vote_a.round}
-        case MessageRejected(event, reason):
+        case sm.MessageRejected(event, reason):
             return {"output": "Rejected", "input": describe_input(event)["input"],
                     "reason": reason}
     raise AssertionError(output)
 
 
-def describe_state(state: ConsensusState) -> dict[str, Any]:
+def describe_state(state: sm.ConsensusState) -> dict[str, Any]:
     return {
         "height": state.height, "round": state.round, "step": state.step.name.lower(),
         "locked_round": state.locked_round,
@@ -140,39 +122,40 @@ class Row:
     """One input and what must follow: ``outputs`` lists the output kinds in order (a subset
     check on ``describe_output``), ``state`` the state fields that must hold afterwards."""
 
-    input: Callable[[], Event]
+    input: Callable[[], sm.Event]
     outputs: tuple[dict[str, Any], ...] = ()
     state: dict[str, Any] = field(default_factory=dict)
 
 
-def vote(key: SigningKey, kind: VoteType, round: int, block: Block | None) -> Callable[[], Event]:
-    return lambda: VoteReceived(signed_vote(key, kind, round, None if block is None
+def vote(key: SigningKey, kind: VoteType, round: int, block: Block | None
+         ) -> Callable[[], sm.Event]:
+    return lambda: sm.VoteReceived(signed_vote(key, kind, round, None if block is None
                                             else block.hash))
 
 
-def proposal(round: int, block: Block, pol_round: int = -1) -> Callable[[], Event]:
-    return lambda: ProposalReceived(signed_proposal(round, block, pol_round))
+def proposal(round: int, block: Block, pol_round: int = -1) -> Callable[[], sm.Event]:
+    return lambda: sm.ProposalReceived(signed_proposal(round, block, pol_round))
 
 
-def timeout(round: int, step: TimeoutStep) -> Callable[[], Event]:
-    return lambda: TimeoutFired(1, round, step)
+def timeout(round: int, step: sm.TimeoutStep) -> Callable[[], sm.Event]:
+    return lambda: sm.TimeoutFired(1, round, step)
 
 
-START = Row(lambda: StartHeight(1, VALIDATORS),
+START = Row(lambda: sm.StartHeight(1, VALIDATORS),
             ({"output": "ScheduleTimeout", "step": "propose", "round": 0},),
             {"round": 0, "step": "propose"})
 PREVOTE, PRECOMMIT = VoteType.PREVOTE, VoteType.PRECOMMIT
 H_BLOCK, H_OTHER = _hash(BLOCK.hash), _hash(OTHER_BLOCK.hash)
 
 
-def _forged_proposal() -> Event:
+def _forged_proposal() -> sm.Event:
     genuine = signed_proposal(0, BLOCK)
-    return ProposalReceived(dataclasses.replace(genuine, signature=bytes(64)))
+    return sm.ProposalReceived(dataclasses.replace(genuine, signature=bytes(64)))
 
 
-def _wrong_proposer() -> Event:
+def _wrong_proposer() -> sm.Event:
     unsigned = Proposal(1, 0, -1, BLOCK, ME.address, b"")
-    return ProposalReceived(dataclasses.replace(
+    return sm.ProposalReceived(dataclasses.replace(
         unsigned, signature=ME.sign(unsigned.sign_bytes(CHAIN_ID))))
 
 
@@ -183,15 +166,15 @@ def _decided_elsewhere() -> tuple[Block, Any]:
     return decision.block, decision.commit
 
 
-def _commit_received() -> Event:
+def _commit_received() -> sm.Event:
     block, commit = _decided_elsewhere()
-    return CommitReceived(block, commit)
+    return sm.CommitReceived(block, commit)
 
 
 CASES: dict[str, tuple[str, tuple[Row, ...]]] = {
     "proposer_proposes": (
         "the round's proposer proposes at the start of the height and prevotes its own block",
-        (Row(lambda: StartHeight(1, VALIDATORS),
+        (Row(lambda: sm.StartHeight(1, VALIDATORS),
              ({"output": "Proposal", "round": 0, "pol_round": -1},
               {"output": "Prevote", "round": 0}),
              {"step": "prevote"}),),
@@ -213,21 +196,21 @@ CASES: dict[str, tuple[str, tuple[Row, ...]]] = {
     "propose_timeout": (
         "no proposal: the propose timeout makes the node prevote nil",
         (START,
-         Row(timeout(0, TimeoutStep.PROPOSE), ({"output": "Prevote", "block": None},),
+         Row(timeout(0, sm.TimeoutStep.PROPOSE), ({"output": "Prevote", "block": None},),
              {"step": "prevote"})),
     ),
     "nil_quorum": (
         "+2/3 nil prevotes make the node precommit nil; +2/3 precommits of any value schedule "
         "the precommit timeout, which moves to the next round",
         (START,
-         Row(timeout(0, TimeoutStep.PROPOSE), ({"output": "Prevote", "block": None},)),
+         Row(timeout(0, sm.TimeoutStep.PROPOSE), ({"output": "Prevote", "block": None},)),
          Row(vote(PEERS[0], PREVOTE, 0, None)),
          Row(vote(PEERS[1], PREVOTE, 0, None), ({"output": "Precommit", "block": None},),
              {"step": "precommit"}),
          Row(vote(PEERS[0], PRECOMMIT, 0, None)),
          Row(vote(PEERS[1], PRECOMMIT, 0, None),
              ({"output": "ScheduleTimeout", "step": "precommit", "round": 0},)),
-         Row(timeout(0, TimeoutStep.PRECOMMIT),
+         Row(timeout(0, sm.TimeoutStep.PRECOMMIT),
              ({"output": "ScheduleTimeout", "step": "propose", "round": 1},),
              {"round": 1, "step": "propose"})),
     ),
@@ -238,7 +221,7 @@ CASES: dict[str, tuple[str, tuple[Row, ...]]] = {
          Row(_forged_proposal, ({"output": "Rejected", "input": "Proposal"},),
              {"step": "propose"}),
          Row(_wrong_proposer, ({"output": "Rejected", "input": "Proposal"},)),
-         Row(lambda: VoteReceived(dataclasses.replace(
+         Row(lambda: sm.VoteReceived(dataclasses.replace(
              signed_vote(PEERS[0], PREVOTE, 0, None), signature=bytes(64))),
              ({"output": "Rejected", "input": "Prevote"},)),
          Row(vote(sim_keys(5)[4], PREVOTE, 0, None),
@@ -265,14 +248,14 @@ CASES: dict[str, tuple[str, tuple[Row, ...]]] = {
          Row(vote(PEERS[0], PREVOTE, 0, BLOCK)),
          Row(vote(PEERS[1], PREVOTE, 0, BLOCK), (), {"locked_block": H_BLOCK}),
          *(Row(vote(peer, PRECOMMIT, 0, None)) for peer in PEERS),
-         Row(timeout(0, TimeoutStep.PRECOMMIT), (), {"round": 1}),
+         Row(timeout(0, sm.TimeoutStep.PRECOMMIT), (), {"round": 1}),
          Row(proposal(1, OTHER_BLOCK), ({"output": "Prevote", "round": 1, "block": None},),
              {"locked_block": H_BLOCK, "locked_round": 0})),
     ),
     "next_height_buffered": (
         "a vote of the next height is kept and replayed when that height starts",
         (START,
-         Row(lambda: VoteReceived(dataclasses.replace(
+         Row(lambda: sm.VoteReceived(dataclasses.replace(
              signed_vote(PEERS[0], PREVOTE, 0, None), height=2)), (), {"height": 1})),
     ),
     "catch_up": (
@@ -289,14 +272,14 @@ def _matches(expected: dict[str, Any], actual: dict[str, Any]) -> bool:
 
 def build_vector(name: str) -> dict[str, Any]:
     description, rows = CASES[name]
-    config = ConsensusConfig(CHAIN_ID, PROPOSER_0 if name == "proposer_proposes" else ME)
+    config = sm.ConsensusConfig(CHAIN_ID, PROPOSER_0 if name == "proposer_proposes" else ME)
     assert config.key is not None
     logic = Logic(config.key)
-    state = initial_state(1, VALIDATORS, PRIORITIES)
+    state = sm.initial_state(1, VALIDATORS, PRIORITIES)
     steps = []
     for number, row in enumerate(rows):
         event = row.input()
-        state, outputs = handle(config, logic, state, event)
+        state, outputs = sm.handle(config, logic, state, event)
         described = [describe_output(o) for o in outputs]
         remaining = list(described)
         for wanted in row.outputs:
@@ -313,17 +296,13 @@ def build_vector(name: str) -> dict[str, Any]:
 
 
 def write_vectors() -> None:
-    VECTOR_DIR.mkdir(parents=True, exist_ok=True)
-    for name in CASES:
-        path = VECTOR_DIR / f"{name}.json"
-        path.write_text(json.dumps(build_vector(name), indent=1, sort_keys=True) + "\n")
-        print(f"wrote {path}")
+    vectors.write(VECTOR_DIR, CASES, build_vector)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_table_holds_and_matches_its_golden_vector(name: str) -> None:
-    recorded = json.loads((VECTOR_DIR / f"{name}.json").read_text())
-    assert json.loads(json.dumps(build_vector(name), sort_keys=True)) == recorded
+    recorded = vectors.load(VECTOR_DIR, name)
+    assert vectors.generated(build_vector, name) == recorded
 
 
 if __name__ == "__main__":

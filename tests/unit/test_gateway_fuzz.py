@@ -1,7 +1,8 @@
 """Property-based fuzzing of the published OpenAPI spec with schemathesis (in-process ASGI).
 
-For every operation: no 5xx, every 4xx/5xx is a well-formed problem document, and requests
-without a key or with a wrong key get 401/403 and nothing else.
+For every operation: no 5xx but the documented 501 (not offered) and 503, every 4xx/5xx is a
+well-formed problem document, and requests without a key or with a wrong key get 401/403 and
+nothing else.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ EXAMPLES = int(os.environ.get("QUSTREAM_FUZZ_EXAMPLES", "20"))
 
 
 def check_problem(response: Any) -> None:
-    assert response.status_code < 500 or response.status_code == 503, response.text
+    # 501: a part this gateway was started without (here: user records), 503: not ready yet
+    assert response.status_code < 500 or response.status_code in (501, 503), response.text
     if response.status_code >= 400:
         assert response.headers["content-type"][0].startswith("application/problem+json")
         body = response.json()
@@ -38,7 +40,7 @@ def check_problem(response: Any) -> None:
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=list(HealthCheck))
 def test_with_a_valid_key(case: Any) -> None:
-    if case.path == "/v1/stream/blocks":
+    if case.path in ("/v1/stream/blocks", "/explorer/api/stream"):
         case.query = {**(case.query or {}), "until": 3}
     response = case.call(headers={"X-API-Key": KEYS["all"]})
     check_problem(response)

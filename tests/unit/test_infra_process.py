@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -172,11 +173,15 @@ def test_external_parts_are_never_started(tmp_path: Path) -> None:
 def test_a_server_whose_pid_file_was_lost_is_found(tmp_path: Path) -> None:
     fake_java = tmp_path / "bin" / "java"
     fake_java.parent.mkdir()
-    fake_java.symlink_to(sys.executable)
+    # A POSIX shell stands in for the JVM: it starts in microseconds wherever the suite runs
+    # (a symlinked interpreter may not, e.g. a relocatable Python that cannot find its prefix
+    # through the link), and "sleep; true" keeps it from exec-ing sleep in its own place.
+    fake_java.symlink_to(shutil.which("sh") or "/bin/sh")
     marker = str(tmp_path / "kafka" / "conf")
-    child = subprocess.Popen([str(fake_java), "-c", "import time; time.sleep(60)",
+    child = subprocess.Popen([str(fake_java), "-c", "sleep 60; true",
                               f"-Dx={marker}/log4j2.properties", "kafka.Kafka"])
     try:
+        assert child.poll() is None, "the stand-in JVM exited at once"
         assert find_java_process("kafka.Kafka", marker) == child.pid
         assert find_java_process("org.apache.cassandra.service.CassandraDaemon", marker) is None
         assert find_java_process("kafka.Kafka", str(tmp_path / "elsewhere")) is None

@@ -238,3 +238,12 @@ def test_the_command_line_validates_both_profiles(capsys: pytest.CaptureFixture[
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == list(PROFILES)
     assert all(line.endswith(": ok") for line in lines)
+
+
+def test_the_gateway_listens_on_every_interface_of_its_pod(rendered: dict[str, Objects]) -> None:
+    """The gateway binds loopback unless told otherwise; in a pod the Service must reach it."""
+    for objects in rendered.values():
+        gateway = next(o for o in objects if o["kind"] == "Deployment"
+                       and o["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway")
+        args = gateway["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args[args.index("--host") + 1] == "0.0.0.0", args

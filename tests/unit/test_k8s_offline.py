@@ -34,7 +34,7 @@ def test_close_schema_rejects_unknown_fields_only_where_the_crd_does_not_allow_t
     assert "additionalProperties" not in schema  # the input is not modified
 
 
-def test_every_crd_in_shared_is_readable() -> None:
+def test_every_vendored_crd_is_readable() -> None:
     for name, version in (("strimzi-040-Crd-kafka.yaml", "kafka.strimzi.io/v1"),
                           ("k8ssandra.io_k8ssandraclusters.yaml", "k8ssandra.io/v1alpha1")):
         schema = crd_schema(CRD_DIR / name, version)
@@ -54,7 +54,7 @@ def test_a_missing_crd_directory_is_a_clear_error(tmp_path: Path) -> None:
     from infra.k8s.schemas import SchemaMissingError
     kafka = {"apiVersion": "kafka.strimzi.io/v1", "kind": "Kafka", "metadata": {"name": "k"},
              "spec": {}}
-    with pytest.raises(SchemaMissingError, match="shared/ must sit beside the repository"):
+    with pytest.raises(SchemaMissingError, match="vendored in infra/k8s/crds"):
         list(schema_violations(kafka, crd_dir=tmp_path))
 
 
@@ -102,3 +102,14 @@ def test_the_dockerfile_lint_catches(change: tuple[str, str], expected: str) -> 
     if new == "NONE":
         broken = broken.replace("HEALTHCHECK --interval", "HEALTHCHECK NONE #")
     assert any(expected in str(p) for p in lint(broken)), lint(broken)
+
+
+def test_the_crds_are_vendored_with_their_source_noted() -> None:
+    from infra.k8s.schemas import CRD_FILES
+
+    readme = (CRD_DIR / "README.md").read_text()
+    assert CRD_DIR.is_relative_to(Path(__file__).resolve().parents[2])  # inside the repository
+    for name in sorted(set(CRD_FILES.values())):
+        assert (CRD_DIR / name).is_file(), name
+        assert name in readme, f"{name}: say its source project and version in the README"
+    assert "Apache" in readme

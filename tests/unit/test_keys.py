@@ -37,8 +37,9 @@ def test_key_file_round_trip_mode_and_no_overwrite(tmp_path: Path) -> None:
     loaded = SigningKey.load(path)
     assert loaded.public_key == key.public_key
     assert key.public_key.verify(b"x", loaded.sign(b"x"))
-    with pytest.raises(FileExistsError):
+    with pytest.raises(KeyFormatError, match="already exists"):  # one clear line in the CLI
         key.save(path)
+    assert SigningKey.load(path).public_key == key.public_key  # untouched
 
 
 def test_bad_key_files_give_typed_errors(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ record a changed rule.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,33 +24,9 @@ from typing import Any, get_args
 import pytest
 
 from protocol.app import FinalizeBlockRequest
-from services.ledger.core import (
-    MICRO,
-    CreateValidator,
-    Delegate,
-    EditValidator,
-    LedgerApp,
-    ParameterChange,
-    ParameterChangeProposal,
-    PayForService,
-    QrngRegistryProposal,
-    QrngSource,
-    RegisterQrngSource,
-    ServiceKind,
-    SubmitProposal,
-    Transfer,
-    TxBody,
-    Undelegate,
-    Unjail,
-    VoteOption,
-    VoteProposal,
-    WithdrawRewards,
-    decode_signed_tx,
-    encode_signed_tx,
-    sign_tx,
-    state_hash,
-)
+from services.ledger import core as ledger
 from services.ledger.core.genesis_file import genesis_from_json, genesis_state, genesis_to_json
+from tests.support import vectors
 from tests.unit.test_ledger_fixtures import (
     FEE,
     Chain,
@@ -87,7 +62,7 @@ def _later(chain: Chain) -> None:
 
 
 def _delegated(chain: Chain) -> None:
-    chain.block([chain.tx(10, Delegate(address(1), 100 * MICRO))])
+    chain.block([chain.tx(10, ledger.Delegate(address(1), 100 * ledger.MICRO))])
 
 
 def _rewarded(chain: Chain) -> None:
@@ -96,77 +71,81 @@ def _rewarded(chain: Chain) -> None:
 
 
 def _proposed(chain: Chain) -> None:
-    change = ParameterChangeProposal((ParameterChange("block_reward", 3 * MICRO),))
-    chain.block([chain.tx(10, SubmitProposal(change, 10 * MICRO))])
+    change = ledger.ParameterChangeProposal(
+        (ledger.ParameterChange("block_reward", 3 * ledger.MICRO),))
+    chain.block([chain.tx(10, ledger.SubmitProposal(change, 10 * ledger.MICRO))])
 
 
 def _signed_with_wrong_chain(chain: Chain) -> bytes:
     signer = key(10)
-    return encode_signed_tx(sign_tx(signer, "another-chain", 0, FEE,
-                                    Transfer(address(11), 1)))
+    return ledger.encode_signed_tx(ledger.sign_tx(signer, "another-chain", 0, FEE,
+                                    ledger.Transfer(address(11), 1)))
 
 
-NEW_SOURCE = QrngSource("qrng-case", key(91).public_key, False)
+NEW_SOURCE = ledger.QrngSource("qrng-case", key(91).public_key, False)
 
 CASES: dict[str, Case] = {
     "transfer": Case("a transfer moves the amount and charges the fee", APPLIED, _none,
-                     lambda c: c.tx(10, Transfer(address(11), 5 * MICRO))),
+                     lambda c: c.tx(10, ledger.Transfer(address(11), 5 * ledger.MICRO))),
     "transfer_insufficient_funds": Case(
         "a transfer beyond the balance fails in the body: the fee is charged, nothing moves",
-        REFUSED_WITH_FEE, _none, lambda c: c.tx(10, Transfer(address(11), 10**15))),
+        REFUSED_WITH_FEE, _none, lambda c: c.tx(10, ledger.Transfer(address(11), 10**15))),
     "nonce_reused": Case("a nonce already used is refused before the fee", REFUSED, _delegated,
-                         lambda c: c.tx(10, Transfer(address(11), 1), nonce=0)),
+                         lambda c: c.tx(10, ledger.Transfer(address(11), 1), nonce=0)),
     "nonce_from_the_future": Case("a nonce beyond the next one is refused before the fee",
                                   REFUSED, _none,
-                                  lambda c: c.tx(10, Transfer(address(11), 1), nonce=5)),
+                                  lambda c: c.tx(10, ledger.Transfer(address(11), 1), nonce=5)),
     "fee_unpayable": Case("an account that cannot pay the fee is refused", REFUSED, _none,
-                          lambda c: c.tx(12, Transfer(address(10), 1))),
+                          lambda c: c.tx(12, ledger.Transfer(address(10), 1))),
     "fee_below_minimum": Case("a fee below min_tx_fee is refused", REFUSED, _none,
-                              lambda c: c.tx(10, Transfer(address(11), 1), fee=FEE - 1)),
+                              lambda c: c.tx(10, ledger.Transfer(address(11), 1), fee=FEE - 1)),
     "signature_for_another_chain": Case(
         "a transaction signed for another chain id is refused", REFUSED, _none,
         _signed_with_wrong_chain),
     "create_validator": Case(
         "an account bonds itself as a validator", APPLIED, _none,
-        lambda c: c.tx(10, CreateValidator(200 * MICRO, 50_000_000, 200_000_000, 10_000_000))),
+        lambda c: c.tx(10, ledger.CreateValidator(200 * ledger.MICRO, 50_000_000, 200_000_000,
+                                                  10_000_000))),
     "create_validator_below_min_self_bond": Case(
         "a self-bond below min_self_bond fails in the body", REFUSED_WITH_FEE, _none,
-        lambda c: c.tx(10, CreateValidator(MICRO, 50_000_000, 200_000_000, 10_000_000))),
+        lambda c: c.tx(10, ledger.CreateValidator(ledger.MICRO, 50_000_000, 200_000_000,
+                                                  10_000_000))),
     "edit_validator": Case("a validator changes its commission within the allowed step", APPLIED,
-                           _later, lambda c: c.tx(1, EditValidator(150_000_000))),
+                           _later, lambda c: c.tx(1, ledger.EditValidator(150_000_000))),
     "edit_validator_too_soon": Case(
         "a commission change before a day of blocks has passed fails in the body",
-        REFUSED_WITH_FEE, _none, lambda c: c.tx(1, EditValidator(150_000_000))),
+        REFUSED_WITH_FEE, _none, lambda c: c.tx(1, ledger.EditValidator(150_000_000))),
     "delegate": Case("an account delegates to a validator", APPLIED, _none,
-                     lambda c: c.tx(10, Delegate(address(1), 100 * MICRO))),
+                     lambda c: c.tx(10, ledger.Delegate(address(1), 100 * ledger.MICRO))),
     "delegate_to_unknown_validator": Case(
         "a delegation to an address that is no validator fails in the body", REFUSED_WITH_FEE,
-        _none, lambda c: c.tx(10, Delegate(address(11), 100 * MICRO))),
+        _none, lambda c: c.tx(10, ledger.Delegate(address(11), 100 * ledger.MICRO))),
     "undelegate": Case("an undelegation starts unbonding", APPLIED, _delegated,
-                       lambda c: c.tx(10, Undelegate(address(1), 40 * MICRO))),
+                       lambda c: c.tx(10, ledger.Undelegate(address(1), 40 * ledger.MICRO))),
     "withdraw_rewards": Case("a delegator withdraws its accrued rewards", APPLIED, _rewarded,
-                             lambda c: c.tx(10, WithdrawRewards(address(1)))),
+                             lambda c: c.tx(10, ledger.WithdrawRewards(address(1)))),
     "unjail_when_not_jailed": Case("unjailing a validator that is not jailed fails in the body",
-                                   REFUSED_WITH_FEE, _none, lambda c: c.tx(1, Unjail())),
+                                   REFUSED_WITH_FEE, _none, lambda c: c.tx(1, ledger.Unjail())),
     "submit_proposal": Case(
         "a parameter-change proposal with its deposit opens for voting", APPLIED, _none,
-        lambda c: c.tx(10, SubmitProposal(ParameterChangeProposal(
-            (ParameterChange("block_reward", 3 * MICRO),)), 10 * MICRO))),
+        lambda c: c.tx(10, ledger.SubmitProposal(ledger.ParameterChangeProposal(
+            (ledger.ParameterChange("block_reward", 3 * ledger.MICRO),)), 10 * ledger.MICRO))),
     "vote_proposal": Case("a validator votes on an open proposal", APPLIED, _proposed,
-                          lambda c: c.tx(0, VoteProposal(1, VoteOption.YES))),
+                          lambda c: c.tx(0, ledger.VoteProposal(1, ledger.VoteOption.YES))),
     "propose_qrng_registration": Case(
         "registering a QRNG source goes through governance", APPLIED, _none,
-        lambda c: c.tx(10, SubmitProposal(QrngRegistryProposal((NEW_SOURCE,), ()),
-                                          10 * MICRO))),
+        lambda c: c.tx(10, ledger.SubmitProposal(ledger.QrngRegistryProposal((NEW_SOURCE,), ()),
+                                          10 * ledger.MICRO))),
     "register_qrng_source": Case(
         "the registry authority registers a source directly", APPLIED, _none,
-        lambda c: c.tx(10, RegisterQrngSource(NEW_SOURCE)),
+        lambda c: c.tx(10, ledger.RegisterQrngSource(NEW_SOURCE)),
         (("qrng_registry_authority", address(10)),)),
     "register_qrng_source_without_authority": Case(
         "only the registry authority may register a source directly", REFUSED_WITH_FEE, _none,
-        lambda c: c.tx(10, RegisterQrngSource(NEW_SOURCE))),
+        lambda c: c.tx(10, ledger.RegisterQrngSource(NEW_SOURCE))),
     "pay_for_service": Case("a key-material payment records its commitment", APPLIED, _none,
-                            lambda c: c.tx(10, PayForService(ServiceKind.KEY_MATERIAL, 4,
+                            lambda c: c.tx(10, ledger.PayForService(
+                                ledger.ServiceKind.KEY_MATERIAL, 4,
                                                              bytes(range(32))))),
 }
 
@@ -191,7 +170,7 @@ def build_case(name: str) -> dict[str, Any]:
     chain.apply = recording_apply  # type: ignore[method-assign]
     case.setup(chain)
     chain.apply = apply  # type: ignore[method-assign]
-    pre_state, pre_hash = chain.state, state_hash(chain.state).hex()
+    pre_state, pre_hash = chain.state, ledger.state_hash(chain.state).hex()
     tx = case.tx(chain)
     request = chain.request([tx])
     response = chain.apply(request)
@@ -215,21 +194,17 @@ def build_case(name: str) -> dict[str, Any]:
 
 
 def write_cases() -> None:
-    CASE_DIR.mkdir(parents=True, exist_ok=True)
-    for name in CASES:
-        path = CASE_DIR / f"{name}.json"
-        path.write_text(json.dumps(build_case(name), indent=1, sort_keys=True) + "\n")
-        print(f"wrote {path}")
+    vectors.write(CASE_DIR, CASES, build_case)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_case_replays_from_its_pre_state_to_its_post_state(name: str) -> None:
-    case = json.loads((CASE_DIR / f"{name}.json").read_text())
-    app = LedgerApp()
+    case = vectors.load(CASE_DIR, name)
+    app = ledger.LedgerApp()
     state = genesis_state(genesis_from_json(case["genesis"]))
     for block in case["setup_blocks"]:
         state, _ = app.finalize_block(state, _request_from_json(block))
-    assert state_hash(state).hex() == case["pre_state_hash"]
+    assert ledger.state_hash(state).hex() == case["pre_state_hash"]
     assert _summary(state) == case["pre_state"]
     request = _request_from_json(case["block"])
     assert request.txs == (bytes.fromhex(case["tx"]),)
@@ -243,14 +218,14 @@ def test_case_replays_from_its_pre_state_to_its_post_state(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_case_files_are_what_the_generator_produces(name: str) -> None:
-    recorded = json.loads((CASE_DIR / f"{name}.json").read_text())
-    assert json.loads(json.dumps(build_case(name), sort_keys=True)) == recorded
+    recorded = vectors.load(CASE_DIR, name)
+    assert vectors.generated(build_case, name) == recorded
 
 
 def test_every_transaction_kind_has_a_case() -> None:
-    covered = {type(decode_signed_tx(bytes.fromhex(
-        json.loads((CASE_DIR / f"{name}.json").read_text())["tx"])).tx.body) for name in CASES}
-    assert set(get_args(TxBody)) <= covered
+    covered = {type(ledger.decode_signed_tx(bytes.fromhex(
+        vectors.load(CASE_DIR, name)["tx"])).tx.body) for name in CASES}
+    assert set(get_args(ledger.TxBody)) <= covered
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ commit message: the vectors are what other implementations and the audit check a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from services.ledger.core import (
 )
 from services.ledger.core.genesis_file import genesis_from_json, genesis_state, genesis_to_json
 from services.ledger.core.state import module_roots
+from tests.support import vectors
 from tests.unit.test_ledger_fixtures import Chain, address, make_genesis, with_params
 
 VECTOR_DIR = Path(__file__).resolve().parents[1] / "vectors" / "ledger"
@@ -207,16 +207,12 @@ def build_vector(name: str) -> dict[str, Any]:
 
 
 def write_vectors() -> None:
-    VECTOR_DIR.mkdir(parents=True, exist_ok=True)
-    for name in SCENARIOS:
-        path = VECTOR_DIR / f"{name}.json"
-        path.write_text(json.dumps(build_vector(name), indent=1, sort_keys=True) + "\n")
-        print(f"wrote {path}")
+    vectors.write(VECTOR_DIR, SCENARIOS, build_vector)
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_vector_replays_to_the_recorded_hashes(name: str) -> None:
-    vector = json.loads((VECTOR_DIR / f"{name}.json").read_text())
+    vector = vectors.load(VECTOR_DIR, name)
     state = genesis_state(genesis_from_json(vector["genesis"]))
     assert state_hash(state).hex() == vector["pre_state_hash"]
     app = LedgerApp()
@@ -230,8 +226,8 @@ def test_vector_replays_to_the_recorded_hashes(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_vector_files_are_what_the_generator_produces(name: str) -> None:
-    recorded = json.loads((VECTOR_DIR / f"{name}.json").read_text())
-    assert json.loads(json.dumps(build_vector(name), sort_keys=True)) == recorded
+    recorded = vectors.load(VECTOR_DIR, name)
+    assert vectors.generated(build_vector, name) == recorded
 
 
 if __name__ == "__main__":

@@ -98,10 +98,10 @@ def traffic(start_s: float, end_s: float, first_seq: int = 0) -> list[Fact]:
 def block(height: int, seconds: float, signed: tuple[str, ...] = SET, round_: int = 0,
           round_proposers: tuple[str, ...] = (), previous_signed: tuple[str, ...] = (),
           double_signers: tuple[str, ...] = (), proposed_s: float | None = None,
-          txs: tuple[str, ...] = ()) -> BlockSeen:
+          txs: tuple[str, ...] = (), pulse_status: int = 0) -> BlockSeen:
     proposed = at(proposed_s if proposed_s is not None else seconds - 0.1)
     return BlockSeen(height, round_, V1, at(seconds), proposed, at(seconds), SET, signed,
-                     previous_signed, round_proposers, double_signers, txs)
+                     previous_signed, round_proposers, double_signers, txs, pulse_status)
 
 
 def consensus(height: int, seconds: float, validator: str = V1) -> PrecommitSeen:
@@ -207,6 +207,13 @@ CASES: list[tuple[str, list[Step]]] = [
         step([block(1, 1), BlockRejected(2, "commit does not verify", at(2))], 2.1,
              raised=(("ChainBlockRejected", "chain"),)),
         step([block(3, 2.5)], 2.6, resolved=(("ChainBlockRejected", "chain"),)),
+    ]),
+    ("a pulse without fresh entropy raises an alert until a random one follows", [
+        step([block(1, 1)], 1.1),
+        step([block(2, 2, pulse_status=256)], 2.1,
+             raised=(("ChainPulseNotRandom", "chain"),)),
+        step([block(3, 3, pulse_status=512)], 3.1),
+        step([block(4, 4)], 4.1, resolved=(("ChainPulseNotRandom", "chain"),)),
     ]),
     ("the mempool fills and drains; an inclusion seen first cancels its submission", [
         step([TxsIncluded(1, ("t0",), at(0.5)), *(TxSubmitted(f"t{i}", at(1 + i / 10))

@@ -123,8 +123,7 @@ def test_verifier_rejections_are_typed_and_leave_state_unchanged() -> None:
         verifier.accept_chunk(chunks[0])
     forged, _ = extend(ChainHead(), source_id="qd-1", private=False, payload=b"evil" * 8,
                        produced_at_ms=1, simulated=True, health=HealthSummary())
-    with pytest.raises(ConflictingChunkError):
-        verifier.accept_chunk(forged)
+    assert verifier.accept_chunk(forged) == ()  # competes with chunk 0 until a checkpoint
     with pytest.raises(DigestMismatchError):
         verifier.accept_chunk(replace(chunks[1], payload=b"x" * len(chunks[1].payload)))
     with pytest.raises(DigestMismatchError):
@@ -143,6 +142,7 @@ def test_verifier_rejections_are_typed_and_leave_state_unchanged() -> None:
     with pytest.raises(DigestMismatchError):
         verifier.accept_checkpoint(_checkpoint(0, ChainHead(4, bytes(32))))
     assert verifier.accept_checkpoint(bad) == tuple(chunks)
+    assert verifier.take_discarded() == (forged,)  # the checkpoint decided against it
     # a replay of a verified chunk, identical or altered, is still refused
     with pytest.raises(DuplicateChunkError):
         verifier.accept_chunk(chunks[2])

@@ -12,7 +12,7 @@ from protocol.commit import CommitFlag, CommitSig
 from protocol.validators import ValidatorSet
 from sdk.errors import BlockGapError, BlockRejectedError, ForkDetectedError
 from sdk.subscriber import BlockSubscriber, TrustedCheckpoint, parse_sse
-from sdk.testing import LocalChain, flip_bit, make_local_chain, tamper
+from sdk.testing import LocalChain, flip_bit, make_local_chain, resign, tamper
 
 
 class ListSource:
@@ -107,8 +107,12 @@ def test_gap_and_fork_are_detected(chain: LocalChain) -> None:
     assert subscriber.verify(chain.records[1], 9) is None  # duplicate: skipped
     forged = tamper(chain.records[1],
                     header=lambda h: dataclasses.replace(h, time_ms=h.time_ms + 1))
-    with pytest.raises(ForkDetectedError):
-        subscriber.verify(forged, 10)
+    # unsigned: not a fork, skipped (and listed) without stopping the stream
+    assert subscriber.verify(forged, 10) is None
+    assert subscriber.skipped[-1][0] == 10
+    assert subscriber.verify(chain.records[3], 11) is not None
+    with pytest.raises(ForkDetectedError):  # signed by the validators: a fork
+        subscriber.verify(resign(forged, chain.validator_keys), 12)
 
 
 def test_resume_from_a_stored_position_and_checkpoint(chain: LocalChain, tmp_path: Path) -> None:

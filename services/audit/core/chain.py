@@ -24,8 +24,10 @@ the certificate no longer matches):
 
 After the first block that fails, the auditor stops applying blocks (the state after it is
 unknowable) and counts the rest as unverified. Records of heights already applied with the same
-hash are harmless duplicates; a different hash is a fork (``fork``); a height beyond the next
-is a gap (``gap``). The entropy references of every applied block are kept for the entropy
+hash are harmless duplicates; a different block whose certificate verifies against the
+validator set of that height is a fork (``fork``); one whose certificate does not verify is
+input nobody signed, a warning (``unverified_conflict``), never a divergence; a height beyond
+the next is a gap (``gap``). The entropy references of every applied block are kept for the entropy
 audit, and the validator set of every height for the equivocation scan.
 
 Blocks below ``verify_from`` are re-executed and their state hashes compared, but their
@@ -42,11 +44,11 @@ from typing import Any
 from protocol.app import Application
 from protocol.block import Block, EntropyRef
 from protocol.chain import ChainError, ChainState, apply_block
-from protocol.check import check_header, check_signatures
+from protocol.check import check_commit, check_header, check_signatures
 from protocol.commit import CommitCertificate, CommitFlag
 from protocol.keys import SignatureCheck, default_signature_check
 from protocol.validators import ValidatorSet
-from services.audit.core.findings import Finding
+from services.audit.core.findings import Finding, Severity
 from services.ledger.core import LedgerState, tx_hash
 from services.ledger.core.errors import LedgerError
 
@@ -138,8 +140,7 @@ class ChainAuditor:
         if height < self.next_height:
             known = self._hashes.get(height)
             if known is not None and known != block.hash:
-                self._fail("fork", f"block {block.hash.hex()[:16]} differs from the finalized "
-                           f"{known.hex()[:16]} at height {height}", item.offset, height)
+                self._conflict(item, block, known)
             else:
                 self._count("duplicates")
             return None
@@ -158,6 +159,25 @@ class ChainAuditor:
             self.halted_at = height
             return None
         return self._apply(item, block)
+
+    def _conflict(self, item: BlockInput, block: Block, known: bytes) -> None:
+        """A second block at an applied height: a fork only if its certificate verifies."""
+        height = block.height
+        what = (f"block {block.hash.hex()[:16]} differs from the finalized {known.hex()[:16]} "
+                f"at height {height}")
+        validators = self.validator_sets.get(height)
+        assert item.commit is not None
+        finding = None if validators is None else check_commit(
+            self.chain.chain_id, validators, block, item.commit, self.check)
+        if validators is not None and finding is None:
+            self._fail("fork", f"{what}, signed by more than 2/3 of its validators", item.offset,
+                       height)
+            return
+        self._count("unverified_conflicts")
+        why = "its validator set is unknown" if finding is None else finding.reason
+        self.findings.append(Finding("unverified_conflict", f"{what}, but its certificate does "
+                                     f"not verify ({why}): ignored", TOPIC, item.offset, 0,
+                                     height, Severity.WARNING))
 
     # -- checks 1-9 ---------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from protocol.chain import ChainState, check_evidence, check_last_commit
 from protocol.evidence import DuplicateVoteEvidence
 from protocol.keys import SignatureCheck, default_signature_check
 from services.block_builder.core.proposal import (
+    MAX_TIME_DRIFT_MS,
     EntropyRules,
     InvalidBlockError,
     VerifiedPool,
@@ -41,6 +42,7 @@ class NodeBlockLogic(Generic[S]):
     now_ms: int
     proposer_address: bytes
     check: SignatureCheck = default_signature_check
+    max_time_drift_ms: int = MAX_TIME_DRIFT_MS
 
     def _check_tx(self, tx: bytes) -> bool:
         return self.app.check_tx(self.chain.app_state, tx).code == 0
@@ -75,6 +77,7 @@ class NodeBlockLogic(Generic[S]):
                 self._check_tx,
                 lambda item: check_evidence(chain, item, self.check),
                 lambda commit: check_last_commit(chain, commit, self.check),
+                self.now_ms + self.max_time_drift_ms,
             )
         except InvalidBlockError as exc:
             return str(exc)

@@ -14,7 +14,9 @@ service, the simulator and the audit:
 
 Validation rules (``validate_block``), each failure a ``InvalidBlockError`` naming the rule:
 ``protocol.check.check_header`` (chain id, height, previous hash, strictly later time, app hash,
-validator-set hashes, expected proposer, body matches header, randomness re-derived); every
+validator-set hashes, expected proposer, body matches header, randomness re-derived); a time no
+later than the validator's clock plus ``EntropyRules``' neighbour ``max_time_drift_ms`` (see
+below); every
 entropy reference verified in the pool for a registered source; per source the range starts right
 after the previous block's last seq; no verified chunk older than ``max_entropy_age`` heights left
 out (unless the block already carries ``max_chunks_per_source`` of that source); at least two
@@ -85,6 +87,19 @@ class StaticPool:
         return None
 
 
+# Block time: bounded drift, not BFT time or PBTS. Each validator refuses a proposal stamped more
+# than ``MAX_TIME_DRIFT_MS`` after its own clock; together with "strictly after the previous
+# block" that keeps a block's time between the previous one and (honest clock + drift). Without
+# the upper bound one Byzantine proposer could stamp 2^64-1 and no later block could ever be
+# encoded. BFT time (the median of the precommit times, CometBFT's old scheme) would put vote
+# times into the certificate and the block of the *next* height; PBTS needs synchronised clocks
+# with a known precision and message delay. The bounded drift asks only that honest clocks are
+# within the drift of each other, costs nothing on the wire, and keeps the header as it is: a
+# faulty proposer can move one block's time by at most the drift (and must then wait for real
+# time to catch up, since later blocks must be later still).
+MAX_TIME_DRIFT_MS = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class EntropyRules:
     max_entropy_age: int = 2  # heights a verified chunk may wait before it must be included
@@ -140,6 +155,8 @@ def build_block(
         last_commit_hash=body.last_commit_hash(),
         entropy_root=body.entropy_root(),
         entropy_ranges=ranges_of(entropy),
+        fresh_sources=len(ranges_of(entropy)),
+        registered_sources=tip.registered_sources,
         randomness=block_randomness(tip.previous_randomness, tip.height, entropy),
         tx_root=body.tx_root(),
         evidence_root=body.evidence_root(),
@@ -208,12 +225,19 @@ def validate_block(
     check_tx: CheckTx,
     check_evidence: CheckEvidence,
     check_last_commit: CheckCommit,
+    latest_time_ms: int | None = None,
 ) -> None:
-    """Raise ``InvalidBlockError`` unless ``block`` is a valid proposal on top of ``tip``."""
+    """Raise ``InvalidBlockError`` unless ``block`` is a valid proposal on top of ``tip``.
+    ``latest_time_ms``: the validator's clock plus the drift it tolerates; a block stamped
+    later is refused (see ``time_bound``)."""
     problem = first_problem(check_header(tip, None, block, expected_proposer=expected_proposer),
                             block.height)
     if problem is not None:
         raise InvalidBlockError(problem)
+    if latest_time_ms is not None and block.header.time_ms > latest_time_ms:
+        raise InvalidBlockError(
+            f"block {block.height}: time {block.header.time_ms} is later than this validator's "
+            f"clock allows ({latest_time_ms}: its time plus the tolerated drift)")
     _check_entropy(block, tip, pool, rules)
     height = block.header.height
     for position, tx in enumerate(block.body.txs):

@@ -10,6 +10,7 @@ messages even with a randomised scheme such as ML-DSA); asking for different byt
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -30,7 +31,7 @@ class SignStep(IntEnum):
 @dataclass(frozen=True, slots=True)
 class SignerState:
     height: int = 0
-    signed: dict[tuple[int, SignStep], tuple[bytes, bytes]] = field(default_factory=dict)
+    signed: Mapping[tuple[int, SignStep], tuple[bytes, bytes]] = field(default_factory=dict)
 
     def sign(
         self, key: SigningKey, height: int, round: int, step: SignStep, sign_bytes: bytes

@@ -30,8 +30,23 @@ Two deliberate choices, both safe:
 
 Messages enter verified: the machine checks each signature (through ``config.check``, which the
 simulator replaces by a shared cache) and membership before counting. Messages of height + 1 are
-buffered (bounded) and replayed when that height starts; older or farther ones are rejected
-with a reason (the shell sends those to a DLQ). Conflicting votes become ``EvidenceDetected``.
+buffered and replayed when that height starts; older or farther ones are rejected with a reason
+(the shell sends those to a DLQ). Conflicting votes become ``EvidenceDetected``.
+
+Bounded work per message, whatever it claims (a hostile writer of ``chain.consensus`` or a
+Byzantine validator must not stall everyone):
+
+- cheap checks first: a round more than ``MAX_ROUNDS_AHEAD`` beyond the machine's own round is
+  refused before anything else; then membership, then the signature; only a signed message of
+  an admissible round asks who proposes that round (``ProposerSchedule``: each round once);
+- rounds held are bounded: up to the current round + 1, plus at most two catch-up rounds per
+  validator (``vote_set.HeightVoteSet``), so the upon-rules scan a bounded number of rounds;
+- the buffer of height + 1 holds only messages that verify against that height's set (given by
+  ``StartHeight.next_validators``), at most ``max_future_per_validator`` per validator.
+
+``commit_for_next_height`` gives the certificate the next block carries as ``last_commit``: the
+decision's, completed with every precommit of the deciding round that arrived after the quorum
+(see ``services/consensus/node.py`` for the commit window that waits for them).
 
 A node without a key, or whose key is not in the set, follows consensus without signing (an
 observer: the tally, the audit).
@@ -39,6 +54,7 @@ observer: the tally, the audit).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 from typing import Protocol, assert_never
@@ -49,10 +65,17 @@ from protocol.evidence import DuplicateVoteEvidence
 from protocol.keys import SignatureCheck, SigningKey, default_signature_check
 from protocol.messages import Vote, VoteType
 from protocol.proposal import Message, Proposal
-from protocol.proposer import ProposerPriorities, next_height, proposer
+from protocol.proposer import ProposerPriorities, ProposerSchedule, next_height
 from protocol.validators import ValidatorSet
 from services.consensus.core.signer import DoubleSignError, SignerState, SignStep
 from services.consensus.core.vote_set import NIL_KEY, HeightVoteSet, VoteSetError
+
+# Rounds a message may lie beyond the machine's own before it is refused unread. Honest nodes
+# see each other's rounds within one or two of their own (a node that is behind skips ahead on
+# more than a third of the power, L55), and reaching round 100 at one height takes hours of
+# growing timeouts; a bound is what keeps proposer selection (O(round)) out of an attacker's
+# hands (see protocol/proposer.py).
+MAX_ROUNDS_AHEAD = 100
 
 
 class Step(IntEnum):
@@ -93,10 +116,13 @@ class TimeoutParams:
 
 @dataclass(frozen=True, slots=True)
 class StartHeight:
-    """Begin ``height`` under ``validators`` (after the previous block was applied)."""
+    """Begin ``height`` under ``validators`` (after the previous block was applied);
+    ``next_validators`` (the set of height + 1, when known) lets the machine verify the early
+    messages of the next height before it buffers them."""
 
     height: int
     validators: ValidatorSet
+    next_validators: ValidatorSet | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +189,7 @@ class RejectionKind(Enum):
 
     INVALID = "rejected_by_core"  # wrong height, proposer, signature, membership, ...
     FUTURE_BUFFER_FULL = "future_buffer_full"  # valid maybe, but no room to keep it yet
+    INVALID_BLOCK = "invalid_block"  # a well-formed proposal whose block this node refuses
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +224,7 @@ class ConsensusConfig:
     timeouts: TimeoutParams = TimeoutParams()
     check: SignatureCheck = default_signature_check
     max_future_messages: int = 10_000
+    max_future_per_validator: int = 64
 
     @property
     def address(self) -> bytes | None:
@@ -216,12 +244,16 @@ class ConsensusState:
     locked_round: int = -1
     valid_block: Block | None = None
     valid_round: int = -1
-    proposals: dict[int, Proposal] = field(default_factory=dict)  # round -> first proposal
-    blocks: dict[bytes, Block] = field(default_factory=dict)  # hash -> block seen proposed
-    validity: dict[bytes, str | None] = field(default_factory=dict)  # hash -> reason / None
+    proposals: Mapping[int, Proposal] = field(default_factory=dict)  # round -> first proposal
+    blocks: Mapping[bytes, Block] = field(default_factory=dict)  # hash -> block seen proposed
+    validity: Mapping[bytes, str | None] = field(default_factory=dict)  # hash -> reason / None
     done: frozenset[tuple[str, int]] = frozenset()  # "first time" guards (rule, round)
     decision: Decided | None = None
     future: tuple[Event, ...] = ()  # messages of height + 1
+    future_senders: Mapping[bytes, int] = field(default_factory=dict)  # per sender, in ``future``
+    next_validators: ValidatorSet | None = None  # the set of height + 1, when known
+    # Proposers of this height, computed on demand (a cache: not part of the state's value).
+    schedule: ProposerSchedule | None = field(default=None, compare=False, repr=False)
 
 
 def initial_state(
@@ -240,11 +272,52 @@ def initial_state(
         priorities=priorities,
         votes=HeightVoteSet(height, validators),
         signer=signer or SignerState(),
+        schedule=ProposerSchedule(priorities, validators),
     )
 
 
 def proposer_of(state: ConsensusState, round: int) -> bytes:
-    return proposer(state.priorities, state.validators, round)
+    schedule = state.schedule
+    if schedule is None:
+        schedule = ProposerSchedule(state.priorities, state.validators)
+        object.__setattr__(state, "schedule", schedule)  # a cache (see the field)
+    return schedule.proposer(round)
+
+
+def commit_for_next_height(state: ConsensusState) -> CommitCertificate | None:
+    """The certificate of the decided block to carry as the next block's ``last_commit``: the
+    decision's, with every validator it records as absent filled in from the precommits of the
+    deciding round counted since (for the block, or for nil). Each added record is a precommit
+    whose signature the machine verified, so the result verifies wherever the decision's does,
+    with the same round and block; None before a decision."""
+    decision = state.decision
+    if decision is None:
+        return None
+    commit = decision.commit
+    precommits = state.votes.get(commit.round, VoteType.PRECOMMIT)
+    records: list[CommitSig] = []
+    for record in commit.signatures:
+        if record.flag is CommitFlag.ABSENT:
+            address = record.validator_address
+            for_block = precommits.vote_for(address, commit.block_hash)
+            for_nil = precommits.vote_for(address, None)
+            if for_block is not None:
+                record = CommitSig(CommitFlag.COMMIT, address, for_block.signature)
+            elif for_nil is not None:
+                record = CommitSig(CommitFlag.NIL, address, for_nil.signature)
+        records.append(record)
+    if tuple(records) == commit.signatures:
+        return commit
+    return CommitCertificate(commit.height, commit.round, commit.block_hash, tuple(records))
+
+
+def all_precommits_in(state: ConsensusState) -> bool:
+    """Every validator's precommit of the deciding round is counted (nothing left to wait
+    for in the commit window)."""
+    decision = state.decision
+    if decision is None:
+        return False
+    return len(state.votes.get(decision.round, VoteType.PRECOMMIT).votes) == len(state.validators)
 
 
 # ---------------------------------------------------------------- the transition function
@@ -284,17 +357,23 @@ def _on_start_height(
             validators=event.validators,
             votes=HeightVoteSet(event.height, event.validators),
             future=(),
+            future_senders={},
+            next_validators=event.next_validators,
+            schedule=ProposerSchedule(state.priorities, event.validators),
         )
     elif state.step is Step.COMMITTED and event.height == state.height + 1:
         buffered = state.future
+        priorities = next_height(state.priorities, state.validators, event.validators)
         state = ConsensusState(
             height=event.height,
             round=0,
             step=Step.NEW,
             validators=event.validators,
-            priorities=next_height(state.priorities, state.validators, event.validators),
+            priorities=priorities,
             votes=HeightVoteSet(event.height, event.validators),
             signer=state.signer,
+            next_validators=event.next_validators,
+            schedule=ProposerSchedule(priorities, event.validators),
         )
     else:
         out.append(
@@ -319,19 +398,59 @@ def _on_message(
     message: Message = event.proposal if isinstance(event, ProposalReceived) else event.vote
     waiting = state.step is Step.NEW and message.height == state.height
     if waiting or message.height == state.height + 1:
-        if len(state.future) >= config.max_future_messages:
-            out.append(MessageRejected(event, "future-message buffer is full",
-                                       RejectionKind.FUTURE_BUFFER_FULL))
-            return state
-        return replace(state, future=(*state.future, event))
+        return _buffer(config, state, event, message,
+                       state.validators if waiting else state.next_validators, out)
     if message.height != state.height:
         out.append(
             MessageRejected(event, f"message of height {message.height} at height {state.height}")
         )
         return state
+    if message.round > state.round + MAX_ROUNDS_AHEAD:
+        out.append(MessageRejected(event, f"round {message.round} lies more than "
+                                          f"{MAX_ROUNDS_AHEAD} rounds beyond round {state.round}"))
+        return state
     if isinstance(message, Proposal):
         return _on_proposal(config, state, event, message, out)
     return _on_vote(config, state, event, message, out)
+
+
+def _sender(message: Message) -> bytes:
+    return message.proposer_address if isinstance(message, Proposal) else (
+        message.validator_address)
+
+
+def _buffer(
+    config: ConsensusConfig,
+    state: ConsensusState,
+    event: ProposalReceived | VoteReceived,
+    message: Message,
+    validators: ValidatorSet | None,
+    out: list[Output],
+) -> ConsensusState:
+    """Keep a message of a height that has not started, verified when its set is known."""
+    sender = _sender(message)
+    reason = None
+    if message.round > MAX_ROUNDS_AHEAD:
+        reason = f"round {message.round} lies more than {MAX_ROUNDS_AHEAD} rounds ahead"
+    elif validators is not None:
+        validator = validators.get(sender)
+        if validator is None:
+            reason = f"{sender.hex()} is not a validator at height {message.height}"
+        elif not config.check(validator.public_key, message.sign_bytes(config.chain_id),
+                              message.signature):
+            reason = f"bad signature from {sender.hex()} (height {message.height})"
+    if reason is not None:
+        out.append(MessageRejected(event, reason))
+        return state
+    held = state.future_senders.get(sender, 0)
+    if len(state.future) >= config.max_future_messages or (
+            held >= config.max_future_per_validator):
+        out.append(MessageRejected(event, f"future-message buffer is full (for {sender.hex()})",
+                                   RejectionKind.FUTURE_BUFFER_FULL))
+        return state
+    senders = dict(state.future_senders)
+    senders[sender] = held + 1
+    return replace(state, future=(*state.future, event), future_senders=senders)
 
 
 def _on_proposal(
@@ -341,32 +460,44 @@ def _on_proposal(
     proposal: Proposal,
     out: list[Output],
 ) -> ConsensusState:
-    expected = proposer_of(state, proposal.round)
-    if proposal.proposer_address != expected:
-        out.append(
-            MessageRejected(
-                event,
-                f"proposal for {proposal.height}/{proposal.round} from "
-                f"{proposal.proposer_address.hex()}, expected proposer {expected.hex()}",
-            )
-        )
+    # Cheap checks before the work the claimed round asks for (module doc): membership, the
+    # round window, the signature; only then who proposes that round.
+    sender = proposal.proposer_address
+    validator = state.validators.get(sender)
+    if validator is None:
+        out.append(MessageRejected(event, f"proposal for {proposal.height}/{proposal.round} "
+                                          f"from {sender.hex()}, which is not a validator"))
+        return state
+    if not state.votes.admits(proposal.round, sender):
+        out.append(MessageRejected(event, f"proposal for round {proposal.round}, beyond round "
+                                          f"{state.round} + 1, from {sender.hex()} which "
+                                          "opened its catch-up rounds already"))
         return state
     known = state.proposals.get(proposal.round)
     if known is not None:
         if known.block_hash != proposal.block_hash:
             out.append(MessageRejected(event, "a second, different proposal for this round"))
         return state
-    validator = state.validators.get(expected)
-    assert validator is not None  # the proposer is always a member
     if not config.check(
         validator.public_key, proposal.sign_bytes(config.chain_id), proposal.signature
     ):
-        out.append(MessageRejected(event, f"bad proposal signature from {expected.hex()}"))
+        out.append(MessageRejected(event, f"bad proposal signature from {sender.hex()}"))
+        return state
+    expected = proposer_of(state, proposal.round)
+    if sender != expected:
+        out.append(
+            MessageRejected(
+                event,
+                f"proposal for {proposal.height}/{proposal.round} from "
+                f"{sender.hex()}, expected proposer {expected.hex()}",
+            )
+        )
         return state
     if proposal.block.height != proposal.height:
         out.append(MessageRejected(event, "proposal and its block disagree on the height"))
         return state
-    return _store_proposal(state, proposal)
+    return _store_proposal(replace(state, votes=state.votes.open_round(proposal.round, sender)),
+                           proposal)
 
 
 def _store_proposal(state: ConsensusState, proposal: Proposal) -> ConsensusState:
@@ -397,6 +528,12 @@ def _on_vote(
     )
     if existing is not None and existing == vote:
         return state  # re-delivery: skip the signature check
+    if not state.votes.admits(vote.round, vote.validator_address):
+        out.append(MessageRejected(event, f"vote for round {vote.round}, beyond round "
+                                          f"{state.round} + 1, from "
+                                          f"{vote.validator_address.hex()} which opened its "
+                                          "catch-up rounds already"))
+        return state
     if not config.check(validator.public_key, vote.sign_bytes(config.chain_id), vote.signature):
         out.append(
             MessageRejected(event, f"bad vote signature from {vote.validator_address.hex()}")
@@ -498,7 +635,7 @@ def _start_round(
     round: int,
     out: list[Output],
 ) -> ConsensusState:  # L11
-    state = replace(state, round=round, step=Step.PROPOSE)
+    state = replace(state, round=round, step=Step.PROPOSE, votes=state.votes.at_round(round))
     me = config.address
     if me is not None and proposer_of(state, round) == me:
         block = state.valid_block or logic.propose(state.height, round)
@@ -622,6 +759,11 @@ def _rule_proposal(
     else:
         acceptable = state.locked_round <= vr or locked_hash == proposal.block_hash
     choice = proposal.block_hash if valid and acceptable else None
+    if not valid:  # said once per proposal: the shell dead-letters it with the reason
+        out.append(MessageRejected(ProposalReceived(proposal),
+                                   f"invalid block {proposal.block_hash.hex()[:16]}: "
+                                   f"{state.validity[proposal.block_hash]}",
+                                   RejectionKind.INVALID_BLOCK))
     state = _cast(config, state, VoteType.PREVOTE, choice, out)
     return replace(state, step=Step.PREVOTE)
 

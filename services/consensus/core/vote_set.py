@@ -13,10 +13,20 @@ than 1/3 of the power, which needs more than 1/3 Byzantine.
 At most ``MAX_VALUES_PER_VALIDATOR`` values are kept per validator and set, so an equivocator
 cannot grow memory without bound. An identical re-delivery is ignored. Signatures are checked by
 the caller before ``add``; membership is checked here.
+
+Rounds held (``HeightVoteSet``): every round up to the owner's current round + 1, and beyond
+that only *catch-up* rounds: each validator may open at most ``MAX_CATCHUP_ROUNDS`` rounds
+further ahead (CometBFT's ``peerCatchupRounds``), with a correctly signed vote or proposal. A
+validator that signs votes for rounds 1..N therefore adds two rounds, not N, and what every later
+message costs (the rules scan the rounds held) stays bounded by the rounds the honest network
+actually reached. Honest validators need no more: a node that is behind skips to a round as soon
+as more than a third of the power is seen there (L55), and a round below the current one + 2
+never counts against anyone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from protocol.errors import InputError
@@ -25,11 +35,16 @@ from protocol.messages import Vote, VoteType
 from protocol.validators import ValidatorSet
 
 MAX_VALUES_PER_VALIDATOR = 4
+MAX_CATCHUP_ROUNDS = 2
 NIL_KEY = b""
 
 
 class VoteSetError(InputError):
     """A vote does not belong in this set (wrong height/round/type, unknown validator)."""
+
+
+class RoundWindowError(VoteSetError):
+    """A round too far ahead, from a validator that already opened its catch-up rounds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +60,10 @@ class VoteSet:
     round: int
     vote_type: VoteType
     validators: ValidatorSet
-    votes: dict[bytes, Vote] = field(default_factory=dict)  # address -> first vote
-    by_value: dict[bytes, dict[bytes, Vote]] = field(default_factory=dict)  # key -> addr -> vote
-    power_by_value: dict[bytes, int] = field(default_factory=dict)  # block key -> power
+    votes: Mapping[bytes, Vote] = field(default_factory=dict)  # address -> first vote
+    # block key -> address -> vote
+    by_value: Mapping[bytes, Mapping[bytes, Vote]] = field(default_factory=dict)
+    power_by_value: Mapping[bytes, int] = field(default_factory=dict)  # block key -> power
     power: int = 0  # power of all validators that voted, each once
     conflicts: tuple[DuplicateVoteEvidence, ...] = ()
 
@@ -127,11 +143,16 @@ class VoteSet:
 
 @dataclass(frozen=True, slots=True)
 class HeightVoteSet:
-    """All vote sets of one height, keyed by (round, type)."""
+    """All vote sets of one height, keyed by (round, type); the rounds held are bounded (see
+    the module doc) relative to ``round``, the owner's current round."""
 
     height: int
     validators: ValidatorSet
-    sets: dict[tuple[int, VoteType], VoteSet] = field(default_factory=dict)
+    sets: Mapping[tuple[int, VoteType], VoteSet] = field(default_factory=dict)
+    round: int = 0
+    # validator -> the rounds beyond ``round + 1`` it opened (at most MAX_CATCHUP_ROUNDS)
+    catchup: Mapping[bytes, tuple[int, ...]] = field(default_factory=dict)
+    _rounds: tuple[int, ...] = ()  # sorted rounds that have a vote set
 
     def get(self, round: int, vote_type: VoteType) -> VoteSet:
         existing = self.sets.get((round, vote_type))
@@ -139,18 +160,50 @@ class HeightVoteSet:
             return VoteSet(self.height, round, vote_type, self.validators)
         return existing
 
+    def at_round(self, round: int) -> HeightVoteSet:
+        """The same votes, with the owner now in ``round``."""
+        return self if round == self.round else replace(self, round=round)
+
+    def _opened(self, round: int) -> bool:
+        return any(round in rounds for rounds in self.catchup.values())
+
+    def admits(self, round: int, address: bytes) -> bool:
+        """Whether a message of ``round`` from ``address`` may be held (module doc)."""
+        return (round <= self.round + 1 or self._opened(round)
+                or len(self.catchup.get(address, ())) < MAX_CATCHUP_ROUNDS)
+
+    def open_round(self, round: int, address: bytes) -> HeightVoteSet:
+        """Hold ``round`` for a verified message of ``address`` (a catch-up round when it lies
+        beyond ``round + 1``); raises ``RoundWindowError`` when ``address`` used its catch-up
+        rounds up."""
+        if round <= self.round + 1 or self._opened(round):
+            return self
+        opened = self.catchup.get(address, ())
+        if len(opened) >= MAX_CATCHUP_ROUNDS:
+            raise RoundWindowError(
+                f"round {round} is beyond round {self.round} + 1 and "
+                f"{address.hex()} already opened catch-up rounds {list(opened)}")
+        catchup = dict(self.catchup)
+        catchup[address] = (*opened, round)
+        return replace(self, catchup=catchup)
+
     def add(self, vote: Vote) -> tuple[HeightVoteSet, AddVoteResult]:
         if vote.height != self.height:
             raise VoteSetError(f"vote of height {vote.height} added to height {self.height}")
         result = self.get(vote.round, vote.vote_type).add(vote)
         if result.vote_set is self.sets.get((vote.round, vote.vote_type)):
             return self, result
+        # The round check goes after ``VoteSet.add``: a vote it refuses (non-member) must not
+        # use up anyone's catch-up rounds.
+        opened = self.open_round(vote.round, vote.validator_address)
         sets = dict(self.sets)
         sets[(vote.round, vote.vote_type)] = result.vote_set
-        return HeightVoteSet(self.height, self.validators, sets), result
+        rounds = self._rounds if vote.round in self._rounds else tuple(
+            sorted((*self._rounds, vote.round)))
+        return replace(opened, sets=sets, _rounds=rounds), result
 
     def rounds(self) -> tuple[int, ...]:
-        return tuple(sorted({round for round, _ in self.sets}))
+        return self._rounds
 
     def signers_in_round(self, round: int) -> frozenset[bytes]:
         addresses: set[bytes] = set()

@@ -106,3 +106,6 @@ class LedgerApp:
 
     def state_hash(self, state: LedgerState) -> bytes:
         return state_hash(state)
+
+    def registered_sources(self, state: LedgerState) -> int:
+        return len(state.qrng_sources)

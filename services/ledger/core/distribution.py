@@ -3,6 +3,9 @@
 Per block (at the start of ``finalize_block`` for height H, as in the Cosmos SDK's BeginBlock):
 
 1. ``block_reward`` is issued and added to the fee pool (fees and service payments of H-1).
+   Issuance stops where ``genesis + issued`` would pass 2^64-1: every amount in the state is a
+   part of that total, so no balance, pool or counter can ever leave its u64 field, whatever
+   reward governance sets.
 2. ``community_tax_rate`` of the pot goes to the community pool (rounded down).
 3. The rest is split among the validators that signed H-1 (``last_commit``) in proportion to
    the power they signed with: ``share = rest * power // signed_power`` (rounded down); the
@@ -39,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 
 from protocol.app import VoteInfo
-from services.ledger.core.params import apply_rate
+from services.ledger.core.params import U64_MAX, apply_rate
 from services.ledger.core.state import Delegation, LedgerState, ValidatorRewards, credit, evolve
 
 REWARD_RATIO_SCALE = 10**18
@@ -57,11 +60,13 @@ def signed_votes(state: LedgerState, votes: tuple[VoteInfo, ...]) -> list[tuple[
 def allocate_block_rewards(state: LedgerState, votes: tuple[VoteInfo, ...]) -> LedgerState:
     """Issue the block reward and distribute it with the fee pool (steps 1-4 above)."""
     params = state.params
-    pot = params.block_reward + state.fee_pool
+    supply = state.supply
+    issued = min(params.block_reward, U64_MAX - supply.genesis - supply.issued)
+    pot = issued + state.fee_pool
     state = evolve(
         state,
         fee_pool=0,
-        supply=dataclasses.replace(state.supply, issued=state.supply.issued + params.block_reward),
+        supply=dataclasses.replace(supply, issued=supply.issued + issued),
     )
     signers = signed_votes(state, votes)
     signed_power = sum(power for _, power in signers)

@@ -20,18 +20,21 @@ tokens of that set (exact boundaries, tested):
 
 Deposits: refunded when the proposal passes, is rejected, or fails at execution; burned when
 it is vetoed or misses quorum (spam costs the deposit). A passing proposal is executed at once;
-if its content no longer applies (an invalid parameter combination, a source that is gone) it
-ends as FAILED_EXECUTION and changes nothing.
+if its content no longer applies (an invalid parameter combination, a source that is gone, a
+state that would no longer encode) it ends as FAILED_EXECUTION and changes nothing: a proposal
+can fail, it can never make a block raise on every node.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from protocol.canonical import CanonicalEncodingError
 from services.ledger.core.errors import (
     DepositTooLowError,
     InvalidParamsError,
     InvalidProposalError,
+    LedgerError,
     UnknownProposalError,
     VotingClosedError,
 )
@@ -45,6 +48,7 @@ from services.ledger.core.state import (
     credit,
     debit,
     evolve,
+    state_hash,
 )
 from services.ledger.core.tx import (
     ParameterChangeProposal,
@@ -181,8 +185,12 @@ def _close(state: LedgerState, proposal: Proposal) -> LedgerState:
     status = decide(result, params.quorum_rate, params.threshold_rate, params.veto_threshold_rate)
     if status is ProposalStatus.PASSED:
         try:
-            state = apply_content(state, proposal.content)
-        except InvalidProposalError:
+            executed = apply_content(state, proposal.content)
+            state_hash(executed)  # the result must stay encodable, or no later block would be
+            state = executed
+        except (LedgerError, CanonicalEncodingError):
+            # Whatever the content does wrong, the proposal fails here, on every node alike,
+            # and the chain goes on: execution never raises out of a block.
             status = ProposalStatus.FAILED_EXECUTION
     if status in (ProposalStatus.VETOED, ProposalStatus.FAILED_QUORUM):
         burned = state.supply.burned + proposal.deposit

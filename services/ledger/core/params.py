@@ -21,6 +21,15 @@ from services.ledger.core.errors import InvalidParamsError
 MICRO = 1_000_000
 RATE_ONE = 1_000_000_000
 U64_MAX = 2**64 - 1
+# The encodable range a parameter must respect beyond its own u64 field: every period is added
+# to a block height (unbonding completion, jail release, voting end), and a height stays below
+# 2^63, so periods stay below 2^40 blocks (some 170,000 years of 5-second blocks) and their sums
+# with any reachable height fit a u64. The liveness window is a bitmap held in the state.
+MAX_PERIOD_BLOCKS = 2**40
+MAX_SIGNED_BLOCKS_WINDOW = 2**20
+MAX_COUNT = 2**16  # validators in the set, unbonding entries per pair
+_PERIODS = ("unbonding_period_blocks", "blocks_per_day", "downtime_jail_blocks",
+            "max_evidence_age_blocks", "voting_period_blocks")
 
 
 def apply_rate(amount: int, rate: int) -> int:
@@ -97,9 +106,27 @@ class Params:
                 raise InvalidParamsError(f"{name} must be at least 1")
         if self.max_tx_bytes < 1024:
             raise InvalidParamsError("max_tx_bytes must be at least 1024")
+        self._check_encodable()
         if self.threshold_rate == 0 or self.quorum_rate == 0:
             raise InvalidParamsError("quorum_rate and threshold_rate must be positive")
         return self
+
+    def _check_encodable(self) -> None:
+        """Bounds that keep every value derived from the parameters inside the state's
+        fixed-width fields (see ``MAX_PERIOD_BLOCKS``): a parameter set that passes can never
+        make a later block unencodable, so governance cannot halt the chain by accident."""
+        for name in _PERIODS:
+            if getattr(self, name) > MAX_PERIOD_BLOCKS:
+                raise InvalidParamsError(f"{name}={getattr(self, name)} exceeds "
+                                         f"{MAX_PERIOD_BLOCKS} blocks")
+        if self.signed_blocks_window > MAX_SIGNED_BLOCKS_WINDOW:
+            raise InvalidParamsError(f"signed_blocks_window exceeds {MAX_SIGNED_BLOCKS_WINDOW}")
+        for name in ("max_validators", "max_unbonding_entries"):
+            if getattr(self, name) > MAX_COUNT:
+                raise InvalidParamsError(f"{name}={getattr(self, name)} exceeds {MAX_COUNT}")
+        if self.min_tx_fee + self.fee_per_byte * self.max_tx_bytes > U64_MAX:
+            raise InvalidParamsError("the fee of a transaction of max_tx_bytes (min_tx_fee + "
+                                     "fee_per_byte * max_tx_bytes) exceeds 2^64-1")
 
     def with_changes(self, changes: Iterable[tuple[str, int | bytes]]) -> Params:
         """A validated copy with the named fields replaced; unknown names are errors."""

@@ -30,6 +30,7 @@ from protocol.canonical import (
     read_tag,
     sha256,
 )
+from protocol.entropy.registry import source_id_problem
 from protocol.keys import ADDRESS_SIZE, Algorithm, KeyError_, PublicKey, SignatureCheck, SigningKey
 from services.ledger.core.errors import InvalidTxError, TxDecodeError
 from services.ledger.core.params import RATE_ONE, U64_MAX
@@ -63,7 +64,6 @@ __all__ = [
     "tx_hash",
 ]
 
-MAX_SOURCE_ID_LENGTH = 64
 MAX_CHAIN_ID_LENGTH = 64
 MAX_PROPOSAL_ITEMS = 64
 COMMITMENT_SIZE = 32
@@ -127,17 +127,9 @@ class QrngSource:
     simulated: bool
 
     def check(self) -> None:
-        if (
-            not isinstance(self.source_id, str)
-            or not 1 <= len(self.source_id) <= MAX_SOURCE_ID_LENGTH
-            or not self.source_id.isascii()
-            or not self.source_id.isprintable()
-            or " " in self.source_id
-        ):
-            raise InvalidTxError(
-                f"source id {self.source_id!r} must be 1..{MAX_SOURCE_ID_LENGTH} printable "
-                "ASCII characters without spaces"
-            )
+        problem = source_id_problem(self.source_id)  # the registry's rule, shared
+        if problem is not None:
+            raise InvalidTxError(problem)
 
     def canonical(self) -> bytes:
         writer = CanonicalWriter("QrngSource").text(self.source_id)

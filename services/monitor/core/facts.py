@@ -114,6 +114,7 @@ class BlockSeen:
     round_proposers: tuple[str, ...]
     double_signers: tuple[str, ...]  # validators named by duplicate-vote evidence in the block
     tx_digests: tuple[str, ...]
+    pulse_status: int = 0  # protocol.pulse status of the block's randomness (0: all good)
 
 
 @dataclass(frozen=True, slots=True)

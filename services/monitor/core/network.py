@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar, assert_never
 
+from protocol.pulse import PulseStatus, is_random
 from services.monitor.core.facts import (
     BlockRejected,
     BlockSeen,
@@ -76,6 +77,9 @@ class NetworkState:
     late_rounds: Counts = field(default_factory=Counts)
     unattributed_timeouts: Counts = field(default_factory=Counts)
     rejected: BlockRejected | None = None
+    # the latest block's pulse when it is not random (protocol.pulse), and since when
+    not_random: BlockSeen | None = None
+    not_random_since_ms: int | None = None
     consensus_height: int = 0  # the highest height seen on chain.consensus
     judged_height: int = 0  # every height up to this one is judged
     validators: Mapping[str, ValidatorState] = field(default_factory=dict)
@@ -196,6 +200,9 @@ def _block(policy: MonitorPolicy, state: NetworkState, block: BlockSeen) -> Netw
         rejected=None if state.rejected and block.height > state.rejected.height
         else state.rejected,
         validators=validators,
+        not_random=None if is_random(PulseStatus(block.pulse_status)) else block,
+        not_random_since_ms=(None if is_random(PulseStatus(block.pulse_status))
+                             else state.not_random_since_ms or block.finalized_at_ms),
     )
     return _judge_due(policy, state)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from protocol.pulse import PulseStatus, describe
 from services.monitor.core import network as net
 from services.monitor.core import sources as src
 from services.monitor.core.alerts import Observation
@@ -145,6 +146,16 @@ RULES: tuple[Rule, ...] = (
          "(fork, gap, certificate or state hash); resolves when a later block verifies.",
          "A safety alarm: stop and audit (`qustream audit`); compare tally and validator logs.",
          lambda p: "qustream_monitor_chain_block_rejected == 1"),
+    Rule("ChainPulseNotRandom", "critical", "chain",
+         "Latest pulse is not random",
+         "The latest finalized block carries no fresh entropy, or fresh entropy from fewer "
+         "sources than the two-source rule asks (its pulse status, see protocol/pulse.py): its "
+         "randomness was computable from the previous pulse. Resolves with the next random "
+         "pulse. The beacon API keeps serving the last random pulse meanwhile.",
+         "Check the QRNG sources (`qustream qrng status`, QrngStalled, QrngQuarantined) and "
+         "dlq.entropy for `unjoinable_chain` (a source that restarted its chain: give it its "
+         "state back or register it anew) and `losing_branch` (forged chunks on entropy.raw).",
+         lambda p: "qustream_monitor_chain_pulse_not_random == 1"),
     Rule("MempoolBacklog", "warning", "chain",
          "Mempool backlog",
          "Transactions submitted on ledger.tx and not yet in a finalized block reach the limit "
@@ -284,6 +295,12 @@ def _chain(policy: MonitorPolicy, state: MonitorState, now_ms: int) -> Iterator[
                    1.0 if rejected else 0.0, 1, rejected.at_ms if rejected else now_ms,
                    f"block {rejected.height} rejected: {rejected.reason}" if rejected
                    else "every block verifies", ())
+    flat = chain.not_random
+    yield _observe("ChainPulseNotRandom", "chain", flat is not None, 0.0 if flat is None else 1.0,
+                   1, chain.not_random_since_ms or now_ms,
+                   f"block {flat.height} has status {flat.pulse_status}: "
+                   f"{describe(PulseStatus(flat.pulse_status))}" if flat is not None
+                   else "the latest pulse is random", ())
     depth = state.mempool.depth
     yield _observe("MempoolBacklog", "chain", depth >= policy.mempool_depth, depth,
                    policy.mempool_depth, now_ms, f"{depth} transactions pending", ())

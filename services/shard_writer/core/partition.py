@@ -60,6 +60,9 @@ class PartitionState:
     users: dict[str, User] = field(default_factory=dict)
     rejected: OrderedDict[RejectionKey, Rejection] = field(default_factory=OrderedDict)
     max_rejections: int = MAX_REJECTIONS
+    # per user, the users.events offset of their latest event (the position a repeated
+    # command's reply names)
+    last_offsets: dict[str, int] = field(default_factory=dict)
 
     def remember(self, key: RejectionKey, rejection: Rejection) -> None:
         """Keep ``rejection`` (a first answer is never replaced), forgetting the oldest ones
@@ -79,6 +82,7 @@ class BatchState:
     base: PartitionState
     users: dict[str, User] = field(default_factory=dict)
     rejected: dict[RejectionKey, Rejection] = field(default_factory=dict)
+    last_offsets: dict[str, int] = field(default_factory=dict)
 
     def user(self, user_id: str) -> User | None:
         if user_id in self.users:
@@ -95,8 +99,14 @@ class BatchState:
     def remember(self, key: RejectionKey, rejection: Rejection) -> None:
         self.rejected.setdefault(key, rejection)
 
+    def last_offset(self, user_id: str) -> int:
+        """The users.events offset of the user's latest event, -1 when none is known."""
+        found = self.last_offsets.get(user_id)
+        return found if found is not None else self.base.last_offsets.get(user_id, -1)
+
     def commit(self) -> None:
         """Fold this batch into the partition's state (after the transaction committed)."""
         self.base.users.update(self.users)
+        self.base.last_offsets.update(self.last_offsets)
         for key, rejection in self.rejected.items():
             self.base.remember(key, rejection)

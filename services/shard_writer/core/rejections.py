@@ -104,3 +104,7 @@ REJECTIONS: dict[str, type[CommandRejectedError]] = {
 
 class ForgedSignatureError(InputError):
     """The command's signature does not verify against any key the user authorised."""
+
+    # the code of the rejection reply the handler also sends (the dead letter keeps the class
+    # name as its error type)
+    reply_code: ClassVar[str] = "forged_signature"
