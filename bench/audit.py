@@ -40,11 +40,11 @@ from protocol.messages import VoteType, vote_sign_bytes
 from sdk.testing import make_local_chain
 from services.audit.core.findings import AuditReport
 from services.audit.replay import AuditOptions, audit_chain, audit_users, rebuild_projection
-from services.audit.signatures import default_workers
 from services.audit.sources import LogRecord, MemorySource
 from services.ledger.core import Transfer, encode_signed_tx, sign_tx
 from streams.chain_wire import decode_finalized
 from streams.settings import load_settings
+from streams.signature_pool import default_workers
 
 CHAIN_ID = "bench-audit"
 

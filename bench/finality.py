@@ -1,7 +1,10 @@
 """Finality benchmark: real validator and tally processes on the configured Kafka.
 
+    python -m bench.finality [--blocks 200] [--sizes 4,16] [--peer cometbft]
+
 For 4 and for 16 validators (ML-DSA-65 keys, the default of ``qustream genesis new``), two
-fresh networks each (own topic prefix):
+fresh networks each (own topic prefix), each run until ``--blocks`` blocks (default 200) past
+the warm-up are finalized:
 
 1. latency: a 1-block-per-second target (``--block-interval-ms 1000``); for every block, the
    time from its proposal written (the ProposalMade record's log time, carried in the block
@@ -9,6 +12,13 @@ fresh networks each (own topic prefix):
    p50 and p99;
 2. throughput: no block interval (``--block-interval-ms 0``); blocks per second over the
    steady part of the run (log times of the first and last BlockFinalized after warm-up).
+
+``--peer cometbft`` runs the same shape with CometBFT (``bench.cometbft``: a pinned v1.x built
+once from the Go module proxy into ``.qustream/tools``, an n-validator localnet on loopback with
+its kvstore application, Ed25519 keys): ``timeout_commit`` 1 s for latency (from node 0
+receiving the proposal to node 0 finalizing the commit), 0 for throughput (node 0's commit
+times), the same block counts; adds ``peer_*`` keys and ``ratio_blocks_per_s_N`` (ours / peer,
+higher is better) and ``ratio_p99_ms_N`` (ours / peer, lower is better).
 
 No QRNG sources run (the networks' genesis registers none): this measures consensus, not
 ingest (``bench.ingest`` does that). Baseline, measured in the same run: the raw Kafka
@@ -23,19 +33,23 @@ one JSON object.
 
 from __future__ import annotations
 
-import json
+import argparse
+import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from bench.common import scratch_kafka
+from bench import cometbft
+from bench.common import emit, scratch_kafka
 from streams.admin import ensure_topics
 from streams.chain_wire import decode_finalized
 from streams.kafka import Position, consumer_config, make_consumer, producer_config
@@ -43,6 +57,7 @@ from streams.settings import Settings, load_settings
 from streams.supervisor import ServiceSpec, Supervisor
 
 CLI = (sys.executable, "-m", "streams.cli")
+WARMUP = 3  # first blocks left out: they include process start-up
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -52,37 +67,42 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def _blocks(settings: Settings) -> list[tuple[int, int, int]]:
-    """(height, proposed_at_ms, written_at_ms) of every BlockFinalized record."""
-    topic = settings.topic("chain.blocks")
-    consumer = make_consumer(settings, f"bench-{uuid.uuid4().hex[:8]}")
-    out: list[tuple[int, int, int]] = []
-    try:
-        _, end = consumer.watermarks(topic)
-        consumer.assign([Position(topic, 0, 0)])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            message = consumer.poll(0.3)
-            if message is None:
-                if consumer.position(topic, 0) >= end:
-                    break
-                continue
-            record = decode_finalized(message.value)
-            out.append((record.height, record.proposed_at_ms, message.timestamp_ms))
-    finally:
-        consumer.close()
-    return out
+class _BlockWatch:
+    """Reads ``chain.blocks`` as the network writes it: (height, proposed_at_ms,
+    written_at_ms) of every BlockFinalized record (the tally writes in transactions, so the
+    topic's offsets count commit markers too and say nothing about the number of blocks)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic("chain.blocks")
+        self.consumer = make_consumer(settings, f"bench-{uuid.uuid4().hex[:8]}")
+        self.consumer.assign([Position(self.topic, 0, 0)])
+        self.blocks: list[tuple[int, int, int]] = []
+
+    def poll(self, seconds: float) -> int:
+        """Read what arrives within ``seconds``; returns the number of blocks so far."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = self.consumer.poll(min(remaining, 0.3))
+            if message is not None:
+                record = decode_finalized(message.value)
+                self.blocks.append((record.height, record.proposed_at_ms, message.timestamp_ms))
+        return len(self.blocks)
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
-def run_network(base: Settings, validators: int, interval_ms: int, seconds: float
-                ) -> list[tuple[int, int, int]]:
+def run_network(base: Settings, validators: int, interval_ms: int, blocks: int,
+                timeout_s: float) -> list[tuple[int, int, int]]:
+    """Run a fresh network until ``blocks`` blocks past the warm-up are finalized (or
+    ``timeout_s``); every block record it wrote."""
     with scratch_kafka(base) as settings, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         env = {**os.environ, "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap(),
                "QUSTREAM_TOPIC_PREFIX": settings.topic_prefix, "QUSTREAM_STATE_DIR": tmp}
         subprocess.run([*CLI, "genesis", "new", "--validators", str(validators), "--accounts",
                         "1", "--sources", "0", "--out", str(root / "net")], check=True,
-                       capture_output=True, env=env)
+                       capture_output=True, env=env, timeout=300)
         ensure_topics(settings)
         specs = [ServiceSpec(f"validator-{i}", (
             *CLI, "validator", "run", "--key", str(root / "net" / "keys" / f"validator-{i}.json"),
@@ -91,53 +111,52 @@ def run_network(base: Settings, validators: int, interval_ms: int, seconds: floa
         specs.append(ServiceSpec("tally", (*CLI, "tally", "run", "--genesis",
                                            str(root / "net" / "genesis.json")), env=env))
         supervisor = Supervisor(specs, root / "logs", max_restarts=0)
-        supervisor.start()
-        try:
-            deadline = time.monotonic() + seconds + 30  # startup allowance
-            started = None
+        watch = _BlockWatch(settings)
+        try:  # started inside: a failure half-way still stops what already runs
+            supervisor.start()
+            deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
-                supervisor.tick()
-                time.sleep(1)
-                if started is None:
-                    consumer = make_consumer(settings, f"probe-{uuid.uuid4().hex[:8]}")
-                    try:
-                        low, high = consumer.watermarks(settings.topic("chain.blocks"))
-                    finally:
-                        consumer.close()
-                    if high > low:
-                        started = time.monotonic()
-                elif time.monotonic() - started >= seconds:
+                for event in supervisor.tick():  # a crashed service is not restarted
+                    print(f"  {event} (logs: {root / 'logs'})", flush=True)
+                if watch.poll(1.0) >= blocks + WARMUP:
                     break
         finally:
             supervisor.stop(grace_s=5)
-        return _blocks(settings)
+            watch.close()
+        return watch.blocks
 
 
-def latency(blocks: list[tuple[int, int, int]]) -> tuple[float, float]:
-    steady = blocks[2:]  # the first heights include process start-up
-    values = [float(written - proposed) for _, proposed, written in steady]
+def latency(blocks: list[tuple[int, float, float]]) -> tuple[float, float]:
+    steady = blocks[WARMUP:]
+    values = [float(written - proposed) for _, proposed, written in steady
+              if not math.isnan(proposed)]  # NaN: the peer's node never saw the proposal
     return _percentile(values, 0.5), _percentile(values, 0.99)
 
 
-def throughput(blocks: list[tuple[int, int, int]]) -> float:
-    steady = blocks[3:]
+def throughput(blocks: list[tuple[int, float, float]]) -> float:
+    steady = blocks[WARMUP:]
     if len(steady) < 2:
         return 0.0
     span_ms = steady[-1][2] - steady[0][2]
     return (len(steady) - 1) * 1000 / max(span_ms, 1)
 
 
-def _end_offset(consumer: Consumer, topic: str, attempts: int = 30) -> int:
-    """The end of a just-created topic: a broker with many partitions may need a moment to
-    elect its leader (NOT_LEADER_FOR_PARTITION meanwhile)."""
-    for attempt in range(attempts):
+def _timeout_s(blocks: int, interval_ms: int) -> float:
+    """Generous: two seconds per block beyond the interval, plus start-up."""
+    return blocks * (interval_ms / 1000 + 2) + 120
+
+
+def _end_offset(consumer: Consumer, topic: str, timeout_s: float = 30.0) -> int:
+    """The partition's end, once the new topic has a leader (right after creation, a
+    broker under load may still answer "not leader")."""
+    deadline = time.monotonic() + timeout_s
+    while True:
         try:
-            return int(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1])
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1])
         except KafkaException:
-            if attempt == attempts - 1:
+            if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
-    raise AssertionError("unreachable")
 
 
 def kafka_round_trip(base: Settings, count: int = 200) -> float:
@@ -169,29 +188,79 @@ def kafka_round_trip(base: Settings, count: int = 200) -> float:
     return _percentile(samples, 0.5)
 
 
+def _measure(name: str, blocks: int, run: Callable[[int, int], list[tuple[int, float, float]]],
+             n: int, result: dict[str, Any], prefix: str = "") -> None:
+    """Latency and throughput of one system at ``n`` validators into ``result``."""
+    measured = run(n, 1000)
+    p50, p99 = latency(measured)
+    print(f"{name}, {n} validators, 1 block/s: {len(measured[WARMUP:])} blocks, proposal -> "
+          f"finalized p50 {p50:.0f} ms p99 {p99:.0f} ms", flush=True)
+    rated = run(n, 0)
+    rate = throughput(rated)
+    print(f"{name}, {n} validators, no interval: {len(rated[WARMUP:])} blocks, {rate:.1f} "
+          "blocks/s", flush=True)
+    if min(len(measured), len(rated)) < blocks + WARMUP:
+        print(f"  (fewer than {blocks} blocks before the time limit)", flush=True)
+    result.update({f"{prefix}p50_ms_{n}": round(p50, 1), f"{prefix}p99_ms_{n}": round(p99, 1),
+                   f"{prefix}blocks_per_s_{n}": round(rate, 2),
+                   f"{prefix}blocks_{n}": min(len(measured), len(rated)) - WARMUP})
+
+
+def _interrupt_on_signals() -> None:
+    """SIGTERM and SIGINT (also when started in the background, where SIGINT is inherited as
+    ignored) raise KeyboardInterrupt, so every ``finally`` runs: the networks' processes are
+    stopped and the scratch topics deleted."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blocks", type=int, default=200,
+                        help="blocks measured per configuration, after the warm-up")
+    parser.add_argument("--sizes", default="4,16", help="network sizes")
+    parser.add_argument("--peer", choices=["cometbft"], default=None,
+                        help="also run the same shape with a peer implementation")
+    args = parser.parse_args()
+    _interrupt_on_signals()
+    sizes = [int(s) for s in args.sizes.split(",")]
     settings = load_settings()
-    seconds_latency = float(os.environ.get("QUSTREAM_BENCH_SECONDS", "20"))
-    seconds_rate = float(os.environ.get("QUSTREAM_BENCH_RATE_SECONDS", "15"))
+    binary = cometbft.ensure_binary() if args.peer else None  # fail before hours of work
     baseline = kafka_round_trip(settings)
     print(f"kafka produce->consume round trip p50 {baseline:.1f} ms", flush=True)
-    result: dict[str, object] = {"bench": "finality"}
-    for n in (4, 16):
-        blocks = run_network(settings, n, 1000, seconds_latency)
-        p50, p99 = latency(blocks)
-        print(f"{n} validators, 1 block/s: {len(blocks)} blocks, proposal->finalized "
-              f"p50 {p50:.0f} ms p99 {p99:.0f} ms", flush=True)
-        blocks = run_network(settings, n, 0, seconds_rate)
-        rate = throughput(blocks)
-        print(f"{n} validators, no interval: {len(blocks)} blocks, {rate:.1f} blocks/s",
-              flush=True)
-        result.update({f"p50_ms_{n}": round(p50, 1), f"p99_ms_{n}": round(p99, 1),
-                       f"blocks_per_s_{n}": round(rate, 2)})
+    result: dict[str, Any] = {"bench": "finality"}
+
+    def ours(n: int, interval_ms: int) -> list[tuple[int, float, float]]:
+        records = run_network(settings, n, interval_ms, args.blocks,
+                              _timeout_s(args.blocks, interval_ms))
+        return [(h, float(p), float(w)) for h, p, w in records]
+
+    for n in sizes:
+        _measure("ours", args.blocks, ours, n, result)
     result["baseline_kafka_round_trip_p50_ms"] = round(baseline, 2)
-    p50_4 = result["p50_ms_4"]
-    assert isinstance(p50_4, float)
-    result["ratio_p50_4_to_round_trip"] = round(p50_4 / baseline, 2) if baseline else None
-    print(json.dumps(result))
+    if 4 in sizes:
+        result["ratio_p50_4_to_round_trip"] = (
+            round(result["p50_ms_4"] / baseline, 2) if baseline else None)
+    if binary is not None:
+        def peer(n: int, interval_ms: int) -> list[tuple[int, float, float]]:
+            return cometbft.run_localnet(binary, n, interval_ms, args.blocks + WARMUP,
+                                         _timeout_s(args.blocks, interval_ms))
+
+        for n in sizes:
+            _measure(f"CometBFT {cometbft.VERSION}", args.blocks, peer, n, result, "peer_")
+        result["peer"] = f"cometbft {cometbft.VERSION}"
+        for n in sizes:
+            ours_rate, peer_rate = result[f"blocks_per_s_{n}"], result[f"peer_blocks_per_s_{n}"]
+            result[f"ratio_blocks_per_s_{n}"] = (
+                round(ours_rate / peer_rate, 3) if peer_rate else None)
+            ours_p99, peer_p99 = result[f"p99_ms_{n}"], result[f"peer_p99_ms_{n}"]
+            result[f"ratio_p99_ms_{n}"] = round(ours_p99 / peer_p99, 3) if peer_p99 else None
+    result["load"] = round(os.getloadavg()[0], 1)
+    emit(result)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,22 @@ with the same settings. Rounds alternate (ours, baseline, ours, baseline) agains
 the settings (``QUSTREAM_KAFKA_BOOTSTRAP_SERVERS`` or the embedded broker) on uniquely named
 topics; the best round of each is reported, plus the health tests alone. Bounded: about a minute.
 Last line: one JSON object.
+
+``--profile``: instead, one round of ours under cProfile, every thread (the reader thread's
+source reads, health tests and hashing; the main thread's chaining, encoding and producing),
+printed as the functions with the most own time; ``docs/performance.md`` keeps such a table.
 """
 
 from __future__ import annotations
 
+import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -83,8 +92,48 @@ def _baseline(settings: Settings, topic: str) -> float:
     return sent * CHUNK / elapsed / MB
 
 
+def _profile(settings: Settings, top: int) -> None:
+    """One round of ours with a cProfile per thread; the top functions by own time."""
+    ensure_topics(settings, [spec("entropy.raw"), spec("entropy.private"), spec("qrng.status")])
+    profiles: dict[str, cProfile.Profile] = {}
+
+    def per_thread(*_: object) -> None:  # runs first in every new thread, then replaced
+        profile = cProfile.Profile()
+        profiles[threading.current_thread().name] = profile
+        profile.enable()
+
+    main_profile = cProfile.Profile()
+    threading.setprofile(per_thread)
+    try:
+        with tempfile.TemporaryDirectory() as state:
+            main_profile.enable()
+            rate = _ours(settings, Path(state), 0)
+            main_profile.disable()
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+        for profile in profiles.values():
+            profile.disable()
+    print(f"ours: {rate:.1f} MB/s under the profiler; load {os.getloadavg()}")
+    for name, profile in [("main", main_profile), *profiles.items()]:
+        if name != "main" and not name.startswith(("qrng-reader", "qrng-hash")):
+            continue
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(top)
+        print(f"--- thread {name}")
+        print("\n".join(line for line in out.getvalue().splitlines() if line.strip()))
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one round of ours instead of the benchmark")
+    parser.add_argument("--top", type=int, default=15, help="functions shown per thread")
+    args = parser.parse_args()
     with scratch_kafka(load_settings()) as settings:
+        if args.profile:
+            _profile(settings, args.top)
+            return
         result = _run(settings)
     print(json.dumps(result))
 

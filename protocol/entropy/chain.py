@@ -111,6 +111,12 @@ def expected_digest(chunk: Chunk) -> bytes:
                         chunk.simulated, chunk.health)
 
 
+def payload_sha256(payload: bytes | memoryview) -> bytes:
+    """``payload_digest`` of a chunk (hashlib releases the GIL while it hashes a large
+    buffer, so other threads run meanwhile)."""
+    return hashlib.sha256(memoryview(payload)).digest()
+
+
 @dataclass(frozen=True, slots=True)
 class ChainHead:
     """Where a chain stands: the next sequence number and the digest of the last chunk."""
@@ -126,10 +132,18 @@ class ChainHead:
 
 def extend(
     head: ChainHead, *, source_id: str, private: bool, payload: bytes, produced_at_ms: int,
-    simulated: bool, health: HealthSummary,
+    simulated: bool, health: HealthSummary, payload_digest: bytes | None = None,
 ) -> tuple[Chunk, ChainHead]:
-    """Append one payload to the chain: returns the chunk and the new head."""
-    payload_digest = hashlib.sha256(memoryview(payload)).digest()
+    """Append one payload to the chain: returns the chunk and the new head.
+
+    ``payload_digest``: ``SHA-256(payload)`` when the caller already has it (the ingest
+    service hashes on its reader thread, next to the health tests); computed here otherwise.
+    """
+    if payload_digest is None:
+        payload_digest = payload_sha256(payload)
+    elif len(payload_digest) != DIGEST_SIZE:
+        raise ChunkFormatError(f"payload digest of {len(payload_digest)} bytes, not "
+                               f"{DIGEST_SIZE}")
     digest = chunk_digest(source_id, private, head.next_seq, head.digest, payload_digest,
                           len(payload), produced_at_ms, simulated, health)
     chunk = Chunk(source_id, private, head.next_seq, head.digest, payload_digest, digest,

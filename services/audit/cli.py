@@ -91,7 +91,7 @@ def audit(
     workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
 ) -> None:
     """Replay every topic from offset 0 and re-verify the network's whole history."""
-    from services.audit.signatures import SignaturePool
+    from streams.signature_pool import SignaturePool
 
     # First, while this process has one thread: the workers fork in milliseconds.
     with SignaturePool(workers) as pool:
@@ -200,7 +200,7 @@ def state(
     workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
 ) -> None:
     """Print the ledger state (balances, stakes, validators, parameters) after height H."""
-    from services.audit.signatures import SignaturePool
+    from streams.signature_pool import SignaturePool
 
     with SignaturePool(workers) as pool:  # first: see ``audit``
         _state(pool, at_height, genesis, from_export, as_json)

@@ -38,7 +38,6 @@ from services.audit.core.entropy import EntropyAuditor
 from services.audit.core.equivocation import EquivocationScanner
 from services.audit.core.findings import AuditReport, Finding, Severity
 from services.audit.core.rows import diff_tables
-from services.audit.signatures import SignaturePool
 from services.audit.sources import LogRecord, LogSource
 from services.ledger.core import LedgerApp
 from services.ledger.core.chain_spec import ChainSpec, source_registry
@@ -47,6 +46,7 @@ from services.ledger.core.tx import decode_signed_tx
 from streams.chain_wire import decode_consensus
 from streams.codec import CodecError, default_codec
 from streams.settings import Settings
+from streams.signature_pool import SignaturePool
 
 TABLE_KEYS = {"users": ("user_id",), "records": ("user_id", "record_id"),
               "devices": ("user_id", "device_id")}

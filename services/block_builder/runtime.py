@@ -26,6 +26,7 @@ from protocol.entropy.chain import Checkpoint, Chunk
 from protocol.entropy.verifier import EntropyRejectedError
 from protocol.errors import InputError
 from protocol.evidence import DuplicateVoteEvidence
+from protocol.keys import SignatureCheck, default_signature_check
 from services.block_builder.core.logic import NodeBlockLogic
 from services.block_builder.core.proposal import EntropyRules
 from services.block_builder.pool import CheckpointOutcome, EntropyPool
@@ -50,7 +51,9 @@ class BuilderOptions:
 @dataclass(frozen=True, slots=True)
 class BuildInputs:
     """What the node knows at the moment the core asks: its chain, pending transactions and
-    evidence (in proposal order), its clock and its address."""
+    evidence (in proposal order), its clock, its address, and how it checks signatures (the
+    node's own check, which remembers the votes it verified: a proposal's last commit is made of
+    precommits the node has usually seen already)."""
 
     chain: ChainState[Any]
     app: Application[Any]
@@ -58,6 +61,7 @@ class BuildInputs:
     evidence: Sequence[DuplicateVoteEvidence]
     now_ms: int
     proposer_address: bytes
+    check: SignatureCheck = default_signature_check
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,7 @@ class _BuilderLogic:
         now = self.inputs()
         return NodeBlockLogic(now.chain, now.app, self.builder.pool.proposer_view(settle_ms),
                               now.mempool, now.evidence, self.builder.options.rules, now.now_ms,
-                              now.proposer_address)
+                              now.proposer_address, now.check)
 
     def propose(self, height: int, round: int) -> Block:
         return self._bind(self.builder.options.proposer_settle_ms).propose(height, round)

@@ -163,15 +163,19 @@ class ConsensusDriver:
         last = self.follower.last
         return 0 if last is None else last.consensus_offset + 1
 
-    def run_loop(self, consumer: KafkaConsumer, handlers: Mapping[str, Callable[[Record], None]],
+    def run_loop(self, consumer: KafkaConsumer,
+                 handlers: Mapping[str, Callable[[Record], None]]
+                 | Callable[[Sequence[Record]], None],
                  producer: KafkaProducer, *, tick: Callable[[], float],
                  after_batch: Callable[[], object] | None = None,
                  duration_s: float | None = None) -> None:
-        """Feed the core from ``consumer`` (one handler per topic) until ``stop`` or
-        ``duration_s``; the consumer is closed and the producer flushed on the way out."""
+        """Feed the core from ``consumer`` (one handler per topic, or one for each polled
+        batch) until ``stop`` or ``duration_s``; the consumer is closed and the producer flushed
+        on the way out."""
         log.info("%s starting at height %d", consumer.name, self.follower.next_height)
+        handle = by_topic(handlers) if isinstance(handlers, Mapping) else handlers
         try:
-            RunLoop(consumer, by_topic(handlers), producer=producer, tick=tick,
+            RunLoop(consumer, handle, producer=producer, tick=tick,
                     after_batch=after_batch, stop_event=self.stop_event).run(duration_s=duration_s)
         finally:
             consumer.close()

@@ -40,15 +40,17 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from protocol.codec import WireError
+from protocol.commit import CommitFlag, record_sign_bytes
 from protocol.entropy.chain import Chunk
-from protocol.follow import FollowError
+from protocol.follow import BlockFollower, FollowError
 from protocol.keys import SigningKey
+from protocol.messages import Vote
 from protocol.proposal import Proposal
 from services.block_builder.pool import UnjoinableChainError
 from services.block_builder.runtime import BlockBuilder, BuilderOptions, BuildInputs
@@ -69,13 +71,16 @@ from services.consensus.evidence_pool import EvidencePool, EvidenceRejectedError
 from services.consensus.guard import SignGuard
 from services.consensus.mempool import Mempool, MempoolRejectedError
 from services.consensus.node import ConsensusDriver, now_ms
+from services.consensus.verification import VoteVerifier
 from services.ledger.core.chain_spec import ChainSpec, source_registry
+from services.ledger.core.state import LedgerState
 from streams.chain_reader import catch_up
 from streams.chain_wire import decode_evidence_record, decode_finalized, encode_consensus
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters
-from streams.kafka import Position, Record, make_consumer, make_producer
+from streams.kafka import KafkaProducer, Position, Record, make_consumer, make_producer
 from streams.settings import Settings
+from streams.signature_pool import Triple
 
 log = logging.getLogger(__name__)
 
@@ -95,27 +100,47 @@ class NodeOptions:
 
 
 class ValidatorNode(ConsensusDriver):
+    """``producer`` and ``follower`` are made from ``settings`` unless given: a benchmark or a
+    test hands in a recording producer and a follower at genesis, and drives the node through
+    ``handle_batch`` and ``tick`` without a broker. ``verify_workers`` processes verify the
+    signatures of each polled batch ahead of the core (``services.consensus.verification``);
+    0 verifies in this process."""
+
     def __init__(self, settings: Settings, spec: ChainSpec, key: SigningKey, guard_path: Path,
-                 options: NodeOptions = NodeOptions()) -> None:
+                 options: NodeOptions = NodeOptions(), *, producer: KafkaProducer | None = None,
+                 follower: BlockFollower[LedgerState] | None = None,
+                 verify_workers: int = 0) -> None:
+        # First, while this process may still have a single thread: the workers fork then.
+        self.verifier = VoteVerifier(verify_workers)
         self.settings = settings
         self.key = key
         self.options = options
         self.guard = SignGuard(guard_path, key.address)
         self.name = f"validator-{key.address.hex()[:12]}"
-        self.producer = make_producer(settings, **PRODUCER_LATENCY)
+        self.producer = producer or make_producer(settings, **PRODUCER_LATENCY)
         self.dlq_chain = DeadLetters(self.producer, settings.topic("dlq.chain"), self.name)
         self.dlq_entropy = DeadLetters(self.producer, settings.topic("dlq.entropy"), self.name)
         self.dlq_ledger = DeadLetters(self.producer, settings.topic("dlq.ledger"), self.name)
-        follower = catch_up(settings, spec.follower(), on_skip=self.dlq_chain.send)
+        if follower is None:
+            follower = catch_up(settings, spec.follower(), on_skip=self.dlq_chain.send)
         self._sources = follower.chain.app_state.qrng_sources
         self.builder = BlockBuilder.for_registry(source_registry(follower.chain.app_state),
                                                  follower.chain, options.builder)
         self.mempool = Mempool()
         self.evidence = EvidencePool()
         self._pending_chunks: dict[tuple[str, bytes], Record] = {}  # candidates' records
-        super().__init__(ConsensusConfig(spec.chain_id, key, options.timeouts), follower,
+        super().__init__(ConsensusConfig(spec.chain_id, key, options.timeouts,
+                                         check=self.verifier), follower,
                          options.block_interval_ms, options.commit_window_ms)
         self._deferred: list[tuple[float, ProposalReceived, Record]] = []
+        topic = settings.topic
+        self._handlers: dict[str, Callable[[Record], None]] = {
+            topic("chain.consensus"): self._consensus,
+            topic("chain.blocks"): self._blocks,
+            topic("chain.evidence"): self._evidence,
+            topic("ledger.tx"): self._transaction,
+            topic("entropy.raw"): self._entropy,
+        }
         self.codec = default_codec()
         self.sent = 0
         self.decided_heights = 0
@@ -128,7 +153,7 @@ class ValidatorNode(ConsensusDriver):
 
     def _build_inputs(self) -> BuildInputs:
         return BuildInputs(self.follower.chain, self.follower.app, self.mempool.candidates(),
-                           self.evidence.pending(), now_ms(), self.key.address)
+                           self.evidence.pending(), now_ms(), self.key.address, self.verifier)
 
     # -- outputs
 
@@ -156,6 +181,8 @@ class ValidatorNode(ConsensusDriver):
 
     def on_decided(self, decision: Decided, source: Record | None) -> None:
         self.decided_heights += 1
+        # Answers of this height stay: its late precommits come back in the next proposal.
+        self.verifier.forget_before(decision.height)
         chain = self.follower.chain
         sources = chain.app_state.qrng_sources
         registry = None if sources is self._sources else source_registry(chain.app_state)
@@ -173,7 +200,9 @@ class ValidatorNode(ConsensusDriver):
     # -- inputs
 
     def _consensus(self, source: Record) -> None:
-        decoded = self.decode_input(source, self.codec, self.dlq_chain)
+        self._feed_consensus(source, self.decode_input(source, self.codec, self.dlq_chain))
+
+    def _feed_consensus(self, source: Record, decoded: Proposal | Vote | None) -> None:
         if decoded is None:
             return
         if isinstance(decoded, Proposal):
@@ -265,6 +294,67 @@ class ValidatorNode(ConsensusDriver):
 
     # -- the loop
 
+    def handle_batch(self, records: Sequence[Record]) -> None:
+        """One polled batch, in log order. With verification workers, the batch's consensus
+        records are decoded first and their signatures sent ahead (module doc of
+        ``services.consensus.verification``), then every record is handled."""
+        consensus = self.settings.topic("chain.consensus")
+        decoded: dict[int, Proposal | Vote | None] = {}
+        if self.verifier.workers:
+            for index, record in enumerate(records):
+                if record.topic == consensus:
+                    message = self.decode_input(record, self.codec, self.dlq_chain)
+                    decoded[index] = message
+                    if message is not None:
+                        self.verifier.expect(self._triples(message), message.height)
+            self.verifier.flush()
+        for index, record in enumerate(records):
+            if index in decoded:
+                self._feed_consensus(record, decoded[index])
+            else:
+                self._handlers[record.topic](record)
+
+    def _triples(self, message: Proposal | Vote) -> list[Triple]:
+        """What the core will ask about ``message``: its signature and, for a proposal, the
+        signatures of the last commit its block carries (own votes come back verified)."""
+        chain = self.follower.chain
+        if message.height == chain.tip.height:
+            validators = chain.validators
+        elif message.height == chain.tip.height + 1:
+            validators = chain.next_validators
+        else:
+            return []  # a decided height (dropped), or too far ahead to guess the set
+        chain_id = self.config.chain_id
+        if isinstance(message, Vote):
+            voter = validators.get(message.validator_address)
+            if voter is None or voter.address == self.key.address:
+                return []
+            return [(voter.public_key, message.sign_bytes(chain_id), message.signature)]
+        proposer = validators.get(message.proposer_address)
+        triples = [] if proposer is None else [
+            (proposer.public_key, message.sign_bytes(chain_id), message.signature)]
+        commit = message.block.body.last_commit
+        previous = chain.record_of(message.height - 1)
+        if commit is not None and previous is not None and len(commit.signatures) == len(
+                previous.validators):
+            triples.extend(
+                (validator.public_key, record_sign_bytes(chain_id, commit, record),
+                 record.signature)
+                for record, validator in zip(commit.signatures, previous.validators.validators,
+                                             strict=True)
+                if record.flag is not CommitFlag.ABSENT)
+        return triples
+
+    def settle(self) -> None:
+        """Wait until the verification workers answered everything sent (benchmarks)."""
+        self.verifier.settle()
+
+    def close(self) -> None:
+        """Stop the verification workers and close the guard file (``run`` does it on the
+        way out)."""
+        self.verifier.close()
+        self.guard.close()
+
     def assignments(self) -> list[Position]:
         s = self.settings
         parts = [
@@ -285,23 +375,21 @@ class ValidatorNode(ConsensusDriver):
         consumer = make_consumer(self.settings, f"{self.name}-{time.time_ns()}",
                                  **CONSUMER_LATENCY)
         consumer.assign(self.assignments())
-        topic = self.settings.topic
-        self.run_loop(consumer, {
-            topic("chain.consensus"): self._consensus,
-            topic("chain.blocks"): self._blocks,
-            topic("chain.evidence"): self._evidence,
-            topic("ledger.tx"): self._transaction,
-            topic("entropy.raw"): self._entropy,
-        }, self.producer, tick=self._tick, duration_s=duration_s)
+        try:
+            self.run_loop(consumer, self.handle_batch, self.producer, tick=self._tick,
+                          duration_s=duration_s)
+        finally:
+            self.close()
 
 
 def run_validator(settings: Settings, genesis: Path, key_path: Path, state_dir: Path,
-                  options: NodeOptions = NodeOptions(), duration_s: float | None = None
-                  ) -> ValidatorNode:
+                  options: NodeOptions = NodeOptions(), duration_s: float | None = None, *,
+                  verify_workers: int = 0) -> ValidatorNode:
     """Build and run a validator until SIGTERM/SIGINT (or ``duration_s``)."""
     key = SigningKey.load(key_path)
     node = ValidatorNode(settings, ChainSpec.load(genesis), key,
-                         state_dir / f"signer-{key.address.hex()}.json", options)
+                         state_dir / f"signer-{key.address.hex()}.json", options,
+                         verify_workers=verify_workers)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
     node.run(duration_s)

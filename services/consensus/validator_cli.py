@@ -27,6 +27,10 @@ def run(
              "next block's last_commit (0: only those counted by then); the next height starts "
              "as soon as all are in, never before the block interval"),
     duration_s: float | None = typer.Option(None, "--duration", help="stop after seconds"),
+    verify_workers: int = typer.Option(
+        0, "--verify-workers", min=0,
+        help="processes verifying vote signatures beside the node (0: in the node). Pays with "
+             "many validators on a machine with a core to spare (bench.validator_scale)."),
 ) -> None:
     """Run a validator until interrupted."""
     from dataclasses import replace
@@ -41,6 +45,6 @@ def run(
                       commit_window_ms=commit_window_ms,
                       timeouts=replace(defaults.timeouts, propose_ms=propose_timeout_ms))
     node = run_validator(settings, genesis, key, state_dir or settings.state_dir / "validators",
-                         options, duration_s)
+                         options, duration_s, verify_workers=verify_workers)
     typer.echo(f"stopped at height {node.follower.next_height}; sent {node.sent} messages; "
                f"rejected {node.rejected}")

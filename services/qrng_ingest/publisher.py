@@ -370,9 +370,10 @@ class ChunkPublisher:
 
     def publish(
         self, payload: bytes, *, simulated: bool, health: HealthSummary,
-        produced_at_ms: int | None = None,
+        produced_at_ms: int | None = None, payload_digest: bytes | None = None,
     ) -> Chunk:
-        """Chain and produce one healthy payload; returns the chunk (delivery is async)."""
+        """Chain and produce one healthy payload; returns the chunk (delivery is async).
+        ``payload_digest``: its SHA-256 if already computed (``protocol.entropy.chain.extend``)."""
         self._check()
         self._private_credit += self._private_share
         private = self._private_credit >= 1.0
@@ -381,7 +382,7 @@ class ChunkPublisher:
         chunk, head = extend(
             self.heads[private], source_id=self.source_id, private=private, payload=payload,
             produced_at_ms=self._clock_ms() if produced_at_ms is None else produced_at_ms,
-            simulated=simulated, health=health,
+            simulated=simulated, health=health, payload_digest=payload_digest,
         )
         value = self._chunk_encoder.encode(chunk)
         sent_at = time.perf_counter()

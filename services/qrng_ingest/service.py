@@ -14,10 +14,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from protocol.entropy.chain import CheckpointPolicy, HealthSummary
+from protocol.entropy.chain import CheckpointPolicy, HealthSummary, payload_sha256
 from protocol.errors import InputError
 from protocol.keys import SigningKey
 from services.qrng_ingest.core.health import (
@@ -88,6 +89,11 @@ class IngestReport:
     last_seq: int = -1
 
 
+# A block as the reader thread hands it over: raw bytes, their health, and their SHA-256 (being
+# computed) when they passed (a block that fails is not published: no digest needed).
+_Block = tuple[bytes, BlockHealth, "Future[bytes] | None"]
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -138,9 +144,12 @@ class IngestService:
         return b"".join(parts)
 
     def _reader(self, deadline: float | None, max_bytes: int | None,
-                out: queue.Queue[tuple[bytes, BlockHealth] | BaseException | None]) -> None:
-        """Reader thread: source reads and health tests (numpy, AES and hashing release the
-        GIL), so they overlap with chaining and producing in the main thread. Ends with None."""
+                out: queue.Queue[_Block | BaseException | None],
+                hasher: ThreadPoolExecutor) -> None:
+        """Reader thread: source reads and health tests (numpy and AES release the GIL); the
+        payload's SHA-256 of a block that passed goes to the ``hasher`` thread (hashlib
+        releases the GIL too). So all three overlap with chaining and producing in the main
+        thread, which only links the chain and hands the bytes over. Ends with None."""
         try:
             read = 0
             while not self._stop.is_set() and (max_bytes is None or read < max_bytes):
@@ -151,9 +160,10 @@ class IngestService:
                     break
                 read += len(block)
                 health, self._carry = check_block(self.params, self._carry, block)
+                digest = hasher.submit(payload_sha256, block) if health.passed else None
                 while not self._stop.is_set():
                     try:
-                        out.put((block, health), timeout=0.1)
+                        out.put((block, health, digest), timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -162,15 +172,19 @@ class IngestService:
             return
         out.put(None)
 
-    def _process(self, block: bytes, health: BlockHealth) -> None:
+    def _process(self, block: bytes, health: BlockHealth,
+                 digest: Future[bytes] | None) -> bool:
+        """Fold one tested block in; True when it was published (``publish`` then already
+        served delivery reports and due checkpoints)."""
         self.report.raw_bytes += len(block)
         self._last_data_ms = _now_ms()
         self._interval_raw += len(block)
-        self.report.rct_failures += health.rct_failures
-        self.report.apt_failures += health.apt_failures
+        rct_failures, apt_failures = health.rct_failures, health.apt_failures  # counted once
+        self.report.rct_failures += rct_failures
+        self.report.apt_failures += apt_failures
         if self._metrics is not None:
-            self._metrics.health_failures("RCT", health.rct_failures)
-            self._metrics.health_failures("APT", health.apt_failures)
+            self._metrics.health_failures("RCT", rct_failures)
+            self._metrics.health_failures("APT", apt_failures)
         self._quarantine, verdict = evolve(self._policy, self._quarantine, health)
         for transition in verdict.transitions:
             if transition.kind is TransitionKind.HEALTH_FAILED:
@@ -182,7 +196,8 @@ class IngestService:
         if verdict.publish:
             chunk = self.publisher.publish(
                 block, simulated=self._source.simulated,
-                health=HealthSummary(health.rct_max_run, health.apt_max_count, health.windows))
+                health=HealthSummary(health.rct_max_run, health.apt_max_count, health.windows),
+                payload_digest=None if digest is None else digest.result())
             self.report.published_bytes += len(block)
             self.report.published_chunks += 1
             self._interval_published += len(block)
@@ -190,18 +205,22 @@ class IngestService:
                 self.report.last_seq = chunk.seq
             if self._metrics is not None:
                 self._metrics.published(len(block))
-        else:
-            self.report.dropped_bytes += len(block)
-            if self._metrics is not None:
-                self._metrics.dropped(len(block))
+            return True
+        self.report.dropped_bytes += len(block)
+        if self._metrics is not None:
+            self._metrics.dropped(len(block))
+        return False
 
-    def _tick(self, *, final: bool = False) -> None:
+    def _tick(self, *, final: bool = False, published: bool = False) -> None:
         """Time-driven work: checkpoints by age, delivery reports, heartbeats, liveness.
 
-        ``final``: the last call before shutdown; always sends a heartbeat.
+        ``final``: the last call before shutdown; always sends a heartbeat. ``published``: a
+        chunk was just published, whose ``publish`` did the checkpoint check and the poll (a
+        second poll would only hand the GIL to the reader thread and wait to get it back).
         """
-        self.publisher.maybe_checkpoint()
-        self.publisher.poll(0)
+        if not published:
+            self.publisher.maybe_checkpoint()
+            self.publisher.poll(0)
         now = _now_ms()
         elapsed = now - self._interval_start_ms
         if elapsed < self.config.heartbeat_ms and not final:
@@ -235,8 +254,10 @@ class IngestService:
         deadline = None if duration_s is None else time.monotonic() + duration_s
         self._interval_start_ms = self._last_data_ms = _now_ms()
         self._interval_raw = self._interval_published = 0
-        blocks: queue.Queue[tuple[bytes, BlockHealth] | BaseException | None] = queue.Queue(4)
-        reader = threading.Thread(target=self._reader, args=(deadline, max_bytes, blocks),
+        blocks: queue.Queue[_Block | BaseException | None] = queue.Queue(4)
+        hasher = ThreadPoolExecutor(1, thread_name_prefix=f"qrng-hash-{self.config.source_id}")
+        reader = threading.Thread(target=self._reader,
+                                  args=(deadline, max_bytes, blocks, hasher),
                                   name=f"qrng-reader-{self.config.source_id}", daemon=True)
         reader.start()
         try:
@@ -250,14 +271,14 @@ class IngestService:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                self._process(*item)
-                self._tick()
+                self._tick(published=self._process(*item))
                 if on_progress is not None:
                     on_progress(self.report)
             self._tick(final=True)
         finally:
             self._stop.set()
             reader.join(timeout=10)
+            hasher.shutdown(wait=True, cancel_futures=True)
             self.publisher.close()
             self._source.close()
         self.report.last_seq = self.publisher.heads[False].last_seq

@@ -13,8 +13,8 @@ from protocol.commit import CommitCertificate
 from protocol.keys import Algorithm, SigningKey
 from sdk.testing import LocalChain, make_local_chain, tamper
 from services.audit.replay import AuditOptions, audit_chain
-from services.audit.signatures import BATCH, SignaturePool
 from services.audit.sources import LogRecord, MemorySource
+from streams.signature_pool import BATCH, SignaturePool
 
 
 def _triples(count: int) -> list[tuple]:  # type: ignore[type-arg]

@@ -1,4 +1,8 @@
-"""Signatures verified ahead, on other cores, while the audit re-executes the chain.
+"""Signatures verified ahead, on other cores, while the caller does the sequential work.
+
+Two users: the audit (below), which re-executes the chain while its certificates are verified,
+and the validator node (``services.consensus.verification``), which steps its consensus core
+through a polled batch of votes while their signatures are verified.
 
 An audit is two kinds of work per block: re-executing the ledger (Python, strictly sequential)
 and verifying ML-DSA-65 signatures (four or more per certificate, one per transaction; C inside
@@ -88,7 +92,7 @@ class _Worker:
     def __init__(self, context: Any) -> None:
         self.conn, child = context.Pipe(duplex=True)
         self.process = context.Process(target=_serve, args=(child,), daemon=True,
-                                       name="qustream-audit-verify")
+                                       name="qustream-verify")
         self.process.start()
         child.close()
         self.in_flight: deque[int] = deque()  # batch ids sent and not yet answered
@@ -188,6 +192,17 @@ class SignaturePool:
                     self._pending[item] = (index, batch_id, position, self._buffered.pop(item))
         except (EOFError, OSError, ValueError):
             self.close()  # a dead worker: answers are computed inline from now on
+
+    def drain(self) -> None:
+        """Wait until every batch sent to a worker is answered (the answers then wait for
+        ``check``); what is still buffered stays unsent. A benchmark calls this to stop its
+        clock only when the workers are idle."""
+        try:
+            for worker in self._workers:
+                while worker.in_flight:
+                    self._store(worker.receive())
+        except (EOFError, OSError):
+            self.close()
 
     def _store(self, received: tuple[int, list[bool]]) -> None:
         self._answers[received[0]] = received[1]

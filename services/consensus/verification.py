@@ -1,0 +1,97 @@
+"""How a validator node checks signatures: every answer remembered, optionally found ahead on
+worker processes.
+
+The consensus core and the block builder ask one question, "is this ``signature`` ``key``'s over
+``message``?" (a ``protocol.keys.SignatureCheck``). The answer is a pure function of the
+(key, message, signature) triple, so remembering or precomputing it changes nothing but time:
+
+1. Remembered: a precommit the node verified as a vote comes back in the next proposal as part
+   of its last commit, and a proposal re-sent (a restarted peer) carries the same signature.
+   ``VoteVerifier`` remembers the last ``remember`` triples that verified (oldest dropped first;
+   a failure is never remembered, so a bad signature is verified, and refused, every time).
+2. Ahead: with ``workers`` > 0, the node hands each polled batch of ``chain.consensus`` records
+   to ``expect`` before the core sees the first of them; the triples go to worker processes
+   (``streams.signature_pool``, the audit's pool) and the core's checks collect the answers while
+   the node decodes, counts votes and signs. Whatever was not sent ahead is verified on the spot.
+   The pool must be created before any Kafka client exists (its workers fork while the process
+   has one thread): the node creates its verifier first.
+
+Whether workers pay depends on the machine: they need a free core, and each verification sent
+costs the node a little pickling. ``bench.validator_scale`` measures both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from protocol.keys import PublicKey
+from streams.signature_pool import SignaturePool, Triple
+
+REMEMBER = 8192  # triples; two heights of a 1,000-validator network (prevotes + precommits)
+
+
+class VoteVerifier:
+    """A ``SignatureCheck`` (call it) that remembers answers and can verify ahead (module doc).
+    Close it (or use it as a context manager) to stop its workers."""
+
+    def __init__(self, workers: int = 0, *, remember: int = REMEMBER) -> None:
+        self._pool = SignaturePool(workers)
+        self._remember = remember
+        self._known: dict[tuple[str, bytes, bytes, bytes], None] = {}
+        self.verified = 0  # answers computed (here or by a worker)
+        self.remembered = 0  # answers given from memory
+
+    def __enter__(self) -> VoteVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def workers(self) -> int:
+        return self._pool.workers if self._pool.active else 0
+
+    def __call__(self, key: PublicKey, message: bytes, signature: bytes) -> bool:
+        item = (key.algorithm.value, key.raw, message, signature)
+        if item in self._known:
+            self.remembered += 1
+            return True
+        self.verified += 1
+        if self._pool.active:
+            self._pool.flush()  # keep the workers fed: collect answers, send what is waiting
+            valid = self._pool.check(key, message, signature)
+        else:
+            valid = key.verify(message, signature)
+        if valid:
+            self._known[item] = None
+            if len(self._known) > self._remember:
+                del self._known[next(iter(self._known))]  # insertion order: the oldest
+        return valid
+
+    def knows(self, key: PublicKey, message: bytes, signature: bytes) -> bool:
+        return (key.algorithm.value, key.raw, message, signature) in self._known
+
+    def expect(self, triples: Iterable[Triple], height: int) -> None:
+        """Start verifying ``triples`` (of messages of ``height``) on the workers; no-op
+        without workers. Call ``flush`` after the last ``expect`` of a batch."""
+        if self._pool.active:
+            self._pool.expect((t for t in triples if not self.knows(*t)), height)
+
+    def flush(self) -> None:
+        """Hand what ``expect`` buffered to idle workers (never blocks)."""
+        if self._pool.active:
+            self._pool.flush()
+
+    def forget_before(self, height: int) -> None:
+        """Drop answers of heights below ``height`` that the node never asked for (votes that
+        arrived after it decided)."""
+        if self._pool.active:
+            self._pool.forget_before(height)
+
+    def settle(self) -> None:
+        """Wait for the workers' answers to everything sent so far (see ``SignaturePool.drain``)."""
+        if self._pool.active:
+            self._pool.drain()
+
+    def close(self) -> None:
+        self._pool.close()
