@@ -14,6 +14,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from streams.errors import KafkaTimeoutError
 from streams.kafka import await_cluster, client_logging, translate
 from streams.settings import Settings
 from streams.topics import CATALOGUE, TopicSpec
@@ -83,6 +84,7 @@ def ensure_topics(
                 if not _already_exists(exc):
                     raise translate(exc, f"cannot create topic {name}") from exc
             reports.append(TopicReport(name, "created"))
+        _await_leaders(admin, [settings.topic(s.name) for s in missing], timeout_s)
     present = [s for s in specs if settings.topic(s.name) in existing]
     if present:
         resources = [ConfigResource("topic", settings.topic(s.name)) for s in present]
@@ -103,6 +105,30 @@ def ensure_topics(
                 drift.insert(0, f"partitions: want {spec_.partitions}, have {partitions}")
             reports.append(TopicReport(name, "drift" if drift else "ok", tuple(drift)))
     return reports
+
+
+def _await_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """Wait until every partition of the just-created ``names`` has a leader in the metadata
+    brokers serve. CreateTopics answers once the controller has committed the topics, before
+    the brokers' metadata caches know them; a client that subscribes in that moment is told
+    "unknown topic" and, with librdkafka, looks again only at its next metadata refresh
+    (minutes), so a service started right after ``ensure_topics`` could sit idle."""
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while pending:
+        try:
+            topics = admin.list_topics(timeout=max(1.0, deadline - time.monotonic())).topics
+        except KafkaException as exc:
+            raise translate(exc, "cannot read the metadata of the topics just created") from exc
+        pending = {name for name in pending
+                   if name not in topics or topics[name].error is not None
+                   or not topics[name].partitions
+                   or any(p.leader < 0 for p in topics[name].partitions.values())}
+        if pending and time.monotonic() > deadline:
+            raise KafkaTimeoutError(f"topics created but without a leader after {timeout_s:.0f}"
+                                    f" s: {', '.join(sorted(pending))}")
+        if pending:
+            time.sleep(0.1)
 
 
 def delete_topics(settings: Settings, names: Iterable[str], *, timeout_s: float = 60.0

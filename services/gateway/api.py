@@ -590,8 +590,13 @@ def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = 
     from services.gateway.keys import KafkaTxSink, PrivatePool
     from services.gateway.payments import PaymentBook, key_payment_outcomes
     from services.ledger.core.chain_spec import ChainSpec, source_registry
+    from streams.kafka import make_consumer
 
     spec = ChainSpec.load(genesis)
+    # Kafka first, within the connect timeout: a gateway that cannot reach the cluster it
+    # serves stops with one line naming the address (KafkaUnreachableError), before it opens
+    # Cassandra or starts threads that would retry forever in the background.
+    make_consumer(settings, f"gateway-probe-{time.time_ns()}").close()
     view = load_view(spec, retain)
     feeds = NetworkFeeds(settings)
     gateway = Gateway(view=view, keys=ApiKeyStore(api_keys, refresh_s=key_refresh_s),

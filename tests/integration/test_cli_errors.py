@@ -98,8 +98,7 @@ UNREACHABLE_KAFKA_COMMANDS: tuple[tuple[str, ...], ...] = (
     ("monitor", "run", "--quiet"),
     ("alerts", "watch", "--duration", "5"),
     ("users", "handler"),
-    # --no-keys: the key service claims payments in Cassandra, reached first otherwise
-    ("gateway", "run", "--no-users", "--no-keys", "--port", "0"),
+    ("gateway", "run", "--no-users", "--port", "0"),
 )
 
 
