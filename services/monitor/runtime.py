@@ -31,6 +31,7 @@ from services.monitor import store
 from services.monitor.core import alerts, rules
 from services.monitor.core.alerts import AlertEvent, OpenAlerts
 from services.monitor.core.facts import Position
+from services.monitor.core.positions import Positions
 from services.monitor.core.state import NETWORK, MonitorState, apply_record
 from services.monitor.decode import Record, RecordDecoder
 from services.monitor.ledger import LedgerView
@@ -77,6 +78,17 @@ class MonitorRuntime:
             name = key.decode() if isinstance(key, bytes) else str(key)
             state = store.with_piece(state, name, value)
         self.state = state
+        # What the pieces hold counts as read: the group's committed offsets are at or past
+        # them, so those records are not delivered again, and a partition that receives
+        # nothing new (a dead-letter topic, say) would otherwise never look caught up.
+        held: list[Positions] = [piece.positions for piece in state.sources.values()]
+        held += [state.network.positions, state.mempool.positions,
+                 state.dead_letters.positions]
+        for positions in held:
+            for key, offset in positions.items():
+                topic, _, partition = key.rpartition(":")
+                tp = (topic, int(partition))
+                self._next[tp] = max(self._next.get(tp, 0), offset)
         self.restored = True
 
     def catch_up_ledger(self) -> None:

@@ -139,3 +139,25 @@ def test_every_rule_and_metric_is_documented() -> None:
         assert f"`{PREFIX}{metric.name}" in text, metric.name
     for name in MonitorSettings.model_fields:
         assert f"QUSTREAM_MONITOR_{name.upper()}" in text, name
+
+
+def test_a_restart_counts_what_the_restored_pieces_hold_as_read() -> None:
+    """After kill -9 the group resumes past everything the pieces hold, so those records never
+    come again: a partition that gets nothing new (a dead-letter topic) must still look caught
+    up, or the monitor would not judge until its catch-up timeout (300 s)."""
+    from services.monitor.runtime import MonitorRuntime
+
+    policy = MonitorSettings().policy()
+    state = MonitorState()
+    dlq = SETTINGS.topic("dlq.chain")
+    blocks = SETTINGS.topic("chain.blocks")
+    state, _ = apply_record(policy, state, Position(dlq, 0, 4),
+                            (DeadLettered("dlq.chain", "invalid_block", T),))
+    state, _ = apply_record(policy, state, Position("q", 1, 9), (ChunkSeen("q", 0, 10, T),))
+    runtime = MonitorRuntime(SETTINGS, MonitorSettings())
+    runtime.restore([(key.encode(), store.piece_bytes(state, key))
+                     for key in ("source/q", "network", "mempool", "dead-letters")])
+    runtime._ends = {(dlq, 0): 5, ("q", 1): 10, (blocks, 0): 3}
+    assert not runtime.check_caught_up(), "chain.blocks has not been read up to its end yet"
+    runtime.apply([Record(blocks, 0, 2, T, None)])
+    assert runtime.check_caught_up()
