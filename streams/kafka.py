@@ -464,6 +464,18 @@ class KafkaConsumer:
         except KafkaException as exc:
             raise translate(exc, f"{self.name} commit") from exc
 
+    def committed(self, topic: str, partitions: Iterable[int], timeout_s: float = 30.0
+                  ) -> dict[int, int]:
+        """The offsets this consumer's group has committed on ``partitions`` of ``topic``
+        (only those with a commit). Reading them does not join the group."""
+        try:
+            found = self._consumer.committed(
+                [TopicPartition(topic, partition) for partition in partitions],
+                timeout=timeout_s)
+        except KafkaException as exc:
+            raise translate(exc, f"{self.name} committed offsets of {topic}") from exc
+        return {tp.partition: int(tp.offset) for tp in found if tp.offset >= 0}
+
     def watermarks(self, topic: str, partition: int = 0, timeout_s: float = 60.0
                    ) -> tuple[int, int]:
         """(low, high) of a partition, waiting out transient errors (a leader election on a

@@ -105,16 +105,23 @@ class MonitorRuntime:
         consumer = make_consumer(self.settings,
                                  f"{self.settings.topic('monitor')}-ends-{time.time_ns()}",
                                  **{"fetch.wait.max.ms": 10})
+        # The monitor's own group: what it committed before a restart is not delivered again.
+        group = make_consumer(self.settings, self.options.app_id or self.settings.topic("monitor"))
         ends: dict[tuple[str, int], int] = {}
         try:
             for topic in self._names:
-                for partition in consumer.partitions(topic):
+                partitions = consumer.partitions(topic)
+                for partition, offset in group.committed(topic, partitions).items():
+                    tp = (topic, partition)
+                    self._next[tp] = max(self._next.get(tp, 0), offset)
+                for partition in partitions:
                     low, high = consumer.watermarks(topic, partition)
                     if high > low:
                         consumer.assign([KafkaPosition(topic, partition, max(low, high - TAIL))])
                         ends.update(self._tail_end(consumer, topic, partition, high))
         finally:
             consumer.close()
+            group.close()
         self._ends = ends
         self._started = time.monotonic()
 
