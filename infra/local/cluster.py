@@ -320,9 +320,9 @@ class LocalCluster:
         if not unformatted:
             return
         id_file = unformatted[0].cluster_home / "cluster-id"
-        if not id_file.exists():
+        if not id_file.exists() or id_file.read_text().strip().startswith("-"):
             id_file.parent.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(config.new_kafka_cluster_id(secrets.token_bytes(16)) + "\n")
+            id_file.write_text(config.fresh_kafka_cluster_id(secrets.token_bytes) + "\n")
         cluster_id = id_file.read_text().strip()
         running: list[tuple[Node, subprocess.Popen[str]]] = []
         with self.console.status("formatting Kafka storage (first start only)"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,16 @@ def new_kafka_cluster_id(random_bytes: bytes) -> str:
     if len(random_bytes) != 16:
         raise ValueError("a Kafka cluster id is made of exactly 16 bytes")
     return base64.urlsafe_b64encode(random_bytes).decode().rstrip("=")
+
+
+def fresh_kafka_cluster_id(draw: Callable[[int], bytes]) -> str:
+    """A new cluster id from ``draw(16)`` (``secrets.token_bytes``), drawn again while it
+    starts with "-": kafka-storage would read "--cluster-id -x..." as a missing value (one id in
+    64 did), and Kafka's own ``Uuid.randomUuid`` redraws such ids too."""
+    while True:
+        cluster_id = new_kafka_cluster_id(draw(16))
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def kafka_server_properties(*, port: int, controller_port: int, data_dir: Path) -> str:

@@ -123,3 +123,13 @@ def test_resolved_version_reads_the_marker(tmp_path: Path) -> None:
     assert resolved_version(tmp_path) is None
     (tmp_path / ".resolved").write_text("5.0.8\n")
     assert resolved_version(tmp_path) == "5.0.8"
+
+
+def test_a_cluster_id_never_starts_with_a_dash() -> None:
+    """kafka-storage reads "--cluster-id -x..." as a missing value: such ids are drawn again."""
+    draws = iter([b"\xf8" + bytes(15), b"\x01" + bytes(15)])
+    from infra.local.config import fresh_kafka_cluster_id, new_kafka_cluster_id
+
+    assert new_kafka_cluster_id(b"\xf8" + bytes(15)).startswith("-")
+    cluster_id = fresh_kafka_cluster_id(lambda n: next(draws))
+    assert cluster_id == new_kafka_cluster_id(b"\x01" + bytes(15))
