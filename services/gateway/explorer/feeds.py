@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,7 +146,8 @@ class NetworkFeeds:
 
     def _follow(self) -> None:
         from streams.codec import CodecError, default_codec
-        from streams.kafka import Position, make_consumer
+        from streams.kafka import Position, Record, make_consumer
+        from streams.runloop import RunLoop, by_topic
 
         codec = default_codec()
         consumer = make_consumer(self.settings, f"gateway-explorer-{time.time_ns()}",
@@ -166,18 +168,19 @@ class NetworkFeeds:
                 raise RuntimeError(f"neither {status} nor {alerts} exists yet")
             consumer.assign(positions)
             self.error = None
-            while not self._stop.is_set():
-                record = consumer.poll(0.5)
-                if record is None:
-                    continue
-                try:
-                    decoded = codec.decode(record.value)
-                except CodecError:
-                    continue
-                with self.lock:
-                    if record.topic == status:
-                        self.sources.apply(decoded.schema, decoded.record)
-                    else:
-                        self.alerts.apply(decoded.schema, decoded.record)
+
+            def fold(board: SourceBoard | AlertBoard) -> Callable[[Record], None]:
+                def apply(record: Record) -> None:
+                    try:
+                        decoded = codec.decode(record.value)
+                    except CodecError:
+                        return
+                    with self.lock:
+                        board.apply(decoded.schema, decoded.record)
+
+                return apply
+
+            RunLoop(consumer, by_topic({status: fold(self.sources), alerts: fold(self.alerts)}),
+                    poll_s=0.5, stop_event=self._stop).run()
         finally:
             consumer.close()
