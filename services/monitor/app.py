@@ -68,6 +68,26 @@ class _StateTable(faust.Table):
     that aiokafka has not fetched for a topic never produced to. Every key lives in partition 0
     of ``monitor.state`` here, whatever input changed it."""
 
+    # Faust commits input offsets after ``producer.flush()``, but its buffer's flush returns
+    # when no message left the buffer for 0.1 s (``ProducerBuffer.flush_atmost``), so under
+    # load a commit can overtake the changelog writes of the records it covers; a kill -9 then
+    # loses those records from the restored windows. The agent awaits its own writes instead:
+    # a batch is acknowledged only once every piece it changed is on the changelog.
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unsent: list[Any] = []
+
+    def send_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        future = super().send_changelog(*args, **kwargs)
+        self._unsent.append(future)
+        return future
+
+    async def written(self) -> None:
+        """Wait until every changelog write sent so far is acknowledged (raises if one failed)."""
+        pending, self._unsent = self._unsent, []
+        for future in pending:
+            await future
+
     def partition_for_key(self, key: Any) -> int:
         return 0
 
@@ -147,9 +167,10 @@ def make_app(settings: Settings, runtime: MonitorRuntime,
     inputs = app.topic(*runtime.decoder.topics(), key_type=bytes, value_type=bytes)
     changelog = app.topic(settings.topic("monitor.state"), partitions=1, key_type=bytes,
                           value_type=bytes, compacting=True, deleting=False)
-    table = app.tables.add(_StateTable(app, name="state", default=None, partitions=1,
-                                       beacon=app.tables.beacon, changelog_topic=changelog,
-                                       key_type=bytes, value_type=bytes))
+    table = _StateTable(app, name="state", default=None, partitions=1,
+                        beacon=app.tables.beacon, changelog_topic=changelog,
+                        key_type=bytes, value_type=bytes)
+    app.tables.add(table)
     alerts_topic = app.topic(settings.topic("alerts"), key_type=bytes, value_type=bytes)
 
     async def ensure_started() -> bool:
@@ -179,6 +200,7 @@ def make_app(settings: Settings, runtime: MonitorRuntime,
             for key in runtime.apply(records):
                 # Re-assigned, never mutated: only an assignment reaches the changelog.
                 table[key.encode()] = runtime.piece(key)  # type: ignore[index]
+            await table.written()  # before Faust acknowledges (and may commit) this batch
 
     @app.timer(options.evaluate_interval_s)
     async def judge() -> None:

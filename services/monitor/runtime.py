@@ -10,7 +10,9 @@ Guarantees, and how (the edge ``inputs -> monitor.state, alerts``):
    after the producer flushed the batch's table writes, so after ``kill -9`` it redelivers
    records from before the last commit, and the pieces skip those they already hold.
 3. No record is lost: offsets are committed after the writes (at-least-once), so anything not
-   in the restored state is redelivered.
+   in the restored state is redelivered. The agent waits for the changelog to acknowledge a
+   batch's writes before Faust may commit it (``app._StateTable.written``): Faust's own flush
+   before a commit gives up after 0.1 s without progress.
 4. No alert is raised twice and none is forgotten: on start the monitor folds the ``alerts``
    topic into the open alerts (``load_alerts``) and only then decides; a raise that reached the
    topic before the crash is open and not raised again; one that did not is raised now, since

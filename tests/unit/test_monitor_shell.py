@@ -161,3 +161,39 @@ def test_a_restart_counts_what_the_restored_pieces_hold_as_read() -> None:
     assert not runtime.check_caught_up(), "chain.blocks has not been read up to its end yet"
     runtime.apply([Record(blocks, 0, 2, T, None)])
     assert runtime.check_caught_up()
+
+
+def test_a_batch_is_done_only_when_its_changelog_writes_are_acknowledged() -> None:
+    """Faust may commit a batch's offsets once the agent is done with it, so the agent waits for
+    the changelog to acknowledge every piece it wrote (a failed write fails the batch)."""
+    import asyncio
+
+    import faust
+
+    from services.monitor.app import _StateTable
+
+    async def scenario() -> None:
+        app = faust.App("unit-monitor", broker="kafka://127.0.0.1:1", store="memory://",
+                        autodiscover=False, web_enabled=False)
+        changelog = app.topic("unit.monitor.state", partitions=1, key_type=bytes,
+                              value_type=bytes)
+        table = _StateTable(app, name="state", default=None, partitions=1,
+                            changelog_topic=changelog, key_type=bytes, value_type=bytes)
+        sent = [table.send_changelog(0, b"source:q", b"1"),
+                table.send_changelog(0, b"network", b"2")]
+        waiting = asyncio.ensure_future(table.written())
+        await asyncio.sleep(0.05)
+        assert not waiting.done(), "done before the broker acknowledged anything"
+        sent[0].set_result(None)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert not waiting.done(), "done with one write still in flight"
+        sent[1].set_result(None)  # type: ignore[arg-type]
+        await asyncio.wait_for(waiting, 1)
+        await asyncio.wait_for(table.written(), 1)  # nothing pending: returns at once
+
+        failed = table.send_changelog(0, b"network", b"3")
+        failed.set_exception(RuntimeError("broker refused"))
+        with pytest.raises(RuntimeError, match="broker refused"):
+            await table.written()
+
+    asyncio.run(scenario())
