@@ -54,6 +54,7 @@ def ensure_topics(
     *,
     replication_factor: int | None = None,
     timeout_s: float = 30.0,
+    leaders_timeout_s: float = 120.0,
 ) -> list[TopicReport]:
     """Create missing catalogue topics; report configuration drift of existing ones.
 
@@ -84,7 +85,10 @@ def ensure_topics(
                 if not _already_exists(exc):
                     raise translate(exc, f"cannot create topic {name}") from exc
             reports.append(TopicReport(name, "created"))
-        _await_leaders(admin, [settings.topic(s.name) for s in missing], timeout_s)
+        # A broker that has just started creates the partitions' logs before its metadata
+        # lists them: with two CPU hogs on two cores that took more than 30 s.
+        _await_leaders(admin, [settings.topic(s.name) for s in missing],
+                       max(timeout_s, leaders_timeout_s))
     present = [s for s in specs if settings.topic(s.name) in existing]
     if present:
         resources = [ConfigResource("topic", settings.topic(s.name)) for s in present]
