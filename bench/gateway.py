@@ -1,4 +1,5 @@
-"""Gateway throughput: ``GET /v1/beacon/latest`` and ``POST /v1/keys`` on one uvicorn worker.
+"""Gateway throughput: ``GET /v1/beacon/latest`` (with a key and anonymous), ``POST /v1/keys``
+and verified pulse ranges, on one uvicorn worker.
 
 The server runs in a child process (``python -m bench.gateway --serve PORT``): the real
 ``create_app`` over a locally made signed chain (``sdk.testing``), with an in-memory private
@@ -9,7 +10,12 @@ mixing, X25519 + ML-KEM-768 sealing, AES-GCM, the ML-DSA-65 signature over the d
 JSON). The baseline is a bare ASGI app on the same uvicorn stack returning a fixed JSON body of
 the beacon's size. The load generator in
 this process keeps ``CONNECTIONS`` keep-alive HTTP/1.1 connections on loopback busy for
-``SECONDS`` per endpoint. Last line: one JSON object.
+``SECONDS`` per endpoint. ``anonymous_beacon_rps`` is the same beacon read without a key (the
+public path, limited per client address; the limit is lifted here) measured right after the
+keyed one, with their ratio. ``range_pulses_per_s`` is what one client verifies per second
+through ``GET /v1/beacon?from=&to=`` (pages of ``MAX_PULSES``, fetched and verified with
+``sdk.beacon.verify_pulse_range``: one certificate and the hash links per page).
+Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from bench.common import emit
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 KEY_BODIES = int(os.environ.get("BENCH_KEY_BODIES", "6000"))
+CHAIN_HEIGHTS = int(os.environ.get("BENCH_CHAIN_HEIGHTS", "1000"))
 
 
 def _free_port() -> int:
@@ -59,6 +66,7 @@ def serve(port: int, workdir: Path, baseline: bool) -> None:
     from services.gateway.auth import ApiKeyStore
     from services.gateway.keys import BufferPool, KeyService, LedgerView
     from services.gateway.payments import PaymentBook
+    from services.gateway.public import PublicReads
     from tests.unit.test_gateway_api import MemorySink
 
     view, state = fill_view_from(workdir)  # the chain the load generator signs for
@@ -69,7 +77,8 @@ def serve(port: int, workdir: Path, baseline: bool) -> None:
     book = PaymentBook()
     gateway = Gateway(view=view, keys=store, ledger=ledger,
                       key_service=KeyService(pool, MemorySink(book), ledger, view.chain_id,
-                                             payments=book))
+                                             payments=book),
+                      public=PublicReads(rate_per_s=1e9, burst=10**9))
     uvicorn.run(create_app(gateway), host="127.0.0.1", port=port, log_level="warning",
                 access_log=False)
 
@@ -137,8 +146,33 @@ def _wait_port(port: int, timeout_s: float = 60) -> None:
     raise RuntimeError(f"server on {port} did not start")
 
 
-def _get(path: str, key: str) -> bytes:
-    return (f"GET {path} HTTP/1.1\r\nHost: bench\r\nX-API-Key: {key}\r\n\r\n").encode()
+def _get(path: str, key: str | None) -> bytes:
+    auth = f"X-API-Key: {key}\r\n" if key else ""
+    return (f"GET {path} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n").encode()
+
+
+def _verify_ranges(port: int, chain: Any, seconds: float) -> dict[str, float]:
+    """Fetch and verify pages of the range endpoint for ``seconds`` (one client)."""
+    import httpx
+
+    from sdk.beacon import verify_pulse_range
+    from sdk.subscriber import TrustedCheckpoint
+    from services.gateway.beacon import MAX_PULSES
+
+    anchor = TrustedCheckpoint.from_genesis(chain.genesis)
+    heights = len(chain.records)
+    verified = pages = 0
+    started = time.perf_counter()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        while time.perf_counter() - started < seconds:
+            first = 1 + (pages * MAX_PULSES) % max(1, heights - MAX_PULSES + 1)
+            document = client.get("/v1/beacon", params={
+                "from": first, "to": first + MAX_PULSES - 1}).json()
+            verified += len(verify_pulse_range(document, anchor.next_validators,
+                                               anchor=anchor))
+            pages += 1
+    elapsed = time.perf_counter() - started
+    return {"pulses_per_s": round(verified / elapsed, 1), "pages": pages}
 
 
 def _key_bodies(key: str, chain: Any, count: int) -> list[bytes]:
@@ -172,7 +206,7 @@ def main() -> None:
     from services.gateway.auth import ApiKeyStore
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    chain = make_local_chain(workdir / "chain", 20, accounts=8)
+    chain = make_local_chain(workdir / "chain", CHAIN_HEIGHTS, accounts=8)
     (workdir / "chain.pickle").write_bytes(pickle.dumps((chain.genesis, chain.records)))
     key = ApiKeyStore(workdir / "keys.json").create(("read", "keys"), rate_per_s=1e9,
                                                     burst=10**9, key_bytes_per_day=10**12)
@@ -192,18 +226,26 @@ def main() -> None:
             baseline.terminate()
             baseline.wait(10)
         beacon = asyncio.run(_load(port, [_get("/v1/beacon/latest", key)], SECONDS))
+        anonymous = asyncio.run(_load(port, [_get("/v1/beacon/latest", None)], SECONDS))
+        ranges = _verify_ranges(port, chain, SECONDS)
         bodies = _key_bodies(key, chain, KEY_BODIES)
         keys = asyncio.run(_load(port, bodies, SECONDS))
     finally:
         server.terminate()
         server.wait(10)
-    print(f"baseline {base}\nbeacon {beacon}\nkeys {keys}", flush=True)
+    print(f"baseline {base}\nbeacon {beacon}\nanonymous {anonymous}\nranges {ranges}\n"
+          f"keys {keys}", flush=True)
     emit({"bench": "gateway", "beacon_rps": beacon["rps"], "beacon_p50_ms": beacon["p50_ms"],
           "beacon_p99_ms": beacon["p99_ms"], "keys_rps": keys["rps"],
           "keys_p50_ms": keys["p50_ms"], "keys_p99_ms": keys["p99_ms"],
           "keys_errors": keys["errors"], "beacon_errors": beacon["errors"],
           "baseline_rps": base["rps"], "baseline_p99_ms": base["p99_ms"],
           "beacon_vs_baseline": round(beacon["rps"] / base["rps"], 3) if base["rps"] else None,
+          "anonymous_beacon_rps": anonymous["rps"],
+          "anonymous_beacon_errors": anonymous["errors"],
+          "anonymous_vs_keyed": (round(anonymous["rps"] / beacon["rps"], 3)
+                                 if beacon["rps"] else None),
+          "range_pulses_per_s": ranges["pulses_per_s"], "range_pages": ranges["pages"],
           "beacon_bytes": len(beacon_body), "connections": CONNECTIONS, "seconds": SECONDS,
           "load_average": round(os.getloadavg()[0], 2)})
 

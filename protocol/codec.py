@@ -157,6 +157,12 @@ def decode_block(data: bytes) -> Block:
     return guard("block", lambda: _block(data))
 
 
+def decode_header(data: bytes) -> Header:
+    """The header of ``Header.canonical()`` bytes; ``WireError`` on anything else (a light
+    client checks headers alone: a pulse range carries headers, not blocks)."""
+    return guard("block header", lambda: _header(data))
+
+
 def guard(what: str, decode: Any) -> Any:
     try:
         return decode()

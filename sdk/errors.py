@@ -65,6 +65,20 @@ class NotFoundError(ApiError):
     """404 (or 410 for blocks beyond the gateway's retention)."""
 
 
+class PulseNotYetError(NotFoundError):
+    """The pulse asked for (a height, or the pulse at or after a time) does not exist yet;
+    ``expected_at_ms`` says when it should (``extra`` has ``head_height``)."""
+
+    @property
+    def expected_at_ms(self) -> int | None:
+        value = self.extra.get("expected_at_ms")
+        return int(value) if value is not None else None
+
+
+class BeforeGenesisError(BadRequestError):
+    """A time before the chain's genesis (or, for ``previous``, before its first pulse)."""
+
+
 class ConflictError(ApiError):
     """409: a version conflict, a reused idempotency key or transaction, a rejected command."""
 
@@ -93,10 +107,18 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 }
 
 
+_BY_TYPE: dict[str, type[ApiError]] = {
+    "pulse-not-yet": PulseNotYetError, "before-genesis": BeforeGenesisError,
+}
+
+
 def error_from_response(status: int, body: Any, retry_after: str | None) -> ApiError:
-    """The typed error for a gateway response with ``status`` and JSON ``body``."""
+    """The typed error for a gateway response with ``status`` and JSON ``body`` (by the
+    problem type where the SDK has a finer class, else by status)."""
     problem = body if isinstance(body, dict) else {}
-    cls = _BY_STATUS.get(status, ServerError if status >= 500 else ApiError)
+    slug = str(problem.get("type", "")).rsplit("/", 1)[-1]
+    cls = _BY_TYPE.get(slug) or _BY_STATUS.get(status, ServerError if status >= 500
+                                               else ApiError)
     retry: float | None = None
     if retry_after is not None:
         try:

@@ -62,6 +62,7 @@ _PARTS: tuple[tuple[str, str, str, str], ...] = (
     ("tx", "services.ledger.tx_cli", "app", "group"),
     ("users", "services.shard_writer.cli", "app", "group"),
     ("gateway", "services.gateway.cli", "app", "group"),
+    ("beacon", "sdk.beacon_cli", "app", "group"),
     ("monitor", "services.monitor.cli", "app", "group"),
     ("alerts", "services.monitor.alerts_cli", "app", "group"),
     ("audit", "services.audit.cli", "audit", "command"),

@@ -492,6 +492,19 @@ class KafkaConsumer:
                     raise error from exc
             time.sleep(0.2)
 
+    def offset_for_time(self, topic: str, partition: int, time_ms: int,
+                        timeout_s: float = 30.0) -> int | None:
+        """The offset of the first record of the partition whose timestamp is >= ``time_ms``
+        (Kafka's ``ListOffsets`` by time: an index lookup on the broker, no scan); None when no
+        record is that late."""
+        try:
+            found = self._consumer.offsets_for_times(
+                [TopicPartition(topic, partition, time_ms)], timeout=timeout_s)
+        except KafkaException as exc:
+            raise translate(exc, f"{self.name} offset for time {time_ms} of {topic}") from exc
+        offset = int(found[0].offset)
+        return offset if offset >= 0 else None
+
     def partitions(self, topic: str, timeout_s: float = 30.0) -> list[int]:
         """The topic's partition numbers; empty when the topic does not exist."""
         try:

@@ -7,8 +7,10 @@ components (e.g. a ``ChainView`` filled from ``sdk.testing``).
 
 Endpoints (scopes in brackets; every error is an RFC 9457 problem document):
 ``GET /v1/chain/head``, ``/v1/blocks/{height}``, ``/v1/blocks?from=&to=``,
-``/v1/validators/{height}``, ``/v1/beacon/latest``, ``/v1/beacon/{height}``,
-``/v1/stream/blocks`` (SSE), ``/v1/accounts/{address}`` [read]; ``POST /v1/keys`` [keys];
+``/v1/validators/{height}``, the beacon (``services.gateway.beacon``: latest, by height, by
+time, ranges, health), ``/v1/stream/blocks`` (SSE, with heartbeat events) [read, or no key at
+all: public reads, ``services.gateway.public``]; ``/v1/accounts/{address}`` [read];
+``POST /v1/keys`` [keys];
 ``POST /v1/users``, ``GET /v1/users/{id}``, ``POST|PUT|GET|DELETE
 /v1/users/{id}/records/{rid}`` [users]; ``/healthz``, ``/readyz``, ``/metrics`` (no key).
 The web explorer (pages under ``/``, ``/docs``, the keyless read-only ``/explorer/api``) is
@@ -21,12 +23,12 @@ import base64
 import binascii
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Security
+from fastapi import Depends, FastAPI, Header, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.responses import Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -36,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.keydelivery import MAX_LENGTH, MIN_LENGTH
 from services.gateway.auth import REFRESH_S, ApiKeyRecord, ApiKeyStore, key_from_headers
-from services.gateway.chain import ChainView
+from services.gateway.beacon import IMMUTABLE, NO_CACHE, cached, install_beacon
+from services.gateway.chain import ChainView, etag_of
 from services.gateway.explorer.documents import GenesisAnchor
 from services.gateway.explorer.feeds import NetworkFeeds
 from services.gateway.explorer.routes import install_explorer
@@ -49,6 +52,8 @@ from services.gateway.problems import (
     problem_body,
     unavailable,
 )
+from services.gateway.public import PublicReads, anonymous_record, is_public
+from services.gateway.pulses import GatewayPulses
 from services.gateway.ratelimit import Limited, RateLimiter, StreamSlots
 from services.gateway.users import (
     SignedCommandIn,
@@ -63,7 +68,7 @@ from services.gateway.users import (
 JSON = "application/json"
 MAX_RANGE = 100
 STREAM_PATH = "/v1/stream/blocks"
-KEEP_ALIVE_S = 15.0  # an SSE comment at least this often on an idle stream
+HEARTBEAT_S = 15.0  # an SSE heartbeat event at least this often on an idle stream
 RECHECK_S = 2.0  # an open stream re-checks its API key at least this often (revocation)
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 
@@ -94,6 +99,10 @@ class Gateway:
     feeds: NetworkFeeds | None = None  # QRNG status and alerts for the explorer
     starters: list[Callable[[], None]] = field(default_factory=list)
     stoppers: list[Callable[[], None]] = field(default_factory=list)
+    public: PublicReads = field(default_factory=PublicReads)  # keyless reads' limits
+    pulses: GatewayPulses | None = None  # lookups by time (default: the view alone)
+    block_interval_ms: int = 1000  # the nominal interval, until blocks show the real one
+    heartbeat_s: float = HEARTBEAT_S
 
 
 # ------------------------------------------------------------------------- request models
@@ -140,6 +149,12 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _dumps(document: Any) -> bytes:
+    import json
+
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
 def _json(body: bytes, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type=JSON)
 
@@ -169,18 +184,25 @@ class _Guard:
         self.metrics = metrics
 
     def _record(self, scope: dict[str, Any]) -> ApiKeyRecord | None:
-        """The valid API key record of the request (X-API-Key or Authorization: Bearer)."""
+        """The valid API key record of the request (X-API-Key or Authorization: Bearer); with
+        no key at all on a public read, the anonymous client of its address."""
         headers = dict(scope.get("headers", ()))
         key = key_from_headers(headers.get(b"x-api-key", b"").decode("latin-1"),
                                headers.get(b"authorization", b"").decode("latin-1"))
-        return self.gateway.keys.lookup(key) if key else None
+        if key:
+            return self.gateway.keys.lookup(key)
+        public = self.gateway.public
+        if public.enabled and is_public(scope["method"], scope["path"]):
+            return anonymous_record(_client_address(scope), public)
+        return None
 
-    async def _fast_beacon(self, record: ApiKeyRecord,
+    async def _fast_beacon(self, record: ApiKeyRecord, scope: dict[str, Any],
                            send: Callable[[Any], Awaitable[None]]) -> bool:
         """``GET /v1/beacon/latest`` without the framework: the serialized pulse is cached per
         block, so this is a key lookup, a token and one send. Same checks as the route (which
         documents it and answers every case this declines: errors, missing scope ...)."""
-        body = self.gateway.view.latest_beacon
+        view = self.gateway.view
+        body, etag = view.latest_beacon, view.latest_etag
         if body is None or "read" not in record.scopes:
             return False
         try:
@@ -188,9 +210,16 @@ class _Guard:
         except Limited:
             return False  # the route answers 429 (nothing was taken)
         assert body is not None
+        for name, value in scope.get("headers", ()):
+            if name == b"if-none-match" and etag in value:
+                await send({"type": "http.response.start", "status": 304,
+                            "headers": [(b"etag", etag), (b"cache-control", b"no-cache")]})
+                await send({"type": "http.response.body", "body": b""})
+                return True
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+                                (b"content-length", str(len(body)).encode()),
+                                (b"etag", etag), (b"cache-control", b"no-cache")]})
         await send({"type": "http.response.body", "body": body})
         self.metrics.requests.labels("beacon_latest", "200").inc()
         return True
@@ -227,7 +256,7 @@ class _Guard:
                                     "Bearer", {"WWW-Authenticate": 'Bearer realm="qustream"'})
                 return
             if (scope["path"] == "/v1/beacon/latest" and scope["method"] == "GET"
-                    and await self._fast_beacon(record, send)):
+                    and await self._fast_beacon(record, scope, send)):
                 return
             if scope["path"] == STREAM_PATH:
                 await self._stream(record, scope, receive, send)
@@ -270,6 +299,11 @@ class _Guard:
             self.metrics.latency.labels(name).observe(time.perf_counter() - started)
 
 
+def _client_address(scope: Mapping[str, Any]) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
 async def _send_problem(send: Callable[[Any], Awaitable[None]], status: int, slug: str,
                         detail: str, headers: dict[str, str] | None = None) -> None:
     body = problem_body(status, slug, detail)
@@ -307,11 +341,25 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     def scoped(scope: str) -> Callable[..., Awaitable[ApiKeyRecord]]:
         async def dependency(
+            request: Request,
             api_key: Annotated[str | None, Security(api_key_header)] = None,
             credentials: Annotated[HTTPAuthorizationCredentials | None,
                                    Security(bearer)] = None,
         ) -> ApiKeyRecord:
             key = api_key or (credentials.credentials if credentials is not None else None)
+            public = gateway.public
+            if (not key and scope == "read" and public.enabled
+                    and is_public(request.method, request.url.path)):
+                anonymous = anonymous_record(_client_address(request.scope), public)
+                try:
+                    gateway.limiter.take(anonymous.key_id, anonymous.rate_per_s,
+                                         anonymous.burst)
+                except Limited as exc:
+                    raise Problem(429, "rate-limited", f"over the anonymous {exc.what} per "
+                                  "client address (send an API key for more)",
+                                  headers={"Retry-After": str(exc.retry_after_s)},
+                                  retry_after_s=exc.retry_after_s) from exc
+                return anonymous
             if not key:
                 raise Problem(401, "missing-api-key", "send an API key in X-API-Key or as "
                                                       "Authorization: Bearer",
@@ -338,9 +386,14 @@ def create_app(gateway: Gateway) -> FastAPI:
     keys_scope = Depends(scoped("keys"))
     users_scope = Depends(scoped("users"))
 
-    def stored_or_problem(height: int, body: bytes | None) -> Response:
+    def stored_or_problem(height: int, body: bytes | None,
+                          request: Request | None = None) -> Response:
         if body is not None:
-            return _json(body)
+            stored = view.get(height)
+            if stored is None:
+                return _json(body)
+            # a finalized height's documents never change
+            return cached(body, etag_of(stored.record.block.hash), IMMUTABLE, request)
         if height > view.head_height:
             raise Problem(404, "block-not-found", f"no finalized block at height {height} yet "
                                                   f"(head is {view.head_height})")
@@ -378,13 +431,15 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     # ------------------------------------------------------------------ chain
     @app.get("/v1/chain/head", tags=["chain"], summary="Latest verified block")
-    async def chain_head(_key: ApiKeyRecord = read) -> dict[str, Any]:
-        return view.head_document()
+    async def chain_head(_key: ApiKeyRecord = read) -> Response:
+        return Response(_dumps(view.head_document()), media_type=JSON,
+                        headers={"Cache-Control": NO_CACHE})
 
     @app.get("/v1/blocks/{height}", tags=["chain"],
              summary="Block, commit certificate and the record to verify it")
-    async def get_block(height: height_path, _key: ApiKeyRecord = read) -> Response:
-        return stored_or_problem(height, view.block_json(height))
+    async def get_block(request: Request, height: height_path,
+                        _key: ApiKeyRecord = read) -> Response:
+        return stored_or_problem(height, view.block_json(height), request)
 
     @app.get("/v1/blocks", tags=["chain"], summary="A bounded range of blocks (paginated)")
     async def get_blocks(
@@ -411,23 +466,13 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/v1/validators/{height}", tags=["chain"],
              summary="The validator set that governs a height (check its hash in the header)")
-    async def get_validators(height: height_path, _key: ApiKeyRecord = read) -> Response:
-        return stored_or_problem(height, view.validators_json(height))
+    async def get_validators(request: Request, height: height_path,
+                             _key: ApiKeyRecord = read) -> Response:
+        return stored_or_problem(height, view.validators_json(height), request)
 
-    @app.get("/v1/beacon/latest", tags=["beacon"],
-             summary="Latest random pulse (fresh entropy from enough sources) with its proof")
-    async def beacon_latest(_key: ApiKeyRecord = read) -> Response:
-        body = view.latest_beacon
-        if body is None:
-            raise unavailable("no-beacon-yet", "no random pulse finalized yet (blocks without "
-                              "fresh entropy are never served as the latest pulse)", 2)
-        return _json(body)
-
-    @app.get("/v1/beacon/{height}", tags=["beacon"],
-             summary="Pulse of a height with its proof and status (random or not)")
-    async def beacon_at(height: height_path, _key: ApiKeyRecord = read) -> Response:
-        return stored_or_problem(height, view.beacon_json(height)
-                                 if view.get(height) is not None else None)
+    genesis_time_ms = gateway.genesis.time_ms if gateway.genesis is not None else 0
+    pulses = gateway.pulses or GatewayPulses(view, genesis_time_ms, gateway.block_interval_ms)
+    install_beacon(app, view, pulses, read)
 
     @app.get("/v1/stream/blocks", tags=["chain"], response_class=StreamingResponse,
              summary="Server-sent events of finalized blocks; resume with Last-Event-ID",
@@ -450,19 +495,24 @@ def create_app(gateway: Gateway) -> FastAPI:
 
         async def events() -> AsyncIterator[bytes]:
             # Ends when the key is revoked (checked before every event and at least every
-            # RECHECK_S while idle) or at ``until``.
+            # RECHECK_S while idle) or at ``until``. An idle stream sends a heartbeat event
+            # (no id, so resuming is unaffected) every ``heartbeat_s``: the head it knows.
             height = start
             quiet_since = time.monotonic()
+            recheck = min(RECHECK_S, gateway.heartbeat_s)
             yield b"retry: 1000\n\n"
-            while (until is None or height <= until) and gateway.keys.still_valid(key):
+            anonymous = not key.key_hash  # an anonymous reader has no key to revoke
+            while (until is None or height <= until) and (
+                    anonymous or gateway.keys.still_valid(key)):
                 event = view.sse_event(height)
                 if event is not None:
                     yield event
                     height += 1
                     quiet_since = time.monotonic()
-                elif (not await view.wait_beyond(height - 1, RECHECK_S)
-                      and time.monotonic() - quiet_since >= KEEP_ALIVE_S):
-                    yield b": keep-alive\n\n"
+                elif (not await view.wait_beyond(height - 1, recheck)
+                      and time.monotonic() - quiet_since >= gateway.heartbeat_s):
+                    yield b"event: heartbeat\ndata: {\"head\":%d,\"time_ms\":%d}\n\n" % (
+                        view.head_height, int(time.time() * 1000))
                     quiet_since = time.monotonic()
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -582,13 +632,15 @@ def _add_problem_schema(app: FastAPI) -> None:
 def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = True,
                   users: bool = True, retain: int = 5000,
                   key_refresh_s: float = REFRESH_S, delivery_key: Path | None = None,
-                  inclusion_timeout_s: float = 20.0) -> Gateway:
+                  inclusion_timeout_s: float = 20.0, block_interval_ms: int = 1000) -> Gateway:
     """Wire the real components (connections are opened here, threads start with the app).
     ``delivery_key``: the key deliveries are signed with (made on first use; clients pin its
-    public key)."""
+    public key). Pulses older than the ``retain`` window are read back from chain.blocks
+    (``services.gateway.pulses``)."""
     from services.gateway.chain import ChainFollower, load_view
     from services.gateway.keys import KafkaTxSink, PrivatePool
     from services.gateway.payments import PaymentBook, key_payment_outcomes
+    from services.gateway.pulses import KafkaBlockArchive
     from services.ledger.core.chain_spec import ChainSpec, source_registry
     from streams.kafka import make_consumer
 
@@ -603,6 +655,11 @@ def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = 
                       genesis=GenesisAnchor.of_spec(spec), feeds=feeds)
     gateway.starters.append(feeds.start)
     gateway.stoppers.append(feeds.stop)
+    archive = KafkaBlockArchive(settings, view)
+    gateway.pulses = GatewayPulses(view, spec.initial.tip.previous_time_ms, block_interval_ms,
+                                   archive)
+    gateway.block_interval_ms = block_interval_ms
+    gateway.stoppers.append(archive.close)
     gateway.ledger.state = spec.initial.app_state
     # The registry is swapped whole (never cleared and refilled: the pool's thread reads it),
     # and only when the chain's registered sources change.

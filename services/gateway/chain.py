@@ -28,6 +28,7 @@ import json
 import logging
 import threading
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -77,6 +78,11 @@ class ChainView:
         self.caught_up = False
         self.latest_beacon: bytes | None = None  # the latest random pulse, serialized
         self.latest_random_height = 0
+        self.latest_etag = b""  # ETag of ``latest_beacon`` (quoted, as sent)
+        # the chain.blocks offset of every verified height (8 bytes a block), so a height
+        # older than the window is read back from Kafka at once (``services.gateway.pulses``)
+        self._offsets = array("q")
+        self._offsets_from = 0  # the height of ``_offsets[0]``
         self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
@@ -91,6 +97,8 @@ class ChainView:
                 raise ValueError(f"block {record.height} after head {self.head_height}")
             if not self.head_height:
                 self.first_height = record.height
+                self._offsets_from = record.height
+            self._offsets.append(offset)
             self._blocks[record.height] = StoredBlock(raw, record, validators, offset,
                                                       written_at_ms)
             self.head_height = record.height
@@ -99,6 +107,7 @@ class ChainView:
                 self.first_height += 1
         if is_random(pulse_status(record.block.header)):
             self.latest_beacon = _dumps(self.beacon_document(record.height))
+            self.latest_etag = etag_of(record.block.hash)
             self.latest_random_height = record.height
         self._wake()
 
@@ -149,6 +158,13 @@ class ChainView:
 
     def retained(self, height: int) -> bool:
         return height >= self.first_height
+
+    def offset_of(self, height: int) -> int | None:
+        """The chain.blocks offset of verified ``height``; None when never seen here."""
+        index = height - self._offsets_from
+        if self._offsets_from == 0 or not 0 <= index < len(self._offsets):
+            return None
+        return int(self._offsets[index])
 
     def _cached(self, kind: str, height: int, render: Callable[[StoredBlock], Any]
                 ) -> bytes | None:
@@ -207,38 +223,66 @@ class ChainView:
                 "first_retained_height": self.first_height, "caught_up": self.caught_up}
 
     def beacon_document(self, height: int) -> dict[str, Any]:
-        """The pulse at ``height`` with what a client needs to check it: the header (whose
-        hash is the block hash), the certificate, the previous randomness (authenticated by
-        the previous header, which is included) and the entropy references."""
+        """The pulse at ``height`` with what a client needs to check it (``pulse_document``)."""
         stored = self._blocks[height]
-        block = stored.record.block
         previous = self._blocks.get(height - 1)
-        previous_randomness = (previous.record.block.header.randomness if previous is not None
-                               else self.genesis_randomness if height == 1 else None)
-        return {
-            "height": height, "chain_id": self.chain_id, "time_ms": block.header.time_ms,
-            "randomness": block.header.randomness.hex(), "block_hash": block.hash.hex(),
-            **pulse_fields(block.header),
-            "proof": {
-                "previous_randomness": (previous_randomness.hex()
-                                        if previous_randomness is not None else None),
-                "previous_header": (_b64(previous.record.block.header.canonical())
-                                    if previous is not None else None),
-                "entropy": [{"source_id": r.source_id, "seq": r.seq, "digest": r.digest.hex()}
-                            for r in block.body.entropy],
-                "randomness_input": _b64(randomness_input(height, block.body.entropy)),
-                "header": _b64(block.header.canonical()),
-                "commit": _b64(stored.record.commit.canonical()),
-                "validators_hash": block.header.validators_hash.hex(),
-                "validators_url": f"/v1/validators/{height}",
-                "algorithm": "R_h = HMAC-SHA-512(key=R_{h-1}, randomness_input)",
-            },
-        }
+        return pulse_document(self.chain_id, stored.record,
+                              previous.record if previous is not None else None,
+                              self.genesis_randomness)
+
+    def pulse_json(self, height: int) -> bytes | None:
+        """The compact pulse of a retained height (``compact_pulse``), cached: what a range
+        response is made of."""
+        return self._cached("pulse", height, lambda s: compact_pulse(s.record))
 
     def heights(self, first: int, last: int) -> Iterator[int]:
         for height in range(max(first, self.first_height), min(last, self.head_height) + 1):
             if height in self._blocks:
                 yield height
+
+
+def etag_of(block_hash: bytes) -> bytes:
+    """A strong ETag for the documents of one block: they never change once it is final."""
+    return b'"' + block_hash.hex()[:32].encode() + b'"'
+
+
+def pulse_document(chain_id: str, record: FinalizedRecord, previous: FinalizedRecord | None,
+                   genesis_randomness: bytes) -> dict[str, Any]:
+    """The pulse of ``record`` with what a client needs to check it: the header (whose hash is
+    the block hash), the certificate, the previous randomness (authenticated by the previous
+    header, which is included) and the entropy references."""
+    block, height = record.block, record.height
+    previous_randomness = (previous.block.header.randomness if previous is not None
+                           else genesis_randomness if height == 1 else None)
+    return {
+        "height": height, "chain_id": chain_id, "time_ms": block.header.time_ms,
+        "randomness": block.header.randomness.hex(), "block_hash": block.hash.hex(),
+        **pulse_fields(block.header),
+        "proof": {
+            "previous_randomness": (previous_randomness.hex()
+                                    if previous_randomness is not None else None),
+            "previous_header": (_b64(previous.block.header.canonical())
+                                if previous is not None else None),
+            "entropy": [{"source_id": r.source_id, "seq": r.seq, "digest": r.digest.hex()}
+                        for r in block.body.entropy],
+            "randomness_input": _b64(randomness_input(height, block.body.entropy)),
+            "header": _b64(block.header.canonical()),
+            "commit": _b64(record.commit.canonical()),
+            "validators_hash": block.header.validators_hash.hex(),
+            "validators_url": f"/v1/validators/{height}",
+            "algorithm": "R_h = HMAC-SHA-512(key=R_{h-1}, randomness_input)",
+        },
+    }
+
+
+def compact_pulse(record: FinalizedRecord) -> dict[str, Any]:
+    """One pulse of a range: its status, its canonical header and its entropy references
+    ``[source_id, seq, digest]``; no certificate (a range carries one, for its last block)."""
+    header = record.block.header
+    return {"height": record.height, "time_ms": header.time_ms,
+            "randomness": header.randomness.hex(), "block_hash": record.block.hash.hex(),
+            **pulse_fields(header), "header": _b64(header.canonical()),
+            "entropy": [[r.source_id, r.seq, r.digest.hex()] for r in record.block.body.entropy]}
 
 
 def pulse_fields(header: Any) -> dict[str, Any]:

@@ -83,11 +83,25 @@ def run(
         20.0, "--inclusion-timeout-s", min=0.0,
         help="How long a key request waits for its payment's block before 503 "
              "payment-pending (the client resends it)."),
+    public: bool = typer.Option(True, "--public/--no-public",
+                                help="Serve beacon and chain reads without an API key."),
+    public_rps: float = typer.Option(20.0, "--public-rps", min=0.0,
+                                     help="Keyless reads per second per client address."),
+    public_burst: int = typer.Option(40, "--public-burst", min=1),
+    public_streams: int = typer.Option(2, "--public-streams", min=1,
+                                       help="Keyless event streams per client address."),
+    block_interval_ms: int = typer.Option(
+        1000, "--block-interval-ms", min=1,
+        help="The chain's nominal block interval (expected times and health, until recent "
+             "blocks show the real one)."),
+    heartbeat_s: float = typer.Option(15.0, "--heartbeat-s", min=0.05,
+                                      help="Heartbeat events on idle event streams."),
 ) -> None:
     """Serve the API with one worker (scale with replicas, not workers)."""
     import uvicorn
 
     from services.gateway.api import build_gateway, create_app
+    from services.gateway.public import PublicReads
     from services.ledger.genesis_cli import genesis_path
     from streams.settings import load_settings
     from streams.telemetry import setup_telemetry
@@ -98,7 +112,10 @@ def run(
                             keys=serve_keys, users=serve_users, retain=retain,
                             key_refresh_s=key_refresh_s,
                             delivery_key=_delivery_key(delivery_key),
-                            inclusion_timeout_s=inclusion_timeout_s)
+                            inclusion_timeout_s=inclusion_timeout_s,
+                            block_interval_ms=block_interval_ms)
+    gateway.public = PublicReads(public, public_rps, public_burst, public_streams)
+    gateway.heartbeat_s = heartbeat_s
     typer.echo(f"QuStream gateway on http://{host}:{port} (chain {gateway.view.chain_id})")
     uvicorn.run(create_app(gateway), host=host, port=port, log_level="warning",
                 access_log=False, ssl_certfile=str(ssl_certfile) if ssl_certfile else None,

@@ -100,7 +100,9 @@ def assert_problem(response: Any, status: int) -> dict[str, Any]:
 
 def test_auth_missing_wrong_and_scope(gateway: tuple[Gateway, dict[str, str]]) -> None:
     gw, keys = gateway
-    assert_problem(client(gw).get("/v1/chain/head"), 401)
+    assert client(gw).get("/v1/chain/head").status_code == 200  # public read, no key
+    assert_problem(client(gw).get(f"/v1/accounts/{'0' * 40}"), 401)
+    assert_problem(client(gw).get(f"/v1/users/{'a' * 40}"), 401)
     assert_problem(client(gw, "qsk_nope_nope").get("/v1/chain/head"), 401)
     assert_problem(client(gw, keys["read"][:-2] + "xx").get("/v1/chain/head"), 401)
     assert_problem(client(gw, keys["keys"]).get("/v1/chain/head"), 403)

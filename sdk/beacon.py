@@ -1,0 +1,425 @@
+"""Beacon reads a client can verify: pulses by height and time, ranges, future pulses, failover.
+
+``verify_pulse_range(document, validators, anchor=)`` checks a ``GET /v1/beacon?from=&to=``
+answer with one certificate check: the last header's commit certificate must carry more than
+2/3 of ``validators`` (a set the client trusts, e.g. its light client's checkpoint), and every
+earlier header is linked to it by the previous-block hash of the header after it. Each pulse's
+entropy references must hash to its header's entropy root and ranges, and its randomness must
+be HMAC-SHA-512 of the previous randomness and those references (the previous randomness of
+the first pulse comes from ``previous_header``, itself hash-linked, or from the genesis
+``anchor`` at height 1). Any changed byte fails with ``BlockRejectedError``.
+
+``BeaconClient`` reads one or several gateways (failover: a gateway that does not answer is
+skipped, the next URL is tried; ``reading`` names the one in use) and returns only verified
+``Pulse``s. Lookups by time raise the typed ``PulseNotYetError`` (with ``expected_at_ms``) and
+``BeforeGenesisError``; ``wait_for_height`` / ``wait_for_time`` await a future pulse with
+bounded long polls (the fair-lottery use: commit to "the pulse of height H" before it exists).
+
+``FailoverBlockSource`` feeds a ``BlockSubscriber`` from a list of sources (gateways' SSE
+streams and Kafka): when one fails it resumes from the next, after the last height it handed
+out, so with the subscriber's verification every pulse is delivered exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from protocol.block import Body, EntropyRef, Header, ranges_of
+from protocol.codec import WireError, decode_commit, decode_header
+from protocol.commit import verify_commit
+from protocol.pulse import PulseStatus, is_random, pulse_status
+from protocol.randomness import block_randomness
+from protocol.validators import ValidatorSet
+from sdk.errors import (
+    ApiError,
+    BlockGapError,
+    BlockRejectedError,
+    PulseNotYetError,
+    error_from_http,
+)
+from sdk.subscriber import TrustedCheckpoint
+from streams.chain_wire import decode_finalized
+
+log = logging.getLogger("qustream.sdk.beacon")
+MAX_WAIT_S = 60.0  # the gateway's bound on one long poll
+
+
+@dataclass(frozen=True, slots=True)
+class Pulse:
+    """A verified pulse: its height, time, randomness and status (``is_random`` False: do not
+    use the value as randomness, it was computable in advance)."""
+
+    chain_id: str
+    height: int
+    time_ms: int
+    randomness: bytes
+    block_hash: bytes
+    status: PulseStatus
+
+    @property
+    def is_random(self) -> bool:
+        return is_random(self.status)
+
+    @classmethod
+    def of(cls, header: Header) -> Pulse:
+        return cls(header.chain_id, header.height, header.time_ms, header.randomness,
+                   header.hash(), pulse_status(header))
+
+
+def _b64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+def _header(height: int | None, encoded: str) -> Header:
+    try:
+        return decode_header(_b64(encoded))
+    except (WireError, ValueError) as exc:
+        raise BlockRejectedError(height, f"undecodable header: {exc}") from exc
+
+
+def _entropy(height: int, items: Sequence[Any]) -> tuple[EntropyRef, ...]:
+    try:
+        return tuple(EntropyRef(str(source), int(seq), bytes.fromhex(digest))
+                     for source, seq, digest in items)
+    except (ValueError, TypeError) as exc:
+        raise BlockRejectedError(height, f"malformed entropy reference: {exc}") from exc
+
+
+def _check_pulse(header: Header, entropy: tuple[EntropyRef, ...],
+                 previous_randomness: bytes) -> None:
+    height = header.height
+    try:
+        ranges = ranges_of(entropy)
+    except ValueError as exc:
+        raise BlockRejectedError(height, str(exc)) from exc
+    body = Body(entropy=entropy)
+    if (list(entropy) != sorted(set(entropy)) or ranges != header.entropy_ranges
+            or body.entropy_root() != header.entropy_root
+            or header.fresh_sources != len(ranges)):
+        raise BlockRejectedError(height, "entropy references do not match the header's entropy "
+                                         "root, ranges and fresh source count")
+    if block_randomness(previous_randomness, height, entropy) != header.randomness:
+        raise BlockRejectedError(height, "randomness is not HMAC-SHA-512 of the previous "
+                                         "randomness and the entropy references")
+
+
+def verify_pulse_range(document: dict[str, Any], validators: ValidatorSet, *,
+                       anchor: TrustedCheckpoint | None = None) -> list[Pulse]:
+    """The pulses of a range document, verified (module doc); ``BlockRejectedError`` naming
+    the height and the failed check otherwise. ``anchor``: the genesis checkpoint (height 0),
+    needed when the range starts at height 1."""
+    items = document.get("pulses") or []
+    if not items:
+        raise BlockRejectedError(None, "the range holds no pulse")
+    first_height = int(items[0]["height"])
+    if first_height == 1:
+        if anchor is None or anchor.height != 0:
+            raise BlockRejectedError(1, "a range from height 1 is checked against the genesis: "
+                                        "pass anchor=TrustedCheckpoint.from_genesis(...)")
+        previous_hash, previous_randomness = anchor.block_hash, anchor.randomness
+    else:
+        encoded = document.get("previous_header")
+        if not encoded:
+            raise BlockRejectedError(first_height, "the range lacks the previous header")
+        previous = _header(first_height - 1, encoded)
+        if previous.height != first_height - 1:
+            raise BlockRejectedError(first_height, "previous header is of another height")
+        previous_hash, previous_randomness = previous.hash(), previous.randomness
+    chain_id = None
+    pulses: list[Pulse] = []
+    header: Header | None = None
+    for index, item in enumerate(items):
+        height = first_height + index
+        header = _header(height, item["header"])
+        if header.height != height:
+            raise BlockGapError(header.height, f"expected height {height}")
+        if chain_id is None:
+            chain_id = header.chain_id
+        if header.chain_id != chain_id:
+            raise BlockRejectedError(height, "another chain id")
+        if header.previous_block_hash != previous_hash:
+            raise BlockRejectedError(height, "previous block hash does not link to the block "
+                                             "before it")
+        _check_pulse(header, _entropy(height, item.get("entropy", ())), previous_randomness)
+        pulse = Pulse.of(header)
+        pulses.append(pulse)
+        previous_hash, previous_randomness = pulse.block_hash, header.randomness
+    assert header is not None
+    if header.validators_hash != validators.hash():
+        raise BlockRejectedError(header.height, "the last header names a validator set this "
+                                                "client does not trust (the set changed: follow "
+                                                "the chain with a BlockSubscriber to learn it)")
+    try:
+        commit = decode_commit(_b64(document["commit"]))
+    except (WireError, ValueError, KeyError) as exc:
+        raise BlockRejectedError(header.height, f"undecodable certificate: {exc}") from exc
+    result = verify_commit(header.chain_id, previous_hash, header.height, commit, validators)
+    if not result.ok:
+        raise BlockRejectedError(header.height, f"certificate does not verify: {result.reason}")
+    return pulses
+
+
+def verify_pulse_document(document: dict[str, Any], validators: ValidatorSet, *,
+                          anchor: TrustedCheckpoint | None = None) -> Pulse:
+    """One pulse of ``GET /v1/beacon/{h}`` (or a time lookup), verified as a range of one."""
+    proof = document["proof"]
+    header = _header(document.get("height"), proof["header"])
+    entropy = [[e["source_id"], e["seq"], e["digest"]] for e in proof["entropy"]]
+    return verify_pulse_range({"previous_header": proof.get("previous_header"),
+                               "commit": proof["commit"],
+                               "pulses": [{"height": header.height, "header": proof["header"],
+                                           "entropy": entropy}]},
+                              validators, anchor=anchor)[0]
+
+
+def time_ms_of(moment: int | float | datetime) -> int:
+    """Milliseconds since the epoch of an int (already ms) or an aware datetime."""
+    if isinstance(moment, datetime):
+        if moment.tzinfo is None:
+            raise ValueError("give an aware datetime (with a time zone)")
+        return int(moment.timestamp() * 1000)
+    return int(moment)
+
+
+class BeaconClient:
+    """Verified pulses from one or several gateways (module doc). ``api_key`` is optional
+    (beacon reads are public); ``validators`` is the set the client trusts for the pulses'
+    heights (from ``checkpoint.next_validators`` by default); ``anchor`` the genesis checkpoint
+    for ranges starting at height 1."""
+
+    def __init__(self, urls: str | Sequence[str], *, checkpoint: TrustedCheckpoint,
+                 api_key: str | None = None, anchor: TrustedCheckpoint | None = None,
+                 timeout_s: float = 10.0, client: Any = None) -> None:
+        import httpx
+
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        if not self.urls:
+            raise ValueError("give at least one gateway URL")
+        self.validators = checkpoint.next_validators
+        self.anchor = anchor if anchor is not None else (checkpoint if checkpoint.height == 0
+                                                         else None)
+        self.timeout_s = timeout_s
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._http = client or httpx.Client(headers=headers, timeout=timeout_s)
+        self._index = 0
+
+    @property
+    def reading(self) -> str:
+        """The gateway URL in use."""
+        return self.urls[self._index]
+
+    def _get(self, path: str, params: dict[str, Any] | None = None,
+             timeout_s: float | None = None) -> Any:
+        import httpx
+
+        last: Exception | None = None
+        for _ in range(len(self.urls)):
+            url = self.urls[self._index].rstrip("/") + path
+            try:
+                response = self._http.get(url, params=params,
+                                          timeout=timeout_s or self.timeout_s)
+            except httpx.TransportError as exc:
+                log.warning("gateway %s unreachable (%s); trying the next", self.reading, exc)
+                last = exc
+                self._index = (self._index + 1) % len(self.urls)
+                continue
+            if response.status_code >= 500 and response.status_code != 503:
+                last = error_from_http(response)
+                self._index = (self._index + 1) % len(self.urls)
+                continue
+            if response.status_code != 200:
+                raise error_from_http(response)
+            return response.json()
+        assert last is not None
+        if isinstance(last, ApiError):
+            raise last
+        raise ApiError(0, "unreachable", f"no gateway answered: {last}") from last
+
+    def _pulse(self, document: dict[str, Any]) -> Pulse:
+        return verify_pulse_document(document, self.validators, anchor=self.anchor)
+
+    def latest(self) -> Pulse:
+        """The latest random pulse."""
+        return self._pulse(self._get("/v1/beacon/latest"))
+
+    def at_height(self, height: int, *, wait_s: float = 0.0) -> Pulse:
+        """The pulse of ``height`` (``PulseNotYetError`` when it does not exist after
+        ``wait_s``, at most ``MAX_WAIT_S``)."""
+        params = {"wait": wait_s} if wait_s else None
+        return self._pulse(self._get(f"/v1/beacon/{height}", params,
+                                     timeout_s=self.timeout_s + wait_s))
+
+    def at_or_after(self, moment: int | datetime, *, wait_s: float = 0.0) -> Pulse:
+        """The first pulse at or after ``moment`` (NIST: the pulse of a time)."""
+        params: dict[str, Any] = {"time": time_ms_of(moment)}
+        if wait_s:
+            params["wait"] = wait_s
+        return self._pulse(self._get("/v1/beacon/at", params, timeout_s=self.timeout_s + wait_s))
+
+    def next(self, moment: int | datetime) -> Pulse:
+        """The first pulse strictly after ``moment``."""
+        return self._pulse(self._get("/v1/beacon/next", {"time": time_ms_of(moment)}))
+
+    def previous(self, moment: int | datetime) -> Pulse:
+        """The last pulse strictly before ``moment``."""
+        return self._pulse(self._get("/v1/beacon/previous", {"time": time_ms_of(moment)}))
+
+    def range(self, first: int, last: int) -> list[Pulse]:
+        """Pulses ``first..last``, each page verified with one certificate check."""
+        out: list[Pulse] = []
+        start = first
+        while start <= last:
+            document = self._get("/v1/beacon", {"from": start, "to": last})
+            out += verify_pulse_range(document, self.validators, anchor=self.anchor)
+            start = out[-1].height + 1
+        return out
+
+    def health(self) -> dict[str, Any]:
+        """The gateway's view of the beacon's freshness (``UnavailableError`` when stale)."""
+        result: dict[str, Any] = self._get("/v1/beacon/health")
+        return result
+
+    def _await(self, ask: Callable[[float], Pulse], timeout_s: float) -> Pulse:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return ask(max(0.0, min(MAX_WAIT_S, remaining)))
+            except PulseNotYetError:
+                if deadline - time.monotonic() <= 0:
+                    raise
+
+    def wait_for_height(self, height: int, timeout_s: float = 600.0) -> Pulse:
+        """Block until the pulse of ``height`` exists (long polls), then return it verified;
+        ``PulseNotYetError`` after ``timeout_s``."""
+        return self._await(lambda wait: self.at_height(height, wait_s=wait), timeout_s)
+
+    def wait_for_time(self, moment: int | datetime, timeout_s: float = 600.0) -> Pulse:
+        """Block until the first pulse at or after ``moment`` exists, then return it."""
+        return self._await(lambda wait: self.at_or_after(moment, wait_s=wait), timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+# ---------------------------------------------------------------- exactly once, with failover
+
+
+class HeightSource(Protocol):
+    """A source a ``FailoverBlockSource`` can resume by height."""
+
+    def from_height(self, height: int, time_ms: int | None) -> Iterator[bytes]:
+        """BlockFinalized records from ``height`` on (earlier ones may come too; ``time_ms``
+        is the time of the block before ``height``, when known)."""
+        ...
+
+
+class SseHeights:
+    """A gateway's SSE stream as a ``HeightSource`` (reconnects ``max_reconnects`` times)."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, max_reconnects: int = 2,
+                 timeout_s: float = 10.0) -> None:
+        self.base_url = base_url
+        self.api_key = api_key
+        self.max_reconnects = max_reconnects
+        self.timeout_s = timeout_s
+
+    def from_height(self, height: int, time_ms: int | None) -> Iterator[bytes]:
+        from sdk.subscriber import SseBlockSource
+
+        source = SseBlockSource(self.base_url, self.api_key or "", from_height=height,
+                                timeout_s=self.timeout_s, max_reconnects=self.max_reconnects)
+        for _height, raw in source.records(height - 1 if height > 1 else None):
+            yield raw
+
+
+class KafkaHeights:
+    """``chain.blocks`` as a ``HeightSource``: starts at the first record timestamped at or
+    after the previous block's time less ``clock_skew_ms`` (Kafka's time index, no scan)."""
+
+    def __init__(self, settings: Any, *, clock_skew_ms: int = 60_000) -> None:
+        self.settings = settings
+        self.clock_skew_ms = clock_skew_ms
+
+    def from_height(self, height: int, time_ms: int | None) -> Iterator[bytes]:
+        from streams.kafka import Position, make_consumer
+
+        topic = self.settings.topic("chain.blocks")
+        consumer = make_consumer(self.settings, f"sdk-failover-{time.time_ns()}",
+                                 **{"fetch.wait.max.ms": 20})
+        try:
+            start = 0
+            if height > 1 and time_ms is not None:
+                found = consumer.offset_for_time(topic, 0, time_ms - self.clock_skew_ms)
+                start = found if found is not None else consumer.watermarks(topic)[1]
+            consumer.assign([Position(topic, 0, start)])
+            while True:
+                record = consumer.poll(0.2)
+                if record is not None:
+                    yield bytes(record.value or b"")
+        finally:
+            consumer.close()
+
+
+class FailoverBlockSource:
+    """A ``sdk.subscriber.BlockSource`` over named ``HeightSource``s (module doc): positions
+    are heights; a record at or below the last height handed out is dropped, so a switch never
+    repeats a pulse, and the next source starts right after it, so none is missed.
+    ``reading`` names the source in use; ``switches`` counts failovers; after ``max_failures``
+    consecutive failures without a new block the last error is raised."""
+
+    def __init__(self, sources: Sequence[tuple[str, HeightSource]], *, max_failures: int = 10,
+                 pause_s: float = 0.5,
+                 on_switch: Callable[[str, Exception], None] | None = None) -> None:
+        if not sources:
+            raise ValueError("give at least one source")
+        self.sources = list(sources)
+        self.max_failures = max_failures
+        self.pause_s = pause_s
+        self.on_switch = on_switch
+        self._index = 0
+        self.switches = 0
+
+    @property
+    def reading(self) -> str:
+        return self.sources[self._index][0]
+
+    def records(self, after: int | None) -> Iterator[tuple[int, bytes]]:
+        last = after or 0
+        last_time: int | None = None
+        failures = 0
+        while True:
+            name, source = self.sources[self._index]
+            try:
+                for raw in source.from_height(last + 1, last_time):
+                    try:
+                        record = decode_finalized(raw)
+                    except WireError:
+                        yield last, raw  # the subscriber rejects it, naming why
+                        continue
+                    if record.height <= last:
+                        continue
+                    last, last_time, failures = record.height, record.block.header.time_ms, 0
+                    yield record.height, raw
+                error: Exception = EOFError(f"{name} ended")
+            except GeneratorExit:
+                raise
+            except Exception as exc:  # any failure of a source: the next one takes over
+                error = exc
+            failures += 1
+            if failures > self.max_failures:
+                raise error
+            self._index = (self._index + 1) % len(self.sources)
+            self.switches += 1
+            log.warning("source %s failed (%s); reading %s after height %d", name, error,
+                        self.reading, last)
+            if self.on_switch is not None:
+                self.on_switch(self.reading, error)
+            if failures >= len(self.sources):
+                time.sleep(self.pause_s)

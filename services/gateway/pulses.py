@@ -1,0 +1,171 @@
+"""The gateway's ``protocol.pulse_index.BlockSource``: its in-memory window, then Kafka.
+
+``GatewayPulses`` answers from the ``ChainView`` window (the last ``retain`` verified blocks)
+and, for older heights, from ``chain.blocks`` through a ``BlockArchive``. Every block the
+gateway verified has its chain.blocks offset recorded in the view (``ChainView.offset_of``), and
+Kafka offsets never change, so the record read back at that offset is the verified one: reading
+an old height is one fetch, never a scan. A time older than the window is found with Kafka's
+time index (``KafkaConsumer.offset_for_time``): records are timestamped when the tally wrote
+them, after their block's header time, so the lookup starts ``clock_skew_ms`` earlier and reads
+forward to the first header at or after the time, skipping any record that is not the verified
+one of its height (a duplicate, or a block nobody signed).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from protocol.finalized import FinalizedRecord
+from protocol.pulse_index import PulseNotRetainedError
+from services.gateway.chain import ChainView
+from streams.chain_wire import decode_finalized
+
+CLOCK_SKEW_MS = 60_000  # how far a record's Kafka timestamp may precede its header time
+MAX_ARCHIVE_READ = 10_000  # records one time lookup may read forward at most
+
+
+class BlockArchive(Protocol):
+    """Older verified blocks (``GatewayPulses`` asks it for what the window no longer holds)."""
+
+    def block(self, height: int) -> FinalizedRecord | None: ...
+
+    def at_or_after(self, time_ms: int) -> FinalizedRecord | None: ...
+
+
+class GatewayPulses:
+    """``BlockSource`` over ``view`` and ``archive`` (module doc)."""
+
+    def __init__(self, view: ChainView, genesis_time_ms: int, default_interval_ms: int,
+                 archive: BlockArchive | None = None) -> None:
+        self.view = view
+        self._genesis_time_ms = genesis_time_ms
+        self._default_interval_ms = default_interval_ms
+        self.archive = archive
+
+    @property
+    def genesis_time_ms(self) -> int:
+        return self._genesis_time_ms
+
+    @property
+    def default_interval_ms(self) -> int:
+        return self._default_interval_ms
+
+    def head(self) -> FinalizedRecord | None:
+        stored = self.view.get(self.view.head_height)
+        return stored.record if stored is not None else None
+
+    def block(self, height: int) -> FinalizedRecord | None:
+        if height > self.view.head_height or height < 1:
+            return None
+        stored = self.view.get(height)
+        if stored is not None:
+            return stored.record
+        found = self.archive.block(height) if self.archive is not None else None
+        if found is None:
+            raise PulseNotRetainedError(height, self.view.first_height)
+        return found
+
+    def range(self, first: int, last: int) -> Sequence[FinalizedRecord]:
+        out: list[FinalizedRecord] = []
+        for height in range(max(1, first), min(last, self.view.head_height) + 1):
+            record = self.block(height)
+            if record is None:
+                break
+            out.append(record)
+        return out
+
+    def at_or_after(self, time_ms: int) -> FinalizedRecord | None:
+        head = self.head()
+        if head is None or head.block.header.time_ms < time_ms:
+            return None
+        low = self.view.first_height
+        oldest = self.view.get(low)
+        if oldest is None or (oldest.record.block.header.time_ms >= time_ms and low > 1):
+            if self.archive is None:
+                raise PulseNotRetainedError(low - 1, low)
+            found = self.archive.at_or_after(time_ms)
+            if found is not None:
+                return found
+            if oldest is None:
+                return None
+        high = self.view.head_height  # its time is >= time_ms
+        while low < high:  # the first retained height whose time is >= time_ms
+            middle = (low + high) // 2
+            stored = self.view.get(middle)
+            # a height evicted meanwhile is older than the window: the answer is later
+            if stored is None or stored.record.block.header.time_ms < time_ms:
+                low = middle + 1
+            else:
+                high = middle
+        stored = self.view.get(low)
+        return stored.record if stored is not None else self.head()
+
+
+class KafkaBlockArchive:
+    """Verified blocks read back from ``chain.blocks`` by offset (module doc). One consumer,
+    made on first use and kept; calls are serialized."""
+
+    def __init__(self, settings: Any, view: ChainView, *,
+                 clock_skew_ms: int = CLOCK_SKEW_MS) -> None:
+        self.settings = settings
+        self.view = view
+        self.clock_skew_ms = clock_skew_ms
+        self.topic = settings.topic("chain.blocks")
+        self._consumer: Any = None
+        self._lock = threading.Lock()
+
+    def _reader(self) -> Any:
+        from streams.kafka import make_consumer
+
+        if self._consumer is None:
+            self._consumer = make_consumer(self.settings, f"gateway-archive-{time.time_ns()}",
+                                           **{"fetch.wait.max.ms": 20})
+        return self._consumer
+
+    def _read_from(self, offset: int, until: Any) -> FinalizedRecord | None:
+        """Read forward from ``offset`` to the first verified record ``until(record)`` accepts."""
+        from streams.kafka import Position
+
+        consumer = self._reader()
+        consumer.assign([Position(self.topic, 0, offset)])
+        end = consumer.watermarks(self.topic)[1]
+        read = 0
+        deadline = time.monotonic() + 30.0
+        while read < MAX_ARCHIVE_READ and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                if consumer.position(self.topic, 0) >= end:
+                    return None
+                continue
+            read += 1
+            record = decode_finalized(bytes(message.value or b""))
+            if self.view.offset_of(record.height) != message.offset:
+                continue  # not the record this gateway verified for its height
+            if until(record):
+                return record
+            if message.offset + 1 >= end:
+                return None
+        return None
+
+    def block(self, height: int) -> FinalizedRecord | None:
+        offset = self.view.offset_of(height)
+        if offset is None:
+            return None
+        with self._lock:
+            return self._read_from(offset, lambda record: record.height == height)
+
+    def at_or_after(self, time_ms: int) -> FinalizedRecord | None:
+        with self._lock:
+            start = self._reader().offset_for_time(self.topic, 0, time_ms - self.clock_skew_ms)
+            if start is None:
+                return None
+            return self._read_from(start, lambda r: r.block.header.time_ms >= time_ms)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None

@@ -1,0 +1,149 @@
+"""The gateway's beacon routes: public reads, caching, time lookups, long polls, health, SSE."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sdk.testing import LocalChain, make_local_chain
+from services.gateway.api import Gateway, create_app
+from services.gateway.public import PublicReads
+from services.ledger.core.chain_spec import ChainSpec
+from streams.chain_wire import decode_finalized
+from tests.unit.test_gateway_api import assert_problem, make_gateway
+
+HEIGHTS = 12
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> LocalChain:
+    return make_local_chain(tmp_path_factory.mktemp("beacon-routes"), HEIGHTS)
+
+
+def partial_gateway(chain: LocalChain, upto: int) -> tuple[Gateway, Any, dict[str, str]]:
+    """A gateway whose view holds blocks 1..upto, and a function adding the next one."""
+    full, keys = make_gateway(chain)
+    view = full.view
+    fresh = type(view)(view.chain_id, view.genesis_randomness)
+    spec = ChainSpec.load(chain.genesis)
+    follower = spec.follower()
+    verified = []
+    for offset, raw in enumerate(chain.records):
+        record = decode_finalized(raw)
+        verified.append((raw, record, follower.chain.validators, offset))
+        follower.accept(record)
+    for raw, record, validators, offset in verified[:upto]:
+        fresh.add(raw, record, validators, offset, 0)
+    fresh.caught_up = True
+    full.view = fresh
+    position = [upto]
+
+    def add_next() -> None:
+        raw, record, validators, offset = verified[position[0]]
+        fresh.add(raw, record, validators, offset, 0)
+        position[0] += 1
+
+    return full, add_next, keys
+
+
+def test_beacon_and_chain_reads_need_no_key_and_are_limited_per_address(
+        chain: LocalChain) -> None:
+    gateway, _add, keys = partial_gateway(chain, HEIGHTS)
+    gateway.public = PublicReads(rate_per_s=0.001, burst=3)
+    anonymous = TestClient(create_app(gateway))
+    for path in ("/v1/beacon/latest", "/v1/beacon/3", "/v1/chain/head"):
+        assert anonymous.get(path).status_code == 200, path
+    limited = assert_problem(anonymous.get("/v1/blocks/2"), 429)
+    assert "anonymous" in limited["detail"]
+    other = TestClient(create_app(gateway), client=("10.0.0.9", 5000))
+    assert other.get("/v1/beacon/3").status_code == 200  # another address, its own bucket
+    keyed = TestClient(create_app(gateway), headers={"X-API-Key": keys["read"]})
+    assert keyed.get("/v1/blocks/2").status_code == 200  # a key is not limited as anonymous
+    assert_problem(anonymous.get("/v1/beacon/3", headers={"X-API-Key": "qsk_a_b"}), 401)
+    assert_problem(anonymous.post("/v1/keys", json={}), 401)
+    gateway.public = PublicReads(enabled=False)
+    assert_problem(TestClient(create_app(gateway)).get("/v1/beacon/3"), 401)
+
+
+def test_finalized_pulses_are_immutable_and_the_latest_is_revalidated(
+        chain: LocalChain) -> None:
+    gateway, _add, keys = partial_gateway(chain, HEIGHTS)
+    http = TestClient(create_app(gateway), headers={"X-API-Key": keys["read"]})
+    pulse = http.get("/v1/beacon/4")
+    assert "immutable" in pulse.headers["cache-control"]
+    assert pulse.json()["block_hash"].startswith(pulse.headers["etag"].strip('"'))
+    assert http.get("/v1/beacon/4", headers={"If-None-Match": pulse.headers["etag"]}
+                    ).status_code == 304
+    latest = http.get("/v1/beacon/latest")
+    assert latest.headers["cache-control"] == "no-cache" and latest.headers["etag"]
+    assert http.get("/v1/beacon/latest", headers={"If-None-Match": latest.headers["etag"]}
+                    ).status_code == 304
+    assert http.get("/v1/chain/head").headers["cache-control"] == "no-cache"
+    assert "immutable" in http.get("/v1/blocks/4").headers["cache-control"]
+    partial = http.get("/v1/beacon", params={"from": 2, "to": HEIGHTS + 5})
+    assert partial.headers["cache-control"] == "no-cache"  # not complete yet
+    assert "immutable" in http.get("/v1/beacon", params={"from": 2, "to": 5}
+                                   ).headers["cache-control"]
+
+
+def test_time_lookups_and_their_errors(chain: LocalChain) -> None:
+    gateway, _add, keys = partial_gateway(chain, HEIGHTS)
+    spec = ChainSpec.load(chain.genesis)
+    gateway.genesis = type("Anchor", (), {"time_ms": spec.initial.tip.previous_time_ms})()  # type: ignore[assignment]
+    http = TestClient(create_app(gateway), headers={"X-API-Key": keys["read"]})
+    t5 = http.get("/v1/beacon/5").json()["time_ms"]
+    assert http.get("/v1/beacon/at", params={"time": t5}).json()["height"] == 5
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t5 / 1000)) + f".{t5 % 1000:03d}Z"
+    assert http.get("/v1/beacon/at", params={"time": iso}).json()["height"] == 5
+    assert http.get("/v1/beacon/next", params={"time": t5}).json()["height"] == 6
+    assert http.get("/v1/beacon/previous", params={"time": t5}).json()["height"] == 4
+    early = assert_problem(http.get("/v1/beacon/at", params={"time": 5}), 400)
+    assert early["type"].endswith("/before-genesis")
+    late = assert_problem(http.get("/v1/beacon/at", params={"time": t5 + 10**6}), 404)
+    assert late["type"].endswith("/pulse-not-yet") and late["expected_at_ms"] >= t5 + 10**6
+    ahead = assert_problem(http.get(f"/v1/beacon/{HEIGHTS + 2}"), 404)
+    assert ahead["head_height"] == HEIGHTS and ahead["expected_at_ms"] > t5
+    assert_problem(http.get("/v1/beacon/at", params={"time": "soon"}), 422)
+
+
+def test_a_long_poll_returns_the_pulse_once_it_exists_or_times_out(chain: LocalChain) -> None:
+    gateway, add_next, keys = partial_gateway(chain, HEIGHTS - 2)
+    http = TestClient(create_app(gateway), headers={"X-API-Key": keys["read"]})
+    timer = threading.Timer(0.4, add_next)
+    timer.start()
+    started = time.monotonic()
+    pulse = http.get(f"/v1/beacon/{HEIGHTS - 1}", params={"wait": 10})
+    assert pulse.status_code == 200 and pulse.json()["height"] == HEIGHTS - 1
+    assert time.monotonic() - started < 9
+    timed_out = assert_problem(http.get(f"/v1/beacon/{HEIGHTS}", params={"wait": 0.3}), 404)
+    assert timed_out["type"].endswith("/pulse-not-yet") and timed_out["waited_s"] == 0.3
+    assert_problem(http.get(f"/v1/beacon/{HEIGHTS}", params={"wait": 61}), 422)
+
+
+def test_health_and_range_pages(chain: LocalChain) -> None:
+    gateway, _add_next, keys = partial_gateway(chain, HEIGHTS - 1)
+    http = TestClient(create_app(gateway), headers={"X-API-Key": keys["read"]})
+    stale = assert_problem(http.get("/v1/beacon/health"), 503)  # the chain is a minute old
+    assert stale["expected_period_ms"] == 1000 and stale["age_ms"] > 3000
+    assert stale["random"] is True and stale["height"] == HEIGHTS - 1
+    page = http.get("/v1/beacon", params={"from": 3, "to": HEIGHTS}).json()
+    assert page["from"] == 3 and page["to"] == HEIGHTS - 1
+    assert page["next"] == f"/v1/beacon?from={HEIGHTS}&to={HEIGHTS}"
+    assert_problem(http.get("/v1/beacon", params={"from": HEIGHTS + 1, "to": HEIGHTS + 2}),
+                   404)
+    assert_problem(http.get("/v1/beacon", params={"from": 5, "to": 4}), 400)
+
+
+def test_an_idle_event_stream_sends_heartbeats(chain: LocalChain) -> None:
+    gateway, add_next, keys = partial_gateway(chain, HEIGHTS - 1)
+    gateway.heartbeat_s = 0.1
+    http = TestClient(create_app(gateway), headers={"X-API-Key": keys["read"]})
+    timer = threading.Timer(0.8, add_next)
+    timer.start()
+    text = http.get("/v1/stream/blocks", params={"from": HEIGHTS, "until": HEIGHTS}).text
+    assert "event: heartbeat" in text and f"id: {HEIGHTS}\n" in text
+    assert text.index("event: heartbeat") < text.index(f"id: {HEIGHTS}\n")

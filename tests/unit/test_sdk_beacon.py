@@ -1,0 +1,142 @@
+"""The SDK's beacon: range verification (any changed byte fails) and exactly-once failover."""
+
+from __future__ import annotations
+
+import base64
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sdk.beacon import BeaconClient, FailoverBlockSource, verify_pulse_range
+from sdk.errors import BlockRejectedError
+from sdk.subscriber import BlockSubscriber, TrustedCheckpoint
+from sdk.testing import LocalChain, flip_bit, make_local_chain
+from services.gateway.api import create_app
+from tests.unit.test_gateway_api import make_gateway
+
+HEIGHTS = 24
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> LocalChain:
+    return make_local_chain(tmp_path_factory.mktemp("beacon"), HEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def http(chain: LocalChain) -> TestClient:
+    gateway, keys = make_gateway(chain)
+    return TestClient(create_app(gateway), headers={"X-API-Key": keys["read"]})
+
+
+@pytest.fixture(scope="module")
+def anchor(chain: LocalChain) -> TrustedCheckpoint:
+    return TrustedCheckpoint.from_genesis(chain.genesis)
+
+
+def test_a_range_verifies_with_one_certificate(http: TestClient,
+                                               anchor: TrustedCheckpoint) -> None:
+    whole = http.get("/v1/beacon", params={"from": 1, "to": HEIGHTS}).json()
+    pulses = verify_pulse_range(whole, anchor.next_validators, anchor=anchor)
+    assert [p.height for p in pulses] == list(range(1, HEIGHTS + 1))
+    assert [p.randomness.hex() for p in pulses] == [p["randomness"] for p in whole["pulses"]]
+    middle = http.get("/v1/beacon", params={"from": 7, "to": 15}).json()
+    assert [p.height for p in verify_pulse_range(middle, anchor.next_validators)] == list(
+        range(7, 16))
+    client = BeaconClient("http://testserver", checkpoint=anchor, client=http)
+    assert [p.height for p in client.range(3, HEIGHTS)] == list(range(3, HEIGHTS + 1))
+
+
+def _flip(document: dict[str, Any], path: tuple[Any, ...], byte: int, bit: int) -> None:
+    target: Any = document
+    for key in path[:-1]:
+        target = target[key]
+    raw = base64.b64decode(target[path[-1]])
+    target[path[-1]] = base64.b64encode(flip_bit(raw, byte % len(raw), bit)).decode()
+
+
+@pytest.fixture(scope="module")
+def middle(http: TestClient) -> dict[str, Any]:
+    document: dict[str, Any] = http.get("/v1/beacon", params={"from": 5, "to": 13}).json()
+    return document
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(part=st.sampled_from(["header", "previous_header", "commit", "entropy"]),
+       index=st.integers(0, 8), byte=st.integers(0, 10_000), bit=st.integers(0, 7))
+def test_any_changed_byte_fails(middle: dict[str, Any], anchor: TrustedCheckpoint, part: str,
+                                index: int, byte: int, bit: int) -> None:
+    document = copy.deepcopy(middle)
+    if part == "header":
+        _flip(document, ("pulses", index, "header"), byte, bit)
+    elif part == "previous_header":
+        _flip(document, ("previous_header",), byte, bit)
+    elif part == "commit":
+        _flip(document, ("commit",), byte, bit)
+    else:
+        item = document["pulses"][index]["entropy"][byte % 2]
+        digest = bytearray(bytes.fromhex(item[2]))
+        digest[byte % 32] ^= 1 << bit
+        item[2] = digest.hex()
+    with pytest.raises(BlockRejectedError):
+        verify_pulse_range(document, anchor.next_validators)
+
+
+def test_a_range_from_height_one_needs_the_genesis(http: TestClient,
+                                                   anchor: TrustedCheckpoint) -> None:
+    document = http.get("/v1/beacon", params={"from": 1, "to": 3}).json()
+    with pytest.raises(BlockRejectedError):
+        verify_pulse_range(document, anchor.next_validators)
+
+
+class FlakySource:
+    """Serves the chain from a height, failing after ``fail_after`` records per connection and
+    starting ``rewind`` heights early (a source that repeats what was already delivered)."""
+
+    def __init__(self, records: tuple[bytes, ...], fail_after: list[int], rewind: int) -> None:
+        self.records = records
+        self.fail_after = list(fail_after)
+        self.rewind = rewind
+        self.connections = 0
+
+    def from_height(self, height: int, time_ms: int | None) -> Iterator[bytes]:
+        self.connections += 1
+        budget = self.fail_after.pop(0) if self.fail_after else len(self.records)
+        start = max(1, height - self.rewind)
+        for count, raw in enumerate(self.records[start - 1:]):
+            if count >= budget:
+                raise ConnectionError("dropped")
+            yield raw
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(drops=st.lists(st.lists(st.integers(0, 6), max_size=6), min_size=1, max_size=3),
+       rewinds=st.lists(st.integers(0, 5), min_size=3, max_size=3))
+def test_every_pulse_exactly_once_across_reconnects_and_sources(
+        chain: LocalChain, anchor: TrustedCheckpoint, drops: list[list[int]],
+        rewinds: list[int]) -> None:
+    sources = [(f"source-{i}", FlakySource(chain.records, plan, rewinds[i]))
+               for i, plan in enumerate(drops)]
+    failover = FailoverBlockSource(sources, max_failures=len(sources) * 8, pause_s=0)
+    subscriber = BlockSubscriber(failover, checkpoint=anchor)
+    heights = []
+    for block in subscriber:
+        heights.append(block.height)
+        if block.height == HEIGHTS:
+            break
+    assert heights == list(range(1, HEIGHTS + 1))
+    assert failover.reading in {name for name, _ in sources}
+
+
+def test_failover_gives_up_after_the_bound(chain: LocalChain,
+                                           anchor: TrustedCheckpoint) -> None:
+    dead = FlakySource(chain.records, [0] * 100, 0)
+    failover = FailoverBlockSource([("a", dead), ("b", dead)], max_failures=5, pause_s=0)
+    with pytest.raises(ConnectionError):
+        list(BlockSubscriber(failover, checkpoint=anchor))
+    assert dead.connections == 6
+
