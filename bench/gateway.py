@@ -11,9 +11,11 @@ JSON). The baseline is a bare ASGI app on the same uvicorn stack returning a fix
 the beacon's size. The load generator in
 this process keeps ``CONNECTIONS`` keep-alive HTTP/1.1 connections on loopback busy for
 ``SECONDS`` per endpoint. ``anonymous_beacon_rps`` is the same beacon read without a key (the
-public path, limited per client address; the limit is lifted here) measured right after the
-keyed one, with their ratio. ``range_pulses_per_s`` is what one client verifies per second
-through ``GET /v1/beacon?from=&to=`` (pages of ``MAX_PULSES``, fetched and verified with
+public path, limited per client address; the limit is lifted here), measured interleaved with
+the keyed one (keyed, anonymous, anonymous, keyed: half of ``SECONDS`` each, so a change of the
+machine's load during the run weighs on both alike), with their ratio.
+``range_pulses_per_s`` is what one client verifies per second through
+``GET /v1/beacon?from=&to=`` (pages of ``MAX_PULSES``, fetched and verified with
 ``sdk.beacon.verify_pulse_range``: one certificate and the hash links per page).
 Last line: one JSON object.
 """
@@ -151,6 +153,24 @@ def _get(path: str, key: str | None) -> bytes:
     return (f"GET {path} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n").encode()
 
 
+def _interleaved(port: int, first: list[bytes], second: list[bytes], seconds: float
+                 ) -> tuple[dict[str, float], dict[str, float]]:
+    """Load ``first`` and ``second`` in the order first, second, second, first (``seconds / 2``
+    each) and average each one's two runs."""
+    runs: dict[int, list[dict[str, float]]] = {0: [], 1: []}
+    for which in (0, 1, 1, 0):
+        runs[which].append(asyncio.run(_load(port, (first, second)[which], seconds / 2)))
+
+    def merged(parts: list[dict[str, float]]) -> dict[str, float]:
+        return {"rps": round(sum(p["rps"] for p in parts) / len(parts), 1),
+                "p50_ms": round(sum(p["p50_ms"] for p in parts) / len(parts), 2),
+                "p99_ms": round(sum(p["p99_ms"] for p in parts) / len(parts), 2),
+                "requests": sum(p["requests"] for p in parts),
+                "errors": sum(p["errors"] for p in parts)}
+
+    return merged(runs[0]), merged(runs[1])
+
+
 def _verify_ranges(port: int, chain: Any, seconds: float) -> dict[str, float]:
     """Fetch and verify pages of the range endpoint for ``seconds`` (one client)."""
     import httpx
@@ -225,8 +245,8 @@ def main() -> None:
         finally:
             baseline.terminate()
             baseline.wait(10)
-        beacon = asyncio.run(_load(port, [_get("/v1/beacon/latest", key)], SECONDS))
-        anonymous = asyncio.run(_load(port, [_get("/v1/beacon/latest", None)], SECONDS))
+        beacon, anonymous = _interleaved(port, [_get("/v1/beacon/latest", key)],
+                                         [_get("/v1/beacon/latest", None)], SECONDS)
         ranges = _verify_ranges(port, chain, SECONDS)
         bodies = _key_bodies(key, chain, KEY_BODIES)
         keys = asyncio.run(_load(port, bodies, SECONDS))
