@@ -375,8 +375,10 @@ class FailoverBlockSource:
     consecutive failures without a new block the last error is raised."""
 
     def __init__(self, sources: Sequence[tuple[str, HeightSource]], *, max_failures: int = 10,
-                 pause_s: float = 0.5,
+                 pause_s: float = 0.5, after_time_ms: int | None = None,
                  on_switch: Callable[[str, Exception], None] | None = None) -> None:
+        """``after_time_ms``: the time of the block a resumed subscriber starts after (its
+        checkpoint's ``time_ms``), so a Kafka source is entered through the time index."""
         if not sources:
             raise ValueError("give at least one source")
         self.sources = list(sources)
@@ -385,6 +387,7 @@ class FailoverBlockSource:
         self.on_switch = on_switch
         self._index = 0
         self.switches = 0
+        self.after_time_ms = after_time_ms
 
     @property
     def reading(self) -> str:
@@ -392,7 +395,7 @@ class FailoverBlockSource:
 
     def records(self, after: int | None) -> Iterator[tuple[int, bytes]]:
         last = after or 0
-        last_time: int | None = None
+        last_time = self.after_time_ms if last else None
         failures = 0
         while True:
             name, source = self.sources[self._index]

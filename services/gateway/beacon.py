@@ -16,10 +16,11 @@ head and health are ``no-cache`` (ETag still given, ``If-None-Match`` answers 30
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
@@ -105,12 +106,13 @@ def install_beacon(app: FastAPI, view: ChainView, pulses: GatewayPulses, read: A
         return cached(document(record), etag_of(record.block.hash), IMMUTABLE, request)
 
     async def waiting(find: Callable[[], FinalizedRecord], wait_s: float) -> FinalizedRecord:
-        """``find()``, retried as blocks arrive until ``wait_s`` passed."""
+        """``find()``, retried as blocks arrive until ``wait_s`` passed. Lookups run in a
+        worker thread: one older than the window reads Kafka."""
         deadline = time.monotonic() + wait_s
         while True:
             head = view.head_height
             try:
-                return find()
+                return await asyncio.to_thread(find)
             except PulseNotYetError as exc:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -192,12 +194,20 @@ def install_beacon(app: FastAPI, view: ChainView, pulses: GatewayPulses, read: A
             raise Problem(400, "invalid-range", "to must not be below from")
         if from_ > view.head_height:
             await waiting(lambda: pulse_at_height(pulses, from_), 0.0)
-        last = min(to, from_ + MAX_PULSES - 1, view.head_height)
+        wanted = min(to, from_ + MAX_PULSES - 1, view.head_height)
+
+        def fetch() -> tuple[Sequence[FinalizedRecord], FinalizedRecord | None]:
+            return (pulses.range(from_, wanted),
+                    pulses.block(from_ - 1) if from_ > 1 else None)
+
         try:
-            records = pulses.range(from_, last)
-            previous = pulses.block(from_ - 1) if from_ > 1 else None
+            records, previous = await asyncio.to_thread(fetch)
         except PulseNotRetainedError as exc:
             raise lookup_problem(exc) from exc
+        if not records:
+            raise Problem(503, "archive-unavailable", f"pulse {from_} could not be read back "
+                          "from chain.blocks", headers={"Retry-After": "2"}, retry_after_s=2)
+        last = records[-1].height
         parts = [view.pulse_json(r.height) or _dumps(compact_pulse(r)) for r in records]
         final = records[-1]
         complete = last == to
