@@ -229,7 +229,7 @@ class BeaconClient:
                 last = exc
                 self._index = (self._index + 1) % len(self.urls)
                 continue
-            if response.status_code >= 500 and response.status_code != 503:
+            if response.status_code >= 500:  # this gateway cannot serve now: ask the next
                 last = error_from_http(response)
                 self._index = (self._index + 1) % len(self.urls)
                 continue

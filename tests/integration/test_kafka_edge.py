@@ -204,3 +204,21 @@ def test_a_missing_topic_is_a_counted_consumer_error(settings: Settings) -> None
         assert "UNKNOWN_TOPIC_OR_PART" in consumer.errors
     finally:
         consumer.close()
+
+
+def test_offset_for_time_uses_the_time_index(settings: Settings) -> None:
+    topic = settings.topic("edge.times")
+    ensure_topics(settings, [TopicSpec("edge.times", 1, "test", "test", ())])
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    base = int(time.time() * 1000) - 60_000
+    for stamp in (1_000, 2_000, 3_000):  # record timestamps set by the writer (CreateTime)
+        producer.produce(topic, b"x", partition=0, timestamp=base + stamp)
+    assert producer.flush(30) == 0
+    consumer = kafka.make_consumer(settings, f"times-{time.time_ns()}")
+    try:
+        assert consumer.offset_for_time(topic, 0, base) == 0
+        assert consumer.offset_for_time(topic, 0, base + 2_000) == 1  # exactly on a timestamp
+        assert consumer.offset_for_time(topic, 0, base + 2_001) == 2  # between two
+        assert consumer.offset_for_time(topic, 0, base + 3_001) is None  # after every record
+    finally:
+        consumer.close()
