@@ -147,3 +147,25 @@ def test_an_idle_event_stream_sends_heartbeats(chain: LocalChain) -> None:
     text = http.get("/v1/stream/blocks", params={"from": HEIGHTS, "until": HEIGHTS}).text
     assert "event: heartbeat" in text and f"id: {HEIGHTS}\n" in text
     assert text.index("event: heartbeat") < text.index(f"id: {HEIGHTS}\n")
+
+
+def test_the_sdk_awaits_a_future_pulse_by_height_and_by_time(chain: LocalChain) -> None:
+    from sdk.beacon import BeaconClient
+    from sdk.errors import PulseNotYetError
+    from sdk.subscriber import TrustedCheckpoint
+
+    gateway, add_next, keys = partial_gateway(chain, HEIGHTS - 2)
+    http = TestClient(create_app(gateway), headers={"X-API-Key": keys["read"]})
+    beacon = BeaconClient("http://testserver", client=http,
+                          checkpoint=TrustedCheckpoint.from_genesis(chain.genesis))
+    future_time = decode_finalized(chain.records[HEIGHTS - 1]).block.header.time_ms
+    with pytest.raises(PulseNotYetError) as caught:
+        beacon.at_or_after(future_time)
+    assert caught.value.expected_at_ms is not None
+    threading.Timer(0.3, add_next).start()
+    assert beacon.wait_for_height(HEIGHTS - 1, timeout_s=10).height == HEIGHTS - 1
+    threading.Timer(0.3, add_next).start()
+    pulse = beacon.wait_for_time(future_time, timeout_s=10)
+    assert pulse.height == HEIGHTS and pulse.time_ms >= future_time
+    with pytest.raises(PulseNotYetError):
+        beacon.wait_for_height(HEIGHTS + 1, timeout_s=0.3)
