@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol.keydelivery import MAX_LENGTH, MIN_LENGTH
 from services.gateway.auth import REFRESH_S, ApiKeyRecord, ApiKeyStore, key_from_headers
 from services.gateway.beacon import IMMUTABLE, NO_CACHE, cached, install_beacon
-from services.gateway.chain import ChainView, etag_of
+from services.gateway.chain import ChainView, _dumps, etag_of
 from services.gateway.explorer.documents import GenesisAnchor
 from services.gateway.explorer.feeds import NetworkFeeds
 from services.gateway.explorer.routes import install_explorer
@@ -149,12 +149,6 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _dumps(document: Any) -> bytes:
-    import json
-
-    return json.dumps(document, separators=(",", ":")).encode()
-
-
 def _json(body: bytes, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type=JSON)
 
@@ -202,7 +196,10 @@ class _Guard:
         block, so this is a key lookup, a token and one send. Same checks as the route (which
         documents it and answers every case this declines: errors, missing scope ...)."""
         view = self.gateway.view
-        body, etag = view.latest_beacon, view.latest_etag
+        # the ETag first: ``add`` sets the body before the ETag, so this pair is never an old
+        # body under a new ETag (a client would keep the old body on 304)
+        etag = view.latest_etag
+        body = view.latest_beacon
         if body is None or "read" not in record.scopes:
             return False
         try:

@@ -129,12 +129,13 @@ def install_beacon(app: FastAPI, view: ChainView, pulses: GatewayPulses, read: A
     @app.get("/v1/beacon/latest", tags=["beacon"],
              summary="Latest random pulse (fresh entropy from enough sources) with its proof")
     async def beacon_latest(request: Request, _key: Any = read) -> Response:
+        etag = view.latest_etag  # before the body (see ``api._Guard._fast_beacon``)
         body = view.latest_beacon
         if body is None:
             raise Problem(503, "no-beacon-yet", "no random pulse finalized yet (blocks without "
                           "fresh entropy are never served as the latest pulse)",
                           headers={"Retry-After": "2"}, retry_after_s=2)
-        return cached(body, view.latest_etag, NO_CACHE, request)
+        return cached(body, etag, NO_CACHE, request)
 
     @app.get("/v1/beacon/health", tags=["beacon"],
              summary="Latest pulse's age against the expected period, and whether it is random")

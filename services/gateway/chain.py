@@ -107,7 +107,7 @@ class ChainView:
                 self.first_height += 1
         if is_random(pulse_status(record.block.header)):
             self.latest_beacon = _dumps(self.beacon_document(record.height))
-            self.latest_etag = etag_of(record.block.hash)
+            self.latest_etag = etag_of(record.block.hash)  # after the body: readers take it first
             self.latest_random_height = record.height
         self._wake()
 
