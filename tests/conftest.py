@@ -10,7 +10,8 @@ Where the servers come from, in order of preference:
    never clashes with a developer's ``qustream infra up`` (19092/19042) or another checkout.
 
 Each server is started lazily by the first test that needs it, Kafka and Cassandra
-independently (a Kafka-only test never waits for Cassandra). The embedded servers are stopped at
+independently (a Kafka-only test never waits for Cassandra), and a session that starts a server
+starts it with no data, as a clean checkout in CI does. The embedded servers are stopped at
 the end of the session unless ``QUSTREAM_TEST_KEEP_CLUSTER=1`` — and only when no other pytest
 session (another engineer's, in the same tree) still holds a lease on them. When no server can be
 started, the fixture fails with the reason: tests never skip for missing infrastructure.
@@ -108,6 +109,16 @@ class _EmbeddedCluster:
 
     def start(self, component: str) -> None:
         with self._lease_lock():
+            holders = [lease for lease in self.leases.iterdir()
+                       if lease.name.isdigit() and lease.name != str(os.getpid())
+                       and pid_alive(int(lease.name))]
+            down = not any(s.is_up for s in self.cluster.status((component,)))
+            if down and not holders and not KEEP_CLUSTER:
+                # A session that starts the server starts it empty, as CI does: every test
+                # makes its own topics and keyspaces, and what earlier sessions left piles up
+                # (each partition holds open files: a broker kept across runs in one checkout
+                # reached its 20,000 descriptors and refused connections).
+                self.cluster.reset((component,))
             (self.leases / str(os.getpid())).touch()
             self.cluster.up((component,))
             self.started.append(component)

@@ -23,7 +23,11 @@ Liveness accounting and rewards must not read that race. So, as CometBFT does in
 ``timeout_commit``, a node that decided keeps counting precommits of the deciding round and
 starts the next height only once every validator's precommit is in or ``commit_window_ms`` has
 passed (measured from the log time of the deciding record, so a replaying node does not wait;
-never before the block interval); the proposer then carries ``commit_for_next_height``: the
+never before the block interval). Validators the decided block's own ``last_commit`` records as
+absent (down, or late beyond the window at the previous height) are awaited only
+``absent_window_ms``: one validator that is down costs each height that shorter wait, while a
+healthy validator that was late once is awaited the full window again as soon as it is back in
+a certificate (``awaited_precommits``); the proposer then carries ``commit_for_next_height``: the
 decision's certificate with every later precommit for the block, or for nil, of that round
 added (the ledger counts a nil precommit as signed, as Cosmos does).
 
@@ -59,7 +63,7 @@ from typing import Any
 from protocol.block import Block
 from protocol.check import check_commit
 from protocol.codec import WireError
-from protocol.commit import CommitCertificate
+from protocol.commit import CommitCertificate, CommitFlag
 from protocol.finalized import FinalizedRecord
 from protocol.follow import BlockFollower, FollowError, ForkError, conflict_error
 from protocol.messages import Vote
@@ -84,6 +88,7 @@ from services.consensus.core.state_machine import (
     commit_for_next_height,
     handle,
     initial_state,
+    precommits_in,
 )
 from streams.chain_wire import decode_consensus
 from streams.codec import Codec
@@ -102,6 +107,20 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def awaited_precommits(block: Block) -> frozenset[bytes] | None:
+    """The validators whose precommits the full commit window awaits after ``block``: those its
+    ``last_commit`` records as signed (for the block or nil); None (no ``last_commit``, height
+    1) means everyone. The others were absent at the previous height: down, or late by more than the
+    window; they get ``absent_window_ms``, so a validator that is down does not slow every
+    height by the full window, while a healthy one that was late once is awaited again as soon
+    as it is back in a certificate."""
+    commit = block.body.last_commit
+    if commit is None:
+        return None
+    return frozenset(record.validator_address for record in commit.signatures
+                     if record.flag is not CommitFlag.ABSENT)
+
+
 class ConsensusDriver:
     """Feeds the core; subclasses implement ``logic``, ``on_outputs`` and ``on_decided``.
 
@@ -112,11 +131,14 @@ class ConsensusDriver:
     use_timeouts = True
 
     def __init__(self, config: ConsensusConfig, follower: BlockFollower,
-                 block_interval_ms: int = 0, commit_window_ms: int = 0) -> None:
+                 block_interval_ms: int = 0, commit_window_ms: int = 0,
+                 absent_window_ms: int | None = None) -> None:
         self.config = config
         self.follower = follower
         self.block_interval_ms = block_interval_ms
         self.commit_window_ms = commit_window_ms
+        self.absent_window_ms = (commit_window_ms if absent_window_ms is None
+                                 else min(absent_window_ms, commit_window_ms))
         chain = follower.chain
         self.state: ConsensusState = initial_state(
             chain.tip.height, chain.validators, follower.priorities, self.initial_signer())
@@ -126,6 +148,8 @@ class ConsensusDriver:
         self._later_senders: dict[bytes, int] = {}
         self._start_at: float | None = 0.0  # monotonic time to start the next height
         self._commit_until = 0.0  # monotonic end of the commit window of the decided height
+        self._absent_until = 0.0  # ... for validators absent from the previous certificate
+        self._awaited: frozenset[bytes] = frozenset()  # present in the previous certificate
         self._finalized: dict[int, list[FinalizedRecord]] = {}
         # the record of each proposal fed, by (height, round): an invalid block is judged when
         # a rule fires, which may be on a later input, and is dead-lettered with its own record
@@ -302,9 +326,13 @@ class ConsensusDriver:
         self.follower.apply(decision.block, decision.commit)
         self.on_decided(decision, source)
         delay = self.start_delay_s(decision, source)
-        window = self.commit_window_s(decision, source)
         now = time.monotonic()
-        self._commit_until = now + window
+        self._commit_until = now + self.commit_window_s(decision, source)
+        self._absent_until = now + self.commit_window_s(decision, source,
+                                                        self.absent_window_ms)
+        awaited = awaited_precommits(decision.block)
+        self._awaited = (frozenset(v.address for v in self.state.validators.validators)
+                         if awaited is None else awaited)
         if delay <= 0 and self._commit_closed(now):
             self._start_at = None
             self._start_height()  # no interval (tally, replay): start within this input
@@ -314,15 +342,19 @@ class ConsensusDriver:
     def start_delay_s(self, decision: Decided, source: Record | None) -> float:
         return self.block_interval_ms / 1000
 
-    def commit_window_s(self, decision: Decided, source: Record | None) -> float:
+    def commit_window_s(self, decision: Decided, source: Record | None,
+                        window_ms: int | None = None) -> float:
         """How long precommits of the decided height are still awaited (module doc)."""
-        if self.commit_window_ms <= 0:
+        window_ms = self.commit_window_ms if window_ms is None else window_ms
+        if window_ms <= 0:
             return 0.0
         logged_ms = source.timestamp_ms if source is not None else now_ms()
-        return max(0.0, (logged_ms + self.commit_window_ms - now_ms()) / 1000)
+        return max(0.0, (logged_ms + window_ms - now_ms()) / 1000)
 
     def _commit_closed(self, now: float) -> bool:
-        return now >= self._commit_until or all_precommits_in(self.state)
+        if now >= self._commit_until or all_precommits_in(self.state):
+            return True
+        return now >= self._absent_until and precommits_in(self.state, self._awaited)
 
     def tick(self) -> float:
         """Fire due timers and a due height start; returns seconds until the next timer."""
@@ -339,7 +371,7 @@ class ConsensusDriver:
         if self._timers:
             waits.append(self._timers[0][0] - now)
         if self._start_at is not None:
-            waits.append(max(self._start_at, self._commit_until) - now)
+            waits.append(max(self._start_at, min(self._absent_until, self._commit_until)) - now)
         return max(0.0, min(waits))
 
     def _start_height(self) -> None:

@@ -95,7 +95,8 @@ class NodeOptions:
         propose_ms=1500, propose_delta_ms=500, prevote_ms=500, prevote_delta_ms=250,
         precommit_ms=500, precommit_delta_ms=250))
     block_interval_ms: int = 1000
-    commit_window_ms: int = 300  # awaits late precommits for the next last_commit (node.py)
+    commit_window_ms: int = 1000  # awaits late precommits for the next last_commit (node.py)
+    absent_window_ms: int = 300  # ... of validators absent from the previous last_commit
     builder: BuilderOptions = field(default_factory=BuilderOptions)
 
 
@@ -131,7 +132,8 @@ class ValidatorNode(ConsensusDriver):
         self._pending_chunks: dict[tuple[str, bytes], Record] = {}  # candidates' records
         super().__init__(ConsensusConfig(spec.chain_id, key, options.timeouts,
                                          check=self.verifier), follower,
-                         options.block_interval_ms, options.commit_window_ms)
+                         options.block_interval_ms, options.commit_window_ms,
+                         options.absent_window_ms)
         self._deferred: list[tuple[float, ProposalReceived, Record]] = []
         topic = settings.topic
         self._handlers: dict[str, Callable[[Record], None]] = {

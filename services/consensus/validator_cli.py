@@ -22,10 +22,15 @@ def run(
                                           help="pause after each block (0 = as fast as possible)"),
     propose_timeout_ms: int = typer.Option(1500, "--propose-timeout-ms"),
     commit_window_ms: int = typer.Option(
-        300, "--commit-window-ms", min=0,
+        1000, "--commit-window-ms", min=0,
         help="after a decision, how long to await the other validators' precommits for the "
              "next block's last_commit (0: only those counted by then); the next height starts "
              "as soon as all are in, never before the block interval"),
+    absent_window_ms: int = typer.Option(
+        300, "--absent-window-ms", min=0,
+        help="the shorter wait for validators the previous block's last_commit records as "
+             "absent (down, or late beyond the window), so one that is down does not slow "
+             "every height by the full window"),
     duration_s: float | None = typer.Option(None, "--duration", help="stop after seconds"),
     verify_workers: int = typer.Option(
         0, "--verify-workers", min=0,
@@ -42,7 +47,7 @@ def run(
     settings = load_settings()
     defaults = NodeOptions()
     options = replace(defaults, block_interval_ms=block_interval_ms,
-                      commit_window_ms=commit_window_ms,
+                      commit_window_ms=commit_window_ms, absent_window_ms=absent_window_ms,
                       timeouts=replace(defaults.timeouts, propose_ms=propose_timeout_ms))
     node = run_validator(settings, genesis, key, state_dir or settings.state_dir / "validators",
                          options, duration_s, verify_workers=verify_workers)

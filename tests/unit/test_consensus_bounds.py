@@ -283,3 +283,37 @@ def test_a_completed_last_commit_costs_only_its_new_signatures() -> None:
     found = check_signatures(after, with_last_commit(forged), None, check=counting,
                              verified_last_commit=decision.commit)
     assert [f.check for f in found] == ["last_commit"]
+
+
+@given(me_index=st.integers(min_value=0, max_value=3),
+       late=st.sampled_from(["block", "nil", "absent"]))
+def test_the_commit_window_awaits_who_signed_the_previous_certificate(me_index: int,
+                                                                      late: str) -> None:
+    """Item 11: after a decision the node waits the full window for validators present in the
+    decided block's last_commit, and only the short one for those it records absent."""
+    from services.consensus.core.state_machine import all_precommits_in, precommits_in
+    from services.consensus.node import awaited_precommits
+
+    state, decision, last = _decide_with(me_index, late)
+    everyone = [k.address for k in KEYS]
+    others = [a for a in everyone if a != last.address]
+    assert precommits_in(state, others)  # type: ignore[arg-type]
+    assert precommits_in(state, everyone) is (late != "absent")  # type: ignore[arg-type]
+    assert all_precommits_in(state) is (late != "absent")  # type: ignore[arg-type]
+    assert precommits_in(state, [b"\x00" * 20])  # type: ignore[arg-type]  # not a validator
+    assert awaited_precommits(decision.block) is None  # height 1: no last_commit, everyone
+
+    # the next block carries the completed certificate: who signed it is awaited fully
+    extended = commit_for_next_height(state)  # type: ignore[arg-type]
+    assert extended is not None
+    chain = Logic(KEYS[0]).inner.chain
+    from protocol.chain import apply_block
+
+    after, _ = apply_block(chain, Logic(KEYS[0]).inner.app, decision.block, decision.commit)
+    next_block = dataclasses.replace(Logic(KEYS[0]).inner, chain=after).propose(2, 0)
+    next_block = dataclasses.replace(next_block, body=dataclasses.replace(
+        next_block.body, last_commit=extended))
+    awaited = awaited_precommits(next_block)
+    assert awaited is not None
+    assert (last.address in awaited) is (late != "absent")
+    assert set(others) <= awaited

@@ -54,7 +54,7 @@ observer: the tally, the audit).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 from typing import Protocol, assert_never
@@ -318,6 +318,16 @@ def all_precommits_in(state: ConsensusState) -> bool:
     if decision is None:
         return False
     return len(state.votes.get(decision.round, VoteType.PRECOMMIT).votes) == len(state.validators)
+
+
+def precommits_in(state: ConsensusState, addresses: Iterable[bytes]) -> bool:
+    """Each of ``addresses`` that is in the validator set has a precommit of the deciding round
+    counted (for the block or for nil); False before a decision."""
+    decision = state.decision
+    if decision is None:
+        return False
+    counted = state.votes.get(decision.round, VoteType.PRECOMMIT).votes
+    return all(address in counted for address in addresses if address in state.validators)
 
 
 # ---------------------------------------------------------------- the transition function
