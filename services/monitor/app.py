@@ -184,6 +184,11 @@ def make_app(settings: Settings, runtime: MonitorRuntime,
                 runtime.restore(list(table.items()))  # type: ignore[attr-defined]
                 await asyncio.to_thread(runtime.catch_up_ledger)
                 await asyncio.to_thread(runtime.measure_ends)
+                # what the group committed past the restored pieces, folded before anything
+                # Faust delivers (runtime.py, guarantee 3)
+                for key in await asyncio.to_thread(runtime.fill_gaps):
+                    table[key.encode()] = runtime.piece(key)  # type: ignore[index]
+                await table.written()
             if not runtime.alerts_loaded:
                 await asyncio.to_thread(runtime.load_alerts)
                 if service.webhook is not None:  # tell a fresh Alertmanager what is open

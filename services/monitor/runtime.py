@@ -12,7 +12,10 @@ Guarantees, and how (the edge ``inputs -> monitor.state, alerts``):
 3. No record is lost: offsets are committed after the writes (at-least-once), so anything not
    in the restored state is redelivered. The agent waits for the changelog to acknowledge a
    batch's writes before Faust may commit it (``app._StateTable.written``): Faust's own flush
-   before a commit gives up after 0.1 s without progress.
+   before a commit gives up after 0.1 s without progress. And the state, not Faust, has the
+   last word: on start, whatever the group committed past the positions the restored pieces
+   hold is read back from the topics and folded before Faust delivers anything
+   (``fill_gaps``), so a commit that overtook a write still loses nothing.
 4. No alert is raised twice and none is forgotten: on start the monitor folds the ``alerts``
    topic into the open alerts (``load_alerts``) and only then decides; a raise that reached the
    topic before the crash is open and not raised again; one that did not is raised now, since
@@ -24,9 +27,10 @@ Guarantees, and how (the edge ``inputs -> monitor.state, alerts``):
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from services.monitor import store
@@ -42,6 +46,8 @@ from services.monitor.settings import MonitorSettings
 from streams.kafka import KafkaConsumer, make_consumer
 from streams.kafka import Position as KafkaPosition
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 TAIL = 16  # records read back from each partition's end to find its last committed record
 
@@ -67,6 +73,7 @@ class MonitorRuntime:
         self._names = self.decoder.names()
         self._ends: dict[tuple[str, int], int] | None = None
         self._next: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}
         self._started = time.monotonic()
 
     # -- start ------------------------------------------------------------------------------
@@ -115,6 +122,7 @@ class MonitorRuntime:
                 partitions = consumer.partitions(topic)
                 for partition, offset in group.committed(topic, partitions).items():
                     tp = (topic, partition)
+                    self._committed[tp] = offset
                     self._next[tp] = max(self._next.get(tp, 0), offset)
                 for partition in partitions:
                     low, high = consumer.watermarks(topic, partition)
@@ -141,6 +149,52 @@ class MonitorRuntime:
             if consumer.position(topic, partition) >= high:
                 break
         return {} if last is None else {(topic, partition): last + 1}
+
+    def gaps(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """Per input partition, the offsets ``[held, committed)`` the group committed past what
+        the restored pieces hold: ``held`` is the lowest position any piece keeps for it, 0 when
+        no piece has one (its records may all have been lost with the crash)."""
+        held: dict[tuple[str, int], int] = {}
+        pieces: list[Positions] = [piece.positions for piece in self.state.sources.values()]
+        pieces += [self.state.network.positions, self.state.mempool.positions,
+                   self.state.dead_letters.positions]
+        for positions in pieces:
+            for key, offset in positions.items():
+                topic, _, partition = key.rpartition(":")
+                tp = (topic, int(partition))
+                held[tp] = min(held.get(tp, offset), offset)
+        return {tp: (held.get(tp, 0), committed) for tp, committed in self._committed.items()
+                if committed > held.get(tp, 0)}
+
+    def fill_gaps(self, read: Callable[[str, int, int, int], Iterable[Record]] | None = None
+                  ) -> list[str]:
+        """Fold the records of every gap (``gaps``) in offset order (blocking); returns the keys
+        of the pieces that changed, to be written. Records a piece already holds are skipped by
+        its positions, as any redelivery is. ``read(topic, partition, start, end)`` reads a
+        partition's records in ``[start, end)``; the default reads Kafka."""
+        changed: set[str] = set()
+        for (topic, partition), (start, end) in sorted(self.gaps().items()):
+            records = list((read or self._read_range)(topic, partition, start, end))
+            log.info("%s[%d]: %d records committed past the restored state (offsets %d..%d) "
+                     "read back", topic, partition, len(records), start, end)
+            changed |= set(self.apply(records))
+        return sorted(changed, key=lambda k: (k == NETWORK, k))
+
+    def _read_range(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
+        consumer = make_consumer(self.settings,
+                                 f"{self.settings.topic('monitor')}-gaps-{time.time_ns()}")
+        records: list[Record] = []
+        try:
+            consumer.assign([KafkaPosition(topic, partition, start)])
+            deadline = time.monotonic() + 60
+            while consumer.position(topic, partition) < end and time.monotonic() < deadline:
+                record = consumer.poll(0.2)
+                if record is not None and record.offset < end:
+                    records.append(Record(topic, partition, record.offset, record.timestamp_ms,
+                                          record.value))
+        finally:
+            consumer.close()
+        return records
 
     def load_alerts(self) -> None:
         """Fold the alerts topic: what has been told and not resolved (blocking)."""
