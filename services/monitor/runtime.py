@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from services.monitor import store
@@ -43,7 +43,8 @@ from services.monitor.decode import Record, RecordDecoder
 from services.monitor.ledger import LedgerView
 from services.monitor.metrics import Snapshot
 from services.monitor.settings import MonitorSettings
-from streams.kafka import KafkaConsumer, make_consumer
+from streams.errors import KafkaTimeoutError
+from streams.kafka import KafkaConsumer, make_consumer, make_reader
 from streams.kafka import Position as KafkaPosition
 from streams.settings import Settings
 
@@ -90,15 +91,20 @@ class MonitorRuntime:
         # What the pieces hold counts as read: the group's committed offsets are at or past
         # them, so those records are not delivered again, and a partition that receives
         # nothing new (a dead-letter topic, say) would otherwise never look caught up.
-        held: list[Positions] = [piece.positions for piece in state.sources.values()]
-        held += [state.network.positions, state.mempool.positions,
-                 state.dead_letters.positions]
-        for positions in held:
+        for tp, offset in self._held():
+            self._next[tp] = max(self._next.get(tp, 0), offset)
+        self.restored = True
+
+    def _held(self) -> Iterator[tuple[tuple[str, int], int]]:
+        """Every (input partition, next offset) a restored piece holds, piece by piece."""
+        state = self.state
+        pieces: list[Positions] = [piece.positions for piece in state.sources.values()]
+        pieces += [state.network.positions, state.mempool.positions,
+                   state.dead_letters.positions]
+        for positions in pieces:
             for key, offset in positions.items():
                 topic, _, partition = key.rpartition(":")
-                tp = (topic, int(partition))
-                self._next[tp] = max(self._next.get(tp, 0), offset)
-        self.restored = True
+                yield (topic, int(partition)), offset
 
     def catch_up_ledger(self) -> None:
         """Follow chain.blocks up to where the restored chain view stands (blocking)."""
@@ -155,14 +161,8 @@ class MonitorRuntime:
         the restored pieces hold: ``held`` is the lowest position any piece keeps for it, 0 when
         no piece has one (its records may all have been lost with the crash)."""
         held: dict[tuple[str, int], int] = {}
-        pieces: list[Positions] = [piece.positions for piece in self.state.sources.values()]
-        pieces += [self.state.network.positions, self.state.mempool.positions,
-                   self.state.dead_letters.positions]
-        for positions in pieces:
-            for key, offset in positions.items():
-                topic, _, partition = key.rpartition(":")
-                tp = (topic, int(partition))
-                held[tp] = min(held.get(tp, offset), offset)
+        for tp, offset in self._held():
+            held[tp] = min(held.get(tp, offset), offset)
         return {tp: (held.get(tp, 0), committed) for tp, committed in self._committed.items()
                 if committed > held.get(tp, 0)}
 
@@ -181,19 +181,21 @@ class MonitorRuntime:
         return sorted(changed, key=lambda k: (k == NETWORK, k))
 
     def _read_range(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
-        consumer = make_consumer(self.settings,
-                                 f"{self.settings.topic('monitor')}-gaps-{time.time_ns()}")
+        # make_reader raises on any consumer error: a gap read in part would lose records
+        reader = make_reader(self.settings,
+                             f"{self.settings.topic('monitor')}-gaps-{time.time_ns()}")
         records: list[Record] = []
         try:
-            consumer.assign([KafkaPosition(topic, partition, start)])
+            reader.assign([KafkaPosition(topic, partition, start)])
             deadline = time.monotonic() + 60
-            while consumer.position(topic, partition) < end and time.monotonic() < deadline:
-                record = consumer.poll(0.2)
-                if record is not None and record.offset < end:
-                    records.append(Record(topic, partition, record.offset, record.timestamp_ms,
-                                          record.value))
+            while reader.position(topic, partition) < end:
+                if time.monotonic() > deadline:
+                    raise KafkaTimeoutError(f"{topic}[{partition}]: offsets {start}..{end} not "
+                                            "read back within 60 s")
+                records += [Record(topic, partition, r.offset, r.timestamp_ms, r.value)
+                            for r in reader.consume(1000, 0.2) if r.offset < end]
         finally:
-            consumer.close()
+            reader.close()
         return records
 
     def load_alerts(self) -> None:
