@@ -505,6 +505,29 @@ class KafkaConsumer:
         offset = int(found[0].offset)
         return offset if offset >= 0 else None
 
+    def end_offsets(self, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
+        """Per partition, the offset the next record will get as this consumer reads it: one
+        ``ListOffsets`` request for every partition (timestamp -1, "latest"), which under
+        ``read_committed`` is the last stable offset, at or before any open transaction's
+        first record. Retriable errors (a leader election) are waited out until ``timeout_s``."""
+        deadline = self._clock() + timeout_s
+        while True:
+            partitions = self.partitions(topic, timeout_s)
+            try:
+                found = self._consumer.offsets_for_times(
+                    [TopicPartition(topic, p, -1) for p in partitions],
+                    timeout=min(10.0, max(0.1, timeout_s)))
+                ends = {int(tp.partition): int(tp.offset) for tp in found}
+                if all(tp.error is None and tp.offset >= 0 for tp in found):
+                    return ends
+                error: Exception = RetriableKafkaError(
+                    f"{self.name} end offsets of {topic}: {[tp.error for tp in found]}")
+            except KafkaException as exc:
+                error = translate(exc, f"{self.name} end offsets of {topic}")
+            if not isinstance(error, RetriableKafkaError) or self._clock() > deadline:
+                raise error
+            time.sleep(0.2)
+
     def partitions(self, topic: str, timeout_s: float = 30.0) -> list[int]:
         """The topic's partition numbers; empty when the topic does not exist."""
         try:

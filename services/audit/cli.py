@@ -86,6 +86,11 @@ def audit(
         help="Where to rebuild the user projection before the row diff: a fresh Cassandra "
              "keyspace, or in memory (no Cassandra needed). auto: memory for --from-export, "
              "else Cassandra."),
+    projection_wait_s: float = typer.Option(
+        30.0, "--projection-wait-s", min=0,
+        help="How long to wait for the live projection to apply the users.events records "
+             "the topic holds, before its rows are read (users it has not applied yet are "
+             "then left out of the row diff, with a warning)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     workers: int | None = typer.Option(None, "--workers", min=0, help=WORKERS_HELP),
@@ -96,16 +101,16 @@ def audit(
     # First, while this process has one thread: the workers fork in milliseconds.
     with SignaturePool(workers) as pool:
         _audit(pool, genesis, from_export, manifest_sha256, from_height, to_height, at_time,
-               users, keep_rebuild, rebuild.value, as_json, progress)
+               users, keep_rebuild, rebuild.value, as_json, progress, projection_wait_s)
 
 
 def _audit(pool: Any, genesis: Path | None, from_export: Path | None,
            manifest_sha256: str | None, from_height: int, to_height: int | None,
            at_time: str | None, users: bool, keep_rebuild: bool, rebuild: str, as_json: bool,
-           progress: bool) -> None:
+           progress: bool, projection_wait_s: float = 30.0) -> None:
     from services.audit.core.findings import AuditReport, Finding
     from services.audit.export import ExportError, ExportSource, ExportTamperedError
-    from services.audit.replay import AuditOptions, live_projection_rows, run_audit
+    from services.audit.replay import AuditOptions, live_projection, run_audit
     from services.audit.report import print_human, print_json, progress_bars
     from services.audit.sources import KafkaSource, LogSource
     from streams.settings import load_settings
@@ -117,12 +122,13 @@ def _audit(pool: Any, genesis: Path | None, from_export: Path | None,
     try:
         if from_export is not None:
             export = ExportSource(from_export, manifest_sha256=manifest_sha256)
-            source, live_rows = export, export.projection_rows
+            source, live_rows = export, export.projection
             genesis_path = _genesis(genesis, export)
         else:
             source = KafkaSource(settings)
             genesis_path = _genesis(genesis)
-            live_rows = (lambda: live_projection_rows(settings)) if users else None
+            live_rows = ((lambda: live_projection(settings, catch_up_s=projection_wait_s))
+                         if users else None)
     except ExportTamperedError as exc:  # a finding, not a failure to run
         tampered = AuditReport(facts={"source": f"export {from_export}"})
         tampered.add(Finding("export", str(exc), "export"))
@@ -172,7 +178,7 @@ def export(
 ) -> None:
     """Export the audited topics (with offsets), the genesis and the live user projection."""
     from services.audit.export import write_export
-    from services.audit.replay import live_projection_rows
+    from services.audit.replay import live_projection
     from services.audit.sources import KafkaSource
     from streams.console import shell_command
     from streams.settings import load_settings
@@ -180,9 +186,12 @@ def export(
     console = Console()
     settings = load_settings()
     genesis_path = _genesis(genesis)
-    rows = live_projection_rows(settings) if users else None
+    # The projection first: every event its rows show is then in the topics read after them.
+    live = live_projection(settings) if users else None
     manifest = write_export(KafkaSource(settings), to,
-                            genesis_path if genesis_path.exists() else None, rows)
+                            genesis_path if genesis_path.exists() else None,
+                            live.rows if live else None,
+                            projection_positions=live.positions if live else None)
     counts = {topic: sum(p["records"] for p in entry["partitions"].values())
               for topic, entry in manifest["topics"].items()}
     digest = (to / "manifest.sha256").read_text().strip()

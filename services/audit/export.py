@@ -4,6 +4,7 @@ Layout of an export directory::
 
     manifest.json          what is in it: per topic and partition the file, record count,
                            first/last offset and SHA-256; the genesis file; the projection rows
+                           and its positions (read before its rows, and before the topics)
     manifest.sha256        SHA-256 of manifest.json (hand it to the auditor out of band)
     genesis.json           the chain's genesis file
     topics/<topic>/<p>.log records of one partition in offset order
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from services.audit.core.rows import LiveProjection
 from services.audit.sources import AUDITED_TOPICS, LogRecord, LogSource, SourceError
 
 MAGIC = b"QSEXPORT1\n"
@@ -70,6 +72,7 @@ def write_export(
     genesis: Path | None,
     projection_rows: Mapping[str, list[dict[str, Any]]] | None,
     *,
+    projection_positions: Mapping[int, int] | None = None,
     topics: tuple[str, ...] = AUDITED_TOPICS,
     on_record: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -122,6 +125,9 @@ def write_export(
                     handle.write(json.dumps({"table": table, "row": {
                         k: encode_value(v) for k, v in row.items()}}, sort_keys=True) + "\n")
         manifest["projection"] = {"file": "projection.jsonl", "sha256": _sha256_file(path)}
+        if projection_positions is not None:
+            manifest["projection"]["positions"] = {
+                str(p): int(o) for p, o in sorted(projection_positions.items())}
     text = json.dumps(manifest, indent=2, sort_keys=True).encode()
     (directory / "manifest.json").write_bytes(text)
     (directory / "manifest.sha256").write_text(hashlib.sha256(text).hexdigest() + "\n")
@@ -185,6 +191,16 @@ class ExportSource:
                     key = handle.read(key_length) if key_length >= 0 else None
                     value = handle.read(value_length) if value_length >= 0 else None
                     yield LogRecord(topic, int(partition), offset, timestamp, key, value)
+
+    def projection(self) -> LiveProjection | None:
+        """The exported live projection with its positions (None for an export written before
+        they were recorded: every row is then compared)."""
+        rows = self.projection_rows()
+        if rows is None:
+            return None
+        positions = self.manifest["projection"].get("positions")
+        return LiveProjection(rows, None if positions is None else {
+            int(p): int(o) for p, o in positions.items()})
 
     def projection_rows(self) -> dict[str, list[dict[str, Any]]] | None:
         entry = self.manifest.get("projection")

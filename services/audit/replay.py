@@ -10,8 +10,10 @@ Order (each step needs the one before):
    then every entropy reference of every applied block is matched against verified chunks.
 4. ``ledger.tx``: every submission decodes with a valid signature (else a warning); included
    transactions never seen there are noted (retention may have removed them).
-5. ``users.events``: the log's own consistency (``consistency.check_log``), then the projection
-   rebuilt into a fresh keyspace (``rebuild_projection``) and diffed row by row with the live one.
+5. ``users.events``: the live projection is read first (``live_projection``: positions, then
+   rows), then the log; the log's own consistency (``consistency.check_log``), then the
+   projection rebuilt into a fresh keyspace (``rebuild_projection``) and diffed row by row with
+   the live one, for every user the live one had fully applied (``core.rows``).
 
 Nothing here writes to Kafka; the only write anywhere is the throw-away audit keyspace, dropped
 at the end unless ``keep_rebuild``.
@@ -23,7 +25,7 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,13 @@ from services.audit.core.chain import AppliedBlock, BlockInput, ChainAuditor
 from services.audit.core.entropy import EntropyAuditor
 from services.audit.core.equivocation import EquivocationScanner
 from services.audit.core.findings import AuditReport, Finding, Severity
-from services.audit.core.rows import diff_tables
+from services.audit.core.rows import (
+    LiveProjection,
+    Tables,
+    diff_tables,
+    unsettled_users,
+    without_users,
+)
 from services.audit.sources import LogRecord, LogSource
 from services.ledger.core import LedgerApp
 from services.ledger.core.chain_spec import ChainSpec, source_registry
@@ -249,12 +257,13 @@ def run_audit(
     options: AuditOptions,
     *,
     settings: Settings | None = None,
-    live_rows: Callable[[], dict[str, list[dict[str, Any]]] | None] | None = None,
+    live_rows: Callable[[], LiveProjection | Tables | None] | None = None,
     progress: Progress = no_progress,
     pool: SignaturePool | None = None,
 ) -> AuditReport:
     """The whole audit (module doc). ``settings`` gives the Cassandra to rebuild the projection
-    in; ``live_rows`` returns the live projection's rows (None: not available); ``pool``
+    in; ``live_rows`` returns the live projection (its rows alone: positions not known; None:
+    not available); ``pool``
     verifies the chain's signatures (``audit_chain``)."""
     started = time.monotonic()
     report = AuditReport()
@@ -334,16 +343,21 @@ def _ranges(heights: list[int]) -> list[str]:
 def audit_users(
     source: LogSource,
     settings: Settings | None,
-    live_rows: Callable[[], dict[str, list[dict[str, Any]]] | None] | None,
+    live_rows: Callable[[], LiveProjection | Tables | None] | None,
     report: AuditReport,
     progress: Progress = no_progress,
     *,
     keep: bool = False,
     rebuild: str = "cassandra",
 ) -> None:
+    """Step 5. The live projection is read first, then the log: every event the projection had
+    applied when its rows were read is then in what is read (``core.rows``: users with events
+    past its positions are not compared, and counted in a note)."""
     from services.shard_writer.consistency import LoggedEvent, check_log
     from services.shard_writer.core import MalformedEventError, event_from_record
 
+    taken = live_rows() if live_rows is not None else None
+    live = LiveProjection(taken) if isinstance(taken, Mapping) else taken
     codec = default_codec()
     logged: list[LoggedEvent] = []
     advance = progress("users.events", source.size("users.events"))
@@ -360,10 +374,10 @@ def audit_users(
     report.checked["user_events"] = len(logged)
     for problem in check_log(logged):
         report.add(Finding("users_log", problem, "users.events"))
-    live = live_rows() if live_rows is not None else None
     if live is None:
         report.notes.append("no live projection available: user rows not compared")
         return
+    live_tables, logged = _settled(live, logged, report)
     if rebuild == "memory":
         rebuilt = rebuild_in_memory(logged)
         report.facts["user_rebuild"] = "in memory (core.projection)"
@@ -375,14 +389,45 @@ def audit_users(
         rebuilt = rebuild_projection(settings, logged, keep=keep)
         report.facts["user_rebuild"] = "fresh Cassandra keyspace"
     last_event = {item.event.user_id: (item.partition, item.offset) for item in logged}
-    findings, compared = diff_tables(_keyed(rebuilt), _keyed(live), last_event)
+    findings, compared = diff_tables(_keyed(rebuilt), _keyed(live_tables), last_event)
     report.extend(findings)
     for table, count in compared.items():
         report.checked[f"user_rows_{table}"] = count
 
 
-def _keyed(tables: dict[str, list[dict[str, Any]]]) -> dict[str, dict[tuple[Any, ...],
-                                                                      dict[str, Any]]]:
+def _settled(live: LiveProjection, logged: list[Any], report: AuditReport
+             ) -> tuple[Tables, list[Any]]:
+    """The live rows and the logged events of the users the projection had fully applied."""
+    if live.positions is None:
+        report.notes.append("the live projection's positions are not known: every user's rows "
+                            "compared with the whole log")
+        return live.rows, logged
+    positions = live.positions
+    unsettled = unsettled_users(((item.partition, item.offset, item.event.user_id)
+                                 for item in logged), positions)
+    ends: dict[int, int] = {}
+    for item in logged:
+        ends[item.partition] = max(ends.get(item.partition, 0), item.offset + 1)
+    behind = {p: (positions.get(p, 0), end) for p, end in sorted(ends.items())
+              if positions.get(p, 0) < end}
+    report.facts["user_projection_positions"] = {str(p): o for p, o in sorted(positions.items())}
+    report.checked["users_not_settled"] = len(unsettled)
+    if behind:
+        report.add(Finding(
+            "users_lag", f"the live projection had not applied every event read "
+            f"(partition: (applied up to, log end) {behind}); the rows of the "
+            f"{len(unsettled)} users those events touch are not compared",
+            "users.events", severity=Severity.WARNING))
+    elif unsettled:
+        report.notes.append(f"{len(unsettled)} users received events while their rows were "
+                            "read; their rows are not compared")
+    if not unsettled:
+        return live.rows, logged
+    return (without_users(live.rows, unsettled),
+            [item for item in logged if item.event.user_id not in unsettled])
+
+
+def _keyed(tables: Tables) -> dict[str, dict[tuple[Any, ...], dict[str, Any]]]:
     return {table: {tuple(row[k] for k in TABLE_KEYS[table]): row for row in rows}
             for table, rows in tables.items() if table in TABLE_KEYS}
 
@@ -404,11 +449,35 @@ def scan_rows(session: Any, keyspace: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def live_projection_rows(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """The live projection's rows alone (no positions: see ``live_projection``)."""
     from services.shard_writer.store import connect
 
     cluster, session = connect(settings)
     try:
         return scan_rows(session, settings.cassandra.keyspace)
+    finally:
+        cluster.shutdown()
+
+
+def live_projection(settings: Settings, *, catch_up_s: float = 30.0) -> LiveProjection:
+    """The live projection: first, up to ``catch_up_s``, wait until it has applied the
+    ``users.events`` records the topic holds now (so a live audit usually compares every user;
+    a projection still behind then is reported by ``audit_users``, not waited for forever);
+    then its positions, then its rows (module doc of ``core.rows`` for why in this order)."""
+    from services.audit.sources import KafkaSource
+    from services.shard_writer.queries import ProjectionTimeoutError, UserQueries
+    from services.shard_writer.store import connect
+
+    ends = {p: high for p, (_, high) in KafkaSource(settings).bounds("users.events").items()}
+    cluster, session = connect(settings)
+    try:
+        queries = UserQueries(session, settings.cassandra.keyspace,
+                              settings.topic("users.events"), poll_interval_s=0.2)
+        with contextlib.suppress(ProjectionTimeoutError):
+            queries.wait_for_positions({p: o for p, o in ends.items() if o > 0},
+                                       timeout_s=catch_up_s)
+        positions = queries.positions()
+        return LiveProjection(scan_rows(session, settings.cassandra.keyspace), positions)
     finally:
         cluster.shutdown()
 

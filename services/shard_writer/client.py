@@ -50,6 +50,16 @@ class UserClient:
         self.replies_topic = settings.topic("users.replies")
 
     def submit(self, command: Command, *, timeout_s: float = 30.0) -> Submitted:
+        """Produce the command; where its reply will be. The replies' ends are read *before*
+        the command is produced: a handler may answer within milliseconds of the command's
+        acknowledgement, before a position read afterwards, which would start past the reply
+        and wait for it in vain. (Which partition the command lands on is only known after,
+        so the ends of all of them are read, in one request.)"""
+        reader = make_consumer(self.settings, f"{self.replies_topic}.client")
+        try:
+            ends = reader.end_offsets(self.replies_topic, timeout_s)
+        finally:
+            reader.close()
         delivered: list[Delivery] = []
         self.producer.produce(
             self.commands_topic, key=command.user_id.encode(),
@@ -60,12 +70,7 @@ class UserClient:
             raise DeliveryError(f"command {command.command_id} not acknowledged: "
                                 f"{delivered[0].error if delivered else 'timeout'}")
         partition = delivered[0].partition
-        reader = make_consumer(self.settings, f"{self.replies_topic}.client")
-        try:
-            _low, high = reader.watermarks(self.replies_topic, partition, timeout_s)
-        finally:
-            reader.close()
-        return Submitted(command, partition, high)
+        return Submitted(command, partition, ends.get(partition, 0))
 
     def wait_reply(self, submitted: Submitted, *, timeout_s: float = 30.0) -> Reply:
         command = submitted.command

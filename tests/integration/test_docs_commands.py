@@ -266,6 +266,7 @@ def run_document(network: DemoNetwork, document: Path) -> list[str]:
     took = time.monotonic() - started
     seen = dict(line.split() for line in status.read_text().splitlines())
     output = log.read_text(errors="replace")
+    own = _per_command(output)
     problems = []
     for index, command in enumerate(runnable):
         where = f"{document.name}:{command.block.line}: {command.text.splitlines()[0][:120]}"
@@ -273,10 +274,18 @@ def run_document(network: DemoNetwork, document: Path) -> list[str]:
         if got is None:
             problems.append(f"{where}: did not finish within {BLOCK_BUDGET_S}s")
         elif int(got) != command.expected:
-            problems.append(f"{where}: exit {got}, documented {command.expected}")
+            problems.append(f"{where}: exit {got}, documented {command.expected}\n"
+                            f"--- its output ---\n{own.get(index, '')[-4000:]}")
     if problems:
-        problems.append(f"--- output of {document.name} ({took:.0f}s) ---\n{output[-6000:]}")
+        problems.append(f"--- end of the output of {document.name} ({took:.0f}s) ---\n"
+                        f"{output[-2000:]}")
     return problems
+
+
+def _per_command(output: str) -> dict[int, str]:
+    """Each command's own output, split at the markers ``_script`` prints before it."""
+    parts = re.split(r"^__qs_begin__ (\d+)$", output, flags=re.MULTILINE)
+    return {int(parts[i]): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
 
 
 def test_documented_commands_run_as_printed(demo_network: DemoNetwork) -> None:

@@ -20,12 +20,14 @@ from services.shard_writer.core import (
     ForgedSignatureError,
     PutRecord,
     RegisterUser,
+    command_digest,
     signed_command,
     user_id_for,
 )
 from services.shard_writer.handler import CommandHandler
 from services.shard_writer.projection import Projector
-from streams.kafka import read_to_end
+from streams.codec import default_codec
+from streams.kafka import make_consumer, make_producer, read_to_end
 from streams.settings import Settings
 from tests.integration.test_users_pipeline import (  # noqa: F401 (a fixture)
     in_thread,
@@ -135,3 +137,38 @@ def test_a_command_signed_for_another_user_is_rejected_at_once(
     dead = [record for record in read_to_end(users_settings, users_settings.topic("dlq.users"),
                                              f"dlq-scan-{uuid.uuid4().hex}")]
     assert len(dead) == 1
+
+
+def test_a_reply_written_the_instant_the_command_is_acknowledged_is_awaited(
+        users_settings: Settings) -> None:  # noqa: F811
+    """The fastest handler there can be: its answer is on ``users.replies`` in the moment
+    between the command's acknowledgement and whatever the client does next. The client must
+    still find it (it once read where replies start only after producing, and waited its whole
+    timeout for an answer already given)."""
+    client = UserClient(users_settings)
+    command = Person().register()
+    replies = users_settings.topic("users.replies")
+    answer = make_producer(users_settings)
+    codec = default_codec()
+    flush = client.producer.flush
+    reader = make_consumer(users_settings, "partitions")
+    partitions = reader.partitions(replies)
+    reader.close()
+
+    def flush_then_answer(timeout_s: float) -> int:
+        left = flush(timeout_s)
+        for partition in partitions:  # the command's partition is among them
+            answer.produce(replies, key=command.user_id.encode(), partition=partition,
+                           value=codec.encode("UserCommandRejected", {
+                               "user_id": command.user_id, "command_id": command.command_id,
+                               "reason": "instant", "code": "conflict",
+                               "rejected_at_ms": _now(),
+                               "command_digest": command_digest(command)}))
+        assert answer.flush(30) == 0
+        return left
+
+    client.producer.flush = flush_then_answer  # type: ignore[method-assign]
+    started = time.monotonic()
+    reply = client.execute(command, timeout_s=20)
+    assert not reply.accepted and reply.reason == "instant" and reply.code == "conflict"
+    assert time.monotonic() - started < 15

@@ -5,17 +5,52 @@ Rows are given per table as ``{primary key tuple: {column: value}}``. The rebuil
 failure: ``missing`` (in the rebuild, not live), ``extra`` (live, not in the rebuild) or
 ``different`` (naming the columns). Each finding names the ``users.events`` record that last
 wrote the user (partition, offset), so the auditor can look at the event behind the row.
+
+The live copy is read while the shard_writer keeps applying events, so it is compared only where
+it is settled (``LiveProjection``, ``unsettled_users``): its positions, the next
+``users.events`` offset per partition, are read before its rows, and a row write always precedes
+the position that covers it, so the rows hold at least every event before the positions and
+perhaps some after. A user with any event at or past the position of its partition may show
+part of that later history; such a user's rows are left out on both sides (and counted), every
+other user's rows must match exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from services.audit.core.findings import Finding
 
 TOPIC = "users.events"
 Rows = Mapping[tuple[Any, ...], Mapping[str, Any]]
+Tables = Mapping[str, list[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveProjection:
+    """The live projection as read: its rows per table and its positions (``users.events``
+    partition -> next offset applied), read before the rows. ``positions`` None: not known
+    (rows handed over without them, an export written before they were recorded): every row is
+    compared."""
+
+    rows: Tables
+    positions: Mapping[int, int] | None = None
+
+
+def unsettled_users(events: Iterable[tuple[int, int, str]],
+                    positions: Mapping[int, int]) -> set[str]:
+    """Users with an event ``(partition, offset, user_id)`` at or past the projection's position
+    in that partition: their live rows may hold any prefix of their history from the position
+    on, so they cannot be compared with the whole log."""
+    return {user for partition, offset, user in events if offset >= positions.get(partition, 0)}
+
+
+def without_users(tables: Tables, users: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """``tables`` without the rows of ``users`` (every table's first key column is user_id)."""
+    return {table: [row for row in rows if row.get("user_id") not in users]
+            for table, rows in tables.items()}
 
 
 def diff_tables(
