@@ -11,28 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from protocol.errors import QuStreamError as QuStreamError  # re-exported for SDK callers
-
-
-class BlockRejectedError(QuStreamError):
-    """A block does not verify; ``reason`` says which check failed. Never yielded."""
-
-    def __init__(self, height: int | None, reason: str) -> None:
-        super().__init__(f"block {height if height is not None else '?'} rejected: {reason}")
-        self.height = height
-        self.reason = reason
-
-
-class BlockGapError(BlockRejectedError):
-    """A block arrived beyond the next expected height: something in between is missing."""
-
-
-class TrustExpiredError(BlockRejectedError):
-    """Light client: the trusted block is older than the trusting period, so its validators
-    may have unbonded (and could sign anything unpunished); start from a newer checkpoint."""
-
-
-class ForkDetectedError(BlockRejectedError):
-    """Two different blocks claim one height: a safety alarm, stop and investigate."""
+from protocol.light import BlockGapError as BlockGapError  # the light client's, re-exported
+from protocol.light import BlockRejectedError as BlockRejectedError
+from protocol.light import ForkDetectedError as ForkDetectedError
+from protocol.light import TrustExpiredError as TrustExpiredError
 
 
 class ApiError(QuStreamError):

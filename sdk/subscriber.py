@@ -56,16 +56,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
-from protocol.chain import ChainTip
-from protocol.check import check_commit, check_header
+from protocol import light as protocol_light
 from protocol.codec import WireError
-from protocol.commit import (
-    TrustLevel,
-    verify_commit_light,
-    verify_commit_light_trusting,
-)
+from protocol.commit import TrustLevel
 from protocol.finalized import FinalizedRecord
 from protocol.follow import (
     BlockOutcome,
@@ -73,30 +68,21 @@ from protocol.follow import (
     ForkError,
     GapError,
     UnverifiedConflictError,
-    conflict_error,
 )
 from protocol.pulse import PulseStatus, is_random, pulse_status
-from protocol.validators import ValidatorSet, validator_set_from_json, validator_set_to_json
-from sdk.errors import BlockGapError, BlockRejectedError, ForkDetectedError, TrustExpiredError
-from services.ledger.core.chain_spec import ChainSpec
+from sdk.errors import BlockGapError, BlockRejectedError, ForkDetectedError
+from services.ledger.core.chain_spec import DAY_MS as DAY_MS  # re-exported
+from services.ledger.core.chain_spec import ChainSpec, trusting_period_for
 from services.ledger.core.params import Params
 from streams.chain_wire import decode_finalized
 
-DAY_MS = 86_400_000
-MAX_CLOCK_DRIFT_MS = 10_000  # as CometBFT's light client
-
-
-def trusting_period_for(params: Params) -> int:
-    """Two thirds of the unbonding period of ``params``, in ms (a day is ``blocks_per_day``)."""
-    unbonding_ms = params.unbonding_period_blocks * DAY_MS // max(1, params.blocks_per_day)
-    return unbonding_ms * 2 // 3
+MAX_CLOCK_DRIFT_MS = protocol_light.MAX_CLOCK_DRIFT_MS
 
 
 DEFAULT_TRUSTING_PERIOD_MS = trusting_period_for(Params())
 
 
-def _wall_clock_ms() -> int:
-    return int(time.time() * 1000)
+_wall_clock_ms = protocol_light.wall_clock_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,44 +117,18 @@ class VerifiedBlock:
         return is_random(self.pulse_status)
 
 
-@dataclass(frozen=True, slots=True)
-class TrustedCheckpoint:
-    """A block the application trusts and the validator set that governs the next height."""
+class TrustedCheckpoint(protocol_light.TrustedCheckpoint):
+    """``protocol.light.TrustedCheckpoint`` with a constructor from a genesis file (which needs
+    the ledger to compute the initial validator set)."""
 
-    chain_id: str
-    height: int
-    block_hash: bytes
-    randomness: bytes
-    time_ms: int
-    next_validators: ValidatorSet
-
-    def to_json(self) -> str:
-        return json.dumps({
-            "chain_id": self.chain_id, "height": self.height, "block_hash": self.block_hash.hex(),
-            "randomness": self.randomness.hex(), "time_ms": self.time_ms,
-            "next_validators": validator_set_to_json(self.next_validators)})
+    __slots__ = ()
 
     @classmethod
-    def from_json(cls, text: str) -> TrustedCheckpoint:
-        data = json.loads(text)
-        return cls(data["chain_id"], int(data["height"]), bytes.fromhex(data["block_hash"]),
-                   bytes.fromhex(data["randomness"]), int(data["time_ms"]),
-                   validator_set_from_json(data["next_validators"]))
-
-    def save(self, path: Path | str) -> None:
-        Path(path).write_text(self.to_json())
-
-    @classmethod
-    def load(cls, path: Path | str) -> TrustedCheckpoint:
-        return cls.from_json(Path(path).read_text())
-
-    @classmethod
-    def from_genesis(cls, genesis: Path | str) -> TrustedCheckpoint:
+    def from_genesis(cls, genesis: Path | str) -> Self:
         """Height 0: the genesis itself (hash, randomness R_0 and the set of height 1)."""
-        spec = ChainSpec.load(genesis)
-        tip = spec.initial.tip
-        return cls(spec.chain_id, 0, tip.previous_block_hash, tip.previous_randomness,
-                   tip.previous_time_ms, spec.initial.validators)
+        at = ChainSpec.load(genesis).checkpoint()
+        return cls(at.chain_id, at.height, at.block_hash, at.randomness, at.time_ms,
+                   at.next_validators)
 
 
 class BlockSource(Protocol):
@@ -177,118 +137,7 @@ class BlockSource(Protocol):
         ...
 
 
-ValidatorSets = Callable[[int], ValidatorSet]
-
-
-class _LightVerifier:
-    def __init__(self, checkpoint: TrustedCheckpoint, validator_sets: ValidatorSets | None,
-                 trust_level: TrustLevel, trusting_period_ms: int = DEFAULT_TRUSTING_PERIOD_MS,
-                 clock_ms: Callable[[], int] = _wall_clock_ms,
-                 max_clock_drift_ms: int = MAX_CLOCK_DRIFT_MS) -> None:
-        self.trusted = checkpoint
-        self.validator_sets = validator_sets
-        self.trust_level = trust_level
-        self.trusting_period_ms = trusting_period_ms
-        self.clock_ms = clock_ms
-        self.max_clock_drift_ms = max_clock_drift_ms
-        self.validators = checkpoint.next_validators  # governs trusted.height + 1
-        self.hashes: dict[int, bytes] = {checkpoint.height: checkpoint.block_hash}
-        self.sets: dict[int, ValidatorSet] = {}  # the set that signed a verified height
-
-    def _check_trust(self, height: int, time_ms: int) -> None:
-        """The trusted block must be younger than the trusting period, the new one not from
-        the future (module doc)."""
-        now = self.clock_ms()
-        age = now - self.trusted.time_ms
-        if age >= self.trusting_period_ms:
-            raise TrustExpiredError(
-                height, f"the trusted block {self.trusted.height} is {age // 1000} s old, not "
-                        f"younger than the trusting period of {self.trusting_period_ms // 1000} "
-                        "s: its validators may have unbonded; start from a newer checkpoint or "
-                        "verify fully from genesis")
-        if time_ms > now + self.max_clock_drift_ms:
-            raise BlockRejectedError(height, f"block time is {time_ms - now} ms ahead of this "
-                                             f"clock (more than {self.max_clock_drift_ms} ms)")
-
-    def _set_for(self, height: int, wanted_hash: bytes) -> ValidatorSet:
-        if self.validators.hash() == wanted_hash:
-            return self.validators
-        if self.validator_sets is None:
-            raise BlockRejectedError(height, "validators hash names a set this subscriber does "
-                                             "not know (wrong validator set, or pass "
-                                             "validator_sets= to fetch a new one)")
-        fetched = self.validator_sets(height)
-        if fetched.hash() != wanted_hash:
-            raise BlockRejectedError(height, "the fetched validator set does not match the "
-                                             "header's validators hash")
-        return fetched
-
-    def verify(self, record: FinalizedRecord) -> bool:
-        """True to yield, False for a harmless duplicate; raises on anything else."""
-        block, header, height = record.block, record.block.header, record.height
-        trusted = self.trusted
-        if height <= trusted.height:
-            known = self.hashes.get(height)
-            if known is not None and known != block.hash:
-                error = conflict_error(record, known, self.sets.get(height))
-                if isinstance(error, ForkError):
-                    raise ForkDetectedError(height, str(error))
-                raise error
-            return False
-        if height > trusted.height + 1:
-            raise BlockGapError(height, f"expected height {trusted.height + 1}")
-        self._check_trust(height, header.time_ms)
-        if header.validators_hash != self.validators.hash():
-            raise BlockRejectedError(height, "validators hash does not match the trusted "
-                                             "validator set (wrong validator set)")
-        # No application state here: the app hash, the next set and the registered source
-        # count are taken from the header (the next set is checked against its hash below, the
-        # others by full verifiers, and the certificate's signers vouch for them).
-        tip = ChainTip(trusted.chain_id, trusted.height + 1, trusted.block_hash, trusted.time_ms,
-                       trusted.randomness, (), header.app_hash, self.validators.hash(),
-                       header.next_validators_hash, header.registered_sources)
-        findings = check_header(tip, self.validators, block)
-        if findings:
-            raise BlockRejectedError(height, findings[0].reason)
-        finding = check_commit(header.chain_id, self.validators, block, record.commit)
-        if finding is not None:
-            raise BlockRejectedError(height, finding.reason)
-        next_set = self._set_for(height + 1, header.next_validators_hash)
-        self._advance(record, self.validators, next_set)
-        return True
-
-    def _advance(self, record: FinalizedRecord, signed_by: ValidatorSet,
-                 next_set: ValidatorSet) -> None:
-        header = record.block.header
-        self.trusted = TrustedCheckpoint(header.chain_id, record.height, record.block.hash,
-                                         header.randomness, header.time_ms, next_set)
-        self.validators = next_set
-        self.hashes[record.height] = record.block.hash
-        self.sets[record.height] = signed_by
-        if len(self.hashes) > 10_000:  # heights only grow, so the first key is the oldest
-            del self.hashes[next(iter(self.hashes))]
-            del self.sets[next(iter(self.sets))]
-
-    def skip_to(self, record: FinalizedRecord) -> None:
-        block, header, height = record.block, record.block.header, record.height
-        if height <= self.trusted.height:
-            raise BlockRejectedError(height, "skip target is not beyond the trusted height")
-        if header.chain_id != self.trusted.chain_id or header.time_ms <= self.trusted.time_ms:
-            raise BlockRejectedError(height, "skip target has another chain id or older time")
-        self._check_trust(height, header.time_ms)
-        mismatch = block.structural_problem()
-        if mismatch is not None:
-            raise BlockRejectedError(height, mismatch.reason)
-        trusting = verify_commit_light_trusting(header.chain_id, self.validators, record.commit,
-                                                self.trust_level)
-        if not trusting.ok:
-            raise BlockRejectedError(height, f"not enough trusted validators signed: "
-                                             f"{trusting.reason}")
-        own = self._set_for(height, header.validators_hash)
-        light = verify_commit_light(header.chain_id, block.hash, height, record.commit, own)
-        if not light.ok:
-            raise BlockRejectedError(height, f"commit does not verify: {light.reason}")
-        self._advance(record, own, self._set_for(height + 1, header.next_validators_hash))
+ValidatorSets = protocol_light.ValidatorSets
 
 
 class BlockSubscriber:
@@ -296,7 +145,7 @@ class BlockSubscriber:
     ``checkpoint()`` say where to resume."""
 
     def __init__(self, source: BlockSource, *, genesis: Path | str | None = None,
-                 checkpoint: TrustedCheckpoint | None = None,
+                 checkpoint: protocol_light.TrustedCheckpoint | None = None,
                  validator_sets: ValidatorSets | None = None,
                  resume_after: tuple[int, int] | None = None,
                  trust_level: TrustLevel | None = None,
@@ -311,9 +160,9 @@ class BlockSubscriber:
             raise ValueError("give exactly one of genesis= or checkpoint=")
         self.source = source
         self._follower = ChainSpec.load(genesis).follower() if genesis else None
-        self._light = (_LightVerifier(checkpoint, validator_sets, trust_level or TrustLevel(),
-                                      trusting_period_ms, clock_ms, max_clock_drift_ms)
-                       if checkpoint is not None else None)
+        self._light = (protocol_light.LightVerifier(
+            checkpoint, validator_sets, trust_level or TrustLevel(), trusting_period_ms,
+            clock_ms, max_clock_drift_ms) if checkpoint is not None else None)
         self.position: int | None = None
         self._yield_after = 0
         if resume_after is not None:
@@ -333,7 +182,7 @@ class BlockSubscriber:
         assert self._light is not None
         return self._light.trusted.height + 1
 
-    def checkpoint(self) -> TrustedCheckpoint:
+    def checkpoint(self) -> protocol_light.TrustedCheckpoint:
         """A checkpoint to start a light subscriber from later (the last verified block)."""
         if self._light is not None:
             return self._light.trusted

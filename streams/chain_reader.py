@@ -2,8 +2,9 @@
 
 ``catch_up`` folds the topic from the follower's last offset to the current end (what validators
 and the tally do on start); ``read_blocks`` yields every verified block (the CLI, the demo, the
-gateway and tests). Nothing on the topic is trusted: the follower verifies every record (see
-``protocol.follow``). Undecodable or unverifiable records are handed to the caller to dead-letter.
+gateway and tests); ``ChainTopic`` reads spans of offsets (the light reads). Nothing on the
+topic is trusted: the follower verifies every record (see ``protocol.follow``). Undecodable or
+unverifiable records are handed to the caller to dead-letter.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from protocol.follow import (
     UnverifiedConflictError,
 )
 from streams.chain_wire import decode_finalized
+from streams.errors import KafkaTimeoutError
 from streams.kafka import Position, Record, make_consumer
 from streams.settings import Settings
 
@@ -127,3 +129,50 @@ def read_blocks(
                                     message.timestamp_ms)
     finally:
         consumer.close()
+
+
+class ChainTopic:
+    """Random access to ``chain.blocks`` (one partition) by offset, for reads that must not
+    grow with the chain (``services.consensus.light_reads``): its bounds, and the records of an
+    offset span. Nothing read here is trusted; the caller verifies every record."""
+
+    def __init__(self, settings: Settings, *, timeout_s: float = 30.0) -> None:
+        self.topic = settings.topic("chain.blocks")
+        self.timeout_s = timeout_s
+        self._consumer = make_consumer(settings, f"chain-reads-{time.time_ns()}",
+                                       **{"fetch.wait.max.ms": 10})
+
+    def bounds(self) -> tuple[int, int]:
+        """(first offset still held, end): the end is the last stable offset, where records of
+        a transaction still open begin (they cannot be read yet)."""
+        low, _ = self._consumer.watermarks(self.topic, 0, self.timeout_s)
+        return low, self._consumer.end_offsets(self.topic, self.timeout_s).get(0, low)
+
+    def read(self, first: int, count: int) -> list[Record]:
+        """The records at offsets ``[first, first + count)`` that are still held (fewer at the
+        end of the topic; transaction markers take offsets but are no records)."""
+        low, high = self.bounds()
+        start, stop = max(first, low), min(first + count, high)
+        if start >= stop:
+            return []
+        self._consumer.assign([Position(self.topic, 0, start)])
+        records: list[Record] = []
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            for record in self._consumer.consume(min(500, stop - start), 0.2):
+                if record.offset >= stop:
+                    return records
+                records.append(record)
+            if self._consumer.position(self.topic, 0) >= stop:
+                return records
+        raise KafkaTimeoutError(f"{self.topic}: offsets {start}..{stop} not read within "
+                                f"{self.timeout_s} s")
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> ChainTopic:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -1,8 +1,11 @@
 """``qustream chain``: read the public chain, verifying every block on the way.
 
-Nothing is taken on trust from Kafka: ``read_blocks`` re-verifies hash links, commit
-certificates, randomness and state hashes from genesis up. The genesis file defaults to the
-demo's (``<state_dir>/demo/genesis.json``); give ``--genesis`` or ``QUSTREAM_GENESIS`` for another.
+Nothing is taken on trust from Kafka. ``head`` and ``block`` verify light by default
+(``light_reads``: from the newest block verified before, kept under the state directory, in
+time that does not grow with the chain); with ``--full``, and for ``follow``, ``read_blocks``
+re-verifies hash links, commit certificates, randomness and state hashes from genesis up.
+The genesis file defaults to the demo's (``<state_dir>/demo/genesis.json``); give ``--genesis``
+or ``QUSTREAM_GENESIS`` for another.
 """
 
 from __future__ import annotations
@@ -25,15 +28,20 @@ app = typer.Typer(help="Read and follow the finalized chain (every block verifie
                   no_args_is_help=True)
 
 def block_summary(verified: Any) -> dict[str, Any]:
-    """A JSON-friendly view of a ``follower.VerifiedBlock`` (what the CLI and demo show)."""
+    """A JSON-friendly view of a ``chain_reader.VerifiedBlock`` (what the CLI and demo show)."""
+    at_height = verified.chain.record_of(verified.record.height)  # the set that signed it
+    return record_summary(verified.record, verified.offset,
+                          at_height.validators if at_height is not None else None)
+
+
+def record_summary(record: Any, offset: int, validators: Any) -> dict[str, Any]:
+    """The view of a verified ``FinalizedRecord`` at ``offset``; ``validators``, the set that
+    signed it, gives the signed power (None when not known)."""
     from protocol.commit import CommitFlag
     from protocol.pulse import describe, is_random, pulse_status
 
-    record = verified.record
     header = record.block.header
     body = record.block.body
-    at_height = verified.chain.record_of(record.height)  # the set that signed this block
-    validators = at_height.validators if at_height is not None else None
     signed = [s for s in record.commit.signatures if s.flag is CommitFlag.COMMIT]
     signed_power = None
     if validators is not None:
@@ -63,7 +71,7 @@ def block_summary(verified: Any) -> dict[str, Any]:
         "signed_power": signed_power,
         "state_hash": record.state_hash.hex(),
         "proposal_to_finality_ms": record.finalized_at_ms - record.proposed_at_ms,
-        "kafka_offset": verified.offset,
+        "kafka_offset": offset,
     }
 
 
@@ -77,18 +85,40 @@ def _print(summary: dict[str, Any], as_json: bool, console: Console) -> None:
     console.print(table)
 
 
+FULL_OPTION = typer.Option(
+    False, "--full", help="Re-verify every block from genesis, re-executing the ledger (the "
+                          "state hashes too), instead of the light client's verification from "
+                          "the last verified checkpoint (time independent of the chain's length).")
+
+
 @app.command()
 def head(
     genesis: Path | None = GENESIS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    full: bool = FULL_OPTION,
 ) -> None:
-    """Verify the whole chain and show its latest block (and the latest random pulse: a block
-    without fresh entropy from enough sources is marked NOT RANDOM)."""
+    """Show the chain's latest block, verified (and the latest random pulse: a block without
+    fresh entropy from enough sources is marked NOT RANDOM).
+
+    By default a light client verifies it from the newest block verified before (kept under
+    the state directory) or the genesis: skipping verification, so the time does not grow with
+    the chain. When that cannot decide (the validator set changed, the checkpoint is older than
+    the trusting period) it says why and verifies fully, as --full does."""
+    console = Console(stderr=True)
+    summary = None if full else _light(genesis, None, console)
+    if summary is None:
+        summary = _full_head(genesis, console)
+    _print(summary, as_json, output_console())
+    if not summary["random"] and not as_json:
+        console.print(f"[red]the head is not a random pulse ({summary['pulse']}); the latest "
+                      f"random pulse is at height {summary['latest_random_height']}[/]")
+
+
+def _full_head(genesis: Path | None, console: Console) -> dict[str, Any]:
     from protocol.pulse import is_random, pulse_status
     from streams.chain_reader import read_blocks
     from streams.settings import load_settings
 
-    console = Console(stderr=True)
     last = None
     latest_random = None
     with console.status("verifying the chain from genesis ..."):
@@ -100,10 +130,50 @@ def head(
         raise typer.Exit(1)
     summary = block_summary(last)
     summary["latest_random_height"] = latest_random
-    _print(summary, as_json, output_console())
-    if not summary["random"] and not as_json:
-        console.print(f"[red]the head is not a random pulse ({summary['pulse']}); the latest "
-                      f"random pulse is at height {latest_random}[/]")
+    summary["verified"] = "fully, from genesis"
+    return summary
+
+
+def _light(genesis: Path | None, height: int | None, console: Console
+           ) -> dict[str, Any] | None:
+    """The head (``height`` None) or block ``height`` verified light, its kept checkpoint
+    advanced; None when light verification cannot decide (said on ``console``)."""
+    from services.consensus.light_reads import (
+        LightChain,
+        LightUnavailableError,
+        checkpoint_path,
+        load_checkpoint,
+        save_checkpoint,
+    )
+    from streams.chain_reader import ChainTopic
+    from streams.settings import load_settings
+
+    settings = load_settings()
+    spec = ChainSpec.load(genesis_path(genesis))
+    start = spec.checkpoint()
+    kept = checkpoint_path(settings.state_dir, start)
+    with ChainTopic(settings) as topic:
+        chain = LightChain(topic, start, load_checkpoint(kept, start), spec.trusting_period_ms())
+        try:
+            with console.status("verifying light from the last checkpoint ..."):
+                if height is None:
+                    block = chain.head()
+                    latest = chain.latest_random(block)
+                else:
+                    block = chain.block(height)
+        except LookupError as exc:
+            console.print(f"[yellow]{exc}[/]")
+            raise typer.Exit(1) from exc
+        except LightUnavailableError as exc:
+            console.print(f"[yellow]light verification cannot decide ({exc}); verifying fully "
+                          "from genesis[/]")
+            return None
+    save_checkpoint(kept, chain.trusted)
+    summary = record_summary(block.record, block.offset, block.signed_by)
+    if height is None:
+        summary["latest_random_height"] = latest.record.height if latest else None
+    summary["verified"] = f"light: {block.how}"
+    return summary
 
 
 @app.command()
@@ -111,16 +181,25 @@ def block(
     height: int = typer.Argument(..., min=1, help="Height of the block."),
     genesis: Path | None = GENESIS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    full: bool = FULL_OPTION,
 ) -> None:
-    """Show block HEIGHT after verifying the chain up to it."""
+    """Show block HEIGHT, verified: light by default (found by bisection over the topic's
+    offsets, verified from the kept checkpoint or the genesis), or, with --full, after
+    verifying the chain from genesis up to it."""
     from streams.chain_reader import read_blocks
     from streams.settings import load_settings
 
     console = Console(stderr=True)
+    summary = None if full else _light(genesis, height, console)
+    if summary is not None:
+        _print(summary, as_json, output_console())
+        return
     with console.status(f"verifying the chain up to height {height} ..."):
         for verified in read_blocks(load_settings(), _follower(genesis), height):
             if verified.record.height == height:
-                _print(block_summary(verified), as_json, output_console())
+                found = block_summary(verified)
+                found["verified"] = "fully, from genesis"
+                _print(found, as_json, output_console())
                 return
     console.print(f"[red]no finalized block at height {height}[/]")
     raise typer.Exit(1)

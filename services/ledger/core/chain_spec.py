@@ -15,9 +15,11 @@ from protocol.canonical import HASH_SIZE, CanonicalWriter
 from protocol.chain import ChainState, genesis_chain
 from protocol.entropy.registry import SourceRegistryEntry
 from protocol.follow import BlockFollower
+from protocol.light import TrustedCheckpoint
 from services.ledger.core.app import LedgerApp
 from services.ledger.core.genesis import Genesis, genesis_state
 from services.ledger.core.genesis_file import load_genesis
+from services.ledger.core.params import Params
 from services.ledger.core.state import LedgerState
 
 MAX_EVIDENCE_WINDOW = 10_000  # heights of history a node keeps for evidence checks
@@ -65,6 +67,28 @@ class ChainSpec:
     def follower(self) -> BlockFollower[LedgerState]:
         """A follower at genesis, ready to fold ``chain.blocks`` from height 1."""
         return BlockFollower.start(self.app, self.initial)
+
+    def checkpoint(self) -> TrustedCheckpoint:
+        """The genesis as a light client's checkpoint: height 0, the hash and randomness block
+        1 links to, and the validator set of height 1."""
+        tip = self.initial.tip
+        return TrustedCheckpoint(self.chain_id, 0, tip.previous_block_hash,
+                                 tip.previous_randomness, tip.previous_time_ms,
+                                 self.initial.validators)
+
+    def trusting_period_ms(self) -> int:
+        """How long a light client may trust a validator set: two thirds of the unbonding
+        period of the genesis parameters (a day is ``blocks_per_day`` blocks)."""
+        return trusting_period_for(self.genesis.params)
+
+
+DAY_MS = 86_400_000
+
+
+def trusting_period_for(params: Params) -> int:
+    """Two thirds of the unbonding period of ``params``, in ms (a day is ``blocks_per_day``)."""
+    unbonding_ms = params.unbonding_period_blocks * DAY_MS // max(1, params.blocks_per_day)
+    return unbonding_ms * 2 // 3
 
 
 def source_registry(state: LedgerState) -> dict[str, SourceRegistryEntry]:
