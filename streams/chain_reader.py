@@ -22,7 +22,6 @@ from protocol.follow import (
     BlockOutcome,
     FollowError,
     ForkError,
-    UnverifiedConflictError,
 )
 from streams.chain_wire import decode_finalized
 from streams.errors import KafkaTimeoutError
@@ -90,10 +89,10 @@ def read_blocks(
 ) -> Iterator[VerifiedBlock]:
     """Verified blocks of ``chain.blocks`` from ``from_height``, folded into ``follower`` (a
     fresh one from ``ChainSpec.follower()``: every earlier block is read and verified too, since
-    verification needs the state). Stops at the end of the topic unless
-    ``follow``; raises ``FollowError`` on a block that does not verify. Duplicates are skipped,
-    and so is a conflicting record at an applied height whose certificate does not verify
-    (``on_skip(record, error)`` hears of it): only a verified fork is an alarm.
+    verification needs the state). Stops at the end of the topic unless ``follow``.
+    Duplicates are skipped, and so is every record that does not decode or verify (garbage, a
+    block nobody signed, a conflicting record whose certificate does not verify;
+    ``on_skip(record, error)`` hears of each): only a verified fork (``ForkError``) raises.
     """
     topic = settings.topic("chain.blocks")
     consumer = make_consumer(settings, f"reader-{time.time_ns()}", **{"fetch.wait.max.ms": 20})
@@ -114,11 +113,12 @@ def read_blocks(
             idle_since = time.monotonic()
             try:
                 record = decode_finalized(message.value)
-            except WireError as exc:
-                raise FollowError(f"offset {message.offset}: {exc}") from exc
-            try:
                 outcome = follower.accept(record)
-            except UnverifiedConflictError as exc:
+            except ForkError:
+                raise
+            except (WireError, FollowError) as exc:
+                # Anyone who can write the topic can append garbage or a block nobody signed;
+                # the real block of that height still follows it. Skipped, never a halt.
                 if on_skip is not None:
                     on_skip(message, exc)
                 continue
