@@ -65,8 +65,8 @@ class LightUnavailableError(QuStreamError):
 
 @dataclass(frozen=True, slots=True)
 class LightBlock:
-    """A block verified without re-execution; ``signed_by`` is the set whose +2/3 signed it
-    (None when it was reached over a hash link from a verified block instead)."""
+    """A block verified without re-execution; ``signed_by`` is the validator set its header
+    names (for the signed power shown; None when no set known here has that hash)."""
 
     record: FinalizedRecord
     offset: int
@@ -120,7 +120,7 @@ class LightChain:
         if record.height == checkpoint.height:
             if record.block.hash != checkpoint.block_hash:
                 raise BlockRejectedError(record.height, "differs from the trusted block")
-            return None, checkpoint
+            return self._known_set(record), checkpoint
         verifier = LightVerifier(checkpoint, None, TrustLevel(), self.trusting_period_ms,
                                  self.clock_ms)
         if record.height == checkpoint.height + 1:
@@ -157,6 +157,15 @@ class LightChain:
         raise LightUnavailableError("no record verifies light: " + ("; ".join(reasons[:3])
                                                                      or "none found"))
 
+    def _known_set(self, record: FinalizedRecord) -> ValidatorSet | None:
+        """The set a block's header names, among the sets known here (the genesis set, the
+        checkpoint's next set): for a block reached by its hash rather than its certificate."""
+        wanted = record.block.header.validators_hash
+        for known in (self.trusted.next_validators, self.genesis.next_validators):
+            if known.hash() == wanted:
+                return known
+        return None
+
     # --- reads -------------------------------------------------------------------------------
 
     def _decoded(self, first: int, count: int) -> Iterator[tuple[int, FinalizedRecord]]:
@@ -192,7 +201,7 @@ class LightChain:
                 if record.height != wanted_height or record.block.hash != wanted_hash:
                     continue
                 if is_random(pulse_status(record.block.header)):
-                    return LightBlock(record, offset, None,
+                    return LightBlock(record, offset, self._known_set(record),
                                       f"hash links down from height {head.record.height}")
                 wanted_height -= 1
                 wanted_hash = record.block.header.previous_block_hash
@@ -229,8 +238,9 @@ class LightChain:
                 if candidate.height != wanted_height or candidate.block.hash != wanted_hash:
                     continue
                 if wanted_height == height:
-                    return LightBlock(candidate, at, None, "hash links down from the "
-                                      f"checkpoint at height {self.trusted.height}")
+                    return LightBlock(candidate, at, self._known_set(candidate),
+                                      "hash links down from the checkpoint at height "
+                                      f"{self.trusted.height}")
                 wanted_height -= 1
                 wanted_hash = candidate.block.header.previous_block_hash
             end = start

@@ -75,8 +75,9 @@ def test_chain_head_and_block_verify_light_from_the_kept_checkpoint(
 
     old = _chain(settings, state, "block", "7", "--genesis", genesis)
     assert old["hash"] == _hash(chain, 7) and old["verified"] == "light: skipping from the genesis"
-    assert _chain(settings, state, "block", str(BLOCKS), "--genesis", genesis)["verified"] == \
-        "light: the trusted checkpoint"
+    at_checkpoint = _chain(settings, state, "block", str(BLOCKS), "--genesis", genesis)
+    assert at_checkpoint["verified"] == "light: the trusted checkpoint"
+    assert at_checkpoint["signed_power"] == 40_000
 
     full = _chain(settings, state, "head", "--genesis", genesis, "--full")
     assert full["hash"] == second["hash"] and full["verified"] == "fully, from genesis"

@@ -80,6 +80,7 @@ def test_the_head_is_verified_by_skipping_and_the_latest_random_pulse_over_hash_
     assert head.signed_by is not None and reader.trusted.height == 40
     latest = reader.latest_random(head)
     assert latest is not None and latest.record.height == 30
+    assert latest.signed_by is not None  # the set its header names is known: power is shown
     assert latest.record.block.hash == decode_finalized(chain.records[29]).block.hash
 
 
@@ -103,6 +104,7 @@ def test_blocks_above_and_below_the_checkpoint(chain: LocalChain) -> None:
     assert below.record.height == 7 and below.how == "skipping from the genesis"
     assert reader.trusted.height == 25  # a lower block never moves the checkpoint back
     assert reader.block(25).how == "the trusted checkpoint"
+    assert reader.block(25).signed_by is not None
     with pytest.raises(LookupError):
         reader.block(41)
 
@@ -114,6 +116,7 @@ def test_blocks_above_and_below_the_checkpoint(chain: LocalChain) -> None:
                  clock_ms=lambda: checkpoint_time + spec.trusting_period_ms() - 1)
     assert late.block(3).how == "hash links down from the checkpoint at height 25"
     assert late.block(3).record.block.hash == decode_finalized(chain.records[2]).block.hash
+    assert late.block(3).signed_by is not None
 
 
 def test_another_chains_records_never_verify(chain: LocalChain, other: LocalChain) -> None:
