@@ -19,9 +19,11 @@ added by ``services.gateway.explorer.routes``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,10 +38,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
+from protocol.finalized import FinalizedRecord
 from protocol.keydelivery import MAX_LENGTH, MIN_LENGTH
 from services.gateway.auth import REFRESH_S, ApiKeyRecord, ApiKeyStore, key_from_headers
 from services.gateway.beacon import IMMUTABLE, NO_CACHE, cached, install_beacon
-from services.gateway.chain import ChainView, _dumps, etag_of
+from services.gateway.chain import ChainView, _dumps, block_document, etag_of
 from services.gateway.explorer.documents import GenesisAnchor
 from services.gateway.explorer.feeds import NetworkFeeds
 from services.gateway.explorer.routes import install_explorer
@@ -383,20 +386,31 @@ def create_app(gateway: Gateway) -> FastAPI:
     keys_scope = Depends(scoped("keys"))
     users_scope = Depends(scoped("users"))
 
-    def stored_or_problem(height: int, body: bytes | None,
-                          request: Request | None = None) -> Response:
+    def archived(height: int) -> FinalizedRecord | None:
+        archive = pulses.archive
+        return archive.block(height) if archive is not None else None
+
+    async def older_block(height: int) -> tuple[bytes, bytes] | None:
+        """A verified block older than the window, read back from Kafka off the event loop."""
+        if not 1 <= height < view.first_height or height > view.head_height:
+            return None
+        return await asyncio.to_thread(view.older, "block", height, archived, block_document)
+
+    def stored_or_problem(height: int, body: bytes | None, request: Request | None = None,
+                          older: tuple[bytes, bytes] | None = None) -> Response:
         if body is not None:
             stored = view.get(height)
             if stored is None:
                 return _json(body)
             # a finalized height's documents never change
             return cached(body, etag_of(stored.record.block.hash), IMMUTABLE, request)
+        if older is not None:
+            return cached(older[0], etag_of(older[1]), IMMUTABLE, request)
         if height > view.head_height:
             raise Problem(404, "block-not-found", f"no finalized block at height {height} yet "
                                                   f"(head is {view.head_height})")
-        raise Problem(410, "block-not-retained", f"height {height} is older than this "
-                                                 f"gateway keeps (from {view.first_height}); "
-                                                 "read chain.blocks with the SDK")
+        raise Problem(410, "block-not-retained", f"height {height} is no longer on "
+                                                 "chain.blocks here")
 
 
     # ------------------------------------------------------------------ operations
@@ -436,7 +450,9 @@ def create_app(gateway: Gateway) -> FastAPI:
              summary="Block, commit certificate and the record to verify it")
     async def get_block(request: Request, height: height_path,
                         _key: ApiKeyRecord = read) -> Response:
-        return stored_or_problem(height, view.block_json(height), request)
+        body = view.block_json(height)
+        older = None if body is not None else await older_block(height)
+        return stored_or_problem(height, body, request, older)
 
     @app.get("/v1/blocks", tags=["chain"], summary="A bounded range of blocks (paginated)")
     async def get_blocks(
@@ -448,11 +464,16 @@ def create_app(gateway: Gateway) -> FastAPI:
         last = min(to if to is not None else view.head_height, from_ + limit - 1)
         if to is not None and to < from_:
             raise Problem(400, "invalid-range", "to must not be below from")
-        if from_ < view.first_height and view.head_height:
-            raise Problem(410, "block-not-retained", f"blocks before {view.first_height} are "
-                                                     "not kept here; read chain.blocks")
-        heights = list(view.heights(from_, last))
-        parts = [view.block_json(h) or b"null" for h in heights]
+        parts = []
+        for height in range(from_, min(last, view.head_height) + 1):
+            body = view.block_json(height)
+            if body is None:
+                older = await older_block(height)
+                if older is None:
+                    raise Problem(410, "block-not-retained", f"block {height} is no longer on "
+                                                             "chain.blocks here")
+                body = older[0]
+            parts.append(body)
         following = last + 1
         more = following <= (to if to is not None else view.head_height)
         next_link = (f'"/v1/blocks?from={following}&limit={limit}'
@@ -465,7 +486,10 @@ def create_app(gateway: Gateway) -> FastAPI:
              summary="The validator set that governs a height (check its hash in the header)")
     async def get_validators(request: Request, height: height_path,
                              _key: ApiKeyRecord = read) -> Response:
-        return stored_or_problem(height, view.validators_json(height), request)
+        body = view.validators_json(height)
+        if body is not None and view.get(height) is None:  # older than the window
+            return cached(body, etag_of(hashlib.sha256(body).digest()), IMMUTABLE, request)
+        return stored_or_problem(height, body, request)
 
     genesis_time_ms = gateway.genesis.time_ms if gateway.genesis is not None else 0
     pulses = gateway.pulses or GatewayPulses(view, genesis_time_ms, gateway.block_interval_ms)

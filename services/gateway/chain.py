@@ -15,9 +15,12 @@ the latest random value (the head document says which height that is).
 gateway verified it. A block that does not verify stops the feed and marks the view unhealthy
 (``/readyz`` says why); the reader restarts after a pause, continuing where the view is.
 
-Retention: the last ``retain`` blocks stay in memory (older heights answer 410 with a hint to
-read ``chain.blocks`` with the SDK). Waiters for new blocks (the SSE streams) are woken through
-``asyncio`` from the follower thread.
+Retention: the last ``retain`` blocks stay in memory. Older heights are read back from
+``chain.blocks`` at the offset the view recorded when it verified them
+(``services.gateway.pulses``), with the validator set of their height from the view's set
+history (one entry per change): ``older``. Only a height Kafka no longer holds answers 410.
+Waiters for new blocks (the SSE streams) are woken through ``asyncio`` from the follower
+thread.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import logging
 import threading
 import time
 from array import array
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -83,6 +87,10 @@ class ChainView:
         # older than the window is read back from Kafka at once (``services.gateway.pulses``)
         self._offsets = array("q")
         self._offsets_from = 0  # the height of ``_offsets[0]``
+        # (first height, set) each time the governing validator set changed: the set of any
+        # verified height, for blocks older than the window
+        self._sets: list[tuple[int, ValidatorSet]] = []
+        self._older: OrderedDict[tuple[str, int], tuple[bytes, bytes]] = OrderedDict()
         self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
@@ -99,6 +107,9 @@ class ChainView:
                 self.first_height = record.height
                 self._offsets_from = record.height
             self._offsets.append(offset)
+            if not self._sets or (self._sets[-1][1] is not validators
+                                  and self._sets[-1][1].hash() != validators.hash()):
+                self._sets.append((record.height, validators))
             self._blocks[record.height] = StoredBlock(raw, record, validators, offset,
                                                       written_at_ms)
             self.head_height = record.height
@@ -159,6 +170,36 @@ class ChainView:
     def retained(self, height: int) -> bool:
         return height >= self.first_height
 
+    def set_at(self, height: int) -> ValidatorSet | None:
+        """The validator set that governed verified ``height`` (None: never seen here)."""
+        if self.offset_of(height) is None:
+            return None
+        index = bisect_right(self._sets, height, key=lambda item: item[0]) - 1
+        return self._sets[index][1] if index >= 0 else None
+
+    def older(self, kind: str, height: int, archive: Callable[[int], FinalizedRecord | None],
+              render: Callable[[StoredBlock], Any]) -> tuple[bytes, bytes] | None:
+        """(``render`` as JSON, block hash) of a verified height older than the window, its
+        record read back by ``archive(height)`` (the verified one: it is read at the offset
+        recorded for it); None when it cannot be (never verified here, or gone from Kafka)."""
+        validators, offset = self.set_at(height), self.offset_of(height)
+        if validators is None or offset is None or height >= self.first_height:
+            return None
+        key = (kind, height)
+        cached = self._older.get(key)
+        if cached is not None:
+            return cached
+        record = archive(height)
+        if record is None or record.height != height:
+            return None
+        done = (_dumps(render(StoredBlock(encode_finalized(record), record, validators, offset,
+                                          0))), record.block.hash)
+        with self._lock:
+            self._older[key] = done
+            while len(self._older) > 512:
+                self._older.popitem(last=False)
+        return done
+
     def offset_of(self, height: int) -> int | None:
         """The chain.blocks offset of verified ``height``; None when never seen here."""
         index = height - self._offsets_from
@@ -196,10 +237,14 @@ class ChainView:
         return self._cached("beacon", height, lambda s: self.beacon_document(s.record.height))
 
     def validators_json(self, height: int) -> bytes | None:
-        return self._cached("validators", height, lambda s: {
-            "height": height, "hash": s.validators.hash().hex(),
-            "total_power": s.validators.total_power,
-            "validators": validator_set_to_json(s.validators)})
+        """The set of any verified height (older ones from the set history)."""
+        body = self._cached("validators", height,
+                            lambda s: validators_document(height, s.validators))
+        if body is None and height < self.first_height:
+            validators = self.set_at(height)
+            if validators is not None:
+                return _dumps(validators_document(height, validators))
+        return body
 
     def sse_event(self, height: int) -> bytes | None:
         """One SSE event: ``id: <height>`` and the record (what the SDK verifies)."""
@@ -291,6 +336,12 @@ def pulse_fields(header: Any) -> dict[str, Any]:
     return {"status": int(status), "status_text": describe(status),
             "random": is_random(status), "fresh_sources": header.fresh_sources,
             "registered_sources": header.registered_sources}
+
+
+def validators_document(height: int, validators: ValidatorSet) -> dict[str, Any]:
+    return {"height": height, "hash": validators.hash().hex(),
+            "total_power": validators.total_power,
+            "validators": validator_set_to_json(validators)}
 
 
 def block_document(stored: StoredBlock) -> dict[str, Any]:

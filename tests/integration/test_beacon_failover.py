@@ -1,4 +1,5 @@
-"""Pulses by time, ranges and exactly-once failover against real Kafka and two real gateways.
+"""Pulses by time, ranges, old blocks and exactly-once failover against real Kafka and two real
+gateways.
 
 1,100 correctly signed blocks are made locally (``sdk.testing.make_local_chain``: consensus would
 take minutes for as many) and written to a fresh ``chain.blocks`` with the Kafka timestamp the
@@ -129,6 +130,15 @@ def test_time_lookups_a_range_of_1000_and_failover_without_loss_or_repeat(
     recent = records[949].block.header.time_ms  # inside the window
     assert client.at_or_after(recent).height == 950
     assert client.at_height(10).height == 10
+    # Blocks older than the window come back from Kafka too (no 410), the verified record.
+    old_block = httpx.get(f"{urls[0]}/v1/blocks/1", timeout=30)
+    assert old_block.status_code == 200, old_block.text
+    assert old_block.json()["hash"] == records[0].block.hash.hex()
+    assert old_block.json()["commit"]["signed_power"] == 40_000
+    page = httpx.get(f"{urls[0]}/v1/blocks", params={"from": 5, "limit": 3}, timeout=30).json()
+    assert [b["hash"] for b in page["blocks"]] == [r.block.hash.hex() for r in records[4:7]]
+    assert httpx.get(f"{urls[0]}/v1/validators/2", timeout=30).json()["hash"] == \
+        records[1].block.header.validators_hash.hex()
 
     # Follow from height 950 while the last 100 blocks arrive; kill gateway A mid-stream.
     start = records[949]

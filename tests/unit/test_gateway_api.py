@@ -22,6 +22,7 @@ from services.gateway.auth import ApiKeyStore
 from services.gateway.chain import ChainView
 from services.gateway.keys import BufferPool, KeyService, LedgerView
 from services.gateway.payments import PaymentBook, PaymentOutcome
+from services.gateway.pulses import GatewayPulses
 from services.ledger.core.chain_spec import ChainSpec
 from streams.chain_wire import decode_finalized
 
@@ -262,3 +263,55 @@ def test_published_openapi_matches(gateway: tuple[Gateway, dict[str, str]]) -> N
         published.write_text(generated)
     assert published.read_text() == generated, (
         "services/gateway/openapi.json is stale: rerun with QUSTREAM_REGENERATE_OPENAPI=1")
+
+
+def test_blocks_older_than_the_window_are_read_back_not_refused(chain: LocalChain) -> None:
+    """The window keeps 3 of 8 blocks; older ones come back through the archive (Kafka in the
+    service: the record at the offset the view recorded when it verified the height), with the
+    validator set of their height. Only a height the archive no longer has answers 410."""
+    spec = ChainSpec.load(chain.genesis)
+    view = ChainView(spec.chain_id, spec.initial.tip.previous_randomness, retain=3)
+    follower = spec.follower()
+    for offset, raw in enumerate(chain.records):
+        record = decode_finalized(raw)
+        validators = follower.chain.validators
+        follower.accept(record)
+        view.add(raw, record, validators, 10 + offset, 0)
+    view.caught_up = True
+    assert view.first_height == 6
+
+    class Archive:
+        def __init__(self) -> None:
+            self.reads: list[int] = []
+            self.gone: set[int] = set()
+
+        def block(self, height: int) -> Any:
+            self.reads.append(height)
+            if height in self.gone:
+                return None
+            return decode_finalized(chain.records[height - 1])
+
+        def at_or_after(self, time_ms: int) -> Any:
+            return None
+
+    archive = Archive()
+    gateway = Gateway(view=view, keys=ApiKeyStore(),
+                      pulses=GatewayPulses(view, 0, 1000, archive))
+    http = client(gateway)
+    old = http.get("/v1/blocks/2")
+    assert old.status_code == 200, old.text
+    document = old.json()
+    assert base64.b64decode(document["record"]) == chain.records[1]
+    assert document["kafka_offset"] == 11
+    assert document["commit"]["signed_power"] == document["commit"]["total_power"] == 40_000
+    assert old.headers["etag"] and "immutable" in old.headers["cache-control"]
+    assert http.get("/v1/blocks/2").json() == document and archive.reads == [2]  # cached
+    page = http.get("/v1/blocks", params={"from": 4, "limit": 4}).json()
+    assert [b["height"] for b in page["blocks"]] == [4, 5, 6, 7]
+    validators = http.get("/v1/validators/1").json()
+    first = decode_finalized(chain.records[0]).block.header
+    assert validators["hash"] == first.validators_hash.hex()
+    archive.gone.add(3)
+    assert_problem(http.get("/v1/blocks/3"), 410)
+    assert_problem(http.get("/v1/blocks", params={"from": 3, "limit": 2}), 410)
+    assert_problem(http.get("/v1/blocks/9"), 404)
