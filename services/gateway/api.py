@@ -42,7 +42,15 @@ from protocol.finalized import FinalizedRecord
 from protocol.keydelivery import MAX_LENGTH, MIN_LENGTH
 from services.gateway.auth import REFRESH_S, ApiKeyRecord, ApiKeyStore, key_from_headers
 from services.gateway.beacon import IMMUTABLE, NO_CACHE, cached, install_beacon
-from services.gateway.chain import ChainView, _dumps, block_document, etag_of
+from services.gateway.chain import (
+    ChainView,
+    StoredBlock,
+    _dumps,
+    block_document,
+    etag_of,
+    sse_document,
+    sse_event,
+)
 from services.gateway.explorer.documents import GenesisAnchor
 from services.gateway.explorer.feeds import NetworkFeeds
 from services.gateway.explorer.routes import install_explorer
@@ -390,11 +398,13 @@ def create_app(gateway: Gateway) -> FastAPI:
         archive = pulses.archive
         return archive.block(height) if archive is not None else None
 
-    async def older_block(height: int) -> tuple[bytes, bytes] | None:
+    async def older_block(height: int, kind: str = "block",
+                          render: Callable[[StoredBlock], Any] = block_document
+                          ) -> tuple[bytes, bytes] | None:
         """A verified block older than the window, read back from Kafka off the event loop."""
         if not 1 <= height < view.first_height or height > view.head_height:
             return None
-        return await asyncio.to_thread(view.older, "block", height, archived, block_document)
+        return await asyncio.to_thread(view.older, kind, height, archived, render)
 
     def stored_or_problem(height: int, body: bytes | None, request: Request | None = None,
                           older: tuple[bytes, bytes] | None = None) -> Response:
@@ -510,9 +520,9 @@ def create_app(gateway: Gateway) -> FastAPI:
             start = int(last_event_id) + 1
         else:
             start = from_ if from_ is not None else max(1, view.head_height)
-        if start < view.first_height and view.head_height:
-            raise Problem(410, "block-not-retained", f"blocks before {view.first_height} are "
-                                                     "not kept here; read chain.blocks")
+        if start < view.first_height and view.head_height and view.offset_of(start) is None:
+            raise Problem(410, "block-not-retained", f"block {start} was never read here; "
+                                                     "read chain.blocks")
 
         async def events() -> AsyncIterator[bytes]:
             # Ends when the key is revoked (checked before every event and at least every
@@ -526,6 +536,11 @@ def create_app(gateway: Gateway) -> FastAPI:
             while (until is None or height <= until) and (
                     anonymous or gateway.keys.still_valid(key)):
                 event = view.sse_event(height)
+                if event is None and height < view.first_height:  # older than the window
+                    older = await older_block(height, "sse", sse_document)
+                    if older is None:
+                        return  # gone from Kafka too: the client resumes elsewhere
+                    event = sse_event(height, older[0])
                 if event is not None:
                     yield event
                     height += 1

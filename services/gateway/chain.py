@@ -248,12 +248,8 @@ class ChainView:
 
     def sse_event(self, height: int) -> bytes | None:
         """One SSE event: ``id: <height>`` and the record (what the SDK verifies)."""
-        def render(stored: StoredBlock) -> Any:
-            return {"height": height, "hash": stored.record.block.hash.hex(),
-                    "randomness": stored.record.block.header.randomness.hex(),
-                    "record": _b64(stored.raw)}
-        body = self._cached("sse", height, render)
-        return None if body is None else b"id: %d\nevent: block\ndata: %s\n\n" % (height, body)
+        body = self._cached("sse", height, sse_document)
+        return None if body is None else sse_event(height, body)
 
     def head_document(self) -> dict[str, Any]:
         stored = self._blocks.get(self.head_height)
@@ -336,6 +332,16 @@ def pulse_fields(header: Any) -> dict[str, Any]:
     return {"status": int(status), "status_text": describe(status),
             "random": is_random(status), "fresh_sources": header.fresh_sources,
             "registered_sources": header.registered_sources}
+
+
+def sse_document(stored: StoredBlock) -> dict[str, Any]:
+    record = stored.record
+    return {"height": record.height, "hash": record.block.hash.hex(),
+            "randomness": record.block.header.randomness.hex(), "record": _b64(stored.raw)}
+
+
+def sse_event(height: int, body: bytes) -> bytes:
+    return b"id: %d\nevent: block\ndata: %s\n\n" % (height, body)
 
 
 def validators_document(height: int, validators: ValidatorSet) -> dict[str, Any]:

@@ -311,6 +311,11 @@ def test_blocks_older_than_the_window_are_read_back_not_refused(chain: LocalChai
     validators = http.get("/v1/validators/1").json()
     first = decode_finalized(chain.records[0]).block.header
     assert validators["hash"] == first.validators_hash.hex()
+    stream = http.get("/v1/stream/blocks", params={"from": 1, "until": 7})
+    events = list(parse_sse(stream.text.splitlines()))
+    assert [int(e or 0) for e, _ in events] == list(range(1, 8))  # from Kafka, then the window
+    assert [base64.b64decode(json.loads(d)["record"]) for _, d in events] == \
+        list(chain.records[:7])
     archive.gone.add(3)
     assert_problem(http.get("/v1/blocks/3"), 410)
     assert_problem(http.get("/v1/blocks", params={"from": 3, "limit": 2}), 410)
