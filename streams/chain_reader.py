@@ -24,8 +24,7 @@ from protocol.follow import (
     ForkError,
 )
 from streams.chain_wire import decode_finalized
-from streams.errors import KafkaTimeoutError
-from streams.kafka import Position, Record, make_consumer
+from streams.kafka import Position, Record, make_consumer, make_reader
 from streams.settings import Settings
 
 
@@ -133,40 +132,32 @@ def read_blocks(
 
 class ChainTopic:
     """Random access to ``chain.blocks`` (one partition) by offset, for reads that must not
-    grow with the chain (``services.consensus.light_reads``): its bounds, and the records of an
-    offset span. Nothing read here is trusted; the caller verifies every record."""
+    grow with the chain (``services.consensus.light_reads``): its bounds, taken once (a growing
+    topic is read up to that snapshot), and the records of an offset span. Nothing read here
+    is trusted; the caller verifies every record. Any consumer error raises."""
 
     def __init__(self, settings: Settings, *, timeout_s: float = 30.0) -> None:
         self.topic = settings.topic("chain.blocks")
         self.timeout_s = timeout_s
-        self._consumer = make_consumer(settings, f"chain-reads-{time.time_ns()}",
-                                       **{"fetch.wait.max.ms": 10})
+        self._consumer = make_reader(settings, f"chain-reads-{time.time_ns()}",
+                                     **{"fetch.wait.max.ms": 10})
+        self._bounds: tuple[int, int] | None = None
 
     def bounds(self) -> tuple[int, int]:
         """(first offset still held, end): the end is the last stable offset, where records of
         a transaction still open begin (they cannot be read yet)."""
-        low, _ = self._consumer.watermarks(self.topic, 0, self.timeout_s)
-        return low, self._consumer.end_offsets(self.topic, self.timeout_s).get(0, low)
+        if self._bounds is None:
+            low, _ = self._consumer.watermarks(self.topic, 0, self.timeout_s)
+            self._bounds = low, self._consumer.end_offsets(self.topic, self.timeout_s).get(0, low)
+        return self._bounds
 
     def read(self, first: int, count: int) -> list[Record]:
-        """The records at offsets ``[first, first + count)`` that are still held (fewer at the
-        end of the topic; transaction markers take offsets but are no records)."""
+        """The records at offsets ``[first, first + count)`` within the bounds."""
         low, high = self.bounds()
         start, stop = max(first, low), min(first + count, high)
         if start >= stop:
             return []
-        self._consumer.assign([Position(self.topic, 0, start)])
-        records: list[Record] = []
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            for record in self._consumer.consume(min(500, stop - start), 0.2):
-                if record.offset >= stop:
-                    return records
-                records.append(record)
-            if self._consumer.position(self.topic, 0) >= stop:
-                return records
-        raise KafkaTimeoutError(f"{self.topic}: offsets {start}..{stop} not read within "
-                                f"{self.timeout_s} s")
+        return self._consumer.read_span(self.topic, 0, start, stop, self.timeout_s)
 
     def close(self) -> None:
         self._consumer.close()

@@ -505,6 +505,32 @@ class KafkaConsumer:
         offset = int(found[0].offset)
         return offset if offset >= 0 else None
 
+    def read_span(self, topic: str, partition: int, start: int, end: int,
+                  timeout_s: float = 60.0) -> list[Record]:
+        """The records at offsets ``[start, end)`` of one partition (transaction markers take
+        offsets but are no records). ``KafkaTimeoutError`` when the consumer cannot get to
+        ``end`` within ``timeout_s``: a span read in part is never returned as whole.
+
+        librdkafka applies ``assign`` asynchronously: until it has, ``position`` still reports
+        where the previous read of this consumer stopped, which may be past ``end``. So the
+        position counts only once it has moved or a record of the span has arrived."""
+        stale = self.position(topic, partition)
+        self.assign([Position(topic, partition, start)])
+        records: list[Record] = []
+        moved = False
+        deadline = self._clock() + timeout_s
+        while True:
+            batch = [r for r in self.consume(min(1000, max(1, end - start)), 0.2)
+                     if start <= r.offset < end]
+            records += batch
+            position = self.position(topic, partition)
+            moved = moved or bool(batch) or position != stale
+            if moved and position >= end:
+                return records
+            if self._clock() > deadline:
+                raise KafkaTimeoutError(f"{self.name} {topic}[{partition}]: offsets "
+                                        f"{start}..{end} not read within {timeout_s} s")
+
     def end_offsets(self, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
         """Per partition, the offset the next record will get as this consumer reads it: one
         ``ListOffsets`` request for every partition (timestamp -1, "latest"), which under

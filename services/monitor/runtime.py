@@ -43,7 +43,6 @@ from services.monitor.decode import Record, RecordDecoder
 from services.monitor.ledger import LedgerView
 from services.monitor.metrics import Snapshot
 from services.monitor.settings import MonitorSettings
-from streams.errors import KafkaTimeoutError
 from streams.kafka import KafkaConsumer, make_consumer, make_reader
 from streams.kafka import Position as KafkaPosition
 from streams.settings import Settings
@@ -184,19 +183,11 @@ class MonitorRuntime:
         # make_reader raises on any consumer error: a gap read in part would lose records
         reader = make_reader(self.settings,
                              f"{self.settings.topic('monitor')}-gaps-{time.time_ns()}")
-        records: list[Record] = []
         try:
-            reader.assign([KafkaPosition(topic, partition, start)])
-            deadline = time.monotonic() + 60
-            while reader.position(topic, partition) < end:
-                if time.monotonic() > deadline:
-                    raise KafkaTimeoutError(f"{topic}[{partition}]: offsets {start}..{end} not "
-                                            "read back within 60 s")
-                records += [Record(topic, partition, r.offset, r.timestamp_ms, r.value)
-                            for r in reader.consume(1000, 0.2) if r.offset < end]
+            return [Record(topic, partition, r.offset, r.timestamp_ms, r.value)
+                    for r in reader.read_span(topic, partition, start, end, timeout_s=60)]
         finally:
             reader.close()
-        return records
 
     def load_alerts(self) -> None:
         """Fold the alerts topic: what has been told and not resolved (blocking)."""
