@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Protocol
 
@@ -189,24 +190,30 @@ class LightChain:
         when none is within ``MAX_WALK_BACK`` blocks."""
         if is_random(pulse_status(head.record.block.header)):
             return head
-        low, _ = self.topic.bounds()
-        wanted_height = head.record.height - 1
-        wanted_hash = head.record.block.header.previous_block_hash
-        end = head.offset
-        while wanted_height >= 1 and end > low and head.record.height - wanted_height \
-                <= MAX_WALK_BACK:
-            start = max(low, end - WINDOW)
-            for offset, record in sorted(self._decoded(start, end - start), reverse=True,
-                                         key=lambda item: item[0]):
-                if record.height != wanted_height or record.block.hash != wanted_hash:
-                    continue
-                if is_random(pulse_status(record.block.header)):
-                    return LightBlock(record, offset, self._known_set(record),
-                                      f"hash links down from height {head.record.height}")
-                wanted_height -= 1
-                wanted_hash = record.block.header.previous_block_hash
-            end = start
+        for offset, record in islice(self._linked_below(head.offset, head.record),
+                                     MAX_WALK_BACK):
+            if is_random(pulse_status(record.block.header)):
+                return LightBlock(record, offset, self._known_set(record),
+                                  f"hash links down from height {head.record.height}")
         return None
+
+    def _linked_below(self, offset: int, top: FinalizedRecord
+                      ) -> Iterator[tuple[int, FinalizedRecord]]:
+        """The blocks below ``top`` (at ``offset``), newest first, read back ``WINDOW`` records
+        at a time: each is the record whose hash the block above it names, so each is verified
+        by the hash links from ``top``."""
+        low, _ = self.topic.bounds()
+        wanted_height, wanted_hash = top.height - 1, top.block.header.previous_block_hash
+        end = offset
+        while wanted_height >= 1 and end > low:
+            start = max(low, end - WINDOW)
+            for at, record in sorted(self._decoded(start, end - start), reverse=True,
+                                     key=lambda item: item[0]):
+                if record.height == wanted_height and record.block.hash == wanted_hash:
+                    yield at, record
+                    wanted_height -= 1
+                    wanted_hash = record.block.header.previous_block_hash
+            end = start
 
     def block(self, height: int) -> LightBlock:
         """Block ``height`` verified light (module doc). ``LookupError``: not on the topic."""
@@ -227,23 +234,11 @@ class LightChain:
         if not top:
             raise LightUnavailableError(f"the checkpoint's block {self.trusted.height} is not "
                                         "on the topic")
-        offset, record = top[0]
-        wanted_height, wanted_hash = record.height - 1, record.block.header.previous_block_hash
-        low, _ = self.topic.bounds()
-        end = offset
-        while end > low:
-            start = max(low, end - WINDOW)
-            for at, candidate in sorted(self._decoded(start, end - start), reverse=True,
-                                        key=lambda item: item[0]):
-                if candidate.height != wanted_height or candidate.block.hash != wanted_hash:
-                    continue
-                if wanted_height == height:
-                    return LightBlock(candidate, at, self._known_set(candidate),
-                                      "hash links down from the checkpoint at height "
-                                      f"{self.trusted.height}")
-                wanted_height -= 1
-                wanted_hash = candidate.block.header.previous_block_hash
-            end = start
+        for at, candidate in self._linked_below(*top[0]):
+            if candidate.height == height:
+                return LightBlock(candidate, at, self._known_set(candidate),
+                                  "hash links down from the checkpoint at height "
+                                  f"{self.trusted.height}")
         raise LightUnavailableError(f"no hash-linked block {height} below the checkpoint")
 
     def _at_height(self, height: int) -> list[tuple[int, FinalizedRecord]]:
