@@ -263,8 +263,7 @@ def run_audit(
 ) -> AuditReport:
     """The whole audit (module doc). ``settings`` gives the Cassandra to rebuild the projection
     in; ``live_rows`` returns the live projection (its rows alone: positions not known; None:
-    not available); ``pool``
-    verifies the chain's signatures (``audit_chain``)."""
+    not available); ``pool`` verifies the chain's signatures (``audit_chain``)."""
     started = time.monotonic()
     report = AuditReport()
     report.facts["source"] = source.describe()

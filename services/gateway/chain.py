@@ -194,11 +194,16 @@ class ChainView:
             return None
         done = (_dumps(render(StoredBlock(encode_finalized(record), record, validators, offset,
                                           0))), record.block.hash)
-        with self._lock:
-            self._older[key] = done
-            while len(self._older) > 512:
-                self._older.popitem(last=False)
+        self._keep(self._older, key, done, 512)
         return done
+
+    def _keep(self, cache: OrderedDict[tuple[str, int], Any], key: tuple[str, int],
+              value: Any, limit: int) -> None:
+        """Remember ``value`` in ``cache``, forgetting the oldest entries beyond ``limit``."""
+        with self._lock:
+            cache[key] = value
+            while len(cache) > limit:
+                cache.popitem(last=False)
 
     def offset_of(self, height: int) -> int | None:
         """The chain.blocks offset of verified ``height``; None when never seen here."""
@@ -217,10 +222,7 @@ class ChainView:
         if stored is None:
             return None
         body = _dumps(render(stored))
-        with self._lock:
-            self._cache[key] = body
-            while len(self._cache) > 2048:
-                self._cache.popitem(last=False)
+        self._keep(self._cache, key, body, 2048)
         return body
 
     def rendered(self, kind: str, height: int, render: Callable[[StoredBlock], Any]
