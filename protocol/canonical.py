@@ -228,6 +228,9 @@ class CanonicalReader:
     def u64(self) -> int:
         return self._unpack(_U64)
 
+    def i64(self) -> int:
+        return self._unpack(_I64)
+
     def boolean(self) -> bool:
         value = self.u8()
         if value > 1:

@@ -16,7 +16,9 @@ from protocol.canonical import CanonicalDecodeError, CanonicalReader
 from protocol.commit import CommitCertificate, CommitFlag, CommitSig
 from protocol.errors import InputError
 from protocol.evidence import DuplicateVoteEvidence
+from protocol.keys import Algorithm, KeyError_, PublicKey
 from protocol.messages import MessageError, Vote, VoteType
+from protocol.validators import Validator, ValidatorSet, ValidatorSetError
 
 _T = TypeVar("_T")
 MAX_ITEMS = 100_000  # per sequence inside one block; a Kafka message is <= 8 MiB anyway
@@ -161,6 +163,42 @@ def decode_header(data: bytes) -> Header:
     """The header of ``Header.canonical()`` bytes; ``WireError`` on anything else (a light
     client checks headers alone: a pulse range carries headers, not blocks)."""
     return guard("block header", lambda: _header(data))
+
+
+def read_public_key(reader: CanonicalReader) -> PublicKey:
+    """A ``PublicKey.canonical()`` nested in ``reader``."""
+    inner = CanonicalReader(reader.nested(), "PublicKey")
+    algorithm, raw = inner.text(), inner.bytes()
+    inner.done()
+    try:
+        return PublicKey(Algorithm.parse(algorithm), raw)
+    except KeyError_ as exc:
+        raise CanonicalDecodeError(f"bad public key: {exc}") from exc
+
+
+def _validator(data: bytes) -> Validator:
+    r = CanonicalReader(data, "Validator")
+    validator = Validator(r.raw(20), read_public_key(r), r.u64())
+    r.done()
+    return validator
+
+
+def _validator_set(data: bytes) -> ValidatorSet:
+    r = CanonicalReader(data, "ValidatorSet")
+    validators = r.sequence(lambda x: _validator(x.nested()), MAX_ITEMS)
+    r.done()
+    try:
+        decoded = ValidatorSet(validators)
+    except ValidatorSetError as exc:
+        raise WireError(f"malformed validator set: {exc}") from exc
+    if decoded.canonical() != data:  # sorted, no duplicates: one set, one encoding
+        raise WireError("validator set bytes are not the canonical encoding of their content")
+    return decoded
+
+
+def decode_validator_set(data: bytes) -> ValidatorSet:
+    """The set of ``ValidatorSet.canonical()`` bytes; ``WireError`` on anything else."""
+    return guard("validator set", lambda: _validator_set(data))
 
 
 def guard(what: str, decode: Any) -> Any:

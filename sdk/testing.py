@@ -29,6 +29,7 @@ from protocol.commit import CommitCertificate, CommitFlag, CommitSig
 from protocol.finalized import FinalizedRecord
 from protocol.keys import Algorithm, SigningKey
 from protocol.messages import VoteType, vote_sign_bytes
+from protocol.proposer import initial_priorities, next_height, proposer
 from protocol.randomness import block_randomness
 from services.ledger.core import MICRO, Genesis, GenesisAccount, GenesisValidator
 from services.ledger.core.chain_spec import ChainSpec
@@ -98,6 +99,7 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
     records: list[bytes] = []
     last_commit: CommitCertificate | None = None
     seqs = {f"qrng-{i}": 0 for i in range(sources)}
+    priorities = initial_priorities(chain.validators)  # the proposer rotation of a real network
     for height in range(1, heights + 1):
         tip = chain.tip
         entropy: list[EntropyRef] = []
@@ -119,12 +121,14 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
             tx_root=body.tx_root(), evidence_root=body.evidence_root(),
             validators_hash=tip.validators_hash, next_validators_hash=tip.next_validators_hash,
             app_hash=tip.app_hash,
-            proposer_address=chain.validators.validators[height % len(chain.validators)].address,
+            proposer_address=proposer(priorities, chain.validators, 0),
         )
         block = Block(header, body)
         commit = _commit(chain_id, block, by_address,
                          tuple(v.address for v in chain.validators.validators))
+        before = chain.validators
         chain, response = apply_block(chain, spec.app, block, commit)
+        priorities = next_height(priorities, before, chain.validators)
         records.append(encode_finalized(FinalizedRecord(
             chain_id, block, commit, response.app_hash, height * 3, header.time_ms,
             header.time_ms + 100)))

@@ -131,13 +131,15 @@ def read_blocks(
 
 
 class ChainTopic:
-    """Random access to ``chain.blocks`` (one partition) by offset, for reads that must not
-    grow with the chain (``services.consensus.light_reads``): its bounds, taken once (a growing
-    topic is read up to that snapshot), and the records of an offset span. Nothing read here
-    is trusted; the caller verifies every record. Any consumer error raises."""
+    """Random access to ``chain.blocks`` (or another one-partition chain topic, ``name``) by
+    offset, for reads that must not grow with the chain (``services.consensus.light_reads``,
+    ``services.consensus.snapshots``): its bounds, taken once (a growing topic is read up to
+    that point), and the records of an offset span. Nothing read here is trusted; the caller
+    verifies every record. Any consumer error raises."""
 
-    def __init__(self, settings: Settings, *, timeout_s: float = 30.0) -> None:
-        self.topic = settings.topic("chain.blocks")
+    def __init__(self, settings: Settings, *, timeout_s: float = 30.0,
+                 name: str = "chain.blocks") -> None:
+        self.topic = settings.topic(name)
         self.timeout_s = timeout_s
         self._consumer = make_reader(settings, f"chain-reads-{time.time_ns()}",
                                      **{"fetch.wait.max.ms": 10})

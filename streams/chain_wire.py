@@ -9,11 +9,13 @@ Topics and records:
 - ``chain.consensus``: ``ProposalMade`` / ``VoteCast`` (one partition, no key);
 - ``chain.blocks``: ``BlockFinalized`` keyed by the height (8-byte big-endian);
 - ``chain.evidence``: ``DuplicateVoteEvidenceFound`` keyed by the validator address;
-- ``ledger.tx``: ``TransactionSubmitted`` keyed by the sender address.
+- ``ledger.tx``: ``TransactionSubmitted`` keyed by the sender address;
+- ``chain.snapshots``: ``StateSnapshotChunk`` keyed by height and chunk index (compacted).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from protocol.codec import WireError, decode_block, decode_commit, decode_evidence, guard
@@ -21,6 +23,7 @@ from protocol.evidence import DuplicateVoteEvidence
 from protocol.finalized import FinalizedRecord
 from protocol.messages import Vote, VoteType
 from protocol.proposal import Proposal
+from protocol.snapshot import Snapshot
 from streams.codec import Codec, CodecError, default_codec
 
 VOTE_TYPES = {VoteType.PREVOTE: "PREVOTE", VoteType.PRECOMMIT: "PRECOMMIT"}
@@ -191,3 +194,70 @@ def decode_evidence_record(
     ):
         raise WireError("DuplicateVoteEvidenceFound fields do not match its evidence")
     return evidence
+
+
+# ---------------------------------------------------------------- state snapshots
+
+SNAPSHOT_CHUNK_BYTES = 512 * 1024
+
+
+def snapshot_key(height: int, chunk: int) -> bytes:
+    """``chain.snapshots`` key: height then chunk index, so compaction keeps every chunk of
+    every snapshot until a tombstone removes it."""
+    return height.to_bytes(8, "big") + chunk.to_bytes(4, "big")
+
+
+def encode_snapshot_chunks(snapshot: Snapshot, written_by: str, codec: Codec | None = None
+                           ) -> list[tuple[bytes, bytes]]:
+    """(key, value) of each ``StateSnapshotChunk`` of ``snapshot``."""
+    codec = codec or default_codec()
+    data = snapshot.data
+    pieces = [data[at:at + SNAPSHOT_CHUNK_BYTES]
+              for at in range(0, len(data), SNAPSHOT_CHUNK_BYTES)] or [b""]
+    digest = snapshot.hash
+    return [(snapshot_key(snapshot.height, index), codec.encode("StateSnapshotChunk", {
+        "chain_id": snapshot.chain_id, "height": snapshot.height, "snapshot_hash": digest,
+        "chunk": index, "chunks": len(pieces), "data": piece, "written_by": written_by}))
+        for index, piece in enumerate(pieces)]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    chain_id: str
+    height: int
+    snapshot_hash: bytes
+    chunk: int
+    chunks: int
+    data: bytes
+
+
+def decode_snapshot_chunk(data: bytes | None, codec: Codec | None = None) -> SnapshotChunk:
+    codec = codec or default_codec()
+    try:
+        _, record = codec.decode(data, "StateSnapshotChunk")
+    except CodecError as exc:
+        raise WireError(str(exc)) from exc
+    chunk = SnapshotChunk(record["chain_id"], record["height"], record["snapshot_hash"],
+                          record["chunk"], record["chunks"], record["data"])
+    if not 0 <= chunk.chunk < chunk.chunks or chunk.height < 0 or len(chunk.snapshot_hash) != 32:
+        raise WireError(f"snapshot chunk {chunk.chunk} of {chunk.chunks} at height "
+                        f"{chunk.height} is malformed")
+    return chunk
+
+
+def assemble_snapshots(chunks: list[SnapshotChunk], chain_id: str) -> list[Snapshot]:
+    """The complete snapshots of ``chain_id`` among ``chunks`` (one per height and hash, whose
+    bytes hash to the hash their chunks name), newest first. Incomplete ones are left out."""
+    groups: dict[tuple[int, bytes, int], dict[int, bytes]] = {}
+    for chunk in chunks:
+        if chunk.chain_id == chain_id:
+            groups.setdefault((chunk.height, chunk.snapshot_hash, chunk.chunks), {})[
+                chunk.chunk] = chunk.data
+    found = []
+    for (height, digest, count), parts in groups.items():
+        if len(parts) != count:
+            continue
+        snapshot = Snapshot(chain_id, height, b"".join(parts[i] for i in range(count)))
+        if snapshot.hash == digest:
+            found.append(snapshot)
+    return sorted(found, key=lambda s: -s.height)

@@ -44,6 +44,7 @@ READER_ROLES: dict[str, tuple[str, ...]] = {
     "chain.consensus": ("validator", "tally", "monitor"),
     "chain.blocks": ("validator", "tally", "gateway", "monitor"),
     "chain.evidence": ("validator",),
+    "chain.snapshots": ("validator", "tally", "gateway"),
     "ledger.tx": ("validator", "monitor"),
     "users.commands": ("users-handler",),
     "users.events": ("users-handler", "shard-writer"),

@@ -14,12 +14,15 @@ height ended, which it does not replay; the block is the same, so consumers dedu
 and hash, and a different hash at one height is a fork alarm — see ``follower.py``).
 
 Exactly once per height (the edge ``chain.consensus -> chain.blocks``): the tally's position is
-its own output. On start it folds ``chain.blocks`` (verifying every block) and reads
+its own output. On start it takes the newest verified snapshot and folds the rest of
+``chain.blocks`` (verifying every block; ``services.consensus.snapshots``) and reads
 ``chain.consensus`` from right after the ``consensus_offset`` of the last block. Each decision
 is written in one ``streams.transactions.TransactionalBatch`` (``transactional.id`` per
 instance, so a zombie of the same instance is fenced) together with the evidence and dead
-letters collected since the previous one: step 1 begin, step 2 produce them, step 3 flush,
-step 6 commit (no offsets join it, steps 4 and 5 are empty: the position is the output). Evidence
+letters collected since the previous one, and, after every ``snapshot_interval_blocks``
+heights, the state snapshot's chunks on ``chain.snapshots``: step 1 begin, step 2 produce
+them, step 3 flush, step 6 commit (no offsets join it, steps 4 and 5 are empty: the position is
+the output). Evidence
 and dead letters between decisions are written the same way after each polled batch. A crash
 before the commit aborts it and the restarted tally decides that height again from the log; an
 abortable error keeps the outputs pending and the next batch writes them again. Evidence may
@@ -49,8 +52,8 @@ from services.consensus.core.state_machine import (
     VoteReceived,
 )
 from services.consensus.node import ConsensusDriver
+from services.consensus.snapshots import SnapshotWriter, read_chunks, start_follower
 from services.ledger.core.chain_spec import ChainSpec
-from streams.chain_reader import catch_up
 from streams.chain_wire import encode_evidence, encode_finalized, height_key
 from streams.codec import default_codec
 from streams.dlq import DeadLetters
@@ -86,7 +89,13 @@ class Tally(ConsensusDriver):
         self.batch = TransactionalBatch(self.producer)
         self._pending = PendingOutputs()
         self.dlq = DeadLetters(self._pending, settings.topic("dlq.chain"), f"tally-{instance}")
-        follower = catch_up(settings, spec.follower(), on_skip=self.dlq.send)
+        chunks = read_chunks(settings, self.dlq.send)
+        follower, self.start_report = start_follower(
+            settings, spec, settings.state_dir / f"tally-{instance}", on_skip=self.dlq.send,
+            chunks=chunks)
+        self.spec_app = spec.app
+        self.snapshots = SnapshotWriter(lambda state: state.params.snapshot_interval_blocks,
+                                        f"tally-{instance}", chunks)
         super().__init__(ConsensusConfig(spec.chain_id, None), follower, 0)
         self._proposed_at: dict[bytes, int] = {}
         self._evidence_seen: set[bytes] = set()
@@ -125,6 +134,8 @@ class Tally(ConsensusDriver):
         self.follower.last = record
         self._pending.produce(self.settings.topic("chain.blocks"),
                               encode_finalized(record, self.codec), height_key(record.height))
+        for key, value in self.snapshots.records_after(self.follower, self.spec_app):
+            self._pending.produce(self.settings.topic("chain.snapshots"), value, key)
         self._proposed_at = {}
         self._flush()
         self.written += 1

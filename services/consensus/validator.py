@@ -8,7 +8,8 @@ The block builder of DESIGN.md section 3 is the part of this node that keeps the
 and evidence (``BuilderState``) and proposes when the core says this key is the round's
 proposer: proposing and voting share the one double-sign guard, so they live in one process.
 
-Restart: the node folds ``chain.blocks`` (verifying every block) into its chain, then reads
+Restart: the node takes the newest verified state snapshot and folds the rest of
+``chain.blocks`` (verifying every block; ``snapshots.start_follower``) into its chain, then reads
 ``chain.consensus`` from the offset right after the precommit that completed the last finalized
 block (every message of later heights is behind it: a validator only moves on after reading a
 quorum of precommits from the log), and replays it through the core with its persisted
@@ -71,10 +72,10 @@ from services.consensus.evidence_pool import EvidencePool, EvidenceRejectedError
 from services.consensus.guard import SignGuard
 from services.consensus.mempool import Mempool, MempoolRejectedError
 from services.consensus.node import ConsensusDriver, now_ms
+from services.consensus.snapshots import StartReport, start_follower
 from services.consensus.verification import VoteVerifier
 from services.ledger.core.chain_spec import ChainSpec, source_registry
 from services.ledger.core.state import LedgerState
-from streams.chain_reader import catch_up
 from streams.chain_wire import decode_evidence_record, decode_finalized, encode_consensus
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters
@@ -122,8 +123,10 @@ class ValidatorNode(ConsensusDriver):
         self.dlq_chain = DeadLetters(self.producer, settings.topic("dlq.chain"), self.name)
         self.dlq_entropy = DeadLetters(self.producer, settings.topic("dlq.entropy"), self.name)
         self.dlq_ledger = DeadLetters(self.producer, settings.topic("dlq.ledger"), self.name)
+        self.start_report: StartReport | None = None
         if follower is None:
-            follower = catch_up(settings, spec.follower(), on_skip=self.dlq_chain.send)
+            follower, self.start_report = start_follower(settings, spec, guard_path.parent,
+                                                         on_skip=self.dlq_chain.send)
         self._sources = follower.chain.app_state.qrng_sources
         self.builder = BlockBuilder.for_registry(source_registry(follower.chain.app_state),
                                                  follower.chain, options.builder)

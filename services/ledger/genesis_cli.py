@@ -64,6 +64,11 @@ def new(
     simulated: bool = typer.Option(
         True, "--simulated/--hardware", help="Mark the QRNG sources as simulated."
     ),
+    snapshot_interval: int = typer.Option(
+        Params().snapshot_interval_blocks, "--snapshot-interval", min=0,
+        help="Heights between two state snapshots on chain.snapshots (0 = none); nodes start "
+             "from the newest verified one instead of folding the chain from genesis.",
+    ),
 ) -> None:
     """Generate keys and write OUT/genesis.json (default parameters, editable afterwards)."""
     genesis_path = out / "genesis.json"
@@ -95,7 +100,7 @@ def new(
             QrngSource(f"qrng-{index}", key.public_key, simulated)
             for index, key in enumerate(source_keys)
         ),
-        params=Params(),
+        params=Params(snapshot_interval_blocks=snapshot_interval),
     )
     try:
         genesis.validate()

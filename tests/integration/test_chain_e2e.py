@@ -133,12 +133,13 @@ def network_factory(settings: Settings, tmp_path: Path) -> Iterator[object]:
 
     def make(validators: int = 4, interval_ms: int = 1000, sources: int = 2,
              byzantine: tuple[int, ...] = (), tally: bool = True,
-             behaviour: str = "double-sign", byzantine_args: tuple[str, ...] = ()) -> Network:
+             behaviour: str = "double-sign", byzantine_args: tuple[str, ...] = (),
+             genesis_args: tuple[str, ...] = ()) -> Network:
         import subprocess
 
         net_dir = tmp_path / "net"
         subprocess.run([*CLI, "genesis", "new", "--validators", str(validators), "--accounts",
-                        "3", "--sources", str(sources), "--out", str(net_dir)],
+                        "3", "--sources", str(sources), "--out", str(net_dir), *genesis_args],
                        check=True, capture_output=True, env={**os.environ, **env_of(settings)})
         ensure_topics(settings)
         specs = []

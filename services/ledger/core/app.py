@@ -23,6 +23,7 @@ from protocol.validators import ValidatorSet
 from services.ledger.core import distribution, governance, slashing, staking
 from services.ledger.core.errors import AnteError, BlockSequenceError, UnknownHeightError
 from services.ledger.core.execute import admit, execute_tx
+from services.ledger.core.snapshot import decode_ledger_state, encode_ledger_state
 from services.ledger.core.state import LedgerState, evolve, state_hash
 from services.ledger.core.tx import SignatureCheck
 
@@ -109,3 +110,10 @@ class LedgerApp:
 
     def registered_sources(self, state: LedgerState) -> int:
         return len(state.qrng_sources)
+
+    # ``protocol.snapshot.StateCodec``: the state in a snapshot
+    def encode_state(self, state: LedgerState) -> bytes:
+        return encode_ledger_state(state)
+
+    def decode_state(self, data: bytes) -> LedgerState:
+        return decode_ledger_state(data)

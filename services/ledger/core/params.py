@@ -32,6 +32,10 @@ _PERIODS = ("unbonding_period_blocks", "blocks_per_day", "downtime_jail_blocks",
             "max_evidence_age_blocks", "voting_period_blocks")
 
 
+# Parameters added to running chains: encoded only when not at their default (``Params.encode``).
+ADDED_LATER = frozenset({"snapshot_interval_blocks"})
+
+
 def apply_rate(amount: int, rate: int) -> int:
     """``amount * rate / RATE_ONE`` rounded down (never more than the exact share)."""
     return amount * rate // RATE_ONE
@@ -71,6 +75,9 @@ class Params:
     # services
     price_key_material_per_unit: int = 100
     price_storage_per_unit: int = 10
+    # state sync: the chain state is written to chain.snapshots after every height divisible by
+    # this (protocol.snapshot); 0 = no snapshots
+    snapshot_interval_blocks: int = 1_000
     # QRNG registry: an address allowed to register sources directly; empty = governance only
     qrng_registry_authority: bytes = b""
 
@@ -142,10 +149,13 @@ class Params:
         return dataclasses.replace(self, **updates).validate()  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, int | str]:
-        """JSON form (the genesis file): integers, and the authority as hex."""
+        """JSON form (the genesis file): integers, and the authority as hex (a parameter of
+        ``ADDED_LATER`` only when not at its default, like the canonical encoding)."""
         result: dict[str, int | str] = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name in ADDED_LATER and value == field.default:
+                continue
             result[field.name] = value.hex() if isinstance(value, bytes) else value
         return result
 
@@ -172,9 +182,13 @@ class Params:
         return cls(**values).validate()  # type: ignore[arg-type]
 
     def encode(self, writer: CanonicalWriter) -> CanonicalWriter:
-        """Append the canonical encoding: every field in declaration order, u64 or bytes."""
+        """Append the canonical encoding: every field in declaration order, u64 or bytes; a
+        field added after chains were running (``ADDED_LATER``) only when it differs from its
+        default, so the state hashes of those chains stay what they were."""
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name in ADDED_LATER and value == field.default:
+                continue
             writer.text(field.name)
             if isinstance(value, bytes):
                 writer.bytes(value)

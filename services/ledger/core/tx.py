@@ -30,8 +30,9 @@ from protocol.canonical import (
     read_tag,
     sha256,
 )
+from protocol.codec import read_public_key
 from protocol.entropy.registry import source_id_problem
-from protocol.keys import ADDRESS_SIZE, Algorithm, KeyError_, PublicKey, SignatureCheck, SigningKey
+from protocol.keys import ADDRESS_SIZE, PublicKey, SignatureCheck, SigningKey
 from services.ledger.core.errors import InvalidTxError, TxDecodeError
 from services.ledger.core.params import RATE_ONE, U64_MAX
 
@@ -108,14 +109,7 @@ def _write_public_key(writer: CanonicalWriter, key: PublicKey) -> None:
     writer.nested(key.canonical())
 
 
-def _read_public_key(reader: CanonicalReader) -> PublicKey:
-    inner = CanonicalReader(reader.nested(), "PublicKey")
-    algorithm, raw = inner.text(), inner.bytes()
-    inner.done()
-    try:
-        return PublicKey(Algorithm.parse(algorithm), raw)
-    except KeyError_ as exc:
-        raise CanonicalDecodeError(f"bad public key: {exc}") from exc
+_read_public_key = read_public_key  # the chain codec's reader: one key, one encoding
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +360,11 @@ def encode_content(content: ProposalContent) -> bytes:
     writer = CanonicalWriter(content.TAG)
     content.write(writer)
     return writer.finish()
+
+
+def decode_content(data: bytes) -> ProposalContent:
+    """The proposal content of ``encode_content`` bytes."""
+    return _decode_tagged(data, _CONTENT_TYPES)
 
 
 def _decode_tagged(data: bytes, types: dict[str, Callable[[CanonicalReader], B]]) -> B:
