@@ -27,10 +27,12 @@ from protocol.block import Block, Body, EntropyRef, Header, ranges_of
 from protocol.chain import ChainState, apply_block
 from protocol.commit import CommitCertificate, CommitFlag, CommitSig
 from protocol.finalized import FinalizedRecord
+from protocol.follow import BlockFollower
 from protocol.keys import Algorithm, SigningKey
 from protocol.messages import VoteType, vote_sign_bytes
 from protocol.proposer import initial_priorities, next_height, proposer
 from protocol.randomness import block_randomness
+from protocol.snapshot import Snapshot, take_snapshot
 from services.ledger.core import MICRO, Genesis, GenesisAccount, GenesisValidator
 from services.ledger.core.chain_spec import ChainSpec
 from services.ledger.core.genesis import GENESIS_RANDOMNESS_SIZE
@@ -47,6 +49,7 @@ class LocalChain:
     account_keys: tuple[SigningKey, ...]
     records: tuple[bytes, ...]  # encoded BlockFinalized, heights 1..n
     final_state: ChainState  # type: ignore[type-arg]
+    snapshots: tuple[Snapshot, ...] = ()  # the state after every ``snapshot_every`` heights
 
 
 def _commit(chain_id: str, block: Block, keys: dict[bytes, SigningKey],
@@ -65,15 +68,18 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
                      txs: Callable[[int, ChainState, tuple[SigningKey, ...]],  # type: ignore[type-arg]
                                    tuple[bytes, ...]] | None = None,
                      sources_at: Callable[[int], int] | None = None,
+                     snapshot_every: int = 0,
                      ) -> LocalChain:
     """Write ``directory/genesis.json`` and build ``heights`` finalized blocks (see module).
 
     ``algorithm`` signs for the validators and accounts; ``txs(height, chain, account_keys)``
     gives each block's encoded transactions (signed with the account keys, say);
     ``sources_at(height)`` how many sources contribute entropy to that block (default: all),
-    to make pulses without fresh entropy. Blocks are one second apart; by default the last one
-    is a minute old (so a light client's trusting period holds), ``genesis_time_ms`` places the
-    chain elsewhere in time."""
+    to make pulses without fresh entropy; ``snapshot_every`` > 0 also takes the state snapshot
+    (``protocol.snapshot``) after every height divisible by it, as the tally would write it
+    (the genesis parameter says the same interval). Blocks are one second apart; by default the
+    last one is a minute old (so a light client's trusting period holds), ``genesis_time_ms``
+    places the chain elsewhere in time."""
     if genesis_time_ms is None:
         genesis_time_ms = int(time.time() * 1000) - 1000 * heights - 60_000
     validator_keys = tuple(SigningKey.generate(algorithm) for _ in range(validators))
@@ -88,7 +94,7 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
                        for key in validator_keys + account_keys),
         qrng_sources=tuple(QrngSource(f"qrng-{i}", key.public_key, True)
                            for i, key in enumerate(source_keys)),
-        params=Params(),
+        params=Params(snapshot_interval_blocks=snapshot_every) if snapshot_every else Params(),
     )
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "genesis.json"
@@ -100,6 +106,7 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
     last_commit: CommitCertificate | None = None
     seqs = {f"qrng-{i}": 0 for i in range(sources)}
     priorities = initial_priorities(chain.validators)  # the proposer rotation of a real network
+    snapshots: list[Snapshot] = []
     for height in range(1, heights + 1):
         tip = chain.tip
         entropy: list[EntropyRef] = []
@@ -129,11 +136,14 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
         before = chain.validators
         chain, response = apply_block(chain, spec.app, block, commit)
         priorities = next_height(priorities, before, chain.validators)
+        if snapshot_every and height % snapshot_every == 0:
+            snapshots.append(take_snapshot(BlockFollower(spec.app, chain, priorities), spec.app))
         records.append(encode_finalized(FinalizedRecord(
             chain_id, block, commit, response.app_hash, height * 3, header.time_ms,
             header.time_ms + 100)))
         last_commit = commit
-    return LocalChain(path, validator_keys, account_keys, tuple(records), chain)
+    return LocalChain(path, validator_keys, account_keys, tuple(records), chain,
+                      tuple(snapshots))
 
 
 def tamper(raw: bytes, *, header: Callable[[Header], Header] | None = None,

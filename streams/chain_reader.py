@@ -86,9 +86,11 @@ def read_blocks(
     idle_timeout_s: float = 5.0,
     on_skip: Callable[[Record, Exception], object] | None = None,
 ) -> Iterator[VerifiedBlock]:
-    """Verified blocks of ``chain.blocks`` from ``from_height``, folded into ``follower`` (a
-    fresh one from ``ChainSpec.follower()``: every earlier block is read and verified too, since
-    verification needs the state). Stops at the end of the topic unless ``follow``.
+    """Verified blocks of ``chain.blocks`` from ``from_height``, folded into ``follower`` from
+    the offset after its ``last_offset`` (a fresh one from ``ChainSpec.follower()`` reads from
+    the start: every earlier block is read and verified too, since verification needs the
+    state; one started from a snapshot, ``services.consensus.snapshots``, from the block after
+    it). Stops at the end of the topic unless ``follow``.
     Duplicates are skipped, and so is every record that does not decode or verify (garbage, a
     block nobody signed, a conflicting record whose certificate does not verify;
     ``on_skip(record, error)`` hears of each): only a verified fork (``ForkError``) raises.
@@ -96,7 +98,7 @@ def read_blocks(
     topic = settings.topic("chain.blocks")
     consumer = make_consumer(settings, f"reader-{time.time_ns()}", **{"fetch.wait.max.ms": 20})
     try:
-        consumer.assign([Position(topic, 0, 0)])
+        consumer.assign([Position(topic, 0, follower.last_offset + 1)])
         end = consumer.watermarks(topic)[1]
         idle_since = time.monotonic()
         while True:
@@ -110,6 +112,7 @@ def read_blocks(
                         return
                 continue
             idle_since = time.monotonic()
+            follower.last_offset = message.offset
             try:
                 record = decode_finalized(message.value)
                 outcome = follower.accept(record)

@@ -2,6 +2,8 @@
 
 Order (each step needs the one before):
 
+0. ``chain.snapshots``: the complete snapshots, compared while step 1 folds the chain with the
+   snapshot the audit itself would write at their height (``core.snapshots``).
 1. ``chain.blocks`` -> ``ChainAuditor`` (hash links, certificates, randomness, transactions,
    evidence, re-execution and state hashes). Its final ledger state gives the QRNG registry and
    who is tombstoned; its per-height validator sets serve step 2.
@@ -46,12 +48,13 @@ from services.audit.core.rows import (
     unsettled_users,
     without_users,
 )
+from services.audit.core.snapshots import SnapshotAuditor
 from services.audit.sources import LogRecord, LogSource
 from services.ledger.core import LedgerApp
 from services.ledger.core.chain_spec import ChainSpec, source_registry
 from services.ledger.core.errors import LedgerError
 from services.ledger.core.tx import decode_signed_tx
-from streams.chain_wire import decode_consensus
+from streams.chain_wire import assemble_snapshots, decode_consensus, decode_snapshot_chunk
 from streams.codec import CodecError, default_codec
 from streams.settings import Settings
 from streams.signature_pool import SignaturePool
@@ -267,8 +270,14 @@ def run_audit(
     started = time.monotonic()
     report = AuditReport()
     report.facts["source"] = source.describe()
-    spec, chain = audit_chain(source, options, progress, pool=pool)
+    snapshots, incomplete = _snapshot_auditor(source, options)
+    spec, chain = audit_chain(source, options, progress, pool=pool,
+                              on_block=lambda applied: snapshots.applied(applied.height,
+                                                                         applied.chain))
     report.extend(chain.findings)
+    report.extend(snapshots.findings)
+    report.checked["snapshots_verified"] = snapshots.verified
+    report.notes.extend(snapshots.finish(chain.applied_height, incomplete))
     for name, count in chain.counts.items():
         report.checked[f"chain_{name}"] = count
     head = chain.chain
@@ -324,6 +333,26 @@ def run_audit(
         report.notes.append("user database not audited (--no-users)")
     report.facts["seconds"] = round(time.monotonic() - started, 3)
     return report
+
+
+def _snapshot_auditor(source: LogSource, options: AuditOptions
+                      ) -> tuple[SnapshotAuditor, int]:
+    """Step 0 of the module doc: the snapshots on ``chain.snapshots`` (the latest record of
+    each key, as compaction keeps it), to be compared while the chain is folded; and how many
+    are incomplete."""
+    spec = ChainSpec.load(options.genesis)
+    latest: dict[bytes | None, LogRecord] = {}
+    for record in source.read("chain.snapshots"):
+        latest[record.key] = record
+    chunks = []
+    for record in latest.values():
+        if record.value is not None:
+            with contextlib.suppress(WireError):
+                chunks.append(decode_snapshot_chunk(record.value))
+    complete = assemble_snapshots(chunks, spec.chain_id)
+    groups = {(c.height, c.snapshot_hash) for c in chunks if c.chain_id == spec.chain_id}
+    return (SnapshotAuditor.start(spec.initial, spec.app, spec.app, complete),
+            len(groups) - len(complete))
 
 
 def _ranges(heights: list[int]) -> list[str]:

@@ -23,7 +23,8 @@ from streams.errors import KafkaOperationError
 from streams.kafka import KafkaConsumer, Position, make_reader
 from streams.settings import Settings
 
-AUDITED_TOPICS = ("chain.blocks", "chain.consensus", "entropy.raw", "ledger.tx", "users.events")
+AUDITED_TOPICS = ("chain.blocks", "chain.consensus", "entropy.raw", "ledger.tx", "users.events",
+                  "chain.snapshots")
 
 
 class SourceError(OperationError):

@@ -133,9 +133,11 @@ def start_follower(settings: Settings, spec: ChainSpec, state_dir: Path | None, 
                    on_skip: Skip | None = None, full: bool = False, catch_up_now: bool = True,
                    chunks: list[SnapshotChunk] | None = None,
                    ) -> tuple[BlockFollower[LedgerState], StartReport]:
-    """A follower caught up with ``chain.blocks`` (or only started, ``catch_up_now=False``:
-    the caller reads the rest), from the newest usable snapshot (module doc). ``chunks``: the
-    topic's chunks when the caller has read them already."""
+    """A follower caught up with ``chain.blocks``, from the newest usable snapshot (module
+    doc). With ``catch_up_now=False`` it is only started: at the snapshot's state, positioned
+    just before the verified block after it, so the caller's own read of the topic (which
+    yields every block it applies, ``chain_reader.read_blocks``) begins with that block.
+    ``chunks``: the topic's chunks when the caller has read them already."""
     started = time.perf_counter()
     report = StartReport()
     follower: BlockFollower[LedgerState] | None = None
@@ -154,6 +156,10 @@ def start_follower(settings: Settings, spec: ChainSpec, state_dir: Path | None, 
                 log.warning("%s", exc)
                 continue
             report.snapshot_height = snapshot.height
+            if not catch_up_now:  # back to the snapshot's state, before the block after it
+                next_offset = follower.last_offset
+                follower = restore(snapshot, spec.app, spec.app)
+                follower.last_offset = next_offset - 1
             break
     if follower is None:
         follower = spec.follower()

@@ -713,7 +713,14 @@ def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = 
         if state.qrng_sources is not sources[0]:
             registry[0], sources[0] = source_registry(state), state.qrng_sources
 
-    follower = ChainFollower(settings, genesis, view, on_block)
+    def on_start(follower: Any) -> None:
+        """Started from a verified snapshot: the state there, as if folded up to it."""
+        previous[0] = follower.chain
+        gateway.ledger.state = state = follower.chain.app_state
+        registry[0], sources[0] = source_registry(state), state.qrng_sources
+
+    follower = ChainFollower(settings, genesis, view, on_block, on_start=on_start,
+                             state_dir=settings.state_dir / "gateway")
     gateway.starters.append(follower.start)
     gateway.stoppers.append(follower.stop)
     if keys:

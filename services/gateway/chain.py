@@ -10,10 +10,12 @@ the fresh and registered source counts). ``/v1/beacon/latest`` is the latest *ra
 block without fresh entropy from enough sources is served at its height, marked, but never as
 the latest random value (the head document says which height that is).
 
-``ChainFollower`` feeds it: ``follower.read_blocks`` re-verifies every block from genesis
-(hash links, certificates, randomness, state hashes), so a block reaches the API only after the
-gateway verified it. A block that does not verify stops the feed and marks the view unhealthy
-(``/readyz`` says why); the reader restarts after a pause, continuing where the view is.
+``ChainFollower`` feeds it: it starts from the newest verified state snapshot
+(``services.consensus.snapshots``; the genesis when there is none) and ``read_blocks`` verifies
+every block after it (hash links, certificates, randomness, state hashes), so a block reaches
+the API only after the gateway verified it. A block that does not verify stops the feed and
+marks the view unhealthy (``/readyz`` says why); the reader restarts after a pause, continuing
+where the view is.
 
 Retention: the last ``retain`` blocks stay in memory. Older heights are read back from
 ``chain.blocks`` at the offset the view recorded when it verified them
@@ -399,11 +401,17 @@ class ChainFollower:
     """A daemon thread feeding ``view`` from ``chain.blocks`` (see module doc)."""
 
     def __init__(self, settings: Any, genesis: Path, view: ChainView,
-                 on_block: Callable[[Any], None] | None = None) -> None:
+                 on_block: Callable[[Any], None] | None = None, *,
+                 on_start: Callable[[Any], None] = lambda follower: None,
+                 state_dir: Path | None = None, full: bool = False) -> None:
         self.settings = settings
         self.genesis = genesis
         self.view = view
         self.on_block = on_block
+        self.on_start = on_start  # hears the follower when it starts from a snapshot
+        self.state_dir = state_dir  # where the light-client checkpoint is kept
+        self.full = full  # fold chain.blocks from genesis, ignoring snapshots
+        self.start_report: Any = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chain-follower", daemon=True)
 
@@ -415,9 +423,12 @@ class ChainFollower:
 
     def _run(self) -> None:
         from protocol.follow import FollowError
+        from services.consensus.snapshots import start_follower
         from streams.chain_reader import read_blocks
         from streams.kafka import make_consumer
 
+        spec = ChainSpec.load(self.genesis)
+        follower = None
         while not self._stop.is_set():
             try:
                 probe = make_consumer(self.settings, f"gateway-probe-{time.time_ns()}")
@@ -427,10 +438,15 @@ class ChainFollower:
                     probe.close()
                 if end == 0:
                     self.view.caught_up = True
-                # After a reconnect, blocks already in the view are verified again (the
-                # state needs them) but not handed out again: on_block must not see the ledger
-                # go back in time.
-                for verified in read_blocks(self.settings, ChainSpec.load(self.genesis).follower(),
+                if follower is None:
+                    # From the newest verified snapshot (or the genesis): the start does not
+                    # grow with the chain. After a reconnect the follower goes on where it was.
+                    follower, self.start_report = start_follower(
+                        self.settings, spec, self.state_dir, catch_up_now=False,
+                        full=self.full)
+                    if self.start_report.snapshot_height is not None:
+                        self.on_start(follower)
+                for verified in read_blocks(self.settings, follower,
                                             self.view.head_height + 1, follow=True,
                                             idle_timeout_s=1.0):
                     self.view.add_verified(verified)
