@@ -99,6 +99,7 @@ class NodeOptions:
     commit_window_ms: int = 1000  # awaits late precommits for the next last_commit (node.py)
     absent_window_ms: int = 300  # ... of validators absent from the previous last_commit
     builder: BuilderOptions = field(default_factory=BuilderOptions)
+    from_genesis: bool = False  # fold chain.blocks from genesis, ignoring state snapshots
 
 
 class ValidatorNode(ConsensusDriver):
@@ -126,7 +127,8 @@ class ValidatorNode(ConsensusDriver):
         self.start_report: StartReport | None = None
         if follower is None:
             follower, self.start_report = start_follower(settings, spec, guard_path.parent,
-                                                         on_skip=self.dlq_chain.send)
+                                                         on_skip=self.dlq_chain.send,
+                                                         full=options.from_genesis)
         self._sources = follower.chain.app_state.qrng_sources
         self.builder = BlockBuilder.for_registry(source_registry(follower.chain.app_state),
                                                  follower.chain, options.builder)

@@ -32,6 +32,10 @@ def run(
              "absent (down, or late beyond the window), so one that is down does not slow "
              "every height by the full window"),
     duration_s: float | None = typer.Option(None, "--duration", help="stop after seconds"),
+    from_genesis: bool = typer.Option(
+        False, "--from-genesis",
+        help="fold chain.blocks from genesis on start instead of starting from the newest "
+             "verified state snapshot on chain.snapshots (slower, linear in the chain)"),
     verify_workers: int = typer.Option(
         0, "--verify-workers", min=0,
         help="processes verifying vote signatures beside the node (0: in the node). Pays with "
@@ -48,7 +52,8 @@ def run(
     defaults = NodeOptions()
     options = replace(defaults, block_interval_ms=block_interval_ms,
                       commit_window_ms=commit_window_ms, absent_window_ms=absent_window_ms,
-                      timeouts=replace(defaults.timeouts, propose_ms=propose_timeout_ms))
+                      timeouts=replace(defaults.timeouts, propose_ms=propose_timeout_ms),
+                      from_genesis=from_genesis)
     node = run_validator(settings, genesis, key, state_dir or settings.state_dir / "validators",
                          options, duration_s, verify_workers=verify_workers)
     typer.echo(f"stopped at height {node.follower.next_height}; sent {node.sent} messages; "
