@@ -58,6 +58,7 @@ from streams.chain_wire import (
     encode_snapshot_chunks,
     snapshot_key,
 )
+from streams.errors import KafkaOperationError
 from streams.kafka import Record
 from streams.settings import Settings
 
@@ -145,11 +146,20 @@ def start_follower(settings: Settings, spec: ChainSpec, state_dir: Path | None, 
     kept = checkpoint_path(state_dir, genesis) if state_dir is not None else None
     if not full:
         trusted = load_checkpoint(kept, genesis) if kept is not None else genesis
-        if chunks is None:
-            chunks = read_chunks(settings, on_skip)
-        for snapshot in assemble_snapshots(chunks, spec.chain_id):
+        try:
+            if chunks is None:
+                chunks = read_chunks(settings, on_skip)
+            candidates = assemble_snapshots(chunks, spec.chain_id)
+        except KafkaOperationError as exc:  # the fold from genesis does not need them
+            report.rejected.append(f"chain.snapshots could not be read: {exc}")
+            candidates = []
+        for snapshot in candidates:
             try:
                 follower = verified_snapshot(settings, spec, snapshot, trusted)
+            except KafkaOperationError as exc:
+                report.rejected.append(f"after height {snapshot.height}: chain.blocks could "
+                                       f"not be read to verify it: {exc}")
+                continue
             except SnapshotError as exc:
                 report.rejected.append(exc.reason if exc.height is None
                                        else f"after height {exc.height}: {exc.reason}")

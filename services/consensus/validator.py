@@ -14,6 +14,8 @@ Restart: the node takes the newest verified state snapshot and folds the rest of
 block (every message of later heights is behind it: a validator only moves on after reading a
 quorum of precommits from the log), and replays it through the core with its persisted
 ``SignerState``: what it signed before is re-sent byte-identical, nothing conflicting is signed.
+``chain.evidence``, ``ledger.tx`` and ``entropy.raw`` are read from log times the chain state
+gives (``input_start_times``), not from their beginning.
 
 Commit order of the output edge (signature -> ``chain.consensus``): the core returns the new
 signer state with each signed message; ``SignGuard.persist`` fsyncs it; then the message is
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.chain import ChainState
 from protocol.codec import WireError
 from protocol.commit import CommitFlag, record_sign_bytes
 from protocol.entropy.chain import Chunk
@@ -70,7 +73,7 @@ from services.consensus.core.state_machine import (
 )
 from services.consensus.evidence_pool import EvidencePool, EvidenceRejectedError
 from services.consensus.guard import SignGuard
-from services.consensus.mempool import Mempool, MempoolRejectedError
+from services.consensus.mempool import FUTURE_TTL_HEIGHTS, Mempool, MempoolRejectedError
 from services.consensus.node import ConsensusDriver, now_ms
 from services.consensus.snapshots import StartReport, start_follower
 from services.consensus.verification import VoteVerifier
@@ -100,6 +103,37 @@ class NodeOptions:
     absent_window_ms: int = 300  # ... of validators absent from the previous last_commit
     builder: BuilderOptions = field(default_factory=BuilderOptions)
     from_genesis: bool = False  # fold chain.blocks from genesis, ignoring state snapshots
+    entropy_lookback_ms: int = 600_000  # entropy.raw read from this long before the last
+    # block on start (0: the whole topic); see ``input_start_times``
+
+
+CLOCK_SKEW_MS = 60_000  # log times (the writers' clocks) against block times (proposers')
+
+
+def input_start_times(chain: ChainState[Any], options: NodeOptions) -> dict[str, int]:
+    """The log time from which a node starting at ``chain`` reads each input (issue 17: never
+    the whole history), each less ``CLOCK_SKEW_MS``; an input missing here is read whole:
+
+    - ``chain.evidence``: the block time of the oldest height of the evidence window (evidence
+      of an older offence is refused anyway, and none is written before its offence);
+    - ``ledger.tx``: the block time ``FUTURE_TTL_HEIGHTS`` heights back (or the window's
+      oldest): a transaction not included by then either executed, went stale, or would have
+      left the mempool; its sender resubmits;
+    - ``entropy.raw``: ``options.entropy_lookback_ms`` before the last block (0: whole): chunks
+      are included within seconds of their checkpoint, so the chunks the chain expects next
+      are in that span (a source whose are not is reported unjoinable, as before).
+
+    At genesis everything is read whole."""
+    tip = chain.tip
+    if tip.height <= 1 or not chain.history:
+        return {}
+    oldest = chain.history[0].time_ms
+    ttl = chain.record_of(tip.height - 1 - FUTURE_TTL_HEIGHTS)
+    starts = {"chain.evidence": oldest - CLOCK_SKEW_MS,
+              "ledger.tx": (ttl.time_ms if ttl is not None else oldest) - CLOCK_SKEW_MS}
+    if options.entropy_lookback_ms > 0:
+        starts["entropy.raw"] = tip.previous_time_ms - options.entropy_lookback_ms - CLOCK_SKEW_MS
+    return {name: max(0, at) for name, at in starts.items()}
 
 
 class ValidatorNode(ConsensusDriver):
@@ -363,17 +397,26 @@ class ValidatorNode(ConsensusDriver):
         self.guard.close()
 
     def assignments(self) -> list[Position]:
+        """Where each input is read from: ``chain.consensus`` and ``chain.blocks`` from the
+        follower's position, the others from the log time ``input_start_times`` gives (the
+        first record at or after it, found by Kafka's time index, never by a scan; the end of
+        a partition with nothing that late; its beginning without a time)."""
         s = self.settings
         parts = [
             Position(s.topic("chain.consensus"), 0, self.consensus_resume_offset),
             Position(s.topic("chain.blocks"), 0, self.follower.last_offset + 1),
-            Position(s.topic("chain.evidence"), 0, 0),
         ]
+        starts = input_start_times(self.follower.chain, self.options)
         consumer = make_consumer(s, f"{self.name}-meta")
         try:
-            for name in ("ledger.tx", "entropy.raw"):
+            for name in ("chain.evidence", "ledger.tx", "entropy.raw"):
                 topic = s.topic(name)
-                parts.extend(Position(topic, p, 0) for p in consumer.partitions(topic))
+                for partition in consumer.partitions(topic):
+                    at = starts.get(name)
+                    offset = 0 if at is None else consumer.offset_for_time(topic, partition, at)
+                    if offset is None:
+                        offset = consumer.watermarks(topic, partition)[1]
+                    parts.append(Position(topic, partition, offset))
         finally:
             consumer.close()
         return parts

@@ -36,6 +36,10 @@ def run(
         False, "--from-genesis",
         help="fold chain.blocks from genesis on start instead of starting from the newest "
              "verified state snapshot on chain.snapshots (slower, linear in the chain)"),
+    entropy_lookback_s: float = typer.Option(
+        600.0, "--entropy-lookback-s", min=0.0,
+        help="on start, read entropy.raw from this long before the last block (found by "
+             "Kafka's time index; 0 = the whole topic)"),
     verify_workers: int = typer.Option(
         0, "--verify-workers", min=0,
         help="processes verifying vote signatures beside the node (0: in the node). Pays with "
@@ -53,7 +57,8 @@ def run(
     options = replace(defaults, block_interval_ms=block_interval_ms,
                       commit_window_ms=commit_window_ms, absent_window_ms=absent_window_ms,
                       timeouts=replace(defaults.timeouts, propose_ms=propose_timeout_ms),
-                      from_genesis=from_genesis)
+                      from_genesis=from_genesis,
+                      entropy_lookback_ms=int(entropy_lookback_s * 1000))
     node = run_validator(settings, genesis, key, state_dir or settings.state_dir / "validators",
                          options, duration_s, verify_workers=verify_workers)
     typer.echo(f"stopped at height {node.follower.next_height}; sent {node.sent} messages; "

@@ -8,17 +8,26 @@ from __future__ import annotations
 import dataclasses
 import signal
 import time
+from pathlib import Path
 
 from confluent_kafka import Producer
 
 from protocol.messages import Vote, VoteType
 from protocol.snapshot import restore, take_snapshot
+from sdk.testing import make_local_chain
 from services.consensus.snapshots import read_chunks, start_follower
 from services.ledger.core.chain_spec import ChainSpec
 from services.ledger.core.state import state_hash
+from streams.admin import ensure_topics
 from streams.chain_reader import read_blocks
-from streams.chain_wire import assemble_snapshots, decode_consensus, encode_snapshot_chunks
+from streams.chain_wire import (
+    assemble_snapshots,
+    decode_consensus,
+    decode_finalized,
+    encode_snapshot_chunks,
+)
 from streams.kafka import Position, make_consumer
+from streams.settings import Settings
 from tests.integration.test_chain_e2e import Network, finalized_height, network_factory
 
 __all__ = ["network_factory"]
@@ -125,3 +134,33 @@ def test_a_tampered_snapshot_is_rejected_and_the_previous_one_used(
     full, _ = start_follower(settings, spec, None, full=True)
     assert follower.chain.tip == full.chain.tip
     assert state_hash(follower.chain.app_state) == state_hash(full.chain.app_state)
+
+
+def test_a_restarted_validator_reads_its_inputs_from_times_not_from_the_beginning(
+        settings: Settings, tmp_path: Path) -> None:
+    """Records older than what the chain state needs are never read again: the positions come
+    from Kafka's time index (``input_start_times``)."""
+    from services.consensus.validator import CLOCK_SKEW_MS, NodeOptions, ValidatorNode
+
+    ensure_topics(settings)
+    chain = make_local_chain(tmp_path / "chain", 150)
+    first_time = decode_finalized(chain.records[0]).block.header.time_ms
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    for raw in chain.records:
+        producer.produce(settings.topic("chain.blocks"), raw, partition=0)
+    old, new = first_time - CLOCK_SKEW_MS - 60_000, int(time.time() * 1000)
+    for name in ("ledger.tx", "entropy.raw", "chain.evidence"):
+        for index in range(40):  # history the node must not read again, then recent records
+            producer.produce(settings.topic(name), b"junk", partition=0,
+                             timestamp=old if index < 30 else new)
+    assert producer.flush(30) == 0
+    spec = ChainSpec.load(chain.genesis)
+    node = ValidatorNode(settings, spec, chain.validator_keys[0], tmp_path / "guard.json",
+                         NodeOptions(entropy_lookback_ms=60_000))
+    try:
+        assert node.follower.chain.tip.height == 151
+        positions = {(p.topic, p.partition): p.offset for p in node.assignments()}
+    finally:
+        node.close()
+    for name in ("ledger.tx", "entropy.raw", "chain.evidence"):
+        assert positions[(settings.topic(name), 0)] == 30, name
