@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from protocol.follow import BlockFollower
+from protocol.snapshot import SnapshotError
 from services.ledger.core import LedgerState
 from services.ledger.core.chain_spec import ChainSpec
 from services.ledger.genesis_cli import GENESIS_OPTION, genesis_path
@@ -232,6 +233,55 @@ def follow(
                 )
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def snapshots(
+    genesis: Path | None = GENESIS_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the state snapshots on chain.snapshots, newest first, each verified as a node
+    starting from it would verify it: the block after it is verified light from the kept
+    checkpoint or the genesis, the snapshot's state must hash to that block's app hash, and
+    the block must apply to it. Exit 1 when one is on the topic that no node would accept."""
+    from services.consensus.light_reads import checkpoint_path, load_checkpoint
+    from services.consensus.snapshots import read_chunks, verified_snapshot
+    from streams.chain_wire import assemble_snapshots
+    from streams.settings import load_settings
+
+    settings = load_settings()
+    spec = ChainSpec.load(genesis_path(genesis))
+    start = spec.checkpoint()
+    trusted = load_checkpoint(checkpoint_path(settings.state_dir, start), start)
+    rows: list[dict[str, Any]] = []
+    with Console(stderr=True).status("reading and verifying chain.snapshots ..."):
+        chunks = read_chunks(settings)
+        for snapshot in assemble_snapshots(chunks, spec.chain_id):
+            row: dict[str, Any] = {"height": snapshot.height, "hash": snapshot.hash.hex(),
+                                   "bytes": len(snapshot.data)}
+            try:
+                verified_snapshot(settings, spec, snapshot, trusted)
+                row["verified"], row["reason"] = True, ""
+            except SnapshotError as exc:
+                row["verified"], row["reason"] = False, exc.reason
+            rows.append(row)
+    complete = {(row["height"], row["hash"]) for row in rows}
+    incomplete = {(c.height, c.snapshot_hash.hex()) for c in chunks
+                  if c.chain_id == spec.chain_id} - complete
+    if as_json:
+        print(json.dumps({"snapshots": rows, "incomplete": len(incomplete)}))
+    else:
+        table = Table("height", "hash", "bytes", "verified")
+        for row in rows:
+            table.add_row(str(row["height"]), row["hash"][:16], str(row["bytes"]),
+                          "yes" if row["verified"] else f"[red]no: {row['reason']}[/]")
+        console = output_console()
+        console.print(table if rows else "no state snapshot on chain.snapshots")
+        if incomplete:
+            console.print(f"{len(incomplete)} incomplete snapshots (chunks missing)")
+    if any(not row["verified"] and "not on chain.blocks yet" not in row["reason"]
+           for row in rows):
+        raise typer.Exit(1)
 
 
 def _follower(genesis: Path | None) -> BlockFollower[LedgerState]:

@@ -8,6 +8,8 @@ there. What it serves agrees with the chain, and its ledger view is the chain's 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -77,3 +79,33 @@ def test_the_gateway_starts_from_the_newest_usable_snapshot(settings: Settings,
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_chain_snapshots_lists_and_verifies_what_is_on_the_topic(settings: Settings,
+                                                                tmp_path: Path) -> None:
+    ensure_topics(settings)
+    chain = make_local_chain(tmp_path / "chain", 60, snapshot_every=20)
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    for raw in chain.records:
+        producer.produce(settings.topic("chain.blocks"), raw, partition=0)
+    for snapshot in chain.snapshots:
+        for key, value in encode_snapshot_chunks(snapshot, "test"):
+            producer.produce(settings.topic("chain.snapshots"), value, key)
+    assert producer.flush(30) == 0
+    env = {**os.environ, **settings.to_env(), "QUSTREAM_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run([*CLI, "chain", "snapshots", "--json", "--genesis",
+                           str(chain.genesis)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(done.stdout)["snapshots"]
+    assert [(r["height"], r["verified"]) for r in rows] == [(60, False), (40, True), (20, True)]
+    assert "not on chain.blocks yet" in rows[0]["reason"]
+    # a snapshot that is not the chain's state makes the command fail
+    forged = dataclasses.replace(chain.snapshots[0], data=chain.snapshots[1].data)
+    producer.produce(settings.topic("chain.snapshots"),
+                     encode_snapshot_chunks(forged, "attacker")[0][1],
+                     encode_snapshot_chunks(forged, "attacker")[0][0])
+    assert producer.flush(30) == 0
+    done = subprocess.run([*CLI, "chain", "snapshots", "--genesis", str(chain.genesis)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "no:" in done.stdout, done.stdout + done.stderr

@@ -30,6 +30,7 @@ MUTABLE_FOLDS = {
     ("services/audit/core/equivocation.py", "EquivocationScanner"):
         "the audit's fold, fed by its shell",
     ("services/audit/core/findings.py", "AuditReport"): "the findings being collected",
+    ("services/audit/core/snapshots.py", "SnapshotAuditor"): "the audit's fold, fed by its shell",
     ("services/audit/core/projection.py", "_Row"): "a row of the Cassandra write-rule fold",
     ("services/audit/core/projection.py", "ProjectionFold"): "the Cassandra write-rule fold",
     ("services/shard_writer/core/partition.py", "PartitionState"):
