@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from confluent_kafka import Producer
 
-from sdk.testing import make_local_chain
+from sdk.testing import LocalChain, make_local_chain
 from streams.admin import ensure_topics
 from streams.chain_wire import decode_finalized, encode_snapshot_chunks
 from streams.settings import Settings
@@ -34,11 +34,8 @@ def _port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_the_gateway_starts_from_the_newest_usable_snapshot(settings: Settings,
-                                                            tmp_path: Path) -> None:
-    ensure_topics(settings)
-    chain = make_local_chain(tmp_path / "chain", 300, snapshot_every=100)
-    assert [s.height for s in chain.snapshots] == [100, 200, 300]
+def _publish(settings: Settings, chain: LocalChain) -> Producer:
+    """The chain's blocks on chain.blocks and its snapshots' chunks on chain.snapshots."""
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers,
                          "enable.idempotence": True})
     for raw in chain.records:
@@ -47,6 +44,15 @@ def test_the_gateway_starts_from_the_newest_usable_snapshot(settings: Settings,
         for key, value in encode_snapshot_chunks(snapshot, "test"):
             producer.produce(settings.topic("chain.snapshots"), value, key)
     assert producer.flush(30) == 0
+    return producer
+
+
+def test_the_gateway_starts_from_the_newest_usable_snapshot(settings: Settings,
+                                                            tmp_path: Path) -> None:
+    ensure_topics(settings)
+    chain = make_local_chain(tmp_path / "chain", 300, snapshot_every=100)
+    assert [s.height for s in chain.snapshots] == [100, 200, 300]
+    _publish(settings, chain)
 
     port = _port()
     env = {**os.environ, **settings.to_env(), "QUSTREAM_STATE_DIR": str(tmp_path / "state"),
@@ -85,13 +91,7 @@ def test_chain_snapshots_lists_and_verifies_what_is_on_the_topic(settings: Setti
                                                                 tmp_path: Path) -> None:
     ensure_topics(settings)
     chain = make_local_chain(tmp_path / "chain", 60, snapshot_every=20)
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
-    for raw in chain.records:
-        producer.produce(settings.topic("chain.blocks"), raw, partition=0)
-    for snapshot in chain.snapshots:
-        for key, value in encode_snapshot_chunks(snapshot, "test"):
-            producer.produce(settings.topic("chain.snapshots"), value, key)
-    assert producer.flush(30) == 0
+    producer = _publish(settings, chain)
     env = {**os.environ, **settings.to_env(), "QUSTREAM_STATE_DIR": str(tmp_path / "state")}
     done = subprocess.run([*CLI, "chain", "snapshots", "--json", "--genesis",
                            str(chain.genesis)], cwd=ROOT, env=env, capture_output=True,
