@@ -164,3 +164,19 @@ def test_a_restarted_validator_reads_its_inputs_from_times_not_from_the_beginnin
         node.close()
     for name in ("ledger.tx", "entropy.raw", "chain.evidence"):
         assert positions[(settings.topic(name), 0)] == 30, name
+
+
+def test_a_validator_restarted_after_2000_blocks_votes_within_seconds(
+        settings: Settings, tmp_path: Path) -> None:
+    """2,000 signed blocks (made locally) and the snapshots the tally keeps are on the topics;
+    a validator of that chain starts with an empty state directory and must prevote for height
+    2,001, whose proposal is waiting on chain.consensus, within seconds (``bench.startup``
+    measures the same against the fold from genesis)."""
+    from bench.startup import _next_height, _validator, _write
+
+    ensure_topics(settings)
+    chain = make_local_chain(tmp_path / "chain", 2000, snapshot_every=500)
+    _write(settings, chain, 2000)
+    voters = _next_height(settings, chain, 2000)
+    seconds = _validator(settings, chain, voters[0], 2001)
+    assert seconds < 20, f"first vote {seconds:.1f} s after the start"
