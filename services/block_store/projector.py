@@ -119,7 +119,8 @@ class BlockProjector(LoopService):
         create_tables(session, settings.cassandra.keyspace,
                       replication_factor=settings.cassandra.replication_factor,
                       datacenter=settings.cassandra.local_datacenter)
-        consumer = make_consumer(settings, f"block-store-{time.time_ns()}",
+        # assigned, never committed; the prefix keeps it inside the role's group ACL anyway
+        consumer = make_consumer(settings, f"{settings.topic_prefix}block-store-{time.time_ns()}",
                                  **{"enable.partition.eof": False})
         return cls(settings, spec, session, consumer, make_producer(settings),
                    max_batch=max_batch)
