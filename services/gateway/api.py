@@ -180,6 +180,9 @@ class _Metrics:
                           registry=self.registry)
         self.keys_served = Counter("qustream_gateway_keys_delivered", "Key deliveries",
                                    registry=self.registry)
+        self.store_refused = Gauge("qustream_gateway_block_store_refused",
+                                   "Block store rows that failed the gateway's checks (not "
+                                   "served)", registry=self.registry)
 
 
 class _Guard:
@@ -444,6 +447,8 @@ def create_app(gateway: Gateway) -> FastAPI:
              response_class=Response)
     def prometheus_metrics() -> Response:
         metrics.head.set(view.head_height)
+        # only the block store's archive refuses rows (Kafka is read at offsets verified here)
+        metrics.store_refused.set(getattr(pulses.archive, "refused", 0))
         if gateway.key_service is not None:
             metrics.pool.set(gateway.key_service.pool.status().get("available_bytes", 0))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -37,6 +37,7 @@ from services.block_store.queries import BlockQueries, RawBlock
 from services.block_store.store import BlockStoreError
 from services.gateway.chain import ChainView, StoredBlock
 from services.gateway.pulses import BlockArchive
+from services.ledger.core.chain_spec import ChainSpec
 from streams.chain_wire import decode_finalized
 
 log = logging.getLogger("qustream.gateway.store")
@@ -65,10 +66,10 @@ class CassandraBlockArchive:
         self._on_close = on_close
 
     @classmethod
-    def connect(cls, settings: Any, spec: Any, view: ChainView,
+    def connect(cls, settings: Any, spec: ChainSpec, view: ChainView,
                 fallback: BlockArchive | None = None) -> CassandraBlockArchive:
-        """The archive of the chain of ``spec`` (a ``ChainSpec``) in the settings' keyspace;
-        ``StoreError`` when Cassandra cannot be reached."""
+        """The archive of the chain of ``spec`` in the settings' keyspace; ``StoreError`` when
+        Cassandra cannot be reached."""
         from services.shard_writer.store import connect
 
         cluster, session = connect(settings)

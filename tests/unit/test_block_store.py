@@ -350,6 +350,9 @@ def test_the_gateway_answers_from_the_store_for_heights_it_never_verified(
     assert http.get("/v1/blocks/2").status_code == 410
     assert http.get("/v1/beacon/2").status_code == 410
     assert http.get("/v1/validators/2").status_code == 410
+    store.replace(3, b"garbage")  # changed in Cassandra: refused, counted, not served
+    assert http.get("/v1/blocks/3").status_code == 410
+    assert "qustream_gateway_block_store_refused 1.0" in http.get("/metrics").text
 
 
 def test_stored_records_round_trip(chain: LocalChain) -> None:
