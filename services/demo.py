@@ -9,8 +9,8 @@ What it does, in order (each step is idempotent, so a second run continues the s
    could never be included, and every pulse would lack fresh entropy);
 3. creates the catalogue's topics;
 4. starts every service as its own OS process under ``streams.supervisor``: the QRNG servers,
-   the validators (each with its block builder), the tally, the user command handler and the
-   shard_writer — the same commands a deployment runs;
+   the validators (each with its block builder), the tally, the user command handler, the
+   shard_writer and the block store's projector — the same commands a deployment runs;
 5. registers a few users and stores encrypted records through the public CLI;
 6. shows finalized blocks (verified from genesis, not taken from the topic on trust), QRNG
    health and rate, validator power, missed blocks and jail status, the monitor's active
@@ -351,6 +351,8 @@ def _services(settings: Settings, demo_dir: Path, validators: int, sources: int,
     specs.append(ServiceSpec("tally", (*QUSTREAM, "tally", "run", "--genesis", genesis)))
     specs.append(ServiceSpec("users-handler", (*QUSTREAM, "users", "handler")))
     specs.append(ServiceSpec("shard-writer", (*QUSTREAM, "users", "shard-writer")))
+    specs.append(ServiceSpec("block-store", (*QUSTREAM, "blocks", "project", "--genesis",
+                                             genesis)))
     specs.append(ServiceSpec("monitor", (*QUSTREAM, "monitor", "run", "--genesis", genesis,
                                          "--quiet")))
     specs.append(ServiceSpec("gateway", (*QUSTREAM, "gateway", "run", "--host", "127.0.0.1",

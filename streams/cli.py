@@ -59,6 +59,7 @@ _PARTS: tuple[tuple[str, str, str, str], ...] = (
     ("chain", "services.consensus.chain_cli", "app", "group"),
     ("validator", "services.consensus.validator_cli", "app", "group"),
     ("tally", "services.consensus.tally_cli", "app", "group"),
+    ("blocks", "services.block_store.cli", "app", "group"),
     ("tx", "services.ledger.tx_cli", "app", "group"),
     ("users", "services.shard_writer.cli", "app", "group"),
     ("gateway", "services.gateway.cli", "app", "group"),

@@ -17,7 +17,8 @@ from protocol.errors import QuStreamError
 from streams.topics import CATALOGUE, TopicSpec
 
 ROLES: tuple[str, ...] = (
-    "qrng", "validator", "tally", "gateway", "users-handler", "shard-writer", "monitor",
+    "qrng", "validator", "tally", "gateway", "users-handler", "shard-writer", "block-store",
+    "monitor",
 )
 
 WRITER_ROLES: dict[str, tuple[str, ...]] = {
@@ -31,7 +32,7 @@ WRITER_ROLES: dict[str, tuple[str, ...]] = {
     "gateway": ("gateway",),
     "user command handler": ("users-handler",),
     "entropy consumers": ("validator", "gateway"),
-    "consensus consumers": ("validator", "tally"),
+    "consensus consumers": ("validator", "tally", "block-store"),
     "ledger consumers": ("validator", "tally"),
     "user consumers": ("users-handler", "shard-writer"),
     "monitor": ("monitor",),
@@ -42,7 +43,7 @@ READER_ROLES: dict[str, tuple[str, ...]] = {
     "entropy.private": ("gateway",),
     "qrng.status": ("gateway", "monitor"),
     "chain.consensus": ("validator", "tally", "monitor"),
-    "chain.blocks": ("validator", "tally", "gateway", "monitor"),
+    "chain.blocks": ("validator", "tally", "gateway", "block-store", "monitor"),
     "chain.evidence": ("validator",),
     "chain.snapshots": ("validator", "tally", "gateway"),
     "ledger.tx": ("validator", "monitor"),

@@ -38,7 +38,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
-from protocol.finalized import FinalizedRecord
 from protocol.keydelivery import MAX_LENGTH, MIN_LENGTH
 from services.gateway.auth import REFRESH_S, ApiKeyRecord, ApiKeyStore, key_from_headers
 from services.gateway.beacon import IMMUTABLE, NO_CACHE, cached, install_beacon
@@ -50,6 +49,7 @@ from services.gateway.chain import (
     etag_of,
     sse_document,
     sse_event,
+    validators_document,
 )
 from services.gateway.explorer.documents import GenesisAnchor
 from services.gateway.explorer.feeds import NetworkFeeds
@@ -78,6 +78,8 @@ from services.gateway.users import (
 
 JSON = "application/json"
 MAX_RANGE = 100
+NOT_RETAINED = ("block %d is older than this gateway's window and neither its block store nor "
+                "chain.blocks (at an offset it verified) gives it")
 STREAM_PATH = "/v1/stream/blocks"
 HEARTBEAT_S = 15.0  # an SSE heartbeat event at least this often on an idle stream
 RECHECK_S = 2.0  # an open stream re-checks its API key at least this often (revocation)
@@ -178,6 +180,9 @@ class _Metrics:
                           registry=self.registry)
         self.keys_served = Counter("qustream_gateway_keys_delivered", "Key deliveries",
                                    registry=self.registry)
+        self.store_refused = Gauge("qustream_gateway_block_store_refused",
+                                   "Block store rows that failed the gateway's checks (not "
+                                   "served)", registry=self.registry)
 
 
 class _Guard:
@@ -394,17 +399,14 @@ def create_app(gateway: Gateway) -> FastAPI:
     keys_scope = Depends(scoped("keys"))
     users_scope = Depends(scoped("users"))
 
-    def archived(height: int) -> FinalizedRecord | None:
-        archive = pulses.archive
-        return archive.block(height) if archive is not None else None
-
     async def older_block(height: int, kind: str = "block",
                           render: Callable[[StoredBlock], Any] = block_document
                           ) -> tuple[bytes, bytes] | None:
-        """A verified block older than the window, read back from Kafka off the event loop."""
+        """A block older than the window, from the archive (the block store, or chain.blocks
+        at the offset verified here), read off the event loop."""
         if not 1 <= height < view.first_height or height > view.head_height:
             return None
-        return await asyncio.to_thread(view.older, kind, height, archived, render)
+        return await asyncio.to_thread(pulses.older_document, kind, height, render)
 
     def stored_or_problem(height: int, body: bytes | None, request: Request | None = None,
                           older: tuple[bytes, bytes] | None = None) -> Response:
@@ -419,8 +421,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         if height > view.head_height:
             raise Problem(404, "block-not-found", f"no finalized block at height {height} yet "
                                                   f"(head is {view.head_height})")
-        raise Problem(410, "block-not-retained", f"height {height} is no longer on "
-                                                 "chain.blocks here")
+        raise Problem(410, "block-not-retained", NOT_RETAINED % height)
 
 
     # ------------------------------------------------------------------ operations
@@ -446,6 +447,8 @@ def create_app(gateway: Gateway) -> FastAPI:
              response_class=Response)
     def prometheus_metrics() -> Response:
         metrics.head.set(view.head_height)
+        # only the block store's archive refuses rows (Kafka is read at offsets verified here)
+        metrics.store_refused.set(getattr(pulses.archive, "refused", 0))
         if gateway.key_service is not None:
             metrics.pool.set(gateway.key_service.pool.status().get("available_bytes", 0))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -480,8 +483,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             if body is None:
                 older = await older_block(height)
                 if older is None:
-                    raise Problem(410, "block-not-retained", f"block {height} is no longer on "
-                                                             "chain.blocks here")
+                    raise Problem(410, "block-not-retained", NOT_RETAINED % height)
                 body = older[0]
             parts.append(body)
         following = last + 1
@@ -497,6 +499,10 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def get_validators(request: Request, height: height_path,
                              _key: ApiKeyRecord = read) -> Response:
         body = view.validators_json(height)
+        if body is None and 1 <= height < view.first_height and height <= view.head_height:
+            validators = await asyncio.to_thread(pulses.validators_at, height)
+            if validators is not None:
+                body = _dumps(validators_document(height, validators))
         if body is not None and view.get(height) is None:  # older than the window
             return cached(body, etag_of(hashlib.sha256(body).digest()), IMMUTABLE, request)
         return stored_or_problem(height, body, request)
@@ -520,9 +526,9 @@ def create_app(gateway: Gateway) -> FastAPI:
             start = int(last_event_id) + 1
         else:
             start = from_ if from_ is not None else max(1, view.head_height)
-        if start < view.first_height and view.head_height and view.offset_of(start) is None:
-            raise Problem(410, "block-not-retained", f"block {start} was never read here; "
-                                                     "read chain.blocks")
+        if (start < view.first_height and view.head_height
+                and await older_block(start, "sse", sse_document) is None):
+            raise Problem(410, "block-not-retained", NOT_RETAINED % start)
 
         async def events() -> AsyncIterator[bytes]:
             # Ends when the key is revoked (checked before every event and at least every
@@ -539,7 +545,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                 if event is None and height < view.first_height:  # older than the window
                     older = await older_block(height, "sse", sse_document)
                     if older is None:
-                        return  # gone from Kafka too: the client resumes elsewhere
+                        return  # not in the archive either: the client resumes elsewhere
                     event = sse_event(height, older[0])
                 if event is not None:
                     yield event
@@ -668,15 +674,17 @@ def _add_problem_schema(app: FastAPI) -> None:
 def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = True,
                   users: bool = True, retain: int = 5000,
                   key_refresh_s: float = REFRESH_S, delivery_key: Path | None = None,
-                  inclusion_timeout_s: float = 20.0, block_interval_ms: int = 1000) -> Gateway:
+                  inclusion_timeout_s: float = 20.0, block_interval_ms: int = 1000,
+                  block_store: bool = False) -> Gateway:
     """Wire the real components (connections are opened here, threads start with the app).
     ``delivery_key``: the key deliveries are signed with (made on first use; clients pin its
-    public key). Pulses older than the ``retain`` window are read back from chain.blocks
-    (``services.gateway.pulses``)."""
+    public key). Blocks older than the ``retain`` window are read from the block store in
+    Cassandra with ``block_store`` (``services.gateway.store_archive``), and from chain.blocks
+    where it has none (``services.gateway.pulses``)."""
     from services.gateway.chain import ChainFollower, load_view
     from services.gateway.keys import KafkaTxSink, PrivatePool
     from services.gateway.payments import PaymentBook, key_payment_outcomes
-    from services.gateway.pulses import KafkaBlockArchive
+    from services.gateway.pulses import BlockArchive, KafkaBlockArchive
     from services.ledger.core.chain_spec import ChainSpec, source_registry
     from streams.kafka import make_consumer
 
@@ -691,11 +699,18 @@ def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = 
                       genesis=GenesisAnchor.of_spec(spec), feeds=feeds)
     gateway.starters.append(feeds.start)
     gateway.stoppers.append(feeds.stop)
-    archive = KafkaBlockArchive(settings, view)
+    kafka_archive = KafkaBlockArchive(settings, view)
+    gateway.stoppers.append(kafka_archive.close)
+    archive: BlockArchive = kafka_archive
+    if block_store:
+        from services.gateway.store_archive import CassandraBlockArchive
+
+        stored = CassandraBlockArchive.connect(settings, spec, view, fallback=kafka_archive)
+        gateway.stoppers.append(stored.close)
+        archive = stored
     gateway.pulses = GatewayPulses(view, spec.initial.tip.previous_time_ms, block_interval_ms,
                                    archive)
     gateway.block_interval_ms = block_interval_ms
-    gateway.stoppers.append(archive.close)
     gateway.ledger.state = spec.initial.app_state
     # The registry is swapped whole (never cleared and refilled: the pool's thread reads it),
     # and only when the chain's registered sources change.

@@ -1,6 +1,7 @@
 """``qustream gateway``: run the HTTP API and manage its API keys.
 
     qustream gateway run --port 8080 --genesis G [--no-keys] [--no-users]
+                         [--retain-blocks N] [--block-store/--no-block-store]
                          [--ssl-certfile C --ssl-keyfile K [--ssl-ca-certs CA]]
     qustream gateway api-key create --scopes read,keys,users   # prints the key once
     qustream gateway api-key list | revoke KEY_ID
@@ -71,6 +72,11 @@ def run(
     serve_keys: bool = typer.Option(True, "--keys/--no-keys", help="Serve POST /v1/keys."),
     serve_users: bool = typer.Option(True, "--users/--no-users", help="Serve user records."),
     retain: int = typer.Option(5000, "--retain-blocks", help="Blocks kept in memory."),
+    block_store: bool | None = typer.Option(
+        None, "--block-store/--no-block-store",
+        help="Serve blocks older than the window from the block store in Cassandra (`qustream "
+             "blocks project` fills it), chain.blocks for what it lacks. Default: on when "
+             "the gateway uses Cassandra anyway (user records or key payments)."),
     ssl_certfile: Path | None = typer.Option(None, "--ssl-certfile"),
     ssl_keyfile: Path | None = typer.Option(None, "--ssl-keyfile"),
     ssl_ca_certs: Path | None = typer.Option(None, "--ssl-ca-certs",
@@ -113,7 +119,9 @@ def run(
                             key_refresh_s=key_refresh_s,
                             delivery_key=_delivery_key(delivery_key),
                             inclusion_timeout_s=inclusion_timeout_s,
-                            block_interval_ms=block_interval_ms)
+                            block_interval_ms=block_interval_ms,
+                            block_store=(serve_keys or serve_users) if block_store is None
+                            else block_store)
     gateway.public = PublicReads(public, public_rps, public_burst, public_streams)
     gateway.heartbeat_s = heartbeat_s
     typer.echo(f"QuStream gateway on http://{host}:{port} (chain {gateway.view.chain_id})")

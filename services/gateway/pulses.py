@@ -1,38 +1,66 @@
-"""The gateway's ``protocol.pulse_index.BlockSource``: its in-memory window, then Kafka.
+"""The gateway's ``protocol.pulse_index.BlockSource``: its in-memory window, then an archive.
 
 ``GatewayPulses`` answers from the ``ChainView`` window (the last ``retain`` verified blocks)
-and, for older heights, from ``chain.blocks`` through a ``BlockArchive``. Every block the
-gateway verified has its chain.blocks offset recorded in the view (``ChainView.offset_of``), and
-Kafka offsets never change, so the record read back at that offset is the verified one: reading
-an old height is one fetch, never a scan. A time older than the window is found with Kafka's
-time index (``KafkaConsumer.offset_for_time``): records are timestamped when the tally wrote
-them, after their block's header time, so the lookup starts ``clock_skew_ms`` earlier and reads
-forward to the first header at or after the time, skipping any record that is not the verified
-one of its height (a duplicate, or a block nobody signed).
+and, for older heights, from a ``BlockArchive``: the block store in Cassandra when the gateway
+has one (``services.gateway.store_archive``: any height it holds, each read checked, Kafka for
+the rest), else ``chain.blocks`` itself (``KafkaBlockArchive``).
+
+``KafkaBlockArchive``: every block the gateway verified has its chain.blocks offset recorded in
+the view (``ChainView.offset_of``), and Kafka offsets never change, so the record read back at
+that offset is the verified one: reading an old height is one fetch, never a scan. A time older
+than the window is found with Kafka's time index (``KafkaConsumer.offset_for_time``): records
+are timestamped when the tally wrote them, after their block's header time, so the lookup
+starts ``clock_skew_ms`` earlier and reads forward to the first header at or after the time,
+skipping any record that is not the verified one of its height (a duplicate, or a block nobody
+signed). It cannot read heights this gateway never verified.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from protocol.finalized import FinalizedRecord
 from protocol.pulse_index import PulseNotRetainedError
-from services.gateway.chain import ChainView
+from protocol.validators import ValidatorSet
+from services.gateway.chain import ChainView, StoredBlock, _dumps
 from streams.chain_wire import decode_finalized
 
 CLOCK_SKEW_MS = 60_000  # how far a record's Kafka timestamp may precede its header time
 MAX_ARCHIVE_READ = 10_000  # records one time lookup may read forward at most
 
 
+def consecutive(read: Callable[[int], FinalizedRecord | None], first: int, last: int
+                ) -> list[FinalizedRecord]:
+    """``read(h)`` for ``h`` from ``first`` to ``last``, up to the first None."""
+    out: list[FinalizedRecord] = []
+    for height in range(first, last + 1):
+        record = read(height)
+        if record is None:
+            break
+        out.append(record)
+    return out
+
+
 class BlockArchive(Protocol):
-    """Older verified blocks (``GatewayPulses`` asks it for what the window no longer holds)."""
+    """Older blocks (``GatewayPulses`` asks it for what the window no longer holds); only
+    blocks verified here, or checked against what was verified here, are returned."""
 
     def block(self, height: int) -> FinalizedRecord | None: ...
 
     def at_or_after(self, time_ms: int) -> FinalizedRecord | None: ...
+
+    def range(self, first: int, last: int) -> Sequence[FinalizedRecord]:
+        """Blocks ``first..last`` in order, stopping before the first it cannot give."""
+        ...
+
+    def stored(self, height: int) -> StoredBlock | None:
+        """A height this gateway never verified, with the validator set that signed it;
+        None when the archive cannot vouch for one (heights verified here come through the
+        view, ``ChainView.older``)."""
+        ...
 
 
 class GatewayPulses:
@@ -69,13 +97,11 @@ class GatewayPulses:
         return found
 
     def range(self, first: int, last: int) -> Sequence[FinalizedRecord]:
-        out: list[FinalizedRecord] = []
-        for height in range(max(1, first), min(last, self.view.head_height) + 1):
-            record = self.block(height)
-            if record is None:
-                break
-            out.append(record)
-        return out
+        first, last = max(1, first), min(last, self.view.head_height)
+        older: Sequence[FinalizedRecord] = ()
+        if first < self.view.first_height and self.archive is not None:
+            older = self.archive.range(first, min(last, self.view.first_height - 1))
+        return [*older, *consecutive(self.block, first + len(older), last)]
 
     def at_or_after(self, time_ms: int) -> FinalizedRecord | None:
         head = self.head()
@@ -91,6 +117,9 @@ class GatewayPulses:
                 return found
             if oldest is None:
                 return None
+            # the answer is older than the window (its oldest block is at or after the time),
+            # and the archive could not give it: never the window's oldest block instead
+            raise PulseNotRetainedError(low - 1, low)
         high = self.view.head_height  # its time is >= time_ms
         while low < high:  # the first retained height whose time is >= time_ms
             middle = (low + high) // 2
@@ -102,6 +131,28 @@ class GatewayPulses:
                 high = middle
         stored = self.view.get(low)
         return stored.record if stored is not None else self.head()
+
+    def older_document(self, kind: str, height: int, render: Callable[[StoredBlock], Any]
+                       ) -> tuple[bytes, bytes] | None:
+        """(``render`` as JSON, block hash) of a height older than the window: one this gateway
+        verified (``ChainView.older``, the record from the archive), else one the archive
+        vouches for alone (``BlockArchive.stored``); None when neither can."""
+        found = self.view.older(kind, height, self._archived, render)
+        if found is not None or self.archive is None:
+            return found
+        stored = self.archive.stored(height)
+        return None if stored is None else (_dumps(render(stored)), stored.record.block.hash)
+
+    def validators_at(self, height: int) -> ValidatorSet | None:
+        """The set that governs ``height``, as verified here or vouched for by the archive."""
+        known = self.view.set_at(height)
+        if known is not None or self.archive is None:
+            return known
+        stored = self.archive.stored(height)
+        return None if stored is None else stored.validators
+
+    def _archived(self, height: int) -> FinalizedRecord | None:
+        return self.archive.block(height) if self.archive is not None else None
 
 
 class KafkaBlockArchive:
@@ -159,10 +210,27 @@ class KafkaBlockArchive:
 
     def at_or_after(self, time_ms: int) -> FinalizedRecord | None:
         with self._lock:
-            start = self._reader().offset_for_time(self.topic, 0, time_ms - self.clock_skew_ms)
+            reader = self._reader()
+            start = reader.offset_for_time(self.topic, 0, time_ms - self.clock_skew_ms)
             if start is None:
                 return None
-            return self._read_from(start, lambda r: r.block.header.time_ms >= time_ms)
+            found = self._read_from(start, lambda r: r.block.header.time_ms >= time_ms)
+            if found is None or found.height == 1:
+                return found
+            low = reader.watermarks(self.topic)[0]
+        # The first verified record at or after the time is the first block at or after it
+        # only when the record of the height below, verified here, is still on the topic: it
+        # was then read and was earlier, or lies before the start, whose timestamps (and so
+        # header times) are earlier. Below the first height verified here, or once retention
+        # took it, Kafka cannot tell.
+        below = self.view.offset_of(found.height - 1)
+        return found if below is not None and below >= low else None
+
+    def range(self, first: int, last: int) -> Sequence[FinalizedRecord]:
+        return consecutive(self.block, first, last)
+
+    def stored(self, height: int) -> StoredBlock | None:
+        return None  # Kafka is read by the offsets the view recorded: verified heights only
 
     def close(self) -> None:
         with self._lock:

@@ -15,6 +15,9 @@ LOCAL_QUORUM and read at LOCAL_QUORUM, so a read that sees a position also sees 
 before it (two quorums of a replica set always share a replica): that is the read-your-writes
 the gateway promises. ONE is never used. Since every statement is idempotent, a statement is
 retried on another coordinator when a node dies under it (``IdempotentRetryPolicy``).
+
+The block store (``services.block_store.store``) keeps its tables in the same keyspace and
+shares the connection, the keyspace statement and ``prepare_idempotent``.
 """
 
 from __future__ import annotations
@@ -156,19 +159,28 @@ def _reason(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def _checked(keyspace: str) -> str:
+def checked_keyspace(keyspace: str) -> str:
+    """``keyspace``, when it is a name that is safe to put into CQL text (it cannot be bound)."""
     if not _KEYSPACE_NAME.match(keyspace):
         raise StoreError(f"bad keyspace name {keyspace!r} (lowercase letters, digits, _)")
     return keyspace
 
 
+def create_keyspace_statement(keyspace: str, *, replication_factor: int,
+                              datacenter: str) -> str:
+    """``CREATE KEYSPACE IF NOT EXISTS``, replicated ``replication_factor`` times in
+    ``datacenter``: the user projection and the block store share the keyspace."""
+    return (f"CREATE KEYSPACE IF NOT EXISTS {checked_keyspace(keyspace)} WITH replication = "
+            f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {int(replication_factor)}}}")
+
+
 def create_schema(session: Session, keyspace: str, *, replication_factor: int = 1,
                   datacenter: str = "datacenter1") -> None:
     """Create the keyspace and tables if missing (idempotent)."""
-    ks = _checked(keyspace)
+    ks = checked_keyspace(keyspace)
     statements = [
-        f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
-        f"{{'class': 'NetworkTopologyStrategy', '{datacenter}': {int(replication_factor)}}}",
+        create_keyspace_statement(ks, replication_factor=replication_factor,
+                                  datacenter=datacenter),
         f"""CREATE TABLE IF NOT EXISTS {ks}.users (
             user_id text PRIMARY KEY, version bigint, signing_key text, encryption_key blob,
             key_epoch int, deleted boolean, registered_at_ms bigint, updated_at_ms bigint)""",
@@ -191,7 +203,7 @@ def create_schema(session: Session, keyspace: str, *, replication_factor: int = 
 
 def drop_keyspace(session: Session, keyspace: str) -> None:
     try:
-        session.execute(f"DROP KEYSPACE IF EXISTS {_checked(keyspace)}", timeout=60)
+        session.execute(f"DROP KEYSPACE IF EXISTS {checked_keyspace(keyspace)}", timeout=60)
     except CASSANDRA_ERRORS as exc:
         raise StoreError(f"cannot drop keyspace {keyspace}: {exc}") from exc
 
@@ -219,7 +231,7 @@ class Statements:
 
     @classmethod
     def prepare(cls, session: Session, keyspace: str) -> Statements:
-        ks = _checked(keyspace)
+        ks = checked_keyspace(keyspace)
         cql = {
             "insert_user": f"INSERT INTO {ks}.users (user_id, version, signing_key, "
                            "encryption_key, key_epoch, deleted, registered_at_ms, updated_at_ms) "
@@ -252,15 +264,21 @@ class Statements:
             "select_record": f"SELECT * FROM {ks}.records WHERE user_id = ? AND record_id = ?",
             "select_devices": f"SELECT * FROM {ks}.devices WHERE user_id = ?",
         }
-        try:
-            prepared = {name: session.prepare(text) for name, text in cql.items()}
-        except CASSANDRA_ERRORS as exc:
-            raise StoreError(f"cannot prepare the projection statements for {ks}: {exc}") \
-                from exc
-        for statement in prepared.values():
-            # On the statement, not only the session: any session (a test's, the audit's)
-            # reads and writes the projection at the same level, with the same retries.
-            statement.consistency_level = CONSISTENCY
-            statement.retry_policy = RETRY_POLICY
-            statement.is_idempotent = True
-        return cls(**prepared)
+        return cls(**prepare_idempotent(session, cql, f"the projection statements for {ks}"))
+
+
+def prepare_idempotent(session: Session, cql: dict[str, str], what: str
+                       ) -> dict[str, PreparedStatement]:
+    """Prepare every statement of ``cql`` (name -> text) at ``CONSISTENCY``, marked idempotent
+    with ``RETRY_POLICY``; ``StoreError`` naming ``what`` when one cannot be (a missing table)."""
+    try:
+        prepared = {name: session.prepare(text) for name, text in cql.items()}
+    except CASSANDRA_ERRORS as exc:
+        raise StoreError(f"cannot prepare {what}: {exc}") from exc
+    for statement in prepared.values():
+        # On the statement, not only the session: any session (a test's, the audit's)
+        # reads and writes at the same level, with the same retries.
+        statement.consistency_level = CONSISTENCY
+        statement.retry_policy = RETRY_POLICY
+        statement.is_idempotent = True
+    return prepared

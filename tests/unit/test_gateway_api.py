@@ -294,6 +294,12 @@ def test_blocks_older_than_the_window_are_read_back_not_refused(chain: LocalChai
         def at_or_after(self, time_ms: int) -> Any:
             return None
 
+        def range(self, first: int, last: int) -> list[Any]:
+            return [self.block(height) for height in range(first, last + 1)]
+
+        def stored(self, height: int) -> Any:
+            return None  # only heights the view verified
+
     archive = Archive()
     gateway = Gateway(view=view, keys=ApiKeyStore(),
                       pulses=GatewayPulses(view, 0, 1000, archive))

@@ -43,6 +43,12 @@ class MemoryArchive:
     def at_or_after(self, time_ms: int) -> FinalizedRecord | None:
         return next((r for r in self.records if r.block.header.time_ms >= time_ms), None)
 
+    def range(self, first: int, last: int) -> list[FinalizedRecord]:
+        return self.records[first - 1:last]
+
+    def stored(self, height: int) -> None:
+        return None
+
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, list[FinalizedRecord]]:
