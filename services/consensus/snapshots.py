@@ -11,10 +11,10 @@ commit certificates with skipping verification, within the trusting period
 (``protocol.snapshot.verify_against``), and the block is then applied to it fully. Only then is
 the snapshot used, and the rest of ``chain.blocks`` is folded from after that block. A snapshot
 that fails any step is reported with the reason (logged, and in the ``StartReport``) and the
-next older one is tried; when none is usable (none written yet, light verification cannot decide, every one
-rejected) the node folds from genesis as before. ``full=True`` always folds from genesis. After
-catching up, the node keeps its verified tip as its checkpoint, so the next start verifies from
-there.
+next older one is tried; when none is usable (none written yet, light verification cannot
+decide, every one rejected) the node folds from genesis as before. ``full=True`` always
+folds from genesis. After catching up, the node keeps its verified tip as its checkpoint, so
+the next start verifies from there.
 
 Writing (``SnapshotWriter``, in the tally): after every height divisible by the chain's
 ``snapshot_interval_blocks`` the tally writes its state in chunks, in the same transaction as

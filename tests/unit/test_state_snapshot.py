@@ -63,7 +63,8 @@ def _with_state(follower: BlockFollower[LedgerState], state: LedgerState
                          follower.priorities)
 
 
-def test_a_changed_balance_with_its_hash_recomputed_is_rejected_against_the_next_block(chain) -> None:  # type: ignore[no-untyped-def]
+def test_a_changed_balance_with_its_hash_recomputed_is_rejected_against_the_next_block(  # type: ignore[no-untyped-def]
+        chain) -> None:
     spec, records = chain
     honest = _fold(spec, records, 10)
     state = honest.chain.app_state
