@@ -10,11 +10,12 @@ Start (and restart):
 
 1. read the stored position: the last height stored ``P`` and the next offset ``O`` (none yet:
    0 and 0);
-2. fold chain.blocks from offset 0 with a follower from the genesis, verifying every record
-   but writing nothing below ``O``: the follower needs the chain state to verify block
-   ``P + 1``. (Verified snapshots on chain.snapshots will let it start near ``P`` instead.)
-   At ``O`` the follower must have reached height ``P``; if not, the keyspace holds the store
-   of another topic (``BlockStoreError``).
+2. start a follower from the newest verified state snapshot at or below ``P``
+   (``services.consensus.snapshots``; the genesis when there is none) and fold chain.blocks
+   from the block after it, verifying every record but writing nothing below ``O``: the
+   follower needs the chain state to verify block ``P + 1``. At ``O`` the follower must have
+   reached height ``P``; if not, the keyspace holds the store of another topic
+   (``BlockStoreError``).
 
 Commit order of one batch (``BlockProjector.process``), for records from ``O`` on:
 
@@ -55,6 +56,7 @@ from services.block_store.store import (
     save_position,
     write_blocks,
 )
+from services.consensus.snapshots import start_follower
 from services.ledger.core.chain_spec import ChainSpec
 from services.ledger.core.state import LedgerState
 from streams.chain_wire import decode_finalized
@@ -86,13 +88,12 @@ class BlockProjector(LoopService):
 
     def __init__(self, settings: Settings, spec: ChainSpec, session: Session,
                  consumer: KafkaConsumer, producer: KafkaProducer, *,
-                 max_batch: int = 500) -> None:
+                 max_batch: int = 500, from_genesis: bool = False) -> None:
         self.topic = settings.topic("chain.blocks")
         self.chain = chain_key(spec.chain_id, spec.initial.tip.previous_block_hash)
         self.session = session
         keyspace = settings.cassandra.keyspace
         self.statements = BlockStatements.prepare(session, keyspace)
-        self.follower: BlockFollower[LedgerState] = spec.follower()
         self.consumer = consumer
         self._producer = producer
         self.dead_letters = DeadLetters(producer, settings.topic("dlq.chain"), "block_store")
@@ -107,9 +108,16 @@ class BlockProjector(LoopService):
                 "holds the store of another topic")
         self._resumed = False
         self.stats = ProjectorStats()
+        # step 2: from the newest snapshot at or below the stored height
+        self.follower: BlockFollower[LedgerState]
+        self.follower, self.start_report = start_follower(
+            settings, spec, settings.state_dir / "block-store", catch_up_now=False,
+            full=from_genesis, max_height=self.stored_height, on_skip=self.dead_letters.send)
+        start = self.follower.last_offset + 1
         log.info("block store of %s: height %d stored up to offset %d; verifying %s from "
-                 "offset 0", self.chain, self.stored_height, self.resume_offset, self.topic)
-        consumer.assign([Position(self.topic, 0, 0)])  # step 2: the fold from the genesis
+                 "offset %d (%s)", self.chain, self.stored_height, self.resume_offset,
+                 self.topic, start, self.start_report.describe())
+        consumer.assign([Position(self.topic, 0, start)])
         self.loop = RunLoop(consumer, self.process, producer=producer, max_records=max_batch,
                             poll_s=0.5, fill=True)
 

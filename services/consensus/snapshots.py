@@ -132,13 +132,14 @@ def verified_snapshot(settings: Settings, spec: ChainSpec, snapshot: Snapshot,
 
 def start_follower(settings: Settings, spec: ChainSpec, state_dir: Path | None, *,
                    on_skip: Skip | None = None, full: bool = False, catch_up_now: bool = True,
-                   chunks: list[SnapshotChunk] | None = None,
+                   chunks: list[SnapshotChunk] | None = None, max_height: int | None = None,
                    ) -> tuple[BlockFollower[LedgerState], StartReport]:
     """A follower caught up with ``chain.blocks``, from the newest usable snapshot (module
     doc). With ``catch_up_now=False`` it is only started: at the snapshot's state, positioned
     just before the verified block after it, so the caller's own read of the topic (which
     yields every block it applies, ``chain_reader.read_blocks``) begins with that block.
-    ``chunks``: the topic's chunks when the caller has read them already."""
+    ``chunks``: the topic's chunks when the caller has read them already; ``max_height``:
+    only snapshots at or below it (a reader that must see the blocks after a height)."""
     started = time.perf_counter()
     report = StartReport()
     follower: BlockFollower[LedgerState] | None = None
@@ -154,6 +155,8 @@ def start_follower(settings: Settings, spec: ChainSpec, state_dir: Path | None, 
             report.rejected.append(f"chain.snapshots could not be read: {exc}")
             candidates = []
         for snapshot in candidates:
+            if max_height is not None and snapshot.height > max_height:
+                continue
             try:
                 follower = verified_snapshot(settings, spec, snapshot, trusted)
             except KafkaOperationError as exc:

@@ -34,7 +34,7 @@ from services.block_store.queries import BlockQueries
 from services.ledger.core.chain_spec import ChainSpec
 from services.shard_writer.store import drop_keyspace
 from streams.admin import ensure_topics
-from streams.chain_wire import decode_finalized
+from streams.chain_wire import decode_finalized, encode_snapshot_chunks
 from streams.codec import default_codec
 from streams.kafka import read_to_end
 from streams.settings import Settings
@@ -307,3 +307,36 @@ def test_the_gateway_serves_old_blocks_and_pulses_by_time_from_the_store(
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def test_a_restarted_projector_starts_from_a_snapshot_below_its_position(
+        store_settings: Settings, cassandra_session: Any, tmp_path: Path) -> None:
+    """With snapshots on chain.snapshots, a restart re-verifies from the newest one at or below
+    the stored height, not from genesis; nothing is stored twice or left out."""
+    settings = store_settings
+    chain = make_local_chain(tmp_path / "chain", 300, snapshot_every=100)
+    spec = ChainSpec.load(chain.genesis)
+    _write(settings, list(chain.records[:250]))
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    for snapshot in chain.snapshots[:2]:  # after 100 and 200, as the tally would have written
+        for key, value in encode_snapshot_chunks(snapshot, "test"):
+            producer.produce(settings.topic("chain.snapshots"), value, key)
+    assert producer.flush(30) == 0
+
+    first = BlockProjector.create(settings, spec, cassandra_session, max_batch=64)
+    try:
+        first.run(idle_timeout_s=2)
+    finally:
+        first.close()
+    assert first.stats.stored == 250
+    assert first.start_report.snapshot_height is None  # nothing stored yet: from genesis
+
+    _write(settings, list(chain.records[250:]))
+    again = BlockProjector.create(settings, spec, cassandra_session, max_batch=64)
+    try:
+        again.run(idle_timeout_s=2)
+    finally:
+        again.close()
+    assert again.start_report.snapshot_height == 200, again.start_report.describe()
+    assert again.stats.verified == 100 and again.stats.stored == 50
+    _assert_stored_as_the_chain(cassandra_session, settings, chain, 300)
