@@ -699,7 +699,7 @@ def build_gateway(settings: Any, genesis: Path, api_keys: Path, *, keys: bool = 
                       genesis=GenesisAnchor.of_spec(spec), feeds=feeds)
     gateway.starters.append(feeds.start)
     gateway.stoppers.append(feeds.stop)
-    kafka_archive = KafkaBlockArchive(settings, view)
+    kafka_archive = KafkaBlockArchive(settings, view, spec=spec)
     gateway.stoppers.append(kafka_archive.close)
     archive: BlockArchive = kafka_archive
     if block_store:

@@ -207,6 +207,12 @@ class ChainView:
             while len(cache) > limit:
                 cache.popitem(last=False)
 
+    @property
+    def first_verified_height(self) -> int:
+        """The first height verified here (0: none yet); below it lies the snapshot this view's
+        follower started from."""
+        return self._offsets_from
+
     def offset_of(self, height: int) -> int | None:
         """The chain.blocks offset of verified ``height``; None when never seen here."""
         index = height - self._offsets_from

@@ -12,7 +12,10 @@ than the window is found with Kafka's time index (``KafkaConsumer.offset_for_tim
 are timestamped when the tally wrote them, after their block's header time, so the lookup
 starts ``clock_skew_ms`` earlier and reads forward to the first header at or after the time,
 skipping any record that is not the verified one of its height (a duplicate, or a block nobody
-signed). It cannot read heights this gateway never verified.
+signed). A height this gateway never verified (below the snapshot it started from) is found by
+bisection over offsets and verified light from the genesis (``services.consensus.light_reads``:
+skipping verification, so only while the genesis validators are trusted and still hold more
+than a third of the power); otherwise it is not served from Kafka.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from protocol.codec import WireError
 from protocol.finalized import FinalizedRecord
 from protocol.pulse_index import PulseNotRetainedError
 from protocol.validators import ValidatorSet
 from services.gateway.chain import ChainView, StoredBlock, _dumps
-from streams.chain_wire import decode_finalized
+from streams.chain_wire import decode_finalized, encode_finalized
 
 CLOCK_SKEW_MS = 60_000  # how far a record's Kafka timestamp may precede its header time
 MAX_ARCHIVE_READ = 10_000  # records one time lookup may read forward at most
@@ -160,12 +164,14 @@ class KafkaBlockArchive:
     made on first use and kept; calls are serialized."""
 
     def __init__(self, settings: Any, view: ChainView, *,
-                 clock_skew_ms: int = CLOCK_SKEW_MS) -> None:
+                 clock_skew_ms: int = CLOCK_SKEW_MS, spec: Any = None) -> None:
         self.settings = settings
         self.view = view
         self.clock_skew_ms = clock_skew_ms
         self.topic = settings.topic("chain.blocks")
+        self.spec = spec  # a ChainSpec: light reads of heights never verified here (module doc)
         self._consumer: Any = None
+        self._span: Any = None
         self._lock = threading.Lock()
 
     def _reader(self) -> Any:
@@ -192,9 +198,16 @@ class KafkaBlockArchive:
                     return None
                 continue
             read += 1
-            record = decode_finalized(bytes(message.value or b""))
-            if self.view.offset_of(record.height) != message.offset:
+            try:
+                record = decode_finalized(bytes(message.value or b""))
+            except WireError:
+                continue  # garbage on the topic: not a block
+            known = self.view.offset_of(record.height)
+            if known is None and not 0 < record.height < self.view.first_verified_height:
+                continue  # a height claimed beyond what was verified here: not trusted
+            if known is not None and known != message.offset:
                 continue  # not the record this gateway verified for its height
+            # (a height below the first verified here is checked light by the caller)
             if until(record):
                 return record
             if message.offset + 1 >= end:
@@ -204,7 +217,8 @@ class KafkaBlockArchive:
     def block(self, height: int) -> FinalizedRecord | None:
         offset = self.view.offset_of(height)
         if offset is None:
-            return None
+            light = self.stored(height)
+            return light.record if light is not None else None
         with self._lock:
             return self._read_from(offset, lambda record: record.height == height)
 
@@ -224,16 +238,45 @@ class KafkaBlockArchive:
         # header times) are earlier. Below the first height verified here, or once retention
         # took it, Kafka cannot tell.
         below = self.view.offset_of(found.height - 1)
-        return found if below is not None and below >= low else None
+        if below is not None:
+            return found if below >= low else None
+        # never verified here (below the snapshot this gateway started from): both verified
+        # light, the block below earlier than the time
+        earlier, this = self.stored(found.height - 1), self.stored(found.height)
+        if earlier is None or this is None or this.record.block.hash != found.block.hash:
+            return None
+        return found if earlier.record.block.header.time_ms < time_ms else None
 
     def range(self, first: int, last: int) -> Sequence[FinalizedRecord]:
         return consecutive(self.block, first, last)
 
     def stored(self, height: int) -> StoredBlock | None:
-        return None  # Kafka is read by the offsets the view recorded: verified heights only
+        """A height never verified here, verified light from the genesis (module doc)."""
+        from services.consensus.light_reads import LightChain, LightUnavailableError
+        from streams.chain_reader import ChainTopic
+        from streams.errors import KafkaOperationError
+
+        if self.spec is None or self.view.offset_of(height) is not None:
+            return None
+        genesis = self.spec.checkpoint()
+        with self._lock:
+            if self._span is None:  # old heights do not move: the bounds taken once will do
+                self._span = ChainTopic(self.settings)
+            light = LightChain(self._span, genesis, genesis, self.spec.trusting_period_ms())
+            try:
+                found = light.block(height)
+            except (LookupError, LightUnavailableError, KafkaOperationError):
+                return None
+        if found.signed_by is None:
+            return None
+        return StoredBlock(encode_finalized(found.record), found.record, found.signed_by,
+                           found.offset, 0)
 
     def close(self) -> None:
         with self._lock:
             if self._consumer is not None:
                 self._consumer.close()
                 self._consumer = None
+            if self._span is not None:
+                self._span.close()
+                self._span = None

@@ -82,6 +82,18 @@ def test_the_gateway_starts_from_the_newest_usable_snapshot(settings: Settings,
         assert head["first_retained_height"] == 201, head
         block = httpx.get(f"{base}/v1/blocks/250", timeout=5).json()
         assert block["hash"] == decode_finalized(chain.records[249]).block.hash.hex()
+        # below the snapshot (never verified here): read from chain.blocks, verified light
+        for height in (1, 150, 200):
+            answer = httpx.get(f"{base}/v1/blocks/{height}", timeout=10)
+            assert answer.status_code == 200, (height, answer.text)
+            assert answer.json()["hash"] == decode_finalized(
+                chain.records[height - 1]).block.hash.hex()
+        validators = httpx.get(f"{base}/v1/validators/150", timeout=10)
+        assert validators.status_code == 200, validators.text
+        at = decode_finalized(chain.records[119]).block.header.time_ms
+        pulse = httpx.get(f"{base}/v1/beacon/at", params={"time": at - 300}, timeout=10)
+        assert pulse.status_code == 200, pulse.text
+        assert pulse.json()["height"] == 120
     finally:
         process.terminate()
         process.wait(20)
