@@ -20,7 +20,9 @@ where the view is.
 Retention: the last ``retain`` blocks stay in memory. Older heights are read back from
 ``chain.blocks`` at the offset the view recorded when it verified them
 (``services.gateway.pulses``), with the validator set of their height from the view's set
-history (one entry per change): ``older``. Only a height Kafka no longer holds answers 410.
+history (one entry per change): ``older``; heights the view never verified come from the
+block store or, below the snapshot the follower started from, from ``chain.blocks`` verified
+light (``services.gateway.pulses``). Only a height none of them gives answers 410.
 Waiters for new blocks (the SSE streams) are woken through ``asyncio`` from the follower
 thread.
 """
