@@ -190,17 +190,9 @@ class SigningKey:
 
     def save(self, path: Path | str) -> None:
         """Write the key file with mode 0600, refusing to overwrite an existing key."""
-        path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError as exc:
-            raise KeyFormatError(f"{path} already exists; a key file is never overwritten: "
-                                 "choose another file or move that one away") from exc
-        except OSError as exc:
-            raise KeyFormatError(f"cannot write key file {path}: {exc}") from exc
-        with os.fdopen(fd, "w") as handle:
-            handle.write(self.to_json() + "\n")
+        write_private_file(Path(path), self.to_json() + "\n", KeyFormatError, "key file",
+                           "a key file is never overwritten: choose another file or move that "
+                           "one away")
 
     @classmethod
     def load(cls, path: Path | str) -> SigningKey:
@@ -221,3 +213,19 @@ simulator replace the default with a cache or a process pool."""
 
 def default_signature_check(key: PublicKey, message: bytes, signature: bytes) -> bool:
     return key.verify(message, signature)
+
+
+def write_private_file(path: Path, text: str, error: type[InputError], what: str,
+                       never_overwritten: str) -> None:
+    """Create ``path`` (and its folder) with mode 0600 and write ``text``: a file of private
+    keys, which is never overwritten. ``error`` says why it cannot be created: the file exists
+    (the message goes on with ``never_overwritten``), or the system refused."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise error(f"{path} already exists; {never_overwritten}") from exc
+    except OSError as exc:
+        raise error(f"cannot write {what} {path}: {exc}") from exc
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)

@@ -21,14 +21,13 @@ import base64
 import binascii
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from protocol.canonical import CanonicalWriter, sha256
 from protocol.errors import InputError
-from protocol.keys import Algorithm, PublicKey, SigningKey
+from protocol.keys import Algorithm, PublicKey, SigningKey, write_private_file
 from protocol.records import RecordKeyPair
 
 B = TypeVar("B")
@@ -238,21 +237,13 @@ class UserIdentity:
 
     def save(self, path: Path | str) -> None:
         """Write the identity (mode 0600; refuses to overwrite an existing file)."""
-        target = Path(path)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError as exc:
-            raise IdentityFileError(
-                f"{target} already exists; an identity holds private keys and is never "
-                "overwritten: choose another file (--out) or move that one away") from exc
-        except OSError as exc:
-            raise IdentityFileError(f"cannot write identity {target}: {exc}") from exc
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"algorithm": self.signing.algorithm.value,
-                       "signing_seed": base64.b64encode(self.signing.seed).decode(),
-                       "record_seed": base64.b64encode(self.records.seed).decode(),
-                       "user_id": self.user_id}, handle, indent=2)
+        text = json.dumps({"algorithm": self.signing.algorithm.value,
+                           "signing_seed": base64.b64encode(self.signing.seed).decode(),
+                           "record_seed": base64.b64encode(self.records.seed).decode(),
+                           "user_id": self.user_id}, indent=2)
+        write_private_file(Path(path), text, IdentityFileError, "identity",
+                           "an identity holds private keys and is never overwritten: choose "
+                           "another file (--out) or move that one away")
 
     @classmethod
     def load(cls, path: Path | str) -> UserIdentity:

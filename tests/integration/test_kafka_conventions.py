@@ -4,7 +4,6 @@ of maximal messages, and consumer-group lag that reads zero when caught up (issu
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Iterator
 
@@ -25,6 +24,7 @@ from streams.settings import Settings
 from streams.topics import BY_NAME, TopicSpec
 from tests.integration.test_users_pipeline import users_settings  # noqa: F401
 from tests.support.raw_kafka import raw_admin, raw_consumer, raw_producer
+from tests.support.users_services import running_handler_and_projector
 from tests.support.workload import make_workload
 from tests.unit.test_partitioning import java_partition
 
@@ -211,20 +211,9 @@ def _wait_for_zero_lag(settings: Settings, group: str, topic: str, timeout_s: fl
 @pytest.fixture
 def running(users_settings: Settings,  # noqa: F811
             cassandra_session: Session) -> Iterator[tuple[CommandHandler, Projector]]:
-    handler = CommandHandler.create(users_settings, instance_id="lag")
-    projector = Projector.create(users_settings, cassandra_session, create_tables=False)
-    threads = [threading.Thread(target=s.run, daemon=True) for s in (handler, projector)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield handler, projector
-    finally:
-        handler.stop()
-        projector.stop()
-        for thread in threads:
-            thread.join(30)
-        handler.close()
-        projector.close()
+    with running_handler_and_projector(users_settings, cassandra_session, "lag",
+                                       create_tables=False) as services:
+        yield services
 
 
 def test_caught_up_groups_report_lag_zero_over_transactional_topics(

@@ -172,6 +172,17 @@ class MonitoredNetwork:
         """``AlertWatch.wait_for``, restarting what exits meanwhile (the supervisor's job)."""
         return self.alerts.wait_for(kind, rule, subject, after, timeout_s, self.supervisor.tick)
 
+    def kill_validator(self, validator: int) -> tuple[str, float]:
+        """Kill validator ``validator`` with signal 9, keep it down, and wait until the monitor
+        raises its missed-precommits alert; its address and when it was killed."""
+        victim, name = self.address(validator), f"validator-{validator}"
+        killed_at = time.time()
+        self.supervisor.kill(name, signal.SIGKILL)
+        self.supervisor.stop([name], grace_s=1)
+        self.wait_alert(AlertRaised, "ValidatorMissedPrecommits", victim, killed_at,
+                        WINDOW_S + 20)
+        return victim, killed_at
+
     def metric(self, name: str) -> float | None:
         try:
             text = httpx.get(self.metrics_url, timeout=5).text
@@ -307,12 +318,7 @@ def test_stuck_qrng_source_raises_a_health_alert_within_10s_and_resolves(
 
 def test_killed_validator_raises_missed_precommits_and_resolves_when_back(
         network: MonitoredNetwork) -> None:
-    victim = network.address(3)
-    killed_at = time.time()
-    network.supervisor.kill("validator-3", signal.SIGKILL)
-    network.supervisor.stop(["validator-3"], grace_s=1)
-    network.wait_alert(AlertRaised, "ValidatorMissedPrecommits", victim, killed_at,
-                            WINDOW_S + 20)
+    victim, killed_at = network.kill_validator(3)
     back_at = time.time()
     network.supervisor.start(["validator-3"])
     network.wait_alert(AlertResolved, "ValidatorMissedPrecommits", victim, back_at,
@@ -332,12 +338,7 @@ def test_chain_stall_raises_chain_stalled_and_resolves(network: MonitoredNetwork
 
 def test_monitor_killed_with_9_keeps_its_windows_raises_nothing_twice_loses_nothing(
         network: MonitoredNetwork) -> None:
-    victim = network.address(2)
-    began = time.time()
-    network.supervisor.kill("validator-2", signal.SIGKILL)
-    network.supervisor.stop(["validator-2"], grace_s=1)
-    network.wait_alert(AlertRaised, "ValidatorMissedPrecommits", victim, began,
-                            WINDOW_S + 20)
+    victim, began = network.kill_validator(2)
     # kill -9 mid-stream while the alert fires; the supervisor restarts the monitor
     network.supervisor.kill("monitor", signal.SIGKILL)
     time.sleep(1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from cassandra.cluster import Session
@@ -16,9 +15,6 @@ from protocol.records import RecordKeyPair, open_record, seal_record
 from services.shard_writer.client import UserClient
 from services.shard_writer.core import PutRecord, RegisterUser, signed_command, user_id_for
 from services.shard_writer.handler import MAX_COMMAND_BYTES, CommandHandler
-from services.shard_writer.projection import Projector
-from services.shard_writer.store import create_schema, drop_keyspace
-from streams.admin import ensure_topics
 from streams.codec import default_codec
 from streams.kafka import make_producer, read_to_end
 from streams.settings import Settings
@@ -27,19 +23,13 @@ from tests.integration.test_users_pipeline import (
     in_thread,
     produce_commands,
     queries_for,
+    users_settings,  # noqa: F401
     wait_until,
 )
+from tests.support.users_services import running_handler_and_projector
 from tests.support.workload import make_workload
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def users_settings(cassandra_settings: Settings, cassandra_session: Session) -> Iterator[Settings]:
-    ensure_topics(cassandra_settings)
-    create_schema(cassandra_session, cassandra_settings.cassandra.keyspace)
-    yield cassandra_settings
-    drop_keyspace(cassandra_session, cassandra_settings.cassandra.keyspace)
 
 
 def read_topic(settings: Settings, name: str) -> list[tuple[bytes | None, bytes | None]]:
@@ -50,7 +40,7 @@ def read_topic(settings: Settings, name: str) -> list[tuple[bytes | None, bytes 
 
 
 def test_bad_input_is_dead_lettered_counted_and_the_stream_keeps_flowing(
-        users_settings: Settings) -> None:
+        users_settings: Settings) -> None:  # noqa: F811
     codec = default_codec()
     key = SigningKey.generate(Algorithm.ED25519)
     user = user_id_for(key.public_key.to_text())
@@ -116,14 +106,11 @@ def test_bad_input_is_dead_lettered_counted_and_the_stream_keeps_flowing(
 
 
 def test_no_plaintext_in_kafka_or_cassandra_and_reads_see_own_writes(
-        users_settings: Settings, cassandra_session: Session) -> None:
+        users_settings: Settings, cassandra_session: Session) -> None:  # noqa: F811
     marker = f"PLAINTEXT-{uuid.uuid4().hex}".encode()
     workload = make_workload(10, 300, seed=3, marker=marker)
     produce_commands(users_settings, workload.commands)
-    handler = CommandHandler.create(users_settings, instance_id=uuid.uuid4().hex)
-    projector = Projector.create(users_settings, cassandra_session)
-    threads = [in_thread(handler), in_thread(projector)]
-    try:
+    with running_handler_and_projector(users_settings, cassandra_session, uuid.uuid4().hex):
         wait_until(handler_caught_up(users_settings), 60, "the handler")
         # Read your own writes through the client and the queries.
         person = next(p for p in workload.users.values()
@@ -145,13 +132,6 @@ def test_no_plaintext_in_kafka_or_cassandra_and_reads_see_own_writes(
         assert record is not None and record.user_version == reply.version
         assert open_record(person.records_key, person.user_id, "mine", version,
                            record.ciphertext) == secret
-    finally:
-        handler.stop()
-        projector.stop()
-        for thread in threads:
-            thread.join(30)
-        handler.close()
-        projector.close()
     needles = [marker] + [base64.b64encode(b"\x00" * pad + marker)[4:-4] for pad in range(3)]
     scanned = 0
     for name in ("users.commands", "users.events", "users.replies", "dlq.users"):

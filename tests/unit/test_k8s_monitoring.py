@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from infra.helm import generate_rules
+from infra.helm.values_block import VALUES_FILE
 from infra.k8s.metrics import exported_names, is_exported, query_metrics
 from infra.k8s.schemas import schema_violations
 from infra.k8s.validate import CHART, render, validate_objects
@@ -120,7 +121,7 @@ def test_a_dashboard_panel_over_an_unknown_metric_or_bad_json_fails(objects: Obj
 def test_the_alert_rules_block_is_generated_and_a_stale_one_is_detected(tmp_path: Path) -> None:
     assert generate_rules.main(["--check"]) == 0
     stale = tmp_path / "values.yaml"
-    stale.write_text(generate_rules.VALUES_FILE.read_text().replace(">= 1000", ">= 999"))
+    stale.write_text(VALUES_FILE.read_text().replace(">= 1000", ">= 999"))
     assert generate_rules.main(["--check", "--values", str(stale)]) == 1
 
 

@@ -10,6 +10,7 @@ import pytest
 from infra.docker.lint import lint
 from infra.helm import generate_topics
 from infra.helm.access import WRITER_ROLES, UnmappedWriterError, writer_roles
+from infra.helm.values_block import VALUES_FILE
 from infra.k8s.schemas import CRD_DIR, close_schema, crd_schema, schema_violations
 from streams.topics import CATALOGUE, TopicSpec
 
@@ -64,7 +65,7 @@ def test_values_topics_block_is_generated_from_the_catalogue() -> None:
 
 def test_a_stale_topics_block_is_detected(tmp_path: Path) -> None:
     values = tmp_path / "values.yaml"
-    stale = generate_topics.VALUES_FILE.read_text().replace("partitions: 12", "partitions: 24")
+    stale = VALUES_FILE.read_text().replace("partitions: 12", "partitions: 24")
     values.write_text(stale)
     assert generate_topics.main(["--check", "--values", str(values)]) == 1
 

@@ -23,7 +23,6 @@ from typing import Any, get_args
 
 import pytest
 
-from protocol.app import FinalizeBlockRequest
 from services.ledger import core as ledger
 from services.ledger.core.genesis_file import genesis_from_json, genesis_state, genesis_to_json
 from tests.support import vectors
@@ -160,16 +159,8 @@ def build_case(name: str) -> dict[str, Any]:
     case = CASES[name]
     genesis = with_params(make_genesis(), signed_blocks_window=5, **dict(case.params))
     chain = Chain(genesis)
-    setup: list[FinalizeBlockRequest] = []
-    apply = chain.apply
-
-    def recording_apply(request: FinalizeBlockRequest):  # type: ignore[no-untyped-def]
-        setup.append(request)
-        return apply(request)
-
-    chain.apply = recording_apply  # type: ignore[method-assign]
     case.setup(chain)
-    chain.apply = apply  # type: ignore[method-assign]
+    setup = list(chain.requests)
     pre_state, pre_hash = chain.state, ledger.state_hash(chain.state).hex()
     tx = case.tx(chain)
     request = chain.request([tx])

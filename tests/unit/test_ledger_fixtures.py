@@ -98,6 +98,7 @@ class Chain:
         self.algorithm = algorithm
         self.last_set: ValidatorSet | None = None  # set that governed the last height
         self.pending: dict[bytes, int] = {}  # next nonce per sender within the open block
+        self.requests: list[FinalizeBlockRequest] = []  # every block applied, in order
         self.responses: list[FinalizeBlockResponse] = []
 
     def tx(self, sender: int, body: TxBody, fee: int = FEE, nonce: int | None = None) -> bytes:
@@ -139,6 +140,7 @@ class Chain:
         self.state, response = self.app.finalize_block(self.state, request)
         self.last_set = governing
         self.pending.clear()
+        self.requests.append(request)
         self.responses.append(response)
         return response
 

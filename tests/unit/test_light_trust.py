@@ -9,8 +9,6 @@ refusal necessary: signatures alone cannot tell a stale set's forgery from the t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,16 +25,7 @@ from sdk.testing import LocalChain, make_local_chain
 from services.ledger.core.chain_spec import ChainSpec
 from services.ledger.core.params import Params
 from streams.chain_wire import decode_finalized
-
-
-class ListSource:
-    def __init__(self, records: list[bytes]) -> None:
-        self.items = records
-
-    def records(self, after: int | None) -> Iterator[tuple[int, bytes]]:
-        start = 0 if after is None else after + 1
-        for position in range(start, len(self.items)):
-            yield position, self.items[position]
+from tests.support.block_sources import ListSource
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,7 @@ from protocol.validators import ValidatorSet
 from sdk.errors import BlockGapError, BlockRejectedError, ForkDetectedError
 from sdk.subscriber import BlockSubscriber, TrustedCheckpoint, parse_sse
 from sdk.testing import LocalChain, flip_bit, make_local_chain, resign, tamper
-
-
-class ListSource:
-    def __init__(self, records: list[bytes]) -> None:
-        self.items = records
-
-    def records(self, after: int | None) -> Iterator[tuple[int, bytes]]:
-        start = 0 if after is None else after + 1
-        for position in range(start, len(self.items)):
-            yield position, self.items[position]
+from tests.support.block_sources import ListSource
 
 
 @pytest.fixture(scope="module")
