@@ -199,6 +199,7 @@ def decode_evidence_record(
 # ---------------------------------------------------------------- state snapshots
 
 SNAPSHOT_CHUNK_BYTES = 512 * 1024
+MAX_SNAPSHOT_CHUNKS = 4096  # 2 GiB: a snapshot claiming more is not assembled (a reader's bound)
 
 
 def snapshot_key(height: int, chunk: int) -> bytes:
@@ -239,7 +240,8 @@ def decode_snapshot_chunk(data: bytes | None, codec: Codec | None = None) -> Sna
         raise WireError(str(exc)) from exc
     chunk = SnapshotChunk(record["chain_id"], record["height"], record["snapshot_hash"],
                           record["chunk"], record["chunks"], record["data"])
-    if not 0 <= chunk.chunk < chunk.chunks or chunk.height < 0 or len(chunk.snapshot_hash) != 32:
+    if (not 0 <= chunk.chunk < chunk.chunks <= MAX_SNAPSHOT_CHUNKS or chunk.height < 0
+            or len(chunk.snapshot_hash) != 32):
         raise WireError(f"snapshot chunk {chunk.chunk} of {chunk.chunks} at height "
                         f"{chunk.height} is malformed")
     return chunk
