@@ -13,14 +13,22 @@ from hypothesis import strategies as st
 
 from protocol.keys import Algorithm, SigningKey
 from services.shard_writer.core import (
+    REJECTIONS,
     Command,
+    ForgedSignatureError,
     PutRecord,
     RegisterUser,
     command_to_record,
     signed_command,
     user_id_for,
 )
-from services.shard_writer.core.partition import BatchState, PartitionState, Rejection
+from services.shard_writer.core.partition import (
+    BatchState,
+    PartitionState,
+    Rejection,
+    remembered,
+    remembered_code,
+)
 from services.shard_writer.handler import CommandHandler
 from streams.codec import default_codec
 from streams.kafka import KafkaConsumer, KafkaProducer, Record
@@ -128,3 +136,14 @@ def test_an_aborted_batch_changes_no_state() -> None:
     assert handler.partitions[0].users == {}
     assert handler.process(records([register])) == 1
     assert handler.partitions[0].users[USER].version == 1
+
+
+def test_a_rebuild_remembers_exactly_the_rejections_the_handler_remembers() -> None:
+    """A rebuild folds ``users.replies`` with ``remembered_code``; the live handler remembers
+    with ``remembered``. They must agree on every code, or a restarted handler (or a snapshot
+    compared with the full fold) holds other rejections than the one that answered: a
+    remembered forged-signature rejection would let a forger block the genuine command."""
+    for code, rejection in REJECTIONS.items():
+        assert remembered_code(code) == remembered(rejection), code
+    assert not remembered_code(ForgedSignatureError.reply_code)
+    assert remembered_code("a_code_from_a_newer_release")

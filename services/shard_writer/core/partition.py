@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from services.shard_writer.core.rejections import (
     REJECTIONS,
     CommandRejectedError,
+    ForgedSignatureError,
     IdempotencyKeyReusedError,
     UnknownUserError,
     UserDeletedError,
@@ -51,7 +52,13 @@ def remembered(rejection: type[CommandRejectedError]) -> bool:
 
 
 def remembered_code(code: str) -> bool:
-    """``remembered`` for a code read back from ``users.replies`` (unknown codes: kept)."""
+    """``remembered`` for a code read back from ``users.replies`` (unknown codes: kept).
+
+    A forged signature's rejection is answered but never remembered (the handler's module doc:
+    remembering it would let a forger block the genuine command), so a rebuild does not
+    remember it either: the rebuilt state is the state the handler had."""
+    if code == ForgedSignatureError.reply_code:
+        return False
     return remembered(REJECTIONS.get(code, CommandRejectedError))
 
 
