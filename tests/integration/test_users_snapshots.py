@@ -192,38 +192,41 @@ def test_a_garbage_or_false_snapshot_is_dead_lettered_and_the_full_fold_used(
     first.wait("the assignment", lambda: len(first.handler.partitions) == PARTITIONS)
     states = first.stop()
     assert first.handler.stats.snapshots_written == len(occupied(settings))
-    spoiled = sorted(occupied(settings))[:3]
+    spoiled = sorted(occupied(settings))[:4]
 
     # the first: its first piece replaced by bytes that are no message at all;
     # the second: a well-formed piece whose bytes do not hash to the snapshot's digest;
-    # the third: a complete, self-consistent snapshot of a state the log does not have (one
-    # event more than it holds): only the log itself can refuse it.
+    # the third and fourth: complete, self-consistent snapshots of states the log does not
+    # have, one event ahead of it (at its end) and 1,000 (beyond it): only the log itself can
+    # refuse them.
     garbage = (f"{spoiled[0]}/0".encode(), b"not a snapshot")
     real = split(store.events_topic, spoiled[1], states[spoiled[1]], store.piece_bytes)
     assert len(real) > 1
     forged = replace(real[0], body=bytes(len(real[0].body)))
-    base = states[spoiled[2]]
-    ahead = replace(base, events_offset=base.events_offset + 1,
-                    last_offsets={**base.last_offsets, next(iter(base.users)): base.events_offset})
-    produce_raw(settings, "users.snapshots", [
-        garbage, (f"{spoiled[1]}/0".encode(), store.encode(forged)),
-        *((f"{spoiled[2]}/{p.chunk}".encode(), store.encode(p))
-          for p in split(store.events_topic, spoiled[2], ahead, store.piece_bytes))])
+    false = [garbage, (f"{spoiled[1]}/0".encode(), store.encode(forged))]
+    for partition, more in ((spoiled[2], 1), (spoiled[3], 1000)):
+        base = states[partition]
+        ahead = replace(base, events_offset=base.events_offset + more, last_offsets={
+            **base.last_offsets, next(iter(base.users)): base.events_offset + more - 1})
+        false += [(f"{partition}/{p.chunk}".encode(), store.encode(p))
+                  for p in split(store.events_topic, partition, ahead, store.piece_bytes)]
+    produce_raw(settings, "users.snapshots", false)
 
     second = start(running, settings)
     second.wait("the assignment", lambda: len(second.handler.partitions) == PARTITIONS)
     restored = second.stop()
     stats = second.handler.stats
-    assert stats.snapshots_rejected == 3
-    assert stats.snapshots_loaded == len(occupied(settings)) - 3
+    assert stats.snapshots_rejected == 4
+    assert stats.snapshots_loaded == len(occupied(settings)) - 4
     assert stats.rebuilt_events == sum(1 for item in read_events(settings)
                                        if item.partition in spoiled)
     assert_states_are_the_full_fold(second.handler, restored)
     letters = [d for d in dead_letters(settings)
                if d["source_topic"] == settings.topic("users.snapshots")]
-    assert sorted(d["error_type"] for d in letters) == ["snapshot_rejected"] * 3
+    assert sorted(d["error_type"] for d in letters) == ["snapshot_rejected"] * 4
     reasons = " | ".join(str(d["reason"]) for d in letters)
-    assert "not an Avro" in reasons and "digest" in reasons and "newest" in reasons, reasons
+    for why in ("not an Avro", "digest", "the log ends before", "the log has no event at"):
+        assert why in reasons, reasons
 
 
 def test_a_handler_killed_while_writing_a_snapshot_leaves_the_earlier_ones(
