@@ -11,7 +11,9 @@ read, exported and audited like every other topic.
 
 Records: key ``<partition>/<piece>`` (ASCII), value a ``UserPartitionSnapshotted`` message
 carrying one piece of the canonical state (``core.snapshot``), all on the topic's one partition
-(so Java's partitioner puts every key where we do). A snapshot smaller than before leaves its
+(so Java's partitioner puts every key where we do). The price: an instance reads every
+partition's snapshots and keeps its own, so with several instances each reads the snapshots of
+all users, still nothing that grows with the events. A snapshot smaller than before leaves its
 predecessor's surplus pieces under their keys; they name another digest and are never taken.
 
 Writing (``SnapshotStore.write``; the handler calls it only with committed state, see its
