@@ -760,15 +760,24 @@ def _consumer(settings: Settings, group_id: str, policy: ErrorPolicy,
 
 
 def read_to_end(settings: Settings, topic: str, group_id: str,
-                partitions: Sequence[int] | None = None, **overrides: Any) -> Iterator[Record]:
+                partitions: Sequence[int] | None = None, *,
+                start: Mapping[int, int] | None = None, **overrides: Any) -> Iterator[Record]:
     """Every committed record of ``partitions`` of ``topic`` (default: all of them), from offset
-    0 to the end each partition has when the reader gets there, partition batches interleaved
-    in fetch order; any consumer error raises (``make_reader``). Nothing is committed."""
-    reader = make_reader(settings, group_id, **{"enable.partition.eof": True, **overrides})
+    0 (or the partition's offset in ``start``) to the end each partition has when the reader
+    gets there, partition batches interleaved in fetch order; any consumer error raises
+    (``make_reader``). Nothing is committed. A start below the partition's first retained
+    offset reads from there (``auto.offset.reset``); callers check a start against the
+    partition's bounds (``KafkaConsumer.watermarks``) when a later one would be wrong."""
+    # An empty fetch at a partition's end waits fetch.wait.max.ms (500 ms by default) on the
+    # broker before the end is reported: a bounded read wants to know at once.
+    reader = make_reader(settings, group_id, **{"enable.partition.eof": True,
+                                                "fetch.wait.max.ms": 10, **overrides})
     try:
         chosen = reader.partitions(topic) if partitions is None else list(partitions)
-        reader.assign([Position(topic, p, 0) for p in chosen])
+        reader.assign([Position(topic, p, (start or {}).get(p, 0)) for p in chosen])
         while not all(reader.at_end(topic, p) for p in chosen):
-            yield from reader.consume(10_000, 1.0)
+            # consume waits for its count or its whole timeout (an end reached does not wake
+            # it): a short one, or every read would last a second past its end
+            yield from reader.consume(10_000, 0.1)
     finally:
         reader.close()

@@ -28,6 +28,9 @@ FOREVER_SEGMENT_BYTES = 1024 * 1024 * 1024  # Kafka's default; nothing is delete
 # streams.dlq.MAX_REASON_BYTES) in the record and in a header, the key again as the DLQ key,
 # names, numbers, the Avro header and Kafka's record overhead.
 DLQ_ENVELOPE_BYTES = 64 * 1024
+# users.snapshots: a segment is compacted only once rolled (see the catalogue entry)
+SNAPSHOT_SEGMENT_BYTES = 64 * 1024 * 1024
+SNAPSHOT_SEGMENT_MS = 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,14 @@ _DATA: tuple[TopicSpec, ...] = (
               retention_ms=FOREVER),
     TopicSpec("users.replies", 12, "user id", "user command handler",
               ("UserCommandAccepted", "UserCommandRejected"), retention_ms=DAY_MS),
+    # Compacted: the newest snapshot of each users.events partition, in pieces keyed
+    # "<partition>/<piece>" (services/shard_writer/snapshots.py). One partition, so a key's place
+    # is the same for every client; small segments, so what a restart reads beyond the live
+    # snapshots (the active segment and what the cleaner has not reached) stays small.
+    TopicSpec("users.snapshots", 1, "users.events partition / piece", "user command handler",
+              ("UserPartitionSnapshotted",), retention_ms=FOREVER, cleanup_policy="compact",
+              extra=(("segment.bytes", str(SNAPSHOT_SEGMENT_BYTES)),
+                     ("segment.ms", str(SNAPSHOT_SEGMENT_MS)))),
     # Compacted: the latest event per rule + subject stays (the open alerts after a restart);
     # a day of history is kept before compaction for `qustream alerts list --all`.
     TopicSpec("alerts", 1, "rule + subject", "monitor", ("AlertRaised", "AlertResolved"),
@@ -128,7 +139,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
                   ("chain.consensus", "chain.blocks", "chain.evidence", "chain.snapshots")),
     _dead_letters("dlq.ledger", "ledger consumers", ("ledger.tx",)),
     _dead_letters("dlq.users", "user consumers",
-                  ("users.commands", "users.events", "users.replies")),
+                  ("users.commands", "users.events", "users.replies", "users.snapshots")),
     _dead_letters("dlq.monitor", "monitor", ("alerts", "monitor.state")),
 )
 

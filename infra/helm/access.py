@@ -49,7 +49,10 @@ READER_ROLES: dict[str, tuple[str, ...]] = {
     "ledger.tx": ("validator", "monitor"),
     "users.commands": ("users-handler",),
     "users.events": ("users-handler", "shard-writer"),
-    "users.replies": ("gateway",),
+    # The handler reads back its own replies (the rejections it remembers) and snapshots when
+    # it takes over a partition.
+    "users.replies": ("gateway", "users-handler"),
+    "users.snapshots": ("users-handler",),
     "dlq.entropy": ("monitor",),
     "dlq.chain": ("monitor",),
     "dlq.ledger": ("monitor",),

@@ -172,11 +172,19 @@ def delete_user(identity_file: Path = IDENTITY,
 
 
 @app.command()
-def handler(instance_id: str = typer.Option("0", help="stable id: transactional.id")) -> None:
+def handler(instance_id: str = typer.Option("0", help="stable id: transactional.id"),
+            snapshot_every: int | None = typer.Option(
+                None, help="events per partition between snapshots (at least; 0: none; "
+                           "default: the handler's, 10,000)"),
+            full: bool = typer.Option(
+                False, "--full", help="ignore the snapshots: fold every partition from offset 0"),
+            ) -> None:
     """Run the user command handler (users.commands -> users.events)."""
     from services.shard_writer.handler import main
 
-    main(["--instance-id", instance_id])
+    main(["--instance-id", instance_id,
+          *([] if snapshot_every is None else ["--snapshot-every", str(snapshot_every)]),
+          *(["--full"] if full else [])])
 
 
 @app.command("shard-writer")

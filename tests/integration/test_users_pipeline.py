@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,14 +164,16 @@ def users_settings(cassandra_settings: Settings, cassandra_session: Session) -> 
 
 
 def run_with_kills(settings: Settings, session: Session, tmp: Path, *, users: int,
-                   commands: int, kills: int, seed: int) -> None:
+                   commands: int, kills: int, seed: int,
+                   handler_args: Sequence[str] = ()) -> None:
     """Produce the workload, kill -9 handler and shard_writer ``kills`` times each at random
-    points, then check the log and the projection."""
+    points, then check the log and the projection. ``handler_args`` go to the handler."""
     rng = random.Random(seed)
     workload = make_workload(users, commands, seed=seed)
     produce_commands(settings, workload.commands)
     handler = Service(settings, "services.shard_writer.handler",
-                      ["--instance-id", "0", "--session-timeout-ms", "6000"], tmp / "handler.log")
+                      ["--instance-id", "0", "--session-timeout-ms", "6000", *handler_args],
+                      tmp / "handler.log")
     writer = Service(settings, "services.shard_writer.projection",
                      ["--instance-id", "sw0", "--session-timeout-ms", "6000",
                       "--max-batch", "500"], tmp / "writer.log")

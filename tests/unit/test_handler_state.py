@@ -13,17 +13,26 @@ from hypothesis import strategies as st
 
 from protocol.keys import Algorithm, SigningKey
 from services.shard_writer.core import (
+    REJECTIONS,
     Command,
+    ForgedSignatureError,
     PutRecord,
     RegisterUser,
     command_to_record,
     signed_command,
     user_id_for,
 )
-from services.shard_writer.core.partition import BatchState, PartitionState, Rejection
+from services.shard_writer.core.partition import (
+    BatchState,
+    PartitionState,
+    Rejection,
+    remembered,
+    remembered_code,
+)
+from services.shard_writer.core.snapshot import encode
 from services.shard_writer.handler import CommandHandler
 from streams.codec import default_codec
-from streams.kafka import KafkaConsumer, KafkaProducer, Record
+from streams.kafka import KafkaConsumer, KafkaProducer, Position, Record
 from streams.settings import load_settings
 from tests.support.fake_kafka import FakeRawConsumer, FakeRawProducer, kafka_exception
 
@@ -128,3 +137,59 @@ def test_an_aborted_batch_changes_no_state() -> None:
     assert handler.partitions[0].users == {}
     assert handler.process(records([register])) == 1
     assert handler.partitions[0].users[USER].version == 1
+
+
+def test_a_rebuild_remembers_exactly_the_rejections_the_handler_remembers() -> None:
+    """A rebuild folds ``users.replies`` with ``remembered_code``; the live handler remembers
+    with ``remembered``. They must agree on every code, or a restarted handler (or a snapshot
+    compared with the full fold) holds other rejections than the one that answered: a
+    remembered forged-signature rejection would let a forger block the genuine command."""
+    for code, rejection in REJECTIONS.items():
+        assert remembered_code(code) == remembered(rejection), code
+    assert not remembered_code(ForgedSignatureError.reply_code)
+    assert remembered_code("a_code_from_a_newer_release")
+
+
+def test_a_committed_batch_moves_the_offsets_its_state_covers() -> None:
+    raw = FakeRawProducer()
+    handler = make_handler(raw)
+    register = signed_command(KEY, USER, "reg", RegisterUser(KEY.public_key.to_text(),
+                                                             bytes(1184)), issued_at_ms=1)
+    stale = signed_command(KEY, USER, "bad", PutRecord("r", 7, b"x"), issued_at_ms=2,
+                           expected_version=1)
+    raw.fail("commit_transaction", kafka_exception(KafkaError.INVALID_TXN_STATE,
+                                                   txn_requires_abort=True))
+    assert handler.process(records([register, stale])) == 0
+    state = handler.partitions[0]
+    assert (state.events_offset, state.replies_offset) == (0, 0)  # aborted: nothing covered
+    assert handler.process(records([register, stale])) == 2
+    # The fake producer numbers the aborted batch's records too, as a broker does: its event
+    # took offset 0, its rejection and acceptance replies 0 and 1. The committed batch's event
+    # is at 1, its rejection at 2 (reported at the flush), its acceptance at 3 (reported after
+    # the commit, by this fake): the state covers what was reported when it committed.
+    assert state.last_offsets[USER] == 1 and state.events_offset == 2
+    assert (USER, "bad") in state.rejected and state.replies_offset == 3
+
+
+def test_a_due_snapshot_is_written_after_the_turn_in_a_transaction_of_its_own() -> None:
+    raw = FakeRawProducer()
+    handler = make_handler(raw)
+    handler.snapshot_every = 1
+    register = signed_command(KEY, USER, "reg", RegisterUser(KEY.public_key.to_text(),
+                                                             bytes(1184)), issued_at_ms=1)
+    handler.process(records([register]))
+    raw.calls.clear()
+    handler._after_turn()
+    snapshots = handler.snapshots.topic
+    assert [name for name in raw.names() if name != "poll"][:3] == \
+        ["begin_transaction", "produce", "flush"]
+    assert "send_offsets_to_transaction" not in raw.names()  # nothing consumed: own transaction
+    assert raw.names()[-1] == "commit_transaction"
+    (value,) = [args[1] for name, args in raw.calls if name == "produce" and args[0] == snapshots]
+    piece = handler.snapshots.decode(Record(snapshots, 0, 0, b"0/0", value, 0))
+    assert piece.body == encode(0, handler.partitions[0]) and piece.chunks == 1
+    assert handler.stats.snapshots_written == 1
+    raw.calls.clear()
+    handler._after_turn()  # nothing new: nothing due
+    handler._on_revoke([Position(handler.commands_topic, 0)])  # nothing new: nothing written
+    assert "produce" not in raw.names()
