@@ -45,7 +45,7 @@ READER_ROLES: dict[str, tuple[str, ...]] = {
     "chain.consensus": ("validator", "tally", "monitor"),
     "chain.blocks": ("validator", "tally", "gateway", "block-store", "monitor"),
     "chain.evidence": ("validator",),
-    "chain.snapshots": ("validator", "tally", "gateway"),
+    "chain.snapshots": ("validator", "tally", "gateway", "block-store"),
     "ledger.tx": ("validator", "monitor"),
     "users.commands": ("users-handler",),
     "users.events": ("users-handler", "shard-writer"),
