@@ -121,6 +121,18 @@ def _end_offset(settings: Settings) -> int:
         consumer.close()
 
 
+def _run_projector(settings: Settings, spec: ChainSpec, session: Any, *,
+                   max_batch: int = 500) -> BlockProjector:
+    """One projector run until the topic has been idle for 2 s, closed; returned for its
+    stats."""
+    projector = BlockProjector.create(settings, spec, session, max_batch=max_batch)
+    try:
+        projector.run(idle_timeout_s=2)
+    finally:
+        projector.close()
+    return projector
+
+
 def _assert_stored_as_the_chain(session: Any, settings: Settings, chain: LocalChain,
                                 heights: int) -> None:
     rows = _stored(session, settings, chain, heights + 2 * 1000)
@@ -146,11 +158,7 @@ def test_the_projector_stores_what_verifies_dead_letters_the_rest_and_resumes(
     _write(settings, [*chain.records[:30], b"garbage", chain.records[9], unsigned,
                       *chain.records[30:40]])
 
-    projector = BlockProjector.create(settings, spec, cassandra_session, max_batch=16)
-    try:
-        projector.run(idle_timeout_s=2)
-    finally:
-        projector.close()
+    projector = _run_projector(settings, spec, cassandra_session, max_batch=16)
     assert projector.stats.stored == 40 and projector.stored_height == 40
     _assert_stored_as_the_chain(cassandra_session, settings, chain, 40)
     queries = _queries(cassandra_session, settings, chain)
@@ -165,11 +173,7 @@ def test_the_projector_stores_what_verifies_dead_letters_the_rest_and_resumes(
 
     # A restart verifies up to the stored position again and writes nothing stored before.
     _write(settings, list(chain.records[40:]))
-    again = BlockProjector.create(settings, spec, cassandra_session, max_batch=16)
-    try:
-        again.run(idle_timeout_s=2)
-    finally:
-        again.close()
+    again = _run_projector(settings, spec, cassandra_session, max_batch=16)
     assert again.stats.verified == 60 and again.stats.stored == 20
     assert again.stats.statements == 20 * 3  # block, time, time bucket: no set change
     assert len(_dead_letters(settings)) == 2
@@ -246,12 +250,7 @@ def test_the_gateway_serves_old_blocks_and_pulses_by_time_from_the_store(
     chain = make_local_chain(tmp_path / "chain", heights)
     records = [decode_finalized(raw) for raw in chain.records]
     _write(settings, list(chain.records))
-    projector = BlockProjector.create(settings, ChainSpec.load(chain.genesis),
-                                      cassandra_session)
-    try:
-        projector.run(idle_timeout_s=2)
-    finally:
-        projector.close()
+    _run_projector(settings, ChainSpec.load(chain.genesis), cassandra_session)
     ports = [_free_port(), _free_port()]
     gateways = [_gateway(settings, chain.genesis, ports[0], tmp_path, "--block-store"),
                 _gateway(settings, chain.genesis, ports[1], tmp_path)]
@@ -323,20 +322,12 @@ def test_a_restarted_projector_starts_from_a_snapshot_below_its_position(
             producer.produce(settings.topic("chain.snapshots"), value, key)
     assert producer.flush(30) == 0
 
-    first = BlockProjector.create(settings, spec, cassandra_session, max_batch=64)
-    try:
-        first.run(idle_timeout_s=2)
-    finally:
-        first.close()
+    first = _run_projector(settings, spec, cassandra_session, max_batch=64)
     assert first.stats.stored == 250
     assert first.start_report.snapshot_height is None  # nothing stored yet: from genesis
 
     _write(settings, list(chain.records[250:]))
-    again = BlockProjector.create(settings, spec, cassandra_session, max_batch=64)
-    try:
-        again.run(idle_timeout_s=2)
-    finally:
-        again.close()
+    again = _run_projector(settings, spec, cassandra_session, max_batch=64)
     assert again.start_report.snapshot_height == 200, again.start_report.describe()
     assert again.stats.verified == 100 and again.stats.stored == 50
     _assert_stored_as_the_chain(cassandra_session, settings, chain, 300)
