@@ -52,7 +52,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -104,6 +104,32 @@ class Record:
     value: bytes | None
     timestamp_ms: int
     headers: tuple[tuple[str, bytes | None], ...] = ()
+
+
+class Keyed(Protocol):
+    """A record of a keyed topic (``Record``, or an audit's ``LogRecord``)."""
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+
+KeyedRecord = TypeVar("KeyedRecord", bound=Keyed)
+
+
+def compacted(records: Iterable[KeyedRecord]) -> list[KeyedRecord]:
+    """What log compaction keeps of ``records`` (read in offset order): the newest record of
+    each key, and nothing of a key whose newest record is a tombstone. Readers of a compacted
+    topic apply it themselves, so what they find does not depend on when the cleaner last ran."""
+    newest: dict[bytes | None, KeyedRecord] = {}
+    for record in records:
+        if record.value is None:
+            newest.pop(record.key, None)
+        else:
+            newest[record.key] = record
+    return list(newest.values())
 
 
 class Position(NamedTuple):

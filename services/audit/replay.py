@@ -56,6 +56,7 @@ from services.ledger.core.errors import LedgerError
 from services.ledger.core.tx import decode_signed_tx
 from streams.chain_wire import assemble_snapshots, decode_consensus, decode_snapshot_chunk
 from streams.codec import CodecError, default_codec
+from streams.kafka import compacted
 from streams.settings import Settings
 from streams.signature_pool import SignaturePool
 
@@ -341,14 +342,10 @@ def _snapshot_auditor(source: LogSource, options: AuditOptions
     each key, as compaction keeps it), to be compared while the chain is folded; and how many
     are incomplete."""
     spec = ChainSpec.load(options.genesis)
-    latest: dict[bytes | None, LogRecord] = {}
-    for record in source.read("chain.snapshots"):
-        latest[record.key] = record
     chunks = []
-    for record in latest.values():
-        if record.value is not None:
-            with contextlib.suppress(WireError):
-                chunks.append(decode_snapshot_chunk(record.value))
+    for record in compacted(source.read("chain.snapshots")):
+        with contextlib.suppress(WireError):
+            chunks.append(decode_snapshot_chunk(record.value))
     complete = assemble_snapshots(chunks, spec.chain_id)
     groups = {(c.height, c.snapshot_hash) for c in chunks if c.chain_id == spec.chain_id}
     return (SnapshotAuditor.start(spec.initial, spec.app, spec.app, complete),

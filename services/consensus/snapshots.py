@@ -59,7 +59,7 @@ from streams.chain_wire import (
     snapshot_key,
 )
 from streams.errors import KafkaOperationError
-from streams.kafka import Record
+from streams.kafka import Record, compacted
 from streams.settings import Settings
 
 log = logging.getLogger("qustream.snapshots")
@@ -88,15 +88,11 @@ class StartReport:
 def read_chunks(settings: Settings, on_skip: Skip | None = None) -> list[SnapshotChunk]:
     """The decodable chunks on ``chain.snapshots``: the latest record of each key, as the
     compacted topic will keep it (a tombstone removes its key)."""
-    latest: dict[bytes | None, Record] = {}
     with ChainTopic(settings, name="chain.snapshots") as topic:
         low, high = topic.bounds()
-        for record in topic.read(low, high - low):
-            latest[record.key] = record
+        kept = compacted(topic.read(low, high - low))
     chunks: list[SnapshotChunk] = []
-    for record in latest.values():
-        if record.value is None:
-            continue
+    for record in kept:
         try:
             chunks.append(decode_snapshot_chunk(record.value))
         except WireError as exc:

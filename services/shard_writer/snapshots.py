@@ -47,7 +47,7 @@ from services.shard_writer.core.partition import PartitionState
 from services.shard_writer.core.snapshot import SnapshotError, SnapshotPiece, candidates, split
 from streams.codec import Codec, CodecError, default_codec
 from streams.errors import KafkaOperationError
-from streams.kafka import KafkaProducer, Record, make_reader, read_to_end
+from streams.kafka import KafkaProducer, Record, compacted, make_reader, read_to_end
 from streams.settings import Settings
 from streams.transactions import TransactionalBatch
 
@@ -132,19 +132,14 @@ class SnapshotStore:
 
     def load(self, partitions: Collection[int], group_id: str) -> Loaded:
         """Steps 1-3 of the module doc for ``partitions``; raises ``KafkaOperationError``."""
-        newest: dict[bytes | None, Record] = {}
         loaded = Loaded()
-        for record in read_to_end(self.settings, self.topic, group_id):
-            loaded.records += 1
-            if record.value is None:
-                newest.pop(record.key, None)  # a tombstone deletes the key, as compaction does
-            else:
-                newest[record.key] = record
+        records = list(read_to_end(self.settings, self.topic, group_id))
+        loaded.records = len(records)
         if not loaded.records:
             loaded.available = self._exists(group_id)
         pieces: dict[SnapshotPiece, Record] = {}
-        for key, record in newest.items():
-            if _owner(key) not in partitions:
+        for record in compacted(records):
+            if _owner(record.key) not in partitions:
                 continue
             try:
                 pieces[self.decode(record)] = record
