@@ -24,6 +24,7 @@ tombstones (the topic is compacted). Two tallies write identical bytes under ide
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -102,9 +103,12 @@ def read_chunks(settings: Settings, on_skip: Skip | None = None) -> list[Snapsho
 
 
 def verified_snapshot(settings: Settings, spec: ChainSpec, snapshot: Snapshot,
-                      trusted: TrustedCheckpoint) -> BlockFollower[LedgerState]:
+                      trusted: TrustedCheckpoint, *, before_next: bool = False
+                      ) -> BlockFollower[LedgerState]:
     """A follower at ``snapshot`` with block H+1 applied, its ``last_offset`` at that block
-    (module doc); ``SnapshotError`` with the reason when it cannot be used."""
+    (module doc); ``SnapshotError`` with the reason when it cannot be used. With
+    ``before_next``, the follower at the snapshot's state instead, just before that block
+    (verified all the same: the block is applied to a copy)."""
     follower = restore(snapshot, spec.app, spec.app)
     with ChainTopic(settings) as topic:
         light = LightChain(topic, spec.checkpoint(), trusted, spec.trusting_period_ms())
@@ -117,13 +121,15 @@ def verified_snapshot(settings: Settings, spec: ChainSpec, snapshot: Snapshot,
             raise SnapshotError(snapshot.height, f"block {snapshot.height + 1} cannot be "
                                                  f"verified light here: {exc}") from exc
     verify_against(follower, block.record)
+    before = dataclasses.replace(follower, hashes=dict(follower.hashes), sets=dict(
+        follower.sets), last_offset=block.offset - 1)  # the chain state itself is immutable
     try:
         follower.accept(block.record)
     except FollowError as exc:
         raise SnapshotError(snapshot.height, f"block {snapshot.height + 1}, signed by the "
                                              f"validators, does not apply to it: {exc}") from exc
     follower.last_offset = block.offset
-    return follower
+    return before if before_next else follower
 
 
 def start_follower(settings: Settings, spec: ChainSpec, state_dir: Path | None, *,
@@ -154,7 +160,8 @@ def start_follower(settings: Settings, spec: ChainSpec, state_dir: Path | None, 
             if max_height is not None and snapshot.height > max_height:
                 continue
             try:
-                follower = verified_snapshot(settings, spec, snapshot, trusted)
+                follower = verified_snapshot(settings, spec, snapshot, trusted,
+                                             before_next=not catch_up_now)
             except KafkaOperationError as exc:
                 report.rejected.append(f"after height {snapshot.height}: chain.blocks could "
                                        f"not be read to verify it: {exc}")
@@ -165,10 +172,6 @@ def start_follower(settings: Settings, spec: ChainSpec, state_dir: Path | None, 
                 log.warning("%s", exc)
                 continue
             report.snapshot_height = snapshot.height
-            if not catch_up_now:  # back to the snapshot's state, before the block after it
-                next_offset = follower.last_offset
-                follower = restore(snapshot, spec.app, spec.app)
-                follower.last_offset = next_offset - 1
             break
     if follower is None:
         follower = spec.follower()
