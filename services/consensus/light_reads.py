@@ -197,6 +197,14 @@ class LightChain:
                                   f"hash links down from height {head.record.height}")
         return None
 
+    def below(self, block: LightBlock) -> LightBlock | None:
+        """The block under ``block``, verified by its hash link; None at height 1 or when it
+        is not on the topic."""
+        for offset, record in self._linked_below(block.offset, block.record):
+            return LightBlock(record, offset, self._known_set(record),
+                              f"hash link from height {block.record.height}")
+        return None
+
     def _linked_below(self, offset: int, top: FinalizedRecord
                       ) -> Iterator[tuple[int, FinalizedRecord]]:
         """The blocks below ``top`` (at ``offset``), newest first, read back ``WINDOW`` records

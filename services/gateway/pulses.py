@@ -15,7 +15,9 @@ skipping any record that is not the verified one of its height (a duplicate, or 
 signed). A height this gateway never verified (below the snapshot it started from) is found by
 bisection over offsets and verified light from the genesis (``services.consensus.light_reads``:
 skipping verification, so only while the genesis validators are trusted and still hold more
-than a third of the power); otherwise it is not served from Kafka.
+than a third of the power); a time lookup there takes the block below the answer by its hash
+link and applies the block store's check (``first_at_or_after``). Otherwise such a height is
+not served from Kafka.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from protocol.codec import WireError
 from protocol.finalized import FinalizedRecord
 from protocol.pulse_index import PulseNotRetainedError
 from protocol.validators import ValidatorSet
+from services.block_store.core import first_at_or_after
+from services.consensus.light_reads import LightChain, LightUnavailableError
 from services.gateway.chain import ChainView, StoredBlock, _dumps
 from streams.chain_wire import decode_finalized, encode_finalized
+from streams.errors import KafkaOperationError
 
 CLOCK_SKEW_MS = 60_000  # how far a record's Kafka timestamp may precede its header time
 MAX_ARCHIVE_READ = 10_000  # records one time lookup may read forward at most
@@ -245,31 +250,41 @@ class KafkaBlockArchive:
         below = self.view.offset_of(found.height - 1)
         if below is not None:
             return found if below >= low else None
-        # never verified here (below the snapshot this gateway started from): both verified
-        # light, the block below earlier than the time
-        earlier, this = self.stored(found.height - 1), self.stored(found.height)
-        if earlier is None or this is None or this.record.block.hash != found.block.hash:
+        # never verified here (below the snapshot this gateway started from): the block
+        # verified light, the one below it by its hash link, and the block store's time check
+        if self.spec is None:
             return None
-        return found if earlier.record.block.header.time_ms < time_ms else None
+        with self._lock:
+            light = self._light()
+            try:
+                this = light.block(found.height)
+                before = light.below(this) if found.height > 1 else None
+            except (LookupError, LightUnavailableError, KafkaOperationError):
+                return None
+        if this.record.block.hash != found.block.hash:
+            return None
+        problem = first_at_or_after(this.record, before.record if before else None, time_ms)
+        return found if problem is None else None
 
     def range(self, first: int, last: int) -> Sequence[FinalizedRecord]:
         return consecutive(self.block, first, last)
 
+    def _light(self) -> LightChain:
+        """Light reads of chain.blocks from the genesis (module doc); call under the lock."""
+        from streams.chain_reader import ChainTopic
+
+        if self._span is None:  # old heights do not move: the bounds taken once will do
+            self._span = ChainTopic(self.settings)
+        genesis = self.spec.checkpoint()
+        return LightChain(self._span, genesis, genesis, self.spec.trusting_period_ms())
+
     def stored(self, height: int) -> StoredBlock | None:
         """A height never verified here, verified light from the genesis (module doc)."""
-        from services.consensus.light_reads import LightChain, LightUnavailableError
-        from streams.chain_reader import ChainTopic
-        from streams.errors import KafkaOperationError
-
         if self.spec is None or self.view.offset_of(height) is not None:
             return None
-        genesis = self.spec.checkpoint()
         with self._lock:
-            if self._span is None:  # old heights do not move: the bounds taken once will do
-                self._span = ChainTopic(self.settings)
-            light = LightChain(self._span, genesis, genesis, self.spec.trusting_period_ms())
             try:
-                found = light.block(height)
+                found = self._light().block(height)
             except (LookupError, LightUnavailableError, KafkaOperationError):
                 return None
         if found.signed_by is None:
