@@ -109,9 +109,6 @@ def _write_public_key(writer: CanonicalWriter, key: PublicKey) -> None:
     writer.nested(key.canonical())
 
 
-_read_public_key = read_public_key  # the chain codec's reader: one key, one encoding
-
-
 @dataclass(frozen=True, slots=True)
 class QrngSource:
     """A registered QRNG server: its id, the key that signs its chunks, and its simulated flag."""
@@ -133,7 +130,7 @@ class QrngSource:
     @classmethod
     def decode(cls, data: bytes) -> QrngSource:
         reader = CanonicalReader(data, "QrngSource")
-        source = cls(reader.text(), _read_public_key(reader), reader.boolean())
+        source = cls(reader.text(), read_public_key(reader), reader.boolean())
         reader.done()
         return source
 
@@ -569,7 +566,7 @@ def encode_signed_tx(signed: SignedTx) -> bytes:
 
 def _read_tx(reader: CanonicalReader) -> Tx:
     chain_id = reader.text()
-    sender = _read_public_key(reader)
+    sender = read_public_key(reader)
     nonce, fee = reader.u64(), reader.u64()
     body = _decode_tagged(reader.nested(), _BODY_TYPES)
     return Tx(chain_id, sender, nonce, fee, body)
