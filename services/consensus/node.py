@@ -366,7 +366,12 @@ class ConsensusDriver:
         while self._timers and self._timers[0][0] <= now:
             _, _, fired = heapq.heappop(self._timers)
             if fired.height == self.state.height:
+                before = self.state.round
                 self.feed(fired)
+                if self.state.height == fired.height and self.state.round > before:
+                    # what an operator reads when a height does not decide in round 0
+                    log.info("height %d: round %d %s timed out, round %d", fired.height,
+                             fired.round, fired.step.name.lower(), self.state.round)
         waits = [0.05]
         if self._timers:
             waits.append(self._timers[0][0] - now)

@@ -68,6 +68,7 @@ from services.consensus.core.state_machine import (
     MessageRejected,
     Output,
     ProposalReceived,
+    RejectionKind,
     TimeoutParams,
     VoteReceived,
 )
@@ -217,6 +218,10 @@ class ValidatorNode(ConsensusDriver):
             self.producer.poll(0)
 
     def on_rejected(self, rejection: MessageRejected, source: Record | None) -> None:
+        if rejection.kind is RejectionKind.INVALID_BLOCK:
+            # a node that refuses what the others accept is the first thing an operator looks
+            # for when a height does not decide: say it where they look first, too
+            log.warning("%s refused the block of a proposal: %s", self.name, rejection.reason)
         if source is not None:
             self.dlq_chain.send(source, rejection.kind, rejection.reason)
 

@@ -106,6 +106,12 @@ class Network:
         path = self.supervisor.log_path(name)
         return path.read_text()[-3000:] if path.exists() else ""
 
+    def logs(self) -> str:
+        """The end of every validator's log and the tally's, for a failure's message: when
+        a height does not decide, the node that refused or went silent is in one of them."""
+        names = [f"validator-{i}" for i in range(self.validators)] + ["tally"]
+        return "\n".join(f"--- {name}\n{self.log(name)}" for name in names)
+
 
 def finalized_height(settings: Settings) -> int:
     """Number of records on chain.blocks (a cheap progress probe; duplicates count)."""

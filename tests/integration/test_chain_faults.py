@@ -174,8 +174,8 @@ def test_byzantine_double_signer_is_slashed_and_delegation_moves_power(
             if delegated_at is None and target_record is not None and (
                     target_record.tokens >= power_before + amount):
                 delegated_at = block.record.height
-    assert slashed_at is not None, network.log("tally")
-    assert delegated_at is not None, network.log("validator-0")
+    assert slashed_at is not None, network.logs()
+    assert delegated_at is not None, f"head {len(network.blocks())}\n{network.logs()}"
     network.wait_height(max(slashed_at, delegated_at) + 3, 30)
     blocks = {b.record.height: b for b in verify_chain(network, delegated_at + 2)}
     power_of = {h: {v.address: v.power for v in b.chain.validators.validators}
