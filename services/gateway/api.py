@@ -61,6 +61,7 @@ from services.gateway.problems import (
     install,
     not_offered,
     problem_body,
+    too_many,
     unavailable,
 )
 from services.gateway.public import PublicReads, anonymous_record, is_public
@@ -368,10 +369,9 @@ def create_app(gateway: Gateway) -> FastAPI:
                     gateway.limiter.take(anonymous.key_id, anonymous.rate_per_s,
                                          anonymous.burst)
                 except Limited as exc:
-                    raise Problem(429, "rate-limited", f"over the anonymous {exc.what} per "
-                                  "client address (send an API key for more)",
-                                  headers={"Retry-After": str(exc.retry_after_s)},
-                                  retry_after_s=exc.retry_after_s) from exc
+                    raise too_many("rate-limited", f"over the anonymous {exc.what} per client "
+                                   "address (send an API key for more)",
+                                   exc.retry_after_s) from exc
                 return anonymous
             if not key:
                 raise Problem(401, "missing-api-key", "send an API key in X-API-Key or as "
@@ -388,9 +388,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             try:
                 gateway.limiter.take(record.key_id, record.rate_per_s, record.burst)
             except Limited as exc:
-                raise Problem(429, "rate-limited", f"over the {exc.what}",
-                              headers={"Retry-After": str(exc.retry_after_s)},
-                              retry_after_s=exc.retry_after_s) from exc
+                raise too_many("rate-limited", f"over the {exc.what}",
+                               exc.retry_after_s) from exc
             return record
         dependency.__name__ = f"require_{scope}"
         return dependency
@@ -584,9 +583,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             try:
                 gateway.limiter.charge_quota(key.key_id, body.length, key.key_bytes_per_day)
             except Limited as exc:
-                raise Problem(429, "quota-exceeded", f"over the {exc.what}",
-                              headers={"Retry-After": str(exc.retry_after_s)},
-                              retry_after_s=exc.retry_after_s) from exc
+                raise too_many("quota-exceeded", f"over the {exc.what}",
+                               exc.retry_after_s) from exc
 
         result = await gateway.key_service.deliver(request, charge)
         metrics.keys_served.inc()

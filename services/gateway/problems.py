@@ -48,7 +48,16 @@ class Problem(QuStreamError):
 
 
 def unavailable(slug: str, detail: str, retry_after_s: int) -> Problem:
-    return Problem(503, slug, detail, headers={"Retry-After": str(retry_after_s)},
+    return _retry_later(503, slug, detail, retry_after_s)
+
+
+def too_many(slug: str, detail: str, retry_after_s: int) -> Problem:
+    """Over a rate, quota or slot limit (429); ``retry_after_s`` says when to try again."""
+    return _retry_later(429, slug, detail, retry_after_s)
+
+
+def _retry_later(status: int, slug: str, detail: str, retry_after_s: int) -> Problem:
+    return Problem(status, slug, detail, headers={"Retry-After": str(retry_after_s)},
                    retry_after_s=retry_after_s)
 
 

@@ -29,7 +29,7 @@ from services.gateway.explorer.documents import (
     timeline_document,
 )
 from services.gateway.explorer.feeds import SourceBoard
-from services.gateway.problems import Problem, unavailable
+from services.gateway.problems import Problem, too_many, unavailable
 from services.gateway.ratelimit import Limited
 
 if TYPE_CHECKING:
@@ -84,9 +84,7 @@ def install_explorer(app: FastAPI, gateway: Gateway) -> None:
         try:
             gateway.limiter.take(f"explorer:{address}", RATE_PER_S, BURST)
         except Limited as exc:
-            raise Problem(429, "rate-limited", f"over the {exc.what}",
-                          headers={"Retry-After": str(exc.retry_after_s)},
-                          retry_after_s=exc.retry_after_s) from exc
+            raise too_many("rate-limited", f"over the {exc.what}", exc.retry_after_s) from exc
         return address
 
     def page() -> Response:
@@ -233,9 +231,7 @@ def install_explorer(app: FastAPI, gateway: Gateway) -> None:
         try:
             gateway.streams.acquire(slot, STREAMS_PER_CLIENT)
         except Limited as exc:
-            raise Problem(429, "too-many-streams", f"over the {exc.what}",
-                          headers={"Retry-After": str(exc.retry_after_s)},
-                          retry_after_s=exc.retry_after_s) from exc
+            raise too_many("too-many-streams", f"over the {exc.what}", exc.retry_after_s) from exc
         held = [True]
 
         def release() -> None:
