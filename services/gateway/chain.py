@@ -23,13 +23,12 @@ Retention: the last ``retain`` blocks stay in memory. Older heights are read bac
 history (one entry per change): ``older``; heights the view never verified come from the
 block store or, below the snapshot the follower started from, from ``chain.blocks`` verified
 light (``services.gateway.pulses``). Only a height none of them gives answers 410.
-Waiters for new blocks (the SSE streams) are woken through ``asyncio`` from the follower
-thread.
+Waiters for new blocks (the SSE streams) are woken from the follower thread
+(``services.gateway.waiting``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -48,6 +47,7 @@ from protocol.finalized import FinalizedRecord
 from protocol.pulse import describe, is_random, pulse_status
 from protocol.randomness import randomness_input
 from protocol.validators import ValidatorSet, validator_set_to_json
+from services.gateway.waiting import Waiters
 from services.ledger.core.chain_spec import ChainSpec
 from streams.chain_wire import encode_finalized
 
@@ -96,7 +96,7 @@ class ChainView:
         self._sets: list[tuple[int, ValidatorSet]] = []
         self._older: OrderedDict[tuple[str, int], tuple[bytes, bytes]] = OrderedDict()
         self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._waiters = Waiters()
 
     # ------------------------------------------------------------------ feeding
     def add(self, raw: bytes, record: FinalizedRecord, validators: ValidatorSet, offset: int,
@@ -124,7 +124,7 @@ class ChainView:
             self.latest_beacon = _dumps(self.beacon_document(record.height))
             self.latest_etag = etag_of(record.block.hash)  # after the body: readers take it first
             self.latest_random_height = record.height
-        self._wake()
+        self._waiters.wake_all()
 
     def add_verified(self, verified: Any) -> None:
         """Add a ``follower.VerifiedBlock``."""
@@ -134,38 +134,10 @@ class ChainView:
         self.add(encode_finalized(record), record, validators, verified.offset,
                  verified.written_at_ms)
 
-    def _wake(self) -> None:
-        with self._lock:
-            waiters = list(self._waiters)
-        for loop, event in waiters:
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # loop closed
-                continue
-
     async def wait_beyond(self, height: int, timeout_s: float) -> bool:
         """Wait until the head is beyond ``height`` (True) or the timeout passes (False)."""
-        if self.head_height > height:
-            return True
-        event = asyncio.Event()
-        entry = (asyncio.get_running_loop(), event)
-        with self._lock:
-            self._waiters.append(entry)
-        try:
-            deadline = time.monotonic() + timeout_s
-            while self.head_height <= height:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                event.clear()
-                try:
-                    await asyncio.wait_for(event.wait(), remaining)
-                except TimeoutError:
-                    return self.head_height > height
-            return True
-        finally:
-            with self._lock:
-                self._waiters.remove(entry)
+        beyond = await self._waiters.until(lambda: self.head_height > height or None, timeout_s)
+        return beyond is not None
 
     # ------------------------------------------------------------------ reading
     def get(self, height: int) -> StoredBlock | None:

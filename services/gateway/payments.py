@@ -27,7 +27,6 @@ a payment whose signature was re-randomized into another hash.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -36,6 +35,7 @@ from typing import Any, Protocol
 
 from protocol.chain import ChainState, apply_block
 from protocol.finalized import FinalizedRecord
+from services.gateway.waiting import Waiters
 
 MAX_REMEMBERED = 100_000  # key payment outcomes kept (oldest forgotten first)
 
@@ -98,7 +98,7 @@ class PaymentBook:
         self.max_remembered = max_remembered
         self._outcomes: OrderedDict[bytes, PaymentOutcome] = OrderedDict()
         self._lock = threading.Lock()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._waiters = Waiters()
 
     def get(self, tx_hash: bytes) -> PaymentOutcome | None:
         return self._outcomes.get(tx_hash)
@@ -109,38 +109,11 @@ class PaymentBook:
                 self._outcomes.setdefault(outcome.tx_hash, outcome)
             while len(self._outcomes) > self.max_remembered:
                 self._outcomes.popitem(last=False)
-            waiters = list(self._waiters)
-        for loop, event in waiters:
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # loop closed
-                continue
+        self._waiters.wake_all()
 
     async def wait(self, tx_hash: bytes, timeout_s: float) -> PaymentOutcome | None:
         """The outcome of ``tx_hash`` once a block included it, or None after ``timeout_s``."""
-        found = self.get(tx_hash)
-        if found is not None or timeout_s <= 0:
-            return found
-        event = asyncio.Event()
-        entry = (asyncio.get_running_loop(), event)
-        with self._lock:
-            self._waiters.append(entry)
-        try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout_s
-            while (found := self.get(tx_hash)) is None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return None
-                event.clear()
-                try:
-                    await asyncio.wait_for(event.wait(), remaining)
-                except TimeoutError:
-                    return self.get(tx_hash)
-            return found
-        finally:
-            with self._lock:
-                self._waiters.remove(entry)
+        return await self._waiters.until(lambda: self.get(tx_hash), timeout_s)
 
 
 class SpentPayments(Protocol):
