@@ -8,15 +8,21 @@ several transactions before the first is included.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from services.ledger.core import TxBody
 from services.ledger.core.queries import next_nonce
 from services.ledger.genesis_cli import GENESIS_OPTION, genesis_path
+
+BodyBuilder = Callable[..., TxBody]
 
 app = typer.Typer(help="Sign and submit staking and transfer transactions.",
                   no_args_is_help=True)
@@ -73,7 +79,7 @@ def parse_address(text: str) -> bytes:
 
 
 def _submit(key_file: Path, genesis: Path | None, fee: int | None, nonce: int | None,
-            body: Any) -> None:
+            body: TxBody) -> None:
     from protocol.keys import SigningKey
     from services.ledger.core import encode_signed_tx, sign_tx
     from services.ledger.core.chain_spec import ChainSpec
@@ -95,104 +101,112 @@ def _submit(key_file: Path, genesis: Path | None, fee: int | None, nonce: int | 
                            "nonce": nonce, "fee": fee, "type": type(body).__name__}))
 
 
-@app.command()
+# The options every command takes besides its own, after them: who sends, on which chain.
+SENDER_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+    for name, option, kind in (("key", KEY_OPTION, Path), ("genesis", GENESIS_OPTION, Path | None),
+                               ("fee", FEE_OPTION, int | None), ("nonce", NONCE_OPTION, int | None))
+]
+
+
+def _transaction(name: str | None = None) -> Callable[[BodyBuilder], BodyBuilder]:
+    """Register ``build`` as the command ``name``: its own options make the transaction body,
+    and the command also takes ``SENDER_OPTIONS``, signs the body with them and submits it."""
+
+    def register(build: BodyBuilder) -> BodyBuilder:
+        @functools.wraps(build)
+        def command(*, key: Path, genesis: Path | None, fee: int | None, nonce: int | None,
+                    **options: Any) -> None:
+            _submit(key, genesis, fee, nonce, build(**options))
+
+        own = inspect.signature(build, eval_str=True).parameters.values()
+        command.__signature__ = inspect.Signature([*own, *SENDER_OPTIONS])  # type: ignore[attr-defined]
+        app.command(name)(command)
+        return build
+
+    return register
+
+
+@_transaction()
 def transfer(
     to: str = typer.Option(..., help="Recipient address (hex)."),
     amount: str = typer.Option(..., help="Tokens to send, e.g. 12.5."),
-    key: Path = KEY_OPTION, genesis: Path | None = GENESIS_OPTION,
-    fee: int | None = FEE_OPTION, nonce: int | None = NONCE_OPTION,
-) -> None:
+) -> TxBody:
     """Send tokens to another account."""
     from services.ledger.core import Transfer
 
-    _submit(key, genesis, fee, nonce, Transfer(parse_address(to), parse_tokens(amount)))
+    return Transfer(parse_address(to), parse_tokens(amount))
 
 
-@app.command()
+@_transaction()
 def delegate(
     validator: str = typer.Option(..., help="Validator address (hex)."),
     amount: str = typer.Option(..., help="Tokens to bond."),
-    key: Path = KEY_OPTION, genesis: Path | None = GENESIS_OPTION,
-    fee: int | None = FEE_OPTION, nonce: int | None = NONCE_OPTION,
-) -> None:
+) -> TxBody:
     """Bond tokens to a validator; its voting power changes two heights after inclusion."""
     from services.ledger.core import Delegate
 
-    _submit(key, genesis, fee, nonce, Delegate(parse_address(validator), parse_tokens(amount)))
+    return Delegate(parse_address(validator), parse_tokens(amount))
 
 
-@app.command()
+@_transaction()
 def undelegate(
     validator: str = typer.Option(..., help="Validator address (hex)."),
     amount: str = typer.Option(..., help="Tokens to unbond (returned after the unbonding period)."),
-    key: Path = KEY_OPTION, genesis: Path | None = GENESIS_OPTION,
-    fee: int | None = FEE_OPTION, nonce: int | None = NONCE_OPTION,
-) -> None:
+) -> TxBody:
     """Start unbonding tokens from a validator; they stay slashable until they mature."""
     from services.ledger.core import Undelegate
 
-    _submit(key, genesis, fee, nonce, Undelegate(parse_address(validator), parse_tokens(amount)))
+    return Undelegate(parse_address(validator), parse_tokens(amount))
 
 
-@app.command("create-validator")
+@_transaction("create-validator")
 def create_validator(
     self_bond: str = typer.Option(..., help="Tokens the operator bonds to itself."),
     commission: str = typer.Option("5", help="Commission in percent."),
     max_commission: str = typer.Option("20", help="Maximum commission in percent, forever."),
     max_change: str = typer.Option("1", help="Maximum commission change per day, in percent."),
-    key: Path = KEY_OPTION, genesis: Path | None = GENESIS_OPTION,
-    fee: int | None = FEE_OPTION, nonce: int | None = NONCE_OPTION,
-) -> None:
+) -> TxBody:
     """Make the sending account a validator (its key becomes the consensus key)."""
     from services.ledger.core import CreateValidator
 
-    body = CreateValidator(parse_tokens(self_bond), parse_percent(commission),
+    return CreateValidator(parse_tokens(self_bond), parse_percent(commission),
                            parse_percent(max_commission), parse_percent(max_change))
-    _submit(key, genesis, fee, nonce, body)
 
 
-@app.command("edit-validator")
+@_transaction("edit-validator")
 def edit_validator(
     commission: str = typer.Option(..., help="New commission in percent."),
-    key: Path = KEY_OPTION, genesis: Path | None = GENESIS_OPTION,
-    fee: int | None = FEE_OPTION, nonce: int | None = NONCE_OPTION,
-) -> None:
+) -> TxBody:
     """Change the validator's commission (within its maximum change rate)."""
     from services.ledger.core import EditValidator
 
-    _submit(key, genesis, fee, nonce, EditValidator(parse_percent(commission)))
+    return EditValidator(parse_percent(commission))
 
 
-@app.command("withdraw-rewards")
+@_transaction("withdraw-rewards")
 def withdraw_rewards(
     validator: str = typer.Option(..., help="Validator address (hex)."),
-    key: Path = KEY_OPTION, genesis: Path | None = GENESIS_OPTION,
-    fee: int | None = FEE_OPTION, nonce: int | None = NONCE_OPTION,
-) -> None:
+) -> TxBody:
     """Withdraw rewards earned through a validator (and its commission, for its operator)."""
     from services.ledger.core import WithdrawRewards
 
-    _submit(key, genesis, fee, nonce, WithdrawRewards(parse_address(validator)))
+    return WithdrawRewards(parse_address(validator))
 
 
-@app.command()
-def unjail(
-    key: Path = KEY_OPTION, genesis: Path | None = GENESIS_OPTION,
-    fee: int | None = FEE_OPTION, nonce: int | None = NONCE_OPTION,
-) -> None:
+@_transaction()
+def unjail() -> TxBody:
     """Ask to rejoin the validator set after a downtime jail has expired."""
     from services.ledger.core import Unjail
 
-    _submit(key, genesis, fee, nonce, Unjail())
+    return Unjail()
 
 
-@app.command()
+@_transaction()
 def vote(
     proposal: int = typer.Option(..., help="Proposal id."),
     option: str = typer.Option(..., help="yes, abstain, no or no_with_veto."),
-    key: Path = KEY_OPTION, genesis: Path | None = GENESIS_OPTION,
-    fee: int | None = FEE_OPTION, nonce: int | None = NONCE_OPTION,
-) -> None:
+) -> TxBody:
     """Vote on a governance proposal."""
     from services.ledger.core import VoteOption, VoteProposal
 
@@ -200,4 +214,4 @@ def vote(
         choice = VoteOption[option.upper()]
     except KeyError as exc:
         raise typer.BadParameter(f"unknown vote option {option!r}") from exc
-    _submit(key, genesis, fee, nonce, VoteProposal(proposal, choice))
+    return VoteProposal(proposal, choice)
