@@ -14,7 +14,7 @@ from services.ledger.core import Delegate, encode_signed_tx, sign_tx
 from services.ledger.core.queries import next_nonce, validator
 from services.ledger.submit import submit_tx
 from streams.chain_wire import decode_consensus, decode_finalized
-from streams.kafka import Position, make_consumer
+from streams.kafka import Position, make_consumer, read_to_end
 from streams.supervisor import ServiceState, Supervisor
 from tests.integration.test_chain_e2e import (
     Network,
@@ -84,23 +84,9 @@ def _stable_height(network: Network, quiet_s: float, timeout_s: float) -> int:
 
 
 def _raw_heights(network: Network) -> list[int]:
-    from streams.kafka import Position, make_consumer
-
     topic = network.settings.topic("chain.blocks")
-    consumer = make_consumer(network.settings, f"raw-{time.time_ns()}")
-    heights: list[int] = []
-    try:
-        consumer.assign([Position(topic, 0, 0)])
-        idle = time.monotonic()
-        while time.monotonic() - idle < 3:
-            message = consumer.poll(0.3)
-            if message is None:
-                continue
-            idle = time.monotonic()
-            heights.append(decode_finalized(message.value).height)
-    finally:
-        consumer.close()
-    return heights
+    return [decode_finalized(record.value).height
+            for record in read_to_end(network.settings, topic, f"raw-{time.time_ns()}", [0])]
 
 
 def test_kill_validators_and_tally(network_factory: object) -> None:

@@ -57,7 +57,7 @@ from services.shard_writer.core import (
 from services.shard_writer.store import create_schema, drop_keyspace
 from streams.admin import ensure_topics
 from streams.codec import SCHEMA_DIR, default_codec
-from streams.kafka import Position, make_consumer
+from streams.kafka import read_to_end
 from streams.settings import Settings
 from streams.supervisor import ServiceSpec, Supervisor
 from streams.topics import CATALOGUE
@@ -387,27 +387,16 @@ def _ledger_payments(settings: Settings) -> dict[bytes, PayForService]:
     """tx hash -> PayForService body of every payment on ``ledger.tx``."""
     from services.ledger.core.tx import tx_hash
 
-    topic = settings.topic("ledger.tx")
-    consumer = make_consumer(settings, f"ledger-check-{time.time_ns()}")
     codec = default_codec()
     out: dict[bytes, PayForService] = {}
-    try:
-        partitions = consumer.partitions(topic, 10)
-        consumer.assign([Position(topic, p, 0) for p in partitions])
-        idle = time.monotonic()
-        while time.monotonic() - idle < 3:
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            idle = time.monotonic()
-            schema, record = codec.decode(message.value)
-            if schema != "TransactionSubmitted":
-                continue
-            body = decode_signed_tx(record["tx"]).tx.body
-            if isinstance(body, PayForService):
-                out[tx_hash(record["tx"])] = body
-    finally:
-        consumer.close()
+    for message in read_to_end(settings, settings.topic("ledger.tx"),
+                               f"ledger-check-{time.time_ns()}"):
+        schema, record = codec.decode(message.value)
+        if schema != "TransactionSubmitted":
+            continue
+        body = decode_signed_tx(record["tx"]).tx.body
+        if isinstance(body, PayForService):
+            out[tx_hash(record["tx"])] = body
     return out
 
 
