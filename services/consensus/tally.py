@@ -42,15 +42,7 @@ from pathlib import Path
 from protocol.block import Block
 from protocol.finalized import FinalizedRecord
 from protocol.proposal import Proposal
-from services.consensus.core.state_machine import (
-    ConsensusConfig,
-    Decided,
-    EvidenceDetected,
-    MessageRejected,
-    Output,
-    ProposalReceived,
-    VoteReceived,
-)
+from services.consensus.core import state_machine as sm
 from services.consensus.node import ConsensusDriver
 from services.consensus.snapshots import SnapshotWriter, read_chunks, start_follower
 from services.ledger.core.chain_spec import ChainSpec
@@ -96,7 +88,7 @@ class Tally(ConsensusDriver):
         self.spec_app = spec.app
         self.snapshots = SnapshotWriter(lambda state: state.params.snapshot_interval_blocks,
                                         f"tally-{instance}", chunks)
-        super().__init__(ConsensusConfig(spec.chain_id, None), follower, 0)
+        super().__init__(sm.ConsensusConfig(spec.chain_id, None), follower, 0)
         self._proposed_at: dict[bytes, int] = {}
         self._evidence_seen: set[bytes] = set()
         self.written = 0
@@ -105,9 +97,9 @@ class Tally(ConsensusDriver):
     def logic(self) -> _Observer:
         return _Observer()
 
-    def on_outputs(self, outputs: Sequence[Output], source: Record | None) -> None:
+    def on_outputs(self, outputs: Sequence[sm.Output], source: Record | None) -> None:
         for output in outputs:
-            if isinstance(output, EvidenceDetected):
+            if isinstance(output, sm.EvidenceDetected):
                 key = output.evidence.hash()
                 if key not in self._evidence_seen:
                     self._evidence_seen.add(key)
@@ -116,11 +108,11 @@ class Tally(ConsensusDriver):
                         encode_evidence(self.config.chain_id, output.evidence, self.codec),
                         output.evidence.validator_address)
 
-    def on_rejected(self, rejection: MessageRejected, source: Record | None) -> None:
+    def on_rejected(self, rejection: sm.MessageRejected, source: Record | None) -> None:
         if source is not None:
             self.dlq.send(source, rejection.kind, rejection.reason)
 
-    def on_decided(self, decision: Decided, source: Record | None) -> None:
+    def on_decided(self, decision: sm.Decided, source: Record | None) -> None:
         assert source is not None
         record = FinalizedRecord(
             chain_id=self.config.chain_id,
@@ -152,9 +144,9 @@ class Tally(ConsensusDriver):
             return
         if isinstance(decoded, Proposal):
             self._proposed_at.setdefault(decoded.block_hash, source.timestamp_ms)
-            self.feed(ProposalReceived(decoded), source)
+            self.feed(sm.ProposalReceived(decoded), source)
         else:
-            self.feed(VoteReceived(decoded), source)
+            self.feed(sm.VoteReceived(decoded), source)
 
     def run(self, duration_s: float | None = None) -> None:
         topic = self.settings.topic("chain.consensus")
