@@ -59,16 +59,9 @@ from services.block_store.store import (
 from services.consensus.snapshots import start_follower
 from services.ledger.core.chain_spec import ChainSpec
 from services.ledger.core.state import LedgerState
+from streams import kafka
 from streams.chain_wire import decode_finalized
 from streams.dlq import DeadLetters, error_type
-from streams.kafka import (
-    KafkaConsumer,
-    KafkaProducer,
-    Position,
-    Record,
-    make_consumer,
-    make_producer,
-)
 from streams.runloop import LoopService, RunLoop
 from streams.settings import Settings
 
@@ -87,7 +80,7 @@ class BlockProjector(LoopService):
     """Build with ``BlockProjector.create`` and call ``run`` (module doc)."""
 
     def __init__(self, settings: Settings, spec: ChainSpec, session: Session,
-                 consumer: KafkaConsumer, producer: KafkaProducer, *,
+                 consumer: kafka.KafkaConsumer, producer: kafka.KafkaProducer, *,
                  max_batch: int = 500, from_genesis: bool = False) -> None:
         self.topic = settings.topic("chain.blocks")
         self.chain = chain_key(spec.chain_id, spec.initial.tip.previous_block_hash)
@@ -117,7 +110,7 @@ class BlockProjector(LoopService):
         log.info("block store of %s: height %d stored up to offset %d; verifying %s from "
                  "offset %d (%s)", self.chain, self.stored_height, self.resume_offset,
                  self.topic, start, self.start_report.describe())
-        consumer.assign([Position(self.topic, 0, start)])
+        consumer.assign([kafka.Position(self.topic, 0, start)])
         self.loop = RunLoop(consumer, self.process, producer=producer, max_records=max_batch,
                             poll_s=0.5, fill=True)
 
@@ -128,9 +121,9 @@ class BlockProjector(LoopService):
                       replication_factor=settings.cassandra.replication_factor,
                       datacenter=settings.cassandra.local_datacenter)
         # assigned, never committed; the prefix keeps it inside the role's group ACL anyway
-        consumer = make_consumer(settings, f"{settings.topic_prefix}block-store-{time.time_ns()}",
-                                 **{"enable.partition.eof": False})
-        return cls(settings, spec, session, consumer, make_producer(settings),
+        group = f"{settings.topic_prefix}block-store-{time.time_ns()}"
+        consumer = kafka.make_consumer(settings, group, **{"enable.partition.eof": False})
+        return cls(settings, spec, session, consumer, kafka.make_producer(settings),
                    max_batch=max_batch)
 
     @property
@@ -138,7 +131,7 @@ class BlockProjector(LoopService):
         """The last height verified (stored, or below the stored position)."""
         return self.follower.next_height - 1
 
-    def process(self, records: Sequence[Record]) -> int:
+    def process(self, records: Sequence[kafka.Record]) -> int:
         """Steps 2-5 of the commit order for one polled batch; returns the blocks stored."""
         blocks: list[StoredBlock] = []
         dead = 0
@@ -170,7 +163,7 @@ class BlockProjector(LoopService):
         self.stats.stored += len(blocks)
         return len(blocks)
 
-    def _replay(self, message: Record) -> None:
+    def _replay(self, message: kafka.Record) -> None:
         """Step 2 of the start: verify a record below the stored position, write nothing (it
         was stored, or dead-lettered, before)."""
         try:
@@ -195,7 +188,7 @@ class BlockProjector(LoopService):
         log.info("verified up to the stored height %d; storing from offset %d on",
                  self.height, self.resume_offset)
 
-    def _verified(self, message: Record) -> StoredBlock | None:
+    def _verified(self, message: kafka.Record) -> StoredBlock | None:
         """The writes of ``message`` when it is the next block (it is then applied), None for a
         duplicate; ``WireError`` / ``FollowError`` when it does not decode or verify."""
         record = decode_finalized(message.value)

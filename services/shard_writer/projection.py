@@ -60,17 +60,9 @@ from services.shard_writer.store import (
     create_schema,
     unlogged_batch,
 )
+from streams import kafka
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters, error_type
-from streams.kafka import (
-    BEGINNING,
-    KafkaConsumer,
-    KafkaProducer,
-    Position,
-    Record,
-    make_consumer,
-    make_producer,
-)
 from streams.runloop import LoopService, RunLoop
 from streams.settings import Settings, load_settings
 
@@ -181,8 +173,8 @@ class ProjectorStats:
 class Projector(LoopService):
     """One shard_writer instance: build with ``Projector.create`` and call ``run``."""
 
-    def __init__(self, settings: Settings, session: Session, consumer: KafkaConsumer,
-                 dead_letters: DeadLetters, dlq_producer: KafkaProducer, *,
+    def __init__(self, settings: Settings, session: Session, consumer: kafka.KafkaConsumer,
+                 dead_letters: DeadLetters, dlq_producer: kafka.KafkaProducer, *,
                  max_batch: int = 5000,
                  commit_to_kafka: bool = True) -> None:
         self.settings = settings
@@ -215,8 +207,8 @@ class Projector(LoopService):
             overrides["group.instance.id"] = instance_id  # static membership: fast restarts
         # One group per keyspace: a rebuild into a fresh keyspace is its own group.
         group = group_id or settings.topic(f"users.shard_writer.{settings.cassandra.keyspace}")
-        consumer = make_consumer(settings, group, **overrides)
-        producer = make_producer(settings)
+        consumer = kafka.make_consumer(settings, group, **overrides)
+        producer = kafka.make_producer(settings)
         dead_letters = DeadLetters(producer, settings.topic("dlq.users"), "shard_writer")
         projector = cls(settings, session, consumer, dead_letters, producer,
                         max_batch=max_batch)
@@ -233,15 +225,15 @@ class Projector(LoopService):
             raise StoreError(f"cannot read projection positions: {exc}") from exc
         return {row.partition: row.next_offset for row in rows}
 
-    def _on_assign(self, partitions: list[Position]) -> list[Position]:
+    def _on_assign(self, partitions: list[kafka.Position]) -> list[kafka.Position]:
         positions = self.stored_positions()
-        starts = [tp._replace(offset=positions.get(tp.partition, BEGINNING))
+        starts = [tp._replace(offset=positions.get(tp.partition, kafka.BEGINNING))
                   for tp in partitions]
         self.assigned |= {tp.partition for tp in starts}
         log.info("assigned %s", {tp.partition: tp.offset for tp in starts})
         return starts
 
-    def _on_revoke(self, partitions: list[Position]) -> None:
+    def _on_revoke(self, partitions: list[kafka.Position]) -> None:
         # Nothing is in flight here (see the module docstring): positions already cover
         # every event applied from these partitions.
         self.assigned -= {tp.partition for tp in partitions}
@@ -251,7 +243,7 @@ class Projector(LoopService):
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def process(self, records: Sequence[Record]) -> int:
+    def process(self, records: Sequence[kafka.Record]) -> int:
         """Steps 2-5 of the module docstring for one polled batch; returns events applied."""
         if not records:
             return 0
@@ -280,7 +272,7 @@ class Projector(LoopService):
         self.stats.batches += 1
         return len(events)
 
-    def decode(self, record: Record) -> Event:
+    def decode(self, record: kafka.Record) -> Event:
         return event_from_record(
             self.codec.decode(record.value, expected="UserEventRecorded").record)
 
@@ -294,7 +286,7 @@ class Projector(LoopService):
 
     def _commit(self, positions: dict[tuple[str, int], int]) -> None:
         if positions:
-            self.consumer.commit([Position(t, p, o) for (t, p), o in positions.items()],
+            self.consumer.commit([kafka.Position(t, p, o) for (t, p), o in positions.items()],
                                  asynchronous=True)
             self.committed.update(positions)
 
