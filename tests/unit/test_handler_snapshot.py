@@ -18,19 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from protocol.canonical import CanonicalWriter
-from services.shard_writer.core import (
-    DeviceLinked,
-    DeviceRevoked,
-    Event,
-    EventBody,
-    KeysRotated,
-    RecordDeleted,
-    RecordPut,
-    User,
-    UserDeleted,
-    UserRegistered,
-    evolve,
-)
+from services.shard_writer.core import User, events, evolve
 from services.shard_writer.core.partition import PartitionState, Rejection, RejectionKey
 from services.shard_writer.core.snapshot import (  # the layout
     TAG,
@@ -54,24 +42,24 @@ TOPIC = "qs.users.events"
 Step = tuple[str, int, object]
 
 
-def _body(state: User | None, kind: int, x: int) -> EventBody:
+def _body(state: User | None, kind: int, x: int) -> events.EventBody:
     if state is None:
-        return UserRegistered(f"ed25519:key-{x}", bytes([x]) * 8)
+        return events.UserRegistered(f"ed25519:key-{x}", bytes([x]) * 8)
     devices = sorted(state.devices)
     match kind:
         case 0:
-            return RecordPut(f"r{x}", state.version, b"\x00" * x)
+            return events.RecordPut(f"r{x}", state.version, b"\x00" * x)
         case 1:
-            return RecordDeleted(f"r{x}", state.version)
+            return events.RecordDeleted(f"r{x}", state.version)
         case 2:
-            return DeviceLinked(f"d{x}", f"ed25519:device-{x}")
+            return events.DeviceLinked(f"d{x}", f"ed25519:device-{x}")
         case 3 if devices:
-            return DeviceRevoked(devices[x % len(devices)])
+            return events.DeviceRevoked(devices[x % len(devices)])
         case 4:
-            return KeysRotated(f"ed25519:rotated-{x}", bytes([x]) * 4, state.key_epoch + 1)
+            return events.KeysRotated(f"ed25519:rotated-{x}", bytes([x]) * 4, state.key_epoch + 1)
         case 5 if x == 0:
-            return UserDeleted()
-    return RecordPut(f"r{x}", state.version, b"")
+            return events.UserDeleted()
+    return events.RecordPut(f"r{x}", state.version, b"")
 
 
 @st.composite
@@ -97,7 +85,7 @@ def histories(draw: st.DrawFn) -> list[Step]:
         # an accepted command may give several events: sometimes repeat the idempotency key
         command = last_command if kind == 5 and x else f"c{len(steps)}"
         last_command = command
-        event = Event(user_id, 1 if state is None else state.version + 1, command, offset,
+        event = events.Event(user_id, 1 if state is None else state.version + 1, command, offset,
                       _body(state, kind, x), hashlib.sha256(command.encode()).digest())
         states[user_id] = evolve(state, event)
         steps.append(("event", offset, event))
@@ -108,7 +96,7 @@ def fold(steps: list[Step], state: PartitionState | None = None) -> PartitionSta
     state = state or PartitionState()
     for kind, offset, item in steps:
         if kind == "event":
-            assert isinstance(item, Event)
+            assert isinstance(item, events.Event)
             state.apply(item, offset)
         else:
             state.apply_reply(offset, item)  # type: ignore[arg-type]
@@ -155,7 +143,8 @@ def test_property_folding_an_event_twice_is_refused(steps: list[Step],
 
 
 def test_the_same_state_built_in_another_order_has_the_same_bytes() -> None:
-    first = [Event(f"u{i}", 1, f"c{i}", 0, UserRegistered(f"k{i}", b"e")) for i in range(5)]
+    first = [events.Event(f"u{i}", 1, f"c{i}", 0, events.UserRegistered(f"k{i}", b"e"))
+             for i in range(5)]
     forward, backward = PartitionState(), PartitionState()
     for offset, event in enumerate(first):
         forward.apply(event, offset)
@@ -190,7 +179,7 @@ def test_property_any_bytes_are_refused_or_the_one_encoding_of_what_they_decode_
 def _state() -> PartitionState:
     state = PartitionState()
     for offset, user in ((4, "a"), (9, "b")):
-        state.apply(Event(user, 1, "c", 0, UserRegistered("k", b"e")), offset)
+        state.apply(events.Event(user, 1, "c", 0, events.UserRegistered("k", b"e")), offset)
     state.apply_reply(20, (("a", "x"), Rejection(b"d", "version_conflict", "stale")))
     return state
 
@@ -224,7 +213,7 @@ def test_strict_decoding_refuses_what_encode_never_writes() -> None:
 
 def test_check_newest_accepts_only_the_event_just_before_the_offset() -> None:
     state = _state()
-    newest = Event("b", 1, "c", 0, UserRegistered("k", b"e"))
+    newest = events.Event("b", 1, "c", 0, events.UserRegistered("k", b"e"))
     check_newest(state, newest, 9)
     for event, offset in ((newest, 8), (newest, 10), (replace(newest, version=2), 9),
                           (replace(newest, user_id="a"), 9)):
@@ -246,7 +235,7 @@ def test_property_pieces_reassemble_to_the_state(steps: list[Step], chunk_bytes:
 def test_an_incomplete_or_mixed_snapshot_is_no_candidate_and_the_newest_comes_first() -> None:
     old = _state()
     new = _state()
-    new.apply(Event("c", 1, "c", 0, UserRegistered("k", b"e")), 30)
+    new.apply(events.Event("c", 1, "c", 0, events.UserRegistered("k", b"e")), 30)
     old_pieces, new_pieces = split(TOPIC, 0, old, 16), split(TOPIC, 0, new, 16)
     found = candidates([*old_pieces, *new_pieces])[0]
     assert [ps[0].events_offset for ps in found] == [31, 10]
