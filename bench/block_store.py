@@ -50,6 +50,7 @@ from services.shard_writer.store import connect, drop_keyspace
 from streams.admin import ensure_topics
 from streams.chain_wire import decode_finalized
 from streams.settings import Settings, load_settings
+from tests.support.gateway_http import wait_for_head
 
 CLI = (sys.executable, "-m", "streams.cli")
 RETAIN = 100
@@ -88,21 +89,6 @@ def _gateway(settings: Settings, genesis: Path, state: Path, store: bool
     return f"http://127.0.0.1:{port}", process
 
 
-def _ready(url: str, process: subprocess.Popen[bytes], height: int) -> None:
-    deadline = time.monotonic() + 3600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the gateway at {url} exited with {process.returncode}")
-        try:
-            head = httpx.get(f"{url}/v1/chain/head", timeout=5)
-            if head.status_code == 200 and head.json().get("height", 0) >= height:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the gateway at {url} did not reach height {height}")
-
-
 def _timed_get(client: httpx.Client, url: str, field: str, expected: object) -> float:
     """Milliseconds for ``GET url``, which must answer 200 with ``expected`` as ``field``."""
     started = time.perf_counter()
@@ -137,7 +123,7 @@ def _measure(settings: Settings, chain: LocalChain, count: int, samples: int,
             try:
                 with console.status(f"both gateways verifying {count} blocks"):
                     for url, process in gateways.values():
-                        _ready(url, process, count)
+                        wait_for_head(url, count, 3600, process=process, poll_s=0.2)
                 results.update(_ask(gateways, headers, samples))
             finally:
                 for _, process in gateways.values():

@@ -35,6 +35,7 @@ from streams.admin import ensure_topics
 from streams.chain_wire import decode_finalized
 from streams.settings import Settings
 from tests.integration.test_chain_e2e import CLI
+from tests.support.gateway_http import wait_for_head
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -75,19 +76,6 @@ def _gateway(settings: Settings, genesis: Path, port: int, logs: Path) -> subpro
                             env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait_head(url: str, height: int, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            head = httpx.get(f"{url}/v1/chain/head", timeout=5)
-            if head.status_code == 200 and head.json().get("height", 0) >= height:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} did not reach height {height} in {timeout_s} s")
-
-
 @pytest.fixture
 def network(settings: Settings, tmp_path: Path) -> Iterator[tuple[LocalChain, list[str],
                                                                   list[subprocess.Popen[bytes]]]]:
@@ -99,7 +87,7 @@ def network(settings: Settings, tmp_path: Path) -> Iterator[tuple[LocalChain, li
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
         for url in urls:
-            _wait_head(url, FIRST_PART)
+            wait_for_head(url, FIRST_PART, 120)
         yield chain, urls, gateways
     finally:
         for process in gateways:
