@@ -65,28 +65,12 @@ from protocol.proposer import ProposerPriorities, initial_priorities
 from protocol.validators import Validator, ValidatorSet
 from services.block_builder.core.logic import NodeBlockLogic
 from services.block_builder.core.proposal import EntropyRules, StaticPool
+from services.consensus.core import state_machine as sm
 from services.consensus.core.signer import SignerState
-from services.consensus.core.state_machine import (
-    Broadcast,
-    CommitReceived,
-    ConsensusConfig,
-    ConsensusState,
-    Decided,
-    Event,
-    EvidenceDetected,
-    ProposalReceived,
-    ScheduleTimeout,
-    StartHeight,
-    TimeoutFired,
-    TimeoutParams,
-    VoteReceived,
-    handle,
-    initial_state,
-)
 
 CHAIN_ID = "qustream-sim"
 SOURCES = ("qrng-a", "qrng-b")
-SIM_TIMEOUTS = TimeoutParams(
+SIM_TIMEOUTS = sm.TimeoutParams(
     propose_ms=400,
     propose_delta_ms=100,
     prevote_ms=150,
@@ -259,7 +243,7 @@ class SimConfig:
     partitions: tuple[Partition, ...] = ()
     crashes: tuple[Crash, ...] = ()
     gossip_interval_ms: int = 500
-    timeouts: TimeoutParams = SIM_TIMEOUTS
+    timeouts: sm.TimeoutParams = SIM_TIMEOUTS
     rules: EntropyRules = SIM_RULES
     evidence_max_age: int = 50
     tx_interval_ms: int = 250
@@ -326,13 +310,13 @@ class Node:
     index: int
     key: SigningKey
     behavior: Behavior
-    config: ConsensusConfig
+    config: sm.ConsensusConfig
     chain: ChainState[Any]
-    state: ConsensusState
+    state: sm.ConsensusState
     priorities: ProposerPriorities  # persisted at each height start
     signer: SignerState  # persisted before each signature
-    wal: list[tuple[Event, NodeBlockLogic[Any] | None]] = field(default_factory=list)
-    decisions: dict[int, Decided] = field(default_factory=dict)
+    wal: list[tuple[sm.Event, NodeBlockLogic[Any] | None]] = field(default_factory=list)
+    decisions: dict[int, sm.Decided] = field(default_factory=dict)
     committed_txs: set[bytes] = field(default_factory=set)
     crashed: bool = False
     incarnation: int = 0
@@ -389,7 +373,7 @@ class Simulation:
         priorities = initial_priorities(chain.validators)
         self.nodes: list[Node] = []
         for index, key in enumerate(self.keys):
-            consensus = ConsensusConfig(CHAIN_ID, key, config.timeouts, self.verifier)
+            consensus = sm.ConsensusConfig(CHAIN_ID, key, config.timeouts, self.verifier)
             self.nodes.append(
                 Node(
                     index,
@@ -397,7 +381,7 @@ class Simulation:
                     config.behavior(index),
                     consensus,
                     chain,
-                    initial_state(1, chain.validators, priorities),
+                    sm.initial_state(1, chain.validators, priorities),
                     priorities,
                     SignerState(),
                 )
@@ -432,7 +416,7 @@ class Simulation:
 
     # -- network
 
-    def _send(self, sender: int, recipient: int, event: Event) -> None:
+    def _send(self, sender: int, recipient: int, event: sm.Event) -> None:
         if not self._connected(sender, recipient):
             return
         copies = 1
@@ -449,9 +433,8 @@ class Simulation:
                  ) -> None:
         """Publish to the consensus log: the tally sees it, validators receive it."""
         self._tally(message)
-        event: Event = (
-            ProposalReceived(message) if isinstance(message, Proposal) else VoteReceived(message)
-        )
+        event: sm.Event = (sm.ProposalReceived(message) if isinstance(message, Proposal)
+                           else sm.VoteReceived(message))
         for recipient in recipients if recipients is not None else range(len(self.nodes)):
             if recipient != sender:
                 self._send(sender, recipient, event)
@@ -493,39 +476,39 @@ class Simulation:
             self.verifier,
         )
 
-    def _deliver(self, index: int, event: Event) -> None:
+    def _deliver(self, index: int, event: sm.Event) -> None:
         node = self.nodes[index]
         if node.crashed or node.behavior is Behavior.SILENT:
             return
         self._input(node, event)
 
-    def _input(self, node: Node, event: Event) -> None:
+    def _input(self, node: Node, event: sm.Event) -> None:
         logic = self._logic(node)
         node.wal.append((event, logic))
-        state, outputs = handle(node.config, logic, node.state, event)
+        state, outputs = sm.handle(node.config, logic, node.state, event)
         node.state = state
         node.signer = state.signer  # persisted before the outputs leave the node
         self._outputs(node, outputs)
 
     def _outputs(self, node: Node, outputs: Sequence[Any]) -> None:
         for output in outputs:
-            if isinstance(output, Broadcast):
+            if isinstance(output, sm.Broadcast):
                 self._broadcast(node, output.message)
-            elif isinstance(output, ScheduleTimeout):
+            elif isinstance(output, sm.ScheduleTimeout):
                 incarnation = node.incarnation
                 self._at(
                     self.now + output.duration_ms,
                     functools.partial(self._timeout, node, output, incarnation),
                 )
-            elif isinstance(output, Decided):
+            elif isinstance(output, sm.Decided):
                 self._decided(node, output)
-            elif isinstance(output, EvidenceDetected):
+            elif isinstance(output, sm.EvidenceDetected):
                 self.evidence_channel.setdefault(output.evidence.hash(), output.evidence)
 
-    def _timeout(self, node: Node, output: ScheduleTimeout, incarnation: int) -> None:
+    def _timeout(self, node: Node, output: sm.ScheduleTimeout, incarnation: int) -> None:
         if node.crashed or node.incarnation != incarnation or node.behavior is Behavior.SILENT:
             return
-        self._input(node, TimeoutFired(output.height, output.round, output.step))
+        self._input(node, sm.TimeoutFired(output.height, output.round, output.step))
 
     def _broadcast(self, node: Node, message: Message) -> None:
         if node.behavior is Behavior.EQUIVOCATE:
@@ -566,7 +549,7 @@ class Simulation:
         bad = dataclasses.replace(proposal, block=Block(header, proposal.block.body), signature=b"")
         return dataclasses.replace(bad, signature=node.key.sign(bad.sign_bytes(CHAIN_ID)))
 
-    def _decided(self, node: Node, decision: Decided) -> None:
+    def _decided(self, node: Node, decision: sm.Decided) -> None:
         previous = node.decisions.get(decision.height)
         if previous is not None:
             return
@@ -582,7 +565,7 @@ class Simulation:
         # replays them when the height starts), so a restart rebuilds them too.
         logic = self._logic(node)
         node.wal = [(event, logic) for event in node.state.future]
-        self._input(node, StartHeight(height, chain.validators))
+        self._input(node, sm.StartHeight(height, chain.validators))
         node.priorities = node.state.priorities
 
     # -- periodic activity
@@ -611,7 +594,7 @@ class Simulation:
         block, commit = logged
         self._at(
             self.now + self._delay(),
-            lambda: self._deliver(node.index, CommitReceived(block, commit)),
+            lambda: self._deliver(node.index, sm.CommitReceived(block, commit)),
         )
 
     def _submit_tx(self) -> None:
@@ -628,13 +611,13 @@ class Simulation:
         node = self.nodes[crash.node]
         node.crashed = False
         wal, node.wal = node.wal, []
-        node.state = initial_state(
+        node.state = sm.initial_state(
             node.chain.tip.height, node.chain.validators, node.priorities, node.signer
         )
         for event, logic in wal:
             node.wal.append((event, logic))
             assert logic is not None
-            state, outputs = handle(node.config, logic, node.state, event)
+            state, outputs = sm.handle(node.config, logic, node.state, event)
             node.state = state
             node.signer = state.signer
             self._outputs(node, outputs)
@@ -653,7 +636,7 @@ class Simulation:
     def run(self) -> SimResult:
         for node in self.nodes:
             if node.behavior is not Behavior.SILENT:
-                start = StartHeight(1, node.chain.validators)
+                start = sm.StartHeight(1, node.chain.validators)
                 self._at(0, functools.partial(self._input, node, start))
         for crash in self.cfg.crashes:
             self._at(crash.at_ms, functools.partial(self._crash, crash))
