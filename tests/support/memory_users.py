@@ -13,51 +13,38 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.shard_writer import core
 from services.shard_writer.client import Reply
-from services.shard_writer.core import (
-    Accepted,
-    AlreadyApplied,
-    Command,
-    CommandRejectedError,
-    Event,
-    ForgedSignatureError,
-    User,
-    UserView,
-    authenticate,
-    decide,
-    evolve,
-    evolve_view,
-)
 
 
 @dataclass
 class MemoryUsers:
-    users: dict[str, User] = field(default_factory=dict)
-    views: dict[str, UserView] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-    commands: list[Command] = field(default_factory=list)  # every command received, in order
+    users: dict[str, core.User] = field(default_factory=dict)
+    views: dict[str, core.UserView] = field(default_factory=dict)
+    events: list[core.Event] = field(default_factory=list)
+    commands: list[core.Command] = field(default_factory=list)  # every command received, in order
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def execute(self, command: Command) -> Reply:
+    def execute(self, command: core.Command) -> Reply:
         with self.lock:
             self.commands.append(command)
             state = self.users.get(command.user_id)
             try:
-                authenticate(state, command)
-            except ForgedSignatureError as exc:
+                core.authenticate(state, command)
+            except core.ForgedSignatureError as exc:
                 return Reply(command.user_id, command.command_id, False, None, 0, None,
                              "forged", str(exc))
-            decision = decide(state, command, 1_000 + len(self.events))
-            if isinstance(decision, CommandRejectedError):
+            decision = core.decide(state, command, 1_000 + len(self.events))
+            if isinstance(decision, core.CommandRejectedError):
                 return Reply(command.user_id, command.command_id, False, None, 0, None,
                              decision.code, decision.reason)
-            if isinstance(decision, AlreadyApplied):
+            if isinstance(decision, core.AlreadyApplied):
                 return Reply(command.user_id, command.command_id, True, decision.version, 0,
                              None)
-            assert isinstance(decision, Accepted)
+            assert isinstance(decision, core.Accepted)
             for event in decision.events:
-                self.users[event.user_id] = evolve(self.users.get(event.user_id), event)
-                self.views[event.user_id] = evolve_view(self.views.get(event.user_id), event)
+                self.users[event.user_id] = core.evolve(self.users.get(event.user_id), event)
+                self.views[event.user_id] = core.evolve_view(self.views.get(event.user_id), event)
                 self.events.append(event)
             return Reply(command.user_id, command.command_id, True, decision.events[-1].version,
                          0, len(self.events) - 1)
