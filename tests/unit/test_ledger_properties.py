@@ -24,28 +24,8 @@ from protocol.app import (
     MisbehaviorKind,
     VoteInfo,
 )
-from services.ledger.core import (
-    MICRO,
-    RATE_ONE,
-    CreateValidator,
-    Delegate,
-    LedgerApp,
-    LedgerState,
-    ParameterChange,
-    ParameterChangeProposal,
-    PayForService,
-    ServiceKind,
-    SubmitProposal,
-    Transfer,
-    TxBody,
-    Undelegate,
-    Unjail,
-    VoteOption,
-    VoteProposal,
-    WithdrawRewards,
-    genesis_state,
-    state_hash,
-)
+from services.ledger import core as ledger
+from services.ledger.core import MICRO, RATE_ONE
 from services.ledger.core.distribution import REWARD_RATIO_SCALE, pending_rewards
 from services.ledger.core.queries import supply_held
 from tests.unit.test_ledger_fixtures import Chain, address, make_genesis
@@ -67,7 +47,7 @@ operations = st.one_of(
     st.tuples(st.just("unjail"), st.sampled_from(VALIDATORS)),
     st.tuples(st.just("service"), actors, st.integers(min_value=1, max_value=10_000)),
     st.tuples(st.just("propose"), actors, st.integers(min_value=0, max_value=3 * MICRO)),
-    st.tuples(st.just("vote"), actors, st.sampled_from(list(VoteOption))),
+    st.tuples(st.just("vote"), actors, st.sampled_from(list(ledger.VoteOption))),
 )
 blocks = st.fixed_dictionaries(
     {
@@ -82,26 +62,26 @@ blocks = st.fixed_dictionaries(
 histories = st.lists(blocks, min_size=1, max_size=18)
 
 
-def _body(op: tuple) -> tuple[int, TxBody]:  # type: ignore[type-arg]
+def _body(op: tuple) -> tuple[int, ledger.TxBody]:  # type: ignore[type-arg]
     kind = op[0]
     if kind == "transfer":
-        return op[1], Transfer(address(op[2]), op[3])
+        return op[1], ledger.Transfer(address(op[2]), op[3])
     if kind == "delegate":
-        return op[1], Delegate(address(op[2]), op[3])
+        return op[1], ledger.Delegate(address(op[2]), op[3])
     if kind == "undelegate":
-        return op[1], Undelegate(address(op[2]), op[3])
+        return op[1], ledger.Undelegate(address(op[2]), op[3])
     if kind == "withdraw":
-        return op[1], WithdrawRewards(address(op[2]))
+        return op[1], ledger.WithdrawRewards(address(op[2]))
     if kind == "create":
-        return op[1], CreateValidator(op[2], 50_000_000, 200_000_000, 10_000_000)
+        return op[1], ledger.CreateValidator(op[2], 50_000_000, 200_000_000, 10_000_000)
     if kind == "unjail":
-        return op[1], Unjail()
+        return op[1], ledger.Unjail()
     if kind == "service":
-        return op[1], PayForService(ServiceKind.STORAGE, op[2], bytes(32))
+        return op[1], ledger.PayForService(ledger.ServiceKind.STORAGE, op[2], bytes(32))
     if kind == "propose":
-        change = ParameterChangeProposal((ParameterChange("block_reward", op[2]),))
-        return op[1], SubmitProposal(change, 10 * MICRO)
-    return op[1], VoteProposal(1, op[2])
+        change = ledger.ParameterChangeProposal((ledger.ParameterChange("block_reward", op[2]),))
+        return op[1], ledger.SubmitProposal(change, 10 * MICRO)
+    return op[1], ledger.VoteProposal(1, op[2])
 
 
 class NaiveRewards:
@@ -118,7 +98,7 @@ class NaiveRewards:
         self.accrued: dict[tuple[bytes, bytes], int] = defaultdict(int)
         self.exact: dict[tuple[bytes, bytes], Fraction] = defaultdict(Fraction)
 
-    def allocate(self, state: LedgerState, votes: tuple[VoteInfo, ...], fees: int) -> None:
+    def allocate(self, state: ledger.LedgerState, votes: tuple[VoteInfo, ...], fees: int) -> None:
         pot = state.params.block_reward + fees
         signers = sorted(
             {(v.address, v.power) for v in votes if v.signed and v.address in state.validators}
@@ -145,7 +125,7 @@ class NaiveRewards:
         self.accrued[delegator, validator] = 0
         self.exact[delegator, validator] = Fraction(0)
 
-    def check(self, state: LedgerState) -> None:
+    def check(self, state: ledger.LedgerState) -> None:
         for delegator, validator in state.delegations:
             pending = pending_rewards(state, delegator, validator)
             assert pending == self.accrued[delegator, validator] // REWARD_RATIO_SCALE
@@ -153,7 +133,7 @@ class NaiveRewards:
             assert exact - 1 <= pending <= exact + Fraction(1, 10**6), (pending, exact)
 
 
-def _check_invariants(state: LedgerState) -> None:
+def _check_invariants(state: ledger.LedgerState) -> None:
     assert supply_held(state) == state.supply.expected
     for validator, rewards in state.rewards.items():
         owed = sum(
@@ -201,7 +181,8 @@ def run_history(
             for (sender, body), result in zip(ops, response.tx_results, strict=True):
                 target = getattr(body, "validator", address(sender))
                 if result.code == 0 and isinstance(
-                    body, Delegate | Undelegate | WithdrawRewards | CreateValidator
+                    body, ledger.Delegate | ledger.Undelegate | ledger.WithdrawRewards
+                    | ledger.CreateValidator
                 ):
                     naive.settle(address(sender), target)
             naive.check(chain.state)
@@ -209,12 +190,13 @@ def run_history(
     return chain, requests
 
 
-def _fees(chain: Chain, ops: list[tuple[int, TxBody]], response: FinalizeBlockResponse) -> int:
+def _fees(chain: Chain, ops: list[tuple[int, ledger.TxBody]],
+          response: FinalizeBlockResponse) -> int:
     """Fees and service payments of one block (what the next block distributes)."""
     total = 0
     for (_, body), result in zip(ops, response.tx_results, strict=True):
         total += result.fee_charged
-        if result.code == 0 and isinstance(body, PayForService):
+        if result.code == 0 and isinstance(body, ledger.PayForService):
             total += body.units * chain.state.params.price_storage_per_unit
     return total
 
@@ -238,14 +220,14 @@ def test_conservation_and_f1_equal_naive_distribution(history: list[dict]) -> No
 @settings(max_examples=25, deadline=None)
 def test_replaying_the_same_blocks_gives_the_same_state_hashes(history: list[dict]) -> None:  # type: ignore[type-arg]
     chain, requests = run_history(history)
-    app = LedgerApp()
-    state = genesis_state(
+    app = ledger.LedgerApp()
+    state = ledger.genesis_state(
         make_genesis(accounts=[(10, 2_000 * MICRO), (11, 500 * MICRO), (12, 900)])
     )
     for request, original in zip(requests, chain.responses, strict=True):
         state, response = app.finalize_block(state, request)
         assert response == original
-    assert state_hash(state) == state_hash(chain.state)
+    assert ledger.state_hash(state) == ledger.state_hash(chain.state)
 
 
 _FIXED_HISTORY: list[dict[str, Any]] = [
@@ -265,7 +247,7 @@ _FIXED_HISTORY: list[dict[str, Any]] = [
         "double_sign": 2,
     },
     {
-        "ops": [("vote", 0, VoteOption.YES), ("vote", 1, VoteOption.YES)],
+        "ops": [("vote", 0, ledger.VoteOption.YES), ("vote", 1, ledger.VoteOption.YES)],
         "absent": frozenset(),
         "double_sign": None,
     },
@@ -276,7 +258,7 @@ _FIXED_HISTORY += [_IDLE_BLOCK] * 12
 
 def final_hash_of_fixed_history() -> str:
     chain, _ = run_history(_FIXED_HISTORY)
-    return state_hash(chain.state).hex()
+    return ledger.state_hash(chain.state).hex()
 
 
 def test_state_hash_does_not_depend_on_the_process_hash_seed() -> None:
