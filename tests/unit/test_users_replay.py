@@ -35,13 +35,10 @@ from services.shard_writer.core import (
     decide,
     evolve,
     signed_command,
-    user_id_for,
 )
+from tests.unit.test_users_core import ENC, KEY, USER
 
-KEY = SigningKey.from_seed(bytes(range(32)), Algorithm.ED25519)
 STOLEN = SigningKey.from_seed(bytes(range(5, 37)), Algorithm.ED25519)
-USER = user_id_for(KEY.public_key.to_text())
-ENC = bytes(1184)
 
 
 def signed(body: CommandBody, command_id: str, expected: int | None) -> Command:
