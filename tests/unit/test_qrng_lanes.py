@@ -4,10 +4,14 @@ counts devices, so lanes of one device never pass for two independent sources.""
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from protocol.entropy.chain import ChainHead, HealthSummary, extend, sign_checkpoint
@@ -30,6 +34,11 @@ from services.ledger.core.genesis_file import genesis_state, load_genesis
 from services.ledger.core.params import Params
 from services.ledger.core.tx import QrngSource
 from services.ledger.genesis_cli import app as genesis_app
+from services.qrng_ingest.cli import _lane_argv
+from services.qrng_ingest.cli import app as qrng_app
+from services.qrng_ingest.lanes import lane_config, lane_stripe, run_lanes
+from services.qrng_ingest.service import IngestConfig
+from services.qrng_ingest.sources import DeviceFileSource, SourceSpecError, Stripe, parse_source
 from tests.unit.test_block import build, pool, tip
 
 KEY = SigningKey.from_seed(bytes(range(32)))
@@ -126,3 +135,74 @@ def test_genesis_new_registers_lanes_with_the_devices_key(tmp_path: Path) -> Non
         device_key = SigningKey.load(out / "keys" / f"{device_of(source.source_id)}.json")
         assert source.public_key == device_key.public_key
     assert LedgerApp().registered_sources(genesis_state(genesis)) == 2
+
+
+# --- ingest: K lane processes of one device -----------------------------------------------
+
+
+def test_lanes_of_a_regular_file_read_disjoint_chunks_that_cover_it(tmp_path: Path) -> None:
+    path = tmp_path / "entropy.bin"
+    data = os.urandom(7 * 1024 + 100)  # 7 whole chunks of 1 KiB and a partial one
+    path.write_bytes(data)
+    device = IngestConfig(source_id="qd", chunk_size=1024)
+    read: dict[int, list[bytes]] = {}
+    for lane in range(3):
+        source = parse_source(f"file:{path}", stripe=lane_stripe(device, 3, lane))
+        assert "lane" in source.describe()
+        read[lane] = []
+        while block := source.read(1024):
+            read[lane].append(block)
+        source.close()
+    chunks = [data[i:i + 1024] for i in range(0, len(data), 1024)]
+    assert read == {lane: chunks[lane::3] for lane in range(3)}
+
+
+def test_a_stripe_maps_lane_positions_into_its_own_blocks() -> None:
+    stripe = Stripe(lane=1, lanes=2, block_size=10)
+    assert stripe.locate(0) == (10, 10)
+    assert stripe.locate(4) == (14, 6)  # a partial read continues inside the block
+    assert stripe.locate(10) == (30, 10)
+    with pytest.raises(SourceSpecError):
+        Stripe(lane=2, lanes=2, block_size=10)
+
+
+def test_a_character_device_is_read_by_every_lane_whole() -> None:
+    source = DeviceFileSource("/dev/urandom", Stripe(1, 2, 1024))
+    assert source.describe() == "device /dev/urandom"
+    assert len(source.read(4096)) == 4096
+    source.close()
+
+
+def test_lane_settings_name_the_lane_and_keep_the_rest() -> None:
+    device = IngestConfig(source_id="qd", chunk_size=2048, metrics_port=9100)
+    assert lane_config(device, 1, 0) == device  # one lane: the source itself
+    lane = lane_config(device, 4, 3)
+    assert (lane.source_id, lane.metrics_port, lane.chunk_size) == ("qd.lane-3", 9103, 2048)
+    assert lane_config(replace(device, metrics_port=None), 4, 3).metrics_port is None
+
+
+def test_lane_command_repeats_the_options_for_one_lane(tmp_path: Path) -> None:
+    """The command each lane process runs is this one with ``--lane k``: parsed again, it
+    gives the same options (the auth header travels in the environment, not the argv)."""
+    command = typer.main.get_command(qrng_app).commands["run"]  # type: ignore[attr-defined]
+    args = ["--source", "sim", "--key", str(tmp_path / "k.json"), "--source-id", "qd",
+            "--lanes", "2", "--binary", "--chunk-size", "64KiB", "--duration", "1.5",
+            "--auth-header", "X-Key: secret"]
+    ctx = command.make_context("run", list(args))
+    argv = _lane_argv(ctx, 1)
+    assert argv[:5] == (sys.executable, "-m", "streams.cli", "qrng", "run")
+    assert "secret" not in " ".join(argv)
+    again = command.make_context("run", list(argv[5:])).params
+    assert again == {**ctx.params, "lane": 1, "quiet": True, "auth_header": None}
+
+
+def test_run_lanes_supervises_one_process_per_lane_and_reports_each(tmp_path: Path) -> None:
+    device = IngestConfig(source_id="qd", chunk_size=1024)
+
+    def lane_argv(lane: int) -> tuple[str, ...]:
+        return (sys.executable, "-c", f"print('noise'); print('{{\"lane\": {lane}}}')")
+
+    report = run_lanes(device, 2, lane_argv, tmp_path, threading.Event())
+    assert report == {"device": "qd", "lanes": [
+        {"source_id": f"qd.lane-{lane}", "exit_code": 0, "restarts": 0,
+         "report": {"lane": lane}} for lane in range(2)]}
