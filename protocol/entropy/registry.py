@@ -64,9 +64,12 @@ def lane_source_id(device: str, lane: int) -> str:
 
 def lane_source_ids(device: str, lanes: int) -> tuple[str, ...]:
     """The source ids a device registers and publishes as: itself when it has one lane (a
-    source without lanes), else its ``lanes`` lane ids."""
+    source without lanes), else its ``lanes`` lane ids. A lane cannot have lanes (its lanes
+    would not count as lanes of its device)."""
     if lanes == 1:
         return (device,)
+    if device_of(device) != device:
+        raise RegistryError(f"{device!r} is a lane of {device_of(device)!r}, not a device")
     return tuple(lane_source_id(device, lane) for lane in range(lanes))
 
 

@@ -123,12 +123,15 @@ def run(
     the two-source rule counts the lanes of a device as one source.
     """
     from protocol.entropy.chain import CheckpointPolicy
-    from protocol.entropy.registry import lane_source_ids, source_id_problem
+    from protocol.entropy.registry import RegistryError, lane_source_ids, source_id_problem
 
     if lane is not None and lane >= lanes:
         raise typer.BadParameter(f"lane {lane} is not one of the {lanes} lanes (0..{lanes - 1})",
                                  param_hint="--lane")
-    problem = source_id_problem(lane_source_ids(source_id, lanes)[-1])  # every consumer's rule
+    try:
+        problem = source_id_problem(lane_source_ids(source_id, lanes)[-1])  # everyone's rule
+    except RegistryError as exc:
+        problem = str(exc)
     if problem is not None:
         raise typer.BadParameter(problem, param_hint="--source-id")
     from services.qrng_ingest.core.liveness import LivenessPolicy

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from protocol.entropy.chain import ChainHead, HealthSummary, extend, sign_checkpoint
 from protocol.entropy.registry import (
+    RegistryError,
     SourceRegistry,
     SourceRegistryEntry,
     count_devices,
@@ -65,6 +66,8 @@ def test_lane_ids_are_valid_source_ids_of_their_device() -> None:
     assert all(source_id_problem(lane) is None and device_of(lane) == "qrng-0" for lane in lanes)
     assert count_devices((*lanes, "qrng-1", "qrng-2.lane-0", "qrng-2.lane-1")) == 3
     assert count_devices(("qrng-0", "qrng-1")) == 2  # no lanes: every source a device
+    with pytest.raises(RegistryError, match="is a lane of 'qrng-0'"):
+        lane_source_ids("qrng-0.lane-1", 2)
 
 
 def test_a_lanes_chunks_never_verify_as_another_lanes() -> None:
