@@ -6,8 +6,15 @@ publishing with acks=all (``services.qrng_ingest.service``). Baseline: a bare co
 producer with the same configuration sending pre-generated chunks of the same size to a topic
 with the same settings. Rounds alternate (ours, baseline, ours, baseline) against the Kafka from
 the settings (``QUSTREAM_KAFKA_BOOTSTRAP_SERVERS`` or the embedded broker) on uniquely named
-topics; the best round of each is reported, plus the health tests alone. Bounded: about a minute.
-Last line: one JSON object.
+topics; the best round of each is reported, plus the health tests alone.
+
+Lanes (issue 22): each round also runs one device as two lanes in two processes
+(``services.qrng_ingest.lanes``: two chains, the device's key), started together, and two raw
+producers in two processes: ``lanes_2_mb_s`` and ``raw_2_mb_s`` are their combined rates,
+``lane_scaling`` = lanes_2 / one lane and ``raw_scaling`` = raw_2 / one raw producer. Lanes can
+only scale as far as the producer itself does on the machine and broker (``raw_scaling``), so
+read the first against the second. Bounded: about two minutes (``--rounds``,
+``--round-seconds`` for a shorter look). Last line: one JSON object.
 
 ``--profile``: instead, one round of ours under cProfile, every thread (the reader thread's
 source reads, health tests and hashing; the main thread's chaining, encoding and producing),
@@ -20,12 +27,15 @@ import argparse
 import cProfile
 import io
 import json
+import multiprocessing
 import os
 import pstats
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
 from rich.console import Console
@@ -35,6 +45,7 @@ from bench.common import scratch_kafka
 from protocol.entropy.chain import CheckpointPolicy
 from protocol.keys import SigningKey
 from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_block
+from services.qrng_ingest.lanes import lane_config
 from services.qrng_ingest.publisher import PRODUCER_TUNING
 from services.qrng_ingest.service import IngestConfig, build_service
 from services.qrng_ingest.sources import SimulatorSource
@@ -61,26 +72,36 @@ def _health_rate(seconds: float = 2.0) -> float:
     return done * CHUNK / (time.perf_counter() - started) / MB
 
 
-def _ours(settings: Settings, state_dir: Path, round_: int) -> float:
-    key = SigningKey.generate()
-    config = IngestConfig(source_id=f"bench-{round_}", chunk_size=CHUNK, alpha_exponent=40,
-                          checkpoint=CheckpointPolicy(every_chunks=64, every_ms=1000))
+def _device(round_: int) -> IngestConfig:
+    return IngestConfig(source_id=f"bench-{round_}", chunk_size=CHUNK, alpha_exponent=40,
+                        checkpoint=CheckpointPolicy(every_chunks=64, every_ms=1000))
+
+
+# A measurement: bytes published and acknowledged, and the seconds that took (final flush in).
+Measured = tuple[int, float]
+_Ready = Callable[[], object]  # returns once every process of a round is ready to start
+
+
+def _ours(settings: Settings, state_dir: Path, config: IngestConfig, key: SigningKey,
+          round_s: float, ready: _Ready = lambda: None) -> Measured:
     local = settings.model_copy(update={"state_dir": state_dir})
     service = build_service(local, config, SimulatorSource(), key)
+    ready()
     started = time.perf_counter()
-    report = service.run(duration_s=ROUND_S)  # includes the final flush of every chunk
-    elapsed = time.perf_counter() - started
-    return report.published_bytes / elapsed / MB
+    report = service.run(duration_s=round_s)  # includes the final flush of every chunk
+    return report.published_bytes, time.perf_counter() - started
 
 
-def _baseline(settings: Settings, topic: str) -> float:
+def _baseline(settings: Settings, topic: str, round_s: float, key: bytes = b"baseline",
+              ready: _Ready = lambda: None) -> Measured:
     producer = Producer(producer_config(settings, **PRODUCER_TUNING))
     payloads = [os.urandom(CHUNK) for _ in range(16)]
     sent = 0
+    ready()
     started = time.perf_counter()
-    while time.perf_counter() - started < ROUND_S:
+    while time.perf_counter() - started < round_s:
         try:
-            producer.produce(topic, value=payloads[sent % len(payloads)], key=b"baseline")
+            producer.produce(topic, value=payloads[sent % len(payloads)], key=key)
             sent += 1
             producer.poll(0)
         except BufferError:
@@ -89,7 +110,42 @@ def _baseline(settings: Settings, topic: str) -> float:
     elapsed = time.perf_counter() - started
     if remaining:
         raise RuntimeError(f"baseline: {remaining} messages unacknowledged")
-    return sent * CHUNK / elapsed / MB
+    return sent * CHUNK, elapsed
+
+
+def _rate(measured: Measured) -> float:
+    return measured[0] / measured[1] / MB
+
+
+def _lane_process(settings: Settings, state_dir: Path, device: IngestConfig, lanes: int,
+                  lane: int, key_file: Path, round_s: float, barrier: Any, out: Any) -> None:
+    """One lane of the device in this process (``qustream qrng run --lanes K --lane k``)."""
+    key = SigningKey.load(key_file)
+    out.put(_ours(settings, state_dir, lane_config(device, lanes, lane), key, round_s,
+                  barrier.wait))
+
+
+def _raw_process(settings: Settings, topic: str, index: int, round_s: float, barrier: Any,
+                 out: Any) -> None:
+    out.put(_baseline(settings, topic, round_s, f"baseline-{index}".encode(), barrier.wait))
+
+
+def _together(target: Callable[..., None], jobs: list[tuple[Any, ...]], round_s: float) -> float:
+    """``target(*job, barrier, queue)`` in one process per job, each starting its clock once
+    all are set up; their combined rate (all bytes over the longest of their times)."""
+    context = multiprocessing.get_context("spawn")
+    barrier, out = context.Barrier(len(jobs)), context.Queue()
+    processes = [context.Process(target=target, args=(*job, barrier, out)) for job in jobs]
+    for process in processes:
+        process.start()
+    try:
+        measured: list[Measured] = [out.get(timeout=round_s + 180) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(60)
+    if any(process.exitcode for process in processes):
+        raise RuntimeError(f"a process of the round failed: {[p.exitcode for p in processes]}")
+    return sum(sent for sent, _ in measured) / max(took for _, took in measured) / MB
 
 
 def _profile(settings: Settings, top: int) -> None:
@@ -107,7 +163,8 @@ def _profile(settings: Settings, top: int) -> None:
     try:
         with tempfile.TemporaryDirectory() as state:
             main_profile.enable()
-            rate = _ours(settings, Path(state), 0)
+            rate = _rate(_ours(settings, Path(state), _device(0), SigningKey.generate(),
+                               ROUND_S))
             main_profile.disable()
     finally:
         threading.setprofile(None)  # type: ignore[arg-type]
@@ -129,16 +186,19 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="profile one round of ours instead of the benchmark")
     parser.add_argument("--top", type=int, default=15, help="functions shown per thread")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of each kind")
+    parser.add_argument("--round-seconds", type=float, default=ROUND_S,
+                        help="seconds each measurement runs")
     args = parser.parse_args()
     with scratch_kafka(load_settings()) as settings:
         if args.profile:
             _profile(settings, args.top)
             return
-        result = _run(settings)
+        result = _run(settings, args.rounds, args.round_seconds)
     print(json.dumps(result))
 
 
-def _run(settings: Settings) -> dict[str, object]:
+def _run(settings: Settings, rounds: int, round_s: float) -> dict[str, object]:
     console = Console(stderr=True)
     raw = spec("entropy.raw")
     baseline_spec = TopicSpec("bench.baseline", raw.partitions, raw.key, "bench", (),
@@ -146,31 +206,47 @@ def _run(settings: Settings) -> dict[str, object]:
                               max_message_bytes=raw.max_message_bytes)
     topics = [spec("entropy.raw"), spec("entropy.private"), spec("qrng.status"), baseline_spec]
     ensure_topics(settings, topics)
-    ours: list[float] = []
-    baseline: list[float] = []
+    rates: dict[str, list[float]] = {"ours": [], "baseline": [], "lanes_2": [], "raw_2": []}
+    baseline_topic = settings.topic("bench.baseline")
     try:
         with tempfile.TemporaryDirectory() as state, Progress(console=console) as progress:
-            task = progress.add_task("ingest bench", total=ROUNDS * 2 + 1)
+            key_file = Path(state) / "device.key"
+            SigningKey.generate().save(key_file)  # the device's key, shared by its lanes
+            measure: dict[str, Callable[[int], float]] = {
+                "ours": lambda round_: _rate(_ours(settings, Path(state), _device(round_),
+                                                   SigningKey.load(key_file), round_s)),
+                "baseline": lambda round_: _rate(_baseline(settings, baseline_topic, round_s)),
+                "lanes_2": lambda round_: _together(_lane_process, [
+                    (settings, Path(state), _device(round_ + rounds), 2, lane, key_file,
+                     round_s) for lane in range(2)], round_s),
+                "raw_2": lambda round_: _together(_raw_process, [
+                    (settings, baseline_topic, index, round_s) for index in range(2)], round_s),
+            }
+            task = progress.add_task("ingest bench", total=rounds * len(measure) + 1)
             progress.update(task, description="health tests alone")
             health = _health_rate()
             progress.advance(task)
-            for round_ in range(ROUNDS):
-                progress.update(task, description=f"ours, round {round_ + 1}")
-                ours.append(_ours(settings, Path(state), round_))
-                progress.advance(task)
-                progress.update(task, description=f"baseline, round {round_ + 1}")
-                baseline.append(_baseline(settings, settings.topic("bench.baseline")))
-                progress.advance(task)
+            for round_ in range(rounds):
+                for name, run in measure.items():
+                    progress.update(task, description=f"{name}, round {round_ + 1}")
+                    rates[name].append(run(round_))
+                    progress.advance(task)
     finally:
         # A run writes gigabytes (1 MiB chunks at hundreds of MB/s): give the disk back at
         # once (scratch_kafka deletes whatever else is left under the prefix).
         delete_topics(settings, [settings.topic(t.name) for t in topics])
-    console.print(f"ours MB/s per round: {[round(x, 1) for x in ours]}; "
-                  f"baseline: {[round(x, 1) for x in baseline]}; load {os.getloadavg()}")
-    best_ours, best_baseline = max(ours), max(baseline)
-    return {"bench": "ingest", "unit": "MB/s", "ours": round(best_ours, 1),
-            "baseline": round(best_baseline, 1), "ratio": round(best_ours / best_baseline, 3),
-            "health_tests_mb_s": round(health, 1)}
+    console.print("MB/s per round: " + "; ".join(
+        f"{name} {[round(x, 1) for x in values]}" for name, values in rates.items())
+        + f"; load {os.getloadavg()}")
+    best = {name: max(values) for name, values in rates.items()}
+    return {"bench": "ingest", "unit": "MB/s", "ours": round(best["ours"], 1),
+            "baseline": round(best["baseline"], 1),
+            "ratio": round(best["ours"] / best["baseline"], 3),
+            "health_tests_mb_s": round(health, 1),
+            "lanes_2_mb_s": round(best["lanes_2"], 1),
+            "lane_scaling": round(best["lanes_2"] / best["ours"], 3),
+            "raw_2_mb_s": round(best["raw_2"], 1),
+            "raw_scaling": round(best["raw_2"] / best["baseline"], 3)}
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from protocol.canonical import HASH_SIZE, CanonicalWriter
 from protocol.commit import CommitCertificate
+from protocol.entropy.registry import count_devices
 from protocol.errors import InputError
 from protocol.evidence import DuplicateVoteEvidence
 from protocol.keys import ADDRESS_SIZE
@@ -100,6 +101,13 @@ def ranges_of(entropy: Sequence[EntropyRef]) -> tuple[SeqRange, ...]:
     return tuple(ranges)
 
 
+def fresh_sources_of(ranges: Sequence[SeqRange]) -> int:
+    """The header's ``fresh_sources`` for these ranges: the devices they come from. Lanes of
+    one device (``protocol.entropy.registry``) count once, so they never pass for two
+    independent sources."""
+    return count_devices(seq_range.source_id for seq_range in ranges)
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     chain_id: str
@@ -111,9 +119,10 @@ class Header:
     entropy_root: bytes
     entropy_ranges: tuple[SeqRange, ...]
     # How many registered sources contributed fresh entropy (chunks no block included before)
-    # to this block: the number of ranges. And how many sources were registered in the state
-    # the block builds on. ``protocol.pulse`` reads the pair: a pulse without fresh entropy,
-    # or from fewer sources than the two-source rule asks, is marked not random.
+    # to this block: the devices of its ranges (``fresh_sources_of``; lanes of one device count
+    # once). And how many devices were registered in the state the block builds on.
+    # ``protocol.pulse`` reads the pair: a pulse without fresh entropy, or from fewer sources
+    # than the two-source rule asks, is marked not random.
     fresh_sources: int
     registered_sources: int
     randomness: bytes  # 64 bytes, see randomness.py
@@ -282,9 +291,9 @@ def _entropy_mismatch(block: Block) -> str | None:
         return str(exc)
     if ranges != header.entropy_ranges:
         return "header entropy ranges do not match the body"
-    if header.fresh_sources != len(ranges):
+    if header.fresh_sources != fresh_sources_of(ranges):
         return (f"header says {header.fresh_sources} sources contributed fresh entropy, the "
-                f"body has chunks of {len(ranges)}")
+                f"body has chunks of {fresh_sources_of(ranges)} devices")
     if body.entropy_root() != header.entropy_root:
         return "entropy root does not match the body"
     return None

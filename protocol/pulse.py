@@ -3,11 +3,11 @@
 A block's randomness is ``HMAC-SHA-512(previous randomness, height and entropy references)``. When
 the block carries no fresh entropy, that is a function of the previous pulse and the height:
 anyone can compute it in advance, so it must never be served as a random value. The header says
-how many registered sources contributed fresh entropy (``fresh_sources``, one per entropy
-range: a source's chunks are fresh by construction, every range starts right after what the
-chain already used) and how many were registered (``registered_sources``); DESIGN.md asks for
-entropy from two independent sources whenever two are registered, so one source cannot decide
-the output.
+how many registered sources contributed fresh entropy (``fresh_sources``, one per device among
+the entropy ranges: a source's chunks are fresh by construction, every range starts right after
+what the chain already used; lanes of one device count once) and how many devices were
+registered (``registered_sources``); DESIGN.md asks for entropy from two independent sources
+whenever two are registered, so one source cannot decide the output.
 
 ``pulse_status`` returns a bit set anchored on the NIST Randomness Beacon 2.0 ``statusCode``
 (NIST IR 8213): 0 means "chain intact, and values are all good", bit 0 (1) marks the start of a

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from protocol.block import Body, EntropyRef, Header, ranges_of
+from protocol.block import Body, EntropyRef, Header, fresh_sources_of, ranges_of
 from protocol.codec import WireError, decode_commit, decode_header
 from protocol.commit import verify_commit
 from protocol.pulse import PulseStatus, is_random, pulse_status
@@ -101,7 +101,7 @@ def _check_pulse(header: Header, entropy: tuple[EntropyRef, ...],
     body = Body(entropy=entropy)
     if (list(entropy) != sorted(set(entropy)) or ranges != header.entropy_ranges
             or body.entropy_root() != header.entropy_root
-            or header.fresh_sources != len(ranges)):
+            or header.fresh_sources != fresh_sources_of(ranges)):
         raise BlockRejectedError(height, "entropy references do not match the header's entropy "
                                          "root, ranges and fresh source count")
     if block_randomness(previous_randomness, height, entropy) != header.randomness:

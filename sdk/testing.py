@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.block import Block, Body, EntropyRef, Header, ranges_of
+from protocol.block import Block, Body, EntropyRef, Header, fresh_sources_of, ranges_of
 from protocol.chain import ChainState, apply_block
 from protocol.commit import CommitCertificate, CommitFlag, CommitSig
 from protocol.finalized import FinalizedRecord
@@ -122,7 +122,7 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
             chain_id=chain_id, height=height, round=0, time_ms=tip.previous_time_ms + 1000,
             previous_block_hash=tip.previous_block_hash, last_commit_hash=body.last_commit_hash(),
             entropy_root=body.entropy_root(), entropy_ranges=ranges_of(body.entropy),
-            fresh_sources=len(ranges_of(body.entropy)),
+            fresh_sources=fresh_sources_of(ranges_of(body.entropy)),
             registered_sources=tip.registered_sources,
             randomness=block_randomness(tip.previous_randomness, height, body.entropy),
             tx_root=body.tx_root(), evidence_root=body.evidence_root(),

@@ -56,6 +56,10 @@ class ServiceSpec:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     restart: bool = True
+    # With ``restart``, a clean exit (code 0) still ends the service: for a service given a
+    # budget (the lanes of ``qustream qrng run --duration``), restarted only after a crash or
+    # a kill.
+    done_on_clean_exit: bool = False
 
 
 @dataclass(slots=True)
@@ -113,7 +117,7 @@ class Supervisor:
                     continue
                 service.last_exit = code
                 service.process = None
-                if not service.spec.restart:
+                if not service.spec.restart or (code == 0 and service.spec.done_on_clean_exit):
                     service.state = ServiceState.STOPPED
                     events.append(f"{service.spec.name} exited with {code}")
                 elif service.restarts >= self._max_restarts:

@@ -11,6 +11,14 @@ JSON, either one entry or a list of entries::
 when present, so a typo in a pasted key is caught. ``simulated`` says whether the source is
 allowed to publish simulator output; a consumer may refuse simulated chunks from sources not
 registered as simulated.
+
+Lanes: one device may publish as K lanes, each its own hash chain and sequence space, so ingest
+grows with cores. Lane ``k`` of device ``D`` is the source ``D.lane-k`` (``lane_source_id``);
+it is registered like any source (the lanes may share the device's key: a checkpoint names its
+source id, so one lane's chunks never verify as another's). The registry says how many lanes a
+device has by which lane ids it holds. The two-source rule counts devices (``device_of``), never
+lanes: two lanes of one device are one source of randomness. The device is read from the id, not
+from a separate field, so a block header's source counts can be checked from the block alone.
 """
 
 from __future__ import annotations
@@ -44,6 +52,39 @@ def source_id_problem(source_id: object) -> str | None:
         return (f"source id {source_id!r} must be 1..{SOURCE_ID_MAX} characters of ASCII "
                 "letters, digits and - _ . :")
     return None
+
+
+LANE_MARK = ".lane-"
+
+
+def lane_source_id(device: str, lane: int) -> str:
+    """The source id of lane ``lane`` (0-based) of ``device``."""
+    return f"{device}{LANE_MARK}{lane}"
+
+
+def lane_source_ids(device: str, lanes: int) -> tuple[str, ...]:
+    """The source ids a device registers and publishes as: itself when it has one lane (a
+    source without lanes), else its ``lanes`` lane ids. A lane cannot have lanes (its lanes
+    would not count as lanes of its device)."""
+    if lanes == 1:
+        return (device,)
+    if device_of(device) != device:
+        raise RegistryError(f"{device!r} is a lane of {device_of(device)!r}, not a device")
+    return tuple(lane_source_id(device, lane) for lane in range(lanes))
+
+
+def device_of(source_id: str) -> str:
+    """The device a source belongs to: ``D`` for a lane id ``D.lane-k``, else the source itself
+    (a source without lanes is its own device)."""
+    device, mark, lane = source_id.rpartition(LANE_MARK)
+    if mark and device and lane.isascii() and lane.isdigit():
+        return device
+    return source_id
+
+
+def count_devices(source_ids: Iterable[str]) -> int:
+    """How many independent devices the sources are: what the two-source rule counts."""
+    return len({device_of(source_id) for source_id in source_ids})
 
 
 @dataclass(frozen=True, slots=True)

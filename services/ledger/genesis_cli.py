@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from protocol.entropy.registry import lane_source_ids
 from protocol.keys import Algorithm, SigningKey
 from services.ledger.core import MICRO, Genesis, GenesisAccount, GenesisValidator
 from services.ledger.core.genesis import GENESIS_RANDOMNESS_SIZE
@@ -50,6 +51,12 @@ def new(
     validators: int = typer.Option(4, "--validators", min=1, help="Number of validators."),
     accounts: int = typer.Option(3, "--accounts", min=0, help="Number of funded accounts."),
     sources: int = typer.Option(2, "--sources", min=0, help="Number of QRNG sources."),
+    lanes: int = typer.Option(
+        1, "--lanes", min=1,
+        help="Lanes per QRNG source: K > 1 registers qrng-N.lane-0 .. qrng-N.lane-(K-1), each "
+             "its own hash chain, all with the key keys/qrng-N.json; the two-source rule "
+             "counts them as one device (run them with qustream qrng run --lanes K).",
+    ),
     chain_id: str = typer.Option("qustream-local", "--chain-id"),
     balance: int = typer.Option(
         1_000_000 * MICRO, "--balance", min=0, help="Micro-units for each account and validator."
@@ -97,8 +104,9 @@ def new(
             GenesisAccount(key.address, balance) for key in validator_keys + account_keys
         ),
         qrng_sources=tuple(
-            QrngSource(f"qrng-{index}", key.public_key, simulated)
+            QrngSource(source_id, key.public_key, simulated)
             for index, key in enumerate(source_keys)
+            for source_id in lane_source_ids(f"qrng-{index}", lanes)
         ),
         params=Params(snapshot_interval_blocks=snapshot_interval),
     )

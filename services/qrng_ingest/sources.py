@@ -13,12 +13,20 @@ output that is not from quantum hardware. Specs:
   (no data), ``burst`` (repeats a byte ``length`` times); keys ``after`` (bytes before the fault
   starts, default 0), ``length`` (bytes the fault lasts, default forever; ``stall``: seconds),
   ``value``, ``p``, ``every`` (``burst``: bytes between bursts).
+
+Lanes (``qustream qrng run --lanes K``): each lane process opens the source itself, and lanes
+must never publish the same bytes. The simulator and fault sources draw independently in every
+process; a character device (``/dev/hwrng``, a vendor device) hands every read fresh bytes, so
+each lane simply reads it; a *regular file* is striped (``Stripe``): lane k of K reads its
+blocks k, k+K, k+2K, ... of the chunk size, so the lanes' data is disjoint. An HTTP appliance is
+opened once per lane: it must serve every connection its own bytes.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
+import stat
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -125,26 +133,61 @@ class PacedSource:
         self._inner.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Stripe:
+    """Lane ``lane`` of ``lanes`` reading a regular file: its blocks are the file's blocks
+    ``lane, lane + lanes, lane + 2 * lanes, ...`` of ``block_size`` bytes."""
+
+    lane: int
+    lanes: int
+    block_size: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lane < self.lanes or self.block_size <= 0:
+            raise SourceSpecError(f"lane {self.lane} of {self.lanes} with blocks of "
+                                  f"{self.block_size} bytes is not a stripe")
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """The file offset of this lane's byte ``position``, and how many of the lane's bytes
+        follow it contiguously (to the end of its block)."""
+        block, within = divmod(position, self.block_size)
+        return (block * self.lanes + self.lane) * self.block_size + within, (
+            self.block_size - within)
+
+
 class DeviceFileSource:
-    """A character device or a regular file, read unbuffered in whole requests."""
+    """A character device or a regular file, read unbuffered in whole requests. With a
+    ``stripe``, a regular file is read only in that lane's blocks (a device is read whole: every
+    read gives fresh bytes)."""
 
     simulated = False
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, stripe: Stripe | None = None) -> None:
         self._path = path
         try:
             self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+            regular = stat.S_ISREG(os.fstat(self._file.fileno()).st_mode)
         except OSError as exc:
             raise SourceError(f"cannot open entropy device {path}: {exc}") from exc
+        self._stripe = stripe if regular and stripe is not None and stripe.lanes > 1 else None
+        self._position = 0
 
     def read(self, size: int) -> bytes:
         try:
-            data = self._file.read(size)
+            if self._stripe is None:
+                data = self._file.read(size)
+            else:
+                offset, room = self._stripe.locate(self._position)
+                data = os.pread(self._file.fileno(), min(size, room), offset)
+                self._position += len(data)
         except OSError as exc:
             raise SourceError(f"cannot read entropy device {self._path}: {exc}") from exc
         return data or b""
 
     def describe(self) -> str:
+        if self._stripe is not None:
+            return (f"file {self._path}, lane {self._stripe.lane} of {self._stripe.lanes} "
+                    f"(its blocks of {self._stripe.block_size} bytes)")
         return f"device {self._path}"
 
     def close(self) -> None:
@@ -333,8 +376,10 @@ def _int(text: str) -> int:
     return int(lowered)
 
 
-def parse_source(spec: str, *, auth_header: str | None = None) -> Source:
-    """Open the source a ``--source`` spec names (see the module doc)."""
+def parse_source(spec: str, *, auth_header: str | None = None,
+                 stripe: Stripe | None = None) -> Source:
+    """Open the source a ``--source`` spec names (see the module doc); ``stripe``: the lane
+    this process is, for a regular file."""
     if spec == "sim":
         return SimulatorSource()
     if spec.startswith("sim,"):
@@ -347,7 +392,7 @@ def parse_source(spec: str, *, auth_header: str | None = None) -> Source:
             raise SourceSpecError(f"bad simulator rate {value!r}: {exc}") from exc
         return PacedSource(SimulatorSource(), rate)
     if spec.startswith("file:"):
-        return DeviceFileSource(spec.removeprefix("file:"))
+        return DeviceFileSource(spec.removeprefix("file:"), stripe)
     if spec.startswith(("http://", "https://")):
         return HttpApplianceSource(
             spec, auth_header=auth_header or os.environ.get("QUSTREAM_QRNG_AUTH_HEADER"))

@@ -140,12 +140,13 @@ def network_factory(settings: Settings, tmp_path: Path) -> Iterator[object]:
     def make(validators: int = 4, interval_ms: int = 1000, sources: int = 2,
              byzantine: tuple[int, ...] = (), tally: bool = True,
              behaviour: str = "double-sign", byzantine_args: tuple[str, ...] = (),
-             genesis_args: tuple[str, ...] = ()) -> Network:
+             genesis_args: tuple[str, ...] = (), lanes: int = 1) -> Network:
         import subprocess
 
         net_dir = tmp_path / "net"
         subprocess.run([*CLI, "genesis", "new", "--validators", str(validators), "--accounts",
-                        "3", "--sources", str(sources), "--out", str(net_dir), *genesis_args],
+                        "3", "--sources", str(sources), "--lanes", str(lanes), "--out",
+                        str(net_dir), *genesis_args],
                        check=True, capture_output=True, env={**os.environ, **env_of(settings)})
         ensure_topics(settings)
         specs = []
@@ -157,7 +158,7 @@ def network_factory(settings: Settings, tmp_path: Path) -> Iterator[object]:
                 *CLI, "qrng", "run", "--source", f"file:{fifo.path}", "--key",
                 str(net_dir / "keys" / f"qrng-{index}.json"), "--source-id", f"qrng-{index}",
                 "--chunk-size", "4KiB", "--checkpoint-chunks", "8", "--checkpoint-ms", "300",
-                "--quiet"), env=env_of(settings)))
+                "--lanes", str(lanes), "--quiet"), env=env_of(settings)))
         for index in range(validators):
             spec = validator_spec(net_dir, index, interval_ms)
             argv = spec.argv
@@ -252,3 +253,24 @@ def test_thirty_blocks_end_to_end(network_factory: object) -> None:
     assert two_sources >= len(blocks) // 2
     latencies = [b.record.finalized_at_ms - b.record.proposed_at_ms for b in blocks]
     assert sorted(latencies)[len(latencies) // 2] < 1000
+
+
+def test_lanes_of_one_device_count_once_on_a_running_chain(network_factory: object) -> None:
+    """Issue 22: two devices of two lanes each (``genesis new --lanes 2``, ``qrng run --lanes
+    2``): the validators include all four lanes' chains, and every header counts devices."""
+    network = network_factory(lanes=2)  # type: ignore[operator]
+    reached = network.wait_height(12, timeout_s=120)
+    assert reached >= 12, (
+        f"reached {reached}\n" + "\n".join(network.log(f"validator-{i}") for i in range(4))
+        + network.log("qrng-0"))
+    blocks = verify_chain(network, 10)
+    headers = [b.record.block.header for b in blocks]
+    assert all(h.registered_sources == 2 for h in headers)  # 4 lanes, 2 devices
+    lanes_seen = {r.source_id for h in headers for r in h.entropy_ranges}
+    assert lanes_seen == {f"qrng-{d}.lane-{k}" for d in range(2) for k in range(2)}
+    both_lanes = [h for h in headers if {r.source_id for r in h.entropy_ranges} >= {
+        "qrng-0.lane-0", "qrng-0.lane-1"}]
+    assert both_lanes, "no block mixes both lanes of qrng-0"
+    for header in headers:
+        devices = {r.source_id.split(".lane-")[0] for r in header.entropy_ranges}
+        assert header.fresh_sources == len(devices) <= 2

@@ -174,14 +174,15 @@ def test_stalled_source_alerts(settings: Settings) -> None:
     assert "RECOVERED" in kinds[kinds.index("STALLED"):]
 
 
-def _run_cli(settings: Settings, key: Path, *args: str) -> subprocess.Popen[bytes]:
+def _run_cli(settings: Settings, key: Path, *args: str,
+             source_id: str = "crash-1") -> subprocess.Popen[bytes]:
     env = {**os.environ,
            "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap(),
            "QUSTREAM_TOPIC_PREFIX": settings.topic_prefix,
            "QUSTREAM_STATE_DIR": str(settings.state_dir)}
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "qrng", "run", "--source", "sim", "--key",
-         str(key), "--source-id", "crash-1", "--chunk-size", str(CHUNK), "--quiet",
+         str(key), "--source-id", source_id, "--chunk-size", str(CHUNK), "--quiet",
          "--checkpoint-chunks", "16", "--checkpoint-ms", "300", "--private-share", "0.2",
          *args], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -220,26 +221,38 @@ def test_kill_9_and_restart_gives_no_gap_and_no_reused_sequence(
     _, err = final.communicate(timeout=120)
     assert final.returncode == 0, err.decode()[-3000:]
     for topic in ("entropy.raw", "entropy.private"):
-        items = _decode(_read_all(settings, settings.topic(topic)))
-        by_seq: dict[int, set[bytes]] = defaultdict(set)
-        for schema, item in items:
-            if schema == "EntropyChunkPublished":
-                assert isinstance(item, Chunk)
-                by_seq[item.seq].add(item.chunk_digest)
-        assert all(len(d) == 1 for d in by_seq.values()), "a sequence number was reused"
-        assert sorted(by_seq) == list(range(len(by_seq))), "gap in the sequence"
-        # Idempotence across restarts: a chunk is on the topic once, and all verify.
-        chunks = [item for schema, item in items if schema == "EntropyChunkPublished"]
-        assert len(chunks) == len(by_seq)
-        verified = _verify(registry, items)
-        assert [c.seq for c in verified] == sorted(by_seq)
+        _assert_one_gapless_verified_chain(registry, _decode(_read_all(settings,
+                                                                       settings.topic(topic))))
 
 
-def test_forged_and_replayed_chunks_are_rejected_and_dead_lettered(settings: Settings) -> None:
+def _assert_one_gapless_verified_chain(registry: SourceRegistry, items: list[tuple[str, object]],
+                                       source_id: str | None = None) -> list[Chunk]:
+    """The chunks of ``source_id`` (all when None) among ``items`` form one chain from seq 0:
+    no gap, no reused seq, each chunk on the topic once (idempotence across restarts), and
+    every one verifies. Returns them."""
+    chunks = [item for _, item in items
+              if isinstance(item, Chunk) and source_id in (None, item.source_id)]
+    by_seq: dict[int, set[bytes]] = defaultdict(set)
+    for chunk in chunks:
+        by_seq[chunk.seq].add(chunk.chunk_digest)
+    assert chunks, f"no chunks of {source_id}"
+    assert all(len(d) == 1 for d in by_seq.values()), "a sequence number was reused"
+    assert sorted(by_seq) == list(range(len(by_seq))), "gap in the sequence"
+    assert len(chunks) == len(by_seq)
+    verified = _verify(registry, items)
+    assert [c.seq for c in verified if source_id in (None, c.source_id)] == sorted(by_seq)
+    return chunks
+
+
+# A lane of a device (issue 22) is a source like any other: the same attacks, the same answers.
+@pytest.mark.parametrize("source_id", ["real-1", "real-1.lane-1"])
+def test_forged_and_replayed_chunks_are_rejected_and_dead_lettered(
+    settings: Settings, source_id: str,
+) -> None:
     ensure_topics(settings)
     key = SigningKey.generate()
-    registry = SourceRegistry([SourceRegistryEntry("real-1", key.public_key, simulated=True)])
-    build_service(settings, _config("real-1"), SimulatorSource(), key).run(max_bytes=10 * CHUNK)
+    registry = SourceRegistry([SourceRegistryEntry(source_id, key.public_key, simulated=True)])
+    build_service(settings, _config(source_id), SimulatorSource(), key).run(max_bytes=10 * CHUNK)
     topic = settings.topic("entropy.raw")
     genuine = _read_all(settings, topic)
     items = _decode(genuine)
@@ -253,24 +266,24 @@ def test_forged_and_replayed_chunks_are_rejected_and_dead_lettered(settings: Set
     forger = SigningKey.generate()
     from protocol.entropy.chain import ChainHead, HealthSummary, sign_checkpoint
 
-    forged, forged_head = extend(ChainHead(last.seq + 1, last.chunk_digest), source_id="real-1",
+    forged, forged_head = extend(ChainHead(last.seq + 1, last.chunk_digest), source_id=source_id,
                                  private=False, payload=os.urandom(CHUNK),
                                  produced_at_ms=last.produced_at_ms + 1, simulated=True,
                                  health=HealthSummary())
-    forged_checkpoint = sign_checkpoint(forger, source_id="real-1", private=False,
+    forged_checkpoint = sign_checkpoint(forger, source_id=source_id, private=False,
                                         first_seq=forged.seq, head=forged_head,
                                         signed_at_ms=last.produced_at_ms + 2)
-    conflicting, _ = extend(ChainHead(last.seq, last.prev_digest), source_id="real-1",
+    conflicting, _ = extend(ChainHead(last.seq, last.prev_digest), source_id=source_id,
                             private=False, payload=os.urandom(CHUNK),
                             produced_at_ms=1, simulated=True, health=HealthSummary())
     producer = make_producer(settings)
-    producer.produce(topic, genuine[0].value, key=b"real-1")
+    producer.produce(topic, genuine[0].value, key=source_id.encode())
     producer.produce(topic, codec.encode("EntropyChunkPublished", conflicting.to_record()),
-                     key=b"real-1")
+                     key=source_id.encode())
     producer.produce(topic, codec.encode("EntropyChunkPublished", forged.to_record()),
-                     key=b"real-1")
+                     key=source_id.encode())
     producer.produce(topic, codec.encode("EntropyCheckpointSigned",
-                                         forged_checkpoint.to_record()), key=b"real-1")
+                                         forged_checkpoint.to_record()), key=source_id.encode())
     assert producer.flush(30) == 0
 
     dlq = DeadLetters(producer, settings.topic("dlq.entropy"), "qrng-test")

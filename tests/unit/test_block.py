@@ -182,10 +182,39 @@ def test_two_sources_required_when_two_are_healthy() -> None:
     chain_tip = tip()
     entropy = pool(3, {"a": range(0, 3), "b": range(0, 3)}, verified_at=3)
     only_a = build(chain_tip, pool(3, {"a": range(0, 3), "b": range(0, 1)}))
-    with pytest.raises(InvalidBlockError, match="mixes 1 sources while 2 healthy"):
+    with pytest.raises(InvalidBlockError, match="mixes entropy of 1 devices while 2 healthy"):
         validate(only_a, chain_tip, entropy)
     one_healthy = pool(3, {"a": range(0, 3), "b": range(0, 3)}, healthy=("a",), verified_at=3)
     validate(only_a, chain_tip, one_healthy)  # b is not healthy: one source is enough
+
+
+def test_two_lanes_of_one_device_are_not_two_sources() -> None:
+    lanes = ("qd.lane-0", "qd.lane-1")
+    chain_tip = tip(last_seq=((lanes[0], 0), (lanes[1], 0), ("other", 0)))
+    fresh_lanes = {lanes[0]: range(0, 3), lanes[1]: range(0, 3)}
+    both_lanes = build(chain_tip, pool(3, {**fresh_lanes, "other": range(0, 1)}))
+    assert [r.source_id for r in both_lanes.header.entropy_ranges] == list(lanes)
+    assert both_lanes.header.fresh_sources == 1  # one device, however many lanes
+    # Only lanes of one device have entropy: one device is all there is, the block is valid.
+    validate(both_lanes, chain_tip, pool(3, fresh_lanes))
+    # A second device has verified entropy: two lanes of the first do not make two sources.
+    with_other = pool(3, {**fresh_lanes, "other": range(0, 3)}, verified_at=3)
+    with pytest.raises(InvalidBlockError, match="mixes entropy of 1 devices while 2 healthy"):
+        validate(both_lanes, chain_tip, with_other)
+    # Two devices do.
+    mixed = build(chain_tip, with_other)
+    assert mixed.header.fresh_sources == 2
+    validate(mixed, chain_tip, with_other)
+
+
+def test_a_header_counting_lanes_as_sources_is_refused() -> None:
+    lanes = {"qd.lane-0": range(0, 3), "qd.lane-1": range(0, 3)}
+    chain_tip = tip(last_seq=(("qd.lane-0", 0), ("qd.lane-1", 0)))
+    block = build(chain_tip, pool(3, lanes))
+    claims_two = dataclasses.replace(block.header, fresh_sources=2)
+    forged = Block(claims_two, block.body)
+    with pytest.raises(InvalidBlockError, match="says 2 sources contributed fresh entropy"):
+        validate(forged, chain_tip, pool(3, lanes))
 
 
 def test_transactions_must_pass_check_tx() -> None:

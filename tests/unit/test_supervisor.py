@@ -90,6 +90,25 @@ def test_one_shot_service_is_not_restarted(tmp_path: Path) -> None:
     assert supervisor.status()[0].last_exit == 0
 
 
+def test_a_service_done_on_a_clean_exit_is_restarted_only_after_a_failure(
+        tmp_path: Path) -> None:
+    marker = tmp_path / "ran-once"
+    # Fails the first time, exits cleanly the second.
+    script = f"import pathlib,sys; m=pathlib.Path({str(marker)!r}); " \
+             "sys.exit(0) if m.exists() else (m.touch(), sys.exit(3))"
+    supervisor = Supervisor([ServiceSpec("budget", (sys.executable, "-c", script),
+                                         done_on_clean_exit=True)], tmp_path, backoff_s=0.01)
+    supervisor.start()
+
+    def stopped() -> bool:
+        supervisor.tick()
+        return supervisor.status()[0].state is ServiceState.STOPPED
+
+    _wait_for(stopped)
+    status = supervisor.status()[0]
+    assert (status.restarts, status.last_exit) == (1, 0)
+
+
 def test_unknown_service_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(SupervisorError):
         Supervisor([], tmp_path).kill("nope")

@@ -20,7 +20,8 @@ below); every
 entropy reference verified in the pool for a registered source; per source the range starts right
 after the previous block's last seq; no verified chunk older than ``max_entropy_age`` heights left
 out (unless the block already carries ``max_chunks_per_source`` of that source); at least two
-sources when two or more healthy sources have verified chunks available; every transaction passes
+devices when two or more healthy devices have verified chunks available (lanes of one device,
+``protocol.entropy.registry``, are one device); every transaction passes
 ``check_tx``; every evidence item passes ``check_evidence``; the last commit verifies.
 """
 
@@ -30,10 +31,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from protocol.block import Block, Body, EntropyRef, Header, ranges_of
+from protocol.block import Block, Body, EntropyRef, Header, fresh_sources_of, ranges_of
 from protocol.chain import ChainTip
 from protocol.check import check_header, first_problem
 from protocol.commit import CommitCertificate
+from protocol.entropy.registry import count_devices
 from protocol.errors import InputError
 from protocol.evidence import DuplicateVoteEvidence
 from protocol.randomness import block_randomness
@@ -155,7 +157,7 @@ def build_block(
         last_commit_hash=body.last_commit_hash(),
         entropy_root=body.entropy_root(),
         entropy_ranges=ranges_of(entropy),
-        fresh_sources=len(ranges_of(entropy)),
+        fresh_sources=fresh_sources_of(ranges_of(entropy)),
         registered_sources=tip.registered_sources,
         randomness=block_randomness(tip.previous_randomness, tip.height, entropy),
         tx_root=body.tx_root(),
@@ -203,16 +205,18 @@ def _check_entropy(block: Block, tip: ChainTip, pool: VerifiedPool, rules: Entro
                     f"block {height}: leaves out chunk {source!r}/{ref.seq}, verified {age} "
                     f"heights ago (bound {rules.max_entropy_age})"
                 )
-    available = [
+    # The two-source rule counts devices: lanes of one device are one source of randomness.
+    available = count_devices(
         source
         for source in pool.healthy_sources()
         if pool.verified_after(source, tip.last_seq_of(source))
-    ]
-    required = min(rules.min_sources, len(available))
-    if len(available) >= rules.min_sources and len(included) < required:
+    )
+    mixed = fresh_sources_of(block.header.entropy_ranges)
+    required = min(rules.min_sources, available)
+    if available >= rules.min_sources and mixed < required:
         raise InvalidBlockError(
-            f"block {height}: mixes {len(included)} sources while {len(available)} healthy "
-            f"sources have verified entropy (need {required})"
+            f"block {height}: mixes entropy of {mixed} devices while {available} healthy "
+            f"devices have verified entropy (need {required}; lanes of one device count once)"
         )
 
 

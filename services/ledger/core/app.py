@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 from protocol.app import FinalizeBlockRequest, FinalizeBlockResponse, TxResult
+from protocol.entropy.registry import count_devices
 from protocol.validators import ValidatorSet
 from services.ledger.core import distribution, governance, slashing, staking
 from services.ledger.core.errors import AnteError, BlockSequenceError, UnknownHeightError
@@ -109,7 +110,7 @@ class LedgerApp:
         return state_hash(state)
 
     def registered_sources(self, state: LedgerState) -> int:
-        return len(state.qrng_sources)
+        return count_devices(state.qrng_sources)  # lanes of one device count once
 
     # ``protocol.snapshot.StateCodec``: the state in a snapshot
     def encode_state(self, state: LedgerState) -> bytes:

@@ -151,6 +151,28 @@ export function evidenceHash(evidence) {
 /** @param {EntropyRef} a @param {EntropyRef} b */
 const refOrder = (a, b) => compareText(a.sourceId, b.sourceId) || a.seq - b.seq;
 
+const LANE_MARK = ".lane-";
+
+/**
+ * The device a source belongs to (protocol/entropy/registry.py ``device_of``): ``D`` for a lane
+ * id ``D.lane-k``, else the source itself.
+ * @param {string} sourceId @returns {string}
+ */
+export function deviceOf(sourceId) {
+  const at = sourceId.lastIndexOf(LANE_MARK);
+  const lane = at < 0 ? "" : sourceId.slice(at + LANE_MARK.length);
+  return at > 0 && /^[0-9]+$/.test(lane) ? sourceId.slice(0, at) : sourceId;
+}
+
+/**
+ * The header's ``freshSources`` for these ranges: the devices they come from; lanes of one
+ * device count once (protocol/block.py ``fresh_sources_of``).
+ * @param {SeqRange[]} ranges @returns {number}
+ */
+export function freshSourcesOf(ranges) {
+  return new Set(ranges.map((range) => deviceOf(range.sourceId))).size;
+}
+
 /** @param {Block} block @returns {string | null} */
 function entropyMismatch(block) {
   const { header, body } = block;
@@ -173,8 +195,9 @@ function entropyMismatch(block) {
     return range.sourceId === other.sourceId && range.first === other.first && range.last === other.last;
   });
   if (!same) return "header entropy ranges do not match the body";
-  if (header.freshSources !== ranges.length) {
-    return `header says ${header.freshSources} sources contributed fresh entropy, the body has chunks of ${ranges.length}`;
+  const devices = freshSourcesOf(ranges);
+  if (header.freshSources !== devices) {
+    return `header says ${header.freshSources} sources contributed fresh entropy, the body has chunks of ${devices} devices`;
   }
   if (!equalBytes(merkleRoot(body.entropy.map((ref) => ref.canonical)), header.entropyRoot)) return "entropy root does not match the body";
   return null;

@@ -1,0 +1,107 @@
+"""Issue 22, item 1: one device as two lanes, two processes, against the real Kafka: each lane
+a verifiable gapless chain of its own, a lane killed with -9 resumes its own chain, the lanes
+never publish the same bytes, and a block builder's pool counts them as one device."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from protocol.entropy.registry import SourceRegistry, SourceRegistryEntry, lane_source_ids
+from protocol.keys import SigningKey
+from services.block_builder.pool import EntropyPool
+from streams.admin import ensure_topics
+from streams.settings import Settings
+from tests.integration.test_qrng_ingest import (
+    _assert_one_gapless_verified_chain,
+    _decode,
+    _read_all,
+    _run_cli,
+    _wait_for_chunks,
+)
+from tests.unit.test_block import build, tip, validate
+
+pytestmark = pytest.mark.integration
+
+
+def _lane_pid(parent: int, lane: int, timeout_s: float = 30) -> int:
+    """The pid of the process running ``lane`` under the lanes supervisor ``parent``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == parent and b"--lane" in argv and argv[argv.index(b"--lane") + 1] == (
+                    str(lane).encode()):
+                return int(entry.name)
+        time.sleep(0.1)
+    raise AssertionError(f"no process of lane {lane} under {parent}")
+
+
+def _chunks_of(settings: Settings, source_id: str) -> int:
+    records = _read_all(settings, settings.topic("entropy.raw"), idle_s=0.5)
+    return sum(1 for message in records if message.key == source_id.encode())
+
+
+def test_two_lanes_are_two_chains_of_one_device_and_a_killed_lane_resumes(
+    settings: Settings, tmp_path: Path,
+) -> None:
+    ensure_topics(settings)
+    key = SigningKey.generate()
+    key_file = tmp_path / "device.key"
+    key.save(key_file)
+    lanes = lane_source_ids("dev-1", 2)
+    registry = SourceRegistry(SourceRegistryEntry(lane, key.public_key, simulated=True)
+                              for lane in lanes)
+    process = _run_cli(settings, key_file, "--lanes", "2", source_id="dev-1")
+    try:
+        _wait_for_chunks(settings, 20)
+        killed = _lane_pid(process.pid, 1)
+        os.kill(killed, signal.SIGKILL)
+        at_kill = _chunks_of(settings, lanes[1])
+        deadline = time.monotonic() + 90
+        # Restarted, the lane resumes its own chain and publishes again.
+        while _chunks_of(settings, lanes[1]) < at_kill + 10:
+            assert time.monotonic() < deadline, "the killed lane did not resume publishing"
+            time.sleep(0.5)
+        assert _lane_pid(process.pid, 1) != killed
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err.decode()[-3000:]
+    report = json.loads(out.decode().splitlines()[-1])
+    assert report["device"] == "dev-1"
+    assert [(lane["source_id"], lane["restarts"], lane["exit_code"])
+            for lane in report["lanes"]] == [(lanes[0], 0, 0), (lanes[1], 1, 0)]
+
+    payloads: dict[str, set[bytes]] = defaultdict(set)
+    for topic in ("entropy.raw", "entropy.private"):
+        items = _decode(_read_all(settings, settings.topic(topic)))
+        for lane in lanes:
+            chunks = _assert_one_gapless_verified_chain(registry, items, lane)
+            payloads[lane] |= {chunk.payload_digest for chunk in chunks}
+    assert not payloads[lanes[0]] & payloads[lanes[1]], "two lanes published the same bytes"
+
+    # A block builder's pool over the topic: both lanes' chunks, one device.
+    pool = EntropyPool(registry)
+    for schema, item in _decode(_read_all(settings, settings.topic("entropy.raw"))):
+        if schema == "EntropyChunkPublished":
+            pool.accept_chunk(item)  # type: ignore[arg-type]
+        else:
+            pool.accept_checkpoint(item)  # type: ignore[arg-type]
+    chain_tip = tip(height=1, last_seq=())
+    block = build(chain_tip, pool.proposer_view(0))  # type: ignore[arg-type]
+    assert [r.source_id for r in block.header.entropy_ranges] == list(lanes)
+    assert block.header.fresh_sources == 1
+    validate(block, chain_tip, pool.validator_view(0))  # type: ignore[arg-type]
