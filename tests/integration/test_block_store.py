@@ -38,8 +38,9 @@ from streams.chain_wire import decode_finalized, encode_snapshot_chunks
 from streams.codec import default_codec
 from streams.kafka import read_to_end
 from streams.settings import Settings
-from tests.integration.test_beacon_failover import _free_port, _wait_head
+from tests.integration.test_beacon_failover import _free_port
 from tests.integration.test_chain_e2e import CLI
+from tests.support.gateway_http import wait_for_head
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -257,7 +258,7 @@ def test_the_gateway_serves_old_blocks_and_pulses_by_time_from_the_store(
     stored, kafka_only = (f"http://127.0.0.1:{port}" for port in ports)
     try:
         for url in (stored, kafka_only):
-            _wait_head(url, heights)
+            wait_for_head(url, heights, 120)
         admin = AdminClient(settings.kafka_config())
         for future in admin.delete_records(
                 [TopicPartition(settings.topic("chain.blocks"), 0, 250)]).values():
