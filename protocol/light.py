@@ -172,7 +172,8 @@ class LightVerifier:
                                              "validator set (wrong validator set)")
         # No application state here: the app hash, the next set and the registered source
         # count are taken from the header (the next set is checked against its hash below, the
-        # others by full verifiers, and the certificate's signers vouch for them).
+        # others by full verifiers, and the certificate's signers vouch for them). Nor the
+        # history accumulator: the tip has none, so the header's history root is not checked.
         tip = ChainTip(trusted.chain_id, trusted.height + 1, trusted.block_hash, trusted.time_ms,
                        trusted.randomness, (), header.app_hash, self.validators.hash(),
                        header.next_validators_hash, header.registered_sources)

@@ -354,6 +354,7 @@ def block_document(stored: StoredBlock) -> dict[str, Any]:
             "validators_hash": header.validators_hash.hex(),
             "next_validators_hash": header.next_validators_hash.hex(),
             "app_hash": header.app_hash.hex(), "proposer": header.proposer_address.hex(),
+            "history_root": header.history_root.hex(),
         },
         "body": {
             "entropy": [{"source_id": r.source_id, "seq": r.seq, "digest": r.digest.hex()}
