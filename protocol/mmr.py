@@ -1,7 +1,7 @@
 """The history accumulator: every header commits to the hashes of all blocks before it, so one
 verified header proves any older block with O(log n) hashes.
 
-The accumulator is a Merkle Mountain Range whose root is exactly the RFC 6962 / RFC 9162
+The accumulator is a Merkle Mountain Range whose tree hash is exactly the RFC 6962 / RFC 9162
 Merkle tree hash (``protocol.merkle``) of the block hashes of heights 1..n, in height order.
 The RFC tree of n leaves is the perfect subtrees of n's binary decomposition (the mountains,
 largest and leftmost first) joined right to left, so a node keeps only the ``popcount(n)`` peaks
@@ -34,23 +34,7 @@ from protocol.merkle import (
     root_from_proof,
 )
 
-ROOT_PREFIX = b"\x02"
-
-__all__ = [
-    "EMPTY_HISTORY",
-    "History",
-    "HistoryProofError",
-    "InclusionProof",
-    "SubtreeRoots",
-    "append",
-    "history_of",
-    "prove",
-    "range_root",
-    "root",
-    "sized_root",
-    "tree_hash",
-    "verify_inclusion",
-]
+ROOT_PREFIX = b"\x02"  # the history root; merkle uses 0x00 (leaf) and 0x01 (node)
 
 
 class HistoryProofError(MerkleProofError):
@@ -167,9 +151,9 @@ class SubtreeRoots:
     """Subtree roots for ``prove`` from what a server holds: the peaks of the history before
     the first block it saw (``start``, e.g. a snapshot's) and a lookup of the block hashes
     from there on. Roots of level ``memo_level`` and above are remembered (a node never
-    changes), so a proof costs O(log n) hashes once the tree is warm, and memory stays near
-    one hash per ``2**memo_level`` blocks. A subtree inside one of ``start``'s peaks, other
-    than the peak itself, is unknown: ``HistoryProofError``."""
+    changes; ``warm`` computes them as blocks arrive), so a proof costs O(log n) hashes, and
+    memory stays near one hash per ``2**memo_level`` blocks. A subtree inside one of
+    ``start``'s peaks, other than the peak itself, is unknown: ``HistoryProofError``."""
 
     def __init__(self, start: History, block_hash: Callable[[int], bytes | None],
                  memo_level: int = 4) -> None:
@@ -183,6 +167,15 @@ class SubtreeRoots:
             if start.size >> level & 1:
                 self._peaks[(level, offset >> level)] = start.peaks[len(self._peaks)]
                 offset += 1 << level
+
+    def warm(self, size: int) -> None:
+        """Remember the subtrees that the leaf ``size - 1`` completes (a server calls this as
+        each block arrives: about two hashes a block), so no proof ever makes a pass over the
+        history."""
+        level = self._memo_level
+        while size > self._start.size and size % (1 << level) == 0:
+            self(level, (size >> level) - 1)
+            level += 1
 
     def __call__(self, level: int, position: int) -> bytes:
         key = (level, position)

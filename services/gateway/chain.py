@@ -160,6 +160,7 @@ class ChainView:
             else:
                 return
         self._leaves += record.block.hash
+        self._subtrees.warm(record.height)
 
     def _leaf(self, index: int) -> bytes | None:
         at = (index - self._leaves_from) * 32

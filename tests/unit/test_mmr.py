@@ -126,6 +126,23 @@ def test_a_server_that_started_late_proves_every_block_it_saw(start: int,
                             proof.path)
 
 
+def test_a_warm_server_proves_without_reading_old_leaves() -> None:
+    leaves = hashes(1000, 5)
+    reads: list[int] = []
+
+    def lookup(i: int) -> bytes | None:
+        reads.append(i)
+        return leaves[i] if i < len(leaves) else None
+
+    subtree = SubtreeRoots(history_of(leaves[:100]), lookup)
+    for size in range(101, 1001):
+        subtree.warm(size)
+    reads.clear()
+    proof = prove(subtree, 1000, 123)
+    assert verify_inclusion(root(history_of(leaves)), 1000, 123, leaves[123], proof.path)
+    assert len(reads) <= 2 * 16 * len(proof.path)  # only the leaves below the memo level
+
+
 def test_a_block_inside_a_peak_before_the_start_is_not_provable() -> None:
     leaves = hashes(20)
     subtree = SubtreeRoots(history_of(leaves[:16]), lambda i: leaves[i] if i >= 16 else None)
