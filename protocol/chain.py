@@ -60,19 +60,19 @@ class ChainTip:
     # root the header at ``height`` carries. None for a light client that starts from a
     # checkpoint: it has no peaks and takes the header's root on its signers' word, as it
     # does the app hash.
-    history: History | None = None
+    accumulator: History | None = None
 
     @property
     def history_root(self) -> bytes | None:
-        return None if self.history is None else root(self.history)
+        return None if self.accumulator is None else root(self.accumulator)
 
     def history_root_to_build_on(self) -> bytes:
         """The history root of a header built on this tip: only a tip with the history has
         one (a proposer's, never a light client's)."""
-        if self.history is None:
+        if self.accumulator is None:
             raise ChainError(f"the tip before height {self.height} holds no history to build "
                              "a header on")
-        return root(self.history)
+        return root(self.accumulator)
 
     def last_seq_of(self, source_id: str) -> int:
         for source, seq in self.last_seq:
@@ -99,7 +99,8 @@ class ChainTip:
             validators_hash=self.next_validators_hash,
             next_validators_hash=next_next_validators_hash,
             registered_sources=registered_sources,
-            history=None if self.history is None else append(self.history, block.hash),
+            accumulator=(None if self.accumulator is None
+                         else append(self.accumulator, block.hash)),
         )
 
 
@@ -160,7 +161,7 @@ def genesis_chain(
         validators_hash=validators.hash(),
         next_validators_hash=next_validators.hash(),
         registered_sources=app.registered_sources(app_state),
-        history=EMPTY_HISTORY,
+        accumulator=EMPTY_HISTORY,
     )
     return ChainState(
         tip, app_state, validators, next_validators, None, (), frozenset(), evidence_max_age

@@ -8,7 +8,7 @@ follower stops at the first. The checks, in the order findings are listed (each 
 
 1. ``hash_link``: chain id, height and previous block hash link to ``tip``;
    ``history_root``: the header's root over all earlier block hashes is the tip's (skipped
-   for a tip without the history, a light client's from a checkpoint: ``ChainTip.history``);
+   for a tip without the history, a light client's from a checkpoint: ``ChainTip.accumulator``);
 2. ``state_hash``: the header's app hash is the state after the previous block;
 3. ``validator_set``: the header names the sets ``tip`` expects for this height and the next;
    ``entropy_sources``: and the number of QRNG sources registered in the state it builds on;

@@ -88,21 +88,22 @@ class TrustedCheckpoint:
     next_validators: ValidatorSet
     # The accumulator over the hashes of blocks 1..height, so the next header's history root
     # is checked too; None when unknown (after a skip, or a checkpoint saved without it).
-    history: History | None = None
+    accumulator: History | None = None
 
     def to_json(self) -> str:
-        history = None if self.history is None else {
-            "size": self.history.size, "peaks": [peak.hex() for peak in self.history.peaks]}
+        history = None if self.accumulator is None else {
+            "size": self.accumulator.size,
+            "peaks": [peak.hex() for peak in self.accumulator.peaks]}
         return json.dumps({
             "chain_id": self.chain_id, "height": self.height, "block_hash": self.block_hash.hex(),
             "randomness": self.randomness.hex(), "time_ms": self.time_ms,
             "next_validators": validator_set_to_json(self.next_validators),
-            "history": history})
+            "accumulator": history})
 
     @classmethod
     def from_json(cls, text: str) -> Self:
         data = json.loads(text)
-        history = data.get("history")
+        history = data.get("accumulator")
         return cls(data["chain_id"], int(data["height"]), bytes.fromhex(data["block_hash"]),
                    bytes.fromhex(data["randomness"]), int(data["time_ms"]),
                    validator_set_from_json(data["next_validators"]),
@@ -188,7 +189,7 @@ class LightVerifier:
         # history accumulator, unless the checkpoint brought one (then the root is checked).
         tip = ChainTip(trusted.chain_id, trusted.height + 1, trusted.block_hash, trusted.time_ms,
                        trusted.randomness, (), header.app_hash, self.validators.hash(),
-                       header.next_validators_hash, header.registered_sources, trusted.history)
+                       header.next_validators_hash, header.registered_sources, trusted.accumulator)
         findings = check_header(tip, self.validators, block)
         if findings:
             raise BlockRejectedError(height, findings[0].reason)
@@ -196,7 +197,8 @@ class LightVerifier:
         if finding is not None:
             raise BlockRejectedError(height, finding.reason)
         next_set = self._set_for(height + 1, header.next_validators_hash)
-        history = None if trusted.history is None else append(trusted.history, block.hash)
+        history = (None if trusted.accumulator is None
+                   else append(trusted.accumulator, block.hash))
         self._advance(record, self.validators, next_set, history)
         return True
 

@@ -104,10 +104,11 @@ def take_snapshot(follower: BlockFollower[S], codec: StateCodec[S]) -> Snapshot:
     w.sequence(tip.last_seq, lambda w2, item: w2.text(item[0]).i64(item[1]))
     w.raw(tip.app_hash, 32).raw(tip.validators_hash, 32).raw(tip.next_validators_hash, 32)
     w.u32(tip.registered_sources)
-    if tip.history is None:
+    if tip.accumulator is None:
         raise SnapshotError(tip.height - 1, "a chain without its history accumulator cannot be "
                                             "snapshot")
-    w.u64(tip.history.size).sequence(tip.history.peaks, lambda w2, peak: w2.raw(peak, 32))
+    w.u64(tip.accumulator.size).sequence(tip.accumulator.peaks,
+                                         lambda w2, peak: w2.raw(peak, 32))
     w.nested(codec.encode_state(chain.app_state))
     w.optional(chain.last_commit, lambda w2, commit: w2.nested(commit.canonical()))
     w.sequence(sets, lambda w2, validators: w2.nested(validators.canonical()))

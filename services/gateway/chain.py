@@ -147,7 +147,7 @@ class ChainView:
         at_height = verified.chain.record_of(record.height)
         validators = at_height.validators if at_height is not None else verified.chain.validators
         self.add(encode_finalized(record), record, validators, verified.offset,
-                 verified.written_at_ms, verified.chain.tip.history)
+                 verified.written_at_ms, verified.chain.tip.accumulator)
 
     def _index_history(self, record: FinalizedRecord, history: History | None) -> None:
         if self._subtrees is None:

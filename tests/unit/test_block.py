@@ -54,7 +54,7 @@ def tip(height: int = 3, last_seq: tuple[tuple[str, int], ...] = (("a", 0), ("b"
         app_hash=b"\x22" * 32,
         validators_hash=b"\x33" * 32,
         next_validators_hash=b"\x44" * 32,
-        history=history_of([bytes([i]) * 32 for i in range(height - 1)]),
+        accumulator=history_of([bytes([i]) * 32 for i in range(height - 1)]),
     )
 
 

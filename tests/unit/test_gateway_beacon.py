@@ -201,7 +201,7 @@ def test_a_gateway_that_started_above_height_one_proves_what_it_can(chain: Local
         validators = follower.chain.validators
         follower.accept(record)
         if record.height >= 8:  # as if from a snapshot after height 7
-            started.add(raw, record, validators, offset, 0, follower.chain.tip.history)
+            started.add(raw, record, validators, offset, 0, follower.chain.tip.accumulator)
             blind.add(raw, record, validators, offset, 0)
     full.view = started
     http = TestClient(create_app(full), headers={"X-API-Key": keys["read"]})

@@ -49,8 +49,8 @@ def test_a_restored_follower_applies_the_rest_like_the_fold_from_genesis(chain, 
         # any other), and the accumulator reaches the tip's size
         assert restored.chain.tip.history_root == record.block.header.history_root
         restored.accept(record)
-    assert restored.chain.tip.history is not None
-    assert restored.chain.tip.history.size == HEIGHTS
+    assert restored.chain.tip.accumulator is not None
+    assert restored.chain.tip.accumulator.size == HEIGHTS
     full = _fold(spec, records, HEIGHTS)
     assert restored.chain.tip == full.chain.tip
     assert restored.priorities == full.priorities
@@ -105,9 +105,10 @@ def test_forged_history_peaks_are_rejected_against_the_next_block(chain) -> None
     spec, records = chain
     honest = _fold(spec, records, 10)
     tip = honest.chain.tip
-    assert tip.history is not None
-    peaks = (bytes(32), *tip.history.peaks[1:])
-    forged_tip = dataclasses.replace(tip, history=dataclasses.replace(tip.history, peaks=peaks))
+    assert tip.accumulator is not None
+    peaks = (bytes(32), *tip.accumulator.peaks[1:])
+    forged_tip = dataclasses.replace(tip, accumulator=dataclasses.replace(tip.accumulator,
+                                                                          peaks=peaks))
     liar = BlockFollower(honest.app, dataclasses.replace(honest.chain, tip=forged_tip),
                          honest.priorities)
     restored = restore(take_snapshot(liar, spec.app), spec.app, spec.app)
