@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -105,6 +106,22 @@ def test_one_verified_head_proves_any_older_pulse(http: TestClient,
         20, 19, 4)
     assert len(document["history"]["path"]) <= (19 - 1).bit_length()  # O(log n)
     assert verify_pulse_proof(document, anchor.next_validators) == whole[5]
+
+
+def test_the_cli_prints_a_pulse_it_proved(http: TestClient, anchor: TrustedCheckpoint,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from sdk import beacon_cli
+
+    # the command closes its client: give it its own
+    monkeypatch.setattr(beacon_cli, "_client", lambda *args: BeaconClient(
+        "http://testserver", checkpoint=anchor, client=TestClient(http.app)))
+    result = CliRunner().invoke(beacon_cli.app, ["prove", "4", "--head", "9", "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert (printed["height"], printed["verified"]) == (4, True)
+    assert printed["randomness"] == http.get("/v1/beacon/4").json()["randomness"]
 
 
 @pytest.fixture(scope="module")
