@@ -57,9 +57,9 @@ class ChainTip:
     next_validators_hash: bytes
     registered_sources: int = 0  # QRNG sources registered in the state after height - 1
     # The accumulator (``protocol.mmr``) over the block hashes of heights 1..height-1, whose
-    # root the header at ``height`` carries. None for a light client that starts from a
-    # checkpoint: it has no peaks and takes the header's root on its signers' word, as it
-    # does the app hash.
+    # root the header at ``height`` carries. None for a light client whose checkpoint has no
+    # peaks (after a skip, ``protocol.light``): it takes the header's root on its signers'
+    # word, as it does the app hash.
     accumulator: History | None = None
 
     @property
