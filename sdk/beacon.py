@@ -198,14 +198,16 @@ def verify_pulse_proof(document: dict[str, Any], validators: ValidatorSet, *,
         raise BlockRejectedError(head.height, "the proof carries no pulse header")
     pulses, header = _linked_pulses({"previous_header": document.get("previous_header"),
                                      "pulses": [item]}, anchor)
-    if header.height != height or header.chain_id != head.chain_id:
-        raise BlockRejectedError(header.height, "the pulse is not of the height and chain asked")
+    if (header.height, head.height) != (height, document.get("head")) or (
+            header.chain_id != head.chain_id):
+        raise BlockRejectedError(header.height, "the pulse or head is not of the height and "
+                                                "chain the document names")
     if not header.height < head.height:
         raise BlockRejectedError(header.height, f"the head {head.height} is not above the pulse")
-    history = document.get("history") or {}
+    history: Any = document.get("history")
     try:
-        path = tuple(bytes.fromhex(node) for node in history.get("path", ()))
-    except (ValueError, TypeError) as exc:
+        path = tuple(bytes.fromhex(node) for node in history["path"])
+    except (ValueError, TypeError, KeyError) as exc:
         raise BlockRejectedError(header.height, f"malformed inclusion path: {exc}") from exc
     # size and index come from the heights just verified, never from the document
     if not verify_inclusion(head.history_root, head.height - 1, header.height - 1,
@@ -326,8 +328,12 @@ class BeaconClient:
         certificate check and O(log n) hashes however old the pulse (``verify_pulse_proof``).
         """
         params = {"head": head} if head is not None else None
-        return verify_pulse_proof(self._get(f"/v1/beacon/{height}/proof", params),
-                                  self.validators, anchor=self.anchor)
+        document = self._get(f"/v1/beacon/{height}/proof", params)
+        pulse = verify_pulse_proof(document, self.validators, anchor=self.anchor)
+        if pulse.height != height or (head is not None and document.get("head") != head):
+            raise BlockRejectedError(pulse.height, f"asked for pulse {height} against head "
+                                                   f"{head}, the gateway proved another")
+        return pulse
 
     def range(self, first: int, last: int) -> list[Pulse]:
         """Pulses ``first..last``, each page verified with one certificate check."""

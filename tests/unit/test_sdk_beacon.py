@@ -101,6 +101,13 @@ def test_one_verified_head_proves_any_older_pulse(http: TestClient,
     for height in (1, 2, 7, 16, HEIGHTS - 1):
         assert client.pulse_with_proof(height) == whole[height]
         assert client.pulse_with_proof(height, head=height + 1) == whole[height]
+    liar = BeaconClient("http://testserver", checkpoint=anchor, client=http)
+    liar._get = lambda path, params=None, timeout_s=None: http.get(  # type: ignore[method-assign]
+        "/v1/beacon/6/proof", params={"head": 20}).json()
+    with pytest.raises(BlockRejectedError, match="proved another"):
+        liar.pulse_with_proof(5)  # a genuine proof, of another pulse
+    with pytest.raises(BlockRejectedError, match="proved another"):
+        liar.pulse_with_proof(6, head=21)
     document = http.get("/v1/beacon/5/proof", params={"head": 20}).json()
     assert (document["head"], document["history"]["size"], document["history"]["index"]) == (
         20, 19, 4)
@@ -132,7 +139,7 @@ def proven(http: TestClient) -> dict[str, Any]:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 @given(part=st.sampled_from(["pulse", "previous_header", "head_header", "commit", "path",
-                             "height"]),
+                             "height", "head"]),
        byte=st.integers(0, 10_000), bit=st.integers(0, 7))
 def test_a_tampered_proof_fails(proven: dict[str, Any], anchor: TrustedCheckpoint, part: str,
                                 byte: int, bit: int) -> None:
@@ -146,6 +153,8 @@ def test_a_tampered_proof_fails(proven: dict[str, Any], anchor: TrustedCheckpoin
         path[byte % len(path)] = node.hex()
     elif part == "height":  # the document claims another height for the same proof
         document["height"] += 1 + byte % 5
+    elif part == "head":
+        document["head"] -= 1 + byte % 5
     else:
         _flip(document, (part,), byte, bit)
     with pytest.raises(BlockRejectedError):
