@@ -132,6 +132,10 @@ class Header:
     next_validators_hash: bytes  # set governing height + 1
     app_hash: bytes  # application state hash after height - 1
     proposer_address: bytes
+    # ``protocol.mmr``'s root over the block hashes of heights 1..height-1 (height 1: the empty
+    # history's root), so this header proves any older block with O(log n) hashes. Last in the
+    # encoding, so the offsets of the fields before it did not move when it was added.
+    history_root: bytes
     # Immutable, so encoded once (the block hash and the block's own encoding both need it).
     _canonical: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -144,6 +148,7 @@ class Header:
             "evidence_root",
             "validators_hash",
             "next_validators_hash",
+            "history_root",
         ):
             if len(getattr(self, name)) != HASH_SIZE:
                 raise BlockFormatError(f"header {name} must be {HASH_SIZE} bytes")
@@ -184,6 +189,7 @@ class Header:
             .raw(self.next_validators_hash, HASH_SIZE)
             .bytes(self.app_hash)
             .raw(self.proposer_address, ADDRESS_SIZE)
+            .raw(self.history_root, HASH_SIZE)
             .finish()
         )
 

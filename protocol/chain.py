@@ -31,6 +31,7 @@ from protocol.evidence import (
     verify_duplicate_vote,
 )
 from protocol.keys import SignatureCheck, default_signature_check
+from protocol.mmr import EMPTY_HISTORY, History, append, root
 from protocol.randomness import genesis_randomness
 from protocol.validators import ValidatorSet
 
@@ -55,6 +56,23 @@ class ChainTip:
     validators_hash: bytes
     next_validators_hash: bytes
     registered_sources: int = 0  # QRNG sources registered in the state after height - 1
+    # The accumulator (``protocol.mmr``) over the block hashes of heights 1..height-1, whose
+    # root the header at ``height`` carries. None for a light client whose checkpoint has no
+    # peaks (after a skip, ``protocol.light``): it takes the header's root on its signers'
+    # word, as it does the app hash.
+    accumulator: History | None = None
+
+    @property
+    def history_root(self) -> bytes | None:
+        return None if self.accumulator is None else root(self.accumulator)
+
+    def history_root_to_build_on(self) -> bytes:
+        """The history root of a header built on this tip: only a tip with the history has
+        one (a proposer's, never a light client's)."""
+        if self.accumulator is None:
+            raise ChainError(f"the tip before height {self.height} holds no history to build "
+                             "a header on")
+        return root(self.accumulator)
 
     def last_seq_of(self, source_id: str) -> int:
         for source, seq in self.last_seq:
@@ -81,6 +99,8 @@ class ChainTip:
             validators_hash=self.next_validators_hash,
             next_validators_hash=next_next_validators_hash,
             registered_sources=registered_sources,
+            accumulator=(None if self.accumulator is None
+                         else append(self.accumulator, block.hash)),
         )
 
 
@@ -141,6 +161,7 @@ def genesis_chain(
         validators_hash=validators.hash(),
         next_validators_hash=next_validators.hash(),
         registered_sources=app.registered_sources(app_state),
+        accumulator=EMPTY_HISTORY,
     )
     return ChainState(
         tip, app_state, validators, next_validators, None, (), frozenset(), evidence_max_age

@@ -7,6 +7,8 @@ findings instead of raising, so the audit can report every failed check of a blo
 follower stops at the first. The checks, in the order findings are listed (each names its check):
 
 1. ``hash_link``: chain id, height and previous block hash link to ``tip``;
+   ``history_root``: the header's root over all earlier block hashes is the tip's (skipped
+   for a tip without the accumulator, a light client's after a skip: ``ChainTip.accumulator``);
 2. ``state_hash``: the header's app hash is the state after the previous block;
 3. ``validator_set``: the header names the sets ``tip`` expects for this height and the next;
    ``entropy_sources``: and the number of QRNG sources registered in the state it builds on;
@@ -73,6 +75,12 @@ def check_header(
         ("entropy_sources", "registered source count", header.registered_sources,
          tip.registered_sources),
     )
+    history_root = tip.history_root
+    if history_root is not None and header.history_root != history_root:
+        found.append(BlockFinding("history_root", f"header history root "
+                                                  f"{_short(header.history_root)} is not the "
+                                                  f"root over blocks 1..{tip.height - 1}, "
+                                                  f"{_short(history_root)}"))
     for check, name, got, want in links:
         if got != want:
             found.append(BlockFinding(check, f"header {name} {_short(got)} is not the expected "

@@ -127,6 +127,7 @@ def _header(data: bytes) -> Header:
         next_validators_hash=r.raw(32),
         app_hash=r.bytes(),
         proposer_address=r.raw(20),
+        history_root=r.raw(32),
     )
     r.done()
     return _remember(header, data)

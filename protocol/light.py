@@ -3,9 +3,11 @@ verification): from a ``TrustedCheckpoint`` (a block the reader trusts and the v
 the next height), without the application state.
 
 - ``LightVerifier.verify``: the next block must link to the trusted one, derive its randomness
-  from it, name a validator set whose hash is known (the tracked set, or one from
-  ``validator_sets(height)`` whose hash matches the header) and carry a certificate with +2/3 of
-  that set. The ledger is not re-executed, so the state hash is not checked.
+  from it, carry the history root of the checkpoint's accumulator when the checkpoint has one
+  (from the genesis, or saved by a full follower; ``protocol.mmr``), name a validator set
+  whose hash is known (the tracked set, or one from ``validator_sets(height)`` whose hash
+  matches the header) and carry a certificate with +2/3 of that set. The ledger is not
+  re-executed, so the state hash is not checked.
 - ``LightVerifier.skip_to``: a far block in one step: trusted validators holding more than the
   trust level (1/3) of the trusted power must have signed it, and +2/3 of its own set. Its
   randomness is then accepted on the strength of those signatures.
@@ -34,6 +36,7 @@ from protocol.commit import TrustLevel, verify_commit_light, verify_commit_light
 from protocol.errors import QuStreamError
 from protocol.finalized import FinalizedRecord
 from protocol.follow import ForkError, conflict_error
+from protocol.mmr import History, append
 from protocol.validators import ValidatorSet, validator_set_from_json, validator_set_to_json
 
 MAX_CLOCK_DRIFT_MS = 10_000  # as CometBFT's light client
@@ -83,19 +86,29 @@ class TrustedCheckpoint:
     randomness: bytes
     time_ms: int
     next_validators: ValidatorSet
+    # The accumulator over the hashes of blocks 1..height, so the next header's history root
+    # is checked too; None when unknown (after a skip, or a checkpoint saved without it).
+    accumulator: History | None = None
 
     def to_json(self) -> str:
+        history = None if self.accumulator is None else {
+            "size": self.accumulator.size,
+            "peaks": [peak.hex() for peak in self.accumulator.peaks]}
         return json.dumps({
             "chain_id": self.chain_id, "height": self.height, "block_hash": self.block_hash.hex(),
             "randomness": self.randomness.hex(), "time_ms": self.time_ms,
-            "next_validators": validator_set_to_json(self.next_validators)})
+            "next_validators": validator_set_to_json(self.next_validators),
+            "accumulator": history})
 
     @classmethod
     def from_json(cls, text: str) -> Self:
         data = json.loads(text)
+        history = data.get("accumulator")
         return cls(data["chain_id"], int(data["height"]), bytes.fromhex(data["block_hash"]),
                    bytes.fromhex(data["randomness"]), int(data["time_ms"]),
-                   validator_set_from_json(data["next_validators"]))
+                   validator_set_from_json(data["next_validators"]),
+                   None if history is None else History(
+                       int(history["size"]), tuple(bytes.fromhex(p) for p in history["peaks"])))
 
     def save(self, path: Path | str) -> None:
         Path(path).write_text(self.to_json())
@@ -172,10 +185,11 @@ class LightVerifier:
                                              "validator set (wrong validator set)")
         # No application state here: the app hash, the next set and the registered source
         # count are taken from the header (the next set is checked against its hash below, the
-        # others by full verifiers, and the certificate's signers vouch for them).
+        # others by full verifiers, and the certificate's signers vouch for them). Nor the
+        # history accumulator, unless the checkpoint brought one (then the root is checked).
         tip = ChainTip(trusted.chain_id, trusted.height + 1, trusted.block_hash, trusted.time_ms,
                        trusted.randomness, (), header.app_hash, self.validators.hash(),
-                       header.next_validators_hash, header.registered_sources)
+                       header.next_validators_hash, header.registered_sources, trusted.accumulator)
         findings = check_header(tip, self.validators, block)
         if findings:
             raise BlockRejectedError(height, findings[0].reason)
@@ -183,14 +197,16 @@ class LightVerifier:
         if finding is not None:
             raise BlockRejectedError(height, finding.reason)
         next_set = self._set_for(height + 1, header.next_validators_hash)
-        self._advance(record, self.validators, next_set)
+        history = (None if trusted.accumulator is None
+                   else append(trusted.accumulator, block.hash))
+        self._advance(record, self.validators, next_set, history)
         return True
 
     def _advance(self, record: FinalizedRecord, signed_by: ValidatorSet,
-                 next_set: ValidatorSet) -> None:
+                 next_set: ValidatorSet, history: History | None) -> None:
         header = record.block.header
         self.trusted = TrustedCheckpoint(header.chain_id, record.height, record.block.hash,
-                                         header.randomness, header.time_ms, next_set)
+                                         header.randomness, header.time_ms, next_set, history)
         self.validators = next_set
         self.hashes[record.height] = record.block.hash
         self.sets[record.height] = signed_by
@@ -217,4 +233,5 @@ class LightVerifier:
         light = verify_commit_light(header.chain_id, block.hash, height, record.commit, own)
         if not light.ok:
             raise BlockRejectedError(height, f"commit does not verify: {light.reason}")
-        self._advance(record, own, self._set_for(height + 1, header.next_validators_hash))
+        # the accumulator's peaks are in no header: after a skip the roots go unchecked
+        self._advance(record, own, self._set_for(height + 1, header.next_validators_hash), None)

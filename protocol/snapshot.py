@@ -1,7 +1,8 @@
 """State snapshots: a reader starts from the chain state after height H instead of folding every
 block from genesis (CometBFT's state sync; verified further than it verifies).
 
-A snapshot after H holds what a ``BlockFollower`` needs to apply block H+1: the chain tip, the
+A snapshot after H holds what a ``BlockFollower`` needs to apply block H+1: the chain tip (with
+the peaks of the history accumulator over blocks 1..H, ``protocol.mmr``), the
 application state (in the application's canonical bytes, ``StateCodec``), the commit of H, the
 evidence window (height, block time and validator set of the last heights, each distinct set
 written once), the evidence already committed in that window, and the proposer priorities. Its
@@ -16,8 +17,9 @@ How a reader accepts one (``restore``, then ``verify_against``, then the next bl
    checkpoint or the genesis (commit certificates, skipping verification and a trusting period:
    ``protocol.light``), must link to the snapshot: its header's app hash is the recomputed state
    hash, its previous block hash is the tip's, its validators and next validators hashes are
-   the state's sets. So the application state, the validator sets and block H are exactly what
-   validators holding +2/3 of the power signed;
+   the state's sets, its history root the root of the snapshot's peaks. So the application
+   state, the validator sets, the history and block H are exactly what validators holding +2/3
+   of the power signed;
    and the proposer the snapshot's priorities name for the round of its commit must be its
    proposer;
 3. the caller applies block H+1 fully (``BlockFollower.accept``): its time, randomness,
@@ -44,6 +46,7 @@ from protocol.codec import MAX_ITEMS, WireError, decode_commit, decode_validator
 from protocol.errors import InputError
 from protocol.finalized import FinalizedRecord
 from protocol.follow import BlockFollower
+from protocol.mmr import History, HistoryProofError
 from protocol.proposer import ProposerPriorities, proposer
 from protocol.validators import ValidatorSet
 
@@ -101,6 +104,11 @@ def take_snapshot(follower: BlockFollower[S], codec: StateCodec[S]) -> Snapshot:
     w.sequence(tip.last_seq, lambda w2, item: w2.text(item[0]).i64(item[1]))
     w.raw(tip.app_hash, 32).raw(tip.validators_hash, 32).raw(tip.next_validators_hash, 32)
     w.u32(tip.registered_sources)
+    if tip.accumulator is None:
+        raise SnapshotError(tip.height - 1, "a chain without its history accumulator cannot be "
+                                            "snapshot")
+    w.u64(tip.accumulator.size).sequence(tip.accumulator.peaks,
+                                         lambda w2, peak: w2.raw(peak, 32))
     w.nested(codec.encode_state(chain.app_state))
     w.optional(chain.last_commit, lambda w2, commit: w2.nested(commit.canonical()))
     w.sequence(sets, lambda w2, validators: w2.nested(validators.canonical()))
@@ -163,6 +171,7 @@ def verify_against(follower: BlockFollower[S], record: FinalizedRecord) -> None:
         ("previous block hash", header.previous_block_hash == tip.previous_block_hash),
         ("validators hash", header.validators_hash == tip.validators_hash),
         ("next validators hash", header.next_validators_hash == tip.next_validators_hash),
+        ("history root", header.history_root == tip.history_root),
     )
     for what, ok in checks:
         if not ok:
@@ -186,8 +195,18 @@ def _decode(data: bytes, codec: StateCodec[S]) -> tuple[ChainState[S], ProposerP
     if [source for source, _ in last_seq] != sorted({source for source, _ in last_seq}):
         raise CanonicalDecodeError("last sequences are not sorted by source")
     app_hash, validators_hash, next_validators_hash = r.raw(32), r.raw(32), r.raw(32)
+    registered_sources = r.u32()
+    history_size, peaks = r.u64(), r.sequence(lambda x: x.raw(32), 64)
+    try:
+        accumulator = History(history_size, peaks)
+    except HistoryProofError as exc:
+        raise CanonicalDecodeError(str(exc)) from exc
+    if accumulator.size != height - 1:
+        raise CanonicalDecodeError(f"the history accumulator holds {accumulator.size} blocks, "
+                                   f"not the {height - 1} before the tip")
     tip = ChainTip(chain_id, height, previous_hash, previous_time, previous_randomness,
-                   last_seq, app_hash, validators_hash, next_validators_hash, r.u32())
+                   last_seq, app_hash, validators_hash, next_validators_hash, registered_sources,
+                   accumulator)
     app_state = codec.decode_state(r.nested())
     last_commit = r.optional(lambda x: decode_commit(x.nested()))
     sets = r.sequence(lambda x: decode_validator_set(x.nested()), MAX_HISTORY)

@@ -9,6 +9,10 @@ be HMAC-SHA-512 of the previous randomness and those references (the previous ra
 the first pulse comes from ``previous_header``, itself hash-linked, or from the genesis
 ``anchor`` at height 1). Any changed byte fails with ``BlockRejectedError``.
 
+``verify_pulse_proof(document, validators)`` checks a ``GET /v1/beacon/{h}/proof`` answer: the
+head's certificate, then an inclusion path from the pulse's block hash to the head's history
+root, so one verified head proves any older pulse in O(log n) hashes.
+
 ``BeaconClient`` reads one or several gateways (failover: a gateway that does not answer is
 skipped, the next URL is tried; ``reading`` names the one in use) and returns only verified
 ``Pulse``s. Lookups by time raise the typed ``PulseNotYetError`` (with ``expected_at_ms``) and
@@ -33,6 +37,7 @@ from typing import Any, Protocol
 from protocol.block import Body, EntropyRef, Header, fresh_sources_of, ranges_of
 from protocol.codec import WireError, decode_commit, decode_header
 from protocol.commit import verify_commit
+from protocol.mmr import verify_inclusion
 from protocol.pulse import PulseStatus, is_random, pulse_status
 from protocol.randomness import block_randomness
 from protocol.validators import ValidatorSet
@@ -114,6 +119,15 @@ def verify_pulse_range(document: dict[str, Any], validators: ValidatorSet, *,
     """The pulses of a range document, verified (module doc); ``BlockRejectedError`` naming
     the height and the failed check otherwise. ``anchor``: the genesis checkpoint (height 0),
     needed when the range starts at height 1."""
+    pulses, header = _linked_pulses(document, anchor)
+    _check_certificate(header, document.get("commit"), validators)
+    return pulses
+
+
+def _linked_pulses(document: dict[str, Any], anchor: TrustedCheckpoint | None
+                   ) -> tuple[list[Pulse], Header]:
+    """The pulses of ``document`` checked each on its own and linked to the header before it
+    (steps of ``verify_pulse_range`` but the certificate), with the last header."""
     items = document.get("pulses") or []
     if not items:
         raise BlockRejectedError(None, "the range holds no pulse")
@@ -151,18 +165,57 @@ def verify_pulse_range(document: dict[str, Any], validators: ValidatorSet, *,
         pulses.append(pulse)
         previous_hash, previous_randomness = pulse.block_hash, header.randomness
     assert header is not None
+    return pulses, header
+
+
+def _check_certificate(header: Header, encoded: Any, validators: ValidatorSet) -> None:
+    """``encoded`` (base64) is a certificate of more than 2/3 of ``validators`` for
+    ``header``'s block, and ``validators`` is the set the header names."""
     if header.validators_hash != validators.hash():
         raise BlockRejectedError(header.height, "the last header names a validator set this "
                                                 "client does not trust (the set changed: follow "
                                                 "the chain with a BlockSubscriber to learn it)")
     try:
-        commit = decode_commit(_b64(document["commit"]))
-    except (WireError, ValueError, KeyError) as exc:
+        commit = decode_commit(_b64(encoded))
+    except (WireError, ValueError, TypeError) as exc:
         raise BlockRejectedError(header.height, f"undecodable certificate: {exc}") from exc
-    result = verify_commit(header.chain_id, previous_hash, header.height, commit, validators)
+    result = verify_commit(header.chain_id, header.hash(), header.height, commit, validators)
     if not result.ok:
         raise BlockRejectedError(header.height, f"certificate does not verify: {result.reason}")
-    return pulses
+
+
+def verify_pulse_proof(document: dict[str, Any], validators: ValidatorSet, *,
+                       anchor: TrustedCheckpoint | None = None) -> Pulse:
+    """The pulse of ``GET /v1/beacon/{h}/proof``, verified with one certificate and O(log n)
+    hashes: the head's certificate against ``validators`` (as for any pulse), then the pulse's
+    block hash against the head's history root by the inclusion path (``protocol.mmr``), then
+    the pulse's own entropy and randomness as in a range. ``BlockRejectedError`` otherwise."""
+    height = document.get("height")
+    head = _header(document.get("head"), str(document.get("head_header", "")))
+    _check_certificate(head, document.get("commit"), validators)
+    item = document.get("pulse")
+    if not isinstance(item, dict) or "header" not in item:
+        raise BlockRejectedError(head.height, "the proof carries no pulse header")
+    pulses, header = _linked_pulses({"previous_header": document.get("previous_header"),
+                                     "pulses": [item]}, anchor)
+    if (header.height, head.height) != (height, document.get("head")) or (
+            header.chain_id != head.chain_id):
+        raise BlockRejectedError(header.height, "the pulse or head is not of the height and "
+                                                "chain the document names")
+    if not header.height < head.height:
+        raise BlockRejectedError(header.height, f"the head {head.height} is not above the pulse")
+    history: Any = document.get("history")
+    try:
+        path = tuple(bytes.fromhex(node) for node in history["path"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BlockRejectedError(header.height, f"malformed inclusion path: {exc}") from exc
+    # size and index come from the heights just verified, never from the document
+    if not verify_inclusion(head.history_root, head.height - 1, header.height - 1,
+                            pulses[0].block_hash, path):
+        raise BlockRejectedError(header.height, f"the inclusion path does not lead from block "
+                                                f"{header.height} to the history root of head "
+                                                f"{head.height}")
+    return pulses[0]
 
 
 def verify_pulse_document(document: dict[str, Any], validators: ValidatorSet, *,
@@ -269,6 +322,18 @@ class BeaconClient:
     def previous(self, moment: int | datetime) -> Pulse:
         """The last pulse strictly before ``moment``."""
         return self._pulse(self._get("/v1/beacon/previous", {"time": time_ms_of(moment)}))
+
+    def pulse_with_proof(self, height: int, head: int | None = None) -> Pulse:
+        """The pulse of ``height`` proven against the gateway's head (or ``head``): one
+        certificate check and O(log n) hashes however old the pulse (``verify_pulse_proof``).
+        """
+        params = {"head": head} if head is not None else None
+        document = self._get(f"/v1/beacon/{height}/proof", params)
+        pulse = verify_pulse_proof(document, self.validators, anchor=self.anchor)
+        if pulse.height != height or (head is not None and document.get("head") != head):
+            raise BlockRejectedError(pulse.height, f"asked for pulse {height} against head "
+                                                   f"{head}, the gateway proved another")
+        return pulse
 
     def range(self, first: int, last: int) -> list[Pulse]:
         """Pulses ``first..last``, each page verified with one certificate check."""

@@ -147,6 +147,19 @@ def pulse_range(first: int = typer.Argument(..., min=1), last: int = typer.Argum
 
 
 @app.command()
+def prove(height: int = typer.Argument(..., min=1),
+          head: int | None = typer.Option(None, "--head", min=2,
+                                          help="Prove against this head (default: the "
+                                               "gateway's)."),
+          urls: list[str] = URLS, api_key: str | None = API_KEY, genesis: Path | None = GENESIS,
+          checkpoint: Path | None = CHECKPOINT, as_json: bool = AS_JSON) -> None:
+    """The pulse of HEIGHT proven against a later head: that head's certificate and an
+    O(log n) path into its history root, however old the pulse."""
+    _run(lambda c: [c.pulse_with_proof(height, head)], urls, api_key, genesis, checkpoint,
+         as_json)
+
+
+@app.command()
 def wait(height: int | None = typer.Option(None, "--height", min=1),
          moment: str | None = typer.Option(None, "--time", help="ms or ISO 8601"),
          timeout: float = typer.Option(600.0, "--timeout", min=0.0, help="Seconds."),

@@ -128,7 +128,7 @@ class TrustedCheckpoint(protocol_light.TrustedCheckpoint):
         """Height 0: the genesis itself (hash, randomness R_0 and the set of height 1)."""
         at = ChainSpec.load(genesis).checkpoint()
         return cls(at.chain_id, at.height, at.block_hash, at.randomness, at.time_ms,
-                   at.next_validators)
+                   at.next_validators, at.accumulator)
 
 
 class BlockSource(Protocol):
@@ -190,7 +190,8 @@ class BlockSubscriber:
         chain = self._follower.chain
         tip = chain.tip
         return TrustedCheckpoint(chain.chain_id, tip.height - 1, tip.previous_block_hash,
-                                 tip.previous_randomness, tip.previous_time_ms, chain.validators)
+                                 tip.previous_randomness, tip.previous_time_ms, chain.validators,
+                                 tip.accumulator)
 
     def verify(self, raw: bytes, position: int) -> VerifiedBlock | None:
         """Verify one record; the block, or None for a harmless duplicate or a conflicting

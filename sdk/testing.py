@@ -129,6 +129,7 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
             validators_hash=tip.validators_hash, next_validators_hash=tip.next_validators_hash,
             app_hash=tip.app_hash,
             proposer_address=proposer(priorities, chain.validators, 0),
+            history_root=tip.history_root_to_build_on(),
         )
         block = Block(header, body)
         commit = _commit(chain_id, block, by_address,

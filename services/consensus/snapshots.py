@@ -193,7 +193,8 @@ def keep_checkpoint(path: Path, follower: BlockFollower[LedgerState]) -> None:
         return
     save_checkpoint(path, TrustedCheckpoint(tip.chain_id, tip.height - 1,
                                             tip.previous_block_hash, tip.previous_randomness,
-                                            tip.previous_time_ms, chain.validators))
+                                            tip.previous_time_ms, chain.validators,
+                                            tip.accumulator))
 
 
 class SnapshotWriter:

@@ -5,11 +5,15 @@ long-polls until it exists, at most ``MAX_WAIT_S``); ``/v1/beacon/at?time=T`` th
 at or after T, ``/v1/beacon/next?time=T`` strictly after, ``/v1/beacon/previous?time=T``
 strictly before (T: ms since the epoch or ISO 8601; ``at`` takes ``wait`` too);
 ``/v1/beacon?from=&to=`` up to ``MAX_PULSES`` compact pulses verifiable with one certificate
-(the last block's) and the hash links between headers; ``/v1/beacon/health`` the latest pulse's
-age against the expected period.
+(the last block's) and the hash links between headers; ``/v1/beacon/{h}/proof?head=H`` the
+pulse of h proven against head H (default: the gateway's head) with H's certificate and an
+O(log n) inclusion path into H's history root (``protocol.mmr``); ``/v1/beacon/health`` the
+latest pulse's age against the expected period.
 
 Errors are typed problems: ``pulse-not-yet`` (404, with ``expected_at_ms`` and Retry-After),
-``before-genesis`` (400), ``block-not-retained`` (410). Caching: a pulse of a finalized height
+``before-genesis`` (400), ``block-not-retained`` (410), ``head-not-above`` (409: a proof needs
+a head above the pulse), ``proof-not-available`` (410: a pulse this gateway cannot prove, below
+the snapshot it started from). Caching: a pulse of a finalized height
 never changes, so it is served ``immutable`` with its block hash as ETag; the latest pulse, the
 head and health are ``no-cache`` (ETag still given, ``If-None-Match`` answers 304).
 """
@@ -28,6 +32,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from protocol.finalized import FinalizedRecord
+from protocol.mmr import HistoryProofError
 from protocol.pulse import is_random, pulse_status
 from protocol.pulse_index import (
     BeforeGenesisError,
@@ -223,6 +228,51 @@ def install_beacon(app: FastAPI, view: ChainView, pulses: GatewayPulses, read: A
             b",".join(parts))
         return cached(body, etag_of(final.block.hash)[:-1] + b"-%d\"" % from_,
                       IMMUTABLE if complete else NO_CACHE, request)
+
+    @app.get("/v1/beacon/{height}/proof", tags=["beacon"],
+             summary="Pulse of a height proven against a later head: its certificate and an "
+                     "O(log n) path into the head's history root")
+    async def beacon_proof(request: Request, height: Annotated[int, PathParam(ge=1, le=2**62)],
+                           head: Annotated[int | None, Query(ge=2, le=2**62)] = None,
+                           _key: Any = read) -> Response:
+        at = view.head_height if head is None else head
+        if at <= height:
+            raise Problem(409, "head-not-above", f"a pulse is proven against a later head: head "
+                          f"{at} is not above {height}", height=height, head_height=at)
+        head_record = await waiting(lambda: pulse_at_height(pulses, at), 0.0)
+
+        def fetch() -> tuple[tuple[bytes, ...], FinalizedRecord, FinalizedRecord | None]:
+            path = view.history_path(at - 1, height - 1)  # first: it says what is provable
+            return (path, pulse_at_height(pulses, height),
+                    pulses.block(height - 1) if height > 1 else None)
+
+        try:
+            path, record, previous = await asyncio.to_thread(fetch)
+        except (PulseNotRetainedError, PulseNotYetError) as exc:
+            raise lookup_problem(exc) from exc
+        except HistoryProofError as exc:
+            raise Problem(410, "proof-not-available", f"pulse {height} cannot be proven here: "
+                          f"{exc}", first_provable_height=view.first_provable_height) from exc
+        if height > 1 and previous is None:
+            raise Problem(503, "archive-unavailable", f"block {height - 1} could not be read "
+                          "back from chain.blocks", headers={"Retry-After": "2"},
+                          retry_after_s=2)
+        head_header = head_record.block.header
+        body = _dumps({
+            "chain_id": view.chain_id, "height": height, "head": at,
+            "pulse": compact_pulse(record),
+            "previous_header": (_b64(previous.block.header.canonical())
+                                if previous is not None else None),
+            "head_header": _b64(head_header.canonical()),
+            "commit": _b64(head_record.commit.canonical()),
+            "validators_hash": head_header.validators_hash.hex(),
+            "validators_url": f"/v1/validators/{at}",
+            "history": {"size": at - 1, "index": height - 1,
+                        "root": head_header.history_root.hex(),
+                        "path": [node.hex() for node in path]},
+        })
+        return cached(body, etag_of(head_record.block.hash)[:-1] + b"-p%d\"" % height,
+                      IMMUTABLE if head is not None else NO_CACHE, request)
 
     @app.get("/v1/beacon/{height}", tags=["beacon"],
              summary="Pulse of a height with its proof and status (wait long-polls)")

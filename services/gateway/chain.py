@@ -25,6 +25,12 @@ block store or, below the snapshot the follower started from, from ``chain.block
 light (``services.gateway.pulses``). Only a height none of them gives answers 410.
 Waiters for new blocks (the SSE streams) are woken from the follower thread
 (``services.gateway.waiting``).
+
+History proofs (``history_path``): the view keeps the hash of every block it verified (32 bytes
+a block) and the accumulator's peaks where it started (``protocol.mmr``: the snapshot's, or the
+empty history from height 1), so it proves any pulse it verified, and any whose subtree is a
+peak of its start, against the history root of any later head it verified, in O(log n) hashes
+once the upper levels are remembered.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from typing import Any
 
 from protocol.commit import CommitFlag
 from protocol.finalized import FinalizedRecord
+from protocol.mmr import EMPTY_HISTORY, History, HistoryProofError, SubtreeRoots, prove
 from protocol.pulse import describe, is_random, pulse_status
 from protocol.randomness import randomness_input
 from protocol.validators import ValidatorSet, validator_set_to_json
@@ -97,11 +104,18 @@ class ChainView:
         self._older: OrderedDict[tuple[str, int], tuple[bytes, bytes]] = OrderedDict()
         self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._waiters = Waiters()
+        # the history index (module doc): the block hashes from leaf ``_leaves_from`` on, and
+        # subtree roots over them and the start's peaks
+        self._subtrees: SubtreeRoots | None = None
+        self._leaves = bytearray()
+        self._leaves_from = 0
 
     # ------------------------------------------------------------------ feeding
     def add(self, raw: bytes, record: FinalizedRecord, validators: ValidatorSet, offset: int,
-            written_at_ms: int) -> None:
-        """Add the next verified block; heights at or below the head are ignored."""
+            written_at_ms: int, history: History | None = None) -> None:
+        """Add the next verified block; heights at or below the head are ignored. ``history``:
+        the accumulator after it, when the caller has it (needed for the first block of a
+        view that starts above height 1, to prove later pulses)."""
         with self._lock:
             if record.height <= self.head_height:
                 return
@@ -116,6 +130,7 @@ class ChainView:
                 self._sets.append((record.height, validators))
             self._blocks[record.height] = StoredBlock(raw, record, validators, offset,
                                                       written_at_ms)
+            self._index_history(record, history)
             self.head_height = record.height
             while len(self._blocks) > self.retain:
                 del self._blocks[self.first_height]
@@ -132,7 +147,40 @@ class ChainView:
         at_height = verified.chain.record_of(record.height)
         validators = at_height.validators if at_height is not None else verified.chain.validators
         self.add(encode_finalized(record), record, validators, verified.offset,
-                 verified.written_at_ms)
+                 verified.written_at_ms, verified.chain.tip.accumulator)
+
+    def _index_history(self, record: FinalizedRecord, history: History | None) -> None:
+        if self._subtrees is None:
+            if record.height == 1:
+                self._subtrees = SubtreeRoots(EMPTY_HISTORY, self._leaf)
+            elif history is not None and history.size == record.height:
+                self._subtrees = SubtreeRoots(history, self._leaf)
+                self._leaves_from = history.size
+                return
+            else:
+                return
+        self._leaves += record.block.hash
+        self._subtrees.warm(record.height)
+
+    def _leaf(self, index: int) -> bytes | None:
+        at = (index - self._leaves_from) * 32
+        return bytes(self._leaves[at:at + 32]) if 0 <= at < len(self._leaves) else None
+
+    @property
+    def first_provable_height(self) -> int | None:
+        """Every height from this one on can be proven here (None: none can)."""
+        return None if self._subtrees is None else self._leaves_from + 1
+
+    def history_path(self, size: int, index: int) -> tuple[bytes, ...]:
+        """The inclusion path of the block of height ``index + 1`` in the history of the first
+        ``size`` blocks (module doc); ``HistoryProofError`` when this view cannot make it."""
+        if self._subtrees is None:
+            raise HistoryProofError("this gateway has verified no block whose history it "
+                                    "knows yet")
+        if size > self.head_height:
+            raise HistoryProofError(f"the history of {size} blocks is beyond the head "
+                                    f"{self.head_height}")
+        return prove(self._subtrees, size, index).path
 
     async def wait_beyond(self, height: int, timeout_s: float) -> bool:
         """Wait until the head is beyond ``height`` (True) or the timeout passes (False)."""
@@ -354,6 +402,7 @@ def block_document(stored: StoredBlock) -> dict[str, Any]:
             "validators_hash": header.validators_hash.hex(),
             "next_validators_hash": header.next_validators_hash.hex(),
             "app_hash": header.app_hash.hex(), "proposer": header.proposer_address.hex(),
+            "history_root": header.history_root.hex(),
         },
         "body": {
             "entropy": [{"source_id": r.source_id, "seq": r.seq, "digest": r.digest.hex()}

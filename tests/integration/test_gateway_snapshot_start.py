@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 from confluent_kafka import Producer
 
+from sdk.beacon import verify_pulse_proof
+from sdk.subscriber import TrustedCheckpoint
 from sdk.testing import LocalChain, make_local_chain
 from streams.admin import ensure_topics
 from streams.chain_wire import decode_finalized, encode_snapshot_chunks
@@ -94,6 +96,16 @@ def test_the_gateway_starts_from_the_newest_usable_snapshot(settings: Settings,
         pulse = httpx.get(f"{base}/v1/beacon/at", params={"time": at - 300}, timeout=10)
         assert pulse.status_code == 200, pulse.text
         assert pulse.json()["height"] == 120
+        # proofs against a later head: for what it verified since the snapshot, and a typed
+        # problem below it (the snapshot's peaks do not hold the blocks inside them)
+        trusted = TrustedCheckpoint.from_genesis(chain.genesis).next_validators
+        proof = httpx.get(f"{base}/v1/beacon/250/proof", params={"head": 300}, timeout=10)
+        assert proof.status_code == 200, proof.text
+        assert verify_pulse_proof(proof.json(), trusted).block_hash == decode_finalized(
+            chain.records[249]).block.hash
+        below = httpx.get(f"{base}/v1/beacon/150/proof", timeout=10)
+        assert below.status_code == 410, below.text
+        assert below.json()["first_provable_height"] == 202
     finally:
         process.terminate()
         process.wait(20)

@@ -51,6 +51,17 @@ def test_altered_randomness_is_named_before_the_certificate(local_chain: LocalCh
     assert auditor.unverified == 5
 
 
+def test_an_altered_history_root_is_named_before_the_certificate(
+        local_chain: LocalChain) -> None:
+    records = list(local_chain.records)
+    records[8] = tamper(records[8], header=lambda h: dataclasses.replace(
+        h, history_root=bytes(32)))
+    auditor = _audit(local_chain, records)
+    assert auditor.halted_at == 9
+    assert [f.check for f in auditor.findings][:1] == ["history_root"]
+    assert "commit" in [f.check for f in auditor.findings]
+
+
 def test_gap_and_undecodable_record(local_chain: LocalChain) -> None:
     records = list(local_chain.records)
     auditor = _audit(local_chain, [*records[:3], *records[4:]])

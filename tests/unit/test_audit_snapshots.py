@@ -69,6 +69,19 @@ def test_a_changed_balance_is_a_warning_no_reader_accepts_it(chain: LocalChain) 
     assert report.checked["snapshots_verified"] == 1
 
 
+def test_forged_history_peaks_are_a_warning_no_reader_accepts_them(chain: LocalChain) -> None:
+    spec = ChainSpec.load(chain.genesis)
+    honest = chain.snapshots[1]
+    accumulator = restore(honest, spec.app, spec.app).chain.tip.accumulator
+    assert accumulator is not None
+    forged = _changed(chain, honest, accumulator=dataclasses.replace(
+        accumulator, peaks=(bytes(32), *accumulator.peaks[1:])))
+    report = _audit(chain, [forged])
+    found = [f for f in report.findings if f.check == "snapshot"]
+    assert report.ok and len(found) == 1 and found[0].severity is Severity.WARNING
+    assert "history accumulator" in found[0].reason
+
+
 def test_a_lie_readers_cannot_see_at_once_is_a_failure(chain: LocalChain) -> None:
     honest = chain.snapshots[2]
     forged = _changed(chain, honest, committed_evidence=frozenset({(25, b"\x01" * 32)}))

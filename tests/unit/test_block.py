@@ -12,6 +12,7 @@ from protocol.block import Block, BlockFormatError, EntropyRef, SeqRange, ranges
 from protocol.chain import ChainTip
 from protocol.commit import CommitCertificate
 from protocol.merkle import inclusion_proof, verify_inclusion
+from protocol.mmr import history_of, root
 from protocol.randomness import block_randomness, genesis_randomness, randomness_input
 from services.block_builder.core.proposal import (
     EntropyRules,
@@ -53,6 +54,7 @@ def tip(height: int = 3, last_seq: tuple[tuple[str, int], ...] = (("a", 0), ("b"
         app_hash=b"\x22" * 32,
         validators_hash=b"\x33" * 32,
         next_validators_hash=b"\x44" * 32,
+        accumulator=history_of([bytes([i]) * 32 for i in range(height - 1)]),
     )
 
 
@@ -94,8 +96,9 @@ def test_block_hash_covers_every_header_field() -> None:
     for name in ("time_ms", "round"):
         changed = dataclasses.replace(block.header, **{name: getattr(block.header, name) + 1})
         assert Block(changed, block.body).hash != block.hash
-    changed = dataclasses.replace(block.header, app_hash=b"\x00" * 32)
-    assert Block(changed, block.body).hash != block.hash
+    for name in ("app_hash", "history_root"):
+        changed = dataclasses.replace(block.header, **{name: b"\x00" * 32})
+        assert Block(changed, block.body).hash != block.hash
 
 
 def test_randomness_depends_on_previous_height_and_entropy_not_on_order() -> None:
@@ -134,6 +137,12 @@ def _tampered(block: Block, **body_changes: Any) -> Block:
         (lambda b, t: _tampered(b, entropy=b.body.entropy[::-1]), "sorted"),
         (lambda b, t: Block(dataclasses.replace(b.header, proposer_address=b"\x01" * 20),
                             b.body), "proposer"),
+        (lambda b, t: Block(dataclasses.replace(b.header, history_root=bytes(32)), b.body),
+         "history root"),
+        (lambda b, t: Block(dataclasses.replace(  # the root one block short
+            b.header, history_root=root(history_of([bytes([i]) * 32
+                                                    for i in range(t.height - 2)]))), b.body),
+         "history root"),
     ],
 )
 def test_tampered_blocks_are_rejected(mutate, reason: str) -> None:  # type: ignore[no-untyped-def]

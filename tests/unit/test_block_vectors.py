@@ -21,6 +21,7 @@ from protocol.block import Block, Body, EntropyRef, Header, SeqRange
 from protocol.commit import CommitCertificate, CommitFlag, CommitSig
 from protocol.evidence import DuplicateVoteEvidence
 from protocol.messages import Vote, VoteType
+from protocol.mmr import EMPTY_HISTORY, append, root
 from protocol.randomness import block_randomness, genesis_randomness
 from tests.support.sim import Behavior, SimConfig, simulate
 
@@ -78,7 +79,7 @@ def commit_from(data: dict[str, Any]) -> CommitCertificate:
 
 _HEX_FIELDS = ("previous_block_hash", "last_commit_hash", "entropy_root", "randomness", "tx_root",
                "evidence_root", "validators_hash", "next_validators_hash", "app_hash",
-               "proposer_address")
+               "proposer_address", "history_root")
 
 
 def _block_json(block: Block) -> dict[str, Any]:
@@ -185,6 +186,7 @@ def _load_or_write(path: Path, generate: Any) -> dict[str, Any]:
 def test_block_vectors() -> None:
     data = _load_or_write(VECTORS / "blocks" / "chain.json", _generate_blocks)
     previous_hash = None
+    history = EMPTY_HISTORY
     for entry in data["blocks"]:
         block = _block_from(entry)
         expected = entry["expected"]
@@ -194,6 +196,8 @@ def test_block_vectors() -> None:
         assert block.structural_problem() is None
         if previous_hash is not None:
             assert block.header.previous_block_hash == previous_hash
+        assert block.header.history_root == root(history)
+        history = append(history, block.hash)
         previous_hash = block.hash
 
 

@@ -169,3 +169,48 @@ def test_the_sdk_awaits_a_future_pulse_by_height_and_by_time(chain: LocalChain) 
     assert pulse.height == HEIGHTS and pulse.time_ms >= future_time
     with pytest.raises(PulseNotYetError):
         beacon.wait_for_height(HEIGHTS + 1, timeout_s=0.3)
+
+
+def test_a_pulse_is_proven_against_a_later_head_or_a_typed_problem(chain: LocalChain) -> None:
+    gateway, add_next, keys = partial_gateway(chain, HEIGHTS - 2)
+    http = TestClient(create_app(gateway), headers={"X-API-Key": keys["read"]})
+    latest = http.get("/v1/beacon/3/proof")
+    assert latest.status_code == 200 and latest.headers["cache-control"] == "no-cache"
+    assert (latest.json()["head"], latest.json()["history"]["size"]) == (HEIGHTS - 2,
+                                                                         HEIGHTS - 3)
+    pinned = http.get("/v1/beacon/3/proof", params={"head": 6})
+    assert "immutable" in pinned.headers["cache-control"]
+    assert pinned.json()["history"] == {
+        "size": 5, "index": 2, "root": decode_finalized(chain.records[5]).block.header
+        .history_root.hex(), "path": pinned.json()["history"]["path"]}
+    assert_problem(http.get("/v1/beacon/6/proof", params={"head": 6}), 409)
+    assert_problem(http.get(f"/v1/beacon/{HEIGHTS - 2}/proof"), 409)
+    assert_problem(http.get("/v1/beacon/3/proof", params={"head": HEIGHTS}), 404)
+    add_next()
+    assert http.get("/v1/beacon/3/proof", params={"head": HEIGHTS - 1}).status_code == 200
+
+
+def test_a_gateway_that_started_above_height_one_proves_what_it_can(chain: LocalChain) -> None:
+    full, keys = make_gateway(chain)
+    spec = ChainSpec.load(chain.genesis)
+    follower = spec.follower()
+    started = type(full.view)(full.view.chain_id, full.view.genesis_randomness)
+    blind = type(full.view)(full.view.chain_id, full.view.genesis_randomness)
+    for offset, raw in enumerate(chain.records):
+        record = decode_finalized(raw)
+        validators = follower.chain.validators
+        follower.accept(record)
+        if record.height >= 8:  # as if from a snapshot after height 7
+            started.add(raw, record, validators, offset, 0, follower.chain.tip.accumulator)
+            blind.add(raw, record, validators, offset, 0)
+    full.view = started
+    http = TestClient(create_app(full), headers={"X-API-Key": keys["read"]})
+    assert http.get("/v1/beacon/10/proof").status_code == 200
+    missing = assert_problem(http.get("/v1/beacon/3/proof"), 410)
+    assert missing["type"].endswith("/proof-not-available")
+    assert missing["first_provable_height"] == 9
+    full.view = blind  # it was given no history with its first block
+    http = TestClient(create_app(full), headers={"X-API-Key": keys["read"]})
+    unknown = assert_problem(http.get("/v1/beacon/10/proof"), 410)
+    assert unknown["type"].endswith("/proof-not-available")
+    assert unknown.get("first_provable_height") is None

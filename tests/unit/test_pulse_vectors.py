@@ -27,7 +27,7 @@ def _header(height: int, fresh: int, registered: int) -> Header:
         fresh_sources=fresh, registered_sources=registered, randomness=bytes([4]) * 64,
         tx_root=bytes([5]) * 32, evidence_root=bytes([6]) * 32, validators_hash=bytes([7]) * 32,
         next_validators_hash=bytes([7]) * 32, app_hash=bytes([8]) * 32,
-        proposer_address=bytes([9]) * 20)
+        proposer_address=bytes([9]) * 20, history_root=bytes([10]) * 32)
 
 
 def build_vector(name: str) -> dict[str, Any]:

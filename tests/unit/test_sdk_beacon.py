@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sdk.beacon import BeaconClient, FailoverBlockSource, verify_pulse_range
+from sdk.beacon import BeaconClient, FailoverBlockSource, verify_pulse_proof, verify_pulse_range
 from sdk.errors import BlockRejectedError
 from sdk.subscriber import BlockSubscriber, TrustedCheckpoint
 from sdk.testing import LocalChain, flip_bit, make_local_chain
@@ -91,6 +92,84 @@ def test_a_range_from_height_one_needs_the_genesis(http: TestClient,
     document = http.get("/v1/beacon", params={"from": 1, "to": 3}).json()
     with pytest.raises(BlockRejectedError):
         verify_pulse_range(document, anchor.next_validators)
+
+
+def test_one_verified_head_proves_any_older_pulse(http: TestClient,
+                                                 anchor: TrustedCheckpoint) -> None:
+    client = BeaconClient("http://testserver", checkpoint=anchor, client=http)
+    whole = {p.height: p for p in client.range(1, HEIGHTS)}
+    for height in (1, 2, 7, 16, HEIGHTS - 1):
+        assert client.pulse_with_proof(height) == whole[height]
+        assert client.pulse_with_proof(height, head=height + 1) == whole[height]
+    liar = BeaconClient("http://testserver", checkpoint=anchor, client=http)
+    liar._get = lambda path, params=None, timeout_s=None: http.get(  # type: ignore[method-assign]
+        "/v1/beacon/6/proof", params={"head": 20}).json()
+    with pytest.raises(BlockRejectedError, match="proved another"):
+        liar.pulse_with_proof(5)  # a genuine proof, of another pulse
+    with pytest.raises(BlockRejectedError, match="proved another"):
+        liar.pulse_with_proof(6, head=21)
+    document = http.get("/v1/beacon/5/proof", params={"head": 20}).json()
+    assert (document["head"], document["history"]["size"], document["history"]["index"]) == (
+        20, 19, 4)
+    assert len(document["history"]["path"]) <= (19 - 1).bit_length()  # O(log n)
+    assert verify_pulse_proof(document, anchor.next_validators) == whole[5]
+
+
+def test_the_cli_prints_a_pulse_it_proved(http: TestClient, anchor: TrustedCheckpoint,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from sdk import beacon_cli
+
+    # the command closes its client: give it its own
+    monkeypatch.setattr(beacon_cli, "_client", lambda *args: BeaconClient(
+        "http://testserver", checkpoint=anchor, client=TestClient(http.app)))
+    result = CliRunner().invoke(beacon_cli.app, ["prove", "4", "--head", "9", "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert (printed["height"], printed["verified"]) == (4, True)
+    assert printed["randomness"] == http.get("/v1/beacon/4").json()["randomness"]
+
+
+@pytest.fixture(scope="module")
+def proven(http: TestClient) -> dict[str, Any]:
+    document: dict[str, Any] = http.get("/v1/beacon/6/proof", params={"head": 22}).json()
+    return document
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(part=st.sampled_from(["pulse", "previous_header", "head_header", "commit", "path",
+                             "height", "head"]),
+       byte=st.integers(0, 10_000), bit=st.integers(0, 7))
+def test_a_tampered_proof_fails(proven: dict[str, Any], anchor: TrustedCheckpoint, part: str,
+                                byte: int, bit: int) -> None:
+    document = copy.deepcopy(proven)
+    if part == "pulse":
+        _flip(document, ("pulse", "header"), byte, bit)
+    elif part == "path":
+        path = document["history"]["path"]
+        node = bytearray(bytes.fromhex(path[byte % len(path)]))
+        node[byte % 32] ^= 1 << bit
+        path[byte % len(path)] = node.hex()
+    elif part == "height":  # the document claims another height for the same proof
+        document["height"] += 1 + byte % 5
+    elif part == "head":
+        document["head"] -= 1 + byte % 5
+    else:
+        _flip(document, (part,), byte, bit)
+    with pytest.raises(BlockRejectedError):
+        verify_pulse_proof(document, anchor.next_validators)
+
+
+def test_a_proof_of_another_pulse_fails(http: TestClient, anchor: TrustedCheckpoint) -> None:
+    document = http.get("/v1/beacon/6/proof", params={"head": 22}).json()
+    other = http.get("/v1/beacon/7/proof", params={"head": 22}).json()
+    document["history"]["path"] = other["history"]["path"]
+    with pytest.raises(BlockRejectedError, match="inclusion path"):
+        verify_pulse_proof(document, anchor.next_validators)
+    other["pulse"], other["previous_header"] = document["pulse"], document["previous_header"]
+    with pytest.raises(BlockRejectedError):
+        verify_pulse_proof(other, anchor.next_validators)
 
 
 class FlakySource:

@@ -84,6 +84,25 @@ def test_wrong_validator_set_is_rejected(chain: LocalChain, tmp_path: Path) -> N
         list(BlockSubscriber(ListSource(list(chain.records)), checkpoint=checkpoint))
 
 
+def test_a_signed_header_with_a_wrong_history_root_is_refused(chain: LocalChain,
+                                                              tmp_path: Path) -> None:
+    # signed by the validators, so only the history check can tell
+    bad = resign(tamper(chain.records[5], header=lambda h: dataclasses.replace(
+        h, history_root=bytes(32))), chain.validator_keys)
+    for mode in _modes(chain):
+        assert "history root" in _reject(chain, 5, bad, mode)
+    first = BlockSubscriber(ListSource(list(chain.records[:5])), genesis=chain.genesis)
+    assert [b.height for b in first][-1] == 5
+    first.checkpoint().save(tmp_path / "cp.json")
+    loaded = TrustedCheckpoint.load(tmp_path / "cp.json")
+    assert loaded.accumulator is not None
+    assert loaded.accumulator == first.checkpoint().accumulator
+    assert loaded.accumulator.size == 5
+    with pytest.raises(BlockRejectedError, match="history root"):
+        BlockSubscriber(ListSource([]), checkpoint=loaded).verify(bad, 5)
+    assert BlockSubscriber(ListSource([]), checkpoint=loaded).verify(chain.records[5], 5)
+
+
 def test_gap_and_fork_are_detected(chain: LocalChain) -> None:
     records = list(chain.records)
     del records[3]

@@ -45,7 +45,12 @@ def test_a_restored_follower_applies_the_rest_like_the_fold_from_genesis(chain, 
                        spec.app)
     verify_against(restored, records[height])
     for record in records[height:]:
+        # the restored peaks give each next header's history root (the block check refuses
+        # any other), and the accumulator reaches the tip's size
+        assert restored.chain.tip.history_root == record.block.header.history_root
         restored.accept(record)
+    assert restored.chain.tip.accumulator is not None
+    assert restored.chain.tip.accumulator.size == HEIGHTS
     full = _fold(spec, records, HEIGHTS)
     assert restored.chain.tip == full.chain.tip
     assert restored.priorities == full.priorities
@@ -94,6 +99,21 @@ def test_priorities_naming_another_proposer_are_rejected(chain) -> None:  # type
     restored = restore(take_snapshot(liar, spec.app), spec.app, spec.app)
     with pytest.raises(SnapshotError, match="priorities"):
         verify_against(restored, block)
+
+
+def test_forged_history_peaks_are_rejected_against_the_next_block(chain) -> None:  # type: ignore[no-untyped-def]
+    spec, records = chain
+    honest = _fold(spec, records, 10)
+    tip = honest.chain.tip
+    assert tip.accumulator is not None
+    peaks = (bytes(32), *tip.accumulator.peaks[1:])
+    forged_tip = dataclasses.replace(tip, accumulator=dataclasses.replace(tip.accumulator,
+                                                                          peaks=peaks))
+    liar = BlockFollower(honest.app, dataclasses.replace(honest.chain, tip=forged_tip),
+                         honest.priorities)
+    restored = restore(take_snapshot(liar, spec.app), spec.app, spec.app)
+    with pytest.raises(SnapshotError, match="history root"):
+        verify_against(restored, records[10])
 
 
 @pytest.mark.parametrize("cut", ["truncated", "flipped", "trailing", "other chain"])

@@ -7,7 +7,8 @@ the certificate no longer matches):
 
 1. ``record``: the Avro fields beside the canonical bytes (height, hash, randomness, round,
    chain id) agree with the block and certificate;
-2. ``hash_link`` (chain id, height, previous block hash), ``state_hash`` (the header's app
+2. ``hash_link`` (chain id, height, previous block hash), ``history_root`` (the header's
+   root over every earlier block hash, ``protocol.mmr``), ``state_hash`` (the header's app
    hash is the re-executed state after the previous block), ``validator_set`` (validator-set
    hashes recomputed from the ledger), ``time`` (strictly increasing);
 3. ``entropy_root`` / ``block_body``: the body matches the header's roots and ordering rules;

@@ -84,6 +84,7 @@ class SnapshotAuditor:
                  == mine.tip.previous_block_hash),
                 ("validator sets", (theirs.tip.validators_hash, theirs.tip.next_validators_hash)
                  == (mine.tip.validators_hash, mine.tip.next_validators_hash)),
+                ("history accumulator", theirs.tip.accumulator == mine.tip.accumulator),
                 ("proposer priorities", claimed.priorities == right.priorities)):
             if not ok:
                 return finding(Severity.WARNING, f"every reader rejects it: its {what} differs "

@@ -166,6 +166,7 @@ def build_block(
         next_validators_hash=tip.next_validators_hash,
         app_hash=tip.app_hash,
         proposer_address=proposer_address,
+        history_root=tip.history_root_to_build_on(),
     )
     return Block(header, body)
 

@@ -74,7 +74,7 @@ class ChainSpec:
         tip = self.initial.tip
         return TrustedCheckpoint(self.chain_id, 0, tip.previous_block_hash,
                                  tip.previous_randomness, tip.previous_time_ms,
-                                 self.initial.validators)
+                                 self.initial.validators, tip.accumulator)
 
     def trusting_period_ms(self) -> int:
         """How long a light client may trust a validator set: two thirds of the unbonding

@@ -77,6 +77,7 @@ const HEADER_FIELDS = {
   registered_sources: "registeredSources", randomness: "randomness",
   tx_root: "txRoot", evidence_root: "evidenceRoot", validators_hash: "validatorsHash",
   next_validators_hash: "nextValidatorsHash", app_hash: "appHash", proposer_address: "proposerAddress",
+  history_root: "historyRoot",
 };
 
 /** @param {any} value */

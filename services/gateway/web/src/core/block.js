@@ -26,7 +26,7 @@ import { RANDOMNESS_SIZE } from "./randomness.js";
  *   entropyRanges: SeqRange[], freshSources: number, registeredSources: number,
  *   randomness: Uint8Array, txRoot: Uint8Array, evidenceRoot: Uint8Array,
  *   validatorsHash: Uint8Array, nextValidatorsHash: Uint8Array, appHash: Uint8Array,
- *   proposerAddress: Uint8Array, canonical: Uint8Array}} Header
+ *   proposerAddress: Uint8Array, historyRoot: Uint8Array, canonical: Uint8Array}} Header
  */
 /** @typedef {{entropy: EntropyRef[], txs: Uint8Array[], evidence: Evidence[], lastCommit: Commit | null}} Body */
 /** @typedef {{header: Header, body: Body, hash: Uint8Array}} Block */
@@ -108,6 +108,7 @@ export function decodeHeader(data) {
     nextValidatorsHash: r.raw(HASH_SIZE),
     appHash: r.bytes(),
     proposerAddress: r.raw(ADDRESS_SIZE),
+    historyRoot: r.raw(HASH_SIZE), // protocol/mmr.py: the root over every earlier block hash
     canonical: data,
   };
   r.done();

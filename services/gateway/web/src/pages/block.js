@@ -29,6 +29,7 @@ export async function blockPage(root, height) {
       ["evidence root", hex(toHex(hd.evidenceRoot))], ["last commit hash", hex(toHex(hd.lastCommitHash))],
       ["validators hash", hex(toHex(hd.validatorsHash))], ["next validators hash", hex(toHex(hd.nextValidatorsHash))],
       ["app hash", hex(toHex(hd.appHash))], ["proposer", hex(toHex(hd.proposerAddress))],
+      ["history root", hex(toHex(hd.historyRoot))],
     ]));
     parts.push(h("h2", {}, "Entropy per source"), table(["source", "chunks", "first seq", "last seq"],
       hd.entropyRanges.map((r) => [r.sourceId, r.last - r.first + 1, r.first, r.last]), { id: "entropy" }));
