@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from protocol.finalized import FinalizedRecord
+from protocol.mmr import History
 from protocol.validators import ValidatorSet
 from services.gateway.api import Gateway, create_app
 from services.gateway.auth import ApiKeyStore
@@ -52,11 +53,11 @@ class TamperingView(ChainView):
     randomness bit, as a compromised gateway or cache would serve it."""
 
     def add(self, raw: bytes, record: FinalizedRecord, validators: ValidatorSet, offset: int,
-            written_at_ms: int) -> None:
+            written_at_ms: int, history: History | None = None) -> None:
         if record.height == TAMPERED:
             raw = TAMPERINGS["randomness bit"][1](raw)
             record = decode_finalized(raw)
-        super().add(raw, record, validators, offset, written_at_ms)
+        super().add(raw, record, validators, offset, written_at_ms, history)
 
 
 def _gateway(settings: Settings, genesis: Path) -> Gateway:
