@@ -72,7 +72,8 @@ def parse_time_ms(text: str) -> int:
     """Milliseconds since the epoch from ``text``: an integer, or ISO 8601 (``Z`` or an offset;
     a time without one is UTC)."""
     text = text.strip()
-    if text.lstrip("-").isdigit():
+    digits = text.lstrip("-")
+    if digits.isascii() and digits.isdigit():  # str.isdigit also takes "²", which int refuses
         return int(text)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
