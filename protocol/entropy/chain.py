@@ -8,8 +8,16 @@ Canonical encodings (see ``protocol.canonical``), reproducible by any implementa
 
 ``chunk_digest = SHA-256(tag "QuStream/v1/EntropyChunk" | text source_id | bool private |
 u64 seq | raw32 prev_digest | raw32 payload_digest | u32 payload_length | i64 produced_at_ms |
-bool simulated | u32 rct_max_run | u32 apt_max_count | u32 health_windows)``,
+bool simulated | u32 rct_max_run | u32 apt_max_count | u32 health_windows | raw32 next_digest)``,
 ``payload_digest = SHA-256(payload)``, ``prev_digest`` of seq 0 is 32 zero bytes.
+
+``next_digest`` is the source's precommitment (``docs/precommitment.md``): the ``payload_digest``
+of its next chunk in the same chain, which the source has already read and tested but not
+published; 32 zero bytes when it commits to nothing (its last chunk before a clean stop). A
+chunk whose ``payload_digest`` equals its predecessor's ``next_digest`` is *committed*: its
+payload was fixed, and hidden, one chunk earlier. A source that lost the payload it committed to
+(killed between the two) continues its chain with an uncommitted chunk, which blocks include but
+never mix into the randomness.
 
 Checkpoint message (what ML-DSA-65 signs): ``tag "QuStream/v1/EntropyCheckpoint" | text source_id
 | bool private | u64 first_seq | u64 last_seq | raw32 head_digest | i64 signed_at_ms``, where
@@ -56,6 +64,7 @@ class Chunk:
     produced_at_ms: int
     simulated: bool
     health: HealthSummary
+    next_digest: bytes = ZERO_DIGEST  # see the module doc
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -65,6 +74,7 @@ class Chunk:
             "simulated": self.simulated, "health_rct_max_run": self.health.rct_max_run,
             "health_apt_max_count": self.health.apt_max_count,
             "health_windows": self.health.windows, "private": self.private,
+            "next_digest": self.next_digest,
         }
 
     @classmethod
@@ -80,10 +90,11 @@ class Chunk:
                 HealthSummary(int(record.get("health_rct_max_run", 0)),
                               int(record.get("health_apt_max_count", 0)),
                               int(record.get("health_windows", 0))),
+                bytes(record.get("next_digest") or ZERO_DIGEST),  # "" in older records
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ChunkFormatError(f"malformed EntropyChunkPublished record: {exc}") from exc
-        for name in ("prev_digest", "payload_digest", "chunk_digest"):
+        for name in ("prev_digest", "payload_digest", "chunk_digest", "next_digest"):
             if len(getattr(chunk, name)) != DIGEST_SIZE:
                 raise ChunkFormatError(
                     f"chunk {chunk.source_id}#{chunk.seq}: {name} is not {DIGEST_SIZE} bytes")
@@ -95,12 +106,13 @@ class Chunk:
 def chunk_digest(
     source_id: str, private: bool, seq: int, prev_digest: bytes, payload_digest: bytes,
     payload_length: int, produced_at_ms: int, simulated: bool, health: HealthSummary,
+    next_digest: bytes = ZERO_DIGEST,
 ) -> bytes:
     return (
         CanonicalWriter("EntropyChunk").text(source_id).boolean(private).u64(seq)
         .raw(prev_digest, DIGEST_SIZE).raw(payload_digest, DIGEST_SIZE).u32(payload_length)
         .i64(produced_at_ms).boolean(simulated).u32(health.rct_max_run)
-        .u32(health.apt_max_count).u32(health.windows).digest()
+        .u32(health.apt_max_count).u32(health.windows).raw(next_digest, DIGEST_SIZE).digest()
     )
 
 
@@ -108,13 +120,18 @@ def expected_digest(chunk: Chunk) -> bytes:
     """The chunk digest recomputed from the chunk's fields and payload digest."""
     return chunk_digest(chunk.source_id, chunk.private, chunk.seq, chunk.prev_digest,
                         chunk.payload_digest, len(chunk.payload), chunk.produced_at_ms,
-                        chunk.simulated, chunk.health)
+                        chunk.simulated, chunk.health, chunk.next_digest)
 
 
 def payload_sha256(payload: bytes | memoryview) -> bytes:
     """``payload_digest`` of a chunk (hashlib releases the GIL while it hashes a large
     buffer, so other threads run meanwhile)."""
     return hashlib.sha256(memoryview(payload)).digest()
+
+
+def commits_to(previous: Chunk, chunk: Chunk) -> bool:
+    """Whether ``chunk`` keeps the precommitment of ``previous``, its predecessor."""
+    return previous.next_digest != ZERO_DIGEST and previous.next_digest == chunk.payload_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,21 +150,25 @@ class ChainHead:
 def extend(
     head: ChainHead, *, source_id: str, private: bool, payload: bytes, produced_at_ms: int,
     simulated: bool, health: HealthSummary, payload_digest: bytes | None = None,
+    next_digest: bytes = ZERO_DIGEST,
 ) -> tuple[Chunk, ChainHead]:
     """Append one payload to the chain: returns the chunk and the new head.
 
     ``payload_digest``: ``SHA-256(payload)`` when the caller already has it (the ingest
     service hashes on its reader thread, next to the health tests); computed here otherwise.
+    ``next_digest``: the payload digest of the chunk the source will append next (module doc).
     """
     if payload_digest is None:
         payload_digest = payload_sha256(payload)
     elif len(payload_digest) != DIGEST_SIZE:
         raise ChunkFormatError(f"payload digest of {len(payload_digest)} bytes, not "
                                f"{DIGEST_SIZE}")
+    if len(next_digest) != DIGEST_SIZE:
+        raise ChunkFormatError(f"next digest of {len(next_digest)} bytes, not {DIGEST_SIZE}")
     digest = chunk_digest(source_id, private, head.next_seq, head.digest, payload_digest,
-                          len(payload), produced_at_ms, simulated, health)
+                          len(payload), produced_at_ms, simulated, health, next_digest)
     chunk = Chunk(source_id, private, head.next_seq, head.digest, payload_digest, digest,
-                  payload, produced_at_ms, simulated, health)
+                  payload, produced_at_ms, simulated, health, next_digest)
     return chunk, ChainHead(head.next_seq + 1, digest)
 
 

@@ -81,7 +81,7 @@ def test_chain_links_and_golden_digest() -> None:
     assert chunks[0].chunk_digest.hex() == GOLDEN_FIRST_DIGEST
 
 
-GOLDEN_FIRST_DIGEST = "5d238d5a214b59b7cf0362f1e34c3f287af03a7625ca66bda12035ad7f08e45b"
+GOLDEN_FIRST_DIGEST = "3276c14f396a32beec14e8f104e501f19cb46ac329d2f4e32944a75ac4130c82"
 
 
 def test_records_round_trip_through_avro() -> None:
