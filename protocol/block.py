@@ -6,8 +6,8 @@ evidence, and through the hash of the previous height's commit certificate. So a
 identified, signed and linked by its header alone, and a light client can check any single body
 item with an inclusion proof.
 
-Entropy enters a block as references, not payloads: ``EntropyRef(source_id, seq, digest)`` names
-a chunk of a registered QRNG source's hash chain by its payload digest. The block builder service
+Entropy enters a block as references, not payloads: ``EntropyRef(source_id, seq, digest, ...)``
+names a chunk of a registered QRNG source's hash chain by its payload digest. The block builder service
 fills them from its verified pool (chunks covered by a verified checkpoint on qs.entropy.raw);
 this module only fixes their encoding and order: sorted by (source id, seq), unique, and per
 source a contiguous ``SeqRange`` recorded in the header.
@@ -18,7 +18,7 @@ vectors under tests/vectors/blocks/ pin it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from protocol.canonical import HASH_SIZE, CanonicalWriter
@@ -39,17 +39,29 @@ class BlockFormatError(InputError):
 
 @dataclass(frozen=True, slots=True, order=True)
 class EntropyRef:
-    """One verified entropy chunk: ``source_id``'s chunk ``seq`` with payload ``digest``."""
+    """One verified entropy chunk: ``source_id``'s chunk ``seq`` with payload ``digest``.
+
+    ``next_digest`` is the chunk's precommitment to its source's next payload
+    (``protocol.entropy.chain``), so the block that includes a chunk also fixes what the next
+    one must be. ``committed``: the chunk's ``digest`` equals the ``next_digest`` of its
+    source's previously included chunk, i.e. its payload was fixed, and hidden, before the
+    block that commits to it was decided; only committed refs are mixed into the randomness
+    (``protocol.randomness``). The flag is the proposer's claim, checked against the chain
+    (``ChainTip.commitments``) by every full verifier; it is left out of comparisons so a
+    node's verified pool (which knows no chain position) recognises the chunk."""
 
     source_id: str
     seq: int
     digest: bytes
+    next_digest: bytes = ZERO_HASH
+    committed: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not self.source_id or self.seq < 0 or len(self.digest) != HASH_SIZE:
+        if (not self.source_id or self.seq < 0 or len(self.digest) != HASH_SIZE
+                or len(self.next_digest) != HASH_SIZE):
             raise BlockFormatError(
-                f"entropy ref {self.source_id!r}/{self.seq} needs a source id, seq >= 0 and a "
-                f"{HASH_SIZE}-byte digest"
+                f"entropy ref {self.source_id!r}/{self.seq} needs a source id, seq >= 0, a "
+                f"{HASH_SIZE}-byte digest and a {HASH_SIZE}-byte next digest"
             )
 
     def canonical(self) -> bytes:
@@ -58,6 +70,8 @@ class EntropyRef:
             .text(self.source_id)
             .u64(self.seq)
             .raw(self.digest, HASH_SIZE)
+            .raw(self.next_digest, HASH_SIZE)
+            .boolean(self.committed)
             .finish()
         )
 
@@ -101,11 +115,22 @@ def ranges_of(entropy: Sequence[EntropyRef]) -> tuple[SeqRange, ...]:
     return tuple(ranges)
 
 
-def fresh_sources_of(ranges: Sequence[SeqRange]) -> int:
-    """The header's ``fresh_sources`` for these ranges: the devices they come from. Lanes of
-    one device (``protocol.entropy.registry``) count once, so they never pass for two
-    independent sources."""
-    return count_devices(seq_range.source_id for seq_range in ranges)
+def fresh_sources_of(entropy: Sequence[EntropyRef], previous_sources: Iterable[str]) -> int:
+    """The header's ``fresh_sources``: the devices with a committed chunk in this block whose
+    source also had a chunk in the previous block (``previous_sources``), so the chunk's
+    payload was committed to by the block just before and (by an honest, paced source) kept
+    secret until that block was final (``docs/precommitment.md``). Lanes of one device
+    (``protocol.entropy.registry``) count once, so they never pass for two independent
+    sources."""
+    previous = set(previous_sources)
+    return count_devices(ref.source_id for ref in entropy
+                         if ref.committed and ref.source_id in previous)
+
+
+def committed_devices(entropy: Sequence[EntropyRef]) -> int:
+    """The devices with a committed chunk in ``entropy``: the most ``fresh_sources`` a block
+    can claim, whatever the block before it held (the check a reader of one block can make)."""
+    return count_devices(ref.source_id for ref in entropy if ref.committed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +143,10 @@ class Header:
     last_commit_hash: bytes  # hash of the height-1 commit in the body; ZERO_HASH at height 1
     entropy_root: bytes
     entropy_ranges: tuple[SeqRange, ...]
-    # How many registered sources contributed fresh entropy (chunks no block included before)
-    # to this block: the devices of its ranges (``fresh_sources_of``; lanes of one device count
-    # once). And how many devices were registered in the state the block builds on.
+    # How many registered sources contributed fresh entropy to this block: devices with a
+    # committed chunk whose source was also in the previous block (``fresh_sources_of``; lanes
+    # of one device count once). And how many devices were registered in the state the block
+    # builds on.
     # ``protocol.pulse`` reads the pair: a pulse without fresh entropy, or from fewer sources
     # than the two-source rule asks, is marked not random.
     fresh_sources: int
@@ -297,9 +323,13 @@ def _entropy_mismatch(block: Block) -> str | None:
         return str(exc)
     if ranges != header.entropy_ranges:
         return "header entropy ranges do not match the body"
-    if header.fresh_sources != fresh_sources_of(ranges):
+    wide = next((r for r in ranges if r.last != r.first), None)
+    if wide is not None:
+        return (f"{wide.source_id!r} has chunks {wide.first}..{wide.last}: a block includes at "
+                "most one chunk per source, so every chunk it mixes was committed to before")
+    if header.fresh_sources > committed_devices(body.entropy):
         return (f"header says {header.fresh_sources} sources contributed fresh entropy, the "
-                f"body has chunks of {fresh_sources_of(ranges)} devices")
+                f"body has committed chunks of {committed_devices(body.entropy)} devices")
     if body.entropy_root() != header.entropy_root:
         return "entropy root does not match the body"
     return None

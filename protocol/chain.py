@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from protocol.app import Application, FinalizeBlockRequest, FinalizeBlockResponse, VoteInfo
-from protocol.block import Block
+from protocol.block import ZERO_HASH, Block, EntropyRef
 from protocol.commit import CommitCertificate, CommitFlag, verify_commit
 from protocol.errors import InputError
 from protocol.evidence import (
@@ -61,6 +61,14 @@ class ChainTip:
     # peaks (after a skip, ``protocol.light``): it takes the header's root on its signers'
     # word, as it does the app hash.
     accumulator: History | None = None
+    # The precommitments the chain holds (``docs/precommitment.md``): per source that a block
+    # included, the ``next_digest`` of its last included chunk, sorted by source; and the
+    # sources of the previous block. A chunk of the block at ``height`` is committed when its
+    # digest is its source's commitment here, and fresh when its source is also in
+    # ``previous_sources``. None when unknown (a light client's tip after a skip): the header's
+    # flags and count are then taken on its signers' word, as its app hash is.
+    commitments: tuple[tuple[str, bytes], ...] | None = ()
+    previous_sources: tuple[str, ...] | None = ()
 
     @property
     def history_root(self) -> bytes | None:
@@ -73,6 +81,21 @@ class ChainTip:
             raise ChainError(f"the tip before height {self.height} holds no history to build "
                              "a header on")
         return root(self.accumulator)
+
+    def commitment_of(self, source_id: str) -> bytes | None:
+        """The digest ``source_id``'s next included chunk is committed to (32 zero bytes when
+        none: a source never included, or whose last chunk committed to nothing); None when
+        this tip does not know."""
+        if self.commitments is None:
+            return None
+        for source, digest in self.commitments:
+            if source == source_id:
+                return digest
+        return ZERO_HASH
+
+    def is_committed(self, ref: EntropyRef) -> bool:
+        """Whether ``ref`` keeps its source's commitment on this (full) tip."""
+        return ref.digest != ZERO_HASH and self.commitment_of(ref.source_id) == ref.digest
 
     def last_seq_of(self, source_id: str) -> int:
         for source, seq in self.last_seq:
@@ -88,6 +111,12 @@ class ChainTip:
         last = dict(self.last_seq)
         for seq_range in block.header.entropy_ranges:
             last[seq_range.source_id] = seq_range.last
+        commitments = None
+        if self.commitments is not None:
+            held = dict(self.commitments)
+            for ref in block.body.entropy:  # in seq order per source: the last one stays
+                held[ref.source_id] = ref.next_digest
+            commitments = tuple(sorted(held.items()))
         return ChainTip(
             chain_id=self.chain_id,
             height=self.height + 1,
@@ -101,6 +130,8 @@ class ChainTip:
             registered_sources=registered_sources,
             accumulator=(None if self.accumulator is None
                          else append(self.accumulator, block.hash)),
+            commitments=commitments,
+            previous_sources=tuple(r.source_id for r in block.header.entropy_ranges),
         )
 
 

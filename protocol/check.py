@@ -14,7 +14,11 @@ follower stops at the first. The checks, in the order findings are listed (each 
    ``entropy_sources``: and the number of QRNG sources registered in the state it builds on;
 4. ``time``: strictly later than the previous block;
 5. ``entropy_root`` / ``block_body``: the body matches the header's roots and ordering rules;
-6. ``randomness``: re-derived from the previous randomness and the block's entropy references;
+   ``precommitment``: each entropy reference is flagged committed exactly when its digest is
+   its source's commitment on the tip, and ``fresh_sources`` counts the devices whose
+   committed chunk follows one of the previous block (``docs/precommitment.md``; skipped for a
+   tip that does not hold the commitments, a light client's after a skip);
+6. ``randomness``: re-derived from the previous randomness and the block's committed entropy;
 7. ``proposer``: a member of the set (or the expected proposer, when the caller knows it);
 8. ``evidence``: each item proves a double vote of the offence height's set, inside the window;
 9. ``last_commit``: the previous height's commit in the body verifies against that height's set;
@@ -34,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.block import Block
+from protocol.block import Block, fresh_sources_of
 from protocol.chain import ChainState, ChainTip, check_evidence, check_last_commit
 from protocol.commit import CommitCertificate, CommitFlag, record_sign_bytes, verify_commit
 from protocol.keys import PublicKey, SignatureCheck, default_signature_check
@@ -91,6 +95,7 @@ def check_header(
     mismatch = block.structural_problem()
     if mismatch is not None:
         found.append(BlockFinding(mismatch.check, mismatch.reason))
+    found.extend(_precommitment(tip, block))
     derived = block_randomness(tip.previous_randomness, header.height, block.body.entropy)
     if header.randomness != derived:
         found.append(BlockFinding("randomness", "randomness is not the derived value: "
@@ -103,6 +108,28 @@ def check_header(
     elif validators is not None and header.proposer_address not in validators:
         found.append(BlockFinding("proposer", f"proposer {header.proposer_address.hex()} is not "
                                               "a validator"))
+    return found
+
+
+def _precommitment(tip: ChainTip, block: Block) -> list[BlockFinding]:
+    """Check 5's ``precommitment`` part (module doc)."""
+    found: list[BlockFinding] = []
+    entropy, header = block.body.entropy, block.header
+    if tip.commitments is not None:
+        for ref in entropy:
+            if ref.committed != tip.is_committed(ref):
+                found.append(BlockFinding("precommitment", (
+                    f"chunk {ref.source_id!r}/{ref.seq} is flagged "
+                    f"{'committed' if ref.committed else 'uncommitted'}, but its digest "
+                    f"{'is' if tip.is_committed(ref) else 'is not'} the one its source's "
+                    "previously included chunk committed to")))
+    if tip.previous_sources is not None and not found:
+        fresh = fresh_sources_of(entropy, tip.previous_sources)
+        if header.fresh_sources != fresh:
+            found.append(BlockFinding("precommitment", (
+                f"header says {header.fresh_sources} sources contributed fresh entropy; "
+                f"{fresh} devices have a committed chunk following one of the previous "
+                "block")))
     return found
 
 

@@ -95,7 +95,7 @@ def decode_commit(data: bytes) -> CommitCertificate:
 
 def _entropy_ref(data: bytes) -> EntropyRef:
     r = CanonicalReader(data, "EntropyRef")
-    ref = EntropyRef(r.text(), r.u64(), r.raw(32))
+    ref = EntropyRef(r.text(), r.u64(), r.raw(32), r.raw(32), r.boolean())
     r.done()
     return ref
 

@@ -186,10 +186,12 @@ class LightVerifier:
         # No application state here: the app hash, the next set and the registered source
         # count are taken from the header (the next set is checked against its hash below, the
         # others by full verifiers, and the certificate's signers vouch for them). Nor the
-        # history accumulator, unless the checkpoint brought one (then the root is checked).
+        # history accumulator, unless the checkpoint brought one (then the root is checked), nor
+        # the entropy precommitments (the committed flags and the fresh count, likewise).
         tip = ChainTip(trusted.chain_id, trusted.height + 1, trusted.block_hash, trusted.time_ms,
                        trusted.randomness, (), header.app_hash, self.validators.hash(),
-                       header.next_validators_hash, header.registered_sources, trusted.accumulator)
+                       header.next_validators_hash, header.registered_sources, trusted.accumulator,
+                       commitments=None, previous_sources=None)
         findings = check_header(tip, self.validators, block)
         if findings:
             raise BlockRejectedError(height, findings[0].reason)

@@ -1,24 +1,28 @@
-"""Block randomness: HMAC-SHA-512 keyed by the previous block's randomness over the block's
-entropy references in canonical order.
+"""Block randomness: HMAC-SHA-512 keyed by the previous block's randomness over the committed
+entropy of the block, in canonical order.
 
     R_0 = HMAC-SHA-512(key = "QuStream/v1/GenesisRandomness", genesis randomness field)
-    R_h = HMAC-SHA-512(key = R_{h-1}, canonical(height, [(source, seq, digest) sorted]))
+    R_h = HMAC-SHA-512(key = R_{h-1}, canonical(height, [(source, seq, digest) of the block's
+          committed refs, sorted]))
 
 Each chunk's digest is SHA-256 of its payload: a vetted conditioning function (SP 800-90B
 3.1.5.1.1) that keeps up to 256 bits of the payload's min-entropy; HMAC-SHA-512 (also vetted)
 then compresses the chunks of all sources into 512 output bits. Working from digests keeps the
 derivation checkable from the block alone (a subscriber never needs the payloads).
 
-Bias bound. The proposer cannot pick entropy freely: ranges must be contiguous with the
-previous block, and ``proposal.validate_proposal`` rejects a block that leaves out a verified
-chunk older than ``max_entropy_age`` heights. So for each source the proposer can only choose
-where to cut the range among the chunks younger than the bound, at most ``c`` choices per
-source where ``c`` is the number of chunks a source delivers in ``max_entropy_age`` heights; with
-``s`` sources that is at most ``c**s`` candidate outputs (plus the choice to let its round time
-out, which hands the block to another proposer). Choosing the best of ``k`` uniform outputs
-changes the probability of any event of probability ``p`` to at most ``k * p``, i.e. at most
-``log2(c**s)`` bits of influence. Operators bound it by keeping ``max_entropy_age`` small (the
-default of 2 heights with one chunk per source per height gives c <= 3).
+Only *committed* refs are mixed (``EntropyRef.committed``): chunks whose payload digest the
+source fixed in its previous chunk, which an earlier block included. Nothing chosen when a chunk
+is revealed enters the input: not an uncommitted chunk (a source's first, or one after a crash)
+and not a chunk's own ``next_digest``. So the last source to reveal cannot grind the output by
+trying payloads; ``docs/precommitment.md`` proves what a source and a proposer can still choose.
+
+Bias bound of the proposer: ranges must be contiguous with the previous block and hold at most
+one chunk per source, and ``proposal.validate_proposal`` rejects a block that leaves out a
+verified chunk older than ``max_entropy_age`` heights. So per source the proposer chooses only
+whether to include the one available chunk now or (within the age bound) later: with ``s``
+sources at most ``2**s`` candidate outputs (plus letting its round time out, which hands the
+block to another proposer). Choosing the best of ``k`` uniform outputs changes the probability
+of any event of probability ``p`` to at most ``k * p``, i.e. at most ``s`` bits of influence.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import hmac
 from collections.abc import Sequence
 
 from protocol.block import RANDOMNESS_SIZE, EntropyRef
-from protocol.canonical import TAG_PREFIX, CanonicalWriter
+from protocol.canonical import HASH_SIZE, TAG_PREFIX, CanonicalWriter
 from protocol.errors import InputError
 
 GENESIS_KEY = (TAG_PREFIX + "GenesisRandomness").encode("ascii")
@@ -44,13 +48,17 @@ def genesis_randomness(genesis_value: bytes) -> bytes:
 
 
 def randomness_input(height: int, entropy: Sequence[EntropyRef]) -> bytes:
-    """The HMAC message: the height (so even an empty block gets fresh output) and the
-    entropy references sorted by (source id, seq)."""
-    ordered = sorted(entropy, key=lambda ref: (ref.source_id, ref.seq))
+    """The HMAC message: the height (so even a block without committed entropy gets fresh
+    output) and the committed references, sorted by (source id, seq), each as
+    ``MixedChunk(text source, u64 seq, raw32 digest)``."""
+    ordered = sorted((ref for ref in entropy if ref.committed),
+                     key=lambda ref: (ref.source_id, ref.seq))
     return (
         CanonicalWriter("BlockRandomness")
         .u64(height)
-        .sequence(ordered, lambda w, r: w.nested(r.canonical()))
+        .sequence(ordered, lambda w, r: w.nested(
+            CanonicalWriter("MixedChunk").text(r.source_id).u64(r.seq)
+            .raw(r.digest, HASH_SIZE).finish()))
         .finish()
     )
 

@@ -24,7 +24,8 @@ How a reader accepts one (``restore``, then ``verify_against``, then the next bl
    proposer;
 3. the caller applies block H+1 fully (``BlockFollower.accept``): its time, randomness,
    entropy ranges, last commit and evidence are checked against the rest of the snapshot (the
-   previous block's time and randomness, the sources' last sequences, the evidence window),
+   previous block's time and randomness, the sources' last sequences and precommitments and
+   the previous block's sources, the evidence window),
    and its re-execution must give the state hash the record claims. Those parts are in no
    header hash, so this is how they are checked: a lie in them makes a signed block fail to
    verify (the snapshot is rejected, the reader falls back); it can never make a block that
@@ -109,6 +110,11 @@ def take_snapshot(follower: BlockFollower[S], codec: StateCodec[S]) -> Snapshot:
                                             "snapshot")
     w.u64(tip.accumulator.size).sequence(tip.accumulator.peaks,
                                          lambda w2, peak: w2.raw(peak, 32))
+    if tip.commitments is None or tip.previous_sources is None:
+        raise SnapshotError(tip.height - 1, "a chain without its entropy precommitments cannot "
+                                            "be snapshot")
+    w.sequence(tip.commitments, lambda w2, item: w2.text(item[0]).raw(item[1], 32))
+    w.sequence(tip.previous_sources, lambda w2, source: w2.text(source))
     w.nested(codec.encode_state(chain.app_state))
     w.optional(chain.last_commit, lambda w2, commit: w2.nested(commit.canonical()))
     w.sequence(sets, lambda w2, validators: w2.nested(validators.canonical()))
@@ -201,12 +207,18 @@ def _decode(data: bytes, codec: StateCodec[S]) -> tuple[ChainState[S], ProposerP
         accumulator = History(history_size, peaks)
     except HistoryProofError as exc:
         raise CanonicalDecodeError(str(exc)) from exc
+    commitments = r.sequence(lambda x: (x.text(), x.raw(32)), MAX_ITEMS)
+    previous_sources = r.sequence(lambda x: x.text(), MAX_ITEMS)
+    for what, names in (("commitments", [source for source, _ in commitments]),
+                        ("previous block's sources", list(previous_sources))):
+        if names != sorted(set(names)):
+            raise CanonicalDecodeError(f"the {what} are not sorted by source and unique")
     if accumulator.size != height - 1:
         raise CanonicalDecodeError(f"the history accumulator holds {accumulator.size} blocks, "
                                    f"not the {height - 1} before the tip")
     tip = ChainTip(chain_id, height, previous_hash, previous_time, previous_randomness,
                    last_seq, app_hash, validators_hash, next_validators_hash, registered_sources,
-                   accumulator)
+                   accumulator, commitments, tuple(previous_sources))
     app_state = codec.decode_state(r.nested())
     last_commit = r.optional(lambda x: decode_commit(x.nested()))
     sets = r.sequence(lambda x: decode_validator_set(x.nested()), MAX_HISTORY)

@@ -34,7 +34,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from protocol.block import Body, EntropyRef, Header, fresh_sources_of, ranges_of
+from protocol.block import (
+    Body,
+    EntropyRef,
+    Header,
+    committed_devices,
+    fresh_sources_of,
+    ranges_of,
+)
 from protocol.codec import WireError, decode_commit, decode_header
 from protocol.commit import verify_commit
 from protocol.mmr import verify_inclusion
@@ -90,14 +97,25 @@ def _header(height: int | None, encoded: str) -> Header:
 
 def _entropy(height: int, items: Sequence[Any]) -> tuple[EntropyRef, ...]:
     try:
-        return tuple(EntropyRef(str(source), int(seq), bytes.fromhex(digest))
-                     for source, seq, digest in items)
+        return tuple(EntropyRef(str(source), int(seq), bytes.fromhex(digest),
+                                bytes.fromhex(next_digest), _flag(committed))
+                     for source, seq, digest, next_digest, committed in items)
     except (ValueError, TypeError) as exc:
         raise BlockRejectedError(height, f"malformed entropy reference: {exc}") from exc
 
 
-def _check_pulse(header: Header, entropy: tuple[EntropyRef, ...],
-                 previous_randomness: bytes) -> None:
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"committed must be true or false, not {value!r}")
+    return value
+
+
+def _check_pulse(header: Header, entropy: tuple[EntropyRef, ...], previous_randomness: bytes,
+                 previous_entropy: tuple[EntropyRef, ...] | None = None) -> None:
+    """One pulse's entropy against its header. ``previous_entropy``: the block before's
+    references when the client verified them too (inside a range); then each committed flag
+    of a source that block held, and the fresh source count, are checked exactly
+    (``docs/precommitment.md``); otherwise the count is bounded by the committed devices."""
     height = header.height
     try:
         ranges = ranges_of(entropy)
@@ -106,12 +124,24 @@ def _check_pulse(header: Header, entropy: tuple[EntropyRef, ...],
     body = Body(entropy=entropy)
     if (list(entropy) != sorted(set(entropy)) or ranges != header.entropy_ranges
             or body.entropy_root() != header.entropy_root
-            or header.fresh_sources != fresh_sources_of(ranges)):
+            or any(r.first != r.last for r in ranges)
+            or header.fresh_sources > committed_devices(entropy)):
         raise BlockRejectedError(height, "entropy references do not match the header's entropy "
                                          "root, ranges and fresh source count")
+    if previous_entropy is not None:
+        before = {ref.source_id: ref for ref in previous_entropy}
+        for ref in entropy:
+            kept = ref.source_id in before and before[ref.source_id].next_digest == ref.digest
+            if ref.source_id in before and ref.committed != kept:
+                raise BlockRejectedError(height, f"chunk {ref.source_id}/{ref.seq} is flagged "
+                                                 f"{'committed' if ref.committed else 'not'}, "
+                                                 "against the commitment of the block before")
+        if header.fresh_sources != fresh_sources_of(entropy, before):
+            raise BlockRejectedError(height, "the fresh source count is not the devices whose "
+                                             "committed chunk follows one of the block before")
     if block_randomness(previous_randomness, height, entropy) != header.randomness:
         raise BlockRejectedError(height, "randomness is not HMAC-SHA-512 of the previous "
-                                         "randomness and the entropy references")
+                                         "randomness and the committed entropy references")
 
 
 def verify_pulse_range(document: dict[str, Any], validators: ValidatorSet, *,
@@ -148,6 +178,7 @@ def _linked_pulses(document: dict[str, Any], anchor: TrustedCheckpoint | None
     chain_id = None
     pulses: list[Pulse] = []
     header: Header | None = None
+    previous_entropy: tuple[EntropyRef, ...] | None = None
     for index, item in enumerate(items):
         height = first_height + index
         header = _header(height, item["header"])
@@ -160,7 +191,9 @@ def _linked_pulses(document: dict[str, Any], anchor: TrustedCheckpoint | None
         if header.previous_block_hash != previous_hash:
             raise BlockRejectedError(height, "previous block hash does not link to the block "
                                              "before it")
-        _check_pulse(header, _entropy(height, item.get("entropy", ())), previous_randomness)
+        entropy = _entropy(height, item.get("entropy", ()))
+        _check_pulse(header, entropy, previous_randomness, previous_entropy)
+        previous_entropy = entropy
         pulse = Pulse.of(header)
         pulses.append(pulse)
         previous_hash, previous_randomness = pulse.block_hash, header.randomness
@@ -223,7 +256,8 @@ def verify_pulse_document(document: dict[str, Any], validators: ValidatorSet, *,
     """One pulse of ``GET /v1/beacon/{h}`` (or a time lookup), verified as a range of one."""
     proof = document["proof"]
     header = _header(document.get("height"), proof["header"])
-    entropy = [[e["source_id"], e["seq"], e["digest"]] for e in proof["entropy"]]
+    entropy = [[e["source_id"], e["seq"], e["digest"], e["next_digest"], e["committed"]]
+               for e in proof["entropy"]]
     return verify_pulse_range({"previous_header": proof.get("previous_header"),
                                "commit": proof["commit"],
                                "pulses": [{"height": header.height, "header": proof["header"],

@@ -3,8 +3,9 @@
 ``make_local_chain`` writes a genesis file (Ed25519 validators, funded accounts, optional QRNG
 sources) and builds ``heights`` blocks with the real block format and ledger: each block is
 signed by every validator, applied to the ledger, and encoded as the ``BlockFinalized`` record
-the tally would write. Blocks carry entropy references when ``entropy_per_block`` > 0 (digests
-of local random bytes, so the randomness derivation is exercised). Nothing here touches Kafka;
+the tally would write. Blocks carry one entropy reference per contributing source when
+``entropy_per_block`` > 0 (digests of local random bytes, each source's chunk committed to by its
+chunk before, so the randomness derivation and the precommitment checks are exercised). Nothing here touches Kafka;
 the SDK's tests, the gateway's tests and application developers use it alike.
 
 ``tamper`` rebuilds a record after changing its block or certificate, keeping the record
@@ -20,7 +21,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from protocol.block import Block, Body, EntropyRef, Header, fresh_sources_of, ranges_of
@@ -105,24 +106,28 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
     records: list[bytes] = []
     last_commit: CommitCertificate | None = None
     seqs = {f"qrng-{i}": 0 for i in range(sources)}
+    upcoming: dict[str, bytes] = {}  # per source, the digest its last chunk committed to
     priorities = initial_priorities(chain.validators)  # the proposer rotation of a real network
     snapshots: list[Snapshot] = []
     for height in range(1, heights + 1):
         tip = chain.tip
         entropy: list[EntropyRef] = []
         contributing = sources if sources_at is None else sources_at(height)
-        for source in sorted(seqs)[:contributing]:
-            for _ in range(entropy_per_block):
-                entropy.append(EntropyRef(source, seqs[source],
-                                          hashlib.sha256(os.urandom(32)).digest()))
-                seqs[source] += 1
+        for source in sorted(seqs)[:contributing] if entropy_per_block > 0 else []:
+            # One chunk per source and block, committed to by its source's chunk before (the
+            # first one is not), each committing to a payload digest drawn ahead.
+            digest = upcoming.pop(source, None) or hashlib.sha256(os.urandom(32)).digest()
+            upcoming[source] = hashlib.sha256(os.urandom(32)).digest()
+            ref = EntropyRef(source, seqs[source], digest, upcoming[source])
+            entropy.append(replace(ref, committed=tip.is_committed(ref)))
+            seqs[source] += 1
         body = Body(entropy=tuple(entropy), txs=txs(height, chain, account_keys) if txs else (),
                     last_commit=last_commit)
         header = Header(
             chain_id=chain_id, height=height, round=0, time_ms=tip.previous_time_ms + 1000,
             previous_block_hash=tip.previous_block_hash, last_commit_hash=body.last_commit_hash(),
             entropy_root=body.entropy_root(), entropy_ranges=ranges_of(body.entropy),
-            fresh_sources=fresh_sources_of(ranges_of(body.entropy)),
+            fresh_sources=fresh_sources_of(body.entropy, tip.previous_sources or ()),
             registered_sources=tip.registered_sources,
             randomness=block_randomness(tip.previous_randomness, height, body.entropy),
             tx_root=body.tx_root(), evidence_root=body.evidence_root(),

@@ -134,7 +134,7 @@ class EntropyPool:
             if chunk.seq <= floor:
                 continue
             # The block names a chunk by its payload digest (see core/block.py EntropyRef).
-            ref = EntropyRef(chunk.source_id, chunk.seq, chunk.payload_digest)
+            ref = EntropyRef(chunk.source_id, chunk.seq, chunk.payload_digest, chunk.next_digest)
             pooled[chunk.seq] = PooledChunk(ref, self.current_height, now, len(chunk.payload))
             added += 1
         self._collect_discarded(lambda c: LosingBranchError(

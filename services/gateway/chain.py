@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol.block import EntropyRef
 from protocol.commit import CommitFlag
 from protocol.finalized import FinalizedRecord
 from protocol.mmr import EMPTY_HISTORY, History, HistoryProofError, SubtreeRoots, prove
@@ -336,8 +337,7 @@ def pulse_document(chain_id: str, record: FinalizedRecord, previous: FinalizedRe
                                     if previous_randomness is not None else None),
             "previous_header": (_b64(previous.block.header.canonical())
                                 if previous is not None else None),
-            "entropy": [{"source_id": r.source_id, "seq": r.seq, "digest": r.digest.hex()}
-                        for r in block.body.entropy],
+            "entropy": [entropy_item(r) for r in block.body.entropy],
             "randomness_input": _b64(randomness_input(height, block.body.entropy)),
             "header": _b64(block.header.canonical()),
             "commit": _b64(record.commit.canonical()),
@@ -348,14 +348,22 @@ def pulse_document(chain_id: str, record: FinalizedRecord, previous: FinalizedRe
     }
 
 
+def entropy_item(ref: EntropyRef) -> dict[str, Any]:
+    """One entropy reference of a block as the API shows it (``docs/api.md``)."""
+    return {"source_id": ref.source_id, "seq": ref.seq, "digest": ref.digest.hex(),
+            "next_digest": ref.next_digest.hex(), "committed": ref.committed}
+
+
 def compact_pulse(record: FinalizedRecord) -> dict[str, Any]:
     """One pulse of a range: its status, its canonical header and its entropy references
-    ``[source_id, seq, digest]``; no certificate (a range carries one, for its last block)."""
+    ``[source_id, seq, digest, next_digest, committed]``; no certificate (a range carries one,
+    for its last block)."""
     header = record.block.header
     return {"height": record.height, "time_ms": header.time_ms,
             "randomness": header.randomness.hex(), "block_hash": record.block.hash.hex(),
             **pulse_fields(header), "header": _b64(header.canonical()),
-            "entropy": [[r.source_id, r.seq, r.digest.hex()] for r in record.block.body.entropy]}
+            "entropy": [[r.source_id, r.seq, r.digest.hex(), r.next_digest.hex(), r.committed]
+                        for r in record.block.body.entropy]}
 
 
 def pulse_fields(header: Any) -> dict[str, Any]:
@@ -405,8 +413,7 @@ def block_document(stored: StoredBlock) -> dict[str, Any]:
             "history_root": header.history_root.hex(),
         },
         "body": {
-            "entropy": [{"source_id": r.source_id, "seq": r.seq, "digest": r.digest.hex()}
-                        for r in body.entropy],
+            "entropy": [entropy_item(r) for r in body.entropy],
             "txs": [_b64(tx) for tx in body.txs], "evidence": len(body.evidence),
         },
         "commit": {

@@ -18,8 +18,12 @@ validator-set hashes, expected proposer, body matches header, randomness re-deri
 later than the validator's clock plus ``EntropyRules``' neighbour ``max_time_drift_ms`` (see
 below); every
 entropy reference verified in the pool for a registered source; per source the range starts right
-after the previous block's last seq; no verified chunk older than ``max_entropy_age`` heights left
-out (unless the block already carries ``max_chunks_per_source`` of that source); at least two
+after the previous block's last seq and holds one chunk (``Block.structural_problem``); each
+reference flagged committed exactly when it keeps its source's precommitment, and the header's
+``fresh_sources`` (``protocol.check``, ``docs/precommitment.md``); no verified chunk older than
+``max_entropy_age`` heights left out, except behind the one chunk the block takes of its source
+(a source publishes faster than blocks take one chunk each; an honest, paced one does not); at
+least two
 devices when two or more healthy devices have verified chunks available (lanes of one device,
 ``protocol.entropy.registry``, are one device); every transaction passes
 ``check_tx``; every evidence item passes ``check_evidence``; the last commit verifies.
@@ -28,7 +32,7 @@ devices when two or more healthy devices have verified chunks available (lanes o
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from protocol.block import Block, Body, EntropyRef, Header, fresh_sources_of, ranges_of
@@ -105,7 +109,6 @@ MAX_TIME_DRIFT_MS = 10_000
 @dataclass(frozen=True, slots=True)
 class EntropyRules:
     max_entropy_age: int = 2  # heights a verified chunk may wait before it must be included
-    max_chunks_per_source: int = 16  # per block
     min_sources: int = 2  # required when at least this many healthy sources have chunks
 
 
@@ -117,12 +120,14 @@ CheckCommit = Callable[[CommitCertificate], str | None]
 def select_entropy(
     tip: ChainTip, pool: VerifiedPool, rules: EntropyRules
 ) -> tuple[EntropyRef, ...]:
-    """Every verified chunk after the previous block, up to the per-source cap, canonical order."""
+    """Per source the verified chunk right after the previous block's (one chunk per source
+    and block: every chunk a block mixes was committed to by an earlier block), flagged
+    committed when it keeps its source's precommitment on ``tip``; canonical order."""
     chosen: list[EntropyRef] = []
     for source in pool.registered_sources():
-        chosen.extend(
-            pool.verified_after(source, tip.last_seq_of(source))[: rules.max_chunks_per_source]
-        )
+        after = pool.verified_after(source, tip.last_seq_of(source))
+        if after:
+            chosen.append(replace(after[0], committed=tip.is_committed(after[0])))
     return tuple(sorted(chosen, key=lambda ref: (ref.source_id, ref.seq)))
 
 
@@ -157,7 +162,7 @@ def build_block(
         last_commit_hash=body.last_commit_hash(),
         entropy_root=body.entropy_root(),
         entropy_ranges=ranges_of(entropy),
-        fresh_sources=fresh_sources_of(ranges_of(entropy)),
+        fresh_sources=fresh_sources_of(entropy, tip.previous_sources or ()),
         registered_sources=tip.registered_sources,
         randomness=block_randomness(tip.previous_randomness, tip.height, entropy),
         tx_root=body.tx_root(),
@@ -189,17 +194,10 @@ def _check_entropy(block: Block, tip: ChainTip, pool: VerifiedPool, rules: Entro
                 f"block {height}: range of {seq_range.source_id!r} starts at {seq_range.first}, "
                 f"expected {expected_first}"
             )
-        if seq_range.last - seq_range.first + 1 > rules.max_chunks_per_source:
-            raise InvalidBlockError(
-                f"block {height}: more than {rules.max_chunks_per_source} chunks of "
-                f"{seq_range.source_id!r}"
-            )
     for source in sorted(registered):
-        taken = included.get(source)
-        if taken and taken.last - taken.first + 1 >= rules.max_chunks_per_source:
-            continue
-        last = taken.last if taken else tip.last_seq_of(source)
-        for ref in pool.verified_after(source, last):
+        if source in included:
+            continue  # the block takes its one chunk of this source
+        for ref in pool.verified_after(source, tip.last_seq_of(source)):
             age = pool.age_in_heights(ref)
             if age is not None and age > rules.max_entropy_age:
                 raise InvalidBlockError(
@@ -212,11 +210,11 @@ def _check_entropy(block: Block, tip: ChainTip, pool: VerifiedPool, rules: Entro
         for source in pool.healthy_sources()
         if pool.verified_after(source, tip.last_seq_of(source))
     )
-    mixed = fresh_sources_of(block.header.entropy_ranges)
+    mixed = count_devices(included)
     required = min(rules.min_sources, available)
     if available >= rules.min_sources and mixed < required:
         raise InvalidBlockError(
-            f"block {height}: mixes entropy of {mixed} devices while {available} healthy "
+            f"block {height}: includes chunks of {mixed} devices while {available} healthy "
             f"devices have verified entropy (need {required}; lanes of one device count once)"
         )
 
