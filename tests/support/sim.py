@@ -717,10 +717,14 @@ class Simulation:
 
 @functools.lru_cache(maxsize=64)
 def entropy_pool(height: int, rules: EntropyRules, window: int = 8) -> StaticPool:
-    """Two simulated QRNG sources; chunk ``seq`` of each becomes verified at height seq + 1."""
+    """Two simulated QRNG sources; chunk ``seq`` of each becomes verified at height seq + 1,
+    each committing to the next one's digest."""
+    def digest(source: str, seq: int) -> bytes:
+        return hashlib.sha256(f"{source}:{seq}".encode()).digest()
+
     chunks = {
         source: tuple(
-            (EntropyRef(source, seq, hashlib.sha256(f"{source}:{seq}".encode()).digest()), seq + 1)
+            (EntropyRef(source, seq, digest(source, seq), digest(source, seq + 1)), seq + 1)
             for seq in range(max(0, height - window), height)
         )
         for source in SOURCES

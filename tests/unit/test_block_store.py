@@ -164,7 +164,8 @@ def test_what_is_stored_for_a_verified_block(chain: LocalChain, changed: LocalCh
     first, unmarked = blocks[0].row, blocks[6].row
     assert first.record == chain.records[0] and first.kafka_offset == 10
     assert first.block_hash == decode_finalized(chain.records[0]).block.hash
-    assert (first.status, first.random) == (1, True)  # the chain's start, random
+    # the chain's start: its chunks were committed to by nothing, so no fresh entropy
+    assert (first.status, first.random) == (257, False)
     assert (unmarked.status, unmarked.random, unmarked.fresh_sources) == (256, False, 0)
     # the genesis set is recorded at height 1; this chain never changes it
     assert [b.row.height for b in blocks if b.change is not None] == [1]

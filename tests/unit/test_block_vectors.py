@@ -82,6 +82,15 @@ _HEX_FIELDS = ("previous_block_hash", "last_commit_hash", "entropy_root", "rando
                "proposer_address", "history_root")
 
 
+def _ref_json(ref: EntropyRef) -> list[Any]:
+    return [ref.source_id, ref.seq, ref.digest.hex(), ref.next_digest.hex(), ref.committed]
+
+
+def _ref_from(data: list[Any]) -> EntropyRef:
+    source, seq, digest, next_digest, committed = data
+    return EntropyRef(source, seq, bytes.fromhex(digest), bytes.fromhex(next_digest), committed)
+
+
 def _block_json(block: Block) -> dict[str, Any]:
     header = block.header
     fields: dict[str, Any] = {
@@ -95,7 +104,7 @@ def _block_json(block: Block) -> dict[str, Any]:
     return {
         "header": fields,
         "body": {
-            "entropy": [[r.source_id, r.seq, r.digest.hex()] for r in body.entropy],
+            "entropy": [_ref_json(r) for r in body.entropy],
             "txs": [tx.hex() for tx in body.txs],
             "evidence": [
                 {"vote_a": _vote_json(e.vote_a), "vote_b": _vote_json(e.vote_b)}
@@ -120,7 +129,7 @@ def _block_from(data: dict[str, Any]) -> Block:
     return Block(
         Header(**fields),
         Body(
-            entropy=tuple(EntropyRef(s, q, bytes.fromhex(d)) for s, q, d in body["entropy"]),
+            entropy=tuple(_ref_from(r) for r in body["entropy"]),
             txs=tuple(bytes.fromhex(tx) for tx in body["txs"]),
             evidence=tuple(
                 DuplicateVoteEvidence(_vote_from(e["vote_a"]), _vote_from(e["vote_b"]))
@@ -150,23 +159,26 @@ def _generate_randomness() -> dict[str, Any]:
     previous = genesis_randomness(b"qustream genesis randomness vector")
     steps = []
     for height in range(1, 5):
+        # k = 0 committed (mixed), k = 1 not (listed, never mixed)
         entropy = [
-            EntropyRef(source, height * 2 + k, bytes([height, k]) * 16)
+            EntropyRef(source, height * 2 + k, bytes([height, k]) * 16, bytes([k]) * 32, k == 0)
             for source in ("qrng-b", "qrng-a") for k in range(height % 3)
         ]
         output = block_randomness(previous, height, entropy)
         steps.append({
             "height": height,
             "previous": previous.hex(),
-            "entropy": [[r.source_id, r.seq, r.digest.hex()] for r in entropy],
+            "entropy": [_ref_json(r) for r in entropy],
             "randomness": output.hex(),
         })
         previous = output
     return {
         "description": "R_0 = HMAC-SHA-512(key='QuStream/v1/GenesisRandomness', genesis value); "
                        "R_h = HMAC-SHA-512(key=R_(h-1), canonical BlockRandomness(height, "
-                       "entropy refs sorted by (source, seq))). Entropy is listed unsorted on "
-                       "purpose.",
+                       "MixedChunk(source, seq, digest) of the committed entropy refs sorted by "
+                       "(source, seq))). Entropy is listed unsorted on purpose; each item is "
+                       "[source, seq, digest, next_digest, committed], and uncommitted ones "
+                       "are not mixed.",
         "genesis_value": b"qustream genesis randomness vector".hex(),
         "genesis_randomness": genesis_randomness(b"qustream genesis randomness vector").hex(),
         "steps": steps,
@@ -209,6 +221,6 @@ def test_randomness_vectors() -> None:
     previous = bytes.fromhex(data["genesis_randomness"])
     for step in data["steps"]:
         assert step["previous"] == previous.hex()
-        entropy = [EntropyRef(s, q, bytes.fromhex(d)) for s, q, d in step["entropy"]]
+        entropy = [_ref_from(r) for r in step["entropy"]]
         previous = block_randomness(previous, step["height"], entropy)
         assert previous.hex() == step["randomness"]

@@ -147,12 +147,13 @@ def test_feeds_fold_heartbeats_and_alerts() -> None:
 
 
 def test_chain_document_names_the_latest_random_pulse(tmp_path: Path) -> None:
-    # Blocks 4 and 5 carry no fresh entropy (and 3 only one of two sources): the hint the page
-    # verifies for itself is block 2, as /v1/beacon/latest would serve it.
+    # Blocks 4 and 5 carry no fresh entropy (nor does 1: its chunks were committed to by
+    # nothing), and 3 only one of two sources: the hint the page verifies for itself is block 2,
+    # as /v1/beacon/latest would serve it.
     contributing = {1: 2, 2: 2, 3: 1, 4: 0, 5: 0}
     chain = make_local_chain(tmp_path, 5, sources_at=contributing.__getitem__)
     http = TestClient(create_app(local_gateway(chain)))
     doc = http.get("/explorer/api/chain").json()
     assert doc["head"]["height"] == 5 and doc["latest_random_height"] == 2
     statuses = [http.get(f"/explorer/api/beacon/{h}").json()["status"] for h in range(1, 6)]
-    assert statuses == [1, 0, 512, 256, 256]
+    assert statuses == [257, 0, 512, 256, 256]

@@ -143,7 +143,8 @@ def test_beacon_proof_verifies(gateway: tuple[Gateway, dict[str, str]]) -> None:
     for height in (1, 5):
         pulse = http.get(f"/v1/beacon/{height}").json()
         proof = pulse["proof"]
-        refs = [EntropyRef(e["source_id"], e["seq"], bytes.fromhex(e["digest"]))
+        refs = [EntropyRef(e["source_id"], e["seq"], bytes.fromhex(e["digest"]),
+                           bytes.fromhex(e["next_digest"]), e["committed"])
                 for e in proof["entropy"]]
         derived = block_randomness(bytes.fromhex(proof["previous_randomness"]), height, refs)
         assert derived.hex() == pulse["randomness"]

@@ -50,7 +50,7 @@ def test_records_become_facts_and_bad_ones_are_counted() -> None:
     assert decoder.facts(alert) == (QrngAlertSeen("q", T, "HEALTH_FAILURE", "RCT"),)
     chunk = {"source_id": "q", "seq": 4, "prev_digest": bytes(32), "payload_digest": bytes(32),
              "chunk_digest": bytes(32), "payload": b"\x01" * 100, "produced_at_ms": T,
-             "simulated": True}
+             "simulated": True, "next_digest": bytes(32)}
     assert decoder.facts(_record("entropy.raw", "EntropyChunkPublished", chunk)) == (
         ChunkSeen("q", 4, 100, T),)
     private = _record("entropy.raw", "EntropyChunkPublished", {**chunk, "private": True})
@@ -214,7 +214,8 @@ def test_a_restart_folds_what_the_group_committed_past_the_restored_pieces(
     policy = MonitorSettings().policy()
     raw = SETTINGS.topic("entropy.raw")
     chunk = {"source_id": "q", "prev_digest": bytes(32), "payload_digest": bytes(32),
-             "chunk_digest": bytes(32), "payload": b"\x01" * 100, "simulated": True}
+             "chunk_digest": bytes(32), "payload": b"\x01" * 100, "simulated": True,
+             "next_digest": bytes(32)}
     records = [Record(raw, 0, offset, T + offset, default_codec().encode(
         "EntropyChunkPublished", {**chunk, "seq": offset, "produced_at_ms": T + offset * 1000}))
         for offset in range(16)]

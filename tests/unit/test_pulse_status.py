@@ -30,8 +30,10 @@ def _block():  # type: ignore[no-untyped-def]
     return build(tip(), pool(3, {"a": range(1, 3), "b": range(1, 3)}))
 
 
-# heights 1-3 random, 4 no entropy, 5 one source of two, 6 random again, 7-8 no entropy
-SOURCES_AT = {4: 0, 5: 1, 7: 0, 8: 0}
+# Height 1: both sources' first chunks, committed to by nothing (no fresh entropy); 2-3 random;
+# 4 no entropy; 5 one source, whose chunk's commitment is two blocks old (no fresh entropy);
+# 6 both, but only the source that was in 5 is fresh (one of two); 7 random again; 8 none.
+SOURCES_AT = {4: 0, 5: 1, 8: 0}
 
 
 @pytest.fixture(scope="module")
@@ -63,31 +65,33 @@ def test_header_counts_are_checked() -> None:
 
 def test_statuses_of_the_local_chain(chain: LocalChain) -> None:
     statuses = [pulse_status(decode_finalized(raw).block.header) for raw in chain.records]
-    assert [is_random(s) for s in statuses] == [True, True, True, False, False, True, False,
+    assert [is_random(s) for s in statuses] == [False, True, True, False, False, False, True,
                                                 False]
+    assert statuses[0] & PulseStatus.NO_FRESH_ENTROPY and statuses[0] & PulseStatus.CHAIN_START
     assert statuses[3] & PulseStatus.NO_FRESH_ENTROPY
-    assert statuses[4] & PulseStatus.TOO_FEW_SOURCES
+    assert statuses[4] & PulseStatus.NO_FRESH_ENTROPY
+    assert statuses[5] & PulseStatus.TOO_FEW_SOURCES
 
 
 def test_the_api_never_serves_a_non_random_pulse_as_the_latest(chain: LocalChain) -> None:
     gateway, keys = make_gateway(chain)
     http = TestClient(create_app(gateway), headers={"X-API-Key": keys["read"]})
     latest = http.get("/v1/beacon/latest").json()
-    assert (latest["height"], latest["random"], latest["status"]) == (6, True, 0)
-    flat = http.get("/v1/beacon/7").json()
+    assert (latest["height"], latest["random"], latest["status"]) == (7, True, 0)
+    flat = http.get("/v1/beacon/8").json()
     assert flat["random"] is False and flat["status"] & int(PulseStatus.NO_FRESH_ENTROPY)
     assert "NOT RANDOM" in flat["status_text"]
     head = http.get("/v1/chain/head").json()
-    assert (head["height"], head["latest_random_height"]) == (8, 6)
-    block = http.get("/v1/blocks/5").json()
+    assert (head["height"], head["latest_random_height"]) == (8, 7)
+    block = http.get("/v1/blocks/6").json()
     assert block["pulse"]["status"] == int(PulseStatus.TOO_FEW_SOURCES)
 
 
 def test_the_sdk_marks_pulses_and_tracks_the_latest_random_one(chain: LocalChain) -> None:
     subscriber = BlockSubscriber(ListSource(list(chain.records)), genesis=chain.genesis)
     marks = [(block.height, block.is_random) for block in subscriber]
-    assert [h for h, random in marks if not random] == [4, 5, 7, 8]
-    assert subscriber.latest_random is not None and subscriber.latest_random.height == 6
+    assert [h for h, random in marks if not random] == [1, 4, 5, 6, 8]
+    assert subscriber.latest_random is not None and subscriber.latest_random.height == 7
 
 
 def test_demo_fresh_resets_the_qrng_servers_state(tmp_path: Path) -> None:
