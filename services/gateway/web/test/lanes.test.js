@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { deviceOf, freshSourcesOf } from "../src/core/block.js";
+import { committedDevices, deviceOf, freshSourcesOf } from "../src/core/block.js";
 
 test("the device of a source id", () => {
   const cases = [
@@ -19,8 +19,17 @@ test("the device of a source id", () => {
 });
 
 test("lanes of one device are one fresh source", () => {
-  const range = (/** @type {string} */ sourceId) => ({ sourceId, first: 0, last: 0 });
-  assert.equal(freshSourcesOf([range("qd.lane-0"), range("qd.lane-1")]), 1);
-  assert.equal(freshSourcesOf([range("qd.lane-0"), range("other")]), 2);
-  assert.equal(freshSourcesOf([range("a"), range("b")]), 2);
+  const ref = (/** @type {string} */ sourceId, committed = true) => ({ sourceId, seq: 1, digest: new Uint8Array(32), nextDigest: new Uint8Array(32), committed, canonical: new Uint8Array(0) });
+  const all = ["qd.lane-0", "qd.lane-1", "other", "a", "b"];
+  assert.equal(freshSourcesOf([ref("qd.lane-0"), ref("qd.lane-1")], all), 1);
+  assert.equal(freshSourcesOf([ref("qd.lane-0"), ref("other")], all), 2);
+  assert.equal(freshSourcesOf([ref("a"), ref("b")], all), 2);
+  assert.equal(committedDevices([ref("qd.lane-0"), ref("qd.lane-1")]), 1);
+});
+
+test("only committed chunks following the previous block are fresh", () => {
+  const ref = (/** @type {string} */ sourceId, committed = true) => ({ sourceId, seq: 1, digest: new Uint8Array(32), nextDigest: new Uint8Array(32), committed, canonical: new Uint8Array(0) });
+  assert.equal(freshSourcesOf([ref("a"), ref("b", false)], ["a", "b"]), 1);
+  assert.equal(freshSourcesOf([ref("a"), ref("b")], ["a"]), 1);
+  assert.equal(committedDevices([ref("a"), ref("b", false)]), 1);
 });

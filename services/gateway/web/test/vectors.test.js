@@ -112,7 +112,7 @@ test("blocks: headers and bodies decode to the vector's fields, hashes and links
     }
     assert.equal(toHex(blockHash(headerBytes)), entry.expected.block_hash);
     const body = decodeBody(fromHex(entry.expected.body_canonical));
-    assert.deepEqual(body.entropy.map((r) => [r.sourceId, r.seq, toHex(r.digest)]), entry.body.entropy);
+    assert.deepEqual(body.entropy.map((r) => [r.sourceId, r.seq, toHex(r.digest), toHex(r.nextDigest), r.committed]), entry.body.entropy);
     assert.deepEqual(body.txs.map(toHex), entry.body.txs);
     assert.deepEqual(body.evidence.map((e) => ({ vote_a: voteJson(e.voteA), vote_b: voteJson(e.voteB) })), entry.body.evidence);
     assert.deepEqual(body.lastCommit === null ? null : commitJson(body.lastCommit), entry.body.last_commit);
@@ -166,7 +166,7 @@ test("randomness: R_0 and every step of the chain", () => {
   let previous = r0;
   for (const step of data.steps) {
     assert.equal(toHex(previous), step.previous);
-    const entropy = step.entropy.map((/** @type {[string, number, string]} */ [sourceId, seq, digest]) => ({ sourceId, seq, digest: fromHex(digest) }));
+    const entropy = step.entropy.map((/** @type {[string, number, string, string, boolean]} */ [sourceId, seq, digest, nextDigest, committed]) => ({ sourceId, seq, digest: fromHex(digest), nextDigest: fromHex(nextDigest), committed }));
     previous = blockRandomness(previous, step.height, entropy);
     assert.equal(toHex(previous), step.randomness, `height ${step.height}`);
   }

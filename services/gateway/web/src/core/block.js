@@ -17,7 +17,12 @@ import { RANDOMNESS_SIZE } from "./randomness.js";
 
 /** @typedef {import("./commit.js").Commit} Commit */
 /** @typedef {{sourceId: string, first: number, last: number}} SeqRange */
-/** @typedef {{sourceId: string, seq: number, digest: Uint8Array, canonical: Uint8Array}} EntropyRef */
+/**
+ * ``nextDigest``: the chunk's precommitment to its source's next payload; ``committed``: its
+ * digest is what its source's previously included chunk committed to (protocol/block.py).
+ * @typedef {{sourceId: string, seq: number, digest: Uint8Array, nextDigest: Uint8Array,
+ *   committed: boolean, canonical: Uint8Array}} EntropyRef
+ */
 /** @typedef {{type: number, height: number, round: number, blockHash: Uint8Array | null, validatorAddress: Uint8Array, signature: Uint8Array, canonical: Uint8Array}} Vote */
 /** @typedef {{voteA: Vote, voteB: Vote, canonical: Uint8Array}} Evidence */
 /**
@@ -48,7 +53,10 @@ function decodeSeqRange(data) {
 /** @param {Uint8Array} data @returns {EntropyRef} */
 function decodeEntropyRef(data) {
   const r = new CanonicalReader(data, "EntropyRef");
-  const ref = { sourceId: r.text(), seq: r.u64Number(), digest: r.raw(HASH_SIZE), canonical: data };
+  const ref = {
+    sourceId: r.text(), seq: r.u64Number(), digest: r.raw(HASH_SIZE), nextDigest: r.raw(HASH_SIZE),
+    committed: r.boolean(), canonical: data,
+  };
   r.done();
   if (!ref.sourceId) throw new CanonicalDecodeError("entropy ref needs a source id");
   return ref;
@@ -166,12 +174,23 @@ export function deviceOf(sourceId) {
 }
 
 /**
- * The header's ``freshSources`` for these ranges: the devices they come from; lanes of one
- * device count once (protocol/block.py ``fresh_sources_of``).
- * @param {SeqRange[]} ranges @returns {number}
+ * The header's ``freshSources``: the devices with a committed chunk whose source also had a
+ * chunk in the previous block; lanes of one device count once (protocol/block.py
+ * ``fresh_sources_of``).
+ * @param {EntropyRef[]} entropy @param {Iterable<string>} previousSources @returns {number}
  */
-export function freshSourcesOf(ranges) {
-  return new Set(ranges.map((range) => deviceOf(range.sourceId))).size;
+export function freshSourcesOf(entropy, previousSources) {
+  const previous = new Set(previousSources);
+  return new Set(entropy.filter((ref) => ref.committed && previous.has(ref.sourceId)).map((ref) => deviceOf(ref.sourceId))).size;
+}
+
+/**
+ * The devices with a committed chunk: the most ``freshSources`` a block can claim, whatever the
+ * block before it held (protocol/block.py ``committed_devices``).
+ * @param {EntropyRef[]} entropy @returns {number}
+ */
+export function committedDevices(entropy) {
+  return new Set(entropy.filter((ref) => ref.committed).map((ref) => deviceOf(ref.sourceId))).size;
 }
 
 /** @param {Block} block @returns {string | null} */
@@ -196,9 +215,13 @@ function entropyMismatch(block) {
     return range.sourceId === other.sourceId && range.first === other.first && range.last === other.last;
   });
   if (!same) return "header entropy ranges do not match the body";
-  const devices = freshSourcesOf(ranges);
-  if (header.freshSources !== devices) {
-    return `header says ${header.freshSources} sources contributed fresh entropy, the body has chunks of ${devices} devices`;
+  const wide = ranges.find((range) => range.last !== range.first);
+  if (wide) {
+    return `'${wide.sourceId}' has chunks ${wide.first}..${wide.last}: a block includes at most one chunk per source, so every chunk it mixes was committed to before`;
+  }
+  const devices = committedDevices(body.entropy);
+  if (header.freshSources > devices) {
+    return `header says ${header.freshSources} sources contributed fresh entropy, the body has committed chunks of ${devices} devices`;
   }
   if (!equalBytes(merkleRoot(body.entropy.map((ref) => ref.canonical)), header.entropyRoot)) return "entropy root does not match the body";
   return null;

@@ -2,7 +2,9 @@
 /**
  * Block randomness (protocol/randomness.py):
  *   R_0 = HMAC-SHA-512(key = "QuStream/v1/GenesisRandomness", genesis value)
- *   R_h = HMAC-SHA-512(key = R_{h-1}, BlockRandomness(height, entropy refs sorted by (source, seq)))
+ *   R_h = HMAC-SHA-512(key = R_{h-1}, BlockRandomness(height, MixedChunk(source, seq, digest)
+ *         of the committed entropy refs sorted by (source, seq)))
+ * Uncommitted refs, and every ref's own next digest, are never mixed (docs/precommitment.md).
  */
 
 import { compareText, utf8 } from "./bytes.js";
@@ -11,11 +13,11 @@ import { hmacSha512 } from "./crypto.js";
 
 export const RANDOMNESS_SIZE = 64;
 
-/** @typedef {{sourceId: string, seq: number, digest: Uint8Array}} EntropyRef */
+/** @typedef {{sourceId: string, seq: number, digest: Uint8Array, committed: boolean}} EntropyRef */
 
-/** @param {EntropyRef} ref */
-export function entropyRefCanonical(ref) {
-  return new CanonicalWriter("EntropyRef").text(ref.sourceId).u64(ref.seq).raw(ref.digest, 32).finish();
+/** What the randomness mixes of one committed ref. @param {EntropyRef} ref */
+export function mixedChunkCanonical(ref) {
+  return new CanonicalWriter("MixedChunk").text(ref.sourceId).u64(ref.seq).raw(ref.digest, 32).finish();
 }
 
 /** @param {Uint8Array} genesisValue */
@@ -25,10 +27,10 @@ export function genesisRandomness(genesisValue) {
 
 /** The HMAC message of a block. @param {number} height @param {EntropyRef[]} entropy */
 export function randomnessInput(height, entropy) {
-  const ordered = [...entropy].sort((a, b) => compareText(a.sourceId, b.sourceId) || a.seq - b.seq);
+  const ordered = entropy.filter((ref) => ref.committed).sort((a, b) => compareText(a.sourceId, b.sourceId) || a.seq - b.seq);
   return new CanonicalWriter("BlockRandomness")
     .u64(height)
-    .sequence(ordered, (w, ref) => w.nested(entropyRefCanonical(ref)))
+    .sequence(ordered, (w, ref) => w.nested(mixedChunkCanonical(ref)))
     .finish();
 }
 

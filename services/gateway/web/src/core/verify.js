@@ -10,7 +10,11 @@
  *                  header's next validators hash)
  *   time           later than the previous block, not ahead of this clock by more than 10 s
  *   entropy_root / block_body   the body matches the header's roots and ordering rules
- *   randomness     HMAC-SHA-512 re-derived from the previous randomness and the entropy refs
+ *   precommitment  with the previous block's entropy at hand: each chunk of a source that block
+ *                  held is flagged committed exactly when it is what that chunk committed to,
+ *                  and the fresh source count is exact (docs/precommitment.md)
+ *   randomness     HMAC-SHA-512 re-derived from the previous randomness and the committed
+ *                  entropy refs
  *   proposer       a member of the set
  *   commit         every signature (ML-DSA-65 or Ed25519) verifies and the signers hold more
  *                  than 2/3 of the power, counted in integers
@@ -26,7 +30,7 @@
  */
 
 import { equalBytes, toHex } from "./bytes.js";
-import { structuralProblem, decodeBlock } from "./block.js";
+import { structuralProblem, decodeBlock, freshSourcesOf } from "./block.js";
 import { decodeCommit, verifyCommit } from "./commit.js";
 import { pulseOf } from "./pulse.js";
 import { blockRandomness } from "./randomness.js";
@@ -40,8 +44,10 @@ export const MAX_CLOCK_DRIFT_MS = 10_000;
 /** @typedef {import("./commit.js").Validator} Validator */
 /**
  * What a block is checked against: the previous block (or the genesis, height 0).
+ * ``entropy``: the previous block's entropy refs (empty for the genesis; absent when unknown).
  * @typedef {{chainId: string, height: number, hash: Uint8Array, randomness: Uint8Array,
- *   timeMs: number, nextValidatorsHash: Uint8Array | null}} Anchor
+ *   timeMs: number, nextValidatorsHash: Uint8Array | null,
+ *   entropy?: import("./block.js").EntropyRef[]}} Anchor
  */
 /** @typedef {import("./pulse.js").Pulse} Pulse */
 /**
@@ -54,11 +60,31 @@ export const MAX_CLOCK_DRIFT_MS = 10_000;
 /** The anchor a verified (or shown) block gives the next one. @param {Block} block @returns {Anchor} */
 export function anchorOf(block) {
   const h = block.header;
-  return { chainId: h.chainId, height: h.height, hash: block.hash, randomness: h.randomness, timeMs: h.timeMs, nextValidatorsHash: h.nextValidatorsHash };
+  return { chainId: h.chainId, height: h.height, hash: block.hash, randomness: h.randomness, timeMs: h.timeMs, nextValidatorsHash: h.nextValidatorsHash, entropy: block.body.entropy };
 }
 
 /** @param {Uint8Array | number | string} value */
 const show = (value) => (value instanceof Uint8Array ? toHex(value).slice(0, 16) : JSON.stringify(value));
+
+/**
+ * protocol/check.py's ``precommitment`` check, with the previous block's refs standing in for
+ * the chain tip's commitments (so a source absent from the previous block is not judged).
+ * @param {Block} block @param {import("./block.js").EntropyRef[]} previous @returns {Finding | null}
+ */
+function precommitmentProblem(block, previous) {
+  const before = new Map(previous.map((ref) => [ref.sourceId, ref]));
+  for (const ref of block.body.entropy) {
+    const earlier = before.get(ref.sourceId);
+    if (earlier && ref.committed !== equalBytes(earlier.nextDigest, ref.digest)) {
+      return { check: "precommitment", reason: `chunk '${ref.sourceId}'/${ref.seq} is flagged ${ref.committed ? "committed" : "uncommitted"} against what its source's chunk in the previous block committed to` };
+    }
+  }
+  const fresh = freshSourcesOf(block.body.entropy, before.keys());
+  if (block.header.freshSources !== fresh) {
+    return { check: "precommitment", reason: `header says ${block.header.freshSources} sources contributed fresh entropy; ${fresh} devices have a committed chunk following one of the previous block` };
+  }
+  return null;
+}
 
 /**
  * Check one block (module doc). ``previous`` null means the previous block is not available;
@@ -106,6 +132,8 @@ export function verifyBlock({ block: blockBytes, commit: commitBytes, previous, 
   }
   const mismatch = structuralProblem(block);
   if (mismatch) findings.push(mismatch);
+  const precommitment = previous?.entropy ? precommitmentProblem(block, previous.entropy) : null;
+  if (precommitment) findings.push(precommitment);
   if (previous !== null) {
     const derived = blockRandomness(previous.randomness, header.height, block.body.entropy);
     if (!equalBytes(derived, header.randomness)) {

@@ -30,7 +30,7 @@ export class Verifier {
   genesisAnchor() {
     const g = this.chain.genesis;
     if (!g) return null;
-    return { chainId: g.chain_id, height: 0, hash: fromHex(g.hash), randomness: fromHex(g.randomness), timeMs: g.time_ms, nextValidatorsHash: fromHex(g.validators_hash) };
+    return { chainId: g.chain_id, height: 0, hash: fromHex(g.hash), randomness: fromHex(g.randomness), timeMs: g.time_ms, nextValidatorsHash: fromHex(g.validators_hash), entropy: [] };
   }
 
   /** The anchor for ``height``: the genesis, or the header of ``height - 1`` as served.
