@@ -338,7 +338,7 @@ def _services(settings: Settings, demo_dir: Path, validators: int, sources: int,
         ServiceSpec(f"qrng-{i}", (*QUSTREAM, "qrng", "run", "--source", f"sim,rate={qrng_rate}",
                                   "--key", str(keys / f"qrng-{i}.json"), "--source-id",
                                   f"qrng-{i}", "--chunk-size", "64KiB", "--checkpoint-ms", "250",
-                                  "--private-share", "0.2", "--quiet"))
+                                  "--private-share", "0.2", "--pace", "--quiet"))
         for i in range(sources)
     ]
     specs += [

@@ -94,6 +94,13 @@ def run(
     private_share: float = typer.Option(0.0, "--private-share", help="0..1 of chunks to "
                                         "entropy.private"),
     heartbeat_ms: int = typer.Option(2000, "--heartbeat-ms"),
+    pace: bool = typer.Option(True, "--pace/--no-pace", help="reveal a public chunk only once "
+                              "this source's previous one is in a finalized block on "
+                              "chain.blocks (each chunk commits to the next one's bytes; a "
+                              "source that saw them early could choose its own to steer the "
+                              "beacon). Private chunks are never paced. --no-pace: ingest "
+                              "without a chain (benchmarks, tests); the library's "
+                              "IngestConfig is unpaced unless asked"),
     rate_floor: float = typer.Option(0.0, "--rate-floor", help="bytes/s; 0 = no alert"),
     stall_ms: int = typer.Option(5000, "--stall-ms"),
     auth_header: str | None = typer.Option(None, "--auth-header", envvar=
@@ -119,6 +126,10 @@ def run(
 
     A lane process that dies is restarted and resumes its own chain
     (lane logs: <state_dir>/qrng/lanes/).
+
+    Paced (the default): each public chunk commits to the next chunk's bytes,
+    which stay secret until the committing chunk is in a finalized block,
+    so at most one public chunk per block and lane is published.
     Register lanes with qustream genesis new --lanes K;
     the two-source rule counts the lanes of a device as one source.
     """
@@ -144,7 +155,7 @@ def run(
         alpha_exponent=alpha_exp, binary=binary, recovery_windows=recovery_windows,
         checkpoint=CheckpointPolicy(checkpoint_chunks, checkpoint_ms),
         private_share=private_share, heartbeat_ms=heartbeat_ms,
-        liveness=LivenessPolicy(rate_floor, stall_ms), metrics_port=metrics_port,
+        liveness=LivenessPolicy(rate_floor, stall_ms), metrics_port=metrics_port, pace=pace,
     )
     limit = _size(max_bytes) if max_bytes else None
     from protocol.keys import SigningKey
@@ -190,6 +201,7 @@ def run(
     typer.echo(json.dumps({"source_id": config.source_id, "last_seq": report.last_seq,
                            "published_chunks": report.published_chunks,
                            "dropped_bytes": report.dropped_bytes,
+                           "withheld_bytes": report.withheld_bytes,
                            "alerts": [a.kind.value for a in report.alerts]}))
 
 

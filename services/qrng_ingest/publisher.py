@@ -2,11 +2,22 @@
 
 Commit order (what makes "never reuse a sequence number with different bytes" hold):
 
-1. The caller hands over a payload that passed the health tests.
-2. ``publish`` extends the in-memory chain (seq = head.next_seq, digest links the previous one)
-   and produces the chunk, keyed by source id, to ``entropy.raw`` (or ``entropy.private`` for
-   the configured share; each pool is its own chain). The producer is idempotent with
+1. The caller hands over a payload that passed the health tests (``offer``), with its SHA-256.
+   It goes to ``entropy.raw`` or, for the configured share, ``entropy.private``
+   (``core.pacing.place``; each pool is its own chain).
+2. One ahead (``core.pacing``): each pool holds one payload in memory. A new payload for the
+   pool publishes the held one, whose ``next_digest`` is the new payload's digest, and is held
+   in its place. Publishing extends the in-memory chain (seq = head.next_seq, digest links the
+   previous one) and produces the chunk, keyed by source id. The producer is idempotent with
    ``acks=all`` and no compression; all of a source's messages go to one partition, in order.
+   The held payload is lost in a crash: the restarted source continues its chain (by
+   ``prev_digest``, as always) with a chunk its predecessor did not commit to, which blocks
+   include but do not mix. ``close`` publishes the held payloads with a zero ``next_digest``,
+   except a public one that pacing still keeps secret (below).
+   Paced (``pace(gate)``): the held public payload is revealed only when ``gate`` says every
+   public chunk before it is settled (``core.pacing.may_reveal``); until then a public-bound
+   payload is withheld (never published) or, with no private share, not taken at all
+   (``placement`` answers WAIT, and the caller waits).
 3. When a checkpoint is due (every N chunks or T ms), the chain head is signed (ML-DSA-65) and
    the checkpoint is produced after the chunks it covers, on the same partition.
 4. Delivery reports advance the *delivered* head; any failed delivery is fatal: ``publish``
@@ -34,7 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from protocol.entropy.chain import (
     ChainHead,
@@ -42,11 +53,13 @@ from protocol.entropy.chain import (
     CheckpointPolicy,
     Chunk,
     HealthSummary,
-    extend,
+    payload_sha256,
     sign_checkpoint,
 )
 from protocol.errors import OperationError
 from protocol.keys import SigningKey
+from services.qrng_ingest.core.ahead import AheadChain, Held, discard, release, take
+from services.qrng_ingest.core.pacing import Placement, may_reveal, place, public_open
 from streams.codec import CodecError, default_codec
 from streams.errors import KafkaOperationError, ProducerQueueFullError
 from streams.kafka import (
@@ -89,7 +102,7 @@ class ChunkEncoder:
             .read_text())["fields"]]
         if fields != ["source_id", "seq", "prev_digest", "payload_digest", "chunk_digest",
                       "payload", "produced_at_ms", "simulated", "health_rct_max_run",
-                      "health_apt_max_count", "health_windows", "private"]:
+                      "health_apt_max_count", "health_windows", "private", "next_digest"]:
             raise PublishError(f"EntropyChunkPublished changed ({fields}); update ChunkEncoder")
 
     def encode(self, chunk: Chunk) -> bytes:
@@ -102,6 +115,7 @@ class ChunkEncoder:
             _zigzag(chunk.produced_at_ms), b"\x01" if chunk.simulated else b"\x00",
             _zigzag(health.rct_max_run), _zigzag(health.apt_max_count),
             _zigzag(health.windows), b"\x01" if chunk.private else b"\x00",
+            b"\x40", chunk.next_digest,
         ))
 
 
@@ -292,10 +306,18 @@ PRODUCER_TUNING: dict[str, Any] = {
 }
 
 
+class RevealGate(Protocol):
+    """What pacing asks the chain (``services.qrng_ingest.pacing.ChainWatch``): the newest
+    public seq of this source that is settled, None while not known."""
+
+    def settled_seq(self) -> int | None: ...
+
+
 @dataclass(slots=True)
 class PublisherStats:
     chunks: int = 0
     bytes: int = 0
+    withheld: int = 0  # public-bound payloads dropped while pacing kept the chain waiting
     checkpoints: int = 0
     delivered_chunks: int = 0
     latency_sum_ms: float = 0.0
@@ -340,7 +362,9 @@ class ChunkPublisher:
         self._topics = {pool: topic_for(settings, pool) for pool in POOLS}
         self._producer = producer or make_producer(settings, **{**PRODUCER_TUNING,
                                                                 **producer_overrides})
-        self.heads = {pool: positions[pool].head for pool in POOLS}
+        self._gate: RevealGate | None = None
+        self._chains = {pool: AheadChain(source_id, pool, positions[pool].head)
+                        for pool in POOLS}
         self.delivered = dict(positions)
         self._unsigned_from = {pool: positions[pool].checkpointed_seq + 1 for pool in POOLS}
         self._last_checkpoint_ms = {pool: clock_ms() for pool in POOLS}
@@ -368,25 +392,61 @@ class ChunkPublisher:
             except KafkaOperationError as exc:
                 raise PublishError(f"cannot produce to {topic}: {exc}") from exc
 
-    def publish(
+    @property
+    def heads(self) -> dict[bool, ChainHead]:
+        """Per pool, the head of what was published (held payloads are not in it)."""
+        return {pool: self._chains[pool].head for pool in POOLS}
+
+    def pace(self, gate: RevealGate) -> None:
+        """Pace the public chain by ``gate`` from now on (module doc); call before ``offer``.
+        (The gate is built after resuming: where the chain stands depends on the head.)"""
+        self._gate = gate
+
+    @property
+    def paced(self) -> bool:
+        return self._gate is not None
+
+    def _public_open(self) -> bool:
+        chain = self._chains[False]
+        return public_open(chain.held is not None, chain.head.next_seq,
+                           None if self._gate is None else self._gate.settled_seq(),
+                           self._gate is not None)
+
+    def placement(self) -> Placement:
+        """Where a payload offered now would go (changes nothing): WAIT asks the caller to
+        take no payload until the chain settles the revealed public chunk."""
+        return place(self._private_credit, self._private_share, self._public_open())[0]
+
+    def offer(
         self, payload: bytes, *, simulated: bool, health: HealthSummary,
         produced_at_ms: int | None = None, payload_digest: bytes | None = None,
-    ) -> Chunk:
-        """Chain and produce one healthy payload; returns the chunk (delivery is async).
-        ``payload_digest``: its SHA-256 if already computed (``protocol.entropy.chain.extend``)."""
+    ) -> tuple[Placement, Chunk | None]:
+        """Take one healthy payload (module doc, step 2): where it went, and the chunk published
+        for it (its pool's held predecessor, committing to it; delivery is async), if any.
+        WITHHELD and WAIT: the payload was not taken (never published).
+        ``payload_digest``: its SHA-256 if already computed (the service hashes off the main
+        thread)."""
         self._check()
-        self._private_credit += self._private_share
-        private = self._private_credit >= 1.0
-        if private:
-            self._private_credit -= 1.0
-        chunk, head = extend(
-            self.heads[private], source_id=self.source_id, private=private, payload=payload,
-            produced_at_ms=self._clock_ms() if produced_at_ms is None else produced_at_ms,
-            simulated=simulated, health=health, payload_digest=payload_digest,
-        )
+        placement, self._private_credit = place(self._private_credit, self._private_share,
+                                                self._public_open())
+        if placement in (Placement.WITHHELD, Placement.WAIT):
+            self.stats.withheld += 1
+            return placement, None
+        private = placement is Placement.PRIVATE
+        held = Held(payload, payload_sha256(payload) if payload_digest is None else payload_digest,
+                    self._clock_ms() if produced_at_ms is None else produced_at_ms, simulated,
+                    health)
+        self._chains[private], chunk = take(self._chains[private], held)
+        if chunk is not None:
+            self._produce_chunk(chunk)
+        return placement, chunk
+
+    def _produce_chunk(self, chunk: Chunk) -> None:
+        """Produce a chunk ``take``/``release`` made (the chain's head already counts it)."""
+        private = chunk.private
         value = self._chunk_encoder.encode(chunk)
         sent_at = time.perf_counter()
-        next_head = head
+        next_head = ChainHead(chunk.seq + 1, chunk.chunk_digest)
 
         def delivered(report: Delivery) -> None:
             if report.error is not None:
@@ -404,12 +464,10 @@ class ChunkPublisher:
                 next_head, previous.checkpointed_seq, report.partition, report.offset)
 
         self._produce(private, value, delivered)
-        self.heads[private] = head
         self.stats.chunks += 1
-        self.stats.bytes += len(payload)
+        self.stats.bytes += len(chunk.payload)
         self._producer.poll(0)
         self.maybe_checkpoint()
-        return chunk
 
     def maybe_checkpoint(self, *, force: bool = False) -> list[Checkpoint]:
         """Sign and produce a checkpoint for every chain whose policy says it is due."""
@@ -417,11 +475,15 @@ class ChunkPublisher:
         made: list[Checkpoint] = []
         now = self._clock_ms()
         for pool in POOLS:
-            head = self.heads[pool]
+            head = self._chains[pool].head
             unsigned = head.next_seq - self._unsigned_from[pool]
             if unsigned <= 0:
                 continue
-            if not (force or self._policy.due(unsigned, now - self._last_checkpoint_ms[pool])):
+            # A paced public chunk is signed at once: blocks include only checkpointed chunks,
+            # and the next one waits for that block (one signature per block costs nothing).
+            paced_public = not pool and self._gate is not None
+            if not (force or paced_public
+                    or self._policy.due(unsigned, now - self._last_checkpoint_ms[pool])):
                 continue
             checkpoint = sign_checkpoint(
                 self._signing_key, source_id=self.source_id, private=pool,
@@ -454,10 +516,27 @@ class ChunkPublisher:
         self._producer.poll(timeout_s)
         self._check()
 
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Checkpoint what is unsigned, wait for every acknowledgement, save the state."""
+    def close(self, timeout_s: float = 30.0) -> list[Chunk]:
+        """Publish the held payloads committing to nothing, checkpoint what is unsigned, wait
+        for every acknowledgement, save the state. Returns the chunks published here.
+
+        A held public payload that pacing keeps secret (its predecessor is not in a finalized
+        block yet) stays unpublished and is lost: revealing it would break the pacing rule, and
+        keeping it for the next run would mean writing secret payloads to disk. The next run
+        continues the chain with an uncommitted chunk, as after a crash."""
+        released: list[Chunk] = []
         try:
             if self._fatal is None:
+                for pool in POOLS:
+                    chain = self._chains[pool]
+                    if (not pool and self._gate is not None and chain.held is not None
+                            and not may_reveal(chain.head.next_seq, self._gate.settled_seq())):
+                        self._chains[pool] = discard(chain)
+                        continue
+                    self._chains[pool], chunk = release(chain)
+                    if chunk is not None:
+                        self._produce_chunk(chunk)
+                        released.append(chunk)
                 self.maybe_checkpoint(force=True)
             remaining = self._producer.flush(timeout_s)
         except KafkaOperationError as exc:
@@ -466,6 +545,7 @@ class ChunkPublisher:
             raise PublishError(f"{remaining} messages still unacknowledged after {timeout_s}s")
         self._check()
         self._save_state()
+        return released
 
 
 def open_publisher(

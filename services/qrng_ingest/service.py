@@ -3,9 +3,17 @@
 ``build_service`` wires the parts from a typed ``IngestConfig``; ``IngestService.run`` loops
 until stopped (or a byte/time budget is spent), then checkpoints, flushes and saves its state.
 Each block of ``chunk_size`` raw bytes is tested (SP 800-90B RCT + APT, vectorized), folded into
-the quarantine state machine, and published as one chunk only when the verdict says so. Health
-transitions become alerts at once; heartbeats and liveness alerts go out every
-``heartbeat_ms``.
+the quarantine state machine, and offered to the publisher only when the verdict says so; the
+publisher holds one block per pool and publishes each when the next arrives (one ahead,
+``core.ahead``). Health transitions become alerts at once; heartbeats and liveness alerts go
+out every ``heartbeat_ms``.
+
+Paced (``IngestConfig.pace``, ``core.pacing``): a ``ChainWatch`` follows ``chain.blocks`` and
+the public chain reveals its next chunk only once the previous one is in a finalized block.
+While it waits with no private share, the main loop takes no block (the reader thread then
+blocks on the full queue: the source is not read) and waits on the chain watch instead, still
+serving delivery reports, checkpoints and heartbeats every pass; ``stop()`` and ``duration_s``
+end the wait.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from protocol.entropy.chain import CheckpointPolicy, HealthSummary, payload_sha256
+from protocol.entropy.chain import CheckpointPolicy, Chunk, HealthSummary, payload_sha256
 from protocol.errors import InputError
 from protocol.keys import SigningKey
 from services.qrng_ingest.core.health import (
@@ -34,6 +42,7 @@ from services.qrng_ingest.core.liveness import (
     LivenessState,
     assess,
 )
+from services.qrng_ingest.core.pacing import Placement
 from services.qrng_ingest.core.quarantine import (
     HealthState,
     QuarantinePolicy,
@@ -42,6 +51,7 @@ from services.qrng_ingest.core.quarantine import (
     evolve,
 )
 from services.qrng_ingest.monitor import Heartbeat, IngestMetrics, StatusEmitter
+from services.qrng_ingest.pacing import ChainWatch
 from services.qrng_ingest.publisher import ChunkPublisher, open_publisher
 from services.qrng_ingest.sources import Source
 from streams.settings import Settings
@@ -65,6 +75,9 @@ class IngestConfig:
     heartbeat_ms: int = 2000
     liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
     metrics_port: int | None = None
+    # Pace public chunks by the chain (``core.pacing``). Off for library callers without a
+    # chain (the bench, ingest-only tests); ``qustream qrng run`` turns it on by default.
+    pace: bool = False
 
     def health_parameters(self) -> HealthParameters:
         params = HealthParameters.derive(self.min_entropy, self.alpha_exponent,
@@ -81,13 +94,18 @@ class IngestReport:
     raw_bytes: int = 0
     published_bytes: int = 0
     published_chunks: int = 0
-    dropped_bytes: int = 0
+    dropped_bytes: int = 0  # failed the health tests (or quarantined)
+    withheld_bytes: int = 0  # healthy, but read while pacing kept the public chain waiting
     rct_failures: int = 0
     apt_failures: int = 0
     alerts: list[Alert] = field(default_factory=list)
     health_state: str = HealthState.STARTUP.value
     last_seq: int = -1
 
+
+# How long the paced main loop waits on the chain per pass (heartbeats, delivery reports and
+# stop() are served between passes).
+PACED_WAIT_S = 0.1
 
 # A block as the reader thread hands it over: raw bytes, their health, and their SHA-256 (being
 # computed) when they passed (a block that fails is not published: no digest needed).
@@ -104,13 +122,16 @@ class IngestService:
     def __init__(
         self, config: IngestConfig, source: Source, publisher: ChunkPublisher,
         emitter: StatusEmitter, metrics: IngestMetrics | None,
+        watch: ChainWatch | None = None,
     ) -> None:
+        """``watch``: the chain watch ``publisher`` is paced by (None: unpaced)."""
         self.config = config
         self.params = config.health_parameters()
         self._source = source
         self.publisher = publisher
         self._emitter = emitter
         self._metrics = metrics
+        self._watch = watch
         self._policy = QuarantinePolicy(self.params.startup_windows, config.recovery_windows)
         self._quarantine = QuarantineState()
         self._carry = RctCarry()
@@ -174,8 +195,8 @@ class IngestService:
 
     def _process(self, block: bytes, health: BlockHealth,
                  digest: Future[bytes] | None) -> bool:
-        """Fold one tested block in; True when it was published (``publish`` then already
-        served delivery reports and due checkpoints)."""
+        """Fold one tested block in; True when a chunk was published for it (``offer`` then
+        already served delivery reports and due checkpoints)."""
         self.report.raw_bytes += len(block)
         self._last_data_ms = _now_ms()
         self._interval_raw += len(block)
@@ -194,22 +215,40 @@ class IngestService:
                 self._alert(Alert(AlertKind.RECOVERED, None, transition.detail))
         self.report.health_state = self._quarantine.health.value
         if verdict.publish:
-            chunk = self.publisher.publish(
+            placement, chunk = self.publisher.offer(
                 block, simulated=self._source.simulated,
                 health=HealthSummary(health.rct_max_run, health.apt_max_count, health.windows),
                 payload_digest=None if digest is None else digest.result())
-            self.report.published_bytes += len(block)
-            self.report.published_chunks += 1
-            self._interval_published += len(block)
-            if not chunk.private:
-                self.report.last_seq = chunk.seq
-            if self._metrics is not None:
-                self._metrics.published(len(block))
+            if placement in (Placement.WITHHELD, Placement.WAIT):
+                self.report.withheld_bytes += len(block)
+            if chunk is None:
+                return False
+            self._count(chunk)
             return True
         self.report.dropped_bytes += len(block)
         if self._metrics is not None:
             self._metrics.dropped(len(block))
         return False
+
+    def _count(self, chunk: Chunk) -> None:
+        size = len(chunk.payload)
+        self.report.published_bytes += size
+        self.report.published_chunks += 1
+        self._interval_published += size
+        if not chunk.private:
+            self.report.last_seq = chunk.seq
+        if self._metrics is not None:
+            self._metrics.published(size)
+
+    def _paced_wait(self) -> bool:
+        """Whether the public chain waits for the chain and the next block must not be taken
+        (``Placement.WAIT``); if so, waits up to ``PACED_WAIT_S`` for blocks to arrive."""
+        if self._watch is None or self.publisher.placement() is not Placement.WAIT:
+            return False
+        self._watch.poll(PACED_WAIT_S)
+        # The source is not read meanwhile: no data is not a stall.
+        self._last_data_ms = _now_ms()
+        return True
 
     def _tick(self, *, final: bool = False, published: bool = False) -> None:
         """Time-driven work: checkpoints by age, delivery reports, heartbeats, liveness.
@@ -221,6 +260,8 @@ class IngestService:
         if not published:
             self.publisher.maybe_checkpoint()
             self.publisher.poll(0)
+        if self._watch is not None:
+            self._watch.poll(0)
         now = _now_ms()
         elapsed = now - self._interval_start_ms
         if elapsed < self.config.heartbeat_ms and not final:
@@ -262,6 +303,12 @@ class IngestService:
         reader.start()
         try:
             while True:
+                if self._paced_wait():
+                    if self._stop.is_set() or (deadline is not None
+                                               and time.monotonic() > deadline):
+                        break  # blocks still queued were never revealed: dropped
+                    self._tick()
+                    continue
                 try:
                     item = blocks.get(timeout=0.05)
                 except queue.Empty:
@@ -277,12 +324,24 @@ class IngestService:
             self._tick(final=True)
         finally:
             self._stop.set()
+            _drain(blocks)  # a reader blocked on the full queue (paced) can end
             reader.join(timeout=10)
             hasher.shutdown(wait=True, cancel_futures=True)
-            self.publisher.close()
+            if self._watch is not None:
+                self._watch.close()
             self._source.close()
+            for chunk in self.publisher.close():
+                self._count(chunk)
         self.report.last_seq = self.publisher.heads[False].last_seq
         return self.report
+
+
+def _drain(blocks: queue.Queue[_Block | BaseException | None]) -> None:
+    while True:
+        try:
+            blocks.get_nowait()
+        except queue.Empty:
+            return
 
 
 def build_service(
@@ -297,5 +356,9 @@ def build_service(
                                checkpoint_policy=config.checkpoint,
                                private_share=config.private_share, on_latency=metrics.latency,
                                **producer_overrides)
+    watch = None
+    if config.pace:
+        watch = ChainWatch.open(settings, config.source_id, publisher.heads[False].last_seq)
+        publisher.pace(watch)
     emitter = StatusEmitter(settings, publisher.producer, config.source_id)
-    return IngestService(config, source, publisher, emitter, metrics)
+    return IngestService(config, source, publisher, emitter, metrics, watch)

@@ -180,11 +180,12 @@ def _run_cli(settings: Settings, key: Path, *args: str,
            "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap(),
            "QUSTREAM_TOPIC_PREFIX": settings.topic_prefix,
            "QUSTREAM_STATE_DIR": str(settings.state_dir)}
+    # Ingest alone: no chain runs, so nothing to pace by (``test_qrng_pacing`` has one).
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "qrng", "run", "--source", "sim", "--key",
          str(key), "--source-id", source_id, "--chunk-size", str(CHUNK), "--quiet",
          "--checkpoint-chunks", "16", "--checkpoint-ms", "300", "--private-share", "0.2",
-         *args], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         "--no-pace", *args], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _wait_for_chunks(settings: Settings, count: int, timeout_s: float = 60) -> None:

@@ -20,6 +20,7 @@ from protocol.entropy.chain import (
     extend,
     payload_sha256,
 )
+from services.qrng_ingest.core.pacing import Placement
 from services.qrng_ingest.publisher import PublisherStats
 from services.qrng_ingest.service import IngestConfig, IngestService
 
@@ -65,7 +66,8 @@ class _Blocks:
 
 
 class _ChainingPublisher:
-    """Chains like ``ChunkPublisher.publish`` (through ``extend``), without Kafka."""
+    """Chains like ``ChunkPublisher.offer`` (through ``extend``), without Kafka and without
+    holding one ahead (``tests/unit/test_qrng_pacing.py`` covers that)."""
 
     def __init__(self) -> None:
         self.head = ChainHead()
@@ -74,15 +76,15 @@ class _ChainingPublisher:
         self.stats = PublisherStats()
         self.heads = {False: ChainHead(), True: ChainHead()}
 
-    def publish(self, payload: bytes, *, simulated: bool, health: HealthSummary,
-                payload_digest: bytes | None = None) -> Chunk:
+    def offer(self, payload: bytes, *, simulated: bool, health: HealthSummary,
+              payload_digest: bytes | None = None) -> tuple[Placement, Chunk]:
         self.digests.append(payload_digest)
         chunk, self.head = extend(self.head, source_id="qd-1", private=False, payload=payload,
                                   produced_at_ms=1, simulated=simulated, health=health,
                                   payload_digest=payload_digest)
         self.heads[False] = self.head
         self.chunks.append(chunk)
-        return chunk
+        return Placement.PUBLIC, chunk
 
     def maybe_checkpoint(self) -> None:
         pass
@@ -90,8 +92,8 @@ class _ChainingPublisher:
     def poll(self, timeout_s: float = 0.0) -> None:
         pass
 
-    def close(self) -> None:
-        pass
+    def close(self) -> list[Chunk]:
+        return []
 
 
 class _Silent:

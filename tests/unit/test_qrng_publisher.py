@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.entropy.chain import ChainHead, Chunk, HealthSummary, extend
+from protocol.entropy.chain import ZERO_DIGEST, ChainHead, Chunk, HealthSummary, extend
 from services.qrng_ingest.publisher import (
     ChainPosition,
     ChunkEncoder,
@@ -27,13 +27,14 @@ from streams.codec import default_codec
     produced=st.integers(-(2**63), 2**63 - 1), simulated=st.booleans(), private=st.booleans(),
     health=st.tuples(st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1),
                      st.integers(0, 2**31 - 1)),
+    next_digest=st.one_of(st.just(ZERO_DIGEST), st.binary(min_size=32, max_size=32)),
 )
 def test_fast_encoder_equals_the_codec(
     source_id: str, seq: int, payload: bytes, produced: int, simulated: bool, private: bool,
-    health: tuple[int, int, int],
+    health: tuple[int, int, int], next_digest: bytes,
 ) -> None:
     chunk = Chunk(source_id, private, seq, os.urandom(32), os.urandom(32), os.urandom(32),
-                  payload, produced, simulated, HealthSummary(*health))
+                  payload, produced, simulated, HealthSummary(*health), next_digest)
     codec = default_codec()
     encoded = ChunkEncoder().encode(chunk)
     assert encoded == codec.encode("EntropyChunkPublished", chunk.to_record())
