@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from protocol.entropy.chain import CheckpointPolicy, HealthSummary, payload_sha256
+from protocol.entropy.chain import CheckpointPolicy, payload_sha256
 from protocol.errors import InputError
 from protocol.keys import SigningKey
 from services.qrng_ingest.core.health import (
@@ -196,7 +196,7 @@ class IngestService:
         if verdict.publish:
             chunk = self.publisher.publish(
                 block, simulated=self._source.simulated,
-                health=HealthSummary(health.rct_max_run, health.apt_max_count, health.windows),
+                health=health.summary(self.params),
                 payload_digest=None if digest is None else digest.result())
             self.report.published_bytes += len(block)
             self.report.published_chunks += 1

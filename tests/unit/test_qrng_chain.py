@@ -59,7 +59,7 @@ def _chain(count: int, *, start: ChainHead | None = None, private: bool = False,
         chunk, head = extend(head, source_id="qd-1", private=private,
                              payload=hashlib.sha256(bytes([i, head.next_seq % 256])).digest() * 4,
                              produced_at_ms=1_700_000_000_000 + i, simulated=simulated,
-                             health=HealthSummary(3, 12, 1))
+                             health=HealthSummary(3, 12, 1, 1024, 31, 609, 1024, 0))
         chunks.append(chunk)
     return chunks, head
 
@@ -81,7 +81,9 @@ def test_chain_links_and_golden_digest() -> None:
     assert chunks[0].chunk_digest.hex() == GOLDEN_FIRST_DIGEST
 
 
-GOLDEN_FIRST_DIGEST = "5d238d5a214b59b7cf0362f1e34c3f287af03a7625ca66bda12035ad7f08e45b"
+# Changed when the health summary grew samples, cutoffs, window and failures (issue 19 item
+# 4): the digest covers them, so every chunk digest changed with it.
+GOLDEN_FIRST_DIGEST = "bd64c552e07efd5a33800feecaab347c4b4f12115439df85b55ab48126303290"
 
 
 def test_records_round_trip_through_avro() -> None:
