@@ -14,6 +14,9 @@ follower stops at the first. The checks, in the order findings are listed (each 
    ``entropy_sources``: and the number of QRNG sources registered in the state it builds on;
 4. ``time``: strictly later than the previous block;
 5. ``entropy_root`` / ``block_body``: the body matches the header's roots and ordering rules;
+   ``entropy_health``: every entropy reference's SP 800-90B summary passes (no failing window,
+   maximum run and APT count below their cutoffs, ``samples = windows * apt_window > 0``), so
+   the chain alone shows only passing entropy was used (``protocol.block.unhealthy_entropy``);
 6. ``randomness``: re-derived from the previous randomness and the block's entropy references;
 7. ``proposer``: a member of the set (or the expected proposer, when the caller knows it);
 8. ``evidence``: each item proves a double vote of the offence height's set, inside the window;

@@ -27,7 +27,7 @@ def _body_entropy_digest(raw: bytes) -> bytes:
     record = decode_finalized(raw)
     block = record.block
     first, *rest = block.body.entropy
-    changed = EntropyRef(first.source_id, first.seq, flip_bit(first.digest, 3))
+    changed = EntropyRef(first.source_id, first.seq, flip_bit(first.digest, 3), first.health)
     body = dataclasses.replace(block.body, entropy=(changed, *rest))
     return encode_finalized(dataclasses.replace(record, block=Block(block.header, body)))
 

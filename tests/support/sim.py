@@ -63,6 +63,7 @@ from protocol.messages import Vote, VoteType
 from protocol.proposal import Message, Proposal
 from protocol.proposer import ProposerPriorities, initial_priorities
 from protocol.validators import Validator, ValidatorSet
+from sdk.testing import passing_health
 from services.block_builder.core.logic import NodeBlockLogic
 from services.block_builder.core.proposal import EntropyRules, StaticPool
 from services.consensus.core import state_machine as sm
@@ -720,7 +721,8 @@ def entropy_pool(height: int, rules: EntropyRules, window: int = 8) -> StaticPoo
     """Two simulated QRNG sources; chunk ``seq`` of each becomes verified at height seq + 1."""
     chunks = {
         source: tuple(
-            (EntropyRef(source, seq, hashlib.sha256(f"{source}:{seq}".encode()).digest()), seq + 1)
+            (EntropyRef(source, seq, hashlib.sha256(f"{source}:{seq}".encode()).digest(),
+                        passing_health(rct_max_run=16 + seq % 8)), seq + 1)
             for seq in range(max(0, height - window), height)
         )
         for source in SOURCES

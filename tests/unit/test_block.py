@@ -14,6 +14,7 @@ from protocol.commit import CommitCertificate
 from protocol.merkle import inclusion_proof, verify_inclusion
 from protocol.mmr import history_of, root
 from protocol.randomness import block_randomness, genesis_randomness, randomness_input
+from sdk.testing import passing_health
 from services.block_builder.core.proposal import (
     EntropyRules,
     InvalidBlockError,
@@ -28,7 +29,8 @@ RULES = EntropyRules(max_entropy_age=2, max_chunks_per_source=4, min_sources=2)
 
 
 def ref(source: str, seq: int) -> EntropyRef:
-    return EntropyRef(source, seq, hashlib.sha256(f"{source}/{seq}".encode()).digest())
+    return EntropyRef(source, seq, hashlib.sha256(f"{source}/{seq}".encode()).digest(),
+                      passing_health())
 
 
 def pool(height: int, sources: dict[str, range], healthy: tuple[str, ...] | None = None,
@@ -235,6 +237,6 @@ def test_transactions_must_pass_check_tx() -> None:
 
 def test_entropy_refs_and_ranges_validate_their_fields() -> None:
     with pytest.raises(BlockFormatError):
-        EntropyRef("a", 0, b"short")
+        EntropyRef("a", 0, b"short", passing_health())
     with pytest.raises(BlockFormatError):
         SeqRange("a", 3, 2)
