@@ -8,14 +8,16 @@
 import { compareText, utf8 } from "./bytes.js";
 import { CanonicalWriter, TAG_PREFIX } from "./canonical.js";
 import { hmacSha512 } from "./crypto.js";
+import { writeHealth } from "./health.js";
 
 export const RANDOMNESS_SIZE = 64;
 
-/** @typedef {{sourceId: string, seq: number, digest: Uint8Array}} EntropyRef */
+/** @typedef {{sourceId: string, seq: number, digest: Uint8Array, health: import("./health.js").HealthSummary}} EntropyRef */
 
-/** @param {EntropyRef} ref */
+/** protocol/block.py ``EntropyRef.canonical``: source, seq, digest, then the health summary.
+ * @param {EntropyRef} ref */
 export function entropyRefCanonical(ref) {
-  return new CanonicalWriter("EntropyRef").text(ref.sourceId).u64(ref.seq).raw(ref.digest, 32).finish();
+  return writeHealth(new CanonicalWriter("EntropyRef").text(ref.sourceId).u64(ref.seq).raw(ref.digest, 32), ref.health).finish();
 }
 
 /** @param {Uint8Array} genesisValue */

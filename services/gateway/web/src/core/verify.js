@@ -10,6 +10,7 @@
  *                  header's next validators hash)
  *   time           later than the previous block, not ahead of this clock by more than 10 s
  *   entropy_root / block_body   the body matches the header's roots and ordering rules
+ *   entropy_health every entropy ref's SP 800-90B summary passes (core/health.js)
  *   randomness     HMAC-SHA-512 re-derived from the previous randomness and the entropy refs
  *   proposer       a member of the set
  *   commit         every signature (ML-DSA-65 or Ed25519) verifies and the signers hold more
