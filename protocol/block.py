@@ -6,11 +6,17 @@ evidence, and through the hash of the previous height's commit certificate. So a
 identified, signed and linked by its header alone, and a light client can check any single body
 item with an inclusion proof.
 
-Entropy enters a block as references, not payloads: ``EntropyRef(source_id, seq, digest, ...)``
-names a chunk of a registered QRNG source's hash chain by its payload digest. The block builder service
-fills them from its verified pool (chunks covered by a verified checkpoint on qs.entropy.raw);
-this module only fixes their encoding and order: sorted by (source id, seq), unique, and per
-source a contiguous ``SeqRange`` recorded in the header.
+Entropy enters a block as references, not payloads: ``EntropyRef(source_id, seq, digest,
+health, next_digest, committed)`` names a chunk of a registered QRNG source's hash chain by its
+payload digest, carries the chunk's SP 800-90B health summary
+(``protocol.entropy.chain.HealthSummary``, covered by the chunk digest the source signed) and its
+precommitment (``docs/precommitment.md``). The block builder service fills them from its verified
+pool (chunks covered by a verified checkpoint on qs.entropy.raw), so a validator refuses a ref
+whose health is not the verified chunk's; this module fixes their encoding and order: sorted by
+(source id, seq), unique, one per source, the ``SeqRange`` recorded in the header, and,
+checkable from the block alone, every summary passing (``HealthSummary.failing``: no failing
+window, the longest run and the highest APT count below their cutoffs, ``samples`` = ``windows``
+x ``apt_window`` > 0), else the ``entropy_health`` refusal.
 
 Field order in the canonical encoding is the order of the dataclass fields below, and the golden
 vectors under tests/vectors/blocks/ pin it.
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 
 from protocol.canonical import HASH_SIZE, CanonicalWriter
 from protocol.commit import CommitCertificate
+from protocol.entropy.chain import HealthSummary
 from protocol.entropy.registry import count_devices
 from protocol.errors import InputError
 from protocol.evidence import DuplicateVoteEvidence
@@ -39,7 +46,8 @@ class BlockFormatError(InputError):
 
 @dataclass(frozen=True, slots=True, order=True)
 class EntropyRef:
-    """One verified entropy chunk: ``source_id``'s chunk ``seq`` with payload ``digest``.
+    """One verified entropy chunk: ``source_id``'s chunk ``seq`` with payload ``digest``, and
+    the health summary of the windows its bytes came from (last in the encoding).
 
     ``next_digest`` is the chunk's precommitment to its source's next payload
     (``protocol.entropy.chain``), so the block that includes a chunk also fixes what the next
@@ -48,11 +56,14 @@ class EntropyRef:
     block that commits to it was decided; only committed refs are mixed into the randomness
     (``protocol.randomness``). The flag is the proposer's claim, checked against the chain
     (``ChainTip.commitments``) by every full verifier; it is left out of comparisons so a
-    node's verified pool (which knows no chain position) recognises the chunk."""
+    node's verified pool (which knows no chain position) recognises the chunk.
+
+    Encoding: ``source_id``, ``seq``, ``digest``, ``next_digest``, ``committed``, ``health``."""
 
     source_id: str
     seq: int
     digest: bytes
+    health: HealthSummary
     next_digest: bytes = ZERO_HASH
     committed: bool = field(default=False, compare=False)
 
@@ -63,17 +74,22 @@ class EntropyRef:
                 f"entropy ref {self.source_id!r}/{self.seq} needs a source id, seq >= 0, a "
                 f"{HASH_SIZE}-byte digest and a {HASH_SIZE}-byte next digest"
             )
+        if not isinstance(self.health, HealthSummary):
+            raise BlockFormatError(f"entropy ref {self.source_id!r}/{self.seq} needs a health "
+                                   "summary")
+        impossible = self.health.impossible()
+        if impossible is not None:
+            raise BlockFormatError(f"entropy ref {self.source_id!r}/{self.seq}: {impossible}")
 
     def canonical(self) -> bytes:
-        return (
+        return self.health.write(
             CanonicalWriter("EntropyRef")
             .text(self.source_id)
             .u64(self.seq)
             .raw(self.digest, HASH_SIZE)
             .raw(self.next_digest, HASH_SIZE)
             .boolean(self.committed)
-            .finish()
-        )
+        ).finish()
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -282,6 +298,9 @@ class Block:
         entropy = _entropy_mismatch(self)
         if entropy is not None:
             return BodyMismatch("entropy_root", entropy)
+        unhealthy = unhealthy_entropy(body.entropy)
+        if unhealthy is not None:
+            return BodyMismatch("entropy_health", unhealthy)
         if body.tx_root() != header.tx_root:
             return BodyMismatch("block_body", "tx root does not match the body")
         hashes = [item.hash() for item in body.evidence]
@@ -304,10 +323,21 @@ class Block:
         return None
 
 
+def unhealthy_entropy(entropy: Sequence[EntropyRef]) -> str | None:
+    """Why one of ``entropy``'s health summaries does not show passing entropy (the first in
+    block order, ``HealthSummary.failing``), None when every one passes."""
+    for ref in entropy:
+        failing = ref.health.failing()
+        if failing is not None:
+            return f"entropy {ref.source_id!r}/{ref.seq} did not pass its health tests: {failing}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class BodyMismatch:
     """A body that does not match its header. ``check`` names the part: ``entropy_root`` (the
-    entropy references, their ranges and root) or ``block_body`` (everything else)."""
+    entropy references, their ranges and root), ``entropy_health`` (a reference whose health
+    summary does not pass, ``unhealthy_entropy``) or ``block_body`` (everything else)."""
 
     check: str
     reason: str

@@ -14,6 +14,9 @@ follower stops at the first. The checks, in the order findings are listed (each 
    ``entropy_sources``: and the number of QRNG sources registered in the state it builds on;
 4. ``time``: strictly later than the previous block;
 5. ``entropy_root`` / ``block_body``: the body matches the header's roots and ordering rules;
+   ``entropy_health``: every entropy reference's SP 800-90B summary passes (no failing window,
+   maximum run and APT count below their cutoffs, ``samples = windows * apt_window > 0``), so
+   the chain alone shows only passing entropy was used (``protocol.block.unhealthy_entropy``);
    ``precommitment``: each entropy reference is flagged committed exactly when its digest is
    its source's commitment on the tip, and ``fresh_sources`` counts the devices whose
    committed chunk follows one of the previous block (``docs/precommitment.md``; skipped for a

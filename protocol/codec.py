@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from protocol.block import Block, BlockFormatError, Body, EntropyRef, Header, SeqRange
 from protocol.canonical import CanonicalDecodeError, CanonicalReader
 from protocol.commit import CommitCertificate, CommitFlag, CommitSig
+from protocol.entropy.chain import HEALTH_FIELDS, HealthSummary
 from protocol.errors import InputError
 from protocol.evidence import DuplicateVoteEvidence
 from protocol.keys import Algorithm, KeyError_, PublicKey
@@ -95,7 +96,11 @@ def decode_commit(data: bytes) -> CommitCertificate:
 
 def _entropy_ref(data: bytes) -> EntropyRef:
     r = CanonicalReader(data, "EntropyRef")
-    ref = EntropyRef(r.text(), r.u64(), r.raw(32), r.raw(32), r.boolean())
+    source_id, seq, digest = r.text(), r.u64(), r.raw(32)
+    next_digest, committed = r.raw(32), r.boolean()
+    health = HealthSummary(*(r.u64() if name == "samples" else r.u32()
+                             for name in HEALTH_FIELDS))
+    ref = EntropyRef(source_id, seq, digest, health, next_digest, committed)
     r.done()
     return ref
 

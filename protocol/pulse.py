@@ -19,13 +19,26 @@ chain (here: height 1, derived from the genesis randomness). Bits from 8 up are 
 
 ``is_random(status)`` is False when either QuStream bit is set: the beacon API, the SDK and the
 ``chain`` commands mark such pulses and never present one as the latest random pulse.
+
+Health, for readers: ``health_by_source(entropy)`` folds the SP 800-90B summaries the block's
+entropy references carry (``protocol.entropy.chain.HealthSummary``) into one ``SourceHealth``
+per source and test parameters (a source keeps its parameters, so that is one per source unless
+it was reconfigured between chunks): chunks, windows and samples are sums, the maximum run and
+APT count maxima, failures a sum. The beacon API serves it with every pulse and block; the SDK
+recomputes it from the references it verified and refuses a document whose summary differs or
+does not pass. Each reference passing (``protocol.block.unhealthy_entropy``) implies the fold
+passes, so the summary is a convenience to read, never an extra trust assumption.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from enum import IntFlag
+from typing import Any
 
-from protocol.block import Header
+from protocol.block import EntropyRef, Header
+from protocol.errors import InputError
 
 MIN_SOURCES_FOR_RANDOM = 2
 
@@ -68,3 +81,82 @@ def describe(status: PulseStatus) -> str:
     if status & PulseStatus.TOO_FEW_SOURCES:
         return "NOT RANDOM: fresh entropy from fewer sources than the two-source rule asks"
     return "random (start of the chain)" if status & PulseStatus.CHAIN_START else "random"
+
+
+class HealthSummaryError(InputError):
+    """A served per-source health summary that is malformed."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SourceHealth:
+    """The health of one source's chunks in one block, with the parameters they were tested
+    with (module doc): sorted by source id, then parameters."""
+
+    source_id: str
+    rct_cutoff: int
+    apt_cutoff: int
+    apt_window: int
+    chunks: int
+    windows: int
+    samples: int
+    rct_max_run: int
+    apt_max_count: int
+    failures: int
+
+    def failing(self) -> str | None:
+        """Why these chunks were not all passing entropy, None when they were."""
+        if self.failures:
+            return f"{self.source_id}: {self.failures} of {self.windows} windows failed"
+        if self.rct_max_run >= self.rct_cutoff:
+            return f"{self.source_id}: RCT run {self.rct_max_run} reaches {self.rct_cutoff}"
+        if self.apt_max_count >= self.apt_cutoff:
+            return f"{self.source_id}: APT count {self.apt_max_count} reaches {self.apt_cutoff}"
+        if self.windows < self.chunks or self.samples != self.windows * self.apt_window:
+            return (f"{self.source_id}: {self.chunks} chunks of {self.windows} windows and "
+                    f"{self.samples} samples do not add up")
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def describe(self) -> str:
+        """One line for people (the ``chain`` and ``beacon`` commands print it)."""
+        verdict = self.failing()
+        return (f"{self.source_id}: {self.chunks} chunks, {self.windows} windows, "
+                f"{self.samples} samples; RCT max run {self.rct_max_run} (cutoff "
+                f"{self.rct_cutoff}), APT max count {self.apt_max_count} (cutoff "
+                f"{self.apt_cutoff} of {self.apt_window}), {self.failures} failures: "
+                f"{'passed' if verdict is None else 'FAILED, ' + verdict}")
+
+    @classmethod
+    def from_json(cls, data: Any) -> SourceHealth:
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, Mapping) or set(data) != set(names):
+            raise HealthSummaryError(f"a source's health summary has exactly the fields {names}")
+        source_id, *counts = (data[name] for name in names)
+        if not isinstance(source_id, str) or not all(type(c) is int for c in counts):
+            raise HealthSummaryError(f"malformed source health summary {dict(data)}")
+        return cls(source_id, *counts)
+
+
+def health_by_source(entropy: Sequence[EntropyRef]) -> tuple[SourceHealth, ...]:
+    """The per-source fold of ``entropy``'s health summaries (module doc), sorted."""
+    folded: dict[tuple[str, int, int, int], SourceHealth] = {}
+    for ref in entropy:
+        h = ref.health
+        key = (ref.source_id, h.rct_cutoff, h.apt_cutoff, h.apt_window)
+        seen = folded.get(key)
+        if seen is None:
+            folded[key] = SourceHealth(*key, 1, h.windows, h.samples, h.rct_max_run,
+                                       h.apt_max_count, h.failures)
+        else:
+            folded[key] = SourceHealth(
+                *key, seen.chunks + 1, seen.windows + h.windows, seen.samples + h.samples,
+                max(seen.rct_max_run, h.rct_max_run), max(seen.apt_max_count, h.apt_max_count),
+                seen.failures + h.failures)
+    return tuple(folded[key] for key in sorted(folded))
+
+
+def health_json(entropy: Sequence[EntropyRef]) -> list[dict[str, Any]]:
+    """``health_by_source`` as the beacon API serves it."""
+    return [source.to_json() for source in health_by_source(entropy)]

@@ -7,7 +7,11 @@ earlier header is linked to it by the previous-block hash of the header after it
 entropy references must hash to its header's entropy root and ranges, and its randomness must
 be HMAC-SHA-512 of the previous randomness and those references (the previous randomness of
 the first pulse comes from ``previous_header``, itself hash-linked, or from the genesis
-``anchor`` at height 1). Any changed byte fails with ``BlockRejectedError``.
+``anchor`` at height 1). Every reference's SP 800-90B health summary (part of the hashed
+reference) must pass (``protocol.block.unhealthy_entropy``), and the pulse's per-source
+``health`` must be exactly the fold of those summaries (``protocol.pulse.health_by_source``);
+``Pulse.health`` hands the recomputed fold over. Any changed byte fails with
+``BlockRejectedError``.
 
 ``verify_pulse_proof(document, validators)`` checks a ``GET /v1/beacon/{h}/proof`` answer: the
 head's certificate, then an inclusion path from the pulse's block hash to the head's history
@@ -41,11 +45,14 @@ from protocol.block import (
     committed_devices,
     fresh_sources_of,
     ranges_of,
+    unhealthy_entropy,
 )
 from protocol.codec import WireError, decode_commit, decode_header
 from protocol.commit import verify_commit
+from protocol.entropy.chain import HealthSummary
+from protocol.errors import InputError
 from protocol.mmr import verify_inclusion
-from protocol.pulse import PulseStatus, is_random, pulse_status
+from protocol.pulse import PulseStatus, SourceHealth, health_by_source, is_random, pulse_status
 from protocol.randomness import block_randomness
 from protocol.validators import ValidatorSet
 from sdk.errors import (
@@ -65,7 +72,8 @@ MAX_WAIT_S = 60.0  # the gateway's bound on one long poll
 @dataclass(frozen=True, slots=True)
 class Pulse:
     """A verified pulse: its height, time, randomness and status (``is_random`` False: do not
-    use the value as randomness, it was computable in advance)."""
+    use the value as randomness, it was computable in advance), and the per-source health of
+    the entropy it mixes, recomputed from the verified references (module doc)."""
 
     chain_id: str
     height: int
@@ -73,15 +81,16 @@ class Pulse:
     randomness: bytes
     block_hash: bytes
     status: PulseStatus
+    health: tuple[SourceHealth, ...] = ()
 
     @property
     def is_random(self) -> bool:
         return is_random(self.status)
 
     @classmethod
-    def of(cls, header: Header) -> Pulse:
+    def of(cls, header: Header, entropy: tuple[EntropyRef, ...] = ()) -> Pulse:
         return cls(header.chain_id, header.height, header.time_ms, header.randomness,
-                   header.hash(), pulse_status(header))
+                   header.hash(), pulse_status(header), health_by_source(entropy))
 
 
 def _b64(text: str) -> bytes:
@@ -96,11 +105,14 @@ def _header(height: int | None, encoded: str) -> Header:
 
 
 def _entropy(height: int, items: Sequence[Any]) -> tuple[EntropyRef, ...]:
+    """References of a range pulse: ``[source_id, seq, digest, next_digest, committed,
+    health]``."""
     try:
         return tuple(EntropyRef(str(source), int(seq), bytes.fromhex(digest),
-                                bytes.fromhex(next_digest), _flag(committed))
-                     for source, seq, digest, next_digest, committed in items)
-    except (ValueError, TypeError) as exc:
+                                HealthSummary.from_json(health), bytes.fromhex(next_digest),
+                                _flag(committed))
+                     for source, seq, digest, next_digest, committed, health in items)
+    except (ValueError, TypeError) as exc:  # InputError is a ValueError
         raise BlockRejectedError(height, f"malformed entropy reference: {exc}") from exc
 
 
@@ -108,6 +120,20 @@ def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"committed must be true or false, not {value!r}")
     return value
+
+
+def _check_health(height: int, served: Any, entropy: tuple[EntropyRef, ...]) -> None:
+    """Every reference's summary passes and ``served`` is their per-source fold."""
+    unhealthy = unhealthy_entropy(entropy)
+    if unhealthy is not None:
+        raise BlockRejectedError(height, unhealthy)
+    try:
+        claimed = tuple(SourceHealth.from_json(item) for item in served)
+    except (InputError, TypeError) as exc:
+        raise BlockRejectedError(height, f"malformed health summary: {exc}") from exc
+    if claimed != health_by_source(entropy):
+        raise BlockRejectedError(height, "the per-source health summary is not the fold of the "
+                                         "entropy references' health summaries")
 
 
 def _check_pulse(header: Header, entropy: tuple[EntropyRef, ...], previous_randomness: bytes,
@@ -193,8 +219,9 @@ def _linked_pulses(document: dict[str, Any], anchor: TrustedCheckpoint | None
                                              "before it")
         entropy = _entropy(height, item.get("entropy", ()))
         _check_pulse(header, entropy, previous_randomness, previous_entropy)
+        _check_health(height, item.get("health"), entropy)
         previous_entropy = entropy
-        pulse = Pulse.of(header)
+        pulse = Pulse.of(header, entropy)
         pulses.append(pulse)
         previous_hash, previous_randomness = pulse.block_hash, header.randomness
     assert header is not None
@@ -256,12 +283,14 @@ def verify_pulse_document(document: dict[str, Any], validators: ValidatorSet, *,
     """One pulse of ``GET /v1/beacon/{h}`` (or a time lookup), verified as a range of one."""
     proof = document["proof"]
     header = _header(document.get("height"), proof["header"])
-    entropy = [[e["source_id"], e["seq"], e["digest"], e["next_digest"], e["committed"]]
+    entropy = [[e["source_id"], e["seq"], e["digest"], e["next_digest"], e["committed"],
+                e.get("health")]
                for e in proof["entropy"]]
     return verify_pulse_range({"previous_header": proof.get("previous_header"),
                                "commit": proof["commit"],
                                "pulses": [{"height": header.height, "header": proof["header"],
-                                           "entropy": entropy}]},
+                                           "entropy": entropy,
+                                           "health": document.get("health")}]},
                               validators, anchor=anchor)[0]
 
 

@@ -2,7 +2,8 @@
 
 Every pulse printed was verified here (``sdk.beacon``): its header's certificate against the
 validator set this command trusts (the genesis set by default, or a light client's saved
-checkpoint), its randomness re-derived from the previous pulse and its entropy references. No
+checkpoint), its randomness re-derived from the previous pulse and its entropy references, and
+the per-source SP 800-90B health of those references (printed under each pulse). No
 API key is needed (beacon reads are public); ``--url`` may be given several times (failover).
 Times are milliseconds since the epoch or ISO 8601 (``2026-11-29T10:00:00Z``).
 
@@ -63,7 +64,8 @@ def _time(text: str) -> int:
 def _document(pulse: Pulse) -> dict[str, object]:
     return {"height": pulse.height, "time_ms": pulse.time_ms, "chain_id": pulse.chain_id,
             "randomness": pulse.randomness.hex(), "block_hash": pulse.block_hash.hex(),
-            "status": int(pulse.status), "random": pulse.is_random, "verified": True}
+            "status": int(pulse.status), "random": pulse.is_random, "verified": True,
+            "health": [source.to_json() for source in pulse.health]}
 
 
 def _print(pulses: list[Pulse], as_json: bool) -> None:
@@ -75,6 +77,8 @@ def _print(pulses: list[Pulse], as_json: bool) -> None:
             mark = "" if pulse.is_random else "  [red]NOT RANDOM[/]"
             console.print(f"height {pulse.height:>7}  time_ms {pulse.time_ms}  randomness "
                           f"{pulse.randomness.hex()}  verified{mark}")
+            for source in pulse.health:
+                console.print(f"  health {source.describe()}", highlight=False, markup=False)
 
 
 def _run(ask: Callable[[BeaconClient], list[Pulse]], urls: list[str], api_key: str | None,

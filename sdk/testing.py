@@ -5,8 +5,9 @@ sources) and builds ``heights`` blocks with the real block format and ledger: ea
 signed by every validator, applied to the ledger, and encoded as the ``BlockFinalized`` record
 the tally would write. Blocks carry one entropy reference per contributing source when
 ``entropy_per_block`` > 0 (digests of local random bytes, each source's chunk committed to by its
-chunk before, so the randomness derivation and the precommitment checks are exercised). Nothing here touches Kafka;
-the SDK's tests, the gateway's tests and application developers use it alike.
+chunk before, so the randomness derivation and the precommitment checks are exercised).
+Nothing here touches Kafka; the SDK's tests, the gateway's tests and application developers use
+it alike.
 
 ``tamper`` rebuilds a record after changing its block or certificate, keeping the record
 internally consistent (hashes match), so only the verifier's semantic checks can catch it;
@@ -27,6 +28,7 @@ from pathlib import Path
 from protocol.block import Block, Body, EntropyRef, Header, fresh_sources_of, ranges_of
 from protocol.chain import ChainState, apply_block
 from protocol.commit import CommitCertificate, CommitFlag, CommitSig
+from protocol.entropy.chain import HealthSummary
 from protocol.finalized import FinalizedRecord
 from protocol.follow import BlockFollower
 from protocol.keys import Algorithm, SigningKey
@@ -62,6 +64,16 @@ def _commit(chain_id: str, block: Block, keys: dict[bytes, SigningKey],
     return CommitCertificate(block.height, 0, block.hash, sigs)
 
 
+def passing_health(windows: int = 8, *, rct_max_run: int = 24,
+                   apt_max_count: int = 560) -> HealthSummary:
+    """The health summary of ``windows`` binary APT windows that passed SP 800-90B's tests at
+    H = 1 bit per sample and alpha = 2^-30 (RCT cutoff 31, APT cutoff 609 of 1024): what a
+    healthy source's chunk carries, for chains built without an ingest."""
+    return HealthSummary(rct_max_run=rct_max_run, apt_max_count=apt_max_count, windows=windows,
+                         samples=windows * 1024, rct_cutoff=31, apt_cutoff=609, apt_window=1024,
+                         failures=0)
+
+
 def make_local_chain(directory: Path, heights: int, *, validators: int = 4, accounts: int = 2,
                      sources: int = 2, entropy_per_block: int = 1,
                      chain_id: str = "qustream-test", genesis_time_ms: int | None = None,
@@ -70,6 +82,7 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
                                    tuple[bytes, ...]] | None = None,
                      sources_at: Callable[[int], int] | None = None,
                      snapshot_every: int = 0,
+                     health: Callable[[int, str, int], HealthSummary] | None = None,
                      ) -> LocalChain:
     """Write ``directory/genesis.json`` and build ``heights`` finalized blocks (see module).
 
@@ -80,7 +93,9 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
     (``protocol.snapshot``) after every height divisible by it, as the tally would write it
     (the genesis parameter says the same interval). Blocks are one second apart; by default the
     last one is a minute old (so a light client's trusting period holds), ``genesis_time_ms``
-    places the chain elsewhere in time."""
+    places the chain elsewhere in time. ``health(height, source, seq)`` is the SP 800-90B
+    summary an entropy reference carries (default ``passing_health()``; a failing one makes a
+    block every reader must refuse, signed all the same)."""
     if genesis_time_ms is None:
         genesis_time_ms = int(time.time() * 1000) - 1000 * heights - 60_000
     validator_keys = tuple(SigningKey.generate(algorithm) for _ in range(validators))
@@ -118,7 +133,9 @@ def make_local_chain(directory: Path, heights: int, *, validators: int = 4, acco
             # first one is not), each committing to a payload digest drawn ahead.
             digest = upcoming.pop(source, None) or hashlib.sha256(os.urandom(32)).digest()
             upcoming[source] = hashlib.sha256(os.urandom(32)).digest()
-            ref = EntropyRef(source, seqs[source], digest, upcoming[source])
+            ref = EntropyRef(source, seqs[source], digest,
+                             passing_health() if health is None
+                             else health(height, source, seqs[source]), upcoming[source])
             entropy.append(replace(ref, committed=tip.is_committed(ref)))
             seqs[source] += 1
         body = Body(entropy=tuple(entropy), txs=txs(height, chain, account_keys) if txs else (),

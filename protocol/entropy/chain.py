@@ -8,8 +8,10 @@ Canonical encodings (see ``protocol.canonical``), reproducible by any implementa
 
 ``chunk_digest = SHA-256(tag "QuStream/v1/EntropyChunk" | text source_id | bool private |
 u64 seq | raw32 prev_digest | raw32 payload_digest | u32 payload_length | i64 produced_at_ms |
-bool simulated | u32 rct_max_run | u32 apt_max_count | u32 health_windows | raw32 next_digest)``,
-``payload_digest = SHA-256(payload)``, ``prev_digest`` of seq 0 is 32 zero bytes.
+bool simulated | health | raw32 next_digest)``, ``payload_digest = SHA-256(payload)``,
+``prev_digest`` of seq 0 is 32 zero bytes, and ``health`` (``HealthSummary.write``, also the
+end of a block's ``EntropyRef``) is ``u32 rct_max_run | u32 apt_max_count | u32 windows |
+u64 samples | u32 rct_cutoff | u32 apt_cutoff | u32 apt_window | u32 failures``.
 
 ``next_digest`` is the source's precommitment (``docs/precommitment.md``): the ``payload_digest``
 of its next chunk in the same chain, which the source has already read and tested but not
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from protocol.canonical import HASH_SIZE, CanonicalWriter
@@ -43,11 +45,91 @@ class ChunkFormatError(InputError):
     """A chunk or checkpoint record is structurally invalid (field type, size or range)."""
 
 
-@dataclass(frozen=True, slots=True)
+U32_MAX = 0xFFFF_FFFF
+U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True, slots=True, order=True)
 class HealthSummary:
+    """The SP 800-90B continuous tests over the raw samples a chunk's bytes came from.
+
+    ``windows`` APT windows of ``apt_window`` samples each (``samples`` in all) were tested
+    with the source's cutoffs; ``rct_max_run`` is the longest repetition seen (a run carried
+    in from the previous chunk counts whole), ``apt_max_count`` the highest count of a
+    window's reference sample, ``failures`` the windows in which either test failed.
+    ``impossible`` says which values no test run can produce; ``failing`` which summaries
+    show entropy that must not be used (``protocol.block`` refuses a block carrying one).
+    """
+
     rct_max_run: int = 0
     apt_max_count: int = 0
     windows: int = 0
+    samples: int = 0
+    rct_cutoff: int = 0
+    apt_cutoff: int = 0
+    apt_window: int = 0
+    failures: int = 0
+
+    def write(self, writer: CanonicalWriter) -> CanonicalWriter:
+        """Append the canonical encoding (module doc) to ``writer``."""
+        return (writer.u32(self.rct_max_run).u32(self.apt_max_count).u32(self.windows)
+                .u64(self.samples).u32(self.rct_cutoff).u32(self.apt_cutoff)
+                .u32(self.apt_window).u32(self.failures))
+
+    def to_json(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in HEALTH_FIELDS}
+
+    @classmethod
+    def from_json(cls, data: Any) -> HealthSummary:
+        """From ``to_json``'s dict: every field present, an integer (``ChunkFormatError``
+        otherwise; ``impossible`` is the caller's to ask)."""
+        if not isinstance(data, Mapping) or set(data) != set(HEALTH_FIELDS):
+            raise ChunkFormatError(f"a health summary has exactly the fields {HEALTH_FIELDS}")
+        values = [data[name] for name in HEALTH_FIELDS]
+        if not all(type(value) is int for value in values):
+            raise ChunkFormatError(f"health summary fields must be integers, got {values}")
+        return cls(*values)
+
+    def impossible(self) -> str | None:
+        """Why no test run produces these values (out of the encoding's range, more failing
+        windows than windows, a window count above the window); None when they are possible."""
+        for name in ("rct_max_run", "apt_max_count", "windows", "rct_cutoff", "apt_cutoff",
+                     "apt_window", "failures"):
+            value = getattr(self, name)
+            if type(value) is not int or not 0 <= value <= U32_MAX:
+                return f"health {name} {value!r} is not a u32"
+        if type(self.samples) is not int or not 0 <= self.samples <= U64_MAX:
+            return f"health samples {self.samples!r} is not a u64"
+        if self.failures > self.windows:
+            return f"health says {self.failures} of {self.windows} windows failed"
+        if self.apt_max_count > self.apt_window:
+            return (f"health APT count {self.apt_max_count} exceeds its window of "
+                    f"{self.apt_window} samples")
+        return None
+
+    def failing(self) -> str | None:
+        """Why this summary does not show passing entropy, None when it does: no failing
+        window, the longest run below the RCT cutoff, the highest APT count below the APT
+        cutoff, at least one window tested and ``samples == windows * apt_window``."""
+        if self.failures:
+            return f"{self.failures} of {self.windows} tested windows failed"
+        if self.rct_max_run >= self.rct_cutoff:
+            return (f"RCT: a run of {self.rct_max_run} reaches the cutoff "
+                    f"{self.rct_cutoff}")
+        if self.apt_max_count >= self.apt_cutoff:
+            return (f"APT: a count of {self.apt_max_count} reaches the cutoff "
+                    f"{self.apt_cutoff}")
+        if self.windows == 0:
+            return "no window was tested"
+        if self.samples != self.windows * self.apt_window:
+            return (f"{self.samples} samples are not {self.windows} windows of "
+                    f"{self.apt_window}")
+        return None
+
+
+HEALTH_FIELDS = tuple(f.name for f in fields(HealthSummary))
+"""The summary's fields in encoding order; ``EntropyChunkPublished`` names them
+``health_<field>``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +153,8 @@ class Chunk:
             "source_id": self.source_id, "seq": self.seq, "prev_digest": self.prev_digest,
             "payload_digest": self.payload_digest, "chunk_digest": self.chunk_digest,
             "payload": self.payload, "produced_at_ms": self.produced_at_ms,
-            "simulated": self.simulated, "health_rct_max_run": self.health.rct_max_run,
-            "health_apt_max_count": self.health.apt_max_count,
-            "health_windows": self.health.windows, "private": self.private,
+            "simulated": self.simulated, "private": self.private,
+            **{f"health_{name}": getattr(self.health, name) for name in HEALTH_FIELDS},
             "next_digest": self.next_digest,
         }
 
@@ -87,9 +168,8 @@ class Chunk:
                 bytes(record["payload_digest"]), bytes(record["chunk_digest"]),
                 bytes(record["payload"]), int(record["produced_at_ms"]),
                 bool(record["simulated"]),
-                HealthSummary(int(record.get("health_rct_max_run", 0)),
-                              int(record.get("health_apt_max_count", 0)),
-                              int(record.get("health_windows", 0))),
+                HealthSummary(*(int(record.get(f"health_{name}", 0))
+                                for name in HEALTH_FIELDS)),
                 bytes(record.get("next_digest") or ZERO_DIGEST),  # "" in older records
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -100,6 +180,9 @@ class Chunk:
                     f"chunk {chunk.source_id}#{chunk.seq}: {name} is not {DIGEST_SIZE} bytes")
         if chunk.seq < 0:
             raise ChunkFormatError(f"chunk {chunk.source_id}: negative seq {chunk.seq}")
+        impossible = chunk.health.impossible()
+        if impossible is not None:
+            raise ChunkFormatError(f"chunk {chunk.source_id}#{chunk.seq}: {impossible}")
         return chunk
 
 
@@ -108,12 +191,11 @@ def chunk_digest(
     payload_length: int, produced_at_ms: int, simulated: bool, health: HealthSummary,
     next_digest: bytes = ZERO_DIGEST,
 ) -> bytes:
-    return (
+    return health.write(
         CanonicalWriter("EntropyChunk").text(source_id).boolean(private).u64(seq)
         .raw(prev_digest, DIGEST_SIZE).raw(payload_digest, DIGEST_SIZE).u32(payload_length)
-        .i64(produced_at_ms).boolean(simulated).u32(health.rct_max_run)
-        .u32(health.apt_max_count).u32(health.windows).raw(next_digest, DIGEST_SIZE).digest()
-    )
+        .i64(produced_at_ms).boolean(simulated)
+    ).raw(next_digest, DIGEST_SIZE).digest()
 
 
 def expected_digest(chunk: Chunk) -> bytes:

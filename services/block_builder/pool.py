@@ -25,6 +25,13 @@ included again), so memory is bounded by what arrives between blocks.
 The registry follows the ledger (``set_registry``, after every applied block): a source removed
 by governance is refused from the next height on, on every node alike.
 
+A chunk whose signed health summary does not pass (``HealthSummary.failing``: a source that
+published data its own SP 800-90B tests failed) can never be in a block (``protocol.block``
+refuses it), and no later chunk of its chain can either, since ranges are contiguous. So
+``accept_checkpoint`` pools the chunks before it, never pools it or anything after it, remembers
+the source in ``unjoinable`` and raises ``UnhealthyChunkError``; the chain of that source is
+then stuck until it restarts (governance / a new chain), as for any unjoinable chain.
+
 A source whose verified chunks cannot continue the chain (the chain expects ``#n`` next and
 the source publishes from a later sequence number, e.g. a QRNG server that restarted its chain
 or a node that joined after the missing chunks expired) would otherwise sit in the pool for
@@ -62,6 +69,12 @@ class UnjoinableChainError(EntropyRejectedError):
         self.verified = verified
 
 
+class UnhealthyChunkError(UnjoinableChainError):
+    """A verified chunk whose health summary does not pass (module doc)."""
+
+    code = "unhealthy_chunk"
+
+
 @dataclass(frozen=True, slots=True)
 class CheckpointOutcome:
     """What one verified checkpoint did: chunks added to the pool and the chunks it verified
@@ -96,6 +109,7 @@ class EntropyPool:
         self.verified_chunks = 0
         self.rejected: dict[str, int] = {}
         self.unjoinable: dict[str, str] = {}  # source -> why its chunks cannot join the chain
+        self._unhealthy: dict[str, tuple[int, str]] = {}  # source -> first failing seq, why
         self._discarded: list[tuple[Chunk, EntropyRejectedError]] = []
 
     def set_registry(self, registry: Mapping[str, SourceRegistryEntry]) -> None:
@@ -111,6 +125,8 @@ class EntropyPool:
         self._chunks = {s: self._chunks.get(s, {}) for s in registry}
         for source in [s for s in self.unjoinable if s not in registry]:
             del self.unjoinable[source]
+        for source in [s for s in self._unhealthy if s not in registry]:
+            del self._unhealthy[source]
 
     # -- feeding
 
@@ -133,14 +149,30 @@ class EntropyPool:
         for chunk in verified:
             if chunk.seq <= floor:
                 continue
-            # The block names a chunk by its payload digest (see core/block.py EntropyRef).
-            ref = EntropyRef(chunk.source_id, chunk.seq, chunk.payload_digest, chunk.next_digest)
+            failing = chunk.health.failing()
+            if failing is not None and source not in self._unhealthy:
+                self._unhealthy[source] = (chunk.seq, f"chunk {source}#{chunk.seq} did not pass "
+                                                      f"its health tests: {failing}")
+            if chunk.seq >= self._unhealthy.get(source, (chunk.seq + 1, ""))[0]:
+                continue
+            # The block names a chunk by its payload digest (see protocol/block.py EntropyRef)
+            # and carries its health summary and precommitment, which the chunk digest the
+            # source signed covers.
+            ref = EntropyRef(chunk.source_id, chunk.seq, chunk.payload_digest, chunk.health,
+                             chunk.next_digest)
             pooled[chunk.seq] = PooledChunk(ref, self.current_height, now, len(chunk.payload))
             added += 1
         self._collect_discarded(lambda c: LosingBranchError(
             f"chunk {c.source_id}#{c.seq} ({c.chunk_digest.hex()[:16]}) is not on the chain "
             f"{c.source_id!r} signed at #{checkpoint.last_seq}: forged, or built on a forgery"))
         outcome = CheckpointOutcome(added, verified)
+        unhealthy = self._unhealthy.get(source)
+        if unhealthy is not None and any(c.seq >= unhealthy[0] for c in verified):
+            reason = (f"{unhealthy[1]}; no block can include it, so the chain of {source!r} "
+                      f"cannot continue past #{unhealthy[0] - 1}")
+            self.unjoinable[source] = reason
+            self.verified_chunks += added
+            raise UnhealthyChunkError(reason, verified)
         if pooled and min(pooled) > floor + 1:
             first, last = min(pooled), max(pooled)
             pooled.clear()

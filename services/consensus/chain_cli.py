@@ -39,7 +39,7 @@ def record_summary(record: Any, offset: int, validators: Any) -> dict[str, Any]:
     """The view of a verified ``FinalizedRecord`` at ``offset``; ``validators``, the set that
     signed it, gives the signed power (None when not known)."""
     from protocol.commit import CommitFlag
-    from protocol.pulse import describe, is_random, pulse_status
+    from protocol.pulse import describe, health_json, is_random, pulse_status
 
     header = record.block.header
     body = record.block.body
@@ -65,6 +65,8 @@ def record_summary(record: Any, offset: int, validators: Any) -> dict[str, Any]:
             {"source": r.source_id, "first": r.first, "last": r.last}
             for r in header.entropy_ranges
         ],
+        # per source, the SP 800-90B summaries of the chunks (protocol.pulse.health_by_source)
+        "health": health_json(body.entropy),
         "txs": len(body.txs),
         "evidence": len(body.evidence),
         "proposer": header.proposer_address.hex(),
@@ -80,9 +82,15 @@ def _print(summary: dict[str, Any], as_json: bool, console: Console) -> None:
     if as_json:
         print(json.dumps(summary))
         return
+    from protocol.pulse import SourceHealth
+
     table = Table(show_header=False, title=f"block {summary['height']}")
     for key, value in summary.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, list) else str(value))
+        if key == "health":
+            text = "\n".join(SourceHealth.from_json(item).describe() for item in value)
+            table.add_row(key, text or "no entropy")
+        else:
+            table.add_row(key, json.dumps(value) if isinstance(value, list) else str(value))
     console.print(table)
 
 

@@ -8,7 +8,9 @@ serialized once per block, so ``GET /v1/beacon/latest`` is a dictionary lookup.
 Every pulse carries its status (``protocol.pulse``: NIST-like ``status`` code, ``random``, and
 the fresh and registered source counts). ``/v1/beacon/latest`` is the latest *random* pulse: a
 block without fresh entropy from enough sources is served at its height, marked, but never as
-the latest random value (the head document says which height that is).
+the latest random value (the head document says which height that is). Pulses and blocks also
+carry ``health``: per source, the SP 800-90B summary folded from the block's entropy references
+(``protocol.pulse.health_by_source``), each reference listing its chunk's own summary.
 
 ``ChainFollower`` feeds it: it starts from the newest verified state snapshot
 (``services.consensus.snapshots``; the genesis when there is none) and ``read_blocks`` verifies
@@ -52,7 +54,7 @@ from protocol.block import EntropyRef
 from protocol.commit import CommitFlag
 from protocol.finalized import FinalizedRecord
 from protocol.mmr import EMPTY_HISTORY, History, HistoryProofError, SubtreeRoots, prove
-from protocol.pulse import describe, is_random, pulse_status
+from protocol.pulse import describe, health_json, is_random, pulse_status
 from protocol.randomness import randomness_input
 from protocol.validators import ValidatorSet, validator_set_to_json
 from services.gateway.waiting import Waiters
@@ -332,12 +334,13 @@ def pulse_document(chain_id: str, record: FinalizedRecord, previous: FinalizedRe
         "height": height, "chain_id": chain_id, "time_ms": block.header.time_ms,
         "randomness": block.header.randomness.hex(), "block_hash": block.hash.hex(),
         **pulse_fields(block.header),
+        "health": health_json(block.body.entropy),
         "proof": {
             "previous_randomness": (previous_randomness.hex()
                                     if previous_randomness is not None else None),
             "previous_header": (_b64(previous.block.header.canonical())
                                 if previous is not None else None),
-            "entropy": [entropy_item(r) for r in block.body.entropy],
+            "entropy": [entropy_ref_json(r) for r in block.body.entropy],
             "randomness_input": _b64(randomness_input(height, block.body.entropy)),
             "header": _b64(block.header.canonical()),
             "commit": _b64(record.commit.canonical()),
@@ -348,22 +351,25 @@ def pulse_document(chain_id: str, record: FinalizedRecord, previous: FinalizedRe
     }
 
 
-def entropy_item(ref: EntropyRef) -> dict[str, Any]:
-    """One entropy reference of a block as the API shows it (``docs/api.md``)."""
+def entropy_ref_json(ref: EntropyRef) -> dict[str, Any]:
+    """One entropy reference: source, seq, payload digest, precommitment and the chunk's
+    health summary (``docs/api.md``)."""
     return {"source_id": ref.source_id, "seq": ref.seq, "digest": ref.digest.hex(),
-            "next_digest": ref.next_digest.hex(), "committed": ref.committed}
+            "next_digest": ref.next_digest.hex(), "committed": ref.committed,
+            "health": ref.health.to_json()}
 
 
 def compact_pulse(record: FinalizedRecord) -> dict[str, Any]:
-    """One pulse of a range: its status, its canonical header and its entropy references
-    ``[source_id, seq, digest, next_digest, committed]``; no certificate (a range carries one,
-    for its last block)."""
-    header = record.block.header
+    """One pulse of a range: its status, per-source health, its canonical header and its
+    entropy references ``[source_id, seq, digest, next_digest, committed, health]``; no
+    certificate (a range carries one, for its last block)."""
+    header, entropy = record.block.header, record.block.body.entropy
     return {"height": record.height, "time_ms": header.time_ms,
             "randomness": header.randomness.hex(), "block_hash": record.block.hash.hex(),
-            **pulse_fields(header), "header": _b64(header.canonical()),
-            "entropy": [[r.source_id, r.seq, r.digest.hex(), r.next_digest.hex(), r.committed]
-                        for r in record.block.body.entropy]}
+            **pulse_fields(header), "health": health_json(entropy),
+            "header": _b64(header.canonical()),
+            "entropy": [[r.source_id, r.seq, r.digest.hex(), r.next_digest.hex(), r.committed,
+                         r.health.to_json()] for r in entropy]}
 
 
 def pulse_fields(header: Any) -> dict[str, Any]:
@@ -413,7 +419,7 @@ def block_document(stored: StoredBlock) -> dict[str, Any]:
             "history_root": header.history_root.hex(),
         },
         "body": {
-            "entropy": [entropy_item(r) for r in body.entropy],
+            "entropy": [entropy_ref_json(r) for r in body.entropy],
             "txs": [_b64(tx) for tx in body.txs], "evidence": len(body.evidence),
         },
         "commit": {
@@ -425,6 +431,7 @@ def block_document(stored: StoredBlock) -> dict[str, Any]:
             "total_power": stored.validators.total_power,
         },
         "pulse": pulse_fields(header),
+        "health": health_json(body.entropy),
         "state_hash": record.state_hash.hex(),
         "validators_url": f"/v1/validators/{record.height}",
         "finalized_at_ms": record.finalized_at_ms,

@@ -102,7 +102,9 @@ class ChunkEncoder:
             .read_text())["fields"]]
         if fields != ["source_id", "seq", "prev_digest", "payload_digest", "chunk_digest",
                       "payload", "produced_at_ms", "simulated", "health_rct_max_run",
-                      "health_apt_max_count", "health_windows", "private", "next_digest"]:
+                      "health_apt_max_count", "health_windows", "private", "health_samples",
+                      "health_rct_cutoff", "health_apt_cutoff", "health_apt_window",
+                      "health_failures", "next_digest"]:
             raise PublishError(f"EntropyChunkPublished changed ({fields}); update ChunkEncoder")
 
     def encode(self, chunk: Chunk) -> bytes:
@@ -115,7 +117,8 @@ class ChunkEncoder:
             _zigzag(chunk.produced_at_ms), b"\x01" if chunk.simulated else b"\x00",
             _zigzag(health.rct_max_run), _zigzag(health.apt_max_count),
             _zigzag(health.windows), b"\x01" if chunk.private else b"\x00",
-            b"\x40", chunk.next_digest,
+            _zigzag(health.samples), _zigzag(health.rct_cutoff), _zigzag(health.apt_cutoff),
+            _zigzag(health.apt_window), _zigzag(health.failures), b"\x40", chunk.next_digest,
         ))
 
 

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from protocol.entropy.chain import CheckpointPolicy, Chunk, HealthSummary, payload_sha256
+from protocol.entropy.chain import CheckpointPolicy, Chunk, payload_sha256
 from protocol.errors import InputError
 from protocol.keys import SigningKey
 from services.qrng_ingest.core.health import (
@@ -217,7 +217,7 @@ class IngestService:
         if verdict.publish:
             placement, chunk = self.publisher.offer(
                 block, simulated=self._source.simulated,
-                health=HealthSummary(health.rct_max_run, health.apt_max_count, health.windows),
+                health=health.summary(self.params),
                 payload_digest=None if digest is None else digest.result())
             if placement in (Placement.WITHHELD, Placement.WAIT):
                 self.report.withheld_bytes += len(block)

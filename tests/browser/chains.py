@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from protocol.block import Block, EntropyRef
+from protocol.block import Block
 from protocol.commit import CommitFlag, CommitSig
 from protocol.validators import ValidatorSet
 from sdk.testing import LocalChain, flip_bit, tamper
@@ -27,7 +27,7 @@ def _body_entropy_digest(raw: bytes) -> bytes:
     record = decode_finalized(raw)
     block = record.block
     first, *rest = block.body.entropy
-    changed = EntropyRef(first.source_id, first.seq, flip_bit(first.digest, 3))
+    changed = dataclasses.replace(first, digest=flip_bit(first.digest, 3))
     body = dataclasses.replace(block.body, entropy=(changed, *rest))
     return encode_finalized(dataclasses.replace(record, block=Block(block.header, body)))
 

@@ -63,6 +63,7 @@ from protocol.messages import Vote, VoteType
 from protocol.proposal import Message, Proposal
 from protocol.proposer import ProposerPriorities, initial_priorities
 from protocol.validators import Validator, ValidatorSet
+from sdk.testing import passing_health
 from services.block_builder.core.logic import NodeBlockLogic
 from services.block_builder.core.proposal import EntropyRules, StaticPool
 from services.consensus.core import state_machine as sm
@@ -724,7 +725,9 @@ def entropy_pool(height: int, rules: EntropyRules, window: int = 8) -> StaticPoo
 
     chunks = {
         source: tuple(
-            (EntropyRef(source, seq, digest(source, seq), digest(source, seq + 1)), seq + 1)
+            (EntropyRef(source, seq, digest(source, seq),
+                        passing_health(rct_max_run=16 + seq % 8), digest(source, seq + 1)),
+             seq + 1)
             for seq in range(max(0, height - window), height)
         )
         for source in SOURCES

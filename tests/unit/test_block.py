@@ -14,6 +14,7 @@ from protocol.commit import CommitCertificate
 from protocol.merkle import inclusion_proof, verify_inclusion
 from protocol.mmr import history_of, root
 from protocol.randomness import block_randomness, genesis_randomness, randomness_input
+from sdk.testing import passing_health
 from services.block_builder.core.proposal import (
     EntropyRules,
     InvalidBlockError,
@@ -33,7 +34,8 @@ def digest(source: str, seq: int) -> bytes:
 
 def ref(source: str, seq: int, committed: bool = False) -> EntropyRef:
     """Chunk ``seq`` of ``source``, committing to the digest of chunk ``seq + 1``."""
-    return EntropyRef(source, seq, digest(source, seq), digest(source, seq + 1), committed)
+    return EntropyRef(source, seq, digest(source, seq), passing_health(),
+                      digest(source, seq + 1), committed)
 
 
 def pool(height: int, sources: dict[str, range], healthy: tuple[str, ...] | None = None,
@@ -134,7 +136,7 @@ def test_a_committed_flag_must_agree_with_the_chain() -> None:
     for index in range(2):  # claim a kept commitment as broken, and the reverse
         flipped = list(block.body.entropy)
         flipped[index] = dataclasses.replace(flipped[index], committed=not flipped[index].committed)
-        with pytest.raises(InvalidBlockError, match="flagged|contributed fresh"):
+        with pytest.raises(InvalidBlockError, match=r"flagged|contributed fresh"):
             validate(_with_entropy(block, tuple(flipped)), chain_tip, entropy)
     # A chunk whose digest is not what its source committed to is not committed.
     other_commitment = dataclasses.replace(
@@ -324,6 +326,6 @@ def test_transactions_must_pass_check_tx() -> None:
 
 def test_entropy_refs_and_ranges_validate_their_fields() -> None:
     with pytest.raises(BlockFormatError):
-        EntropyRef("a", 0, b"short")
+        EntropyRef("a", 0, b"short", passing_health())
     with pytest.raises(BlockFormatError):
         SeqRange("a", 3, 2)

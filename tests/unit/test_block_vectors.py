@@ -19,10 +19,12 @@ import pytest
 
 from protocol.block import Block, Body, EntropyRef, Header, SeqRange
 from protocol.commit import CommitCertificate, CommitFlag, CommitSig
+from protocol.entropy.chain import HealthSummary
 from protocol.evidence import DuplicateVoteEvidence
 from protocol.messages import Vote, VoteType
 from protocol.mmr import EMPTY_HISTORY, append, root
 from protocol.randomness import block_randomness, genesis_randomness
+from sdk.testing import passing_health
 from tests.support.sim import Behavior, SimConfig, simulate
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
@@ -83,12 +85,16 @@ _HEX_FIELDS = ("previous_block_hash", "last_commit_hash", "entropy_root", "rando
 
 
 def _ref_json(ref: EntropyRef) -> list[Any]:
-    return [ref.source_id, ref.seq, ref.digest.hex(), ref.next_digest.hex(), ref.committed]
+    """``[source_id, seq, digest, next_digest, committed, health]``, health as
+    ``HealthSummary.to_json``."""
+    return [ref.source_id, ref.seq, ref.digest.hex(), ref.next_digest.hex(), ref.committed,
+            ref.health.to_json()]
 
 
-def _ref_from(data: list[Any]) -> EntropyRef:
-    source, seq, digest, next_digest, committed = data
-    return EntropyRef(source, seq, bytes.fromhex(digest), bytes.fromhex(next_digest), committed)
+def _ref_from(item: list[Any]) -> EntropyRef:
+    source, seq, digest, next_digest, committed, health = item
+    return EntropyRef(source, seq, bytes.fromhex(digest), HealthSummary.from_json(health),
+                      bytes.fromhex(next_digest), committed)
 
 
 def _block_json(block: Block) -> dict[str, Any]:
@@ -129,7 +135,7 @@ def _block_from(data: dict[str, Any]) -> Block:
     return Block(
         Header(**fields),
         Body(
-            entropy=tuple(_ref_from(r) for r in body["entropy"]),
+            entropy=tuple(_ref_from(item) for item in body["entropy"]),
             txs=tuple(bytes.fromhex(tx) for tx in body["txs"]),
             evidence=tuple(
                 DuplicateVoteEvidence(_vote_from(e["vote_a"]), _vote_from(e["vote_b"]))
@@ -150,7 +156,8 @@ def _generate_blocks() -> dict[str, Any]:
         "description": "A simulated chain (seed 42, 4 Ed25519 validators, validator 0 "
                        "equivocating). For each block: header fields, body, and the expected "
                        "canonical encodings and block hash (SHA-256 of the BlockHash message "
-                       "wrapping the header).",
+                       "wrapping the header). Entropy refs are [source_id, seq, digest, health "
+                       "summary]; the summary is the end of the ref's canonical encoding.",
         "blocks": [_block_json(b) for b in blocks],
     }
 
@@ -161,7 +168,9 @@ def _generate_randomness() -> dict[str, Any]:
     for height in range(1, 5):
         # k = 0 committed (mixed), k = 1 not (listed, never mixed)
         entropy = [
-            EntropyRef(source, height * 2 + k, bytes([height, k]) * 16, bytes([k]) * 32, k == 0)
+            EntropyRef(source, height * 2 + k, bytes([height, k]) * 16,
+                       passing_health(height + k, rct_max_run=20 + k, apt_max_count=540 + height),
+                       bytes([k]) * 32, k == 0)
             for source in ("qrng-b", "qrng-a") for k in range(height % 3)
         ]
         output = block_randomness(previous, height, entropy)
@@ -176,9 +185,9 @@ def _generate_randomness() -> dict[str, Any]:
         "description": "R_0 = HMAC-SHA-512(key='QuStream/v1/GenesisRandomness', genesis value); "
                        "R_h = HMAC-SHA-512(key=R_(h-1), canonical BlockRandomness(height, "
                        "MixedChunk(source, seq, digest) of the committed entropy refs sorted by "
-                       "(source, seq))). Entropy is listed unsorted on purpose; each item is "
-                       "[source, seq, digest, next_digest, committed], and uncommitted ones "
-                       "are not mixed.",
+                       "(source, seq))). Entropy is listed unsorted on purpose; each ref is "
+                       "[source_id, seq, digest, next_digest, committed, health summary], and "
+                       "uncommitted ones are not mixed.",
         "genesis_value": b"qustream genesis randomness vector".hex(),
         "genesis_randomness": genesis_randomness(b"qustream genesis randomness vector").hex(),
         "steps": steps,
@@ -221,6 +230,6 @@ def test_randomness_vectors() -> None:
     previous = bytes.fromhex(data["genesis_randomness"])
     for step in data["steps"]:
         assert step["previous"] == previous.hex()
-        entropy = [_ref_from(r) for r in step["entropy"]]
+        entropy = [_ref_from(item) for item in step["entropy"]]
         previous = block_randomness(previous, step["height"], entropy)
         assert previous.hex() == step["randomness"]

@@ -8,6 +8,7 @@ from protocol.block import EntropyRef
 from protocol.chain import ChainTip
 from protocol.codec import WireError, decode_block, decode_commit
 from protocol.finalized import FinalizedRecord
+from sdk.testing import passing_health
 from services.block_builder.pool import EntropyPool
 from streams.chain_wire import decode_finalized, encode_finalized
 from tests.support.sim import SimConfig, simulate
@@ -46,12 +47,13 @@ def test_pool_views_settle_and_prune() -> None:
     from services.block_builder.pool import PooledChunk
 
     for seq in range(3):
-        ref = EntropyRef("s", seq, bytes([seq]) * 32)
+        ref = EntropyRef("s", seq, bytes([seq]) * 32, passing_health())
         pool._chunks["s"][seq] = PooledChunk(ref, 1, 100.0 - (0.5 if seq < 2 else 0), 8)
     proposer = pool.proposer_view(100)
     assert [r.seq for r in proposer.verified_after("s", -1)] == [0, 1]
     assert pool.validator_view(1000).verified_after("s", -1) == ()
-    assert pool.validator_view(1000).age_in_heights(EntropyRef("s", 2, bytes([2]) * 32)) == 0
+    assert pool.validator_view(1000).age_in_heights(EntropyRef("s", 2, bytes([2]) * 32,
+                                                               passing_health())) == 0
     tip = ChainTip("c", 2, bytes(32), 0, bytes(64), (("s", 1),), b"", bytes(32), bytes(32))
     pool.advance(tip)
     assert pool.pending() == {"s": 1}

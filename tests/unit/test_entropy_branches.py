@@ -12,13 +12,14 @@ from hypothesis import strategies as st
 
 from protocol.block import EntropyRef
 from protocol.chain import ChainTip
-from protocol.entropy.chain import ChainHead, Chunk, HealthSummary, extend
+from protocol.entropy.chain import ChainHead, Chunk, extend
 from protocol.entropy.verifier import (
     MAX_COMPETING,
     ChainVerifier,
     PendingLimitError,
     UnknownSourceError,
 )
+from sdk.testing import passing_health
 from services.block_builder.pool import EntropyPool, UnjoinableChainError
 from services.block_builder.runtime import BlockBuilder
 from tests.unit.test_qrng_chain import KEY, REGISTRY, _chain, _checkpoint
@@ -27,7 +28,7 @@ from tests.unit.test_qrng_chain import KEY, REGISTRY, _chain, _checkpoint
 def _forged(seq: int, previous: bytes, tag: int) -> Chunk:
     chunk, _ = extend(ChainHead(seq, previous), source_id="qd-1", private=False,
                       payload=hashlib.sha256(b"forged %d %d" % (seq, tag)).digest(),
-                      produced_at_ms=1, simulated=True, health=HealthSummary())
+                      produced_at_ms=1, simulated=True, health=passing_health())
     return chunk
 
 
@@ -136,7 +137,8 @@ def test_the_registry_follows_the_ledger() -> None:
     assert builder.pool.registered_sources() == ("qd-1",)
     builder.pool.set_registry({})
     assert builder.pool.registered_sources() == ()
-    assert not builder.pool.known(EntropyRef("qd-1", 0, chunks[0].payload_digest))
+    assert not builder.pool.known(EntropyRef("qd-1", 0, chunks[0].payload_digest,
+                                             chunks[0].health))
     discarded = builder.pool.take_discarded()
     assert [(c.seq, type(e)) for c, e in discarded] == [(2, UnknownSourceError)]
     with pytest.raises(UnknownSourceError):

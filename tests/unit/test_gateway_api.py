@@ -135,6 +135,8 @@ def test_beacon_proof_verifies(gateway: tuple[Gateway, dict[str, str]]) -> None:
     from protocol.block import EntropyRef
     from protocol.codec import decode_commit
     from protocol.commit import verify_commit
+    from protocol.entropy.chain import HealthSummary
+    from protocol.pulse import health_json
 
     gw, keys = gateway
     http = client(gw, keys["read"])
@@ -144,8 +146,9 @@ def test_beacon_proof_verifies(gateway: tuple[Gateway, dict[str, str]]) -> None:
         pulse = http.get(f"/v1/beacon/{height}").json()
         proof = pulse["proof"]
         refs = [EntropyRef(e["source_id"], e["seq"], bytes.fromhex(e["digest"]),
-                           bytes.fromhex(e["next_digest"]), e["committed"])
-                for e in proof["entropy"]]
+                           HealthSummary.from_json(e["health"]), bytes.fromhex(e["next_digest"]),
+                           e["committed"]) for e in proof["entropy"]]
+        assert pulse["health"] == health_json(refs)
         derived = block_randomness(bytes.fromhex(proof["previous_randomness"]), height, refs)
         assert derived.hex() == pulse["randomness"]
         validators = gw.view.get(height).validators  # type: ignore[union-attr]

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from protocol.block import EntropyRef, fresh_sources_of
 from protocol.randomness import block_randomness
 from services.block_builder.core.proposal import InvalidBlockError, StaticPool
-from tests.unit.test_block import RULES, build, digest, tip, validate
+from tests.unit.test_block import RULES, build, digest, passing_health, tip, validate
 
+HEALTH = passing_health()
 TARGET_BITS = 8  # the review chose 16 bits in 0.4 s; 8 bits takes ~256 tries, so 2,000 suffice
 TRIES = 2000
 
@@ -35,8 +36,8 @@ def _pool(attacker: EntropyRef | None, honest: EntropyRef) -> StaticPool:
 
 def test_the_last_revealer_cannot_grind_the_randomness() -> None:
     chain_tip = tip(last_seq=(("attacker", 0), ("honest", 0)))
-    honest = EntropyRef("honest", 1, digest("honest", 1), os.urandom(32))
-    committed = EntropyRef("attacker", 1, digest("attacker", 1), os.urandom(32))
+    honest = EntropyRef("honest", 1, digest("honest", 1), HEALTH, os.urandom(32))
+    committed = EntropyRef("attacker", 1, digest("attacker", 1), HEALTH, os.urandom(32))
     target = _top(os.urandom(1) + bytes(63))
     reachable: set[bytes] = set()
     ground: set[bytes] = set()  # what the same search reaches if the validators mixed anything
@@ -45,7 +46,7 @@ def test_the_last_revealer_cannot_grind_the_randomness() -> None:
         # chunk, its next digest, and whether to reveal at all.
         payload_digest = committed.digest if attempt % 3 == 0 else hashlib.sha256(
             attempt.to_bytes(4, "big")).digest()
-        variant = EntropyRef("attacker", 1, payload_digest, os.urandom(32))
+        variant = EntropyRef("attacker", 1, payload_digest, HEALTH, os.urandom(32))
         withhold = attempt % 7 == 0
         pool = _pool(None if withhold else variant, honest)
         block = build(chain_tip, pool)
@@ -64,8 +65,8 @@ def test_the_last_revealer_cannot_grind_the_randomness() -> None:
 
 def test_a_block_that_mixes_an_uncommitted_payload_is_refused() -> None:
     chain_tip = tip(last_seq=(("attacker", 0), ("honest", 0)))
-    honest = EntropyRef("honest", 1, digest("honest", 1), os.urandom(32))
-    ground = EntropyRef("attacker", 1, os.urandom(32), os.urandom(32))
+    honest = EntropyRef("honest", 1, digest("honest", 1), HEALTH, os.urandom(32))
+    ground = EntropyRef("attacker", 1, os.urandom(32), HEALTH, os.urandom(32))
     pool = _pool(ground, honest)
     block = build(chain_tip, pool)
     assert [r.committed for r in block.body.entropy] == [False, True]
@@ -92,7 +93,7 @@ _digests = st.binary(min_size=32, max_size=32)
 def test_randomness_ignores_what_was_not_committed(digests: list[bytes], nexts: list[bytes],
                                                    flags: list[bool], other: bytes) -> None:
     previous = bytes(64)
-    refs = [EntropyRef(s, 1, d, n, f) for s, d, n, f in zip("ab", digests, nexts, flags,
+    refs = [EntropyRef(s, 1, d, HEALTH, n, f) for s, d, n, f in zip("ab", digests, nexts, flags,
                                                                strict=True)]
     base = block_randomness(previous, 7, refs)
     for index, ref in enumerate(refs):
@@ -109,7 +110,7 @@ def test_randomness_ignores_what_was_not_committed(digests: list[bytes], nexts: 
        previous=st.lists(st.sampled_from(["a", "b", "c.lane-0", "c.lane-1"]), unique=True))
 def test_fresh_sources_are_committed_devices_of_the_previous_block(
         sources: list[str], committed: list[bool], previous: list[str]) -> None:
-    refs = [EntropyRef(s, 1, bytes(32), bytes(32), f) for s, f in zip(sorted(sources),
+    refs = [EntropyRef(s, 1, bytes(32), HEALTH, bytes(32), f) for s, f in zip(sorted(sources),
                                                                        committed, strict=False)]
     fresh = fresh_sources_of(refs, previous)
     devices = {r.source_id.split(".lane-")[0] for r in refs if r.committed

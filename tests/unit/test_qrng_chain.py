@@ -59,7 +59,7 @@ def _chain(count: int, *, start: ChainHead | None = None, private: bool = False,
         chunk, head = extend(head, source_id="qd-1", private=private,
                              payload=hashlib.sha256(bytes([i, head.next_seq % 256])).digest() * 4,
                              produced_at_ms=1_700_000_000_000 + i, simulated=simulated,
-                             health=HealthSummary(3, 12, 1))
+                             health=HealthSummary(3, 12, 1, 1024, 31, 609, 1024, 0))
         chunks.append(chunk)
     return chunks, head
 
@@ -81,7 +81,10 @@ def test_chain_links_and_golden_digest() -> None:
     assert chunks[0].chunk_digest.hex() == GOLDEN_FIRST_DIGEST
 
 
-GOLDEN_FIRST_DIGEST = "3276c14f396a32beec14e8f104e501f19cb46ac329d2f4e32944a75ac4130c82"
+# Changed when the health summary grew samples, cutoffs, window and failures (issue 19 item
+# 4), and again when chunks gained next_digest (item 1): the digest covers them, so every
+# chunk digest changed with them.
+GOLDEN_FIRST_DIGEST = "be0b74d63fd7c508cf06165e3c1c187f63cf7b1f1fb5834dc30fab1f8b652644"
 
 
 def test_records_round_trip_through_avro() -> None:

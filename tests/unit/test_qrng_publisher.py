@@ -26,12 +26,15 @@ from streams.codec import default_codec
     seq=st.integers(0, 2**63 - 1), payload=st.binary(max_size=3000),
     produced=st.integers(-(2**63), 2**63 - 1), simulated=st.booleans(), private=st.booleans(),
     health=st.tuples(st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1),
-                     st.integers(0, 2**31 - 1)),
+                     st.integers(0, 2**31 - 1), st.integers(0, 2**63 - 1),
+                     st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1),
+                     st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1)).filter(
+        lambda h: HealthSummary(*h).impossible() is None),
     next_digest=st.one_of(st.just(ZERO_DIGEST), st.binary(min_size=32, max_size=32)),
 )
 def test_fast_encoder_equals_the_codec(
     source_id: str, seq: int, payload: bytes, produced: int, simulated: bool, private: bool,
-    health: tuple[int, int, int], next_digest: bytes,
+    health: tuple[int, ...], next_digest: bytes,
 ) -> None:
     chunk = Chunk(source_id, private, seq, os.urandom(32), os.urandom(32), os.urandom(32),
                   payload, produced, simulated, HealthSummary(*health), next_digest)

@@ -5,13 +5,13 @@ key, hash chain, payload and chunk digests, checkpoint signature). A chunk is *v
 checkpoint with a valid signature covers it. Then every ``EntropyRef`` of every applied block is
 matched (``match``):
 
-- verified with the same payload digest: checked (``entropy`` count);
+- verified with the same payload digest and health summary: checked (``entropy`` count);
 - older than the first retained chunk of its source: the raw chunk has expired, so that height's
   entropy is checked by commitment only (the signed header commits to the digests and the
   randomness derivation was re-done from them) — reported as a note, not a failure;
-- anything else is a failure at the block's height: the digest differs, the chunk is not on the
-  topic, or it is not covered by a verified checkpoint — naming the rejected checkpoint record
-  (partition, offset, reason) when one claimed to cover it.
+- anything else is a failure at the block's height: the digest or the health summary differs,
+  the chunk is not on the topic, or it is not covered by a verified checkpoint — naming the
+  rejected checkpoint record (partition, offset, reason) when one claimed to cover it.
 
 Rejected records nobody used are warnings: Kafka is not trusted, garbage on it is no divergence.
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.block import EntropyRef
-from protocol.entropy.chain import Checkpoint, Chunk, ChunkFormatError
+from protocol.entropy.chain import Checkpoint, Chunk, ChunkFormatError, HealthSummary
 from protocol.entropy.registry import SourceRegistryEntry
 from protocol.entropy.verifier import ChainVerifier, EntropyRejectedError
 from services.audit.core.findings import Finding, Severity
@@ -45,7 +45,8 @@ class RejectedCheckpoint:
 class EntropyAuditor:
     registry: Mapping[str, SourceRegistryEntry]
     verifier: ChainVerifier = field(init=False)
-    verified: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    # (payload digest, health summary) per verified chunk: what a ref must carry; no payloads
+    verified: dict[tuple[str, int], tuple[bytes, HealthSummary]] = field(default_factory=dict)
     first_seen: dict[str, int] = field(default_factory=dict)
     seen: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
     rejected_checkpoints: list[RejectedCheckpoint] = field(default_factory=list)
@@ -81,7 +82,8 @@ class EntropyAuditor:
                     raise
                 self.counts["checkpoints"] = self.counts.get("checkpoints", 0) + 1
                 for chunk in chunks:
-                    self.verified[(chunk.source_id, chunk.seq)] = chunk.payload_digest
+                    self.verified[(chunk.source_id, chunk.seq)] = (chunk.payload_digest,
+                                                                   chunk.health)
             else:
                 self._warn(f"{schema} does not belong on entropy.raw", partition, offset)
         except (EntropyRejectedError, ChunkFormatError) as exc:
@@ -95,15 +97,18 @@ class EntropyAuditor:
         by_commitment: set[int] = set()
         for height, offset, ref in refs:
             key = (ref.source_id, ref.seq)
-            digest = self.verified.get(key)
-            if digest == ref.digest:
+            digest, health = self.verified.get(key, (None, None))
+            if digest == ref.digest and health == ref.health:
                 self.counts["refs_checked"] = self.counts.get("refs_checked", 0) + 1
                 continue
             first = self.first_seen.get(ref.source_id)
             if digest is None and (first is None or ref.seq < first) and key not in self.seen:
                 by_commitment.add(height)
                 continue
-            if digest is not None:
+            if digest == ref.digest:
+                reason = (f"entropy ref {ref.source_id}#{ref.seq} health {ref.health} differs "
+                          f"from the verified chunk's {health}")
+            elif digest is not None:
                 reason = (f"entropy ref {ref.source_id}#{ref.seq} digest "
                           f"{ref.digest.hex()[:16]} differs from the verified chunk's "
                           f"{digest.hex()[:16]}")

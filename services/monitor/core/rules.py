@@ -154,7 +154,9 @@ RULES: tuple[Rule, ...] = (
          "pulse. The beacon API keeps serving the last random pulse meanwhile.",
          "Check the QRNG sources (`qustream qrng status`, QrngStalled, QrngQuarantined) and "
          "dlq.entropy for `unjoinable_chain` (a source that restarted its chain: give it its "
-         "state back or register it anew) and `losing_branch` (forged chunks on entropy.raw).",
+         "state back or register it anew), `unhealthy_chunk` (a source signed a chunk its own "
+         "health tests failed: take the device out of service and register it anew) and "
+         "`losing_branch` (forged chunks on entropy.raw).",
          lambda p: "qustream_monitor_chain_pulse_not_random == 1"),
     Rule("MempoolBacklog", "warning", "chain",
          "Mempool backlog",

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from protocol.entropy.chain import HealthSummary
 from protocol.errors import InputError
 
 MIN_ALPHA_EXPONENT = 20
@@ -191,6 +192,15 @@ class BlockHealth:
     @property
     def passed(self) -> bool:
         return not (self.rct_failed.any() or self.apt_failed.any())
+
+    def summary(self, params: HealthParameters) -> HealthSummary:
+        """What a chunk of this block carries (``protocol.entropy.chain.HealthSummary``): the
+        samples and windows tested, the cutoffs they were tested with and what was seen."""
+        return HealthSummary(
+            rct_max_run=self.rct_max_run, apt_max_count=self.apt_max_count,
+            windows=self.windows, samples=self.windows * params.apt_window,
+            rct_cutoff=params.rct_cutoff, apt_cutoff=params.apt_cutoff,
+            apt_window=params.apt_window, failures=int(np.count_nonzero(self.failed)))
 
 
 def _byte_tables() -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],

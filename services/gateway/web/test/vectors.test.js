@@ -9,9 +9,11 @@ import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import { decodeBlock, decodeBody, decodeHeader, blockHash, structuralProblem } from "../src/core/block.js";
+import { merkleRoot } from "../src/core/merkle.js";
 import { concat, fromHex, fromUtf8, toHex } from "../src/core/bytes.js";
 import { CanonicalReader, CanonicalWriter } from "../src/core/canonical.js";
 import { FLAGS, verifyCommit } from "../src/core/commit.js";
+import { failingHealth, healthBySource, healthFromJson, sourceHealthJson, unhealthyEntropy, writeHealth } from "../src/core/health.js";
 import { pulseOf } from "../src/core/pulse.js";
 import { blockRandomness, genesisRandomness } from "../src/core/randomness.js";
 import { addressOf, parsePublicKey, validatorSetFromJson } from "../src/core/validators.js";
@@ -112,7 +114,7 @@ test("blocks: headers and bodies decode to the vector's fields, hashes and links
     }
     assert.equal(toHex(blockHash(headerBytes)), entry.expected.block_hash);
     const body = decodeBody(fromHex(entry.expected.body_canonical));
-    assert.deepEqual(body.entropy.map((r) => [r.sourceId, r.seq, toHex(r.digest), toHex(r.nextDigest), r.committed]), entry.body.entropy);
+    assert.deepEqual(body.entropy.map((r) => [r.sourceId, r.seq, toHex(r.digest), toHex(r.nextDigest), r.committed, healthJson(r.health)]), entry.body.entropy);
     assert.deepEqual(body.txs.map(toHex), entry.body.txs);
     assert.deepEqual(body.evidence.map((e) => ({ vote_a: voteJson(e.voteA), vote_b: voteJson(e.voteB) })), entry.body.evidence);
     assert.deepEqual(body.lastCommit === null ? null : commitJson(body.lastCommit), entry.body.last_commit);
@@ -121,6 +123,42 @@ test("blocks: headers and bodies decode to the vector's fields, hashes and links
     assert.equal(structuralProblem(block), null, `height ${entry.header.height}`);
     if (previous !== null) assert.equal(toHex(block.header.previousBlockHash), toHex(previous));
     previous = block.hash;
+  }
+});
+
+/** protocol/entropy/chain.py ``HealthSummary.to_json``. @param {import("../src/core/health.js").HealthSummary} h */
+const healthJson = (h) => ({
+  rct_max_run: h.rctMaxRun, apt_max_count: h.aptMaxCount, windows: h.windows, samples: Number(h.samples),
+  rct_cutoff: h.rctCutoff, apt_cutoff: h.aptCutoff, apt_window: h.aptWindow, failures: h.failures,
+});
+
+test("health: every vector ref passes, and a failing summary is refused as entropy_health", () => {
+  const { blocks } = load("blocks/chain.json");
+  for (const entry of blocks) {
+    const body = decodeBody(fromHex(entry.expected.body_canonical));
+    assert.equal(unhealthyEntropy(body.entropy), null);
+    const folded = healthBySource(body.entropy).map(sourceHealthJson);
+    assert.deepEqual(folded.map((s) => s.source_id), [...new Set(body.entropy.map((r) => r.sourceId))].sort());
+    assert.equal(folded.reduce((n, s) => n + s.chunks, 0), body.entropy.length);
+  }
+  const entry = blocks[1];
+  const headerBytes = fromHex(entry.expected.header_canonical);
+  const body = decodeBody(fromHex(entry.expected.body_canonical));
+  const base = body.entropy[0].health;
+  const failing = [{ ...base, failures: 1 }, { ...base, rctMaxRun: base.rctCutoff }, { ...base, aptMaxCount: base.aptCutoff },
+    { ...base, windows: 0, samples: 0n }, { ...base, samples: base.samples + 1n }];
+  for (const health of failing) {
+    assert.notEqual(failingHealth(health), null);
+    const entropy = body.entropy.map((ref, i) => i === 0 ? { ...ref, health } : ref);
+    // The ref bytes change with the summary; rebuild them the way a proposer would.
+    const rebuilt = entropy.map((ref) => ({ ...ref, canonical: writeHealth(new CanonicalWriter("EntropyRef").text(ref.sourceId).u64(ref.seq).raw(ref.digest, 32).raw(ref.nextDigest, 32).boolean(ref.committed), ref.health).finish() }));
+    const block = { header: decodeHeader(headerBytes), body: { ...body, entropy: rebuilt }, hash: blockHash(headerBytes) };
+    const root = structuralProblem(block);
+    // the root no longer matches the header (the header commits to the ref bytes); with a
+    // header over the new root, the health rule is what remains
+    assert.equal(root?.check, "entropy_root");
+    const header = { ...block.header, entropyRoot: merkleRoot(rebuilt.map((ref) => ref.canonical)) };
+    assert.equal(structuralProblem({ ...block, header })?.check, "entropy_health");
   }
 });
 
@@ -166,7 +204,7 @@ test("randomness: R_0 and every step of the chain", () => {
   let previous = r0;
   for (const step of data.steps) {
     assert.equal(toHex(previous), step.previous);
-    const entropy = step.entropy.map((/** @type {[string, number, string, string, boolean]} */ [sourceId, seq, digest, nextDigest, committed]) => ({ sourceId, seq, digest: fromHex(digest), nextDigest: fromHex(nextDigest), committed }));
+    const entropy = step.entropy.map((/** @type {[string, number, string, string, boolean, any]} */ [sourceId, seq, digest, nextDigest, committed, health]) => ({ sourceId, seq, digest: fromHex(digest), nextDigest: fromHex(nextDigest), committed, health: healthFromJson(health) }));
     previous = blockRandomness(previous, step.height, entropy);
     assert.equal(toHex(previous), step.randomness, `height ${step.height}`);
   }

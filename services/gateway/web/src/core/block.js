@@ -12,16 +12,18 @@ import { compareBytes, compareText, equalBytes } from "./bytes.js";
 import { CanonicalDecodeError, CanonicalReader, CanonicalWriter, HASH_SIZE } from "./canonical.js";
 import { ADDRESS_SIZE, MAX_ITEMS, commitHash, decodeCommit } from "./commit.js";
 import { sha256 } from "./crypto.js";
+import { impossibleHealth, readHealth, unhealthyEntropy } from "./health.js";
 import { merkleRoot } from "./merkle.js";
 import { RANDOMNESS_SIZE } from "./randomness.js";
 
 /** @typedef {import("./commit.js").Commit} Commit */
 /** @typedef {{sourceId: string, first: number, last: number}} SeqRange */
+/** @typedef {import("./health.js").HealthSummary} HealthSummary */
 /**
  * ``nextDigest``: the chunk's precommitment to its source's next payload; ``committed``: its
  * digest is what its source's previously included chunk committed to (protocol/block.py).
  * @typedef {{sourceId: string, seq: number, digest: Uint8Array, nextDigest: Uint8Array,
- *   committed: boolean, canonical: Uint8Array}} EntropyRef
+ *   committed: boolean, health: HealthSummary, canonical: Uint8Array}} EntropyRef
  */
 /** @typedef {{type: number, height: number, round: number, blockHash: Uint8Array | null, validatorAddress: Uint8Array, signature: Uint8Array, canonical: Uint8Array}} Vote */
 /** @typedef {{voteA: Vote, voteB: Vote, canonical: Uint8Array}} Evidence */
@@ -55,10 +57,12 @@ function decodeEntropyRef(data) {
   const r = new CanonicalReader(data, "EntropyRef");
   const ref = {
     sourceId: r.text(), seq: r.u64Number(), digest: r.raw(HASH_SIZE), nextDigest: r.raw(HASH_SIZE),
-    committed: r.boolean(), canonical: data,
+    committed: r.boolean(), health: readHealth(r), canonical: data,
   };
   r.done();
   if (!ref.sourceId) throw new CanonicalDecodeError("entropy ref needs a source id");
+  const impossible = impossibleHealth(ref.health);
+  if (impossible) throw new CanonicalDecodeError(`entropy ref '${ref.sourceId}'/${ref.seq}: ${impossible}`);
   return ref;
 }
 
@@ -229,13 +233,16 @@ function entropyMismatch(block) {
 
 /**
  * Why the body does not match the header or the ordering rules, as a finding (check
- * ``entropy_root`` or ``block_body``), or null (protocol.block.Block.structural_problem).
+ * ``entropy_root``, ``entropy_health`` or ``block_body``), or null
+ * (protocol.block.Block.structural_problem).
  * @param {Block} block @returns {Finding | null}
  */
 export function structuralProblem(block) {
   const { header, body } = block;
   const entropy = entropyMismatch(block);
   if (entropy) return { check: "entropy_root", reason: entropy };
+  const unhealthy = unhealthyEntropy(body.entropy);
+  if (unhealthy) return { check: "entropy_health", reason: unhealthy };
   /** @param {string} reason */
   const bodyFinding = (reason) => ({ check: "block_body", reason });
   if (!equalBytes(merkleRoot(body.txs), header.txRoot)) return bodyFinding("tx root does not match the body");

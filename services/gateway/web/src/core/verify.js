@@ -10,6 +10,7 @@
  *                  header's next validators hash)
  *   time           later than the previous block, not ahead of this clock by more than 10 s
  *   entropy_root / block_body   the body matches the header's roots and ordering rules
+ *   entropy_health every entropy ref's SP 800-90B summary passes (core/health.js)
  *   precommitment  with the previous block's entropy at hand: each chunk of a source that block
  *                  held is flagged committed exactly when it is what that chunk committed to,
  *                  and the fresh source count is exact (docs/precommitment.md)

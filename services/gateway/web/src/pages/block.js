@@ -4,6 +4,7 @@
 import { readTag } from "../core/canonical.js";
 import { FLAGS } from "../core/commit.js";
 import { toHex } from "../core/bytes.js";
+import { healthBySource, unhealthyEntropy } from "../core/health.js";
 import { fields, getJson, h, hex, replace, shortHex, table, time } from "../ui/dom.js";
 import { Verifier, banner } from "../ui/verifier.js";
 
@@ -33,6 +34,17 @@ export async function blockPage(root, height) {
     ]));
     parts.push(h("h2", {}, "Entropy per source"), table(["source", "chunks", "first seq", "last seq"],
       hd.entropyRanges.map((r) => [r.sourceId, r.last - r.first + 1, r.first, r.last]), { id: "entropy" }));
+    // Folded here from the references this page decoded (and whose summaries the verdict
+    // checked: entropy_health), never from the gateway's own "health" field.
+    const health = healthBySource(block.body.entropy);
+    const unhealthy = unhealthyEntropy(block.body.entropy);
+    parts.push(h("h2", {}, "SP 800-90B health per source"),
+      h("p", { class: unhealthy ? "pulse-line bad" : "muted", id: "health-verdict" }, unhealthy ?? (health.length
+        ? "Every chunk passed its health tests: no failing window, every run and APT count below its cutoff."
+        : "No entropy in this block.")),
+      table(["source", "chunks", "windows", "samples", "max RCT run", "RCT cutoff", "max APT count", "APT cutoff / window", "failures"],
+        health.map((s) => [s.sourceId, s.chunks, s.windows, String(s.samples), s.rctMaxRun, s.rctCutoff, s.aptMaxCount, `${s.aptCutoff} / ${s.aptWindow}`, s.failures]),
+        { id: "health" }));
     const sets = verifier.sets.get(toHex(hd.validatorsHash)) ?? [];
     const power = new Map(sets.map((v) => [toHex(v.address), v]));
     parts.push(h("h2", {}, `Signers (round ${commit.round}): ${verdict.signedPower} of ${verdict.totalPower} power`),

@@ -16,7 +16,7 @@ import { getJson, h } from "./dom.js";
 /** @typedef {import("../core/commit.js").Validator} Validator */
 /** @typedef {{height: number, block: string, commit: string, state_hash: string, proposed_at_ms: number, finalized_at_ms: number, kafka_offset: number}} BlockDoc */
 
-export const CHECKS = ["decode", "hash_link", "validator_set", "time", "entropy_root", "block_body", "randomness", "proposer", "commit"];
+export const CHECKS = ["decode", "hash_link", "validator_set", "time", "entropy_root", "entropy_health", "block_body", "randomness", "proposer", "commit"];
 
 export class Verifier {
   /** @param {any} chain the /explorer/api/chain document */
