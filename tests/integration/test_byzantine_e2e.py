@@ -69,8 +69,10 @@ def dead_letters(settings: Settings) -> list[dict[str, Any]]:
         consumer = make_consumer(settings, f"dlq-read-{time.time_ns()}")
         try:
             partitions = consumer.partitions(topic)
-            ends = {p: consumer.watermarks(topic, p)[1] for p in partitions}
-            consumer.assign([Position(topic, p, 0) for p in partitions])
+            marks = {p: consumer.watermarks(topic, p) for p in partitions}
+            # an empty partition has no position to reach (it stays OFFSET_INVALID)
+            ends = {p: high for p, (low, high) in marks.items() if high > low}
+            consumer.assign([Position(topic, p, 0) for p in ends])
             deadline = time.monotonic() + 120
             while any(consumer.position(topic, p) < end for p, end in ends.items()):
                 assert time.monotonic() < deadline, f"reading {topic} took too long"

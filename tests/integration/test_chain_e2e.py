@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from protocol.block import fresh_sources_of
 from protocol.entropy.chain import Checkpoint, Chunk
 from protocol.entropy.verifier import ChainVerifier, EntropyRejectedError
 from protocol.keys import SigningKey
@@ -271,6 +272,13 @@ def test_lanes_of_one_device_count_once_on_a_running_chain(network_factory: obje
     both_lanes = [h for h in headers if {r.source_id for r in h.entropy_ranges} >= {
         "qrng-0.lane-0", "qrng-0.lane-1"}]
     assert both_lanes, "no block mixes both lanes of qrng-0"
-    for header in headers:
+    previous: tuple[str, ...] | None = None
+    for block in blocks:
+        header, entropy = block.record.block.header, block.record.block.body.entropy
         devices = {r.source_id.split(".lane-")[0] for r in header.entropy_ranges}
-        assert header.fresh_sources == len(devices) <= 2
+        assert header.fresh_sources <= len(devices) <= 2
+        if previous is not None:  # fresh: committed, and its lane was in the block before
+            assert header.fresh_sources == fresh_sources_of(entropy, previous)
+        previous = tuple(r.source_id for r in header.entropy_ranges)
+    random = sum(1 for h in headers if h.fresh_sources == 2)
+    assert random >= len(headers) // 2, f"only {random} of {len(headers)} pulses random"

@@ -140,8 +140,10 @@ class AttackingValidator(ValidatorNode):
         if schema != "EntropyChunkPublished":
             return
         genuine = Chunk.from_record(record)
-        if genuine.produced_at_ms < int(time.time() * 1000) - 100:
+        if message.timestamp_ms < int(time.time() * 1000) - 100:
             return  # read late (the node was busy): its successor is likely verified already
+        # (the record's log time, not produced_at_ms: a source holds each payload one chunk
+        # before publishing it, the precommitment of docs/precommitment.md)
         forged, _ = extend(ChainHead(genuine.seq + 1, genuine.chunk_digest),
                            source_id=genuine.source_id, private=False,
                            payload=os.urandom(len(genuine.payload)),
