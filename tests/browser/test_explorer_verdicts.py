@@ -79,9 +79,11 @@ def _sdk_verdicts(chain: LocalChain, served_records: list[bytes]
         except BlockRejectedError:
             record = decode_finalized(raw)
             header = record.block.header
+            # a light client's tip, as the SDK's subscriber builds it: no commitments
             tip = ChainTip(previous.chain_id, height, previous.block_hash, previous.time_ms,
                            previous.randomness, (), header.app_hash, validators.hash(),
-                           header.next_validators_hash, header.registered_sources)
+                           header.next_validators_hash, header.registered_sources,
+                           commitments=None, previous_sources=None)
             findings = check_header(tip, validators, record.block)
             commit = check_commit(header.chain_id, validators, record.block, record.commit)
             verdicts[height] = (findings[0].check if findings
