@@ -376,8 +376,19 @@ class ConsensusDriver:
         if self._timers:
             waits.append(self._timers[0][0] - now)
         if self._start_at is not None:
-            waits.append(max(self._start_at, min(self._absent_until, self._commit_until)) - now)
+            waits.append(self._start_wait(now))
         return max(0.0, min(waits))
+
+    def _start_wait(self, now: float) -> float:
+        """Seconds until the next height may start without another input: the start time and,
+        while the commit window is open, its next deadline still ahead (the absent validators'
+        then everyone's). A precommit that closes the window arrives as an input, which ends
+        the poll anyway; waiting on a deadline already passed would spin the loop."""
+        start_at = self._start_at if self._start_at is not None else now
+        if self._commit_closed(now):
+            return start_at - now
+        deadline = min(t for t in (self._absent_until, self._commit_until) if t > now)
+        return max(start_at, deadline) - now
 
     def _start_height(self) -> None:
         chain = self.follower.chain
