@@ -102,6 +102,13 @@ MAX_LATER = 20_000  # messages kept for height + 2, which the core cannot buffer
 MAX_LATER_PER_SENDER = 64
 MAX_FINALIZED_PER_HEIGHT = 4  # BlockFinalized candidates kept for a height not reached yet
 
+# The consumer settings of the validator and the tally. A fetch is answered as soon as one byte
+# is there (fetch.min.bytes 1), so the wait only bounds an empty fetch: a short one adds nothing
+# to latency but turns every idle consumer into a loop of empty fetches over all its partitions
+# (every 5 ms from each node at 5 ms): broker and client CPU that the nodes' signature checks
+# need when they share a machine (docs/performance.md, finality).
+CONSUMER_LATENCY: dict[str, Any] = {"fetch.wait.max.ms": 500, "fetch.min.bytes": 1}
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
