@@ -12,6 +12,10 @@ the warm-up are finalized:
    p50 and p99;
 2. throughput: no block interval (``--block-interval-ms 0``); blocks per second over the
    steady part of the run (log times of the first and last BlockFinalized after warm-up).
+   Beside it, CPU seconds per height over the same blocks (user + system, read from
+   ``/proc`` for each process): ``cpu_ms_per_height_validator_N`` (the validators' mean) and
+   ``cpu_ms_per_height_tally_N``; unlike blocks/s, these hardly move with a shared machine's
+   load.
 
 ``--peer cometbft`` runs the same shape with CometBFT (``bench.cometbft``: a pinned v1.x built
 once from the Go module proxy into ``.qustream/tools``, an n-validator localnet on loopback with
@@ -22,7 +26,8 @@ higher is better) and ``ratio_p99_ms_N`` (ours / peer, lower is better).
 
 No QRNG sources run (the networks' genesis registers none): this measures consensus, not
 ingest (``bench.ingest`` does that). Baseline, measured in the same run: the raw Kafka
-produce -> consume round trip with the same client settings (linger 0, fetch wait 5 ms); the
+produce -> consume round trip with the same client settings (linger 0, a fetch
+answered at its first byte); the
 ratio is p50_ms_4 / baseline_p50_ms (a block needs at least three such hops: proposal,
 prevotes, precommits, then the tally's transactional write).
 
@@ -50,6 +55,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from bench import cometbft
 from bench.common import emit, scratch_kafka
+from services.consensus.node import CONSUMER_LATENCY
 from streams.admin import ensure_topics
 from streams.chain_wire import decode_finalized
 from streams.kafka import Position, consumer_config, make_consumer, producer_config
@@ -58,6 +64,7 @@ from streams.supervisor import ServiceSpec, Supervisor
 
 CLI = (sys.executable, "-m", "streams.cli")
 WARMUP = 3  # first blocks left out: they include process start-up
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -92,10 +99,38 @@ class _BlockWatch:
         self.consumer.close()
 
 
+def _cpu_seconds(supervisor: Supervisor) -> dict[str, float]:
+    """User + system CPU seconds each running service used so far (Linux ``/proc``; empty
+    elsewhere)."""
+    used = {}
+    for status in supervisor.status():
+        try:
+            stat = Path(f"/proc/{status.pid}/stat").read_text()
+        except (OSError, TypeError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        used[status.name] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return used
+
+
+def cpu_per_height(before: tuple[int, dict[str, float]], after: tuple[int, dict[str, float]]
+                   ) -> dict[str, float]:
+    """CPU seconds per finalized height between two (blocks, ``_cpu_seconds``) samples: the
+    validators' mean and the tally's (the steady part of a run; robust to a shared machine's
+    load, unlike blocks/s)."""
+    heights = after[0] - before[0]
+    spent = {name: (after[1][name] - before[1][name]) / heights
+             for name in after[1] if name in before[1]} if heights > 0 else {}
+    validators = [v for name, v in spent.items() if name.startswith("validator-")]
+    if not validators or "tally" not in spent:
+        return {}
+    return {"validator": sum(validators) / len(validators), "tally": spent["tally"]}
+
+
 def run_network(base: Settings, validators: int, interval_ms: int, blocks: int,
-                timeout_s: float) -> list[tuple[int, int, int]]:
+                timeout_s: float) -> tuple[list[tuple[int, int, int]], dict[str, float]]:
     """Run a fresh network until ``blocks`` blocks past the warm-up are finalized (or
-    ``timeout_s``); every block record it wrote."""
+    ``timeout_s``); every block record it wrote, and ``cpu_per_height`` after the warm-up."""
     with scratch_kafka(base) as settings, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         env = {**os.environ, "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap(),
@@ -112,18 +147,25 @@ def run_network(base: Settings, validators: int, interval_ms: int, blocks: int,
                                            str(root / "net" / "genesis.json")), env=env))
         supervisor = Supervisor(specs, root / "logs", max_restarts=0)
         watch = _BlockWatch(settings)
+        warm: tuple[int, dict[str, float]] | None = None
+        cpu: dict[str, float] = {}
         try:  # started inside: a failure half-way still stops what already runs
             supervisor.start()
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 for event in supervisor.tick():  # a crashed service is not restarted
                     print(f"  {event} (logs: {root / 'logs'})", flush=True)
-                if watch.poll(1.0) >= blocks + WARMUP:
+                seen = watch.poll(1.0)
+                if warm is None and seen >= WARMUP:
+                    warm = (seen, _cpu_seconds(supervisor))
+                if seen >= blocks + WARMUP:
                     break
+            if warm is not None:
+                cpu = cpu_per_height(warm, (len(watch.blocks), _cpu_seconds(supervisor)))
         finally:
             supervisor.stop(grace_s=5)
             watch.close()
-        return watch.blocks
+        return watch.blocks, cpu
 
 
 def latency(blocks: list[tuple[int, float, float]]) -> tuple[float, float]:
@@ -168,7 +210,7 @@ def kafka_round_trip(base: Settings, count: int = 200) -> float:
         overrides: dict[str, Any] = {"linger.ms": 0}
         producer = Producer(producer_config(settings, **overrides))
         consumer = Consumer(consumer_config(settings, f"rt-{uuid.uuid4().hex[:8]}",
-                                            **{"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}))
+                                            **CONSUMER_LATENCY))
         end = _end_offset(consumer, topic)
         consumer.assign([TopicPartition(topic, 0, end)])
         samples: list[float] = []
@@ -235,8 +277,13 @@ def main() -> None:
     result: dict[str, Any] = {"bench": "finality"}
 
     def ours(n: int, interval_ms: int) -> list[tuple[int, float, float]]:
-        records = run_network(settings, n, interval_ms, args.blocks,
-                              _timeout_s(args.blocks, interval_ms))
+        records, cpu = run_network(settings, n, interval_ms, args.blocks,
+                                   _timeout_s(args.blocks, interval_ms))
+        if interval_ms == 0 and cpu:
+            result[f"cpu_ms_per_height_validator_{n}"] = round(cpu["validator"] * 1000, 2)
+            result[f"cpu_ms_per_height_tally_{n}"] = round(cpu["tally"] * 1000, 2)
+            print(f"ours, {n} validators, no interval: CPU per height {cpu['validator'] * 1000:.1f}"
+                  f" ms per validator (mean), {cpu['tally'] * 1000:.1f} ms the tally", flush=True)
         return [(h, float(p), float(w)) for h, p, w in records]
 
     for n in sizes:

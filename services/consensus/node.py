@@ -102,6 +102,13 @@ MAX_LATER = 20_000  # messages kept for height + 2, which the core cannot buffer
 MAX_LATER_PER_SENDER = 64
 MAX_FINALIZED_PER_HEIGHT = 4  # BlockFinalized candidates kept for a height not reached yet
 
+# The consumer settings of the validator and the tally. A fetch is answered as soon as one byte
+# is there (fetch.min.bytes 1), so the wait only bounds an empty fetch: a short one adds nothing
+# to latency but turns every idle consumer into a loop of empty fetches over all its partitions
+# (every 5 ms from each node at 5 ms): broker and client CPU that the nodes' signature checks
+# need when they share a machine (docs/performance.md, finality).
+CONSUMER_LATENCY: dict[str, Any] = {"fetch.wait.max.ms": 500, "fetch.min.bytes": 1}
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -376,8 +383,19 @@ class ConsensusDriver:
         if self._timers:
             waits.append(self._timers[0][0] - now)
         if self._start_at is not None:
-            waits.append(max(self._start_at, min(self._absent_until, self._commit_until)) - now)
+            waits.append(self._start_wait(now))
         return max(0.0, min(waits))
+
+    def _start_wait(self, now: float) -> float:
+        """Seconds until the next height may start without another input: the start time and,
+        while the commit window is open, its next deadline still ahead (the absent validators'
+        then everyone's). A precommit that closes the window arrives as an input, which ends
+        the poll anyway; waiting on a deadline already passed would spin the loop."""
+        start_at = self._start_at if self._start_at is not None else now
+        if self._commit_closed(now):
+            return start_at - now
+        deadline = min(t for t in (self._absent_until, self._commit_until) if t > now)
+        return max(start_at, deadline) - now
 
     def _start_height(self) -> None:
         chain = self.follower.chain

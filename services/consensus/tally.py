@@ -43,7 +43,7 @@ from protocol.block import Block
 from protocol.finalized import FinalizedRecord
 from protocol.proposal import Proposal
 from services.consensus.core import state_machine as sm
-from services.consensus.node import ConsensusDriver
+from services.consensus.node import CONSUMER_LATENCY, ConsensusDriver
 from services.consensus.snapshots import SnapshotWriter, read_chunks, start_follower
 from services.ledger.core.chain_spec import ChainSpec
 from streams.chain_wire import encode_evidence, encode_finalized, height_key
@@ -151,7 +151,7 @@ class Tally(ConsensusDriver):
     def run(self, duration_s: float | None = None) -> None:
         topic = self.settings.topic("chain.consensus")
         consumer = make_consumer(self.settings, f"tally-{self.instance}-{time.time_ns()}",
-                                 **{"fetch.wait.max.ms": 5, "fetch.min.bytes": 1})
+                                 **CONSUMER_LATENCY)
         consumer.assign([Position(topic, 0, self.consensus_resume_offset)])
         # after each batch: evidence and dead letters collected between decisions
         self.run_loop(consumer, {topic: self._consensus}, self.producer, tick=self.tick,

@@ -75,7 +75,7 @@ from services.consensus.core.state_machine import (
 from services.consensus.evidence_pool import EvidencePool, EvidenceRejectedError
 from services.consensus.guard import SignGuard
 from services.consensus.mempool import FUTURE_TTL_HEIGHTS, Mempool, MempoolRejectedError
-from services.consensus.node import ConsensusDriver, now_ms
+from services.consensus.node import CONSUMER_LATENCY, ConsensusDriver, now_ms
 from services.consensus.snapshots import StartReport, start_follower
 from services.consensus.verification import VoteVerifier
 from services.ledger.core.chain_spec import ChainSpec, source_registry
@@ -89,7 +89,6 @@ from streams.signature_pool import Triple
 
 log = logging.getLogger(__name__)
 
-CONSUMER_LATENCY = {"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}
 PRODUCER_LATENCY: dict[str, Any] = {"linger.ms": 0}
 MAX_PENDING_CHUNK_RECORDS = 8192  # records of chunks held as candidates (for the DLQ)
 
