@@ -103,5 +103,12 @@ def test_two_lanes_are_two_chains_of_one_device_and_a_killed_lane_resumes(
     chain_tip = tip(height=1, last_seq=())
     block = build(chain_tip, pool.proposer_view(0))  # type: ignore[arg-type]
     assert [r.source_id for r in block.header.entropy_ranges] == list(lanes)
+    assert block.header.fresh_sources == 0  # first chunks: committed to by nothing
+    validate(block, chain_tip, pool.validator_view(0))  # type: ignore[arg-type]
+    # The next block: both lanes' chunks committed to by the block before, one device.
+    chain_tip = chain_tip.advanced(block, chain_tip.app_hash, chain_tip.next_validators_hash)
+    pool.advance(chain_tip)
+    block = build(chain_tip, pool.proposer_view(0))  # type: ignore[arg-type]
+    assert [r.committed for r in block.body.entropy] == [True, True]
     assert block.header.fresh_sources == 1
     validate(block, chain_tip, pool.validator_view(0))  # type: ignore[arg-type]

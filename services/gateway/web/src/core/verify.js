@@ -61,7 +61,16 @@ export const MAX_CLOCK_DRIFT_MS = 10_000;
 /** The anchor a verified (or shown) block gives the next one. @param {Block} block @returns {Anchor} */
 export function anchorOf(block) {
   const h = block.header;
-  return { chainId: h.chainId, height: h.height, hash: block.hash, randomness: h.randomness, timeMs: h.timeMs, nextValidatorsHash: h.nextValidatorsHash, entropy: block.body.entropy };
+  return { ...headerAnchor(h, block.hash), entropy: block.body.entropy };
+}
+
+/**
+ * The anchor of a block known by its header alone (its entropy unknown, so the next block's
+ * precommitment is not judged). @param {import("./block.js").Header} h @param {Uint8Array} hash
+ * @returns {Anchor}
+ */
+export function headerAnchor(h, hash) {
+  return { chainId: h.chainId, height: h.height, hash, randomness: h.randomness, timeMs: h.timeMs, nextValidatorsHash: h.nextValidatorsHash };
 }
 
 /** @param {Uint8Array | number | string} value */

@@ -7,7 +7,7 @@
 
 import { blockHash, decodeBlock, decodeHeader } from "../core/block.js";
 import { fromBase64, fromHex, toHex } from "../core/bytes.js";
-import { anchorOf, verifyBlock } from "../core/verify.js";
+import { headerAnchor, verifyBlock } from "../core/verify.js";
 import { validatorSetFromJson, validatorSetHash } from "../core/validators.js";
 import { getJson, h } from "./dom.js";
 
@@ -41,7 +41,7 @@ export class Verifier {
     try {
       const doc = await getJson(`/explorer/api/headers/${height - 1}`);
       const bytes = fromBase64(doc.header);
-      return anchorOf({ header: decodeHeader(bytes), body: { entropy: [], txs: [], evidence: [], lastCommit: null }, hash: blockHash(bytes) });
+      return headerAnchor(decodeHeader(bytes), blockHash(bytes));
     } catch {
       return null;
     }
