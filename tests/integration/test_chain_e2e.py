@@ -185,15 +185,15 @@ def network_factory(settings: Settings, tmp_path: Path) -> Iterator[object]:
             fifo.close()
 
 
-def verified_entropy(settings: Settings, genesis: Path) -> dict[tuple[str, int], bytes]:
-    """(source, seq) -> payload digest of every chunk a verified checkpoint covers, read
-    afresh from entropy.raw."""
+def verified_chunks(settings: Settings, genesis: Path) -> dict[tuple[str, int], Chunk]:
+    """(source, seq) -> every chunk a verified checkpoint covers, read afresh from
+    entropy.raw."""
     spec = ChainSpec.load(genesis)
     verifier = ChainVerifier(source_registry(spec.initial.app_state), allow_mid_stream=False)
     topic = settings.topic("entropy.raw")
     consumer = make_consumer(settings, f"entropy-check-{time.time_ns()}")
     codec = default_codec()
-    out: dict[tuple[str, int], bytes] = {}
+    out: dict[tuple[str, int], Chunk] = {}
     try:
         partitions = consumer.partitions(topic, 10)
         ends = {p: consumer.watermarks(topic, p)[1] for p in partitions}
@@ -212,12 +212,17 @@ def verified_entropy(settings: Settings, genesis: Path) -> dict[tuple[str, int],
                     verifier.accept_chunk(Chunk.from_record(record))
                 else:
                     for chunk in verifier.accept_checkpoint(Checkpoint.from_record(record)):
-                        out[(chunk.source_id, chunk.seq)] = chunk.payload_digest
+                        out[(chunk.source_id, chunk.seq)] = chunk
             except EntropyRejectedError:
                 continue
     finally:
         consumer.close()
     return out
+
+
+def verified_entropy(settings: Settings, genesis: Path) -> dict[tuple[str, int], bytes]:
+    """(source, seq) -> payload digest of every chunk a verified checkpoint covers."""
+    return {key: chunk.payload_digest for key, chunk in verified_chunks(settings, genesis).items()}
 
 
 def verify_chain(network: Network, minimum: int) -> list[VerifiedBlock]:

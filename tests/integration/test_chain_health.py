@@ -5,60 +5,21 @@ the ingest tested, which an independent reader re-derives from the chunks on ent
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import pytest
 
 from protocol.block import unhealthy_entropy
-from protocol.entropy.chain import Checkpoint, Chunk
-from protocol.entropy.verifier import ChainVerifier, EntropyRejectedError
 from protocol.pulse import health_by_source
-from services.ledger.core.chain_spec import ChainSpec, source_registry
 from services.qrng_ingest.core.health import HealthParameters, RctCarry, check_block
-from streams.codec import default_codec
-from streams.kafka import Position, make_consumer
-from streams.settings import Settings
-from tests.integration.test_chain_e2e import network_factory, verify_chain  # noqa: F401
+from tests.integration.test_chain_e2e import (  # noqa: F401
+    network_factory,
+    verified_chunks,
+    verify_chain,
+)
 
 pytestmark = pytest.mark.integration
 
 # ``qustream qrng run``'s defaults: 8-bit samples claiming H = 8, alpha = 2^-40.
 PARAMS = HealthParameters.derive(8, 40, binary=False)
-
-
-def verified_chunks(settings: Settings, genesis: Path) -> dict[tuple[str, int], Chunk]:
-    """Every chunk a verified checkpoint covers, read afresh from entropy.raw."""
-    spec = ChainSpec.load(genesis)
-    verifier = ChainVerifier(source_registry(spec.initial.app_state), allow_mid_stream=False)
-    topic = settings.topic("entropy.raw")
-    consumer = make_consumer(settings, f"health-check-{time.time_ns()}")
-    codec = default_codec()
-    out: dict[tuple[str, int], Chunk] = {}
-    try:
-        partitions = consumer.partitions(topic, 10)
-        ends = {p: consumer.watermarks(topic, p)[1] for p in partitions}
-        consumer.assign([Position(topic, p, 0) for p in partitions])
-        done = {p for p, end in ends.items() if end == 0}
-        deadline = time.monotonic() + 60
-        while len(done) < len(partitions) and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.offset + 1 >= ends[message.partition]:
-                done.add(message.partition)
-            schema, record = codec.decode(message.value)
-            try:
-                if schema == "EntropyChunkPublished":
-                    verifier.accept_chunk(Chunk.from_record(record))
-                else:
-                    for chunk in verifier.accept_checkpoint(Checkpoint.from_record(record)):
-                        out[(chunk.source_id, chunk.seq)] = chunk
-            except EntropyRejectedError:
-                continue
-    finally:
-        consumer.close()
-    return out
 
 
 def test_a_real_chain_carries_the_health_the_ingest_tested(

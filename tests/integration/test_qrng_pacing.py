@@ -85,10 +85,7 @@ class _Chunks:
 
 
 def _run(settings: Settings, key: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ,
-           "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap(),
-           "QUSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-           "QUSTREAM_STATE_DIR": str(settings.state_dir)}
+    env = {**os.environ, **settings.to_env()}
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "qrng", "run", "--source", "sim", "--key",
          str(key), "--source-id", SOURCE, "--chunk-size", "64KiB", "--quiet", "--pace",
