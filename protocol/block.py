@@ -295,7 +295,7 @@ class Block:
         Context-free: links to the previous block, randomness and state are checked by
         ``protocol.check.check_block``."""
         header, body = self.header, self.body
-        entropy = _entropy_mismatch(self)
+        entropy = entropy_problem(header, body.entropy)
         if entropy is not None:
             return BodyMismatch("entropy_root", entropy)
         unhealthy = unhealthy_entropy(body.entropy)
@@ -343,12 +343,14 @@ class BodyMismatch:
     reason: str
 
 
-def _entropy_mismatch(block: Block) -> str | None:
-    header, body = block.header, block.body
-    if list(body.entropy) != sorted(set(body.entropy), key=lambda r: (r.source_id, r.seq)):
+def entropy_problem(header: Header, entropy: Sequence[EntropyRef]) -> str | None:
+    """Why ``entropy`` does not match ``header`` (order, the one chunk per source, ranges, the
+    bound on the fresh count, root); None when it does. Context-free: the ``entropy_root``
+    check of ``Block.structural_problem``, and the SDK's for a pulse, which has no body."""
+    if list(entropy) != sorted(set(entropy), key=lambda r: (r.source_id, r.seq)):
         return "entropy refs are not sorted by (source, seq) and unique"
     try:
-        ranges = ranges_of(body.entropy)
+        ranges = ranges_of(entropy)
     except BlockFormatError as exc:
         return str(exc)
     if ranges != header.entropy_ranges:
@@ -357,9 +359,9 @@ def _entropy_mismatch(block: Block) -> str | None:
     if wide is not None:
         return (f"{wide.source_id!r} has chunks {wide.first}..{wide.last}: a block includes at "
                 "most one chunk per source, so every chunk it mixes was committed to before")
-    if header.fresh_sources > committed_devices(body.entropy):
+    if header.fresh_sources > committed_devices(entropy):
         return (f"header says {header.fresh_sources} sources contributed fresh entropy, the "
-                f"body has committed chunks of {committed_devices(body.entropy)} devices")
-    if body.entropy_root() != header.entropy_root:
+                f"body has committed chunks of {committed_devices(entropy)} devices")
+    if Body(entropy=tuple(entropy)).entropy_root() != header.entropy_root:
         return "entropy root does not match the body"
     return None

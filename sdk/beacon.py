@@ -39,12 +39,10 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from protocol.block import (
-    Body,
     EntropyRef,
     Header,
-    committed_devices,
+    entropy_problem,
     fresh_sources_of,
-    ranges_of,
     unhealthy_entropy,
 )
 from protocol.codec import WireError, decode_commit, decode_header
@@ -143,17 +141,10 @@ def _check_pulse(header: Header, entropy: tuple[EntropyRef, ...], previous_rando
     of a source that block held, and the fresh source count, are checked exactly
     (``docs/precommitment.md``); otherwise the count is bounded by the committed devices."""
     height = header.height
-    try:
-        ranges = ranges_of(entropy)
-    except ValueError as exc:
-        raise BlockRejectedError(height, str(exc)) from exc
-    body = Body(entropy=entropy)
-    if (list(entropy) != sorted(set(entropy)) or ranges != header.entropy_ranges
-            or body.entropy_root() != header.entropy_root
-            or any(r.first != r.last for r in ranges)
-            or header.fresh_sources > committed_devices(entropy)):
-        raise BlockRejectedError(height, "entropy references do not match the header's entropy "
-                                         "root, ranges and fresh source count")
+    problem = entropy_problem(header, entropy)
+    if problem is not None:
+        raise BlockRejectedError(height, f"entropy references do not match the header: "
+                                         f"{problem}")
     if previous_entropy is not None:
         before = {ref.source_id: ref for ref in previous_entropy}
         for ref in entropy:
