@@ -24,7 +24,7 @@ vectors under tests/vectors/blocks/ pin it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from protocol.canonical import HASH_SIZE, CanonicalWriter
@@ -141,6 +141,42 @@ def fresh_sources_of(entropy: Sequence[EntropyRef], previous_sources: Iterable[s
     previous = set(previous_sources)
     return count_devices(ref.source_id for ref in entropy
                          if ref.committed and ref.source_id in previous)
+
+
+def keeps_commitment(commitment: bytes, ref: EntropyRef) -> bool:
+    """Whether ``ref`` is what its source committed to: ``commitment`` is the ``next_digest``
+    of the source's previously included chunk (zero: it committed to nothing)."""
+    return commitment != ZERO_HASH and commitment == ref.digest
+
+
+def precommitment_problems(
+    header: Header, entropy: Sequence[EntropyRef],
+    commitment_of: Callable[[str], bytes | None], previous_sources: Iterable[str] | None,
+) -> list[str]:
+    """What is wrong with ``entropy``'s committed flags and ``header.fresh_sources``
+    (``docs/precommitment.md``), given each source's commitment (``commitment_of``: None when
+    the reader does not know it, so that flag is not judged) and the previous block's sources
+    (None: unknown, the count is not judged). ``protocol.check`` asks with the chain tip's
+    commitments, the SDK with the previous pulse's references."""
+    problems: list[str] = []
+    for ref in entropy:
+        commitment = commitment_of(ref.source_id)
+        if commitment is None:
+            continue
+        kept = keeps_commitment(commitment, ref)
+        if ref.committed != kept:
+            problems.append(
+                f"chunk {ref.source_id!r}/{ref.seq} is flagged "
+                f"{'committed' if ref.committed else 'uncommitted'}, but its digest "
+                f"{'is' if kept else 'is not'} the one its source's previously included chunk "
+                "committed to")
+    if previous_sources is not None and not problems:
+        fresh = fresh_sources_of(entropy, previous_sources)
+        if header.fresh_sources != fresh:
+            problems.append(f"header says {header.fresh_sources} sources contributed fresh "
+                            f"entropy; {fresh} devices have a committed chunk following one of "
+                            "the previous block")
+    return problems
 
 
 def committed_devices(entropy: Sequence[EntropyRef]) -> int:

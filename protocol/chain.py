@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from protocol.app import Application, FinalizeBlockRequest, FinalizeBlockResponse, VoteInfo
-from protocol.block import ZERO_HASH, Block, EntropyRef
+from protocol.block import ZERO_HASH, Block, EntropyRef, keeps_commitment
 from protocol.commit import CommitCertificate, CommitFlag, verify_commit
 from protocol.errors import InputError
 from protocol.evidence import (
@@ -95,7 +95,8 @@ class ChainTip:
 
     def is_committed(self, ref: EntropyRef) -> bool:
         """Whether ``ref`` keeps its source's commitment on this (full) tip."""
-        return ref.digest != ZERO_HASH and self.commitment_of(ref.source_id) == ref.digest
+        commitment = self.commitment_of(ref.source_id)
+        return commitment is not None and keeps_commitment(commitment, ref)
 
     def last_seq_of(self, source_id: str) -> int:
         for source, seq in self.last_seq:

@@ -41,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.block import Block, fresh_sources_of
+from protocol.block import Block, precommitment_problems
 from protocol.chain import ChainState, ChainTip, check_evidence, check_last_commit
 from protocol.commit import CommitCertificate, CommitFlag, record_sign_bytes, verify_commit
 from protocol.keys import PublicKey, SignatureCheck, default_signature_check
@@ -116,24 +116,8 @@ def check_header(
 
 def _precommitment(tip: ChainTip, block: Block) -> list[BlockFinding]:
     """Check 5's ``precommitment`` part (module doc)."""
-    found: list[BlockFinding] = []
-    entropy, header = block.body.entropy, block.header
-    if tip.commitments is not None:
-        for ref in entropy:
-            if ref.committed != tip.is_committed(ref):
-                found.append(BlockFinding("precommitment", (
-                    f"chunk {ref.source_id!r}/{ref.seq} is flagged "
-                    f"{'committed' if ref.committed else 'uncommitted'}, but its digest "
-                    f"{'is' if tip.is_committed(ref) else 'is not'} the one its source's "
-                    "previously included chunk committed to")))
-    if tip.previous_sources is not None and not found:
-        fresh = fresh_sources_of(entropy, tip.previous_sources)
-        if header.fresh_sources != fresh:
-            found.append(BlockFinding("precommitment", (
-                f"header says {header.fresh_sources} sources contributed fresh entropy; "
-                f"{fresh} devices have a committed chunk following one of the previous "
-                "block")))
-    return found
+    return [BlockFinding("precommitment", reason) for reason in precommitment_problems(
+        block.header, block.body.entropy, tip.commitment_of, tip.previous_sources)]
 
 
 def check_commit(

@@ -42,7 +42,7 @@ from protocol.block import (
     EntropyRef,
     Header,
     entropy_problem,
-    fresh_sources_of,
+    precommitment_problems,
     unhealthy_entropy,
 )
 from protocol.codec import WireError, decode_commit, decode_header
@@ -146,16 +146,10 @@ def _check_pulse(header: Header, entropy: tuple[EntropyRef, ...], previous_rando
         raise BlockRejectedError(height, f"entropy references do not match the header: "
                                          f"{problem}")
     if previous_entropy is not None:
-        before = {ref.source_id: ref for ref in previous_entropy}
-        for ref in entropy:
-            kept = ref.source_id in before and before[ref.source_id].next_digest == ref.digest
-            if ref.source_id in before and ref.committed != kept:
-                raise BlockRejectedError(height, f"chunk {ref.source_id}/{ref.seq} is flagged "
-                                                 f"{'committed' if ref.committed else 'not'}, "
-                                                 "against the commitment of the block before")
-        if header.fresh_sources != fresh_sources_of(entropy, before):
-            raise BlockRejectedError(height, "the fresh source count is not the devices whose "
-                                             "committed chunk follows one of the block before")
+        before = {ref.source_id: ref.next_digest for ref in previous_entropy}
+        problems = precommitment_problems(header, entropy, before.get, before)
+        if problems:
+            raise BlockRejectedError(height, problems[0])
     if block_randomness(previous_randomness, height, entropy) != header.randomness:
         raise BlockRejectedError(height, "randomness is not HMAC-SHA-512 of the previous "
                                          "randomness and the committed entropy references")
