@@ -59,7 +59,7 @@ from protocol.entropy.chain import (
 from protocol.errors import OperationError
 from protocol.keys import SigningKey
 from services.qrng_ingest.core.ahead import AheadChain, Held, discard, release, take
-from services.qrng_ingest.core.pacing import Placement, may_reveal, place, public_open
+from services.qrng_ingest.core.pacing import Placement, place, public_open
 from streams.codec import CodecError, default_codec
 from streams.errors import KafkaOperationError, ProducerQueueFullError
 from streams.kafka import (
@@ -532,8 +532,7 @@ class ChunkPublisher:
             if self._fatal is None:
                 for pool in POOLS:
                     chain = self._chains[pool]
-                    if (not pool and self._gate is not None and chain.held is not None
-                            and not may_reveal(chain.head.next_seq, self._gate.settled_seq())):
+                    if not pool and not self._public_open():  # pacing keeps it secret
                         self._chains[pool] = discard(chain)
                         continue
                     self._chains[pool], chunk = release(chain)
