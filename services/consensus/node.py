@@ -66,7 +66,7 @@ from protocol.codec import WireError
 from protocol.commit import CommitCertificate, CommitFlag
 from protocol.finalized import FinalizedRecord
 from protocol.follow import BlockFollower, FollowError, ForkError, conflict_error
-from protocol.messages import Vote
+from protocol.messages import Vote, VoteType
 from protocol.proposal import Proposal
 from services.consensus.core.state_machine import (
     BlockLogic,
@@ -101,6 +101,10 @@ log = logging.getLogger(__name__)
 MAX_LATER = 20_000  # messages kept for height + 2, which the core cannot buffer yet
 MAX_LATER_PER_SENDER = 64
 MAX_FINALIZED_PER_HEIGHT = 4  # BlockFinalized candidates kept for a height not reached yet
+# A height undecided this long is reported in the log, and again each time as long again has
+# passed: what the node has counted and what it read last, for the operator to compare with
+# the other nodes' reports (a silent node otherwise says nothing while it waits for votes).
+STALL_REPORT_S = 20.0
 
 # The consumer settings of the validator and the tally. A fetch is answered as soon as one byte
 # is there (fetch.min.bytes 1), so the wait only bounds an empty fetch: a short one adds nothing
@@ -163,6 +167,8 @@ class ConsensusDriver:
         self._proposal_records: dict[tuple[int, int], Record] = {}
         self.rejected: dict[str, int] = {}
         self._source: Record | None = None
+        self._progress_at = time.monotonic()  # the last decision (or the start)
+        self._stall_reported_at = 0.0
         self.stop_event = threading.Event()
 
     # -- hooks
@@ -337,6 +343,7 @@ class ConsensusDriver:
         self._commit_until = now + self.commit_window_s(decision, source)
         self._absent_until = now + self.commit_window_s(decision, source,
                                                         self.absent_window_ms)
+        self._progress_at = now
         awaited = awaited_precommits(decision.block)
         self._awaited = (frozenset(v.address for v in self.state.validators.validators)
                          if awaited is None else awaited)
@@ -379,12 +386,33 @@ class ConsensusDriver:
                     # what an operator reads when a height does not decide in round 0
                     log.info("height %d: round %d %s timed out, round %d", fired.height,
                              fired.round, fired.step.name.lower(), self.state.round)
+        if now - max(self._progress_at, self._stall_reported_at) >= STALL_REPORT_S:
+            self._stall_reported_at = now
+            log.warning("%s", self.stall_report(now))
         waits = [0.05]
         if self._timers:
             waits.append(self._timers[0][0] - now)
         if self._start_at is not None:
             waits.append(self._start_wait(now))
         return max(0.0, min(waits))
+
+    def stall_report(self, now: float) -> str:
+        """One line on an undecided height: round, step, what was counted in this round and
+        when the next height may start or the next timer fires, and the last record read."""
+        state = self.state
+        counted = {vote_type.name.lower(): len(state.votes.get(state.round, vote_type).votes)
+                   for vote_type in (VoteType.PREVOTE, VoteType.PRECOMMIT)}
+        source = self._source
+        read = ("nothing" if source is None
+                else f"{source.topic}[{source.partition}]@{source.offset}")
+        timer = (f"{self._timers[0][0] - now:.1f} s" if self._timers else "none")
+        start = ("-" if self._start_at is None else f"{self._start_at - now:.1f} s")
+        return (f"height {state.height} undecided for {now - self._progress_at:.0f} s: round "
+                f"{state.round} step {state.step.name.lower()}, proposal "
+                f"{'seen' if state.round in state.proposals else 'none'}, prevotes "
+                f"{counted['prevote']}/{len(state.validators)}, precommits "
+                f"{counted['precommit']}/{len(state.validators)}, next timer {timer}, height "
+                f"start {start}, last consensus input {read}")
 
     def _start_wait(self, now: float) -> float:
         """Seconds until the next height may start without another input: the start time and,

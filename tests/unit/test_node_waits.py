@@ -5,9 +5,14 @@ Kafka."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
+import pytest
+
 from protocol.keys import Algorithm
+from protocol.messages import VoteType
+from services.consensus.node import STALL_REPORT_S
 from streams.kafka import Record
 from tests.support.peers import Peers, network_spec, node_under_test, validator_keys
 
@@ -37,5 +42,41 @@ def test_a_passed_absent_window_does_not_spin_the_loop(tmp_path: Path) -> None:
         node.handle_batch(height.second[-1:])  # the last precommit closes the window
         node.tick()
         assert node.height == 2
+    finally:
+        node.close()
+
+
+def test_an_undecided_height_is_reported_with_what_the_node_counted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A height that does not decide is not silent: after ``STALL_REPORT_S`` the node logs its
+    round, step and counts, once per period, and a decision ends the reports."""
+    keys = validator_keys(4, Algorithm.ED25519)
+    spec = network_spec(keys)
+    node, recorder = node_under_test(spec, keys[0], tmp_path / "guard")
+    peers = Peers(spec, keys, keys[0], node.settings)
+    try:
+        node.tick()
+        peers.read(recorder)
+        height = peers.prepare()
+        node.handle_batch(height.first[:2])  # the proposal (or a prevote) and a prevote
+        caplog.set_level(logging.WARNING, logger="services.consensus.node")
+        node.tick()
+        assert not caplog.records  # not stalled yet
+        node._progress_at -= STALL_REPORT_S + 1  # as if the height had started that long ago
+        node.tick()
+        node.tick()
+        reports = [r.getMessage() for r in caplog.records]
+        assert len(reports) == 1, reports
+        counted = node.state.votes.get(0, VoteType.PREVOTE).votes
+        assert "height 1 undecided" in reports[0]
+        assert f"prevotes {len(counted)}/4" in reports[0]
+        assert "last consensus input" in reports[0]
+        node.handle_batch(height.first[2:])
+        node.handle_batch(height.second)
+        node.tick()
+        assert node.follower.next_height == 2
+        node._stall_reported_at = 0.0
+        node.tick()
+        assert len(caplog.records) == 1  # decided: no report until the next height stalls
     finally:
         node.close()
