@@ -132,9 +132,19 @@ def run(application: typer.Typer, argv: list[str]) -> None:
         sys.exit(EXIT_COULD_NOT_RUN)
 
 
+def dump_stacks_on_sigusr1() -> None:
+    """``kill -USR1 <pid>`` writes every thread's stack to stderr (the service's log under a
+    supervisor) and the process goes on: what an operator asks of a node that went silent."""
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     from streams.supervisor import die_with_parent
 
+    dump_stacks_on_sigusr1()
     die_with_parent()  # a service of a supervisor (the demo) ends when the supervisor does
     _register()
     run(app, argv if argv is not None else sys.argv[1:])

@@ -8,7 +8,9 @@ hash chain, signed checkpoints) is the production one.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -103,15 +105,23 @@ class Network:
             time.sleep(0.5)
         return reached
 
-    def log(self, name: str) -> str:
+    def log(self, name: str, tail: int = 3000) -> str:
         path = self.supervisor.log_path(name)
-        return path.read_text()[-3000:] if path.exists() else ""
+        return path.read_text()[-tail:] if path.exists() else ""
 
     def logs(self) -> str:
         """The end of every validator's log and the tally's, for a failure's message: when
-        a height does not decide, the node that refused or went silent is in one of them."""
+        a height does not decide, the node that refused or went silent is in one of them.
+        Each running one first writes its threads' stacks there (``kill -USR1``), which is
+        where a silent node shows what it waits for."""
         names = [f"validator-{i}" for i in range(self.validators)] + ["tally"]
-        return "\n".join(f"--- {name}\n{self.log(name)}" for name in names)
+        running = {s.name: s.pid for s in self.supervisor.status() if s.pid is not None}
+        for name in names:
+            if name in running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(running[name], signal.SIGUSR1)
+        time.sleep(1)
+        return "\n".join(f"--- {name}\n{self.log(name, 8000)}" for name in names)
 
 
 def finalized_height(settings: Settings) -> int:

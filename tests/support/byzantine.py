@@ -49,6 +49,7 @@ from streams.chain_wire import (
     encode_finalized,
     height_key,
 )
+from streams.cli import dump_stacks_on_sigusr1
 from streams.kafka import Record
 from streams.settings import Settings, load_settings
 
@@ -256,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--attack-height", type=int, default=4)
     parser.add_argument("--junk-txs", type=int, default=10_000)
     args = parser.parse_args(argv)
+    dump_stacks_on_sigusr1()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = load_settings()
     key = SigningKey.load(args.key)
