@@ -123,7 +123,10 @@ RULES: tuple[Rule, ...] = (
          "No block for stall-periods times the expected block period (configured, or learned "
          "from recent block intervals).",
          "Check that more than two thirds of the voting power is up, the tally runs, and "
-         "Kafka is healthy; look at ValidatorMissedPrecommits and the tally's logs.",
+         "Kafka is healthy; look at ValidatorMissedPrecommits and the tally's logs. Each "
+         "validator logs 'height H undecided for N s' with its round, step and the votes it "
+         "counted; one that logs nothing is hung: kill -USR1 <pid> writes its stacks to its "
+         "log.",
          lambda p: f"qustream_monitor_chain_seconds_since_block >= {p.stall_periods} * "
                    "qustream_monitor_chain_expected_block_seconds"),
     Rule("ChainFinalitySlow", "warning", "chain",
