@@ -93,7 +93,8 @@ from services.consensus.core.state_machine import (
 from streams.chain_wire import decode_consensus
 from streams.codec import Codec
 from streams.dlq import DeadLetters
-from streams.kafka import KafkaConsumer, KafkaProducer, Record
+from streams.errors import KafkaOperationError
+from streams.kafka import KafkaConsumer, KafkaProducer, Position, Record
 from streams.runloop import RunLoop, by_topic
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,10 @@ class ConsensusDriver:
         self._source: Record | None = None
         self._progress_at = time.monotonic()  # the last decision (or the start)
         self._stall_reported_at = 0.0
+        self._consumer: KafkaConsumer | None = None  # while ``run_loop`` runs
+        self._consensus_topic: str | None = None
+        self._consensus_next: int | None = None  # offset after the last consensus record read
+        self._consensus_read_at = time.monotonic()
         self.stop_event = threading.Event()
 
     # -- hooks
@@ -205,16 +210,19 @@ class ConsensusDriver:
                  | Callable[[Sequence[Record]], None],
                  producer: KafkaProducer, *, tick: Callable[[], float],
                  after_batch: Callable[[], object] | None = None,
-                 duration_s: float | None = None) -> None:
+                 duration_s: float | None = None, consensus_topic: str | None = None) -> None:
         """Feed the core from ``consumer`` (one handler per topic, or one for each polled
         batch) until ``stop`` or ``duration_s``; the consumer is closed and the producer flushed
-        on the way out."""
+        on the way out. With ``consensus_topic`` (partition 0 assigned to ``consumer``) a
+        stalled height also checks that the consumer still fetches it (``_refetch_if_stuck``)."""
         log.info("%s starting at height %d", consumer.name, self.follower.next_height)
         handle = by_topic(handlers) if isinstance(handlers, Mapping) else handlers
+        self._consumer, self._consensus_topic = consumer, consensus_topic
         try:
             RunLoop(consumer, handle, producer=producer, tick=tick,
                     after_batch=after_batch, stop_event=self.stop_event).run(duration_s=duration_s)
         finally:
+            self._consumer = None
             consumer.close()
 
     # -- inputs
@@ -227,6 +235,7 @@ class ConsensusDriver:
                      dead_letters: DeadLetters) -> Proposal | Vote | None:
         """The proposal or vote a ``chain.consensus`` record carries; None when it is
         malformed (then it was dead-lettered)."""
+        self._consensus_next, self._consensus_read_at = record.offset + 1, time.monotonic()
         try:
             return decode_consensus(record.value, self.config.chain_id, codec)
         except WireError as exc:
@@ -389,6 +398,7 @@ class ConsensusDriver:
         if now - max(self._progress_at, self._stall_reported_at) >= STALL_REPORT_S:
             self._stall_reported_at = now
             log.warning("%s", self.stall_report(now))
+            self._refetch_if_stuck(now)
         waits = [0.05]
         if self._timers:
             waits.append(self._timers[0][0] - now)
@@ -413,6 +423,29 @@ class ConsensusDriver:
                 f"{counted['prevote']}/{len(state.validators)}, precommits "
                 f"{counted['precommit']}/{len(state.validators)}, next timer {timer}, height "
                 f"start {start}, last consensus input {read}")
+
+    def _refetch_if_stuck(self, now: float) -> None:
+        """Nothing read from ``chain.consensus`` for ``STALL_REPORT_S`` while the topic holds
+        records past this node's position: the consumer's fetcher is stuck (a partition can
+        stay in a fetch state that never fetches; a node that decides only through
+        ``chain.blocks`` then votes nowhere, and once its votes are needed the chain halts
+        without a timeout ever firing). Seeking to the position restarts the fetch; it is
+        logged, and it re-reads nothing that was handled."""
+        consumer, topic = self._consumer, self._consensus_topic
+        if consumer is None or topic is None or now - self._consensus_read_at < STALL_REPORT_S:
+            return
+        position = (self.consensus_resume_offset if self._consensus_next is None
+                    else self._consensus_next)
+        try:
+            end = consumer.watermarks(topic, 0, timeout_s=5.0)[1]
+            if end <= position:
+                return  # read to the end: the others are silent, not this consumer stuck
+            log.warning("%s: nothing read from %s for %.0f s while it holds offsets %d..%d: "
+                        "fetching from %d again", consumer.name, topic,
+                        now - self._consensus_read_at, position, end - 1, position)
+            consumer.seek(Position(topic, 0, position))
+        except KafkaOperationError as exc:
+            log.warning("%s: checking the fetch of %s failed: %s", consumer.name, topic, exc)
 
     def _start_wait(self, now: float) -> float:
         """Seconds until the next height may start without another input: the start time and,

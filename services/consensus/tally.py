@@ -155,7 +155,7 @@ class Tally(ConsensusDriver):
         consumer.assign([Position(topic, 0, self.consensus_resume_offset)])
         # after each batch: evidence and dead letters collected between decisions
         self.run_loop(consumer, {topic: self._consensus}, self.producer, tick=self.tick,
-                      after_batch=self._flush, duration_s=duration_s)
+                      after_batch=self._flush, duration_s=duration_s, consensus_topic=topic)
 
 
 def run_tally(settings: Settings, genesis: Path, instance: str = "0",

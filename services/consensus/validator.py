@@ -431,7 +431,8 @@ class ValidatorNode(ConsensusDriver):
         consumer.assign(self.assignments())
         try:
             self.run_loop(consumer, self.handle_batch, self.producer, tick=self._tick,
-                          duration_s=duration_s)
+                          duration_s=duration_s,
+                          consensus_topic=self.settings.topic("chain.consensus"))
         finally:
             self.close()
 

@@ -13,7 +13,7 @@ import pytest
 from protocol.keys import Algorithm
 from protocol.messages import VoteType
 from services.consensus.node import STALL_REPORT_S
-from streams.kafka import Record
+from streams.kafka import Position, Record
 from tests.support.peers import Peers, network_spec, node_under_test, validator_keys
 
 
@@ -79,4 +79,51 @@ def test_an_undecided_height_is_reported_with_what_the_node_counted(
         node.tick()
         assert len(caplog.records) == 1  # decided: no report until the next height stalls
     finally:
+        node.close()
+
+
+class _StuckFetcher:
+    """The two calls ``_refetch_if_stuck`` makes of a consumer whose fetcher went quiet while
+    ``chain.consensus`` ends at ``end``."""
+
+    name = "stuck"
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+        self.seeks: list[Position] = []
+
+    def watermarks(self, topic: str, partition: int = 0, timeout_s: float = 60.0
+                   ) -> tuple[int, int]:
+        return 0, self.end
+
+    def seek(self, position: Position) -> None:
+        self.seeks.append(position)
+
+
+def test_a_stalled_node_that_reads_nothing_though_the_log_grew_fetches_again(
+        tmp_path: Path) -> None:
+    """A height stalled and nothing read from chain.consensus for the report period: if the
+    topic holds records past the node's position the node seeks there (its fetcher is stuck);
+    if it read to the end (the others are silent) it leaves the consumer alone."""
+    keys = validator_keys(4, Algorithm.ED25519)
+    spec = network_spec(keys)
+    node, recorder = node_under_test(spec, keys[0], tmp_path / "guard")
+    peers = Peers(spec, keys, keys[0], node.settings)
+    try:
+        node.tick()
+        peers.read(recorder)
+        height = peers.prepare()
+        node.handle_batch(height.first[:1])
+        read_to = height.first[0].offset + 1
+        for end, expected in ((read_to, []), (read_to + 5, [read_to])):
+            fetcher = _StuckFetcher(end)
+            node._consumer, node._consensus_topic = fetcher, "t"  # type: ignore[assignment]
+            node._progress_at -= STALL_REPORT_S + 1
+            node._consensus_read_at -= STALL_REPORT_S + 1
+            node._stall_reported_at = 0.0
+            node.tick()
+            assert [p.offset for p in fetcher.seeks] == expected
+            assert all((p.topic, p.partition) == ("t", 0) for p in fetcher.seeks)
+    finally:
+        node._consumer = None
         node.close()
