@@ -1,0 +1,25 @@
+"""``bench.ingest``'s JSON line from its rounds: each ratio pairs the two kinds of one round, so
+a drift the whole machine goes through (the broker's disk writing back an earlier round) moves
+both and leaves the ratio; the median then drops one disturbed round."""
+
+from __future__ import annotations
+
+from bench.ingest import summary
+
+
+def _rates(ours: list[float], baseline: list[float]) -> dict[str, list[float]]:
+    return {"ours": ours, "baseline": baseline, "lanes_2": [2 * x for x in ours],
+            "raw_2": [1.5 * x for x in baseline], "ours_device": [1.1 * x for x in ours]}
+
+
+def test_a_drift_shared_by_a_round_leaves_its_ratio() -> None:
+    line = summary(_rates([90.0, 450.0, 180.0], [100.0, 500.0, 200.0]), 3000.0)
+    assert line["ratio"] == 0.9  # the best-of-each reading gave 450 / 500 only by chance
+    assert line["lane_scaling"] == 2.0 and line["raw_scaling"] == 1.5
+    assert line["device_ratio"] == 0.99
+    assert (line["ours"], line["baseline"], line["rounds"]) == (180.0, 200.0, 3)
+
+
+def test_one_disturbed_round_does_not_move_the_median() -> None:
+    line = summary(_rates([90.0, 20.0, 91.0], [100.0, 100.0, 100.0]), 3000.0)
+    assert line["ratio"] == 0.9
