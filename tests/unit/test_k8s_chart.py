@@ -247,3 +247,20 @@ def test_the_gateway_listens_on_every_interface_of_its_pod(rendered: dict[str, O
                        and o["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway")
         args = gateway["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[args.index("--host") + 1] == "0.0.0.0", args
+
+
+def _qrng_args(objects: Objects) -> dict[str, list[str]]:
+    """The ``qustream`` arguments of each QRNG StatefulSet, by its name."""
+    return {o["metadata"]["name"]: o["spec"]["template"]["spec"]["containers"][0]["args"]
+            for o in objects if o["kind"] == "StatefulSet"
+            and o["metadata"]["labels"]["app.kubernetes.io/component"] == "qrng"}
+
+
+def test_a_qrng_server_publishes_as_its_registered_source_id(
+        rendered: dict[str, Objects]) -> None:
+    """``qrng run`` needs the id the genesis registers: ``sourceId``, else the name. The prod
+    profile's ids are those ``qustream genesis new`` writes (docs/deploy-kubernetes.md)."""
+    ids = {profile: sorted(args[args.index("--source-id") + 1]
+                           for args in _qrng_args(objects).values())
+           for profile, objects in rendered.items()}
+    assert ids == {"values-dev.yaml": ["sim-0"], "values-prod.yaml": ["qrng-0", "qrng-1"]}
