@@ -264,3 +264,32 @@ def test_a_qrng_server_publishes_as_its_registered_source_id(
                            for args in _qrng_args(objects).values())
            for profile, objects in rendered.items()}
     assert ids == {"values-dev.yaml": ["sim-0"], "values-prod.yaml": ["qrng-0", "qrng-1"]}
+
+
+def test_a_source_with_lanes_runs_one_statefulset_per_lane() -> None:
+    """``lanes: 2``: two lane workloads of one device, each ``qrng run --lanes 2 --lane k``,
+    with selectors of their own; the device's appliance egress still reaches every lane."""
+    sources = [{"name": "sim-0", "source": "sim", "keySecret": "qustream-qrng-sim-0-key"},
+               {"name": "appliance-0", "sourceId": "qrng-1", "lanes": 2,
+                "source": "https://qrng.example.com/stream",
+                "keySecret": "qustream-qrng-appliance-0-key", "applianceCidr": "10.0.0.9/32"}]
+    objects = render([CHART / "values-dev.yaml"], {"qrng": {"sources": sources}})
+    assert _messages(validate_objects(objects)) == []
+    args = _qrng_args(objects)
+    assert sorted(args) == ["qustream-qrng-appliance-0-lane-0", "qustream-qrng-appliance-0-lane-1",
+                            "qustream-qrng-sim-0"]
+    for lane in (0, 1):
+        lane_args = args[f"qustream-qrng-appliance-0-lane-{lane}"]
+        assert lane_args[lane_args.index("--source-id"):] == [
+            "--source-id", "qrng-1", "--lanes", "2", "--lane", str(lane)]
+    assert "--lanes" not in args["qustream-qrng-sim-0"]  # one lane: the source as before
+    lanes = [o for o in objects if o["kind"] == "StatefulSet"
+             and o["metadata"]["name"].startswith("qustream-qrng-appliance-0-lane-")]
+    selectors = [o["spec"]["selector"]["matchLabels"] for o in lanes]
+    assert [s["qustream.io/qrng-lane"] for s in selectors] == ["0", "1"]
+    egress = next(o for o in objects if o["kind"] == "NetworkPolicy"
+                  and o["metadata"]["name"] == "qustream-allow-qrng-appliance-0-appliance")
+    for workload in lanes:
+        pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert pod_labels["qustream.io/qrng-source"] == "appliance-0"
+        assert egress["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
