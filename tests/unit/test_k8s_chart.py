@@ -266,6 +266,23 @@ def test_a_qrng_server_publishes_as_its_registered_source_id(
     assert ids == {"values-dev.yaml": ["sim-0"], "values-prod.yaml": ["qrng-0", "qrng-1"]}
 
 
+def test_every_rendered_qrng_source_is_a_spec_qrng_run_accepts(
+        rendered: dict[str, Objects]) -> None:
+    """The chart's ``--source`` values are the command's own specs (``file:`` for a device):
+    the prod profile once said ``device:/dev/qrng0``, which ``qrng run`` refuses at start."""
+    from services.qrng_ingest.sources import SourceError, SourceSpecError, parse_source
+
+    for profile, objects in rendered.items():
+        for name, args in _qrng_args(objects).items():
+            spec = args[args.index("--source") + 1]
+            try:
+                parse_source(spec).close()
+            except SourceSpecError as exc:
+                raise AssertionError(f"{profile} {name}: {spec!r} refused: {exc}") from exc
+            except SourceError:
+                assert spec.startswith("file:"), (profile, name, spec)  # no device here
+
+
 def test_a_source_with_lanes_runs_one_statefulset_per_lane() -> None:
     """``lanes: 2``: two lane workloads of one device, each ``qrng run --lanes 2 --lane k``,
     with selectors of their own; the device's appliance egress still reaches every lane."""
