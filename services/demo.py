@@ -3,10 +3,12 @@
 What it does, in order (each step is idempotent, so a second run continues the same chain):
 
 1. starts the embedded Kafka and Cassandra (or uses the configured external cluster);
-2. writes a genesis with 4 validators, 2 simulated QRNG sources and funded accounts under
+2. writes a genesis with 4 validators, 2 simulated QRNG sources (``--lanes K``: each
+   registered as K lanes, as ``genesis new --lanes K`` does) and funded accounts under
    ``<state_dir>/demo/`` unless one exists (``--fresh`` deletes the demo's chain first, with
    the QRNG servers' state files: a server that resumed its old hash chain on a new chain
-   could never be included, and every pulse would lack fresh entropy);
+   could never be included, and every pulse would lack fresh entropy). An existing genesis
+   decides the network's shape; the demo names the options that ask for another one;
 3. creates the catalogue's topics;
 4. starts every service as its own OS process under ``streams.supervisor``: the QRNG servers,
    the validators (each with its block builder), the tally, the user command handler, the
@@ -36,6 +38,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from protocol.entropy.registry import device_of, lane_source_ids
 from protocol.errors import OperationError
 from streams.console import heading, output_console, shell_command
 from streams.settings import Settings, load_settings
@@ -58,6 +62,8 @@ from streams.supervisor import (
 )
 
 QUSTREAM = (sys.executable, "-m", "streams.cli")
+MAX_SOURCES = 8
+MAX_LANES = 4
 
 
 class DemoRunningError(OperationError):
@@ -341,16 +347,53 @@ def _demo_api_key(settings: Settings, demo_dir: Path) -> str:
     return key
 
 
-def _services(settings: Settings, demo_dir: Path, validators: int, sources: int,
-              block_interval_ms: int, qrng_rate: str, gateway_port: int) -> list[ServiceSpec]:
+def genesis_command(demo_dir: Path, validators: int, sources: int,
+                    lanes: int) -> tuple[str, ...]:
+    """The ``genesis new`` that makes the demo's chain: its QRNG sources ``qrng-N`` with their
+    keys ``keys/qrng-N.json``, each registered as ``lanes`` lanes."""
+    return (*QUSTREAM, "genesis", "new", "--out", str(demo_dir), "--validators", str(validators),
+            "--sources", str(sources), "--lanes", str(lanes), "--accounts", "3")
+
+
+def qrng_devices(genesis: Mapping[str, Any]) -> dict[str, int]:
+    """The QRNG devices a genesis registers, each with its number of lanes (1: no lanes)."""
+    devices: dict[str, int] = {}
+    for source in genesis["qrng_sources"]:
+        device = device_of(str(source["source_id"]))
+        devices[device] = devices.get(device, 0) + 1
+    return devices
+
+
+def genesis_mismatch(genesis: Mapping[str, Any], validators: int, sources: int,
+                     lanes: int) -> str | None:
+    """What an existing demo genesis has that the options ask otherwise (the chain keeps its
+    genesis), or None."""
+    devices = qrng_devices(genesis)
+    has = {"--validators": len(genesis["validators"]), "--sources": len(devices),
+           "--lanes": max(devices.values(), default=1)}
+    asked = {"--validators": validators, "--sources": sources, "--lanes": lanes}
+    differ = [f"{option} {has[option]}, not {asked[option]}" for option in asked
+              if has[option] != asked[option]]
+    if not differ:
+        return None
+    return (f"the demo chain keeps its genesis ({'; '.join(differ)}); --fresh starts a new "
+            "chain with the options given")
+
+
+def service_specs(demo_dir: Path, validators: int, devices: Mapping[str, int],
+                  block_interval_ms: int, qrng_rate: str, gateway_port: int) -> list[ServiceSpec]:
+    """The demo's services: ``qrng-N`` for each QRNG device (``devices``: id -> lanes),
+    ``validator-N``, the tally, the user handler and shard writer, the block store, the monitor
+    and the gateway."""
     genesis = str(demo_dir / "genesis.json")
     keys = demo_dir / "keys"
+    # One ``qrng run`` per device; with lanes it starts and restarts the lane processes itself.
     specs = [
-        ServiceSpec(f"qrng-{i}", (*QUSTREAM, "qrng", "run", "--source", f"sim,rate={qrng_rate}",
-                                  "--key", str(keys / f"qrng-{i}.json"), "--source-id",
-                                  f"qrng-{i}", "--chunk-size", "64KiB", "--checkpoint-ms", "250",
-                                  "--private-share", "0.2", "--pace", "--quiet"))
-        for i in range(sources)
+        ServiceSpec(device, (*QUSTREAM, "qrng", "run", "--source", f"sim,rate={qrng_rate}",
+                             "--key", str(keys / f"{device}.json"), "--source-id", device,
+                             "--lanes", str(lanes), "--chunk-size", "64KiB", "--checkpoint-ms",
+                             "250", "--private-share", "0.2", "--pace", "--quiet"))
+        for device, lanes in devices.items()
     ]
     specs += [
         ServiceSpec(f"validator-{i}", (*QUSTREAM, "validator", "run", "--key",
@@ -386,7 +429,8 @@ def reset_qrng_state(state_dir: Path, demo_dir: Path, console: Console) -> list[
     """Delete the state files of the demo's QRNG servers (``<state_dir>/qrng/<id>.json``):
     a new chain expects every source from sequence 0, and a server resuming its old chain
     would publish chunks no block can include. Returns the files deleted."""
-    source_ids = {f"qrng-{index}" for index in range(8)}  # the demo's naming (--sources <= 8)
+    source_ids = {source_id for index in range(MAX_SOURCES) for lanes in range(1, MAX_LANES + 1)
+                  for source_id in lane_source_ids(f"qrng-{index}", lanes)}  # the demo's naming
     try:
         genesis = json.loads((demo_dir / "genesis.json").read_text())
         source_ids |= {str(source["source_id"]) for source in genesis.get("qrng_sources", ())}
@@ -410,10 +454,14 @@ def demo(
     fresh: bool = typer.Option(False, "--fresh",
                                help="Delete the previous demo chain and start a new genesis."),
     validators: int = typer.Option(4, min=1, max=16, help="Validators in a new genesis."),
-    sources: int = typer.Option(2, min=1, max=8, help="Simulated QRNG sources in a new genesis."),
+    sources: int = typer.Option(2, min=1, max=MAX_SOURCES,
+                                help="Simulated QRNG sources in a new genesis."),
+    lanes: int = typer.Option(1, min=1, max=MAX_LANES,
+                              help="Lanes of each QRNG source in a new genesis."),
     users: int = typer.Option(3, min=0, max=50, help="Users to register and write records for."),
     block_interval_ms: int = typer.Option(1000, help="Pause between blocks."),
-    qrng_rate: str = typer.Option("512KiB", help="Rate of each simulated QRNG source."),
+    qrng_rate: str = typer.Option("512KiB", help="Rate of each simulated QRNG source (of "
+                                  "each lane with --lanes)."),
     gateway_port: int = typer.Option(8080, help="Port of the HTTP gateway (loopback)."),
     live: bool = typer.Option(True, "--live/--plain",
                               help="Live terminal view, or one line per block (logs, CI)."),
@@ -434,11 +482,11 @@ def demo(
         reset_qrng_state(settings.state_dir, demo_dir, console)
         shutil.rmtree(demo_dir, ignore_errors=True)
     if not (demo_dir / "genesis.json").exists():
-        subprocess.run([*QUSTREAM, "genesis", "new", "--out", str(demo_dir), "--validators",
-                        str(validators), "--sources", str(sources), "--accounts", "3"],
-                       check=True)
-    validators = len(json.loads((demo_dir / "genesis.json").read_text())["validators"])
-    sources = len(json.loads((demo_dir / "genesis.json").read_text())["qrng_sources"])
+        subprocess.run(genesis_command(demo_dir, validators, sources, lanes), check=True)
+    genesis = json.loads((demo_dir / "genesis.json").read_text())
+    mismatch = genesis_mismatch(genesis, validators, sources, lanes)
+    if mismatch is not None:
+        console.print(f"[yellow]{mismatch}[/]", soft_wrap=True)
     for report in ensure_topics(settings):
         if report.status == "drift":
             console.print(f"[yellow]topic {report.topic} drifted: {'; '.join(report.drift)}[/]")
@@ -449,8 +497,9 @@ def demo(
                   f"reference {gateway_url}/docs)", soft_wrap=True)
     console.print(f"gateway: {gateway_url}   API key: {api_key}   (saved in "
                   f"{demo_dir / 'gateway' / 'demo-api-key'})", soft_wrap=True)
-    supervisor = Supervisor(_services(settings, demo_dir, validators, sources,
-                                      block_interval_ms, qrng_rate, gateway_port),
+    supervisor = Supervisor(service_specs(demo_dir, len(genesis["validators"]),
+                                          qrng_devices(genesis), block_interval_ms, qrng_rate,
+                                          gateway_port),
                             demo_dir / "logs", run_file=run_file)
     view = DemoView()
     stop = threading.Event()

@@ -247,3 +247,66 @@ def test_the_gateway_listens_on_every_interface_of_its_pod(rendered: dict[str, O
                        and o["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway")
         args = gateway["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[args.index("--host") + 1] == "0.0.0.0", args
+
+
+def _qrng_args(objects: Objects) -> dict[str, list[str]]:
+    """The ``qustream`` arguments of each QRNG StatefulSet, by its name."""
+    return {o["metadata"]["name"]: o["spec"]["template"]["spec"]["containers"][0]["args"]
+            for o in objects if o["kind"] == "StatefulSet"
+            and o["metadata"]["labels"]["app.kubernetes.io/component"] == "qrng"}
+
+
+def test_a_qrng_server_publishes_as_its_registered_source_id(
+        rendered: dict[str, Objects]) -> None:
+    """``qrng run`` needs the id the genesis registers: ``sourceId``, else the name. The prod
+    profile's ids are those ``qustream genesis new`` writes (docs/deploy-kubernetes.md)."""
+    ids = {profile: sorted(args[args.index("--source-id") + 1]
+                           for args in _qrng_args(objects).values())
+           for profile, objects in rendered.items()}
+    assert ids == {"values-dev.yaml": ["sim-0"], "values-prod.yaml": ["qrng-0", "qrng-1"]}
+
+
+def test_every_rendered_qrng_source_is_a_spec_qrng_run_accepts(
+        rendered: dict[str, Objects]) -> None:
+    """The chart's ``--source`` values are the command's own specs (``file:`` for a device):
+    the prod profile once said ``device:/dev/qrng0``, which ``qrng run`` refuses at start."""
+    from services.qrng_ingest.sources import SourceError, SourceSpecError, parse_source
+
+    for profile, objects in rendered.items():
+        for name, args in _qrng_args(objects).items():
+            spec = args[args.index("--source") + 1]
+            try:
+                parse_source(spec).close()
+            except SourceSpecError as exc:
+                raise AssertionError(f"{profile} {name}: {spec!r} refused: {exc}") from exc
+            except SourceError:
+                assert spec.startswith("file:"), (profile, name, spec)  # no device here
+
+
+def test_a_source_with_lanes_runs_one_statefulset_per_lane() -> None:
+    """``lanes: 2``: two lane workloads of one device, each ``qrng run --lanes 2 --lane k``,
+    with selectors of their own; the device's appliance egress still reaches every lane."""
+    sources = [{"name": "sim-0", "source": "sim", "keySecret": "qustream-qrng-sim-0-key"},
+               {"name": "appliance-0", "sourceId": "qrng-1", "lanes": 2,
+                "source": "https://qrng.example.com/stream",
+                "keySecret": "qustream-qrng-appliance-0-key", "applianceCidr": "10.0.0.9/32"}]
+    objects = render([CHART / "values-dev.yaml"], {"qrng": {"sources": sources}})
+    assert _messages(validate_objects(objects)) == []
+    args = _qrng_args(objects)
+    assert sorted(args) == ["qustream-qrng-appliance-0-lane-0", "qustream-qrng-appliance-0-lane-1",
+                            "qustream-qrng-sim-0"]
+    for lane in (0, 1):
+        lane_args = args[f"qustream-qrng-appliance-0-lane-{lane}"]
+        assert lane_args[lane_args.index("--source-id"):] == [
+            "--source-id", "qrng-1", "--lanes", "2", "--lane", str(lane)]
+    assert "--lanes" not in args["qustream-qrng-sim-0"]  # one lane: the source as before
+    lanes = [o for o in objects if o["kind"] == "StatefulSet"
+             and o["metadata"]["name"].startswith("qustream-qrng-appliance-0-lane-")]
+    selectors = [o["spec"]["selector"]["matchLabels"] for o in lanes]
+    assert [s["qustream.io/qrng-lane"] for s in selectors] == ["0", "1"]
+    egress = next(o for o in objects if o["kind"] == "NetworkPolicy"
+                  and o["metadata"]["name"] == "qustream-allow-qrng-appliance-0-appliance")
+    for workload in lanes:
+        pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert pod_labels["qustream.io/qrng-source"] == "appliance-0"
+        assert egress["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()

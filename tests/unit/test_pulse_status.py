@@ -100,8 +100,9 @@ def test_demo_fresh_resets_the_qrng_servers_state(tmp_path: Path) -> None:
     (demo / "genesis.json").write_text('{"qrng_sources": [{"source_id": "qrng-lab"}]}')
     state = tmp_path / "qrng"
     state.mkdir()
-    for name in ("qrng-0", "qrng-1", "qrng-lab", "someone-else"):
+    for name in ("qrng-0", "qrng-1", "qrng-1.lane-3", "qrng-lab", "someone-else"):
         (state / f"{name}.json").write_text("{}")
     deleted = reset_qrng_state(tmp_path, demo, Console(file=None, quiet=True))
-    assert sorted(p.stem for p in deleted) == ["qrng-0", "qrng-1", "qrng-lab"]
+    # the demo's own names, lanes included (--lanes), even when the genesis does not list them
+    assert sorted(p.stem for p in deleted) == ["qrng-0", "qrng-1", "qrng-1.lane-3", "qrng-lab"]
     assert [p.name for p in state.iterdir()] == ["someone-else.json"]
