@@ -121,7 +121,9 @@ class Network:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(running[name], signal.SIGUSR1)
         time.sleep(1)
-        return "\n".join(f"--- {name}\n{self.log(name, 8000)}" for name in names)
+        sources = [f"qrng-{i}" for i in range(len(self.fifos))]
+        return "\n".join([*(f"--- {name}\n{self.log(name, 8000)}" for name in names),
+                          *(f"--- {name}\n{self.log(name, 1500)}" for name in sources)])
 
 
 def finalized_height(settings: Settings) -> int:
