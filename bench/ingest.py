@@ -10,12 +10,12 @@ or the embedded broker) on uniquely named topics; plus the health tests alone.
 Rounds, and why the figures are medians of paired ratios: the broker shares this machine's
 disk, and a measurement that writes gigabytes leaves them to be written back during the next
 one, so a round's rate depends on what ran before it (two quiet runs once gave ratios of 0.89
-and 1.73). So before each measurement the bench waits for the disk (``os.sync()``, outside the
-clock); each round runs every kind once, in an order rotated by one each round, so none always
-follows the same other; and each ratio (``ratio``, ``lane_scaling``, ``raw_scaling``,
-``device_ratio``) is the median over rounds of that round's own ratio, its two measurements
-taken minutes apart at most. The rates are each kind's median. Every round's rates are printed
-on stderr.
+and 1.73). So each measurement writes to topics of its own, deleted right after it; before it
+the bench waits for the disk (``os.sync()``, outside the clock); each round runs every kind
+once, in an order rotated by one each round, so none always follows the same other; and each
+ratio (``ratio``, ``lane_scaling``, ``raw_scaling``, ``device_ratio``) is the median over
+rounds of that round's own ratio, its two measurements taken minutes apart at most. The rates
+are each kind's median. Every round's rates are printed on stderr.
 
 A device with its bytes ready (``ours_device``, ``device_ratio``): ours again, fed by a source
 whose read costs one copy and no keystream (``_ReadyDevice``), as a QRNG card's driver does; the
@@ -250,44 +250,46 @@ def _run(settings: Settings, rounds: int, round_s: float) -> dict[str, object]:
                               retention_ms=raw.retention_ms,
                               max_message_bytes=raw.max_message_bytes)
     topics = [spec("entropy.raw"), spec("entropy.private"), spec("qrng.status"), baseline_spec]
-    ensure_topics(settings, topics)
     rates: dict[str, list[float]] = {"ours": [], "baseline": [], "lanes_2": [], "raw_2": [],
                                      "ours_device": []}
-    baseline_topic = settings.topic("bench.baseline")
-    try:
-        with tempfile.TemporaryDirectory() as state, Progress(console=console) as progress:
-            key_file = Path(state) / "device.key"
-            SigningKey.generate().save(key_file)  # the device's key, shared by its lanes
-            measure: dict[str, Callable[[int], float]] = {
-                "ours": lambda round_: _rate(_ours(settings, Path(state), _device(round_),
-                                                   SigningKey.load(key_file), round_s)),
-                "baseline": lambda round_: _rate(_baseline(settings, baseline_topic, round_s)),
-                "lanes_2": lambda round_: _together(_lane_process, [
-                    (settings, Path(state), _device(round_ + rounds), 2, lane, key_file,
-                     round_s) for lane in range(2)], round_s),
-                "raw_2": lambda round_: _together(_raw_process, [
-                    (settings, baseline_topic, index, round_s) for index in range(2)], round_s),
-                "ours_device": lambda round_: _rate(_ours(
-                    settings, Path(state), _device(round_ + 2 * rounds),
-                    SigningKey.load(key_file), round_s, source=_ReadyDevice())),
-            }
-            task = progress.add_task("ingest bench", total=rounds * len(measure) + 1)
-            progress.update(task, description="health tests alone")
-            health = _health_rate()
-            progress.advance(task)
-            kinds = list(measure)
-            for round_ in range(rounds):
-                for name in kinds[round_ % len(kinds):] + kinds[:round_ % len(kinds)]:
+    with tempfile.TemporaryDirectory() as state, Progress(console=console) as progress:
+        key_file = Path(state) / "device.key"
+        SigningKey.generate().save(key_file)  # the device's key, shared by its lanes
+        measure: dict[str, Callable[[Settings, int], float]] = {
+            "ours": lambda s, round_: _rate(_ours(s, Path(state), _device(round_),
+                                                  SigningKey.load(key_file), round_s)),
+            "baseline": lambda s, round_: _rate(_baseline(s, s.topic("bench.baseline"),
+                                                          round_s)),
+            "lanes_2": lambda s, round_: _together(_lane_process, [
+                (s, Path(state), _device(round_ + rounds), 2, lane, key_file, round_s)
+                for lane in range(2)], round_s),
+            "raw_2": lambda s, round_: _together(_raw_process, [
+                (s, s.topic("bench.baseline"), index, round_s) for index in range(2)], round_s),
+            "ours_device": lambda s, round_: _rate(_ours(
+                s, Path(state), _device(round_ + 2 * rounds), SigningKey.load(key_file),
+                round_s, source=_ReadyDevice())),
+        }
+        task = progress.add_task("ingest bench", total=rounds * len(measure) + 1)
+        progress.update(task, description="health tests alone")
+        health = _health_rate()
+        progress.advance(task)
+        kinds = list(measure)
+        for round_ in range(rounds):
+            for name in kinds[round_ % len(kinds):] + kinds[:round_ % len(kinds)]:
+                # Topics of its own, deleted right after: a measurement writes gigabytes (1 MiB
+                # chunks at hundreds of MB/s), and fifteen of them kept filled a 90 GB disk.
+                own = settings.model_copy(update={
+                    "topic_prefix": f"{settings.topic_prefix}{name}-{round_}."})
+                ensure_topics(own, topics)
+                try:
                     progress.update(task, description=f"{name}, round {round_ + 1}: waiting "
                                                       "for the disk")
                     os.sync()  # the previous measurement's writes are not this one's cost
                     progress.update(task, description=f"{name}, round {round_ + 1}")
-                    rates[name].append(measure[name](round_))
-                    progress.advance(task)
-    finally:
-        # A run writes gigabytes (1 MiB chunks at hundreds of MB/s): give the disk back at
-        # once (scratch_kafka deletes whatever else is left under the prefix).
-        delete_topics(settings, [settings.topic(t.name) for t in topics])
+                    rates[name].append(measure[name](own, round_))
+                finally:
+                    delete_topics(own, [own.topic(t.name) for t in topics])
+                progress.advance(task)
     console.print("MB/s per round: " + "; ".join(
         f"{name} {[round(x, 1) for x in values]}" for name, values in rates.items())
         + f"; load {os.getloadavg()}")
