@@ -4,9 +4,12 @@ Kafka."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,11 +24,10 @@ def _logged_ago(record: Record, ms: int) -> Record:
     return dataclasses.replace(record, timestamp_ms=record.timestamp_ms - ms)
 
 
-def test_a_passed_absent_window_does_not_spin_the_loop(tmp_path: Path) -> None:
-    """Decided on a precommit logged 500 ms ago, with one precommit still missing: the short
-    window (300 ms) is over, the full one (1 s) is not, so nothing but that precommit or the
-    full window's end can start the next height; the loop waits for input meanwhile instead of
-    polling with no wait."""
+@contextlib.contextmanager
+def _node_at_height_1(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """A validator of four at height 1 (``tests.support.peers`` plays the others), and every
+    peer message of that height."""
     keys = validator_keys(4, Algorithm.ED25519)
     spec = network_spec(keys)
     node, recorder = node_under_test(spec, keys[0], tmp_path / "guard")
@@ -33,7 +35,18 @@ def test_a_passed_absent_window_does_not_spin_the_loop(tmp_path: Path) -> None:
     try:
         node.tick()
         peers.read(recorder)
-        height = peers.prepare()
+        yield node, peers.prepare()
+    finally:
+        node._consumer = None
+        node.close()
+
+
+def test_a_passed_absent_window_does_not_spin_the_loop(tmp_path: Path) -> None:
+    """Decided on a precommit logged 500 ms ago, with one precommit still missing: the short
+    window (300 ms) is over, the full one (1 s) is not, so nothing but that precommit or the
+    full window's end can start the next height; the loop waits for input meanwhile instead of
+    polling with no wait."""
+    with _node_at_height_1(tmp_path) as (node, height):
         node.handle_batch([_logged_ago(r, 500) for r in height.first])
         node.handle_batch([_logged_ago(r, 500) for r in height.second[:-1]])
         assert node.follower.next_height == 2 and node.height == 1  # decided, window open
@@ -42,22 +55,13 @@ def test_a_passed_absent_window_does_not_spin_the_loop(tmp_path: Path) -> None:
         node.handle_batch(height.second[-1:])  # the last precommit closes the window
         node.tick()
         assert node.height == 2
-    finally:
-        node.close()
 
 
 def test_an_undecided_height_is_reported_with_what_the_node_counted(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A height that does not decide is not silent: after ``STALL_REPORT_S`` the node logs its
     round, step and counts, once per period, and a decision ends the reports."""
-    keys = validator_keys(4, Algorithm.ED25519)
-    spec = network_spec(keys)
-    node, recorder = node_under_test(spec, keys[0], tmp_path / "guard")
-    peers = Peers(spec, keys, keys[0], node.settings)
-    try:
-        node.tick()
-        peers.read(recorder)
-        height = peers.prepare()
+    with _node_at_height_1(tmp_path) as (node, height):
         node.handle_batch(height.first[:2])  # the proposal (or a prevote) and a prevote
         caplog.set_level(logging.WARNING, logger="services.consensus.node")
         node.tick()
@@ -78,8 +82,6 @@ def test_an_undecided_height_is_reported_with_what_the_node_counted(
         node._stall_reported_at = 0.0
         node.tick()
         assert len(caplog.records) == 1  # decided: no report until the next height stalls
-    finally:
-        node.close()
 
 
 class _StuckFetcher:
@@ -105,14 +107,7 @@ def test_a_stalled_node_that_reads_nothing_though_the_log_grew_fetches_again(
     """A height stalled and nothing read from chain.consensus for the report period: if the
     topic holds records past the node's position the node seeks there (its fetcher is stuck);
     if it read to the end (the others are silent) it leaves the consumer alone."""
-    keys = validator_keys(4, Algorithm.ED25519)
-    spec = network_spec(keys)
-    node, recorder = node_under_test(spec, keys[0], tmp_path / "guard")
-    peers = Peers(spec, keys, keys[0], node.settings)
-    try:
-        node.tick()
-        peers.read(recorder)
-        height = peers.prepare()
+    with _node_at_height_1(tmp_path) as (node, height):
         node.handle_batch(height.first[:1])
         read_to = height.first[0].offset + 1
         for end, expected in ((read_to, []), (read_to + 5, [read_to])):
@@ -124,6 +119,3 @@ def test_a_stalled_node_that_reads_nothing_though_the_log_grew_fetches_again(
             node.tick()
             assert [p.offset for p in fetcher.seeks] == expected
             assert all((p.topic, p.partition) == ("t", 0) for p in fetcher.seeks)
-    finally:
-        node._consumer = None
-        node.close()
