@@ -179,6 +179,11 @@ def precommitment_problems(
     return problems
 
 
+def entropy_root(entropy: Sequence[EntropyRef]) -> bytes:
+    """The Merkle root of the references' canonical encodings (``Header.entropy_root``)."""
+    return merkle_root([ref.canonical() for ref in entropy])
+
+
 def committed_devices(entropy: Sequence[EntropyRef]) -> int:
     """The devices with a committed chunk in ``entropy``: the most ``fresh_sources`` a block
     can claim, whatever the block before it held (the check a reader of one block can make)."""
@@ -283,7 +288,7 @@ class Body:
     last_commit: CommitCertificate | None = None  # commit of height - 1; None at height 1
 
     def entropy_root(self) -> bytes:
-        return merkle_root([ref.canonical() for ref in self.entropy])
+        return entropy_root(self.entropy)
 
     def tx_root(self) -> bytes:
         return merkle_root(self.txs)
@@ -398,6 +403,6 @@ def entropy_problem(header: Header, entropy: Sequence[EntropyRef]) -> str | None
     if header.fresh_sources > committed_devices(entropy):
         return (f"header says {header.fresh_sources} sources contributed fresh entropy, the "
                 f"body has committed chunks of {committed_devices(entropy)} devices")
-    if Body(entropy=tuple(entropy)).entropy_root() != header.entropy_root:
+    if entropy_root(entropy) != header.entropy_root:
         return "entropy root does not match the body"
     return None
