@@ -408,13 +408,14 @@ class ConsensusDriver:
 
     def stall_report(self, now: float) -> str:
         """One line on an undecided height: round, step, what was counted in this round and
-        when the next height may start or the next timer fires, and the last record read."""
+        when the next height may start or the next timer fires, and the last consensus record
+        read (what ``_refetch_if_stuck`` judges)."""
         state = self.state
         counted = {vote_type.name.lower(): len(state.votes.get(state.round, vote_type).votes)
                    for vote_type in (VoteType.PREVOTE, VoteType.PRECOMMIT)}
-        source = self._source
-        read = ("nothing" if source is None
-                else f"{source.topic}[{source.partition}]@{source.offset}")
+        read = ("nothing" if self._consensus_next is None
+                else f"offset {self._consensus_next - 1}, "
+                     f"{now - self._consensus_read_at:.0f} s ago")
         timer = (f"{self._timers[0][0] - now:.1f} s" if self._timers else "none")
         start = ("-" if self._start_at is None else f"{self._start_at - now:.1f} s")
         return (f"height {state.height} undecided for {now - self._progress_at:.0f} s: round "
