@@ -24,10 +24,12 @@ vectors under tests/vectors/blocks/ pin it.
 
 from __future__ import annotations
 
+import itertools
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from protocol.canonical import HASH_SIZE, CanonicalWriter
+from protocol.canonical import HASH_SIZE, CanonicalEncodingError, CanonicalWriter
 from protocol.commit import CommitCertificate
 from protocol.entropy.chain import HealthSummary
 from protocol.entropy.registry import count_devices
@@ -38,6 +40,12 @@ from protocol.merkle import merkle_root
 
 RANDOMNESS_SIZE = 64
 ZERO_HASH = bytes(HASH_SIZE)
+# ``EntropyRef``'s encoding after its source id, as one fixed-width run: seq, digest, next
+# digest, committed (0/1), then the health summary in ``HEALTH_FIELDS`` order (samples is the
+# u64). The encoder packs it and ``protocol.codec`` unpacks it in one call each.
+ENTROPY_REF_FIELDS = struct.Struct(">Q32s32sBIIIQIIII")
+_ENTROPY_REF_TAG = CanonicalWriter("EntropyRef").finish()  # the length-prefixed domain tag
+_U32 = struct.Struct(">I")
 
 
 class BlockFormatError(InputError):
@@ -68,6 +76,9 @@ class EntropyRef:
     committed: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
+        if type(self.seq) is not int or type(self.committed) is not bool:
+            raise BlockFormatError(f"entropy ref {self.source_id!r}/{self.seq} needs an integer "
+                                   "seq and a boolean committed flag")
         if (not self.source_id or self.seq < 0 or len(self.digest) != HASH_SIZE
                 or len(self.next_digest) != HASH_SIZE):
             raise BlockFormatError(
@@ -82,14 +93,22 @@ class EntropyRef:
             raise BlockFormatError(f"entropy ref {self.source_id!r}/{self.seq}: {impossible}")
 
     def canonical(self) -> bytes:
-        return self.health.write(
-            CanonicalWriter("EntropyRef")
-            .text(self.source_id)
-            .u64(self.seq)
-            .raw(self.digest, HASH_SIZE)
-            .raw(self.next_digest, HASH_SIZE)
-            .boolean(self.committed)
-        ).finish()
+        # What ``CanonicalWriter("EntropyRef").text(source_id).u64(seq).raw(digest, 32)
+        # .raw(next_digest, 32).boolean(committed)`` and ``health.write`` append (the golden
+        # vector in tests/unit/test_block.py holds them equal), in one pack: every block and
+        # every verified pulse hashes each of its references. ``__post_init__`` has checked
+        # the lengths and the health ranges the writer would; ``struct`` refuses the rest.
+        h = self.health
+        source = self.source_id.encode("utf-8")
+        try:
+            fields = ENTROPY_REF_FIELDS.pack(
+                self.seq, self.digest, self.next_digest, self.committed, h.rct_max_run,
+                h.apt_max_count, h.windows, h.samples, h.rct_cutoff, h.apt_cutoff, h.apt_window,
+                h.failures)
+            return b"".join((_ENTROPY_REF_TAG, _U32.pack(len(source)), source, fields))
+        except struct.error as exc:
+            raise CanonicalEncodingError(f"entropy ref {self.source_id!r}/{self.seq}: "
+                                         f"{exc}") from exc
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -388,21 +407,29 @@ def entropy_problem(header: Header, entropy: Sequence[EntropyRef]) -> str | None
     """Why ``entropy`` does not match ``header`` (order, the one chunk per source, ranges, the
     bound on the fresh count, root); None when it does. Context-free: the ``entropy_root``
     check of ``Block.structural_problem``, and the SDK's for a pulse, which has no body."""
-    if list(entropy) != sorted(set(entropy), key=lambda r: (r.source_id, r.seq)):
+    keys = [(r.source_id, r.seq) for r in entropy]
+    if any(a >= b for a, b in itertools.pairwise(keys)):
         return "entropy refs are not sorted by (source, seq) and unique"
-    try:
-        ranges = ranges_of(entropy)
-    except BlockFormatError as exc:
-        return str(exc)
-    if ranges != header.entropy_ranges:
-        return "header entropy ranges do not match the body"
-    wide = next((r for r in ranges if r.last != r.first), None)
-    if wide is not None:
+    if len({source for source, _ in keys}) == len(keys):
+        # One chunk per source, the rule: each range is that chunk alone (what ``ranges_of``
+        # makes of it), compared without building them.
+        if [(r.source_id, r.first, r.last) for r in header.entropy_ranges] != [
+                (source, seq, seq) for source, seq in keys]:
+            return "header entropy ranges do not match the body"
+    else:
+        try:
+            ranges = ranges_of(entropy)
+        except BlockFormatError as exc:
+            return str(exc)
+        if ranges != header.entropy_ranges:
+            return "header entropy ranges do not match the body"
+        wide = next(r for r in ranges if r.last != r.first)
         return (f"{wide.source_id!r} has chunks {wide.first}..{wide.last}: a block includes at "
                 "most one chunk per source, so every chunk it mixes was committed to before")
-    if header.fresh_sources > committed_devices(entropy):
+    devices = committed_devices(entropy)
+    if header.fresh_sources > devices:
         return (f"header says {header.fresh_sources} sources contributed fresh entropy, the "
-                f"body has committed chunks of {committed_devices(entropy)} devices")
+                f"body has committed chunks of {devices} devices")
     if entropy_root(entropy) != header.entropy_root:
         return "entropy root does not match the body"
     return None

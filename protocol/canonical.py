@@ -26,7 +26,7 @@ import functools
 import hashlib
 import struct
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from protocol.errors import InputError
 
@@ -212,6 +212,20 @@ class CanonicalReader:
         self._offset = offset + unpacker.size
         return int(value)
 
+    def fields(self, layout: struct.Struct) -> tuple[Any, ...]:
+        """Several fixed-width fields at once, as the single-field readers would read them
+        one by one: ``layout`` is big-endian (``>``) integers (``B H I Q q``) and raw byte
+        strings of fixed length (``32s``). One unpack instead of a call per field, for the
+        decoders an auditor or a range client runs per block; booleans are not among the codes
+        (``struct`` reads any byte as one), callers check them."""
+        offset = self._offset
+        try:
+            values = layout.unpack_from(self._data, offset)
+        except struct.error as exc:
+            raise CanonicalDecodeError("message is truncated") from exc
+        self._offset = offset + layout.size
+        return values
+
     def u8(self) -> int:
         offset = self._offset
         if offset >= len(self._data):
@@ -241,7 +255,18 @@ class CanonicalReader:
         return self._take(length)
 
     def bytes(self) -> builtins.bytes:
-        return self._take(self._unpack(_U32))
+        # ``_take(_unpack(_U32))`` in one method: every nested message and text is one.
+        data, offset = self._data, self._offset
+        try:
+            (length,) = _U32.unpack_from(data, offset)
+        except struct.error as exc:
+            raise CanonicalDecodeError("message is truncated") from exc
+        start = offset + 4
+        end = start + length
+        if end > len(data):
+            raise CanonicalDecodeError("message is truncated")
+        self._offset = end
+        return data[start:end]
 
     def text(self) -> str:
         try:

@@ -29,13 +29,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from collections.abc import Sequence
 
 from protocol.block import RANDOMNESS_SIZE, EntropyRef
-from protocol.canonical import HASH_SIZE, TAG_PREFIX, CanonicalWriter
+from protocol.canonical import TAG_PREFIX, CanonicalEncodingError, CanonicalWriter
 from protocol.errors import InputError
 
 GENESIS_KEY = (TAG_PREFIX + "GenesisRandomness").encode("ascii")
+_RANDOMNESS_TAG = CanonicalWriter("BlockRandomness").finish()  # length-prefixed domain tags
+_MIXED_CHUNK_TAG = CanonicalWriter("MixedChunk").finish()
+_MIXED_CHUNK_FIELDS = struct.Struct(">Q32s")  # seq, digest (EntropyRef checked its length)
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
 
 
 class RandomnessError(InputError):
@@ -50,17 +56,23 @@ def genesis_randomness(genesis_value: bytes) -> bytes:
 def randomness_input(height: int, entropy: Sequence[EntropyRef]) -> bytes:
     """The HMAC message: the height (so even a block without committed entropy gets fresh
     output) and the committed references, sorted by (source id, seq), each as
-    ``MixedChunk(text source, u64 seq, raw32 digest)``."""
+    ``MixedChunk(text source, u64 seq, raw32 digest)``.
+
+    Written as ``CanonicalWriter("BlockRandomness").u64(height).sequence(ordered, nested
+    MixedChunk)`` would write it (tests/unit/test_randomness.py pins the bytes), with one
+    pack per reference: a validator and every range client compute it per block."""
     ordered = sorted((ref for ref in entropy if ref.committed),
                      key=lambda ref: (ref.source_id, ref.seq))
-    return (
-        CanonicalWriter("BlockRandomness")
-        .u64(height)
-        .sequence(ordered, lambda w, r: w.nested(
-            CanonicalWriter("MixedChunk").text(r.source_id).u64(r.seq)
-            .raw(r.digest, HASH_SIZE).finish()))
-        .finish()
-    )
+    try:
+        parts = [_RANDOMNESS_TAG, _U64.pack(height), _U32.pack(len(ordered))]
+        for ref in ordered:
+            source = ref.source_id.encode("utf-8")
+            chunk = b"".join((_MIXED_CHUNK_TAG, _U32.pack(len(source)), source,
+                              _MIXED_CHUNK_FIELDS.pack(ref.seq, ref.digest)))
+            parts += (_U32.pack(len(chunk)), chunk)
+    except struct.error as exc:
+        raise CanonicalEncodingError(f"randomness input of height {height}: {exc}") from exc
+    return b"".join(parts)
 
 
 def block_randomness(previous: bytes, height: int, entropy: Sequence[EntropyRef]) -> bytes:

@@ -83,7 +83,7 @@ class HealthSummary:
     def from_json(cls, data: Any) -> HealthSummary:
         """From ``to_json``'s dict: every field present, an integer (``ChunkFormatError``
         otherwise; ``impossible`` is the caller's to ask)."""
-        if not isinstance(data, Mapping) or set(data) != set(HEALTH_FIELDS):
+        if not isinstance(data, Mapping) or data.keys() != _HEALTH_KEYS:
             raise ChunkFormatError(f"a health summary has exactly the fields {HEALTH_FIELDS}")
         values = [data[name] for name in HEALTH_FIELDS]
         if not all(type(value) is int for value in values):
@@ -128,6 +128,7 @@ class HealthSummary:
 
 
 HEALTH_FIELDS = tuple(f.name for f in fields(HealthSummary))
+_HEALTH_KEYS = frozenset(HEALTH_FIELDS)
 """The summary's fields in encoding order; ``EntropyChunkPublished`` names them
 ``health_<field>``."""
 
