@@ -9,16 +9,26 @@ these bytes on the topics are in ``streams.chain_wire``.
 from __future__ import annotations
 
 import functools
+import struct
 from typing import Any, TypeVar
 
-from protocol.block import Block, BlockFormatError, Body, EntropyRef, Header, SeqRange
+from protocol.block import (
+    ENTROPY_REF_FIELDS,
+    Block,
+    BlockFormatError,
+    Body,
+    EntropyRef,
+    Header,
+    SeqRange,
+)
 from protocol.canonical import CanonicalDecodeError, CanonicalReader
 from protocol.commit import CommitCertificate, CommitFlag, CommitSig
-from protocol.entropy.chain import HEALTH_FIELDS, HealthSummary
+from protocol.entropy.chain import HealthSummary
 from protocol.errors import InputError
 from protocol.evidence import DuplicateVoteEvidence
 from protocol.keys import Algorithm, KeyError_, PublicKey
 from protocol.messages import MessageError, Vote, VoteType
+from protocol.pulse import PulseRange
 from protocol.validators import Validator, ValidatorSet, ValidatorSetError
 
 _T = TypeVar("_T")
@@ -94,47 +104,46 @@ def decode_commit(data: bytes) -> CommitCertificate:
     return guard("commit certificate", lambda: _commit(data))
 
 
+# Fixed-width runs of the header's encoding, read with one unpack each
+# (``CanonicalReader.fields``); the entropy reference's is ``ENTROPY_REF_FIELDS``.
+_HEADER_LEAD = struct.Struct(">QIQ32s32s32s")  # height .. entropy_root
+_HEADER_MIDDLE = struct.Struct(">II64s32s32s32s32s")  # fresh_sources .. next_validators_hash
+_HEADER_TAIL = struct.Struct(">20s32s")  # proposer_address, history_root
+_SEQ_RANGE_FIELDS = struct.Struct(">QQ")  # first, last
+
+
 def _entropy_ref(data: bytes) -> EntropyRef:
     r = CanonicalReader(data, "EntropyRef")
-    source_id, seq, digest = r.text(), r.u64(), r.raw(32)
-    next_digest, committed = r.raw(32), r.boolean()
-    health = HealthSummary(*(r.u64() if name == "samples" else r.u32()
-                             for name in HEALTH_FIELDS))
-    ref = EntropyRef(source_id, seq, digest, health, next_digest, committed)
+    source_id = r.text()
+    seq, digest, next_digest, committed, *health = r.fields(ENTROPY_REF_FIELDS)
     r.done()
-    return ref
+    if committed > 1:
+        raise CanonicalDecodeError(f"boolean byte must be 0 or 1, got {committed}")
+    return EntropyRef(source_id, seq, digest, HealthSummary(*health), next_digest,
+                      committed == 1)
 
 
 def _seq_range(data: bytes) -> SeqRange:
     r = CanonicalReader(data, "SeqRange")
-    seq_range = SeqRange(r.text(), r.u64(), r.u64())
+    source_id = r.text()
+    first, last = r.fields(_SEQ_RANGE_FIELDS)
     r.done()
-    return seq_range
+    return SeqRange(source_id, first, last)
 
 
 def _header(data: bytes) -> Header:
     r = CanonicalReader(data, "BlockHeader")
-    header = Header(
-        chain_id=r.text(),
-        height=r.u64(),
-        round=r.u32(),
-        time_ms=r.u64(),
-        previous_block_hash=r.raw(32),
-        last_commit_hash=r.raw(32),
-        entropy_root=r.raw(32),
-        entropy_ranges=r.sequence(lambda x: _seq_range(x.nested()), MAX_ITEMS),
-        fresh_sources=r.u32(),
-        registered_sources=r.u32(),
-        randomness=r.raw(64),
-        tx_root=r.raw(32),
-        evidence_root=r.raw(32),
-        validators_hash=r.raw(32),
-        next_validators_hash=r.raw(32),
-        app_hash=r.bytes(),
-        proposer_address=r.raw(20),
-        history_root=r.raw(32),
-    )
+    chain_id = r.text()
+    height, round_, time_ms, previous, last_commit, root = r.fields(_HEADER_LEAD)
+    ranges = r.sequence(lambda x: _seq_range(x.nested()), MAX_ITEMS)
+    fresh, registered, randomness, txs, evidence, validators, next_validators = r.fields(
+        _HEADER_MIDDLE)
+    app_hash = r.bytes()
+    proposer, history = r.fields(_HEADER_TAIL)
     r.done()
+    header = Header(chain_id, height, round_, time_ms, previous, last_commit,
+                    root, ranges, fresh, registered, randomness, txs, evidence,
+                    validators, next_validators, app_hash, proposer, history)
     return _remember(header, data)
 
 
@@ -214,3 +223,20 @@ def guard(what: str, decode: Any) -> Any:
         raise
     except (CanonicalDecodeError, BlockFormatError, MessageError, ValueError) as exc:
         raise WireError(f"malformed {what}: {exc}") from exc
+
+
+def _pulse_range(data: bytes) -> PulseRange:
+    r = CanonicalReader(data, "PulseRange")
+    chain_id = r.text()
+    previous = r.optional(lambda x: _header(x.nested()))
+    commit = _commit(r.nested())
+    pulses = r.sequence(lambda x: (_header(x.nested()), x.sequence(
+        lambda y: _entropy_ref(y.nested()), MAX_ITEMS)), MAX_ITEMS)
+    r.done()
+    return PulseRange(chain_id, previous, commit, pulses)
+
+
+def decode_pulse_range(data: bytes) -> PulseRange:
+    """The range of ``protocol.pulse.encode_pulse_range`` bytes; ``WireError`` on anything
+    else. Decoded, not verified: ``sdk.beacon.verify_pulse_range_bytes`` checks it."""
+    return guard("pulse range", lambda: _pulse_range(data))

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from protocol.chain import ChainTip
 from protocol.check import check_commit, check_header
@@ -49,6 +49,9 @@ class BlockRejectedError(QuStreamError):
         super().__init__(f"block {height if height is not None else '?'} rejected: {reason}")
         self.height = height
         self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:  # across processes (sdk.beacon's page verifiers)
+        return type(self), (self.height, self.reason)
 
 
 class BlockGapError(BlockRejectedError):

@@ -28,6 +28,16 @@ APT count maxima, failures a sum. The beacon API serves it with every pulse and 
 recomputes it from the references it verified and refuses a document whose summary differs or
 does not pass. Each reference passing (``protocol.block.unhealthy_entropy``) implies the fold
 passes, so the summary is a convenience to read, never an extra trust assumption.
+
+A range of pulses in canonical bytes (``encode_pulse_range``; ``protocol.codec``
+reads it back, strictly), what ``GET /v1/beacon?from=&to=`` answers when asked for
+``PULSE_RANGE_MEDIA_TYPE``: only what a client verifies, in the encodings it hashes, so it
+parses no JSON and re-encodes nothing to check a hash (docs/verify-a-pulse.md)::
+
+    PulseRange := tag, text chain_id, optional nested BlockHeader (the header before the
+                  first pulse; absent from height 1), nested CommitCertificate (of the last
+                  pulse's block), sequence of PulseEntry
+    PulseEntry := nested BlockHeader, sequence of nested EntropyRef   (no tag: a fragment)
 """
 
 from __future__ import annotations
@@ -38,7 +48,11 @@ from enum import IntFlag
 from typing import Any
 
 from protocol.block import EntropyRef, Header
+from protocol.canonical import CanonicalWriter
+from protocol.commit import CommitCertificate
 from protocol.errors import InputError
+
+PULSE_RANGE_MEDIA_TYPE = "application/vnd.qustream.pulse-range"
 
 MIN_SOURCES_FOR_RANDOM = 2
 
@@ -117,7 +131,10 @@ class SourceHealth:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _SOURCE_HEALTH_FIELDS}
+
+    def __reduce__(self) -> tuple[Any, ...]:  # the fields as they are: cheap to pickle
+        return SourceHealth, tuple(getattr(self, name) for name in _SOURCE_HEALTH_FIELDS)
 
     def describe(self) -> str:
         """One line for people (the ``chain`` and ``beacon`` commands print it)."""
@@ -130,13 +147,18 @@ class SourceHealth:
 
     @classmethod
     def from_json(cls, data: Any) -> SourceHealth:
-        names = [f.name for f in fields(cls)]
-        if not isinstance(data, Mapping) or set(data) != set(names):
-            raise HealthSummaryError(f"a source's health summary has exactly the fields {names}")
+        names = _SOURCE_HEALTH_FIELDS
+        if not isinstance(data, Mapping) or data.keys() != _SOURCE_HEALTH_KEYS:
+            raise HealthSummaryError(f"a source's health summary has exactly the fields "
+                                     f"{list(names)}")
         source_id, *counts = (data[name] for name in names)
         if not isinstance(source_id, str) or not all(type(c) is int for c in counts):
             raise HealthSummaryError(f"malformed source health summary {dict(data)}")
         return cls(source_id, *counts)
+
+
+_SOURCE_HEALTH_FIELDS = tuple(f.name for f in fields(SourceHealth))
+_SOURCE_HEALTH_KEYS = frozenset(_SOURCE_HEALTH_FIELDS)
 
 
 def health_by_source(entropy: Sequence[EntropyRef]) -> tuple[SourceHealth, ...]:
@@ -160,3 +182,28 @@ def health_by_source(entropy: Sequence[EntropyRef]) -> tuple[SourceHealth, ...]:
 def health_json(entropy: Sequence[EntropyRef]) -> list[dict[str, Any]]:
     """``health_by_source`` as the beacon API serves it."""
     return [source.to_json() for source in health_by_source(entropy)]
+
+
+@dataclass(frozen=True, slots=True)
+class PulseRange:
+    """A decoded binary pulse range (module doc), not yet verified."""
+
+    chain_id: str
+    previous_header: Header | None
+    commit: CommitCertificate
+    pulses: tuple[tuple[Header, tuple[EntropyRef, ...]], ...]
+
+
+def pulse_range_entry(header: Header, entropy: Sequence[EntropyRef]) -> bytes:
+    """One ``PulseEntry`` (module doc): a block's header and its entropy references."""
+    return (CanonicalWriter.fragment().nested(header.canonical())
+            .sequence(entropy, lambda w, ref: w.nested(ref.canonical())).finish())
+
+
+def encode_pulse_range(chain_id: str, previous_header: bytes | None, commit: bytes,
+                       entries: Sequence[bytes]) -> bytes:
+    """The ``PulseRange`` of ``pulse_range_entry`` fragments (module doc);
+    ``previous_header`` and ``commit`` in their canonical encodings."""
+    return (CanonicalWriter("PulseRange").text(chain_id)
+            .optional(previous_header, lambda w, header: w.nested(header)).nested(commit)
+            .u32(len(entries)).finish() + b"".join(entries))

@@ -19,7 +19,9 @@ root, so one verified head proves any older pulse in O(log n) hashes.
 
 ``BeaconClient`` reads one or several gateways (failover: a gateway that does not answer is
 skipped, the next URL is tried; ``reading`` names the one in use) and returns only verified
-``Pulse``s. Lookups by time raise the typed ``PulseNotYetError`` (with ``expected_at_ms``) and
+``Pulse``s. ``range(first, last, workers=N)`` fetches pages ahead and verifies them on N
+processes (a long range is CPU-bound on the client), checking each page's hash link to the
+page before it. Lookups by time raise the typed ``PulseNotYetError`` (with ``expected_at_ms``) and
 ``BeforeGenesisError``; ``wait_for_height`` / ``wait_for_time`` await a future pulse with
 bounded long polls (the fair-lottery use: commit to "the pulse of height H" before it exists).
 
@@ -31,9 +33,13 @@ out, so with the subscriber's verification every pulse is delivered exactly once
 from __future__ import annotations
 
 import base64
+import json
 import logging
+import multiprocessing
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -45,12 +51,19 @@ from protocol.block import (
     precommitment_problems,
     unhealthy_entropy,
 )
-from protocol.codec import WireError, decode_commit, decode_header
-from protocol.commit import verify_commit
+from protocol.codec import WireError, decode_commit, decode_header, decode_pulse_range
+from protocol.commit import CommitCertificate, verify_commit
 from protocol.entropy.chain import HealthSummary
 from protocol.errors import InputError
 from protocol.mmr import verify_inclusion
-from protocol.pulse import PulseStatus, SourceHealth, health_by_source, is_random, pulse_status
+from protocol.pulse import (
+    PULSE_RANGE_MEDIA_TYPE,
+    PulseStatus,
+    SourceHealth,
+    health_by_source,
+    is_random,
+    pulse_status,
+)
 from protocol.randomness import block_randomness
 from protocol.validators import ValidatorSet
 from sdk.errors import (
@@ -65,6 +78,7 @@ from streams.chain_wire import decode_finalized
 
 log = logging.getLogger("qustream.sdk.beacon")
 MAX_WAIT_S = 60.0  # the gateway's bound on one long poll
+JSON_MEDIA_TYPE = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +99,19 @@ class Pulse:
     def is_random(self) -> bool:
         return is_random(self.status)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The fields as they are: a quarter of what pickling a frozen dataclass costs, paid
+        # for every pulse a page verifier process hands back (``BeaconClient.range``).
+        return Pulse, (self.chain_id, self.height, self.time_ms, self.randomness,
+                       self.block_hash, self.status, self.health)
+
     @classmethod
-    def of(cls, header: Header, entropy: tuple[EntropyRef, ...] = ()) -> Pulse:
+    def of(cls, header: Header, entropy: tuple[EntropyRef, ...] = (),
+           health: tuple[SourceHealth, ...] | None = None) -> Pulse:
+        """``health``: ``health_by_source(entropy)`` when the caller has it already."""
         return cls(header.chain_id, header.height, header.time_ms, header.randomness,
-                   header.hash(), pulse_status(header), health_by_source(entropy))
+                   header.hash(), pulse_status(header),
+                   health_by_source(entropy) if health is None else health)
 
 
 def _b64(text: str) -> bytes:
@@ -120,18 +143,28 @@ def _flag(value: Any) -> bool:
     return value
 
 
-def _check_health(height: int, served: Any, entropy: tuple[EntropyRef, ...]) -> None:
-    """Every reference's summary passes and ``served`` is their per-source fold."""
+def _check_health(height: int, served: Any, entropy: tuple[EntropyRef, ...]
+                  ) -> tuple[SourceHealth, ...]:
+    """Every reference's summary passes and ``served`` is their per-source fold (returned;
+    ``served`` None: nothing was claimed, as in a binary range)."""
     unhealthy = unhealthy_entropy(entropy)
     if unhealthy is not None:
         raise BlockRejectedError(height, unhealthy)
+    folded = health_by_source(entropy)
+    if served is _UNCLAIMED:
+        return folded
+    if type(served) is list and served == [source.to_json() for source in folded] and all(
+            type(value) is int or key == "source_id"
+            for item in served for key, value in item.items()):
+        return folded  # the common case, compared as JSON; otherwise say what is wrong
     try:
         claimed = tuple(SourceHealth.from_json(item) for item in served)
     except (InputError, TypeError) as exc:
         raise BlockRejectedError(height, f"malformed health summary: {exc}") from exc
-    if claimed != health_by_source(entropy):
+    if claimed != folded:
         raise BlockRejectedError(height, "the per-source health summary is not the fold of the "
                                          "entropy references' health summaries")
+    return folded
 
 
 def _check_pulse(header: Header, entropy: tuple[EntropyRef, ...], previous_randomness: bytes,
@@ -160,39 +193,106 @@ def verify_pulse_range(document: dict[str, Any], validators: ValidatorSet, *,
     """The pulses of a range document, verified (module doc); ``BlockRejectedError`` naming
     the height and the failed check otherwise. ``anchor``: the genesis checkpoint (height 0),
     needed when the range starts at height 1."""
-    pulses, header = _linked_pulses(document, anchor)
+    pulses, header, _ = _linked_pulses(document, anchor)
     _check_certificate(header, document.get("commit"), validators)
     return pulses
 
 
+def verify_pulse_range_bytes(data: bytes, validators: ValidatorSet, *,
+                             anchor: TrustedCheckpoint | None = None) -> list[Pulse]:
+    """``verify_pulse_range`` of a binary range (``protocol.pulse.PULSE_RANGE_MEDIA_TYPE``,
+    docs/verify-a-pulse.md): the same checks, on the bytes that are hashed."""
+    return _verified_page(data, True, validators, anchor)[1]
+
+
+def _verified_page(raw: bytes, binary: bool, validators: ValidatorSet,
+                   anchor: TrustedCheckpoint | None) -> tuple[bytes, list[Pulse]]:
+    """A range page's response bytes (``binary`` or JSON) verified: the hash its first pulse
+    links to, and the pulses."""
+    if not binary:
+        try:
+            document = json.loads(raw)
+        except ValueError as exc:
+            raise BlockRejectedError(None, f"the range page is not JSON: {exc}") from exc
+        pulses, header, previous_hash = _linked_pulses(document, anchor)
+        _check_certificate(header, document.get("commit"), validators)
+        return previous_hash, pulses
+    try:
+        page = decode_pulse_range(raw)
+    except WireError as exc:
+        raise BlockRejectedError(None, f"undecodable pulse range: {exc}") from exc
+    if not page.pulses:
+        raise BlockRejectedError(None, "the range holds no pulse")
+    first = page.pulses[0][0].height
+    if page.pulses[0][0].chain_id != page.chain_id:
+        raise BlockRejectedError(first, "another chain id than the range's")
+    previous_hash, previous_randomness = _range_start(first, page.previous_header, anchor)
+    pulses, header = _link(first, previous_hash, previous_randomness,
+                           ((header, entropy, _UNCLAIMED) for header, entropy in page.pulses))
+    _check_commit(header, page.commit, validators)
+    return previous_hash, pulses
+
+
+def _verify_page(raw: bytes, binary: bool, validators: ValidatorSet,
+                 anchor: TrustedCheckpoint | None) -> tuple[bytes, list[Pulse]]:
+    """``_verified_page`` in a verifier process (module-level, so the pool can pickle it)."""
+    return _verified_page(raw, binary, validators, anchor)
+
+
 def _linked_pulses(document: dict[str, Any], anchor: TrustedCheckpoint | None
-                   ) -> tuple[list[Pulse], Header]:
+                   ) -> tuple[list[Pulse], Header, bytes]:
     """The pulses of ``document`` checked each on its own and linked to the header before it
-    (steps of ``verify_pulse_range`` but the certificate), with the last header."""
+    (steps of ``verify_pulse_range`` but the certificate), with the last header and the hash
+    the first pulse links to."""
     items = document.get("pulses") or []
     if not items:
         raise BlockRejectedError(None, "the range holds no pulse")
     first_height = int(items[0]["height"])
+    encoded = document.get("previous_header") if first_height > 1 else None
+    if first_height > 1 and not encoded:
+        raise BlockRejectedError(first_height, "the range lacks the previous header")
+    previous = _header(first_height - 1, encoded) if encoded else None
+    previous_hash, previous_randomness = _range_start(first_height, previous, anchor)
+
+    def decoded() -> Iterator[tuple[Header, tuple[EntropyRef, ...], Any]]:
+        for height, item in enumerate(items, first_height):
+            yield (_header(height, item["header"]), _entropy(height, item.get("entropy", ())),
+                   item.get("health"))
+
+    pulses, header = _link(first_height, previous_hash, previous_randomness, decoded())
+    return pulses, header, previous_hash
+
+
+_UNCLAIMED = object()  # a pulse served without a per-source health summary to compare
+
+
+def _range_start(first_height: int, previous: Header | None,
+                 anchor: TrustedCheckpoint | None) -> tuple[bytes, bytes]:
+    """The block hash and randomness the range's first pulse builds on: the genesis
+    ``anchor``'s at height 1, else the previous header's (its hash is checked by the link)."""
     if first_height == 1:
         if anchor is None or anchor.height != 0:
             raise BlockRejectedError(1, "a range from height 1 is checked against the genesis: "
                                         "pass anchor=TrustedCheckpoint.from_genesis(...)")
-        previous_hash, previous_randomness = anchor.block_hash, anchor.randomness
-    else:
-        encoded = document.get("previous_header")
-        if not encoded:
-            raise BlockRejectedError(first_height, "the range lacks the previous header")
-        previous = _header(first_height - 1, encoded)
-        if previous.height != first_height - 1:
-            raise BlockRejectedError(first_height, "previous header is of another height")
-        previous_hash, previous_randomness = previous.hash(), previous.randomness
+        return anchor.block_hash, anchor.randomness
+    if previous is None:
+        raise BlockRejectedError(first_height, "the range lacks the previous header")
+    if previous.height != first_height - 1:
+        raise BlockRejectedError(first_height, "previous header is of another height")
+    return previous.hash(), previous.randomness
+
+
+def _link(first_height: int, previous_hash: bytes, previous_randomness: bytes,
+          entries: Iterator[tuple[Header, tuple[EntropyRef, ...], Any]]
+          ) -> tuple[list[Pulse], Header]:
+    """Each pulse checked on its own (``_check_pulse``, ``_check_health`` against its served
+    summary) and hash-linked to the one before, heights consecutive from ``first_height``;
+    the pulses and the last header (whose certificate the caller checks)."""
     chain_id = None
     pulses: list[Pulse] = []
     header: Header | None = None
     previous_entropy: tuple[EntropyRef, ...] | None = None
-    for index, item in enumerate(items):
-        height = first_height + index
-        header = _header(height, item["header"])
+    for height, (header, entropy, served) in enumerate(entries, first_height):
         if header.height != height:
             raise BlockGapError(header.height, f"expected height {height}")
         if chain_id is None:
@@ -202,28 +302,38 @@ def _linked_pulses(document: dict[str, Any], anchor: TrustedCheckpoint | None
         if header.previous_block_hash != previous_hash:
             raise BlockRejectedError(height, "previous block hash does not link to the block "
                                              "before it")
-        entropy = _entropy(height, item.get("entropy", ()))
         _check_pulse(header, entropy, previous_randomness, previous_entropy)
-        _check_health(height, item.get("health"), entropy)
+        health = _check_health(height, served, entropy)
         previous_entropy = entropy
-        pulse = Pulse.of(header, entropy)
+        pulse = Pulse.of(header, entropy, health)
         pulses.append(pulse)
         previous_hash, previous_randomness = pulse.block_hash, header.randomness
-    assert header is not None
+    if header is None:
+        raise BlockRejectedError(None, "the range holds no pulse")
     return pulses, header
 
 
 def _check_certificate(header: Header, encoded: Any, validators: ValidatorSet) -> None:
     """``encoded`` (base64) is a certificate of more than 2/3 of ``validators`` for
     ``header``'s block, and ``validators`` is the set the header names."""
-    if header.validators_hash != validators.hash():
-        raise BlockRejectedError(header.height, "the last header names a validator set this "
-                                                "client does not trust (the set changed: follow "
-                                                "the chain with a BlockSubscriber to learn it)")
+    if header.validators_hash != validators.hash():  # before decoding: the clearer error
+        _check_commit(header, None, validators)
     try:
         commit = decode_commit(_b64(encoded))
     except (WireError, ValueError, TypeError) as exc:
         raise BlockRejectedError(header.height, f"undecodable certificate: {exc}") from exc
+    _check_commit(header, commit, validators)
+
+
+def _check_commit(header: Header, commit: CommitCertificate | None,
+                  validators: ValidatorSet) -> None:
+    """``commit`` carries more than 2/3 of ``validators`` for ``header``'s block, and
+    ``validators`` is the set the header names."""
+    if header.validators_hash != validators.hash():
+        raise BlockRejectedError(header.height, "the last header names a validator set this "
+                                                "client does not trust (the set changed: follow "
+                                                "the chain with a BlockSubscriber to learn it)")
+    assert commit is not None
     result = verify_commit(header.chain_id, header.hash(), header.height, commit, validators)
     if not result.ok:
         raise BlockRejectedError(header.height, f"certificate does not verify: {result.reason}")
@@ -241,7 +351,7 @@ def verify_pulse_proof(document: dict[str, Any], validators: ValidatorSet, *,
     item = document.get("pulse")
     if not isinstance(item, dict) or "header" not in item:
         raise BlockRejectedError(head.height, "the proof carries no pulse header")
-    pulses, header = _linked_pulses({"previous_header": document.get("previous_header"),
+    pulses, header, _ = _linked_pulses({"previous_header": document.get("previous_header"),
                                      "pulses": [item]}, anchor)
     if (header.height, head.height) != (height, document.get("head")) or (
             header.chain_id != head.chain_id):
@@ -308,7 +418,10 @@ class BeaconClient:
         self.timeout_s = timeout_s
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = client or httpx.Client(headers=headers, timeout=timeout_s)
+        self._owns_http = client is None  # a client passed in is the caller's to close
         self._index = 0
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_size = 0
 
     @property
     def reading(self) -> str:
@@ -316,7 +429,9 @@ class BeaconClient:
         return self.urls[self._index]
 
     def _get(self, path: str, params: dict[str, Any] | None = None,
-             timeout_s: float | None = None) -> Any:
+             timeout_s: float | None = None, *, accept: str | None = None) -> Any:
+        """The parsed JSON answer of the first gateway that serves it (``accept``: the
+        response itself, asked for that media type)."""
         import httpx
 
         last: Exception | None = None
@@ -324,7 +439,8 @@ class BeaconClient:
             url = self.urls[self._index].rstrip("/") + path
             try:
                 response = self._http.get(url, params=params,
-                                          timeout=timeout_s or self.timeout_s)
+                                          timeout=timeout_s or self.timeout_s,
+                                          headers={"Accept": accept} if accept else None)
             except httpx.TransportError as exc:
                 log.warning("gateway %s unreachable (%s); trying the next", self.reading, exc)
                 last = exc
@@ -336,7 +452,7 @@ class BeaconClient:
                 continue
             if response.status_code != 200:
                 raise error_from_http(response)
-            return response.json()
+            return response if accept else response.json()
         assert last is not None
         if isinstance(last, ApiError):
             raise last
@@ -383,15 +499,69 @@ class BeaconClient:
                                                    f"{head}, the gateway proved another")
         return pulse
 
-    def range(self, first: int, last: int) -> list[Pulse]:
-        """Pulses ``first..last``, each page verified with one certificate check."""
+    def range(self, first: int, last: int, *, workers: int = 1) -> list[Pulse]:
+        """Pulses ``first..last``, each page verified with one certificate check and its hash
+        link to the page before it. ``workers`` > 1: pages of ``page_size`` are fetched ahead
+        and verified on that many processes (kept until ``close``); a page the gateway
+        shortens (its head, a smaller page limit) is continued from where it ended."""
+        pool = self._verifiers(workers) if workers > 1 else None
+        pending: deque[tuple[int, Future[tuple[bytes, list[Pulse]]]]] = deque()
+        try:
+            return self._range(first, last, workers, pool, pending)
+        finally:
+            for _, later in pending:  # an error left pages in flight
+                later.cancel()
+
+    def _range(self, first: int, last: int, workers: int, pool: ProcessPoolExecutor | None,
+               pending: deque[tuple[int, Future[tuple[bytes, list[Pulse]]]]]
+               ) -> list[Pulse]:
         out: list[Pulse] = []
-        start = first
-        while start <= last:
-            document = self._get("/v1/beacon", {"from": start, "to": last})
-            out += verify_pulse_range(document, self.validators, anchor=self.anchor)
-            start = out[-1].height + 1
+        fetch_at = first
+        while (expected := out[-1].height + 1 if out else first) <= last:
+            if pool is None:  # one page at a time, verified here
+                link, pulses = _verified_page(*self._page(expected, last), self.validators,
+                                              self.anchor if expected == 1 else None)
+            else:
+                if pending and pending[0][0] != expected:  # a page came back short: go on
+                    for _, later in pending:                # from where it ended
+                        later.cancel()
+                    pending.clear()
+                if not pending:
+                    fetch_at = expected
+                while fetch_at <= last and len(pending) < workers + 1:
+                    end = min(last, fetch_at + self.page_size - 1)
+                    pending.append((fetch_at, pool.submit(
+                        _verify_page, *self._page(fetch_at, end), self.validators,
+                        self.anchor if fetch_at == 1 else None)))
+                    fetch_at = end + 1
+                link, pulses = pending.popleft()[1].result()
+            if pulses[0].height != expected:
+                raise BlockGapError(pulses[0].height, f"asked for pulses from {expected}")
+            if out and (link != out[-1].block_hash or pulses[0].chain_id != out[-1].chain_id):
+                raise BlockRejectedError(expected, "the page does not link to the pulse before "
+                                                   "it")
+            out += pulses
         return out
+
+    page_size = 1000  # the gateway's ``MAX_PULSES``
+
+    def _page(self, first: int, last: int) -> tuple[bytes, bool]:
+        """A range page's bytes, binary (``PULSE_RANGE_MEDIA_TYPE``) unless the gateway
+        answered JSON (one that predates it), and which."""
+        response = self._get("/v1/beacon", {"from": first, "to": last},
+                             accept=f"{PULSE_RANGE_MEDIA_TYPE}, {JSON_MEDIA_TYPE};q=0.5")
+        binary = response.headers.get("content-type", "").startswith(PULSE_RANGE_MEDIA_TYPE)
+        return response.content, binary
+
+    def _verifiers(self, workers: int) -> ProcessPoolExecutor:
+        if self._pool is None or self._pool_size != workers:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+            # spawn, not fork: the client may run threads (an HTTP pool, the caller's own)
+            self._pool = ProcessPoolExecutor(workers,
+                                             mp_context=multiprocessing.get_context("spawn"))
+            self._pool_size = workers
+        return self._pool
 
     def health(self) -> dict[str, Any]:
         """The gateway's view of the beacon's freshness (``UnavailableError`` when stale)."""
@@ -418,7 +588,11 @@ class BeaconClient:
         return self._await(lambda wait: self.at_or_after(moment, wait_s=wait), timeout_s)
 
     def close(self) -> None:
-        self._http.close()
+        if self._owns_http:
+            self._http.close()
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
 
 # ---------------------------------------------------------------- exactly once, with failover

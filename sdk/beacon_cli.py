@@ -145,9 +145,13 @@ def previous(moment: str = typer.Argument(..., metavar="TIME"),
 def pulse_range(first: int = typer.Argument(..., min=1), last: int = typer.Argument(..., min=1),
                 urls: list[str] = URLS, api_key: str | None = API_KEY,
                 genesis: Path | None = GENESIS, checkpoint: Path | None = CHECKPOINT,
-                as_json: bool = AS_JSON) -> None:
+                as_json: bool = AS_JSON,
+                workers: int = typer.Option(1, "--workers", min=1, max=64, help=(
+                    "Verify pages on this many processes, fetching ahead (long ranges are "
+                    "CPU-bound on the client)."))) -> None:
     """Pulses FIRST..LAST, each page verified with one certificate and hash links."""
-    _run(lambda c: c.range(first, last), urls, api_key, genesis, checkpoint, as_json)
+    _run(lambda c: c.range(first, last, workers=workers), urls, api_key, genesis, checkpoint,
+         as_json)
 
 
 @app.command()

@@ -33,7 +33,7 @@ from fastapi.responses import Response
 
 from protocol.finalized import FinalizedRecord
 from protocol.mmr import HistoryProofError
-from protocol.pulse import is_random, pulse_status
+from protocol.pulse import PULSE_RANGE_MEDIA_TYPE, encode_pulse_range, is_random, pulse_status
 from protocol.pulse_index import (
     BeforeGenesisError,
     InvalidTimeError,
@@ -46,7 +46,14 @@ from protocol.pulse_index import (
     pulse_before,
 )
 from protocol.pulse_index import parse_time_ms as parse_time
-from services.gateway.chain import ChainView, _dumps, compact_pulse, etag_of, pulse_document
+from services.gateway.chain import (
+    ChainView,
+    _dumps,
+    compact_pulse,
+    etag_of,
+    pulse_document,
+    range_entry,
+)
 from services.gateway.problems import Problem
 from services.gateway.pulses import GatewayPulses
 
@@ -72,11 +79,31 @@ def parse_time_ms(text: str) -> int:
         raise Problem(422, "invalid-time", str(exc)) from exc
 
 
-def cached(body: bytes, etag: bytes, cache_control: str, request: Request | None) -> Response:
-    headers = {"ETag": etag.decode(), "Cache-Control": cache_control}
+def cached(body: bytes, etag: bytes, cache_control: str, request: Request | None, *,
+           media_type: str = JSON, headers: dict[str, str] | None = None) -> Response:
+    headers = {"ETag": etag.decode(), "Cache-Control": cache_control, **(headers or {})}
     if request is not None and etag.decode() in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
-    return Response(body, media_type=JSON, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+def _wants(request: Request, media_type: str) -> bool:
+    """Whether ``Accept`` names ``media_type`` (with a non-zero quality) and prefers it to
+    JSON: the one negotiation the range endpoint does (JSON is the default)."""
+    preferred: dict[str, float] = {}
+    for part in request.headers.get("accept", "").split(","):
+        name, *parameters = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            if key.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        preferred[name.lower()] = max(quality, preferred.get(name.lower(), 0.0))
+    wanted = preferred.get(media_type, 0.0)
+    return wanted > 0 and wanted >= max(preferred.get(JSON, 0.0), preferred.get("*/*", 0.0))
 
 
 def lookup_problem(exc: Exception) -> Problem:
@@ -214,9 +241,22 @@ def install_beacon(app: FastAPI, view: ChainView, pulses: GatewayPulses, read: A
             raise Problem(503, "archive-unavailable", f"pulse {from_} could not be read back "
                           "from chain.blocks", headers={"Retry-After": "2"}, retry_after_s=2)
         last = records[-1].height
-        parts = [view.pulse_json(r.height) or _dumps(compact_pulse(r)) for r in records]
         final = records[-1]
         complete = last == to
+        etag = etag_of(final.block.hash)[:-1] + b"-%d\"" % from_
+        cache_control = IMMUTABLE if complete else NO_CACHE
+        if _wants(request, PULSE_RANGE_MEDIA_TYPE):
+            binary = encode_pulse_range(
+                view.chain_id,
+                previous.block.header.canonical() if previous is not None else None,
+                final.commit.canonical(),
+                [view.pulse_entry(r.height) or range_entry(r) for r in records])
+            headers = {"Vary": "Accept"}
+            if not complete:
+                headers["Link"] = f'</v1/beacon?from={last + 1}&to={to}>; rel="next"'
+            return cached(binary, etag[:-1] + b"-b\"", cache_control, request,
+                          media_type=PULSE_RANGE_MEDIA_TYPE, headers=headers)
+        parts = [view.pulse_json(r.height) or _dumps(compact_pulse(r)) for r in records]
         following = f'"/v1/beacon?from={last + 1}&to={to}"' if not complete else "null"
         body = (b'{"chain_id":%s,"from":%d,"to":%d,"previous_header":%s,"commit":%s,'
                 b'"validators_hash":"%s","validators_url":"/v1/validators/%d","next":%s,'
@@ -226,8 +266,7 @@ def install_beacon(app: FastAPI, view: ChainView, pulses: GatewayPulses, read: A
             _dumps(_b64(final.commit.canonical())),
             final.block.header.validators_hash.hex().encode(), last, following.encode(),
             b",".join(parts))
-        return cached(body, etag_of(final.block.hash)[:-1] + b"-%d\"" % from_,
-                      IMMUTABLE if complete else NO_CACHE, request)
+        return cached(body, etag, cache_control, request, headers={"Vary": "Accept"})
 
     @app.get("/v1/beacon/{height}/proof", tags=["beacon"],
              summary="Pulse of a height proven against a later head: its certificate and an "

@@ -54,7 +54,7 @@ from protocol.block import EntropyRef
 from protocol.commit import CommitFlag
 from protocol.finalized import FinalizedRecord
 from protocol.mmr import EMPTY_HISTORY, History, HistoryProofError, SubtreeRoots, prove
-from protocol.pulse import describe, health_json, is_random, pulse_status
+from protocol.pulse import describe, health_json, is_random, pulse_range_entry, pulse_status
 from protocol.randomness import randomness_input
 from protocol.validators import ValidatorSet, validator_set_to_json
 from services.gateway.waiting import Waiters
@@ -245,7 +245,8 @@ class ChainView:
             return None
         return int(self._offsets[index])
 
-    def _cached(self, kind: str, height: int, render: Callable[[StoredBlock], Any]
+    def _cached(self, kind: str, height: int, render: Callable[[StoredBlock], Any],
+                encode: Callable[[Any], bytes] = lambda document: _dumps(document)
                 ) -> bytes | None:
         key = (kind, height)
         cached = self._cache.get(key)
@@ -254,7 +255,7 @@ class ChainView:
         stored = self._blocks.get(height)
         if stored is None:
             return None
-        body = _dumps(render(stored))
+        body = encode(render(stored))
         self._keep(self._cache, key, body, 2048)
         return body
 
@@ -310,6 +311,11 @@ class ChainView:
         """The compact pulse of a retained height (``compact_pulse``), cached: what a range
         response is made of."""
         return self._cached("pulse", height, lambda s: compact_pulse(s.record))
+
+    def pulse_entry(self, height: int) -> bytes | None:
+        """The ``PulseEntry`` of a retained height (``protocol.pulse.pulse_range_entry``),
+        cached: what a binary range response is made of."""
+        return self._cached("entry", height, lambda s: range_entry(s.record), bytes)
 
     def heights(self, first: int, last: int) -> Iterator[int]:
         for height in range(max(first, self.first_height), min(last, self.head_height) + 1):
@@ -370,6 +376,11 @@ def compact_pulse(record: FinalizedRecord) -> dict[str, Any]:
             "header": _b64(header.canonical()),
             "entropy": [[r.source_id, r.seq, r.digest.hex(), r.next_digest.hex(), r.committed,
                          r.health.to_json()] for r in entropy]}
+
+
+def range_entry(record: FinalizedRecord) -> bytes:
+    """One pulse of a binary range: its canonical header and entropy references."""
+    return pulse_range_entry(record.block.header, record.block.body.entropy)
 
 
 def pulse_fields(header: Any) -> dict[str, Any]:

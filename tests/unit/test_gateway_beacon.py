@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from protocol.codec import decode_pulse_range
+from protocol.pulse import PULSE_RANGE_MEDIA_TYPE
 from sdk.testing import LocalChain, make_local_chain
 from services.gateway.api import Gateway, create_app
 from services.gateway.public import PublicReads
@@ -136,6 +138,42 @@ def test_health_and_range_pages(chain: LocalChain) -> None:
     assert_problem(http.get("/v1/beacon", params={"from": HEIGHTS + 1, "to": HEIGHTS + 2}),
                    404)
     assert_problem(http.get("/v1/beacon", params={"from": 5, "to": 4}), 400)
+
+
+@pytest.mark.parametrize("accept, binary", [
+    (PULSE_RANGE_MEDIA_TYPE, True),
+    (f"{PULSE_RANGE_MEDIA_TYPE}, application/json;q=0.5", True),
+    (f"application/json, {PULSE_RANGE_MEDIA_TYPE};q=0.9", False),
+    (f"{PULSE_RANGE_MEDIA_TYPE};q=0", False),
+    ("*/*", False),
+    ("text/html, */*;q=0.8", False),
+    ("", False),
+])
+def test_a_range_is_binary_only_when_the_client_prefers_it(chain: LocalChain, accept: str,
+                                                            binary: bool) -> None:
+    gateway, _add_next, keys = partial_gateway(chain, HEIGHTS - 1)
+    http = TestClient(create_app(gateway), headers={"X-API-Key": keys["read"]})
+    answer = http.get("/v1/beacon", params={"from": 3, "to": HEIGHTS}, headers={"Accept": accept})
+    assert answer.status_code == 200 and answer.headers["vary"] == "Accept"
+    assert answer.headers["content-type"].startswith(
+        PULSE_RANGE_MEDIA_TYPE if binary else "application/json")
+    json_etag = http.get("/v1/beacon", params={"from": 3, "to": HEIGHTS}).headers["etag"]
+    assert (answer.headers["etag"] != json_etag) is binary  # one tag per representation
+    if binary:  # the same pulses, in the encodings that are hashed; the rest by a Link
+        page = decode_pulse_range(answer.content)
+        records = [decode_finalized(r) for r in chain.records]
+        assert [header for header, _ in page.pulses] == [
+            r.block.header for r in records[2:HEIGHTS - 1]]
+        assert [entropy for _, entropy in page.pulses] == [
+            r.block.body.entropy for r in records[2:HEIGHTS - 1]]
+        assert page.previous_header == records[1].block.header
+        assert answer.headers["link"] == f'</v1/beacon?from={HEIGHTS}&to={HEIGHTS}>; rel="next"'
+        assert answer.headers["cache-control"] == "no-cache"
+        assert http.get("/v1/beacon", params={"from": 3, "to": HEIGHTS}, headers={
+            "Accept": accept, "If-None-Match": answer.headers["etag"]}).status_code == 304
+        whole = http.get("/v1/beacon", params={"from": 1, "to": 4}, headers={"Accept": accept})
+        assert decode_pulse_range(whole.content).previous_header is None
+        assert "immutable" in whole.headers["cache-control"] and "link" not in whole.headers
 
 
 def test_an_idle_event_stream_sends_heartbeats(chain: LocalChain) -> None:

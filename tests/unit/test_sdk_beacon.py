@@ -13,10 +13,18 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sdk.beacon import BeaconClient, FailoverBlockSource, verify_pulse_proof, verify_pulse_range
+from protocol.pulse import PULSE_RANGE_MEDIA_TYPE
+from sdk.beacon import (
+    BeaconClient,
+    FailoverBlockSource,
+    verify_pulse_proof,
+    verify_pulse_range,
+    verify_pulse_range_bytes,
+)
 from sdk.errors import BlockRejectedError
 from sdk.subscriber import BlockSubscriber, TrustedCheckpoint
 from sdk.testing import LocalChain, flip_bit, make_local_chain
+from services.gateway import beacon as gateway_beacon
 from services.gateway.api import create_app
 from tests.unit.test_gateway_api import make_gateway
 
@@ -87,6 +95,79 @@ def test_any_changed_byte_fails(middle: dict[str, Any], anchor: TrustedCheckpoin
         verify_pulse_range(document, anchor.next_validators)
 
 
+def _binary(http: TestClient, first: int, last: int) -> bytes:
+    answer = http.get("/v1/beacon", params={"from": first, "to": last},
+                      headers={"Accept": PULSE_RANGE_MEDIA_TYPE})
+    assert answer.headers["content-type"] == PULSE_RANGE_MEDIA_TYPE
+    return answer.content
+
+
+def test_a_binary_range_verifies_to_the_json_range_s_pulses(http: TestClient,
+                                                            anchor: TrustedCheckpoint) -> None:
+    for first, last in ((1, HEIGHTS), (7, 15), (HEIGHTS, HEIGHTS)):
+        document = http.get("/v1/beacon", params={"from": first, "to": last}).json()
+        expected = verify_pulse_range(document, anchor.next_validators, anchor=anchor)
+        assert verify_pulse_range_bytes(_binary(http, first, last), anchor.next_validators,
+                                        anchor=anchor) == expected
+    with pytest.raises(BlockRejectedError, match="genesis"):
+        verify_pulse_range_bytes(_binary(http, 1, 3), anchor.next_validators)
+
+
+@pytest.fixture(scope="module")
+def middle_bytes(http: TestClient) -> bytes:
+    return _binary(http, 5, 13)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(position=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7),
+       cut=st.integers(1, 64), junk=st.binary(min_size=1, max_size=8))
+def test_any_changed_byte_of_a_binary_range_fails(middle_bytes: bytes,
+                                                  anchor: TrustedCheckpoint, position: float,
+                                                  bit: int, cut: int, junk: bytes) -> None:
+    for changed in (flip_bit(middle_bytes, int(position * len(middle_bytes)), bit),
+                    middle_bytes[:-cut], middle_bytes + junk):
+        with pytest.raises(BlockRejectedError):
+            verify_pulse_range_bytes(changed, anchor.next_validators)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_pages_verified_on_processes_link_up_and_short_pages_go_on(
+        http: TestClient, anchor: TrustedCheckpoint, binary: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``workers=2``: pages fetched ahead, verified on two processes, each linked to the one
+    before; the gateway serves at most 5 pulses a page while the client asks for 7, so every
+    page comes back short and the client goes on from where it ended. Without ``binary`` the
+    gateway answers JSON (one that predates the binary range) and the client verifies that."""
+    monkeypatch.setattr(gateway_beacon, "MAX_PULSES", 5)
+    if not binary:
+        monkeypatch.setattr(gateway_beacon, "_wants", lambda request, media_type: False)
+    serial = BeaconClient("http://testserver", checkpoint=anchor, client=http).range(1, HEIGHTS)
+    client = BeaconClient("http://testserver", checkpoint=anchor, client=http)
+    client.page_size = 7
+    try:
+        assert client.range(1, HEIGHTS, workers=2) == serial
+        assert [p.height for p in serial] == list(range(1, HEIGHTS + 1))
+        assert client.range(9, 9, workers=2) == serial[8:9]
+        assert client.range(9, 8, workers=2) == []
+    finally:
+        client.close()
+
+
+def test_a_page_a_verifier_process_refuses_is_refused_here(
+        http: TestClient, tmp_path: Any) -> None:
+    other = TrustedCheckpoint.from_genesis(make_local_chain(tmp_path, 1).genesis)
+    client = BeaconClient("http://testserver", checkpoint=other, client=http)
+    try:
+        with pytest.raises(BlockRejectedError, match="does not trust") as refused:
+            client.range(2, HEIGHTS, workers=2)  # pickled back with its height and reason
+        assert refused.value.height == HEIGHTS
+        with pytest.raises(BlockRejectedError, match="does not link") as refused:
+            client.range(1, HEIGHTS, workers=2)  # another genesis
+        assert refused.value.height == 1
+    finally:
+        client.close()
+
+
 def test_a_range_from_height_one_needs_the_genesis(http: TestClient,
                                                    anchor: TrustedCheckpoint) -> None:
     document = http.get("/v1/beacon", params={"from": 1, "to": 3}).json()
@@ -129,6 +210,10 @@ def test_the_cli_prints_a_pulse_it_proved(http: TestClient, anchor: TrustedCheck
     printed = json.loads(result.output)
     assert (printed["height"], printed["verified"]) == (4, True)
     assert printed["randomness"] == http.get("/v1/beacon/4").json()["randomness"]
+    result = CliRunner().invoke(beacon_cli.app, ["range", "2", "9", "--workers", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["height"] for line in result.output.splitlines()] == list(
+        range(2, 10))
 
 
 @pytest.fixture(scope="module")
