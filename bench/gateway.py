@@ -15,8 +15,12 @@ public path, limited per client address; the limit is lifted here), measured int
 the keyed one (keyed, anonymous, anonymous, keyed: half of ``SECONDS`` each, so a change of the
 machine's load during the run weighs on both alike), with their ratio.
 ``range_pulses_per_s`` is what one client verifies per second through
-``GET /v1/beacon?from=&to=`` (pages of ``MAX_PULSES``, fetched and verified with
-``sdk.beacon.verify_pulse_range``: one certificate and the hash links per page).
+``GET /v1/beacon?from=&to=``: ``BeaconClient.range`` over the whole chain, again and again,
+pages of ``MAX_PULSES`` in the binary form (``protocol.pulse.PULSE_RANGE_MEDIA_TYPE``)
+fetched ahead and verified on ``RANGE_WORKERS`` processes (the machine's cores; one certificate,
+the hash links and every pulse's entropy, randomness and health per page);
+``range_serial_pulses_per_s`` is the same client verifying each page in its own process, half
+of ``SECONDS`` each.
 Last line: one JSON object.
 """
 
@@ -39,7 +43,9 @@ from bench.common import emit
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 KEY_BODIES = int(os.environ.get("BENCH_KEY_BODIES", "6000"))
-CHAIN_HEIGHTS = int(os.environ.get("BENCH_CHAIN_HEIGHTS", "1000"))
+CHAIN_HEIGHTS = int(os.environ.get("BENCH_CHAIN_HEIGHTS", "2000"))
+RANGE_PAGE = int(os.environ.get("BENCH_RANGE_PAGE", "1000"))  # the SDK's page (MAX_PULSES)
+RANGE_WORKERS = int(os.environ.get("BENCH_RANGE_WORKERS", str(os.cpu_count() or 1)))
 
 
 def _free_port() -> int:
@@ -171,28 +177,29 @@ def _interleaved(port: int, first: list[bytes], second: list[bytes], seconds: fl
     return merged(runs[0]), merged(runs[1])
 
 
-def _verify_ranges(port: int, chain: Any, seconds: float) -> dict[str, float]:
-    """Fetch and verify pages of the range endpoint for ``seconds`` (one client)."""
-    import httpx
-
-    from sdk.beacon import verify_pulse_range
+def _verify_ranges(port: int, chain: Any, seconds: float, workers: int) -> dict[str, float]:
+    """Fetch and verify the whole chain through the range endpoint, again and again for
+    ``seconds``, with one client (``BeaconClient.range``): pages of ``RANGE_PAGE`` pulses,
+    verified in this process (``workers`` 1) or fetched ahead and verified on ``workers``
+    processes."""
+    from sdk.beacon import BeaconClient
     from sdk.subscriber import TrustedCheckpoint
-    from services.gateway.beacon import MAX_PULSES
 
     anchor = TrustedCheckpoint.from_genesis(chain.genesis)
+    client = BeaconClient(f"http://127.0.0.1:{port}", checkpoint=anchor)
+    client.page_size = RANGE_PAGE
     heights = len(chain.records)
-    verified = pages = 0
-    started = time.perf_counter()
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+    verified = ranges = 0
+    try:
+        client.range(1, min(heights, RANGE_PAGE), workers=workers)  # start the processes
+        started = time.perf_counter()
         while time.perf_counter() - started < seconds:
-            first = 1 + (pages * MAX_PULSES) % max(1, heights - MAX_PULSES + 1)
-            document = client.get("/v1/beacon", params={
-                "from": first, "to": first + MAX_PULSES - 1}).json()
-            verified += len(verify_pulse_range(document, anchor.next_validators,
-                                               anchor=anchor))
-            pages += 1
-    elapsed = time.perf_counter() - started
-    return {"pulses_per_s": round(verified / elapsed, 1), "pages": pages}
+            verified += len(client.range(1, heights, workers=workers))
+            ranges += 1
+        elapsed = time.perf_counter() - started
+    finally:
+        client.close()
+    return {"pulses_per_s": round(verified / elapsed, 1), "ranges": ranges}
 
 
 def _key_bodies(key: str, chain: Any, count: int) -> list[bytes]:
@@ -247,13 +254,15 @@ def main() -> None:
             baseline.wait(10)
         beacon, anonymous = _interleaved(port, [_get("/v1/beacon/latest", key)],
                                          [_get("/v1/beacon/latest", None)], SECONDS)
-        ranges = _verify_ranges(port, chain, SECONDS)
+        serial = _verify_ranges(port, chain, SECONDS / 2, 1)
+        ranges = _verify_ranges(port, chain, SECONDS / 2, RANGE_WORKERS)
         bodies = _key_bodies(key, chain, KEY_BODIES)
         keys = asyncio.run(_load(port, bodies, SECONDS))
     finally:
         server.terminate()
         server.wait(10)
-    print(f"baseline {base}\nbeacon {beacon}\nanonymous {anonymous}\nranges {ranges}\n"
+    print(f"baseline {base}\nbeacon {beacon}\nanonymous {anonymous}\nranges {ranges} "
+          f"serial {serial}\n"
           f"keys {keys}", flush=True)
     emit({"bench": "gateway", "beacon_rps": beacon["rps"], "beacon_p50_ms": beacon["p50_ms"],
           "beacon_p99_ms": beacon["p99_ms"], "keys_rps": keys["rps"],
@@ -265,7 +274,8 @@ def main() -> None:
           "anonymous_beacon_errors": anonymous["errors"],
           "anonymous_vs_keyed": (round(anonymous["rps"] / beacon["rps"], 3)
                                  if beacon["rps"] else None),
-          "range_pulses_per_s": ranges["pulses_per_s"], "range_pages": ranges["pages"],
+          "range_pulses_per_s": ranges["pulses_per_s"], "range_workers": RANGE_WORKERS,
+          "range_serial_pulses_per_s": serial["pulses_per_s"], "range_page": RANGE_PAGE,
           "beacon_bytes": len(beacon_body), "connections": CONNECTIONS, "seconds": SECONDS,
           "load_average": round(os.getloadavg()[0], 2)})
 
