@@ -13,6 +13,10 @@ reference) must pass (``protocol.block.unhealthy_entropy``), and the pulse's per
 ``Pulse.health`` hands the recomputed fold over. Any changed byte fails with
 ``BlockRejectedError``.
 
+``verify_pulse_range_bytes(data, validators, anchor=)`` makes the same checks on the binary
+range (``protocol.pulse.PULSE_RANGE_MEDIA_TYPE``): the headers and references as the bytes that
+are hashed, no per-source summary served (the client computes it).
+
 ``verify_pulse_proof(document, validators)`` checks a ``GET /v1/beacon/{h}/proof`` answer: the
 head's certificate, then an inclusion path from the pulse's block hash to the head's history
 root, so one verified head proves any older pulse in O(log n) hashes.
@@ -146,7 +150,7 @@ def _flag(value: Any) -> bool:
 def _check_health(height: int, served: Any, entropy: tuple[EntropyRef, ...]
                   ) -> tuple[SourceHealth, ...]:
     """Every reference's summary passes and ``served`` is their per-source fold (returned;
-    ``served`` None: nothing was claimed, as in a binary range)."""
+    ``_UNCLAIMED``: nothing was served to compare, as in a binary range)."""
     unhealthy = unhealthy_entropy(entropy)
     if unhealthy is not None:
         raise BlockRejectedError(height, unhealthy)
@@ -233,12 +237,6 @@ def _verified_page(raw: bytes, binary: bool, validators: ValidatorSet,
     return previous_hash, pulses
 
 
-def _verify_page(raw: bytes, binary: bool, validators: ValidatorSet,
-                 anchor: TrustedCheckpoint | None) -> tuple[bytes, list[Pulse]]:
-    """``_verified_page`` in a verifier process (module-level, so the pool can pickle it)."""
-    return _verified_page(raw, binary, validators, anchor)
-
-
 def _linked_pulses(document: dict[str, Any], anchor: TrustedCheckpoint | None
                    ) -> tuple[list[Pulse], Header, bytes]:
     """The pulses of ``document`` checked each on its own and linked to the header before it
@@ -316,8 +314,7 @@ def _link(first_height: int, previous_hash: bytes, previous_randomness: bytes,
 def _check_certificate(header: Header, encoded: Any, validators: ValidatorSet) -> None:
     """``encoded`` (base64) is a certificate of more than 2/3 of ``validators`` for
     ``header``'s block, and ``validators`` is the set the header names."""
-    if header.validators_hash != validators.hash():  # before decoding: the clearer error
-        _check_commit(header, None, validators)
+    _check_trusted_set(header, validators)  # before decoding: the clearer error
     try:
         commit = decode_commit(_b64(encoded))
     except (WireError, ValueError, TypeError) as exc:
@@ -325,15 +322,17 @@ def _check_certificate(header: Header, encoded: Any, validators: ValidatorSet) -
     _check_commit(header, commit, validators)
 
 
-def _check_commit(header: Header, commit: CommitCertificate | None,
-                  validators: ValidatorSet) -> None:
-    """``commit`` carries more than 2/3 of ``validators`` for ``header``'s block, and
-    ``validators`` is the set the header names."""
+def _check_trusted_set(header: Header, validators: ValidatorSet) -> None:
     if header.validators_hash != validators.hash():
         raise BlockRejectedError(header.height, "the last header names a validator set this "
                                                 "client does not trust (the set changed: follow "
                                                 "the chain with a BlockSubscriber to learn it)")
-    assert commit is not None
+
+
+def _check_commit(header: Header, commit: CommitCertificate, validators: ValidatorSet) -> None:
+    """``commit`` carries more than 2/3 of ``validators`` for ``header``'s block, and
+    ``validators`` is the set the header names."""
+    _check_trusted_set(header, validators)
     result = verify_commit(header.chain_id, header.hash(), header.height, commit, validators)
     if not result.ok:
         raise BlockRejectedError(header.height, f"certificate does not verify: {result.reason}")
@@ -531,7 +530,7 @@ class BeaconClient:
                 while fetch_at <= last and len(pending) < workers + 1:
                     end = min(last, fetch_at + self.page_size - 1)
                     pending.append((fetch_at, pool.submit(
-                        _verify_page, *self._page(fetch_at, end), self.validators,
+                        _verified_page, *self._page(fetch_at, end), self.validators,
                         self.anchor if fetch_at == 1 else None)))
                     fetch_at = end + 1
                 link, pulses = pending.popleft()[1].result()
