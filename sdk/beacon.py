@@ -457,34 +457,62 @@ class BeaconClient:
             raise last
         raise ApiError(0, "unreachable", f"no gateway answered: {last}") from last
 
-    def _pulse(self, document: dict[str, Any]) -> Pulse:
-        return verify_pulse_document(document, self.validators, anchor=self.anchor)
+    def _pulse(self, document: dict[str, Any], asked: str,
+               fits: Callable[[Pulse, int | None], bool]) -> Pulse:
+        """The verified pulse of ``document``, refused unless it is the one asked for:
+        ``fits(pulse, time of the block before it)`` (None at height 1). The block before is
+        the document's previous header, authenticated by the pulse's hash link; block times
+        increase strictly along a chain, so "the first pulse at or after T" is provable from
+        the pulse and the one before it. A verified pulse of another height or time, which a
+        gateway could choose among, is refused like a forged one."""
+        pulse = verify_pulse_document(document, self.validators, anchor=self.anchor)
+        encoded = document["proof"].get("previous_header")
+        before = _header(pulse.height - 1, encoded).time_ms if pulse.height > 1 else None
+        if not fits(pulse, before):
+            raise BlockRejectedError(pulse.height, f"asked for {asked}; the gateway answered "
+                                                   f"pulse {pulse.height} of time "
+                                                   f"{pulse.time_ms}")
+        return pulse
 
     def latest(self) -> Pulse:
         """The latest random pulse."""
-        return self._pulse(self._get("/v1/beacon/latest"))
+        return self._pulse(self._get("/v1/beacon/latest"), "the latest random pulse",
+                           lambda pulse, _: pulse.is_random)
 
     def at_height(self, height: int, *, wait_s: float = 0.0) -> Pulse:
         """The pulse of ``height`` (``PulseNotYetError`` when it does not exist after
         ``wait_s``, at most ``MAX_WAIT_S``)."""
         params = {"wait": wait_s} if wait_s else None
         return self._pulse(self._get(f"/v1/beacon/{height}", params,
-                                     timeout_s=self.timeout_s + wait_s))
+                                     timeout_s=self.timeout_s + wait_s),
+                           f"pulse {height}", lambda pulse, _: pulse.height == height)
 
     def at_or_after(self, moment: int | datetime, *, wait_s: float = 0.0) -> Pulse:
         """The first pulse at or after ``moment`` (NIST: the pulse of a time)."""
-        params: dict[str, Any] = {"time": time_ms_of(moment)}
+        at = time_ms_of(moment)
+        params: dict[str, Any] = {"time": at}
         if wait_s:
             params["wait"] = wait_s
-        return self._pulse(self._get("/v1/beacon/at", params, timeout_s=self.timeout_s + wait_s))
+        return self._pulse(self._get("/v1/beacon/at", params, timeout_s=self.timeout_s + wait_s),
+                           f"the first pulse at or after {at}",
+                           lambda pulse, before: (before is None or before < at)
+                           and at <= pulse.time_ms)
 
     def next(self, moment: int | datetime) -> Pulse:
         """The first pulse strictly after ``moment``."""
-        return self._pulse(self._get("/v1/beacon/next", {"time": time_ms_of(moment)}))
+        at = time_ms_of(moment)
+        return self._pulse(self._get("/v1/beacon/next", {"time": at}),
+                           f"the first pulse after {at}",
+                           lambda pulse, before: (before is None or before <= at)
+                           and at < pulse.time_ms)
 
     def previous(self, moment: int | datetime) -> Pulse:
-        """The last pulse strictly before ``moment``."""
-        return self._pulse(self._get("/v1/beacon/previous", {"time": time_ms_of(moment)}))
+        """The last pulse strictly before ``moment`` (that it is before ``moment`` is checked;
+        that none follows before ``moment`` would take the next header, which the answer
+        does not carry)."""
+        at = time_ms_of(moment)
+        return self._pulse(self._get("/v1/beacon/previous", {"time": at}),
+                           f"the last pulse before {at}", lambda pulse, _: pulse.time_ms < at)
 
     def pulse_with_proof(self, height: int, head: int | None = None) -> Pulse:
         """The pulse of ``height`` proven against the gateway's head (or ``head``): one

@@ -196,6 +196,38 @@ def test_one_verified_head_proves_any_older_pulse(http: TestClient,
     assert verify_pulse_proof(document, anchor.next_validators) == whole[5]
 
 
+def test_a_genuine_pulse_of_another_height_or_time_is_refused(
+        http: TestClient, anchor: TrustedCheckpoint, tmp_path: Any) -> None:
+    """A gateway could choose among verified pulses (a lottery's, say): each lookup proves
+    it got the one it asked for, from the pulse and the header before it."""
+    client = BeaconClient("http://testserver", checkpoint=anchor, client=http)
+    truth = {p.height: p for p in client.range(1, HEIGHTS)}
+    at = truth[5].time_ms  # blocks are a second apart
+    assert client.at_height(5) == truth[5] and client.latest() == truth[HEIGHTS]
+    assert client.at_or_after(at) == client.at_or_after(at - 999) == truth[5]
+    assert client.next(at) == truth[6] and client.previous(at) == truth[4]
+    assert client.at_or_after(truth[1].time_ms - 5) == truth[1]
+    liar = BeaconClient("http://testserver", checkpoint=anchor, client=http)
+    for ask, served in ((lambda c: c.at_height(5), 6), (lambda c: c.at_or_after(at), 6),
+                        (lambda c: c.at_or_after(at), 4), (lambda c: c.next(at), 5),
+                        (lambda c: c.next(at), 7), (lambda c: c.previous(at), 5),
+                        (lambda c: c.previous(at), 6)):
+        liar._get = (lambda path, params=None, timeout_s=None, served=served:  # type: ignore[method-assign]
+                     http.get(f"/v1/beacon/{served}").json())
+        with pytest.raises(BlockRejectedError, match="the gateway answered"):
+            ask(liar)
+    quiet = make_local_chain(tmp_path, 5, sources_at=lambda height: 0 if height == 3 else 2)
+    gateway, keys = make_gateway(quiet)
+    other = TestClient(create_app(gateway), headers={"X-API-Key": keys["read"]})
+    genesis = TrustedCheckpoint.from_genesis(quiet.genesis)
+    liar = BeaconClient("http://testserver", checkpoint=genesis, client=other)
+    assert not liar.at_height(3).is_random and liar.latest().height == 5
+    liar._get = (lambda path, params=None, timeout_s=None:  # type: ignore[method-assign]
+                 other.get("/v1/beacon/3").json())
+    with pytest.raises(BlockRejectedError, match="latest random pulse"):
+        liar.latest()  # a pulse computable in advance, passed off as the latest random one
+
+
 def test_the_cli_prints_a_pulse_it_proved(http: TestClient, anchor: TrustedCheckpoint,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
