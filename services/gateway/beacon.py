@@ -237,8 +237,9 @@ def install_beacon(app: FastAPI, view: ChainView, pulses: GatewayPulses, read: A
             records, previous = await asyncio.to_thread(fetch)
         except PulseNotRetainedError as exc:
             raise lookup_problem(exc) from exc
-        if not records:
-            raise Problem(503, "archive-unavailable", f"pulse {from_} could not be read back "
+        if not records or (from_ > 1 and previous is None):
+            missing = from_ if not records else from_ - 1
+            raise Problem(503, "archive-unavailable", f"pulse {missing} could not be read back "
                           "from chain.blocks", headers={"Retry-After": "2"}, retry_after_s=2)
         last = records[-1].height
         final = records[-1]

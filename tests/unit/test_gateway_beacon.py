@@ -14,6 +14,7 @@ from protocol.pulse import PULSE_RANGE_MEDIA_TYPE
 from sdk.testing import LocalChain, make_local_chain
 from services.gateway.api import Gateway, create_app
 from services.gateway.public import PublicReads
+from services.gateway.pulses import GatewayPulses
 from services.ledger.core.chain_spec import ChainSpec
 from streams.chain_wire import decode_finalized
 from tests.unit.test_gateway_api import assert_problem, make_gateway
@@ -138,6 +139,20 @@ def test_health_and_range_pages(chain: LocalChain) -> None:
     assert_problem(http.get("/v1/beacon", params={"from": HEIGHTS + 1, "to": HEIGHTS + 2}),
                    404)
     assert_problem(http.get("/v1/beacon", params={"from": 5, "to": 4}), 400)
+
+
+def test_a_range_whose_previous_block_cannot_be_read_is_unavailable_not_unverifiable(
+        chain: LocalChain, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive that cannot give the block before ``from`` right now: 503 with Retry-After,
+    not a range without the previous header (which no client can verify)."""
+    gateway, _add_next, keys = partial_gateway(chain, HEIGHTS)
+    http = TestClient(create_app(gateway), headers={"X-API-Key": keys["read"]})
+    readable = GatewayPulses.block
+    monkeypatch.setattr(GatewayPulses, "block",
+                        lambda self, height: None if height == 4 else readable(self, height))
+    problem = assert_problem(http.get("/v1/beacon", params={"from": 5, "to": 9}), 503)
+    assert problem["type"].endswith("archive-unavailable") and "pulse 4" in problem["detail"]
+    assert http.get("/v1/beacon", params={"from": 1, "to": 3}).status_code == 200
 
 
 @pytest.mark.parametrize("accept, binary", [
