@@ -159,6 +159,7 @@ class ConsensusDriver:
         self._later: list[Event] = []
         self._later_senders: dict[bytes, int] = {}
         self._start_at: float | None = 0.0  # monotonic time to start the next height
+        self._starting = False  # inside _start_height (a decision then defers the next start)
         self._commit_until = 0.0  # monotonic end of the commit window of the decided height
         self._absent_until = 0.0  # ... for validators absent from the previous certificate
         self._awaited: frozenset[bytes] = frozenset()  # present in the previous certificate
@@ -356,10 +357,12 @@ class ConsensusDriver:
         awaited = awaited_precommits(decision.block)
         self._awaited = (frozenset(v.address for v in self.state.validators.validators)
                          if awaited is None else awaited)
-        if delay <= 0 and self._commit_closed(now):
+        if delay <= 0 and self._commit_closed(now) and not self._starting:
             self._start_at = None
             self._start_height()  # no interval (tally, replay): start within this input
         else:
+            # Or decided while starting a height (a lone validator decides its own proposal
+            # at once): the next tick starts the next one, instead of a recursion per height.
             self._start_at = now + max(delay, 0.0)
 
     def start_delay_s(self, decision: Decided, source: Record | None) -> float:
@@ -460,6 +463,13 @@ class ConsensusDriver:
         return max(start_at, deadline) - now
 
     def _start_height(self) -> None:
+        self._starting = True
+        try:
+            self._start_next_height()
+        finally:
+            self._starting = False
+
+    def _start_next_height(self) -> None:
         chain = self.follower.chain
         if self.state.step is not Step.NEW and self.state.height == chain.tip.height:
             return

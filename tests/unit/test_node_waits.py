@@ -119,3 +119,18 @@ def test_a_stalled_node_that_reads_nothing_though_the_log_grew_fetches_again(
             node.tick()
             assert [p.offset for p in fetcher.seeks] == expected
             assert all((p.topic, p.partition) == ("t", 0) for p in fetcher.seeks)
+
+
+def test_a_lone_validator_without_interval_decides_a_height_per_tick(tmp_path: Path) -> None:
+    """One validator decides its own proposal at once: each decision used to start the next
+    height from inside the last one's start (a recursion per height, RecursionError near
+    height 250). It now starts one height per tick, and the run loop polls in between."""
+    keys = validator_keys(1, Algorithm.ED25519)
+    node, recorder = node_under_test(network_spec(keys), keys[0], tmp_path / "guard")
+    try:
+        for expected in range(2, 402):
+            node.tick()
+            assert node.follower.next_height == expected
+    finally:
+        node.close()
+    assert sum(topic.endswith("chain.consensus") for topic, _ in recorder.sent) >= 3 * 400
