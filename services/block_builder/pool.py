@@ -231,16 +231,15 @@ class EntropyPool:
         return {source: len(chunks) for source, chunks in sorted(self._chunks.items())}
 
     def _settled(self, source: str, seq: int, settle_ms: int) -> tuple[EntropyRef, ...]:
+        """The settled chunks right after ``seq``, contiguous: walked by seq, so an unpaced
+        source's backlog is not sorted on every call."""
         cutoff = self._clock() - settle_ms / 1000
         out: list[EntropyRef] = []
         chunks = self._chunks.get(source, {})
-        for next_seq in sorted(s for s in chunks if s > seq):
-            pooled = chunks[next_seq]
-            if pooled.verified_at > cutoff or (out and out[-1].seq + 1 != next_seq):
-                break
-            if not out and next_seq != seq + 1:
-                break  # must continue the chain right after ``seq``
+        next_seq = seq + 1  # must continue the chain right after ``seq``
+        while (pooled := chunks.get(next_seq)) is not None and pooled.verified_at <= cutoff:
             out.append(pooled.ref)
+            next_seq += 1
         return tuple(out)
 
     def _age(self, ref: EntropyRef) -> int | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.block import EntropyRef
 from protocol.chain import ChainTip
@@ -57,6 +59,27 @@ def test_pool_views_settle_and_prune() -> None:
     tip = ChainTip("c", 2, bytes(32), 0, bytes(64), (("s", 1),), b"", bytes(32), bytes(32))
     pool.advance(tip)
     assert pool.pending() == {"s": 1}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.integers(0, 40), st.booleans(), max_size=30), st.integers(-1, 40))
+def test_settled_chunks_are_the_contiguous_settled_run_after_seq(
+        pooled: dict[int, bool], after: int) -> None:
+    """What a proposer may take after ``after``: the chunks after it, in seq order, up to the
+    first gap or unsettled one (walked by seq, never sorting the backlog)."""
+    from services.block_builder.pool import PooledChunk
+
+    pool = EntropyPool({}, clock=lambda: 100.0)
+    pool._registry["s"] = None  # type: ignore[assignment]
+    pool._chunks["s"] = {seq: PooledChunk(EntropyRef("s", seq, bytes(32), passing_health()), 1,
+                                          99.0 if settled else 100.0, 8)
+                         for seq, settled in pooled.items()}
+    expected = []
+    for seq in sorted(s for s in pooled if s > after):
+        if seq != after + 1 + len(expected) or not pooled[seq]:
+            break
+        expected.append(seq)
+    assert [r.seq for r in pool.proposer_view(500).verified_after("s", after)] == expected
 
 
 def _fresh(value: object) -> bytes:
