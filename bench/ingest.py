@@ -44,6 +44,7 @@ import json
 import multiprocessing
 import os
 import pstats
+import shutil
 import statistics
 import tempfile
 import threading
@@ -71,6 +72,7 @@ from streams.topics import TopicSpec, spec
 
 CHUNK = 1 << 20
 ROUND_S = 8.0
+NEED_GB = 25.0  # free disk the embedded broker needs for a run (``_check_disk``)
 ROUNDS = 3
 MB = 1_000_000
 
@@ -235,12 +237,30 @@ def main() -> None:
     parser.add_argument("--round-seconds", type=float, default=ROUND_S,
                         help="seconds each measurement runs")
     args = parser.parse_args()
-    with scratch_kafka(load_settings()) as settings:
+    base = load_settings()
+    _check_disk(base)
+    with scratch_kafka(base) as settings:
         if args.profile:
             _profile(settings, args.top)
             return
         result = _run(settings, args.rounds, args.round_seconds)
     print(json.dumps(result))
+
+
+def _check_disk(settings: Settings, need_gb: float = NEED_GB) -> None:
+    """Refuse to start when the embedded broker's disk cannot hold what a run writes: deleted
+    segments linger for ``file.delete.delay.ms`` (60 s), so about ``NEED_GB`` are on disk at
+    once at this machine's rates. A broker elsewhere (``QUSTREAM_KAFKA_BOOTSTRAP_SERVERS``) is
+    its operator's to size."""
+    if settings.uses_external_kafka:
+        return
+    where = settings.state_dir if settings.state_dir.exists() else Path.cwd()
+    free_gb = shutil.disk_usage(where).free / 1e9
+    if free_gb < need_gb:
+        raise SystemExit(f"bench.ingest writes up to about {need_gb:.0f} GB of Kafka segments at "
+                         f"once; {free_gb:.1f} GB are free under {where.resolve()}. Free some "
+                         "space, or run it with QUSTREAM_STATE_DIR on a larger disk (then "
+                         "`qustream infra up`).")
 
 
 def _run(settings: Settings, rounds: int, round_s: float) -> dict[str, object]:

@@ -4,7 +4,12 @@ both and leaves the ratio; the median then drops one disturbed round."""
 
 from __future__ import annotations
 
-from bench.ingest import summary
+from pathlib import Path
+
+import pytest
+
+from bench.ingest import _check_disk, summary
+from streams.settings import KafkaSettings, Settings
 
 
 def _rates(ours: list[float], baseline: list[float]) -> dict[str, list[float]]:
@@ -23,3 +28,12 @@ def test_a_drift_shared_by_a_round_leaves_its_ratio() -> None:
 def test_one_disturbed_round_does_not_move_the_median() -> None:
     line = summary(_rates([90.0, 20.0, 91.0], [100.0, 100.0, 100.0]), 3000.0)
     assert line["ratio"] == 0.9
+
+
+def test_the_bench_refuses_to_fill_the_embedded_broker_s_disk(tmp_path: Path) -> None:
+    embedded = Settings(state_dir=tmp_path, kafka=KafkaSettings(bootstrap_servers=None))
+    with pytest.raises(SystemExit, match="GB are free under"):
+        _check_disk(embedded, need_gb=1e9)  # more than any disk here
+    _check_disk(embedded, need_gb=0.0)
+    external = Settings(state_dir=tmp_path, kafka=KafkaSettings(bootstrap_servers="kafka:9092"))
+    _check_disk(external, need_gb=1e9)  # a broker elsewhere is its operator's to size
