@@ -106,6 +106,7 @@ MAX_FINALIZED_PER_HEIGHT = 4  # BlockFinalized candidates kept for a height not 
 # passed: what the node has counted and what it read last, for the operator to compare with
 # the other nodes' reports (a silent node otherwise says nothing while it waits for votes).
 STALL_REPORT_S = 20.0
+MAX_STARTS_PER_INPUT = 64  # heights one input may start in a row (``_start_height``)
 
 # The consumer settings of the validator and the tally. A fetch is answered as soon as one byte
 # is there (fetch.min.bytes 1), so the wait only bounds an empty fetch: a short one adds nothing
@@ -159,7 +160,8 @@ class ConsensusDriver:
         self._later: list[Event] = []
         self._later_senders: dict[bytes, int] = {}
         self._start_at: float | None = 0.0  # monotonic time to start the next height
-        self._starting = False  # inside _start_height (a decision then defers the next start)
+        self._starting = False  # inside _start_height (a decision then flags the next start)
+        self._start_again = False
         self._commit_until = 0.0  # monotonic end of the commit window of the decided height
         self._absent_until = 0.0  # ... for validators absent from the previous certificate
         self._awaited: frozenset[bytes] = frozenset()  # present in the previous certificate
@@ -357,12 +359,10 @@ class ConsensusDriver:
         awaited = awaited_precommits(decision.block)
         self._awaited = (frozenset(v.address for v in self.state.validators.validators)
                          if awaited is None else awaited)
-        if delay <= 0 and self._commit_closed(now) and not self._starting:
+        if delay <= 0 and self._commit_closed(now):
             self._start_at = None
             self._start_height()  # no interval (tally, replay): start within this input
         else:
-            # Or decided while starting a height (a lone validator decides its own proposal
-            # at once): the next tick starts the next one, instead of a recursion per height.
             self._start_at = now + max(delay, 0.0)
 
     def start_delay_s(self, decision: Decided, source: Record | None) -> float:
@@ -463,9 +463,22 @@ class ConsensusDriver:
         return max(start_at, deadline) - now
 
     def _start_height(self) -> None:
+        """Start the next height, and the ones that decide as they start (on inputs the core
+        had buffered, as a tally catching up has; a lone validator deciding its own proposal):
+        in a loop, not a recursion per height, within this input as before, but at most
+        ``MAX_STARTS_PER_INPUT`` (then the next tick goes on), so a lone validator without a
+        block interval still returns to its run loop."""
+        if self._starting:
+            self._start_again = True  # decided while starting: the loop below starts the next
+            return
         self._starting = True
         try:
-            self._start_next_height()
+            for _ in range(MAX_STARTS_PER_INPUT):
+                self._start_again = False
+                self._start_next_height()
+                if not self._start_again:
+                    return
+            self._start_at = time.monotonic()
         finally:
             self._starting = False
 

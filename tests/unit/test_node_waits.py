@@ -15,7 +15,7 @@ import pytest
 
 from protocol.keys import Algorithm
 from protocol.messages import VoteType
-from services.consensus.node import STALL_REPORT_S
+from services.consensus.node import MAX_STARTS_PER_INPUT, STALL_REPORT_S
 from streams.kafka import Position, Record
 from tests.support.peers import Peers, network_spec, node_under_test, validator_keys
 
@@ -121,16 +121,19 @@ def test_a_stalled_node_that_reads_nothing_though_the_log_grew_fetches_again(
             assert all((p.topic, p.partition) == ("t", 0) for p in fetcher.seeks)
 
 
-def test_a_lone_validator_without_interval_decides_a_height_per_tick(tmp_path: Path) -> None:
+def test_a_lone_validator_without_interval_starts_heights_in_a_loop_and_yields(
+        tmp_path: Path) -> None:
     """One validator decides its own proposal at once: each decision used to start the next
     height from inside the last one's start (a recursion per height, RecursionError near
-    height 250). It now starts one height per tick, and the run loop polls in between."""
+    height 250, within the first tick). Heights now start in a loop, ``MAX_STARTS_PER_INPUT``
+    per tick, so the run loop polls in between."""
     keys = validator_keys(1, Algorithm.ED25519)
     node, recorder = node_under_test(network_spec(keys), keys[0], tmp_path / "guard")
     try:
-        for expected in range(2, 402):
+        for ticks in range(1, 11):
             node.tick()
-            assert node.follower.next_height == expected
+            assert node.follower.next_height == 1 + ticks * MAX_STARTS_PER_INPUT
     finally:
         node.close()
-    assert sum(topic.endswith("chain.consensus") for topic, _ in recorder.sent) >= 3 * 400
+    decided = 10 * MAX_STARTS_PER_INPUT
+    assert sum(topic.endswith("chain.consensus") for topic, _ in recorder.sent) >= 3 * decided
