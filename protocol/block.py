@@ -410,20 +410,14 @@ def entropy_problem(header: Header, entropy: Sequence[EntropyRef]) -> str | None
     keys = [(r.source_id, r.seq) for r in entropy]
     if any(a >= b for a, b in itertools.pairwise(keys)):
         return "entropy refs are not sorted by (source, seq) and unique"
-    if len({source for source, _ in keys}) == len(keys):
-        # One chunk per source, the rule: each range is that chunk alone (what ``ranges_of``
-        # makes of it), compared without building them.
-        if [(r.source_id, r.first, r.last) for r in header.entropy_ranges] != [
-                (source, seq, seq) for source, seq in keys]:
-            return "header entropy ranges do not match the body"
-    else:
-        try:
-            ranges = ranges_of(entropy)
-        except BlockFormatError as exc:
-            return str(exc)
-        if ranges != header.entropy_ranges:
-            return "header entropy ranges do not match the body"
-        wide = next(r for r in ranges if r.last != r.first)
+    try:
+        ranges = ranges_of(entropy)
+    except BlockFormatError as exc:
+        return str(exc)
+    if ranges != header.entropy_ranges:
+        return "header entropy ranges do not match the body"
+    wide = next((r for r in ranges if r.last != r.first), None)
+    if wide is not None:
         return (f"{wide.source_id!r} has chunks {wide.first}..{wide.last}: a block includes at "
                 "most one chunk per source, so every chunk it mixes was committed to before")
     devices = committed_devices(entropy)
