@@ -74,6 +74,9 @@ class EntropyRef:
     health: HealthSummary
     next_digest: bytes = ZERO_HASH
     committed: bool = field(default=False, compare=False)
+    # Immutable, so encoded once (the entropy root hashes it; a decoded reference keeps the
+    # bytes it was read from, ``protocol.codec``).
+    _canonical: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if type(self.seq) is not int or type(self.committed) is not bool:
@@ -98,6 +101,8 @@ class EntropyRef:
         # vector in tests/unit/test_block.py holds them equal), in one pack: every block and
         # every verified pulse hashes each of its references. ``__post_init__`` has checked
         # the lengths and the health ranges the writer would; ``struct`` refuses the rest.
+        if self._canonical is not None:
+            return self._canonical
         h = self.health
         source = self.source_id.encode("utf-8")
         try:
@@ -105,10 +110,12 @@ class EntropyRef:
                 self.seq, self.digest, self.next_digest, self.committed, h.rct_max_run,
                 h.apt_max_count, h.windows, h.samples, h.rct_cutoff, h.apt_cutoff, h.apt_window,
                 h.failures)
-            return b"".join((_ENTROPY_REF_TAG, _U32.pack(len(source)), source, fields))
+            encoded = b"".join((_ENTROPY_REF_TAG, _U32.pack(len(source)), source, fields))
         except struct.error as exc:
             raise CanonicalEncodingError(f"entropy ref {self.source_id!r}/{self.seq}: "
                                          f"{exc}") from exc
+        object.__setattr__(self, "_canonical", encoded)
+        return encoded
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -94,3 +94,76 @@ def test_a_committed_byte_other_than_0_or_1_is_refused(ref: EntropyRef, byte: in
     data[at] = byte
     with pytest.raises(WireError, match="boolean byte"):
         decode_block(bytes(data))
+
+
+SOURCES = st.sampled_from(["qrng-0", "qrng-1", "qrng-2", "dice.lane-0", "é"])
+
+
+@st.composite
+def range_entries(draw: st.DrawFn) -> list[tuple[Header, tuple[EntropyRef, ...]]]:
+    """Pulse entries whose shapes repeat and change (sources come and go, app hashes of a few
+    lengths), as a range's do."""
+    chain_id = draw(st.sampled_from(["qustream-test", "c", "ünï"]))
+    entries = []
+    for height in range(1, draw(st.integers(1, 14)) + 1):
+        sources = sorted(draw(st.sets(SOURCES, max_size=3)))
+        entropy = tuple(EntropyRef(source, draw(st.integers(0, 2**64 - 1)), draw(HASH),
+                                   draw(refs()).health, draw(HASH), draw(st.booleans()))
+                        for source in sources)
+        ranges = tuple(SeqRange(ref.source_id, ref.seq, ref.seq) for ref in entropy)
+        header = Header(chain_id, height, draw(U32), draw(U64), draw(HASH), draw(HASH),
+                        draw(HASH), ranges, draw(U32), draw(U32),
+                        draw(st.binary(min_size=64, max_size=64)), draw(HASH), draw(HASH),
+                        draw(HASH), draw(HASH), draw(st.sampled_from([b"", b"\x01" * 32, b"ab"])),
+                        draw(st.binary(min_size=20, max_size=20)), draw(HASH))
+        entries.append((header, entropy))
+    return entries
+
+
+def _range_bytes(entries: list[tuple[Header, tuple[EntropyRef, ...]]]) -> bytes:
+    from protocol.commit import CommitCertificate
+    from protocol.pulse import encode_pulse_range, pulse_range_entry
+
+    last = entries[-1][0]
+    return encode_pulse_range(last.chain_id, None,
+                              CommitCertificate(last.height, 0, last.hash(), ()).canonical(),
+                              [pulse_range_entry(h, e) for h, e in entries])
+
+
+def _decoded(data: bytes, shapes: bool) -> object:
+    """What a range decodes to, every field (the committed flags and kept encodings too,
+    which equality leaves out), or the error."""
+    from protocol.codec import _pulse_range, guard
+
+    try:
+        decoded = guard("pulse range", lambda: _pulse_range(data, shapes))
+    except WireError:
+        return WireError
+    return [(h, h.canonical(), [(r, r.committed, r.canonical()) for r in e])
+            for h, e in decoded.pulses]
+
+
+@settings(max_examples=150, deadline=None)
+@given(range_entries(), st.data())
+def test_a_range_reads_the_same_by_entry_shapes_as_field_by_field(
+        entries: list[tuple[Header, tuple[EntropyRef, ...]]], data: st.DataObject) -> None:
+    encoded = _range_bytes(entries)
+    expected = [(h, h.canonical(), [(r, r.committed, r.canonical()) for r in e])
+                for h, e in entries]
+    assert _decoded(encoded, True) == _decoded(encoded, False) == expected
+    # Any corruption: a changed byte (a length, a tag, a count, a committed flag, a value),
+    # a cut or an appended byte, reads the same both ways, refused or not.
+    at = data.draw(st.integers(0, len(encoded) - 1))
+    changed = bytearray(encoded)
+    changed[at] = data.draw(st.integers(0, 255))
+    for corrupt in (bytes(changed), encoded[:at], encoded + b"\x00"):
+        assert _decoded(corrupt, True) == _decoded(corrupt, False)
+    # A committed byte other than 0 or 1, in any entry (most are read by a shape).
+    with_refs = [e for _, e in entries if e]
+    if with_refs:
+        ref = data.draw(st.sampled_from(with_refs))[-1]
+        reference = ref.canonical()
+        at = encoded.rindex(reference) + len(reference) - ENTROPY_REF_FIELDS.size + 8 + 32 + 32
+        changed = bytearray(encoded)
+        changed[at] = data.draw(st.integers(2, 255))
+        assert _decoded(bytes(changed), True) == _decoded(bytes(changed), False) == WireError
