@@ -44,6 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -428,6 +429,7 @@ class BeaconClient:
         self._index = 0
         self._pool: ProcessPoolExecutor | None = None
         self._pool_size = 0
+        self._pool_broken = False  # its processes died once: ranges are verified here
 
     @property
     def reading(self) -> str:
@@ -538,10 +540,22 @@ class BeaconClient:
         link to the page before it. ``workers`` > 1: pages of ``page_size`` are fetched ahead
         and verified on that many processes (kept until ``close``); a page the gateway
         shortens (its head, a smaller page limit) is continued from where it ended."""
-        pool = self._verifiers(workers) if workers > 1 else None
+        pool = self._verifiers(workers) if workers > 1 and not self._pool_broken else None
         pending: deque[tuple[int, Future[tuple[bytes, list[Pulse]]]]] = deque()
         try:
             return self._range(first, last, workers, pool, pending)
+        except BrokenProcessPool as exc:
+            # The verifier processes died: most often a script that calls this at import
+            # time, without ``if __name__ == "__main__":`` (a spawned process imports the
+            # script again and cannot start processes of its own). The pulses are verified
+            # here instead, now and from then on, rather than failing the caller.
+            log.warning("range verifier processes failed (%s); verifying in this process "
+                        "from now on. Call range(workers=N) under if __name__ == "
+                        "'__main__': to use N processes", exc)
+            pending.clear()
+            self._pool_broken = True
+            self._close_pool()
+            return self._range(first, last, workers, None, pending)
         finally:
             for _, later in pending:  # an error left pages in flight
                 later.cancel()
@@ -624,6 +638,9 @@ class BeaconClient:
     def close(self) -> None:
         if self._owns_http:
             self._http.close()
+        self._close_pool()
+
+    def _close_pool(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None

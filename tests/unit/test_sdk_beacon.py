@@ -6,6 +6,7 @@ import base64
 import copy
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,6 +152,51 @@ def test_pages_verified_on_processes_link_up_and_short_pages_go_on(
         assert client.range(9, 8, workers=2) == []
     finally:
         client.close()
+
+
+SCRIPT_WITHOUT_MAIN_GUARD = """
+import pickle, sys
+import httpx
+from sdk.beacon import BeaconClient
+
+anchor, pages, media_type = pickle.load(open(sys.argv[1], "rb"))
+
+def answer(request):
+    page = pages[int(request.url.params["from"])]
+    return httpx.Response(200, content=page, headers={"content-type": media_type})
+
+client = BeaconClient("http://gateway", checkpoint=anchor,
+                      client=httpx.Client(transport=httpx.MockTransport(answer)))
+client.page_size = 7
+first = client.range(1, %(heights)d, workers=2)  # at import time: no main guard
+again = client.range(3, 9, workers=2)
+print("heights", [p.height for p in first] == list(range(1, %(heights)d + 1)),
+      [p.height for p in again] == list(range(3, 10)), first[2:9] == again)
+client.close()
+"""
+
+
+def test_a_range_called_without_a_main_guard_is_verified_here(
+        http: TestClient, anchor: TrustedCheckpoint, tmp_path: Any) -> None:
+    """The trap of every spawned-process program: a script that calls ``range(workers=2)``
+    at import time. The verifier processes import the script again and die; the client says
+    so once and verifies the pages in its own process, for that call and the next."""
+    import pickle
+    import subprocess
+    import sys
+
+    pages = {first: _binary(http, first, min(first + 6, HEIGHTS))
+             for first in range(1, HEIGHTS + 1)}
+    (tmp_path / "pages.pickle").write_bytes(
+        pickle.dumps((anchor, pages, PULSE_RANGE_MEDIA_TYPE)))
+    script = tmp_path / "no_guard.py"
+    script.write_text(SCRIPT_WITHOUT_MAIN_GUARD % {"heights": HEIGHTS})
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "pages.pickle")],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "heights True True True", done.stdout
+    assert done.stderr.count("verifying in this process from now on") == 1, done.stderr[-3000:]
 
 
 def test_a_page_a_verifier_process_refuses_is_refused_here(
