@@ -348,9 +348,10 @@ class _EntryShape:
         self._ranges = tuple(ranges)
         self._refs = tuple(refs)
 
-    def read(self, r: CanonicalReader) -> tuple[Header, tuple[EntropyRef, ...]] | None:
+    def read(self, r: CanonicalReader, summaries: dict[tuple[int, ...], HealthSummary]
+             ) -> tuple[Header, tuple[EntropyRef, ...]] | None:
         """The entry at ``r``'s position if it has this shape (``r`` moves past it), else
-        None (``r`` stays)."""
+        None (``r`` stays). ``summaries``: the health summaries made so far, by field."""
         start = r.position()
         try:
             v = r.fields(self._layout)
@@ -371,12 +372,16 @@ class _EntryShape:
                                           start + self._header_span[1]))
         entropy = []
         for source, at, ref_start, ref_end in self._refs:
-            seq, digest, next_digest, committed, *health = v[at:at + len(_REF_CODES)]
+            seq, digest, next_digest, committed = v[at:at + 4]
             if committed > 1:
                 raise CanonicalDecodeError(f"boolean byte must be 0 or 1, got {committed}")
+            fields = v[at + 4:at + len(_REF_CODES)]
+            health = summaries.get(fields)  # a source's summary repeats: one object each
+            if health is None:
+                health = summaries[fields] = HealthSummary(*fields)
             entropy.append(_remember(
-                EntropyRef(source, seq, digest, HealthSummary(*health), next_digest,
-                           committed == 1), r.span(start + ref_start, start + ref_end)))
+                EntropyRef(source, seq, digest, health, next_digest, committed == 1),
+                r.span(start + ref_start, start + ref_end)))
         return header, tuple(entropy)
 
 
@@ -392,11 +397,12 @@ class _ShapedEntries:
     def __init__(self) -> None:
         self._shapes: list[_EntryShape] = []
         self._misses = 0
+        self._summaries: dict[tuple[int, ...], HealthSummary] = {}
 
     def read(self, r: CanonicalReader) -> tuple[Header, tuple[EntropyRef, ...]]:
         if self._misses < self.GIVE_UP:
             for index, shape in enumerate(self._shapes):
-                entry = shape.read(r)
+                entry = shape.read(r, self._summaries)
                 if entry is not None:
                     if index:
                         self._shapes.insert(0, self._shapes.pop(index))

@@ -161,22 +161,36 @@ _SOURCE_HEALTH_FIELDS = tuple(f.name for f in fields(SourceHealth))
 _SOURCE_HEALTH_KEYS = frozenset(_SOURCE_HEALTH_FIELDS)
 
 
-def health_by_source(entropy: Sequence[EntropyRef]) -> tuple[SourceHealth, ...]:
-    """The per-source fold of ``entropy``'s health summaries (module doc), sorted."""
-    folded: dict[tuple[str, int, int, int], SourceHealth] = {}
+def health_by_source(entropy: Sequence[EntropyRef],
+                     shared: dict[tuple[Any, ...], SourceHealth] | None = None
+                     ) -> tuple[SourceHealth, ...]:
+    """The per-source fold of ``entropy``'s health summaries (module doc), sorted.
+
+    ``shared``: a dict the caller keeps across blocks, so that equal folds are one object (a
+    source's summary repeats from block to block; a range client pickles a page of pulses
+    between processes, and the pickle then holds each once)."""
+    folded: dict[tuple[str, int, int, int], tuple[Any, ...]] = {}
     for ref in entropy:
         h = ref.health
         key = (ref.source_id, h.rct_cutoff, h.apt_cutoff, h.apt_window)
         seen = folded.get(key)
         if seen is None:
-            folded[key] = SourceHealth(*key, 1, h.windows, h.samples, h.rct_max_run,
-                                       h.apt_max_count, h.failures)
+            folded[key] = (*key, 1, h.windows, h.samples, h.rct_max_run, h.apt_max_count,
+                           h.failures)
         else:
-            folded[key] = SourceHealth(
-                *key, seen.chunks + 1, seen.windows + h.windows, seen.samples + h.samples,
-                max(seen.rct_max_run, h.rct_max_run), max(seen.apt_max_count, h.apt_max_count),
-                seen.failures + h.failures)
-    return tuple(folded[key] for key in sorted(folded))
+            folded[key] = (*key, seen[4] + 1, seen[5] + h.windows, seen[6] + h.samples,
+                           max(seen[7], h.rct_max_run), max(seen[8], h.apt_max_count),
+                           seen[9] + h.failures)
+    if shared is None:
+        return tuple(SourceHealth(*folded[key]) for key in sorted(folded))
+    out = []
+    for key in sorted(folded):
+        fields = folded[key]
+        made = shared.get(fields)
+        if made is None:
+            made = shared[fields] = SourceHealth(*fields)
+        out.append(made)
+    return tuple(out)
 
 
 def health_json(entropy: Sequence[EntropyRef]) -> list[dict[str, Any]]:

@@ -148,14 +148,16 @@ def _flag(value: Any) -> bool:
     return value
 
 
-def _check_health(height: int, served: Any, entropy: tuple[EntropyRef, ...]
+def _check_health(height: int, served: Any, entropy: tuple[EntropyRef, ...],
+                  shared: dict[tuple[Any, ...], SourceHealth] | None = None
                   ) -> tuple[SourceHealth, ...]:
     """Every reference's summary passes and ``served`` is their per-source fold (returned;
-    ``_UNCLAIMED``: nothing was served to compare, as in a binary range)."""
+    ``_UNCLAIMED``: nothing was served to compare, as in a binary range). ``shared``: see
+    ``health_by_source``."""
     unhealthy = unhealthy_entropy(entropy)
     if unhealthy is not None:
         raise BlockRejectedError(height, unhealthy)
-    folded = health_by_source(entropy)
+    folded = health_by_source(entropy, shared)
     if served is _UNCLAIMED:
         return folded
     if type(served) is list and served == [source.to_json() for source in folded] and all(
@@ -295,7 +297,7 @@ def _link(first_height: int, previous_hash: bytes, previous_randomness: bytes,
     pulses: list[Pulse] = []
     header: Header | None = None
     previous_entropy: tuple[EntropyRef, ...] | None = None
-    shared: dict[SourceHealth, SourceHealth] = {}
+    shared: dict[tuple[Any, ...], SourceHealth] = {}
     for height, (header, entropy, served) in enumerate(entries, first_height):
         if header.height != height:
             raise BlockGapError(header.height, f"expected height {height}")
@@ -307,8 +309,7 @@ def _link(first_height: int, previous_hash: bytes, previous_randomness: bytes,
             raise BlockRejectedError(height, "previous block hash does not link to the block "
                                              "before it")
         _check_pulse(header, entropy, previous_randomness, previous_entropy)
-        health = tuple(shared.setdefault(source, source)
-                       for source in _check_health(height, served, entropy))
+        health = _check_health(height, served, entropy, shared)
         previous_entropy = entropy
         pulse = Pulse(chain_id, height, header.time_ms, header.randomness, header.hash(),
                       pulse_status(header), health)
