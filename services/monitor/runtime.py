@@ -15,7 +15,11 @@ Guarantees, and how (the edge ``inputs -> monitor.state, alerts``):
    before a commit gives up after 0.1 s without progress. And the state, not Faust, has the
    last word: on start, whatever the group committed past the positions the restored pieces
    hold is read back from the topics and folded before Faust delivers anything
-   (``fill_gaps``), so a commit that overtook a write still loses nothing.
+   (``fill_gaps``). That read starts at the lowest position a restored piece holds on the
+   partition, so it repairs a commit that overtook the write of a piece with a position
+   there; a piece that held no position on the partition before the overtaken write (that
+   write carried its first record there) is not covered, which is why the agent's wait above
+   is needed.
 4. No alert is raised twice and none is forgotten: on start the monitor folds the ``alerts``
    topic into the open alerts (``load_alerts``) and only then decides; a raise that reached the
    topic before the crash is open and not raised again; one that did not is raised now, since
