@@ -78,6 +78,8 @@ METRICS: tuple[MetricSpec, ...] = (
                ("rule", "severity")),
     MetricSpec("events", "counter", "records processed, by topic", ("topic",)),
     MetricSpec("undecodable", "counter", "records that did not decode, by topic", ("topic",)),
+    MetricSpec("delivery_gaps", "counter", "offset ranges the consumer skipped, read back "
+               "from Kafka, by topic", ("topic",)),
 )
 NAMES: tuple[str, ...] = tuple(PREFIX + m.name for m in METRICS)
 
@@ -89,6 +91,7 @@ class Snapshot:
     open_alerts: OpenAlerts
     events: dict[str, int]
     undecodable: dict[str, int]
+    read_back: dict[str, int]
 
 
 def _since(now_ms: int, at_ms: int | None) -> float | None:
@@ -164,6 +167,8 @@ class MonitorCollector(Collector):
             put("events", [topic], count)
         for topic, count in sorted(snapshot.undecodable.items()):
             put("undecodable", [topic], count)
+        for topic, count in sorted(snapshot.read_back.items()):
+            put("delivery_gaps", [topic], count)
         yield from families.values()
 
 

@@ -20,11 +20,21 @@ Guarantees, and how (the edge ``inputs -> monitor.state, alerts``):
    there; a piece that held no position on the partition before the overtaken write (that
    write carried its first record there) is not covered, which is why the agent's wait above
    is needed.
-4. No alert is raised twice and none is forgotten: on start the monitor folds the ``alerts``
+4. No record is skipped: delivery is not trusted to be gapless either (after a rebalance or a
+   restart Faust has skipped a record of a partition and delivered the next ones). Per input
+   partition the runtime keeps the offset below which every record is folded; a record
+   delivered past it makes the runtime read the offsets in between back from Kafka and fold
+   them first (``core.delivery``, ``_read_back``; counted in ``read_back``, logged as a
+   warning). The read blocks the agent, as it must: nothing may be folded past a hole.
+   Topics written in transactions (``WRITTEN_IN_TRANSACTIONS``) are not checked, since their
+   commit markers take offsets no consumer receives; a read there would cost a broker round
+   trip per transaction (per block on ``chain.blocks``, where a monitor following the ledger
+   rejects a block that does not follow the last one anyway: ``BlockRejected``).
+5. No alert is raised twice and none is forgotten: on start the monitor folds the ``alerts``
    topic into the open alerts (``load_alerts``) and only then decides; a raise that reached the
    topic before the crash is open and not raised again; one that did not is raised now, since
    its condition still holds in the restored state.
-5. Nothing is decided on a stale view: time-based rules (a stall is the absence of records)
+6. Nothing is decided on a stale view: time-based rules (a stall is the absence of records)
    are judged only once the monitor has read every input partition up to where it stood at
    start (``caught_up``).
 """
@@ -38,7 +48,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from services.monitor import store
-from services.monitor.core import alerts, rules
+from services.monitor.core import alerts, delivery, rules
 from services.monitor.core.alerts import AlertEvent, OpenAlerts
 from services.monitor.core.facts import Position
 from services.monitor.core.positions import Positions
@@ -54,6 +64,12 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 TAIL = 16  # records read back from each partition's end to find its last committed record
+# Input topics a transactional writer writes: the tally (chain.blocks, and its dead letters on
+# dlq.chain) and the user command handler (its dead letters on dlq.users). Their commit markers
+# take offsets, so offset jumps there are normal (guarantee 4). A topic missing here costs a
+# read-back per transaction (logged as a warning), never a lost record.
+WRITTEN_IN_TRANSACTIONS = ("chain.blocks", "dlq.chain", "dlq.users")
+ReadRange = Callable[[str, int, int, int], Iterable[Record]]
 
 
 def _now_ms() -> int:
@@ -62,7 +78,9 @@ def _now_ms() -> int:
 
 class MonitorRuntime:
     def __init__(self, settings: Settings, options: MonitorSettings,
-                 ledger: LedgerView | None = None) -> None:
+                 ledger: LedgerView | None = None, read: ReadRange | None = None) -> None:
+        """``read(topic, partition, start, end)`` reads a partition's records in
+        ``[start, end)`` for ``fill_gaps`` and ``apply``; the default reads Kafka."""
         self.settings = settings
         self.options = options
         self.policy = options.policy()
@@ -74,7 +92,12 @@ class MonitorRuntime:
         self.alerts_loaded = False
         self.caught_up = False
         self.events: Counter[str] = Counter()
+        self.read_back: Counter[str] = Counter()  # skipped offset ranges read back, by topic
         self._names = self.decoder.names()
+        self._read = read or self._read_range
+        self._unchecked = frozenset(settings.topic(name) for name in WRITTEN_IN_TRANSACTIONS)
+        # "topic:partition" -> the offset below which every record is folded (guarantee 4)
+        self._expected: dict[str, int] = {}
         self._ends: dict[tuple[str, int], int] | None = None
         self._next: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
@@ -135,6 +158,8 @@ class MonitorRuntime:
                     self._next[tp] = max(self._next.get(tp, 0), offset)
                 for partition in partitions:
                     low, high = consumer.watermarks(topic, partition)
+                    if (topic, partition) not in self._committed:  # Faust starts at the log's
+                        self._expected.setdefault(f"{topic}:{partition}", low)  # first record
                     if high > low:
                         consumer.assign([KafkaPosition(topic, partition, max(low, high - TAIL))])
                         ends.update(self._tail_end(consumer, topic, partition, high))
@@ -169,18 +194,20 @@ class MonitorRuntime:
         return {tp: (held.get(tp, 0), committed) for tp, committed in self._committed.items()
                 if committed > held.get(tp, 0)}
 
-    def fill_gaps(self, read: Callable[[str, int, int, int], Iterable[Record]] | None = None
-                  ) -> list[str]:
+    def fill_gaps(self) -> list[str]:
         """Fold the records of every gap (``gaps``) in offset order (blocking); returns the keys
         of the pieces that changed, to be written. Records a piece already holds are skipped by
-        its positions, as any redelivery is. ``read(topic, partition, start, end)`` reads a
-        partition's records in ``[start, end)``; the default reads Kafka."""
+        its positions, as any redelivery is. Then every record below the committed offsets is
+        folded: delivery is expected to go on from there (guarantee 4)."""
         changed: set[str] = set()
         for (topic, partition), (start, end) in sorted(self.gaps().items()):
-            records = list((read or self._read_range)(topic, partition, start, end))
+            records = list(self._read(topic, partition, start, end))
             log.info("%s[%d]: %d records committed past the restored state (offsets %d..%d) "
                      "read back", topic, partition, len(records), start, end)
-            changed |= set(self.apply(records))
+            changed |= self._fold(records)
+        for (topic, partition), committed in self._committed.items():
+            key = f"{topic}:{partition}"
+            self._expected[key] = max(self._expected.get(key, 0), committed)
         return sorted(changed, key=lambda k: (k == NETWORK, k))
 
     def _read_range(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
@@ -206,7 +233,28 @@ class MonitorRuntime:
     # -- records ----------------------------------------------------------------------------
 
     def apply(self, records: Sequence[Record]) -> list[str]:
-        """Fold a batch; returns the keys of the pieces to write (the network last)."""
+        """Fold a batch; returns the keys of the pieces to write (the network last). Offsets a
+        partition's delivery skipped are read back and folded first (blocking; guarantee 4)."""
+        skipped, expected = delivery.skipped(
+            self._expected, [Position(r.topic, r.partition, r.offset) for r in records],
+            self._unchecked)
+        changed: set[str] = set()
+        for record, hole in zip(records, skipped, strict=True):
+            if hole is not None:
+                changed |= self._fold(self._read_back(hole))
+            changed |= self._fold((record,))
+        self._expected = expected  # only once all is folded (a read-back may raise)
+        return sorted(changed, key=lambda k: (k == NETWORK, k))
+
+    def _read_back(self, hole: delivery.Skipped) -> list[Record]:
+        records = list(self._read(hole.topic, hole.partition, hole.start, hole.end))
+        self.read_back[self._names.get(hole.topic, hole.topic)] += 1
+        log.warning("%s[%d]: offsets %d..%d were not delivered: %d records read back from "
+                    "Kafka and folded", hole.topic, hole.partition, hole.start, hole.end,
+                    len(records))
+        return records
+
+    def _fold(self, records: Iterable[Record]) -> set[str]:
         changed: set[str] = set()
         for record in records:
             facts = self.decoder.facts(record)
@@ -218,7 +266,7 @@ class MonitorRuntime:
                     self.policy, self.state,
                     Position(record.topic, record.partition, record.offset), facts)
                 changed |= keys
-        return sorted(changed, key=lambda k: (k == NETWORK, k))
+        return changed
 
     def piece(self, key: str) -> bytes:
         return store.piece_bytes(self.state, key)
@@ -246,4 +294,4 @@ class MonitorRuntime:
         if not self.restored:
             return None
         return Snapshot(self.policy, self.state, self.open_alerts, dict(self.events),
-                        dict(self.decoder.undecodable))
+                        dict(self.decoder.undecodable), dict(self.read_back))

@@ -228,17 +228,17 @@ def test_a_restart_folds_what_the_group_committed_past_the_restored_pieces(
         return state
 
     restored = fold(held)  # what the changelog held at the crash
-    runtime = MonitorRuntime(SETTINGS, MonitorSettings())
-    runtime.restore([(key.encode(), store.piece_bytes(restored, key))
-                     for key in ("source/q",) if restored.sources])
-    runtime._committed = {(raw, 0): committed}  # where Faust resumes
     reads: list[tuple[int, int]] = []
 
     def read(topic: str, partition: int, start: int, end: int) -> list[Record]:
         reads.append((start, end))
         return records[start:end]
 
-    changed = runtime.fill_gaps(read)
+    runtime = MonitorRuntime(SETTINGS, MonitorSettings(), read=read)
+    runtime.restore([(key.encode(), store.piece_bytes(restored, key))
+                     for key in ("source/q",) if restored.sources])
+    runtime._committed = {(raw, 0): committed}  # where Faust resumes
+    changed = runtime.fill_gaps()
     runtime.apply(records[max(committed, 0):])  # what Faust then delivers
     assert runtime.state.sources == fold(len(records)).sources
     if committed > held:

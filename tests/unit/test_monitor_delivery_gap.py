@@ -1,0 +1,116 @@
+"""Delivery that skips records (guarantee 4 of services/monitor/runtime.py): the gap is found by
+the pure ``core.delivery.skipped``, read back through the runtime's reader, and folded in order;
+topics written in transactions, whose commit markers take offsets, are never read back.
+
+The property over kills, restarts and skips together is in test_monitor_restart.py."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from services.monitor.core.delivery import Skipped, skipped
+from services.monitor.core.facts import Position
+from services.monitor.decode import Record
+from services.monitor.metrics import MonitorCollector
+from services.monitor.runtime import MonitorRuntime
+from services.monitor.settings import MonitorSettings
+from streams.codec import default_codec
+from streams.settings import Settings
+
+SETTINGS = Settings(topic_prefix="x.")
+RAW, BLOCKS = SETTINGS.topic("entropy.raw"), SETTINGS.topic("chain.blocks")
+T = 1_800_000_000_000
+
+
+def _chunk(offset: int) -> Record:
+    return Record(RAW, 0, offset, T, default_codec().encode("EntropyChunkPublished", {
+        "source_id": "q", "seq": offset, "prev_digest": bytes(32), "payload_digest": bytes(32),
+        "chunk_digest": bytes(32), "payload": b"\x01" * 4096, "produced_at_ms": T + offset,
+        "simulated": True, "next_digest": bytes(32)}))
+
+
+LOG = [_chunk(offset) for offset in range(8)]
+
+
+# (description, expected before, delivered (topic, partition, offset), skipped, expected after)
+CASES = [
+    ("a partition nothing is known of starts at offset 0", {}, [(RAW, 0, 0), (RAW, 0, 1)],
+     [None, None], {f"{RAW}:0": 2}),
+    ("its first record past 0 reveals the offsets before it", {}, [(RAW, 0, 3)],
+     [Skipped(RAW, 0, 0, 3)], {f"{RAW}:0": 4}),
+    ("a jump in the middle", {f"{RAW}:0": 5}, [(RAW, 0, 5), (RAW, 0, 8), (RAW, 0, 9)],
+     [None, Skipped(RAW, 0, 6, 8), None], {f"{RAW}:0": 10}),
+    ("a redelivery moves nothing back", {f"{RAW}:0": 5}, [(RAW, 0, 2), (RAW, 0, 5)],
+     [None, None], {f"{RAW}:0": 6}),
+    ("partitions are apart", {f"{RAW}:0": 2, f"{RAW}:1": 7}, [(RAW, 1, 7), (RAW, 0, 4)],
+     [None, Skipped(RAW, 0, 2, 4)], {f"{RAW}:0": 5, f"{RAW}:1": 8}),
+    ("an unchecked topic jumps over commit markers", {f"{BLOCKS}:0": 1},
+     [(BLOCKS, 0, 2), (BLOCKS, 0, 4)], [None, None], {f"{BLOCKS}:0": 5}),
+]
+
+
+@pytest.mark.parametrize(("before", "delivered", "found", "after"),
+                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_skipped_offsets(before: dict[str, int], delivered: list[tuple[str, int, int]],
+                         found: list[Skipped | None], after: dict[str, int]) -> None:
+    positions = [Position(*where) for where in delivered]
+    assert skipped(before, positions, {BLOCKS}) == (tuple(found), after)
+
+
+def test_a_skipped_record_is_read_back_folded_first_logged_and_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    reads: list[tuple[str, int, int, int]] = []
+
+    def read(topic: str, partition: int, start: int, end: int) -> list[Record]:
+        reads.append((topic, partition, start, end))
+        return LOG[start:end]
+
+    runtime = MonitorRuntime(SETTINGS, MonitorSettings(), read=read)
+    runtime.restore([])
+    whole = MonitorRuntime(SETTINGS, MonitorSettings())
+    whole.restore([])
+    whole.apply(LOG)
+    with caplog.at_level(logging.WARNING, logger="services.monitor.runtime"):
+        runtime.apply(LOG[:2])
+        assert runtime.apply([LOG[4], LOG[5]]) == ["source/q"]
+        runtime.apply(LOG[5:])  # a redelivery, then the rest: nothing more to read
+    assert reads == [(RAW, 0, 2, 4)]
+    assert runtime.state == whole.state
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{RAW}[0]: offsets 2..4 were not delivered: 2 records read back from Kafka and folded"]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MonitorCollector(runtime.snapshot))
+    assert ('qustream_monitor_delivery_gaps_total{topic="entropy.raw"} 1.0'
+            in generate_latest(registry).decode())
+
+
+def test_a_read_back_that_finds_only_markers_is_not_repeated() -> None:
+    reads: list[tuple[int, int]] = []
+
+    def read(topic: str, partition: int, start: int, end: int) -> list[Record]:
+        reads.append((start, end))
+        return []  # an aborted transaction, or a writer missing from WRITTEN_IN_TRANSACTIONS
+
+    runtime = MonitorRuntime(SETTINGS, MonitorSettings(), read=read)
+    runtime.restore([])
+    runtime.apply([LOG[0], LOG[3]])
+    runtime.apply([LOG[3], LOG[4]])
+    assert reads == [(1, 3)]
+
+
+def test_jumps_on_transactional_topics_are_not_read_back() -> None:
+    """The tally writes chain.blocks in transactions: a commit marker follows every block, so
+    offsets go 0, 2, 4...; reading each jump back would cost a broker round trip per block."""
+
+    def read(topic: str, partition: int, start: int, end: int) -> list[Record]:
+        raise AssertionError(f"read back {topic}[{partition}] {start}..{end}")
+
+    runtime = MonitorRuntime(SETTINGS, MonitorSettings(), read=read)
+    runtime.restore([])
+    for name in ("chain.blocks", "dlq.chain", "dlq.users"):
+        runtime.apply([Record(SETTINGS.topic(name), 0, offset, T, b"")
+                       for offset in (1, 3, 6)])
+    assert not runtime.read_back
