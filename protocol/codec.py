@@ -273,6 +273,8 @@ _HEADER_TAG = CanonicalWriter("BlockHeader").finish()  # the length-prefixed dom
 _SEQ_RANGE_TAG = CanonicalWriter("SeqRange").finish()
 _ENTROPY_REF_TAG = CanonicalWriter("EntropyRef").finish()
 _REF_CODES = ("Q", "32s", "32s", "B", "I", "I", "I", "Q", "I", "I", "I", "I")  # ENTROPY_REF_FIELDS
+if struct.Struct(">" + "".join(_REF_CODES)).format != ENTROPY_REF_FIELDS.format:
+    raise ImportError("protocol.codec: _REF_CODES no longer spell ENTROPY_REF_FIELDS")
 
 
 class _EntryShape:
