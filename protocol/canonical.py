@@ -255,7 +255,13 @@ class CanonicalReader:
         return self._take(length)
 
     def bytes(self) -> builtins.bytes:
-        # ``_take(_unpack(_U32))`` in one method: every nested message and text is one.
+        start, end = self._extent()
+        self._offset = end
+        return self._data[start:end]
+
+    def _extent(self) -> tuple[int, int]:
+        """Where the length-prefixed field at the read position starts and ends (every text
+        and nested message is one): ``_take(_unpack(_U32))`` without the copy."""
         data, offset = self._data, self._offset
         try:
             (length,) = _U32.unpack_from(data, offset)
@@ -265,8 +271,7 @@ class CanonicalReader:
         end = start + length
         if end > len(data):
             raise CanonicalDecodeError("message is truncated")
-        self._offset = end
-        return data[start:end]
+        return start, end
 
     def text(self) -> str:
         try:
@@ -293,15 +298,8 @@ class CanonicalReader:
         decodes five nested messages a pulse). Its tag is consumed; the message's reads follow
         on this reader, and ``leave(end)`` checks they ended exactly at its end. Returns where
         the message starts (its tag) and ends, so a caller can keep its bytes (``span``)."""
-        data, offset = self._data, self._offset
-        try:
-            (length,) = _U32.unpack_from(data, offset)
-        except struct.error as exc:
-            raise CanonicalDecodeError("message is truncated") from exc
-        start = offset + 4
-        end = start + length
-        if end > len(data):
-            raise CanonicalDecodeError("message is truncated")
+        start, end = self._extent()
+        data = self._data
         header = _tag_header(name)
         if not data.startswith(header, start) or start + len(header) > end:
             found = read_tag(data[start:end])  # raises for a malformed tag

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import operator
 import struct
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from protocol.block import (
@@ -32,7 +33,7 @@ from protocol.messages import MessageError, Vote, VoteType
 from protocol.pulse import PulseRange
 from protocol.validators import Validator, ValidatorSet, ValidatorSetError
 
-_T = TypeVar("_T")
+_K = TypeVar("_K", Header, EntropyRef, CommitCertificate)  # what keeps its encoding
 MAX_ITEMS = 100_000  # per sequence inside one block; a Kafka message is <= 8 MiB anyway
 
 
@@ -93,7 +94,7 @@ def _commit(data: bytes) -> CommitCertificate:
     return _remember(CommitCertificate(height, round, block_hash, signatures), data)
 
 
-def _remember(value: _T, data: bytes) -> _T:
+def _remember(value: _K, data: bytes) -> _K:
     """Keep ``data`` as ``value``'s canonical encoding, so it is not encoded again for hashing.
     Sound because the reader is strict (module doc): the only bytes that decode to ``value``
     are its canonical encoding."""
@@ -113,18 +114,29 @@ _HEADER_TAIL = struct.Struct(">20s32s")  # proposer_address, history_root
 _SEQ_RANGE_FIELDS = struct.Struct(">QQ")  # first, last
 
 
-def _entropy_ref(data: bytes) -> EntropyRef:
-    r = CanonicalReader(data, "EntropyRef")
-    ref = _read_entropy_ref(r)
+def _whole(data: bytes, name: str, read: Callable[[CanonicalReader], _K]) -> _K:
+    """The message ``name`` that is all of ``data``, kept with its bytes (``_remember``)."""
+    r = CanonicalReader(data, name)
+    value = read(r)
     r.done()
-    return _remember(ref, data)
+    return _remember(value, data)
+
+
+def _nested(r: CanonicalReader, name: str, read: Callable[[CanonicalReader], _K]) -> _K:
+    """The nested message ``name`` at ``r``, read in place (``CanonicalReader.enter``: a range
+    client reads a header and its references a pulse), kept with its bytes."""
+    start, end = r.enter(name)
+    value = read(r)
+    r.leave(end)
+    return _remember(value, r.span(start, end))
+
+
+def _entropy_ref(data: bytes) -> EntropyRef:
+    return _whole(data, "EntropyRef", _read_entropy_ref)
 
 
 def _nested_entropy_ref(r: CanonicalReader) -> EntropyRef:
-    start, end = r.enter("EntropyRef")
-    ref = _read_entropy_ref(r)
-    r.leave(end)
-    return _remember(ref, r.span(start, end))
+    return _nested(r, "EntropyRef", _read_entropy_ref)
 
 
 def _read_entropy_ref(r: CanonicalReader) -> EntropyRef:
@@ -145,18 +157,11 @@ def _nested_seq_range(r: CanonicalReader) -> SeqRange:
 
 
 def _header(data: bytes) -> Header:
-    r = CanonicalReader(data, "BlockHeader")
-    header = _read_header(r)
-    r.done()
-    return _remember(header, data)
+    return _whole(data, "BlockHeader", _read_header)
 
 
 def _nested_header(r: CanonicalReader) -> Header:
-    # In place (``CanonicalReader.enter``): a range client decodes a header a pulse.
-    start, end = r.enter("BlockHeader")
-    header = _read_header(r)
-    r.leave(end)
-    return _remember(header, r.span(start, end))
+    return _nested(r, "BlockHeader", _read_header)
 
 
 def _read_header(r: CanonicalReader) -> Header:
