@@ -13,6 +13,8 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
 from confluent_kafka.admin import AdminClient
 
+from streams.errors import KafkaUnreachableError
+from streams.kafka import await_cluster
 from streams.settings import Settings
 
 
@@ -33,7 +35,11 @@ def scratch_kafka(base: Settings, **updates: Any) -> Iterator[Settings]:
     """
     settings = base.model_copy(
         update={"topic_prefix": f"bench-{uuid.uuid4().hex[:10]}.", **updates}, deep=True)
-    admin = AdminClient(settings.kafka_config())
+    admin = AdminClient({**settings.kafka_config(), "log_level": 0})  # no retry chatter
+    try:
+        await_cluster(admin, settings, "bench admin client")
+    except KafkaUnreachableError as exc:
+        raise SystemExit(str(exc)) from exc  # names the address and how to start a broker
     before = _group_ids(admin)
     try:
         yield settings
