@@ -46,6 +46,10 @@ class TopicSpec:
     max_message_bytes: int = DEFAULT_MESSAGE_BYTES
     extra: tuple[tuple[str, str], ...] = field(default=())
     dead_letters_of: tuple[str, ...] = ()  # a DLQ: the topics whose messages it wraps
+    # A writer writes it in Kafka transactions: each commit marker takes an offset no consumer
+    # receives, so consecutive records may be offsets apart (a reader that checks its delivery
+    # for holes, as the monitor does, must not take those for lost records).
+    transactional: bool = False
 
     @property
     def segment_ms(self) -> int:
@@ -89,21 +93,22 @@ _DATA: tuple[TopicSpec, ...] = (
               ("ProposalMade", "VoteCast"), retention_ms=FOREVER,
               max_message_bytes=MAX_MESSAGE_BYTES),
     TopicSpec("chain.blocks", 1, "height", "tally", ("BlockFinalized",),
-              retention_ms=FOREVER, max_message_bytes=MAX_MESSAGE_BYTES),
+              retention_ms=FOREVER, max_message_bytes=MAX_MESSAGE_BYTES, transactional=True),
     # Compacted: every chunk of every kept snapshot (the tally tombstones the older ones).
     TopicSpec("chain.snapshots", 1, "height + chunk", "tally", ("StateSnapshotChunk",),
               retention_ms=FOREVER, cleanup_policy="compact",
-              max_message_bytes=MAX_MESSAGE_BYTES),
+              max_message_bytes=MAX_MESSAGE_BYTES, transactional=True),
     TopicSpec("chain.evidence", 1, "validator id", "tally / validators",
-              ("DuplicateVoteEvidenceFound",), retention_ms=FOREVER),
+              ("DuplicateVoteEvidenceFound",), retention_ms=FOREVER, transactional=True),
     TopicSpec("ledger.tx", 6, "account", "gateway / clients", ("TransactionSubmitted",),
               retention_ms=FOREVER),
     TopicSpec("users.commands", 12, "user id", "gateway", ("UserCommandIssued",),
               retention_ms=7 * DAY_MS),
     TopicSpec("users.events", 12, "user id", "user command handler", ("UserEventRecorded",),
-              retention_ms=FOREVER),
+              retention_ms=FOREVER, transactional=True),
     TopicSpec("users.replies", 12, "user id", "user command handler",
-              ("UserCommandAccepted", "UserCommandRejected"), retention_ms=DAY_MS),
+              ("UserCommandAccepted", "UserCommandRejected"), retention_ms=DAY_MS,
+              transactional=True),
     # Compacted: the newest snapshot of each users.events partition, in pieces keyed
     # "<partition>/<piece>" (services/shard_writer/snapshots.py). One partition, so a key's place
     # is the same for every client; small segments, so what a restart reads beyond the live
@@ -111,7 +116,7 @@ _DATA: tuple[TopicSpec, ...] = (
     TopicSpec("users.snapshots", 1, "users.events partition / piece", "user command handler",
               ("UserPartitionSnapshotted",), retention_ms=FOREVER, cleanup_policy="compact",
               extra=(("segment.bytes", str(SNAPSHOT_SEGMENT_BYTES)),
-                     ("segment.ms", str(SNAPSHOT_SEGMENT_MS)))),
+                     ("segment.ms", str(SNAPSHOT_SEGMENT_MS))), transactional=True),
     # Compacted: the latest event per rule + subject stays (the open alerts after a restart);
     # a day of history is kept before compaction for `qustream alerts list --all`.
     TopicSpec("alerts", 1, "rule + subject", "monitor", ("AlertRaised", "AlertResolved"),
@@ -123,12 +128,13 @@ _DATA: tuple[TopicSpec, ...] = (
 )
 
 
-def _dead_letters(name: str, writer: str, wraps: tuple[str, ...]) -> TopicSpec:
+def _dead_letters(name: str, writer: str, wraps: tuple[str, ...],
+                  transactional: bool = False) -> TopicSpec:
     """A DLQ whose max.message.bytes holds the largest message of the topics it wraps."""
     largest = max(t.max_message_bytes for t in _DATA if t.name in wraps)
     return TopicSpec(name, 1, "original key", writer, ("MessageDeadLettered",),
                      retention_ms=30 * DAY_MS, max_message_bytes=largest + DLQ_ENVELOPE_BYTES,
-                     dead_letters_of=wraps)
+                     dead_letters_of=wraps, transactional=transactional)
 
 
 CATALOGUE: tuple[TopicSpec, ...] = (
@@ -136,10 +142,12 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     _dead_letters("dlq.entropy", "entropy consumers",
                   ("entropy.raw", "entropy.private", "qrng.status")),
     _dead_letters("dlq.chain", "consensus consumers",
-                  ("chain.consensus", "chain.blocks", "chain.evidence", "chain.snapshots")),
+                  ("chain.consensus", "chain.blocks", "chain.evidence", "chain.snapshots"),
+                  transactional=True),  # the tally's dead letters, in its transaction
     _dead_letters("dlq.ledger", "ledger consumers", ("ledger.tx",)),
     _dead_letters("dlq.users", "user consumers",
-                  ("users.commands", "users.events", "users.replies", "users.snapshots")),
+                  ("users.commands", "users.events", "users.replies", "users.snapshots"),
+                  transactional=True),  # the command handler's, in its transaction
     _dead_letters("dlq.monitor", "monitor", ("alerts", "monitor.state")),
 )
 

@@ -60,15 +60,16 @@ from services.monitor.settings import MonitorSettings
 from streams.kafka import KafkaConsumer, make_consumer, make_reader
 from streams.kafka import Position as KafkaPosition
 from streams.settings import Settings
+from streams.topics import CATALOGUE
 
 log = logging.getLogger(__name__)
 
 TAIL = 16  # records read back from each partition's end to find its last committed record
-# Input topics a transactional writer writes: the tally (chain.blocks, and its dead letters on
-# dlq.chain) and the user command handler (its dead letters on dlq.users). Their commit markers
-# take offsets, so offset jumps there are normal (guarantee 4). A topic missing here costs a
-# read-back per transaction (logged as a warning), never a lost record.
-WRITTEN_IN_TRANSACTIONS = ("chain.blocks", "dlq.chain", "dlq.users")
+# Topics a transactional writer writes (the catalogue's ``transactional``: the tally's
+# chain.blocks and dlq.chain, the user command handler's dlq.users among the inputs). Their
+# commit markers take offsets, so offset jumps there are normal (guarantee 4). A topic missing
+# there costs a read-back per transaction (logged as a warning), never a lost record.
+WRITTEN_IN_TRANSACTIONS = tuple(spec.name for spec in CATALOGUE if spec.transactional)
 ReadRange = Callable[[str, int, int, int], Iterable[Record]]
 
 
