@@ -207,6 +207,8 @@ def make_app(settings: Settings, runtime: MonitorRuntime,
             for key in runtime.apply(records):
                 # Re-assigned, never mutated: only an assignment reaches the changelog.
                 table[key.encode()] = runtime.piece(key)  # type: ignore[index]
+            if runtime.needs_ends:  # after a read-back: judge again once caught up
+                await asyncio.to_thread(runtime.measure_ends)
             await table.written()  # before Faust acknowledges (and may commit) this batch
 
     @app.timer(options.evaluate_interval_s)

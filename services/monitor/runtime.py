@@ -36,7 +36,8 @@ Guarantees, and how (the edge ``inputs -> monitor.state, alerts``):
    its condition still holds in the restored state.
 6. Nothing is decided on a stale view: time-based rules (a stall is the absence of records)
    are judged only once the monitor has read every input partition up to where it stood at
-   start (``caught_up``).
+   start (``caught_up``), and again after a read-back (guarantee 4) paused folding: the ends
+   are measured anew and read up to before the next judgement (``needs_ends``).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class MonitorRuntime:
         # "topic:partition" -> the offset below which every record is folded (guarantee 4)
         self._expected: dict[str, int] = {}
         self._ends: dict[tuple[str, int], int] | None = None
+        self.needs_ends = False  # a read-back paused folding: measure the ends again
         self._next: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
         self._started = time.monotonic()
@@ -168,6 +170,7 @@ class MonitorRuntime:
             consumer.close()
             group.close()
         self._ends = ends
+        self.needs_ends = False
         self._started = time.monotonic()
 
     @staticmethod
@@ -243,9 +246,17 @@ class MonitorRuntime:
         for record, hole in zip(records, skipped, strict=True):
             if hole is not None:
                 changed |= self._fold(self._read_back(hole))
+                self._stale()
             changed |= self._fold((record,))
         self._expected = expected  # only once all is folded (a read-back may raise)
         return sorted(changed, key=lambda k: (k == NETWORK, k))
+
+    def _stale(self) -> None:
+        """Folding paused for a read-back while the inputs went on: the view may lag them, so
+        nothing is judged until the ends are measured again and read up to (guarantee 6)."""
+        self.caught_up = False
+        self._ends = None
+        self.needs_ends = True
 
     def _read_back(self, hole: delivery.Skipped) -> list[Record]:
         records = list(self._read(hole.topic, hole.partition, hole.start, hole.end))

@@ -114,3 +114,25 @@ def test_jumps_on_transactional_topics_are_not_read_back() -> None:
         runtime.apply([Record(SETTINGS.topic(name), 0, offset, T, b"")
                        for offset in (1, 3, 6)])
     assert not runtime.read_back
+
+
+def test_after_a_read_back_nothing_is_judged_until_the_ends_are_read_up_to_again() -> None:
+    """The read-back paused folding while the inputs went on: a stall judged on that view
+    would be a stale one (guarantee 6), so the runtime asks for the ends to be measured anew
+    and judges nothing until it has read up to them."""
+    runtime = MonitorRuntime(SETTINGS, MonitorSettings(),
+                             read=lambda topic, partition, start, end: LOG[start:end])
+    runtime.restore([])
+    runtime.alerts_loaded = True
+    runtime.caught_up = True
+    runtime.apply(LOG[:2])
+    assert not runtime.needs_ends
+    runtime.apply([LOG[4]])  # 2..3 read back
+    assert runtime.needs_ends and not runtime.caught_up
+    assert not runtime.check_caught_up()
+    assert runtime.evaluate(T + 10**9) == ()  # however long since the last record
+    runtime._ends = {(RAW, 0): 7}  # what measure_ends finds (it reads Kafka)
+    runtime.needs_ends = False
+    assert not runtime.check_caught_up()
+    runtime.apply(LOG[5:7])
+    assert runtime.check_caught_up()
