@@ -290,9 +290,9 @@ def _link(first_height: int, previous_hash: bytes, previous_randomness: bytes,
     summary) and hash-linked to the one before, heights consecutive from ``first_height``;
     the pulses and the last header (whose certificate the caller checks).
 
-    Equal values the pulses carry (the chain id, a source's health summary, which repeats
-    from pulse to pulse) are one object each: a verifier process hands the page back as one
-    pickle, which then holds each once (a third of the pickling, both ways)."""
+    A source's health fold, which repeats from pulse to pulse, is one object per page (as the
+    chain id is, from the decoder): a verifier process hands the page back as one pickle,
+    which then holds each once (a third of the pickling, both ways)."""
     chain_id = None
     pulses: list[Pulse] = []
     header: Header | None = None
@@ -311,8 +311,7 @@ def _link(first_height: int, previous_hash: bytes, previous_randomness: bytes,
         _check_pulse(header, entropy, previous_randomness, previous_entropy)
         health = _check_health(height, served, entropy, shared)
         previous_entropy = entropy
-        pulse = Pulse(chain_id, height, header.time_ms, header.randomness, header.hash(),
-                      pulse_status(header), health)
+        pulse = Pulse.of(header, entropy, health)
         pulses.append(pulse)
         previous_hash, previous_randomness = pulse.block_hash, header.randomness
     if header is None:
