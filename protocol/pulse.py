@@ -181,15 +181,13 @@ def health_by_source(entropy: Sequence[EntropyRef],
             folded[key] = (*key, seen[4] + 1, seen[5] + h.windows, seen[6] + h.samples,
                            max(seen[7], h.rct_max_run), max(seen[8], h.apt_max_count),
                            seen[9] + h.failures)
-    if shared is None:
-        return tuple(SourceHealth(*folded[key]) for key in sorted(folded))
+    made = {} if shared is None else shared
     out = []
     for key in sorted(folded):
         fields = folded[key]
-        made = shared.get(fields)
-        if made is None:
-            made = shared[fields] = SourceHealth(*fields)
-        out.append(made)
+        if fields not in made:
+            made[fields] = SourceHealth(*fields)
+        out.append(made[fields])
     return tuple(out)
 
 
