@@ -10,6 +10,7 @@ trusts neither the gateway nor Kafka.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -136,6 +137,18 @@ class Stack:
         return reached
 
 
+    def wait_random_pulse(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self.http(self.api_key) as http:
+            while time.monotonic() < deadline:
+                self.supervisor.tick()
+                with contextlib.suppress(httpx.HTTPError):
+                    if http.get("/v1/beacon/latest").status_code == 200:
+                        return True
+                time.sleep(0.5)
+        return False
+
+
 def _cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **env}, cwd=ROOT)
@@ -197,6 +210,9 @@ def stack(_base_settings: Settings, kafka_bootstrap: str, cassandra_contact: tup
     try:
         reached = stack.wait_head(4, 150)
         assert reached >= 4, f"head {reached}\n{stack.log('gateway')}{stack.log('tally')}"
+        # The tests read the latest random pulse: wait for the first one (fresh entropy from
+        # two sources can follow the first blocks by seconds on a loaded machine).
+        assert stack.wait_random_pulse(60), f"no random pulse\n{stack.log('gateway')}"
         _wait_users_pipeline(stack)
         yield stack
     finally:
