@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import os
 import tempfile
 import time
@@ -46,7 +45,6 @@ from bench.common import emit
 from protocol.keys import PublicKey, SigningKey
 from protocol.messages import Vote, VoteType
 from protocol.proposal import Proposal
-from services.consensus.node import settle_heap
 from streams.chain_wire import decode_consensus
 from streams.kafka import Record
 from streams.settings import Settings
@@ -76,7 +74,6 @@ def run_node(n: int, seconds: float, workers: int, *, max_heights: int = 10_000
         peers = Peers(spec, keys, me, settings)
         clock = floor_clock = 0.0
         heights = 0
-        settle_heap()  # as the node's run loop does before its first poll
         try:
             node.tick()  # starts height 1 (the node proposes now if it is the proposer)
             peers.read(recorder)
@@ -96,7 +93,6 @@ def run_node(n: int, seconds: float, workers: int, *, max_heights: int = 10_000
                 heights += 1
         finally:
             node.close()
-            gc.unfreeze()  # the next size starts from a normal heap
     return {"heights": heights, "seconds": clock, "heights_per_s": heights / clock,
             "floor_heights_per_s": heights / floor_clock}
 

@@ -127,9 +127,8 @@ def settle_heap() -> None:
     and the tally paused 34-112 ms per full collection and 3-9 ms per middle one, all five at
     about the same moment (they allocate alike), on a height's critical path, where a whole
     height takes 20-30 ms. Frozen, those objects are never walked again; what the loop
-    allocates is collected as before (cycles included). Reference counting still frees a frozen
-    object when its last reference goes; only a reference cycle among frozen objects that
-    becomes garbage later stays, and start-up builds few that it drops again."""
+    allocates is collected as before (cycles included), only start-up objects that become
+    garbage later are not reclaimed, which is the ledger state a snapshot replaces: bounded."""
     gc.collect()
     gc.freeze()
 
