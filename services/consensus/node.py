@@ -52,7 +52,6 @@ caller to dead-letter.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import heapq
 import itertools
 import logging
@@ -115,22 +114,6 @@ MAX_STARTS_PER_INPUT = 64  # heights one input may start in a row (``_start_heig
 # (every 5 ms from each node at 5 ms): broker and client CPU that the nodes' signature checks
 # need when they share a machine (docs/performance.md, finality).
 CONSUMER_LATENCY: dict[str, Any] = {"fetch.wait.max.ms": 500, "fetch.min.bytes": 1}
-
-
-def settle_heap() -> None:
-    """Collect what start-up left behind and move every surviving object out of the
-    collector's reach (``gc.freeze``) before the run loop starts.
-
-    Start-up (imports, schemas, the chain folded from a snapshot or genesis) leaves a few
-    hundred thousand long-lived objects; a full collection walks all of them. Measured on a
-    4-validator network at one block a second (docs/performance.md, finality): each validator
-    and the tally paused 34-112 ms per full collection and 3-9 ms per middle one, all five at
-    about the same moment (they allocate alike), on a height's critical path, where a whole
-    height takes 20-30 ms. Frozen, those objects are never walked again; what the loop
-    allocates is collected as before (cycles included), only start-up objects that become
-    garbage later are not reclaimed, which is the ledger state a snapshot replaces: bounded."""
-    gc.collect()
-    gc.freeze()
 
 
 def now_ms() -> int:
@@ -236,7 +219,6 @@ class ConsensusDriver:
         on the way out. With ``consensus_topic`` (partition 0 assigned to ``consumer``) a
         stalled height also checks that the consumer still fetches it (``_refetch_if_stuck``)."""
         log.info("%s starting at height %d", consumer.name, self.follower.next_height)
-        settle_heap()
         handle = by_topic(handlers) if isinstance(handlers, Mapping) else handlers
         self._consumer, self._consensus_topic = consumer, consensus_topic
         try:
