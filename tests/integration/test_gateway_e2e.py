@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,34 +119,31 @@ class Stack:
         path = self.supervisor.log_path(name)
         return path.read_text()[-3000:] if path.exists() else ""
 
-    def wait_head(self, height: int, timeout_s: float) -> int:
+    def _poll(self, path: str, timeout_s: float,
+              done: Callable[[httpx.Response], bool]) -> httpx.Response | None:
+        """GET ``path`` every 0.5 s (the supervisor ticked) until an answer 200 is ``done``;
+        the last answer 200 (None if there was none)."""
         deadline = time.monotonic() + timeout_s
-        reached = 0
-        with self.http(self.api_key) as http:
-            while time.monotonic() < deadline:
-                self.supervisor.tick()
-                try:
-                    answer = http.get("/v1/chain/head")
-                    if answer.status_code == 200:
-                        reached = int(answer.json()["height"])
-                        if reached >= height:
-                            return reached
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
-        return reached
-
-
-    def wait_random_pulse(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
+        last = None
         with self.http(self.api_key) as http:
             while time.monotonic() < deadline:
                 self.supervisor.tick()
                 with contextlib.suppress(httpx.HTTPError):
-                    if http.get("/v1/beacon/latest").status_code == 200:
-                        return True
+                    answer = http.get(path)
+                    if answer.status_code == 200:
+                        last = answer
+                        if done(answer):
+                            return answer
                 time.sleep(0.5)
-        return False
+        return last
+
+    def wait_head(self, height: int, timeout_s: float) -> int:
+        answer = self._poll("/v1/chain/head", timeout_s,
+                            lambda answer: int(answer.json()["height"]) >= height)
+        return 0 if answer is None else int(answer.json()["height"])
+
+    def wait_random_pulse(self, timeout_s: float) -> bool:
+        return self._poll("/v1/beacon/latest", timeout_s, lambda answer: True) is not None
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
