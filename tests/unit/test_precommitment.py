@@ -29,7 +29,7 @@ TRIES = 2000
 
 
 def _top(randomness: bytes) -> int:
-    return randomness[0] >> (8 - TARGET_BITS) if TARGET_BITS < 8 else randomness[0]
+    return randomness[0] >> (8 - TARGET_BITS)
 
 
 def _pool(attacker: EntropyRef | None, honest: EntropyRef) -> StaticPool:
