@@ -22,6 +22,7 @@ costs the node a little pickling. ``bench.validator_scale`` measures both.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from protocol.keys import PublicKey
@@ -37,7 +38,9 @@ class VoteVerifier:
     def __init__(self, workers: int = 0, *, remember: int = REMEMBER) -> None:
         self._pool = SignaturePool(workers)
         self._remember = remember
-        self._known: dict[tuple[str, bytes, bytes, bytes], None] = {}
+        # An OrderedDict, not a dict: dropping a plain dict's oldest key (``next(iter(d))``)
+        # scans past every slot deleted before it, microseconds per vote at this size.
+        self._known: OrderedDict[tuple[str, bytes, bytes, bytes], None] = OrderedDict()
         self.verified = 0  # answers computed (here or by a worker)
         self.remembered = 0  # answers given from memory
 
@@ -65,7 +68,7 @@ class VoteVerifier:
         if valid:
             self._known[item] = None
             if len(self._known) > self._remember:
-                del self._known[next(iter(self._known))]  # insertion order: the oldest
+                self._known.popitem(last=False)  # the oldest
         return valid
 
     def knows(self, key: PublicKey, message: bytes, signature: bytes) -> bool:
