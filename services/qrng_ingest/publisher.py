@@ -298,15 +298,32 @@ def resume_positions(
     return positions
 
 
-# Tuned for 1 MiB messages: the broker's record batch limit (topic max.message.bytes, 8 MiB)
-# caps batch.size; a deep queue keeps the network busy while the caller tests and hashes.
-PRODUCER_TUNING: dict[str, Any] = {
-    "linger.ms": 5,
-    "batch.size": 8 * 1024 * 1024 - 64 * 1024,
-    "queue.buffering.max.kbytes": 128 * 1024,
-    "queue.buffering.max.messages": 100_000,
-    "socket.send.buffer.bytes": 4 * 1024 * 1024,
-}
+# What the ingest producer may have in flight: well inside the socket's send buffer (at most
+# 4 MiB on Linux unless net.core.wmem_max is raised). With 8 MiB batches and librdkafka's
+# idempotent default of 5 requests in flight, its broker thread spun while requests waited for
+# room in the socket (poll, clock_gettime and its locks: 4-5 ms of CPU per MB against 0.6-1.0
+# within this budget, at no higher rate; docs/performance.md).
+RECORD_OVERHEAD = 64 * 1024  # bound on a chunk record's framing and Kafka's record overhead
+IN_FLIGHT_BYTES = 2 * (1024 * 1024 + RECORD_OVERHEAD)  # two 1 MiB chunks with their framing
+
+
+def producer_tuning(chunk_size: int = 1 << 20) -> dict[str, Any]:
+    """librdkafka settings for chunks of ``chunk_size``: a deep local queue keeps the network
+    busy while the caller tests and hashes; a batch holds 1 MiB, and as many requests may be in
+    flight as ``IN_FLIGHT_BYTES`` holds (one for chunks of 2 MiB or more, five at most)."""
+    batch = 1024 * 1024
+    request = max(batch, chunk_size + RECORD_OVERHEAD)
+    return {
+        "linger.ms": 5,
+        "batch.size": batch,
+        "max.in.flight.requests.per.connection": max(1, min(5, IN_FLIGHT_BYTES // request)),
+        "queue.buffering.max.kbytes": 128 * 1024,
+        "queue.buffering.max.messages": 100_000,
+        "socket.send.buffer.bytes": 4 * 1024 * 1024,
+    }
+
+
+PRODUCER_TUNING: dict[str, Any] = producer_tuning()  # 1 MiB chunks (the default; bench.ingest)
 
 
 class RevealGate(Protocol):

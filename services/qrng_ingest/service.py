@@ -52,7 +52,7 @@ from services.qrng_ingest.core.quarantine import (
 )
 from services.qrng_ingest.monitor import Heartbeat, IngestMetrics, StatusEmitter
 from services.qrng_ingest.pacing import ChainWatch
-from services.qrng_ingest.publisher import ChunkPublisher, open_publisher
+from services.qrng_ingest.publisher import ChunkPublisher, open_publisher, producer_tuning
 from services.qrng_ingest.sources import Source
 from streams.settings import Settings
 from streams.telemetry import setup_telemetry
@@ -355,7 +355,7 @@ def build_service(
     publisher = open_publisher(settings, config.source_id, key,
                                checkpoint_policy=config.checkpoint,
                                private_share=config.private_share, on_latency=metrics.latency,
-                               **producer_overrides)
+                               **{**producer_tuning(config.chunk_size), **producer_overrides})
     watch = None
     if config.pace:
         watch = ChainWatch.open(settings, config.source_id, publisher.heads[False].last_seq)

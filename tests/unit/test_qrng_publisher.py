@@ -11,12 +11,16 @@ from hypothesis import strategies as st
 
 from protocol.entropy.chain import ZERO_DIGEST, ChainHead, Chunk, HealthSummary, extend
 from services.qrng_ingest.publisher import (
+    IN_FLIGHT_BYTES,
+    RECORD_OVERHEAD,
     ChainPosition,
     ChunkEncoder,
     ResumeError,
     StateFile,
+    producer_tuning,
 )
 from streams.codec import default_codec
+from streams.topics import MAX_MESSAGE_BYTES
 
 
 @settings(max_examples=200, deadline=None)
@@ -57,3 +61,20 @@ def test_state_file_round_trip_and_owner_check(tmp_path: Path) -> None:
     state.path.write_text("{not json")
     with pytest.raises(ResumeError):
         state.load()
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunk_size=st.integers(1, MAX_MESSAGE_BYTES - RECORD_OVERHEAD))
+def test_producer_tuning_keeps_what_is_in_flight_inside_the_socket_buffer(
+    chunk_size: int,
+) -> None:
+    # More in flight than the socket can take made librdkafka's broker thread spin (4-5 ms of
+    # CPU per MB, docs/performance.md); idempotence allows 1 to 5 requests in flight.
+    tuning = producer_tuning(chunk_size)
+    in_flight = tuning["max.in.flight.requests.per.connection"]
+    request = max(tuning["batch.size"], chunk_size + RECORD_OVERHEAD)
+    assert 1 <= in_flight <= 5
+    assert in_flight == 1 or in_flight * request <= IN_FLIGHT_BYTES
+    assert tuning["socket.send.buffer.bytes"] >= IN_FLIGHT_BYTES
+    assert tuning["batch.size"] <= MAX_MESSAGE_BYTES
+    assert producer_tuning(1 << 20)["max.in.flight.requests.per.connection"] == 2  # default
