@@ -17,6 +17,10 @@ ratio (``ratio``, ``lane_scaling``, ``raw_scaling``, ``device_ratio``) is the me
 rounds of that round's own ratio, its two measurements taken minutes apart at most. The rates
 are each kind's median. Every round's rates are printed on stderr.
 
+CPU (``cpu_ms_per_mb_ours``, ``_baseline``, ``_ours_device``): the median CPU time, user +
+system over every thread of the measuring process (librdkafka's included), per MB published.
+On a machine whose cores the broker shares it says more than the rates: what each MB costs.
+
 A device with its bytes ready (``ours_device``, ``device_ratio``): ours again, fed by a source
 whose read costs one copy and no keystream (``_ReadyDevice``), as a QRNG card's driver does; the
 simulator's AES-CTR is the stand-in's cost, not the pipeline's, and the baseline makes no bytes
@@ -95,8 +99,9 @@ def _device(round_: int) -> IngestConfig:
                         checkpoint=CheckpointPolicy(every_chunks=64, every_ms=1000), pace=False)
 
 
-# A measurement: bytes published and acknowledged, and the seconds that took (final flush in).
-Measured = tuple[int, float]
+# A measurement: bytes published and acknowledged, the seconds that took (final flush in), and
+# the CPU seconds (user + system, every thread: librdkafka's too) this process spent on it.
+Measured = tuple[int, float, float]
 _Ready = Callable[[], object]  # returns once every process of a round is ready to start
 
 
@@ -134,9 +139,9 @@ def _ours(settings: Settings, state_dir: Path, config: IngestConfig, key: Signin
     local = settings.model_copy(update={"state_dir": state_dir})
     service = build_service(local, config, source or SimulatorSource(), key)
     ready()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_s()
     report = service.run(duration_s=round_s)  # includes the final flush of every chunk
-    return report.published_bytes, time.perf_counter() - started
+    return report.published_bytes, time.perf_counter() - started, _cpu_s() - cpu
 
 
 def _baseline(settings: Settings, topic: str, round_s: float, key: bytes = b"baseline",
@@ -145,7 +150,7 @@ def _baseline(settings: Settings, topic: str, round_s: float, key: bytes = b"bas
     payloads = [os.urandom(CHUNK) for _ in range(16)]
     sent = 0
     ready()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_s()
     while time.perf_counter() - started < round_s:
         try:
             producer.produce(topic, value=payloads[sent % len(payloads)], key=key)
@@ -157,11 +162,20 @@ def _baseline(settings: Settings, topic: str, round_s: float, key: bytes = b"bas
     elapsed = time.perf_counter() - started
     if remaining:
         raise RuntimeError(f"baseline: {remaining} messages unacknowledged")
-    return sent * CHUNK, elapsed
+    return sent * CHUNK, elapsed, _cpu_s() - cpu
+
+
+def _cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def _rate(measured: Measured) -> float:
     return measured[0] / measured[1] / MB
+
+
+def _cpu_ms_per_mb(measured: Measured) -> float:
+    return measured[2] * 1000 / (measured[0] / MB)
 
 
 def _lane_process(settings: Settings, state_dir: Path, device: IngestConfig, lanes: int,
@@ -192,7 +206,7 @@ def _together(target: Callable[..., None], jobs: list[tuple[Any, ...]], round_s:
             process.join(60)
     if any(process.exitcode for process in processes):
         raise RuntimeError(f"a process of the round failed: {[p.exitcode for p in processes]}")
-    return sum(sent for sent, _ in measured) / max(took for _, took in measured) / MB
+    return sum(sent for sent, _, _ in measured) / max(took for _, took, _ in measured) / MB
 
 
 def _profile(settings: Settings, top: int) -> None:
@@ -272,20 +286,26 @@ def _run(settings: Settings, rounds: int, round_s: float) -> dict[str, object]:
     topics = [spec("entropy.raw"), spec("entropy.private"), spec("qrng.status"), baseline_spec]
     rates: dict[str, list[float]] = {"ours": [], "baseline": [], "lanes_2": [], "raw_2": [],
                                      "ours_device": []}
+    cpu: dict[str, list[float]] = {"ours": [], "baseline": [], "ours_device": []}
+
+    def in_process(name: str, measured: Measured) -> float:
+        cpu[name].append(_cpu_ms_per_mb(measured))
+        return _rate(measured)
+
     with tempfile.TemporaryDirectory() as state, Progress(console=console) as progress:
         key_file = Path(state) / "device.key"
         SigningKey.generate().save(key_file)  # the device's key, shared by its lanes
         measure: dict[str, Callable[[Settings, int], float]] = {
-            "ours": lambda s, round_: _rate(_ours(s, Path(state), _device(round_),
-                                                  SigningKey.load(key_file), round_s)),
-            "baseline": lambda s, round_: _rate(_baseline(s, s.topic("bench.baseline"),
-                                                          round_s)),
+            "ours": lambda s, round_: in_process("ours", _ours(
+                s, Path(state), _device(round_), SigningKey.load(key_file), round_s)),
+            "baseline": lambda s, round_: in_process("baseline", _baseline(
+                s, s.topic("bench.baseline"), round_s)),
             "lanes_2": lambda s, round_: _together(_lane_process, [
                 (s, Path(state), _device(round_ + rounds), 2, lane, key_file, round_s)
                 for lane in range(2)], round_s),
             "raw_2": lambda s, round_: _together(_raw_process, [
                 (s, s.topic("bench.baseline"), index, round_s) for index in range(2)], round_s),
-            "ours_device": lambda s, round_: _rate(_ours(
+            "ours_device": lambda s, round_: in_process("ours_device", _ours(
                 s, Path(state), _device(round_ + 2 * rounds), SigningKey.load(key_file),
                 round_s, source=_ReadyDevice())),
         }
@@ -313,12 +333,14 @@ def _run(settings: Settings, rounds: int, round_s: float) -> dict[str, object]:
     console.print("MB/s per round: " + "; ".join(
         f"{name} {[round(x, 1) for x in values]}" for name, values in rates.items())
         + f"; load {os.getloadavg()}")
-    return summary(rates, health)
+    return summary(rates, health, cpu)
 
 
-def summary(rates: dict[str, list[float]], health: float) -> dict[str, object]:
+def summary(rates: dict[str, list[float]], health: float,
+            cpu: dict[str, list[float]] | None = None) -> dict[str, object]:
     """The JSON line from every round's rates (module doc): medians of the rates, and each
-    ratio the median of the rounds' own ratios."""
+    ratio the median of the rounds' own ratios; ``cpu_ms_per_mb_*``, the median CPU time the
+    measuring process spent per MB published, for the kinds measured in this process."""
 
     def paired(top: str, bottom: str) -> float:
         return round(statistics.median(
@@ -331,7 +353,9 @@ def summary(rates: dict[str, list[float]], health: float) -> dict[str, object]:
             "lanes_2_mb_s": median["lanes_2"], "lane_scaling": paired("lanes_2", "ours"),
             "raw_2_mb_s": median["raw_2"], "raw_scaling": paired("raw_2", "baseline"),
             "ours_device": median["ours_device"],
-            "device_ratio": paired("ours_device", "baseline"), "rounds": len(rates["ours"])}
+            "device_ratio": paired("ours_device", "baseline"), "rounds": len(rates["ours"]),
+            **{f"cpu_ms_per_mb_{name}": round(statistics.median(values), 2)
+               for name, values in (cpu or {}).items() if values}}
 
 
 if __name__ == "__main__":

@@ -37,3 +37,10 @@ def test_the_bench_refuses_to_fill_the_embedded_broker_s_disk(tmp_path: Path) ->
     _check_disk(embedded, need_gb=0.0)
     external = Settings(state_dir=tmp_path, kafka=KafkaSettings(bootstrap_servers="kafka:9092"))
     _check_disk(external, need_gb=1e9)  # a broker elsewhere is its operator's to size
+
+
+def test_cpu_per_mb_is_the_median_of_the_kinds_measured_in_process() -> None:
+    cpu = {"ours": [3.4, 9.0, 3.2], "baseline": [0.8, 0.7, 0.9], "ours_device": []}
+    line = summary(_rates([90.0, 450.0, 180.0], [100.0, 500.0, 200.0]), 3000.0, cpu)
+    assert (line["cpu_ms_per_mb_ours"], line["cpu_ms_per_mb_baseline"]) == (3.4, 0.8)
+    assert "cpu_ms_per_mb_ours_device" not in line  # not measured: no key, not a zero
