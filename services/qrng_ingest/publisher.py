@@ -310,7 +310,7 @@ IN_FLIGHT_BYTES = 2 * (1024 * 1024 + RECORD_OVERHEAD)  # two 1 MiB chunks with t
 def producer_tuning(chunk_size: int = 1 << 20) -> dict[str, Any]:
     """librdkafka settings for chunks of ``chunk_size``: a deep local queue keeps the network
     busy while the caller tests and hashes; a batch holds 1 MiB, and as many requests may be in
-    flight as ``IN_FLIGHT_BYTES`` holds (one for chunks of 2 MiB or more, five at most)."""
+    flight as ``IN_FLIGHT_BYTES`` holds: two for chunks up to 1 MiB, one for larger ones."""
     batch = 1024 * 1024
     request = max(batch, chunk_size + RECORD_OVERHEAD)
     return {
