@@ -316,7 +316,7 @@ def producer_tuning(chunk_size: int = 1 << 20) -> dict[str, Any]:
     return {
         "linger.ms": 5,
         "batch.size": batch,
-        "max.in.flight.requests.per.connection": max(1, min(5, IN_FLIGHT_BYTES // request)),
+        "max.in.flight.requests.per.connection": max(1, IN_FLIGHT_BYTES // request),
         "queue.buffering.max.kbytes": 128 * 1024,
         "queue.buffering.max.messages": 100_000,
         "socket.send.buffer.bytes": 4 * 1024 * 1024,
