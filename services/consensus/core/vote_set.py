@@ -200,7 +200,9 @@ class HeightVoteSet:
         sets[(vote.round, vote.vote_type)] = result.vote_set
         rounds = self._rounds if vote.round in self._rounds else tuple(
             sorted((*self._rounds, vote.round)))
-        return replace(opened, sets=sets, _rounds=rounds), result
+        # The constructor, not ``replace``: this runs for every counted vote.
+        return HeightVoteSet(opened.height, opened.validators, sets, opened.round,
+                             opened.catchup, rounds), result
 
     def rounds(self) -> tuple[int, ...]:
         return self._rounds
