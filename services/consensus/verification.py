@@ -38,9 +38,14 @@ class VoteVerifier:
     def __init__(self, workers: int = 0, *, remember: int = REMEMBER) -> None:
         self._pool = SignaturePool(workers)
         self._remember = remember
+        # (algorithm, key, message) -> the signature that verified. The signature is compared,
+        # not hashed: hashing its 3,309 bytes (ML-DSA-65) for every lookup cost more than the
+        # rest of the lookup, and each vote is looked up twice (as a vote, then in the next
+        # block's last commit, as new bytes objects). A second valid signature of the same
+        # message replaces the first; either way an answer is given only for the exact triple.
         # An OrderedDict, not a dict: dropping a plain dict's oldest key (``next(iter(d))``)
         # scans past every slot deleted before it, microseconds per vote at this size.
-        self._known: OrderedDict[tuple[str, bytes, bytes, bytes], None] = OrderedDict()
+        self._known: OrderedDict[tuple[object, bytes, bytes], bytes] = OrderedDict()
         self.verified = 0  # answers computed (here or by a worker)
         self.remembered = 0  # answers given from memory
 
@@ -55,8 +60,8 @@ class VoteVerifier:
         return self._pool.workers if self._pool.active else 0
 
     def __call__(self, key: PublicKey, message: bytes, signature: bytes) -> bool:
-        item = (key.algorithm.value, key.raw, message, signature)
-        if item in self._known:
+        item = (key.algorithm, key.raw, message)
+        if self._known.get(item) == signature:
             self.remembered += 1
             return True
         self.verified += 1
@@ -66,13 +71,14 @@ class VoteVerifier:
         else:
             valid = key.verify(message, signature)
         if valid:
-            self._known[item] = None
+            self._known[item] = signature
+            self._known.move_to_end(item)  # a replaced answer is as new as an added one
             if len(self._known) > self._remember:
                 self._known.popitem(last=False)  # the oldest
         return valid
 
     def knows(self, key: PublicKey, message: bytes, signature: bytes) -> bool:
-        return (key.algorithm.value, key.raw, message, signature) in self._known
+        return self._known.get((key.algorithm, key.raw, message)) == signature
 
     def expect(self, triples: Iterable[Triple], height: int) -> None:
         """Start verifying ``triples`` (of messages of ``height``) on the workers; no-op
