@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import struct
+
 from protocol.canonical import CanonicalEncodingError, CanonicalWriter
+
+_U32 = struct.Struct(">I")
 
 
 def write_big_uint(writer: CanonicalWriter, value: int) -> CanonicalWriter:
@@ -13,3 +17,11 @@ def write_big_uint(writer: CanonicalWriter, value: int) -> CanonicalWriter:
     if value < 0:
         raise CanonicalEncodingError(f"big unsigned integer {value} is negative")
     return writer.bytes(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+
+
+def big_uint_field(value: int) -> bytes:
+    """The bytes ``write_big_uint`` appends (length prefix and all), for packed encoders."""
+    if value < 0:
+        raise CanonicalEncodingError(f"big unsigned integer {value} is negative")
+    data = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return _U32.pack(len(data)) + data

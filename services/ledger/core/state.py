@@ -20,14 +20,15 @@ cached digest, and an auditor can tell which module diverged.
 from __future__ import annotations
 
 import dataclasses
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from protocol.canonical import CanonicalWriter
+from protocol.canonical import CanonicalEncodingError, CanonicalWriter
 from protocol.keys import PublicKey
 from protocol.validators import ValidatorSet
-from services.ledger.core.codec import write_big_uint
+from services.ledger.core.codec import big_uint_field, write_big_uint
 from services.ledger.core.errors import InsufficientFundsError
 from services.ledger.core.fmap import FrozenMap
 from services.ledger.core.params import Params
@@ -259,17 +260,40 @@ def _write_queue(w: CanonicalWriter, height: int, pairs: tuple[tuple[bytes, byte
     w.u64(height).sequence(pairs, lambda w2, pair: w2.raw(pair[0], 20).raw(pair[1], 20))
 
 
+# Rewards and signing infos change for every validator in every block, so the state hash
+# re-encodes both maps whole each height: their items are packed in one go, byte for byte the
+# field-by-field encoding (``raw(address, 20)``, ``u64``, ``write_big_uint``; a test compares).
+_U64 = struct.Struct(">Q")
+_TWO_U64 = struct.Struct(">QQ")
+_THREE_U64 = struct.Struct(">QQQ")
+
+
+def _address_field(address: bytes) -> bytes:
+    if not isinstance(address, bytes) or len(address) != 20:
+        raise CanonicalEncodingError("expected exactly 20 bytes")
+    return address
+
+
+def _u64_fields(layout: struct.Struct, *values: int) -> bytes:
+    if not all(type(value) is int for value in values):
+        raise CanonicalEncodingError(f"expected ints, got {values!r}")
+    try:
+        return layout.pack(*values)
+    except struct.error as exc:  # negative or wider than 64 bits, as ``u64`` refuses it
+        raise CanonicalEncodingError(f"{values} do not fit u64: {exc}") from exc
+
+
 def _write_rewards(w: CanonicalWriter, address: bytes, r: ValidatorRewards) -> None:
-    w.raw(address, 20)
-    write_big_uint(w, r.ratio)
-    write_big_uint(w, r.carry)
-    w.u64(r.outstanding).u64(r.commission)
+    data = (_address_field(address) + big_uint_field(r.ratio) + big_uint_field(r.carry)
+            + _u64_fields(_TWO_U64, r.outstanding, r.commission))
+    w.raw(data, len(data))
 
 
 def _write_signing_info(w: CanonicalWriter, address: bytes, info: SigningInfo) -> None:
-    w.raw(address, 20).u64(info.window).u64(info.start_height).u64(info.index_offset)
-    write_big_uint(w, info.missed_bitmap)
-    w.u64(info.missed_count)
+    data = (_address_field(address)
+            + _u64_fields(_THREE_U64, info.window, info.start_height, info.index_offset)
+            + big_uint_field(info.missed_bitmap) + _u64_fields(_U64, info.missed_count))
+    w.raw(data, len(data))
 
 
 def _write_tally(w: CanonicalWriter, t: TallyResult) -> None:
