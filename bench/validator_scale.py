@@ -24,8 +24,10 @@ shared machine's load hits both alike), on the same messages: verifying the 2(n-
 signatures of the height and making 2, one core, nothing else. ratio = ours / floor.
 
 Headline keys (``heights_per_s_N``, ``ratio_N``): the node as ``qustream validator run`` runs it
-by default, on one core. ``pool_*``: the same with ``--workers`` verifying processes beside it
-(``--verify-workers``; default cores - 1), which pays only with a core to spare.
+by default, on one core (its start-up heap frozen first, ``freeze_startup_heap``, as ``run``
+does; the harness's own objects with it, which a validator process does not have).
+``pool_*``: the same with ``--workers`` verifying processes beside it (``--verify-workers``;
+default cores - 1), which pays only with a core to spare.
 
 The last line is one JSON object.
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import tempfile
 import time
@@ -45,6 +48,7 @@ from bench.common import emit
 from protocol.keys import PublicKey, SigningKey
 from protocol.messages import Vote, VoteType
 from protocol.proposal import Proposal
+from services.consensus.validator import freeze_startup_heap
 from streams.chain_wire import decode_consensus
 from streams.kafka import Record
 from streams.settings import Settings
@@ -72,6 +76,7 @@ def run_node(n: int, seconds: float, workers: int, *, max_heights: int = 10_000
         node, recorder = node_under_test(spec, me, Path(tmp) / "guard", verify_workers=workers,
                                          settings=settings)
         peers = Peers(spec, keys, me, settings)
+        freeze_startup_heap()  # as ``ValidatorNode.run`` does before its loop
         clock = floor_clock = 0.0
         heights = 0
         try:
@@ -93,6 +98,7 @@ def run_node(n: int, seconds: float, workers: int, *, max_heights: int = 10_000
                 heights += 1
         finally:
             node.close()
+            gc.unfreeze()  # the next size starts as a new process would
     return {"heights": heights, "seconds": clock, "heights_per_s": heights / clock,
             "floor_heights_per_s": heights / floor_clock}
 

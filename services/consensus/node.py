@@ -188,7 +188,7 @@ class ConsensusDriver:
         raise NotImplementedError
 
     def on_outputs(self, outputs: Sequence[Output], source: Record | None) -> None:
-        """Called with every output batch before decisions are applied."""
+        """Called with every non-empty output batch before decisions are applied."""
 
     def on_decided(self, decision: Decided, source: Record | None) -> None:
         """Called after the decided block was applied to ``self.follower``."""
@@ -264,6 +264,8 @@ class ConsensusDriver:
                     del self._proposal_records[next(iter(self._proposal_records))]
         state, outputs = handle(self.config, self.logic(), self.state, event)
         self.state = state
+        if not outputs:  # most votes of a large network: counted, nothing to do
+            return
         # Inputs the core replays from its own buffer (at StartHeight) are attributed to the
         # record being handled when the height started: the same for every reader of the log.
         self._dispatch(outputs, source if source is not None else self._source)
