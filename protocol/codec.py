@@ -74,12 +74,15 @@ def decode_evidence(data: bytes) -> DuplicateVoteEvidence:
     return guard("evidence", lambda: _evidence(data))
 
 
-def _commit_sig(data: bytes) -> CommitSig:
-    r = CanonicalReader(data, "CommitSig")
+def _nested_commit_sig(r: CanonicalReader) -> CommitSig:
+    """The ``CommitSig`` nested at ``r``, read in place (``CanonicalReader.enter``): a
+    certificate holds one per validator, and copying each out into a reader of its own cost more
+    than reading it."""
+    _, end = r.enter("CommitSig")
     flag = CommitFlag(r.u8())
     address = r.raw(20)
     signature = r.bytes()
-    r.done()
+    r.leave(end)
     return CommitSig(flag, address, signature)
 
 
@@ -89,7 +92,7 @@ def _commit(data: bytes) -> CommitCertificate:
     # the next block's ``last_commit``. The certificate is immutable, so sharing it is safe.
     r = CanonicalReader(data, "CommitCertificate")
     height, round, block_hash = r.u64(), r.u32(), r.raw(32)
-    signatures = r.sequence(lambda x: _commit_sig(x.nested()), MAX_ITEMS)
+    signatures = r.sequence(_nested_commit_sig, MAX_ITEMS)
     r.done()
     return _remember(CommitCertificate(height, round, block_hash, signatures), data)
 

@@ -215,6 +215,9 @@ class GuardOutbox(Generic[T]):
     def __len__(self) -> int:
         return sum(len(messages) for _, messages in self._waiting)
 
+    def __bool__(self) -> bool:  # asked after every record: no sum
+        return bool(self._waiting)
+
     def close(self) -> None:
         """Wait for the persists under way (their messages are dropped) and stop the thread."""
         if self._executor is not None:
