@@ -13,6 +13,8 @@ from services.ledger.core.codec import write_big_uint
 from services.ledger.core.state import (
     SigningInfo,
     ValidatorRewards,
+    _rewards_item,
+    _signing_info_item,
     _write_rewards,
     _write_signing_info,
 )
@@ -47,6 +49,7 @@ def test_rewards_pack_to_the_field_encoding(address: bytes, ratio: int, carry: i
                                             outstanding: int, commission: int) -> None:
     rewards = ValidatorRewards(ratio, carry, outstanding, commission)
     assert packed(_write_rewards, address, rewards) == fields_rewards(address, rewards)
+    assert _rewards_item(address, rewards) == fields_rewards(address, rewards)
 
 
 @given(ADDRESS, U64, U64, U64, BIG, U64)
@@ -54,6 +57,7 @@ def test_signing_infos_pack_to_the_field_encoding(address: bytes, window: int, s
                                                   offset: int, bitmap: int, count: int) -> None:
     info = SigningInfo(window, start, offset, bitmap, count)
     assert packed(_write_signing_info, address, info) == fields_signing_info(address, info)
+    assert _signing_info_item(address, info) == fields_signing_info(address, info)
 
 
 @pytest.mark.parametrize(("address", "rewards", "info"), [

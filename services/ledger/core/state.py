@@ -275,24 +275,30 @@ def _address_field(address: bytes) -> bytes:
 
 
 def _u64_fields(layout: struct.Struct, *values: int) -> bytes:
-    if not all(type(value) is int for value in values):
-        raise CanonicalEncodingError(f"expected ints, got {values!r}")
     try:
         return layout.pack(*values)
     except struct.error as exc:  # negative or wider than 64 bits, as ``u64`` refuses it
         raise CanonicalEncodingError(f"{values} do not fit u64: {exc}") from exc
 
 
-def _write_rewards(w: CanonicalWriter, address: bytes, r: ValidatorRewards) -> None:
-    data = (_address_field(address) + big_uint_field(r.ratio) + big_uint_field(r.carry)
+def _rewards_item(address: bytes, r: ValidatorRewards) -> bytes:
+    return (_address_field(address) + big_uint_field(r.ratio) + big_uint_field(r.carry)
             + _u64_fields(_TWO_U64, r.outstanding, r.commission))
+
+
+def _signing_info_item(address: bytes, info: SigningInfo) -> bytes:
+    return (_address_field(address)
+            + _u64_fields(_THREE_U64, info.window, info.start_height, info.index_offset)
+            + big_uint_field(info.missed_bitmap) + _u64_fields(_U64, info.missed_count))
+
+
+def _write_rewards(w: CanonicalWriter, address: bytes, r: ValidatorRewards) -> None:
+    data = _rewards_item(address, r)
     w.raw(data, len(data))
 
 
 def _write_signing_info(w: CanonicalWriter, address: bytes, info: SigningInfo) -> None:
-    data = (_address_field(address)
-            + _u64_fields(_THREE_U64, info.window, info.start_height, info.index_offset)
-            + big_uint_field(info.missed_bitmap) + _u64_fields(_U64, info.missed_count))
+    data = _signing_info_item(address, info)
     w.raw(data, len(data))
 
 
@@ -333,8 +339,9 @@ def module_roots(state: LedgerState) -> tuple[tuple[str, bytes], ...]:
         ("delegations", state.delegations.digest("LedgerDelegations", _write_delegation)),
         ("unbondings", state.unbondings.digest("LedgerUnbondings", _write_unbondings)),
         ("unbonding_queue", state.unbonding_queue.digest("LedgerUnbondingQueue", _write_queue)),
-        ("rewards", state.rewards.digest("LedgerRewards", _write_rewards)),
-        ("signing_infos", state.signing_infos.digest("LedgerSigningInfos", _write_signing_info)),
+        ("rewards", state.rewards.digest("LedgerRewards", _write_rewards, _rewards_item)),
+        ("signing_infos", state.signing_infos.digest("LedgerSigningInfos", _write_signing_info,
+                                                     _signing_info_item)),
         ("proposals", state.proposals.digest("LedgerProposals", _write_proposal)),
         ("votes", state.votes.digest("LedgerVotes", _write_vote)),
         ("qrng_sources", state.qrng_sources.digest("LedgerQrngSources", _write_source)),
