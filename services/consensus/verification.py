@@ -38,14 +38,16 @@ class VoteVerifier:
     def __init__(self, workers: int = 0, *, remember: int = REMEMBER) -> None:
         self._pool = SignaturePool(workers)
         self._remember = remember
-        # (algorithm, key, message) -> the signature that verified. The signature is compared,
-        # not hashed: hashing its 3,309 bytes (ML-DSA-65) for every lookup cost more than the
-        # rest of the lookup, and each vote is looked up twice (as a vote, then in the next
-        # block's last commit, as new bytes objects). A second valid signature of the same
-        # message replaces the first; either way an answer is given only for the exact triple.
+        # (key, message) -> the signature that verified. A key's length fixes its algorithm
+        # (``PublicKey`` enforces it), so the algorithm is not in the key: an enum would cost a
+        # Python-level hash per lookup. The signature is compared, not hashed: hashing its
+        # 3,309 bytes (ML-DSA-65) for every lookup cost more than the rest of the lookup, and
+        # each vote is looked up twice (as a vote, then in the next block's last commit, as
+        # new bytes objects). A second valid signature of the same message replaces the first;
+        # either way an answer is given only for the exact triple.
         # An OrderedDict, not a dict: dropping a plain dict's oldest key (``next(iter(d))``)
         # scans past every slot deleted before it, microseconds per vote at this size.
-        self._known: OrderedDict[tuple[object, bytes, bytes], bytes] = OrderedDict()
+        self._known: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
         self.verified = 0  # answers computed (here or by a worker)
         self.remembered = 0  # answers given from memory
 
@@ -60,7 +62,7 @@ class VoteVerifier:
         return self._pool.workers if self._pool.active else 0
 
     def __call__(self, key: PublicKey, message: bytes, signature: bytes) -> bool:
-        item = (key.algorithm, key.raw, message)
+        item = (key.raw, message)
         if self._known.get(item) == signature:
             self.remembered += 1
             return True
@@ -78,7 +80,7 @@ class VoteVerifier:
         return valid
 
     def knows(self, key: PublicKey, message: bytes, signature: bytes) -> bool:
-        return self._known.get((key.algorithm, key.raw, message)) == signature
+        return self._known.get((key.raw, message)) == signature
 
     def expect(self, triples: Iterable[Triple], height: int) -> None:
         """Start verifying ``triples`` (of messages of ``height``) on the workers; no-op
