@@ -12,10 +12,11 @@ decides.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,22 @@ def deliver(node: ValidatorNode, height: Height) -> None:
     node.tick()
     node.handle_batch(height.second)
     node.tick()
+
+
+@contextlib.contextmanager
+def node_at_height_1(tmp_path: Path, me: int = 0
+                     ) -> Iterator[tuple[ValidatorNode, RecordingProducer, Height]]:
+    """Validator ``me`` of four (Ed25519 keys: quick) at height 1, what it produces, and every
+    peer message of that height (the others are played by ``Peers``)."""
+    keys = validator_keys(4, Algorithm.ED25519)
+    spec = network_spec(keys)
+    node, recorder = node_under_test(spec, keys[me], tmp_path / "guard")
+    peers = Peers(spec, keys, keys[me], node.settings)
+    try:
+        node.tick()
+        peers.read(recorder)
+        yield node, recorder, peers.prepare()
+    finally:
+        node._consumer = None
+        node.close()
+

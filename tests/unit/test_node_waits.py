@@ -17,7 +17,7 @@ from protocol.keys import Algorithm
 from protocol.messages import VoteType
 from services.consensus.node import MAX_STARTS_PER_INPUT, STALL_REPORT_S
 from streams.kafka import Position, Record
-from tests.support.peers import Peers, network_spec, node_under_test, validator_keys
+from tests.support.peers import network_spec, node_at_height_1, node_under_test, validator_keys
 
 
 def _logged_ago(record: Record, ms: int) -> Record:
@@ -26,19 +26,8 @@ def _logged_ago(record: Record, ms: int) -> Record:
 
 @contextlib.contextmanager
 def _node_at_height_1(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
-    """A validator of four at height 1 (``tests.support.peers`` plays the others), and every
-    peer message of that height."""
-    keys = validator_keys(4, Algorithm.ED25519)
-    spec = network_spec(keys)
-    node, recorder = node_under_test(spec, keys[0], tmp_path / "guard")
-    peers = Peers(spec, keys, keys[0], node.settings)
-    try:
-        node.tick()
-        peers.read(recorder)
-        yield node, peers.prepare()
-    finally:
-        node._consumer = None
-        node.close()
+    with node_at_height_1(tmp_path) as (node, _, height):
+        yield node, height
 
 
 def test_a_passed_absent_window_does_not_spin_the_loop(tmp_path: Path) -> None:
