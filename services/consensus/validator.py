@@ -207,7 +207,7 @@ class ValidatorNode(ConsensusDriver):
     def on_outputs(self, outputs: Sequence[Output], source: Record | None) -> None:
         messages = [o.message for o in outputs if isinstance(o, Broadcast)]
         if messages:
-            self.outbox.hold(self.state.signer, messages)  # leave once durable (``_send``)
+            self.outbox.hold(self.state.signer, messages)  # leave once durable (``_send_durable``)
         for output in outputs:
             if isinstance(output, EvidenceDetected):
                 try:
@@ -215,7 +215,7 @@ class ValidatorNode(ConsensusDriver):
                 except EvidenceRejectedError as exc:  # outside the window by now
                     log.info("%s: own evidence not kept: %s", self.name, exc)
 
-    def _send(self, wait: bool) -> None:
+    def _send_durable(self, wait: bool) -> None:
         """Produce what the guard made durable (``GuardOutbox``); ``wait``: all of it. Called
         after every record of a batch (not waiting), at the end of a batch and of a tick."""
         messages = self.outbox.ready(wait)
@@ -335,7 +335,7 @@ class ValidatorNode(ConsensusDriver):
         enough); returns the seconds until the next timer."""
         wait = self.tick()
         self._release_deferred()
-        self._send(wait=True)
+        self._send_durable(wait=True)
         return wait
 
     def _release_deferred(self) -> None:
@@ -372,12 +372,12 @@ class ValidatorNode(ConsensusDriver):
             else:
                 self._handlers[record.topic](record)
             if self.outbox:
-                self._send(wait=False)
-        self._send(wait=True)
+                self._send_durable(wait=False)
+        self._send_durable(wait=True)
 
     def tick(self) -> float:
         wait = super().tick()
-        self._send(wait=True)
+        self._send_durable(wait=True)
         return wait
 
     def _triples(self, message: Proposal | Vote) -> list[Triple]:
