@@ -21,7 +21,7 @@ from typing import Any
 from protocol.codec import WireError, decode_block, decode_commit, decode_evidence, guard
 from protocol.evidence import DuplicateVoteEvidence
 from protocol.finalized import FinalizedRecord
-from protocol.messages import MessageError, Vote, VoteType
+from protocol.messages import Vote, VoteType
 from protocol.proposal import Proposal
 from protocol.snapshot import Snapshot
 from streams.codec import Codec, CodecError, default_codec
@@ -82,13 +82,18 @@ def decode_consensus(
         raise WireError(f"{schema} does not belong on the consensus topic")
     if record["chain_id"] != chain_id:
         raise WireError(f"{schema} of chain {record['chain_id']!r}, expected {chain_id!r}")
-    if schema == "VoteCast":  # ``guard("vote", ...)`` inline: this runs for every vote
-        try:
-            return Vote(VOTE_TYPES_BY_NAME[record["vote_type"]], record["height"],
-                        record["round"], record["block_hash"], record["validator"],
-                        record["signature"])
-        except (MessageError, ValueError) as exc:  # what ``guard`` turns into a WireError
-            raise WireError(f"malformed vote: {exc}") from exc
+    if schema == "VoteCast":
+        return guard(
+            "vote",
+            lambda: Vote(
+                VOTE_TYPES_BY_NAME[record["vote_type"]],
+                record["height"],
+                record["round"],
+                record["block_hash"],
+                record["validator"],
+                record["signature"],
+            ),
+        )  # type: ignore[no-any-return]
     block = decode_block(record["block"])
     proposal: Proposal = guard(
         "proposal",
