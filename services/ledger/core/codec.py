@@ -14,9 +14,8 @@ def write_big_uint(writer: CanonicalWriter, value: int) -> CanonicalWriter:
 
     Zero is the empty byte string. Used only in state hashing, never in transactions.
     """
-    if value < 0:
-        raise CanonicalEncodingError(f"big unsigned integer {value} is negative")
-    return writer.bytes(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+    field = big_uint_field(value)
+    return writer.raw(field, len(field))
 
 
 def big_uint_field(value: int) -> bytes:
