@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -82,7 +85,7 @@ def test_settled_chunks_are_the_contiguous_settled_run_after_seq(
     assert [r.seq for r in pool.proposer_view(500).verified_after("s", after)] == expected
 
 
-def _fresh(value: object) -> bytes:
+def _fresh(value: Any) -> bytes:
     """The canonical encoding of ``value`` computed anew (not the bytes it was decoded from, nor
     those its parts were: a block's header, entropy references and commit keep theirs)."""
     import dataclasses
@@ -95,7 +98,7 @@ def _fresh(value: object) -> bytes:
         return Block(dataclasses.replace(value.header), Body(
             tuple(dataclasses.replace(ref) for ref in body.entropy), body.txs, body.evidence,
             None if commit is None else dataclasses.replace(commit))).canonical()
-    return dataclasses.replace(value).canonical()  # type: ignore[call-overload,no-any-return]
+    return dataclasses.replace(value).canonical()  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("part", ["header", "commit", "block"])
@@ -107,7 +110,9 @@ def test_decoders_accept_only_canonical_bytes(blocks: dict[int, object], part: s
 
     from protocol.codec import _block, _commit, _header
 
-    decode = {"header": _header, "commit": _commit.__wrapped__, "block": _block}[part]
+    decode: Callable[[bytes], object] = {
+        "header": _header, "commit": _commit.__wrapped__, "block": _block,
+    }[part]  # type: ignore[assignment]
     block = blocks[4]
     value = {"header": block.header, "commit": block.body.last_commit,  # type: ignore[attr-defined]
              "block": block}[part]
