@@ -9,7 +9,13 @@ the warm-up are finalized:
 1. latency: a 1-block-per-second target (``--block-interval-ms 1000``); for every block, the
    time from its proposal written (the ProposalMade record's log time, carried in the block
    record as ``proposed_at_ms``) to its BlockFinalized written (that record's log time);
-   p50 and p99;
+   p50 and p99.
+   Beside it, the same span as the peer's below, at one node: from the proposal reaching
+   validator 0 (its own: when it made it) to validator 0 deciding, as its log says
+   (``node_p50_ms_N``, ``node_p99_ms_N``). A block is final when a node decides it; the tally's
+   BlockFinalized record is the network writing that down, one more hop (plus its
+   transaction) after the quorum's last precommit, which the proposal -> BlockFinalized span
+   above includes and the peer's does not.
 2. throughput: no block interval (``--block-interval-ms 0``); blocks per second over the
    steady part of the run (log times of the first and last BlockFinalized after warm-up).
    Beside it, CPU seconds per height over the same blocks (user + system, read from
@@ -22,7 +28,8 @@ once from the Go module proxy into ``.qustream/tools``, an n-validator localnet 
 its kvstore application, Ed25519 keys): ``timeout_commit`` 1 s for latency (from node 0
 receiving the proposal to node 0 finalizing the commit), 0 for throughput (node 0's commit
 times), the same block counts; adds ``peer_*`` keys and ``ratio_blocks_per_s_N`` (ours / peer,
-higher is better) and ``ratio_p99_ms_N`` (ours / peer, lower is better).
+higher is better), ``ratio_p99_ms_N`` (ours / peer, lower is better) and
+``ratio_node_p99_ms_N`` (ours at validator 0 / peer: the like-for-like latency).
 
 No QRNG sources run (the networks' genesis registers none): this measures consensus, not
 ingest (``bench.ingest`` does that). Baseline, measured in the same run: the raw Kafka
@@ -41,13 +48,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +107,20 @@ class _BlockWatch:
         self.consumer.close()
 
 
+_DECIDED = re.compile(r"decided height (\d+) round \d+, ([\d.]+) ms after its proposal reached")
+
+
+def parse_decisions(lines: Iterable[str]) -> list[tuple[int, float, float]]:
+    """(height, 0, ms from the proposal reaching the node to its decision) of every height a
+    validator's log reports so (``ValidatorNode.on_decided``), in the ``latency`` shape."""
+    found = []
+    for line in lines:
+        match = _DECIDED.search(line)
+        if match:
+            found.append((int(match.group(1)), 0.0, float(match.group(2))))
+    return found
+
+
 def _cpu_seconds(supervisor: Supervisor) -> dict[str, float]:
     """User + system CPU seconds each running service used so far (Linux ``/proc``; empty
     elsewhere)."""
@@ -128,9 +150,12 @@ def cpu_per_height(before: tuple[int, dict[str, float]], after: tuple[int, dict[
 
 
 def run_network(base: Settings, validators: int, interval_ms: int, blocks: int,
-                timeout_s: float) -> tuple[list[tuple[int, int, int]], dict[str, float]]:
+                timeout_s: float
+                ) -> tuple[list[tuple[int, int, int]], dict[str, float],
+                           list[tuple[int, float, float]]]:
     """Run a fresh network until ``blocks`` blocks past the warm-up are finalized (or
-    ``timeout_s``); every block record it wrote, and ``cpu_per_height`` after the warm-up."""
+    ``timeout_s``); every block record it wrote, ``cpu_per_height`` after the warm-up, and
+    validator 0's decisions (``parse_decisions``) of the heights the records cover."""
     with scratch_kafka(base) as settings, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         env = {**os.environ, "QUSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap(),
@@ -165,7 +190,10 @@ def run_network(base: Settings, validators: int, interval_ms: int, blocks: int,
         finally:
             supervisor.stop(grace_s=5)
             watch.close()
-        return watch.blocks, cpu
+        with open(supervisor.log_path("validator-0"), errors="replace") as log:
+            last = max((height for height, _, _ in watch.blocks), default=0)
+            decided = [d for d in parse_decisions(log) if d[0] <= last]
+        return watch.blocks, cpu, decided
 
 
 def latency(blocks: list[tuple[int, float, float]]) -> tuple[float, float]:
@@ -277,8 +305,13 @@ def main() -> None:
     result: dict[str, Any] = {"bench": "finality"}
 
     def ours(n: int, interval_ms: int) -> list[tuple[int, float, float]]:
-        records, cpu = run_network(settings, n, interval_ms, args.blocks,
-                                   _timeout_s(args.blocks, interval_ms))
+        records, cpu, decided = run_network(settings, n, interval_ms, args.blocks,
+                                            _timeout_s(args.blocks, interval_ms))
+        if interval_ms and decided:
+            p50, p99 = latency(decided)
+            result[f"node_p50_ms_{n}"], result[f"node_p99_ms_{n}"] = round(p50, 1), round(p99, 1)
+            print(f"ours, {n} validators, 1 block/s: at validator 0, proposal -> decided p50 "
+                  f"{p50:.0f} ms p99 {p99:.0f} ms ({len(decided[WARMUP:])} heights)", flush=True)
         if interval_ms == 0 and cpu:
             result[f"cpu_ms_per_height_validator_{n}"] = round(cpu["validator"] * 1000, 2)
             result[f"cpu_ms_per_height_tally_{n}"] = round(cpu["tally"] * 1000, 2)
@@ -306,6 +339,9 @@ def main() -> None:
                 round(ours_rate / peer_rate, 3) if peer_rate else None)
             ours_p99, peer_p99 = result[f"p99_ms_{n}"], result[f"peer_p99_ms_{n}"]
             result[f"ratio_p99_ms_{n}"] = round(ours_p99 / peer_p99, 3) if peer_p99 else None
+            if f"node_p99_ms_{n}" in result and peer_p99:
+                result[f"ratio_node_p99_ms_{n}"] = round(result[f"node_p99_ms_{n}"] / peer_p99,
+                                                         3)
     result["load"] = round(os.getloadavg()[0], 1)
     emit(result)
 

@@ -93,6 +93,7 @@ log = logging.getLogger(__name__)
 
 PRODUCER_LATENCY: dict[str, Any] = {"linger.ms": 0}
 MAX_PENDING_CHUNK_RECORDS = 8192  # records of chunks held as candidates (for the DLQ)
+MAX_PROPOSAL_TIMES = 64  # (height, round)s whose proposal's arrival is remembered (``_arrived``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +181,7 @@ class ValidatorNode(ConsensusDriver):
                          options.block_interval_ms, options.commit_window_ms,
                          options.absent_window_ms)
         self._deferred: list[tuple[float, ProposalReceived, Record]] = []
+        self._proposal_at: dict[tuple[int, int], float] = {}  # ``_arrived``
         topic = settings.topic
         self._handlers: dict[str, Callable[[Record], None]] = {
             topic("chain.consensus"): self._consensus,
@@ -206,6 +208,9 @@ class ValidatorNode(ConsensusDriver):
 
     def on_outputs(self, outputs: Sequence[Output], source: Record | None) -> None:
         messages = [o.message for o in outputs if isinstance(o, Broadcast)]
+        for message in messages:
+            if isinstance(message, Proposal):
+                self._arrived(message)  # its own: it reaches this node when made
         if messages:
             self.outbox.hold(self.state.signer, messages)  # leave once durable (``_send_durable``)
         for output in outputs:
@@ -236,7 +241,29 @@ class ValidatorNode(ConsensusDriver):
         if source is not None:
             self.dlq_chain.send(source, rejection.kind, rejection.reason)
 
+    def _arrived(self, proposal: Proposal) -> None:
+        """Remember when the first proposal of a (height, round) reached this node, so the
+        decision's log line can say how long deciding took from there: the span CometBFT logs
+        from "Received proposal" to "Finalizing commit" (``bench.finality`` reads both). Only
+        the height being decided and the next, at most ``MAX_PROPOSAL_TIMES`` (a flood of
+        unverified proposals can only cost the figure, never memory)."""
+        key = (proposal.height, proposal.round)
+        if (0 <= proposal.height - self.follower.next_height <= 1
+                and key not in self._proposal_at
+                and len(self._proposal_at) < MAX_PROPOSAL_TIMES):
+            self._proposal_at[key] = time.monotonic()
+
     def on_decided(self, decision: Decided, source: Record | None) -> None:
+        arrived = self._proposal_at.pop((decision.height, decision.round), None)
+        self._proposal_at = {k: at for k, at in self._proposal_at.items()
+                             if k[0] > decision.height}
+        if arrived is None:
+            log.info("%s decided height %d round %d", self.name, decision.height,
+                     decision.round)
+        else:
+            log.info("%s decided height %d round %d, %.1f ms after its proposal reached this "
+                     "node", self.name, decision.height, decision.round,
+                     (time.monotonic() - arrived) * 1000)
         self.decided_heights += 1
         # Answers of this height stay: its late precommits come back in the next proposal.
         self.verifier.forget_before(decision.height)
@@ -248,7 +275,6 @@ class ValidatorNode(ConsensusDriver):
         self._dead_letter_discarded(None)
         self.mempool.prune(decision.block.body.txs, chain.app_state, chain.tip.height)
         self.evidence.prune(chain, decision.block.body.evidence)
-        log.info("%s decided height %d round %d", self.name, decision.height, decision.round)
 
     def start_delay_s(self, decision: Decided, source: Record | None) -> float:
         logged_ms = source.timestamp_ms if source is not None else now_ms()
@@ -263,6 +289,7 @@ class ValidatorNode(ConsensusDriver):
         if decoded is None:
             return
         if isinstance(decoded, Proposal):
+            self._arrived(decoded)
             event = ProposalReceived(decoded)
             if self.builder.missing(decoded.block.body.entropy):
                 wait = self.options.builder.entropy_wait_ms / 1000
