@@ -36,7 +36,11 @@ ingest (``bench.ingest`` does that). Baseline, measured in the same run: the raw
 produce -> consume round trip with the same client settings (linger 0, a fetch
 answered at its first byte); the
 ratio is p50_ms_4 / baseline_p50_ms (a block needs at least three such hops: proposal,
-prevotes, precommits, then the tally's transactional write).
+prevotes, precommits, then the tally's transactional write). Beside it the same round trip with
+``IDLE_GAP_S`` idle before each record (``baseline_kafka_round_trip_idle_p50_ms``): at one
+block a second every process of the network sleeps between heights, and on a virtual machine
+waking the half-dozen threads of a hop (client, broker, client) costs far more than a hop
+between busy processes.
 
 Run: ``python -m bench.finality`` (uses QUSTREAM_KAFKA_BOOTSTRAP_SERVERS or the embedded
 broker). Every network's topics and consumer groups are deleted when it ends. The last line is
@@ -72,6 +76,7 @@ from streams.supervisor import ServiceSpec, Supervisor
 
 CLI = (sys.executable, "-m", "streams.cli")
 WARMUP = 3  # first blocks left out: they include process start-up
+IDLE_GAP_S, IDLE_SAMPLES = 0.5, 60  # the idle round trip (module doc)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -229,9 +234,10 @@ def _end_offset(consumer: Consumer, topic: str, timeout_s: float = 30.0) -> int:
             time.sleep(0.5)
 
 
-def kafka_round_trip(base: Settings, count: int = 200) -> float:
+def kafka_round_trip(base: Settings, count: int = 200, gap_s: float = 0.0) -> float:
     """p50 ms of produce -> consume of one small record, same client settings as consensus,
-    with the raw confluent-kafka clients (no edge kit in the baseline)."""
+    with the raw confluent-kafka clients (no edge kit in the baseline); ``gap_s`` idle
+    between records (a network at one block a second is idle most of the time)."""
     with scratch_kafka(base) as settings:
         ensure_topics(settings)
         topic = settings.topic("chain.consensus")
@@ -244,6 +250,7 @@ def kafka_round_trip(base: Settings, count: int = 200) -> float:
         samples: list[float] = []
         try:
             for _ in range(count):
+                time.sleep(gap_s)
                 sent = time.perf_counter()
                 producer.produce(topic, value=b"x" * 200)
                 producer.poll(0)
@@ -301,7 +308,9 @@ def main() -> None:
     settings = load_settings()
     binary = cometbft.ensure_binary() if args.peer else None  # fail before hours of work
     baseline = kafka_round_trip(settings)
-    print(f"kafka produce->consume round trip p50 {baseline:.1f} ms", flush=True)
+    idle = kafka_round_trip(settings, count=IDLE_SAMPLES, gap_s=IDLE_GAP_S)
+    print(f"kafka produce->consume round trip p50 {baseline:.1f} ms back to back, {idle:.1f} ms "
+          f"after {IDLE_GAP_S} s idle", flush=True)
     result: dict[str, Any] = {"bench": "finality"}
 
     def ours(n: int, interval_ms: int) -> list[tuple[int, float, float]]:
@@ -322,6 +331,7 @@ def main() -> None:
     for n in sizes:
         _measure("ours", args.blocks, ours, n, result)
     result["baseline_kafka_round_trip_p50_ms"] = round(baseline, 2)
+    result["baseline_kafka_round_trip_idle_p50_ms"] = round(idle, 2)
     if 4 in sizes:
         result["ratio_p50_4_to_round_trip"] = (
             round(result["p50_ms_4"] / baseline, 2) if baseline else None)
