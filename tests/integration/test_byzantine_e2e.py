@@ -144,7 +144,9 @@ def test_attacker_cannot_stall_or_fool_the_network(network_factory: Any) -> None
     assert network.wait_height(restarted + 4, 180) >= restarted + 4, network.log("tally")
     for status in supervisor.status():
         if status.name in names:
-            assert status.state is ServiceState.RUNNING and status.restarts == 0, status
+            log = supervisor.log_path(status.name).read_text(errors="replace")
+            crash = log[log.rfind("Traceback"):][:4000] if "Traceback" in log else log[-3000:]
+            assert status.state is ServiceState.RUNNING and status.restarts == 0, (status, crash)
 
     supervisor.stop(grace_s=5)
     code, report, stderr = _audit(settings, network.genesis)
