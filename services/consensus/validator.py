@@ -257,13 +257,11 @@ class ValidatorNode(ConsensusDriver):
         arrived = self._proposal_at.pop((decision.height, decision.round), None)
         self._proposal_at = {k: at for k, at in self._proposal_at.items()
                              if k[0] > decision.height}
-        if arrived is None:
-            log.info("%s decided height %d round %d", self.name, decision.height,
-                     decision.round)
-        else:
-            log.info("%s decided height %d round %d, %.1f ms after its proposal reached this "
-                     "node", self.name, decision.height, decision.round,
-                     (time.monotonic() - arrived) * 1000)
+        since = ("" if arrived is None else
+                 f", {(time.monotonic() - arrived) * 1000:.1f} ms after its proposal reached "
+                 "this node")
+        log.info("%s decided height %d round %d%s", self.name, decision.height, decision.round,
+                 since)
         self.decided_heights += 1
         # Answers of this height stay: its late precommits come back in the next proposal.
         self.verifier.forget_before(decision.height)
