@@ -37,7 +37,14 @@ Guarantees, and how (the edge ``inputs -> monitor.state, alerts``):
 6. Nothing is decided on a stale view: time-based rules (a stall is the absence of records)
    are judged only once the monitor has read every input partition up to where it stood at
    start (``caught_up``), and again after a read-back (guarantee 4) paused folding: the ends
-   are measured anew and read up to before the next judgement (``needs_ends``).
+   are measured anew and read up to before the next judgement (``needs_ends``). Reaching
+   the ends is not enough when it took long: the records written meanwhile are not folded
+   yet, and a chain that went on would look stalled (a restart after a few seconds down
+   reached its ends 5-8 s after measuring them and raised ChainStalled on blocks it had not
+   read). So a round that reached its ends more than ``fresh_s`` after they were measured
+   (from the measure's end: reading the ends of every partition takes most of a second
+   itself) measures them again, until one round is that quick (or ``catch_up_timeout_s``
+   passed).
 """
 
 from __future__ import annotations
@@ -104,7 +111,9 @@ class MonitorRuntime:
         self.needs_ends = False  # a read-back paused folding: measure the ends again
         self._next: dict[tuple[str, int], int] = {}
         self._committed: dict[tuple[str, int], int] = {}
-        self._started = time.monotonic()
+        self._since: float | None = None  # when this catch-up's first ends were measured
+        self._measured = 0.0  # when the latest round's ends were measured (the measure's end)
+        self._reached: float | None = None  # when this round read up to them
 
     # -- start ------------------------------------------------------------------------------
 
@@ -146,6 +155,7 @@ class MonitorRuntime:
         """Where every input partition ends now (blocking): the offset after its last committed
         record, found by reading the partition's tail (the high watermark may sit on a
         transaction marker, which no consumer ever receives). Caught up means read up to here."""
+        measured = time.monotonic()
         consumer = make_consumer(self.settings,
                                  f"{self.settings.topic('monitor')}-ends-{time.time_ns()}",
                                  **{"fetch.wait.max.ms": 10})
@@ -169,9 +179,20 @@ class MonitorRuntime:
         finally:
             consumer.close()
             group.close()
+        log.info("input ends measured in %.2f s", time.monotonic() - measured)
+        self.ends_measured(ends, measured, time.monotonic())
+
+    def ends_measured(self, ends: dict[tuple[str, int], int], began: float,
+                      ended: float | None = None) -> None:
+        """Read up to ``ends`` (per input partition, the offset after its last record), as
+        measured from ``began`` to ``ended`` (``time.monotonic()``), before judging."""
         self._ends = ends
         self.needs_ends = False
-        self._started = time.monotonic()
+        if self._since is None:
+            self._since = began  # catch_up_timeout_s runs from the first round
+        self._measured = began if ended is None else ended
+        self._reached = None
+        self._note_reached()  # nothing to read: reached as measured
 
     @staticmethod
     def _tail_end(consumer: KafkaConsumer, topic: str, partition: int, high: int
@@ -249,12 +270,14 @@ class MonitorRuntime:
                 self._stale()
             changed |= self._fold((record,))
         self._expected = expected  # only once all is folded (a read-back may raise)
+        self._note_reached()
         return sorted(changed, key=lambda k: (k == NETWORK, k))
 
     def _stale(self) -> None:
         """Folding paused for a read-back while the inputs went on: the view may lag them, so
         nothing is judged until the ends are measured again and read up to (guarantee 6)."""
         self.caught_up = False
+        self._since = None
         self._ends = None
         self.needs_ends = True
 
@@ -280,15 +303,35 @@ class MonitorRuntime:
                 changed |= keys
         return changed
 
+    def _note_reached(self) -> None:
+        """Remember when this round's ends were read up to (once per batch, not per record)."""
+        if (self._reached is None and self._ends is not None and not self.caught_up
+                and all(self._next.get(tp, 0) >= end for tp, end in self._ends.items())):
+            self._reached = time.monotonic()
+
     def piece(self, key: str) -> bytes:
         return store.piece_bytes(self.state, key)
 
     def check_caught_up(self) -> bool:
-        if self.caught_up or self._ends is None:
+        """Whether the view is fresh enough to judge by (guarantee 6); a round that reached
+        its ends late asks for another (``needs_ends``)."""
+        if self.caught_up or self._ends is None or self._since is None:
             return self.caught_up
-        done = all(self._next.get(tp, 0) >= end for tp, end in self._ends.items())
-        if done or time.monotonic() - self._started >= self.options.catch_up_timeout_s:
+        now = time.monotonic()
+        if now - self._since >= self.options.catch_up_timeout_s:
+            log.warning("judging after %.0f s of catching up without reaching the inputs' ends",
+                        now - self._since)
             self.caught_up = True
+        elif self._reached is not None:
+            behind = self._reached - self._measured
+            if behind <= self.options.fresh_s:
+                log.info("caught up with the inputs (their ends measured %.2f s before)", behind)
+                self.caught_up = True
+            else:  # what was written while this round read is not folded yet: read it too
+                log.info("read up to the inputs' ends %.2f s after measuring them: measuring "
+                         "again", behind)
+                self._ends = None
+                self.needs_ends = True
         return self.caught_up
 
     # -- alerts -----------------------------------------------------------------------------

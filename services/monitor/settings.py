@@ -36,6 +36,9 @@ class MonitorSettings(BaseSettings):
     batch_size: int = 2000
     batch_wait_s: float = 0.2
     catch_up_timeout_s: float = 300.0  # judge anyway when catching up takes longer
+    # judge only when a catch-up round reached the inputs' ends at most this long after
+    # measuring them (runtime.py, guarantee 6); well under the shortest absence rule
+    fresh_s: float = 1.0
     # windows (seconds)
     qrng_window_s: float = _s(_P.qrng_window)[0]
     qrng_hop_s: float = _s(_P.qrng_window)[1]

@@ -7,6 +7,7 @@ The property over kills, restarts and skips together is in test_monitor_restart.
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -131,8 +132,7 @@ def test_after_a_read_back_nothing_is_judged_until_the_ends_are_read_up_to_again
     assert runtime.needs_ends and not runtime.caught_up
     assert not runtime.check_caught_up()
     assert runtime.evaluate(T + 10**9) == ()  # however long since the last record
-    runtime._ends = {(RAW, 0): 7}  # what measure_ends finds (it reads Kafka)
-    runtime.needs_ends = False
+    runtime.ends_measured({(RAW, 0): 7}, time.monotonic())  # what measure_ends finds in Kafka
     assert not runtime.check_caught_up()
     runtime.apply(LOG[5:7])
     assert runtime.check_caught_up()

@@ -4,6 +4,7 @@ settings, the documentation of every rule."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -159,10 +160,52 @@ def test_a_restart_counts_what_the_restored_pieces_hold_as_read() -> None:
     runtime = MonitorRuntime(SETTINGS, MonitorSettings())
     runtime.restore([(key.encode(), store.piece_bytes(state, key))
                      for key in ("source/q", "network", "mempool", "dead-letters")])
-    runtime._ends = {(dlq, 0): 5, ("q", 1): 10, (blocks, 0): 3}
+    runtime.ends_measured({(dlq, 0): 5, ("q", 1): 10, (blocks, 0): 3}, time.monotonic())
     assert not runtime.check_caught_up(), "chain.blocks has not been read up to its end yet"
     runtime.apply([Record(blocks, 0, 2, T, None)])
     assert runtime.check_caught_up()
+
+
+def test_a_catch_up_that_reached_its_ends_late_reads_what_came_meanwhile_before_judging(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guarantee 6 of services/monitor/runtime.py: reaching the ends measured at start is not
+    a fresh view when it took long (blocks finalized meanwhile are unread, and the chain would
+    look stalled). The monitor measures again until one round is quick, and judges then."""
+    from services.monitor import runtime as module
+
+    clock = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: clock[0])
+    options = MonitorSettings(fresh_s=1.0, catch_up_timeout_s=60.0)
+    runtime = module.MonitorRuntime(SETTINGS, options)
+    runtime.restore([])
+    runtime.alerts_loaded = True
+    blocks = SETTINGS.topic("chain.blocks")
+    # the chain's view at start: a block every second, the last one folded 0.5 s before
+    runtime.apply([Record(blocks, 0, offset, T, None) for offset in range(3)])
+    runtime.ends_measured({(blocks, 0): 10}, clock[0])
+    clock[0] += 6.0  # reading up to offset 10 took 6 s
+    runtime.apply([Record(blocks, 0, offset, T, None) for offset in range(3, 10)])
+    assert runtime.evaluate(T) == () and not runtime.caught_up
+    assert runtime.needs_ends, "the records written in those 6 s are not folded yet"
+    assert not runtime.check_caught_up()  # still: no ends until they are measured again
+
+    runtime.ends_measured({(blocks, 0): 16}, clock[0])  # 6 more blocks came meanwhile
+    clock[0] += 0.4
+    runtime.apply([Record(blocks, 0, offset, T, None) for offset in range(10, 15)])
+    assert not runtime.check_caught_up(), "offset 15 is not read yet"
+    runtime.apply([Record(blocks, 0, 15, T, None)])
+    assert runtime.check_caught_up() and not runtime.needs_ends
+
+    # a catch-up whose every round is late still ends: judged after catch_up_timeout_s
+    runtime._stale()  # as after a read-back
+    began, end = clock[0], 16
+    while not runtime.check_caught_up():
+        assert runtime.needs_ends or end == 16
+        end += 3
+        runtime.ends_measured({(blocks, 0): end}, clock[0])
+        clock[0] += 2.5
+        runtime.apply([Record(blocks, 0, offset, T, None) for offset in range(end - 3, end)])
+    assert 60.0 <= clock[0] - began <= 62.5
 
 
 def test_a_batch_is_done_only_when_its_changelog_writes_are_acknowledged() -> None:
