@@ -7,8 +7,9 @@ The consensus core and the block builder ask one question, "is this ``signature`
 
 1. Remembered: a precommit the node verified as a vote comes back in the next proposal as part
    of its last commit, and a proposal re-sent (a restarted peer) carries the same signature.
-   ``VoteVerifier`` remembers the last ``remember`` triples that verified (oldest dropped first;
-   a failure is never remembered, so a bad signature is verified, and refused, every time).
+   ``VoteVerifier`` remembers at least the last ``remember // 2`` triples that verified and at
+   most ``remember`` (two generations, the older dropped whole; a failure is never
+   remembered, so a bad signature is verified, and refused, every time).
 2. Ahead: with ``workers`` > 0, the node hands each polled batch of ``chain.consensus`` records
    to ``expect`` before the core sees the first of them; the triples go to worker processes
    (``streams.signature_pool``, the audit's pool) and the core's checks collect the answers while
@@ -22,13 +23,13 @@ costs the node a little pickling. ``bench.validator_scale`` measures both.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 
 from protocol.keys import PublicKey
 from streams.signature_pool import SignaturePool, Triple
 
-REMEMBER = 8192  # triples; two heights of a 1,000-validator network (prevotes + precommits)
+REMEMBER = 8192  # triples; at least two heights of a 1,000-validator network (prevotes and
+# precommits: a height's precommits must still be known when the next proposal brings them)
 
 
 class VoteVerifier:
@@ -37,7 +38,6 @@ class VoteVerifier:
 
     def __init__(self, workers: int = 0, *, remember: int = REMEMBER) -> None:
         self._pool = SignaturePool(workers)
-        self._remember = remember
         # (key, message) -> the signature that verified. A key's length fixes its algorithm
         # (``PublicKey`` enforces it), so the algorithm is not in the key: an enum would cost a
         # Python-level hash per lookup. The signature is compared, not hashed: hashing its
@@ -45,9 +45,14 @@ class VoteVerifier:
         # each vote is looked up twice (as a vote, then in the next block's last commit, as
         # new bytes objects). A second valid signature of the same message replaces the first;
         # either way an answer is given only for the exact triple.
-        # An OrderedDict, not a dict: dropping a plain dict's oldest key (``next(iter(d))``)
-        # scans past every slot deleted before it, microseconds per vote at this size.
-        self._known: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
+        # Two generations of plain dicts, the older dropped whole when the newer is full: an
+        # exact LRU cost more than it saved. Dropping a dict's oldest key (``next(iter(d))``)
+        # scans past every slot deleted before it; an OrderedDict's ``popitem(last=False)``
+        # took 7 us per vote in the node (cold after each ML-DSA verification; 0.8 us in a
+        # loop), about 1 ms of a 64-validator height (``bench.validator_scale``).
+        self._generation = max(1, remember // 2)
+        self._known: dict[tuple[bytes, bytes], bytes] = {}
+        self._older: dict[tuple[bytes, bytes], bytes] = {}
         self.verified = 0  # answers computed (here or by a worker)
         self.remembered = 0  # answers given from memory
 
@@ -63,7 +68,9 @@ class VoteVerifier:
 
     def __call__(self, key: PublicKey, message: bytes, signature: bytes) -> bool:
         item = (key.raw, message)
-        if self._known.get(item) == signature:
+        known = self._known.get(item)
+        if (signature == known if known is not None
+                else signature == self._older.get(item)):
             self.remembered += 1
             return True
         self.verified += 1
@@ -73,14 +80,15 @@ class VoteVerifier:
         else:
             valid = key.verify(message, signature)
         if valid:
+            if len(self._known) >= self._generation:
+                self._older, self._known = self._known, {}
             self._known[item] = signature
-            self._known.move_to_end(item)  # a replaced answer is as new as an added one
-            if len(self._known) > self._remember:
-                self._known.popitem(last=False)  # the oldest
         return valid
 
     def knows(self, key: PublicKey, message: bytes, signature: bytes) -> bool:
-        return self._known.get((key.raw, message)) == signature
+        item = (key.raw, message)
+        known = self._known.get(item)
+        return signature == (known if known is not None else self._older.get(item))
 
     def expect(self, triples: Iterable[Triple], height: int) -> None:
         """Start verifying ``triples`` (of messages of ``height``) on the workers; no-op

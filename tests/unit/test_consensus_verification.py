@@ -43,12 +43,21 @@ def test_only_signatures_that_verify_are_remembered() -> None:
         assert (check.verified, check.remembered) == (3, 1)
 
 
-def test_memory_is_bounded() -> None:
-    triples = [t for i, t in enumerate(_triples(9)) if i % 3 != 2]
-    with VoteVerifier(remember=2) as check:
-        for triple in triples:
+@pytest.mark.parametrize("remember", [2, 4, 5])
+def test_memory_is_bounded_and_keeps_the_newest(remember: int) -> None:
+    """At every step the last ``remember // 2`` triples that verified are known, and never
+    more than ``remember``; a known triple with another signature is not."""
+    triples = [t for i, t in enumerate(_triples(21)) if i % 3 != 2]
+    with VoteVerifier(remember=remember) as check:
+        for done, triple in enumerate(triples, start=1):
             assert check(*triple)
-        assert not check.knows(*triples[0]) and check.knows(*triples[-1])
+            known = [check.knows(*t) for t in triples[:done]]
+            assert all(known[-(remember // 2):]) and sum(known) <= remember, known
+            key, message, signature = triple
+            assert not check.knows(key, message, signature[::-1])
+        assert not check.knows(*triples[0])
+        verified = check.verified
+        assert check(*triples[-1]) and check.verified == verified  # answered from memory
 
 
 @pytest.mark.parametrize("workers", [1, 2])
