@@ -48,6 +48,7 @@ import json
 import multiprocessing
 import os
 import pstats
+import queue
 import shutil
 import statistics
 import tempfile
@@ -78,6 +79,7 @@ CHUNK = 1 << 20
 ROUND_S = 8.0
 NEED_GB = 25.0  # free disk the embedded broker needs for a run (``_check_disk``)
 ROUNDS = 3
+SETUP_TIMEOUT_S = 120.0  # a process of a round is set up (producer, topics, source) by then
 MB = 1_000_000
 
 
@@ -193,19 +195,38 @@ def _raw_process(settings: Settings, topic: str, index: int, round_s: float, bar
 
 def _together(target: Callable[..., None], jobs: list[tuple[Any, ...]], round_s: float) -> float:
     """``target(*job, barrier, queue)`` in one process per job, each starting its clock once
-    all are set up; their combined rate (all bytes over the longest of their times)."""
+    all are set up; their combined rate (all bytes over the longest of their times).
+
+    A process that dies (before the barrier or after) fails the round at once with its exit
+    code: the barrier is broken so the others stop waiting for it, and whatever still runs is
+    terminated, so the bench never hangs on a lost child."""
     context = multiprocessing.get_context("spawn")
-    barrier, out = context.Barrier(len(jobs)), context.Queue()
+    barrier, out = context.Barrier(len(jobs), timeout=SETUP_TIMEOUT_S), context.Queue()
     processes = [context.Process(target=target, args=(*job, barrier, out)) for job in jobs]
     for process in processes:
         process.start()
+    measured: list[Measured] = []
+    deadline = time.monotonic() + SETUP_TIMEOUT_S + round_s + 60
     try:
-        measured: list[Measured] = [out.get(timeout=round_s + 180) for _ in processes]
+        while len(measured) < len(processes):
+            try:
+                measured.append(out.get(timeout=0.5))
+                continue
+            except queue.Empty:
+                pass
+            dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                barrier.abort()
+                raise RuntimeError(
+                    f"a process of the round failed (exit codes {[p.exitcode for p in processes]})"
+                    if dead else f"the round gave {len(measured)} of {len(processes)} results in "
+                    f"{SETUP_TIMEOUT_S + round_s + 60:.0f} s")
     finally:
         for process in processes:
-            process.join(60)
-    if any(process.exitcode for process in processes):
-        raise RuntimeError(f"a process of the round failed: {[p.exitcode for p in processes]}")
+            process.join(10 if len(measured) == len(processes) else 1)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
     return sum(sent for sent, _, _ in measured) / max(took for _, took, _ in measured) / MB
 
 

@@ -4,11 +4,15 @@ both and leaves the ratio; the median then drops one disturbed round."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench.ingest import _check_disk, summary
+from bench.ingest import _check_disk, _together, summary
 from streams.settings import KafkaSettings, Settings
 
 
@@ -44,3 +48,22 @@ def test_cpu_per_mb_is_the_median_of_the_kinds_measured_in_process() -> None:
     line = summary(_rates([90.0, 450.0, 180.0], [100.0, 500.0, 200.0]), 3000.0, cpu)
     assert (line["cpu_ms_per_mb_ours"], line["cpu_ms_per_mb_baseline"]) == (3.4, 0.8)
     assert "cpu_ms_per_mb_ours_device" not in line  # not measured: no key, not a zero
+
+
+def _lane(exit_code: int, barrier: Any, out: Any) -> None:
+    """A process of a round (spawned: module level): dies before the barrier when told to."""
+    if exit_code:
+        os._exit(exit_code)
+    barrier.wait()
+    out.put((1_000_000, 0.5, 0.1))
+
+
+def test_a_round_with_a_dead_process_fails_at_once_and_leaves_nothing_running() -> None:
+    """A lane process that dies before the round starts used to leave its partner waiting at
+    the barrier and the bench waiting minutes for a result, then hanging on exit."""
+    assert _together(_lane, [(0,), (0,)], round_s=1.0) == 4.0  # 2 MB over 0.5 s
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"exit codes .*3"):
+        _together(_lane, [(0,), (3,)], round_s=1.0)
+    assert time.monotonic() - started < 30
+    assert not multiprocessing.active_children()
