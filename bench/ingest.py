@@ -206,7 +206,8 @@ def _together(target: Callable[..., None], jobs: list[tuple[Any, ...]], round_s:
     for process in processes:
         process.start()
     measured: list[Measured] = []
-    deadline = time.monotonic() + SETUP_TIMEOUT_S + round_s + 60
+    limit_s = SETUP_TIMEOUT_S + round_s + 60
+    deadline = time.monotonic() + limit_s
     try:
         while len(measured) < len(processes):
             try:
@@ -214,13 +215,14 @@ def _together(target: Callable[..., None], jobs: list[tuple[Any, ...]], round_s:
                 continue
             except queue.Empty:
                 pass
-            dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
-            if dead or time.monotonic() > deadline:
+            codes = [p.exitcode for p in processes]
+            if any(codes):  # None (running) and 0 are falsy: a process died
                 barrier.abort()
-                raise RuntimeError(
-                    f"a process of the round failed (exit codes {[p.exitcode for p in processes]})"
-                    if dead else f"the round gave {len(measured)} of {len(processes)} results in "
-                    f"{SETUP_TIMEOUT_S + round_s + 60:.0f} s")
+                raise RuntimeError(f"a process of the round failed (exit codes {codes})")
+            if time.monotonic() > deadline:
+                barrier.abort()
+                raise RuntimeError(f"the round gave {len(measured)} of {len(processes)} results "
+                                   f"in {limit_s:.0f} s")
     finally:
         for process in processes:
             process.join(10 if len(measured) == len(processes) else 1)

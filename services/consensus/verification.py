@@ -68,9 +68,7 @@ class VoteVerifier:
 
     def __call__(self, key: PublicKey, message: bytes, signature: bytes) -> bool:
         item = (key.raw, message)
-        known = self._known.get(item)
-        if (signature == known if known is not None
-                else signature == self._older.get(item)):
+        if signature == (self._known.get(item) or self._older.get(item)):
             self.remembered += 1
             return True
         self.verified += 1
@@ -87,8 +85,7 @@ class VoteVerifier:
 
     def knows(self, key: PublicKey, message: bytes, signature: bytes) -> bool:
         item = (key.raw, message)
-        known = self._known.get(item)
-        return signature == (known if known is not None else self._older.get(item))
+        return signature == (self._known.get(item) or self._older.get(item))
 
     def expect(self, triples: Iterable[Triple], height: int) -> None:
         """Start verifying ``triples`` (of messages of ``height``) on the workers; no-op

@@ -122,7 +122,6 @@ class MonitorService:
     webhook: AlertmanagerClient | None
     on_alert: Callable[[AlertRaised | AlertResolved], None] | None = None
     started: asyncio.Lock = field(default_factory=asyncio.Lock)
-    measuring: asyncio.Lock = field(default_factory=asyncio.Lock)  # one measure_ends at a time
     deliveries: asyncio.Queue[list[dict[str, Any]]] = field(
         default_factory=lambda: asyncio.Queue(maxsize=100))
     last_resend: float = 0.0
@@ -208,21 +207,17 @@ def make_app(settings: Settings, runtime: MonitorRuntime,
             for key in runtime.apply(records):
                 # Re-assigned, never mutated: only an assignment reaches the changelog.
                 table[key.encode()] = runtime.piece(key)  # type: ignore[index]
-            await measure_ends_if_needed()  # after a read-back: judge again once caught up
             await table.written()  # before Faust acknowledges (and may commit) this batch
-
-    async def measure_ends_if_needed() -> None:
-        async with service.measuring:
-            if runtime.needs_ends:
-                await asyncio.to_thread(runtime.measure_ends)
 
     @app.timer(options.evaluate_interval_s)
     async def judge() -> None:
         if not await ensure_started():
             return
-        # a catch-up round that reached its ends late asks for another, even when no batch
-        # comes to ask for it (runtime.py, guarantee 6)
-        await measure_ends_if_needed()
+        # The ends are measured again here, and only here (the timer never overlaps itself),
+        # after a read-back or a catch-up round that reached its ends late (runtime.py,
+        # guarantee 6); nothing is judged until they are read up to.
+        if runtime.needs_ends:
+            await asyncio.to_thread(runtime.measure_ends)
         before = runtime.open_alerts
         decided = runtime.evaluate()
         for event in decided:
