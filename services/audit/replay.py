@@ -493,14 +493,20 @@ def live_projection(settings: Settings, *, catch_up_s: float = 30.0) -> LiveProj
     from services.shard_writer.queries import ProjectionTimeoutError, UserQueries
     from services.shard_writer.store import connect
 
-    ends = {p: high for p, (_, high) in KafkaSource(settings).bounds("users.events").items()}
+    source = KafkaSource(settings)
+    ends = {p: high for p, (_, high) in source.bounds("users.events").items()}
     cluster, session = connect(settings)
     try:
         queries = UserQueries(session, settings.cassandra.keyspace,
                               settings.topic("users.events"), poll_interval_s=0.2)
+        applied = queries.positions()
+        # Waited for: the records, not the high watermark (the handler writes in transactions,
+        # and the commit marker after its last records is an offset the projection never
+        # applies, so a caught-up projection would be waited for the whole catch_up_s).
+        targets = source.record_ends("users.events", {
+            p: applied.get(p, 0) for p, high in ends.items() if applied.get(p, 0) < high})
         with contextlib.suppress(ProjectionTimeoutError):
-            queries.wait_for_positions({p: o for p, o in ends.items() if o > 0},
-                                       timeout_s=catch_up_s)
+            queries.wait_for_positions(targets, timeout_s=catch_up_s)
         positions = queries.positions()
         return LiveProjection(scan_rows(session, settings.cassandra.keyspace), positions)
     finally:

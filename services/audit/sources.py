@@ -14,7 +14,7 @@ files ``export.write_export`` wrote, after checking the manifest hash and every 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -103,6 +103,36 @@ class KafkaSource:
 
     def size(self, topic: str) -> int:
         return sum(high - low for low, high in self.bounds(topic).values())
+
+    def record_ends(self, topic: str, starts: Mapping[int, int]) -> dict[int, int]:
+        """Per partition of ``starts``: the offset after the last record from its start up to
+        the high watermark of ``bounds``, or the start itself when no record lies there.
+
+        That is where a consumer stands, by the records it handed out, once it has every record
+        the partition holds: a transactional writer's commit marker takes the offset after its
+        records, so the high watermark is one past where such a consumer ever stands. The tail
+        is read backwards in growing windows: usually the last record is just before the end."""
+        name = self.settings.topic(topic)
+        bounds = self.bounds(topic)
+        ends: dict[int, int] = {}
+        consumer = self._consumer()
+        try:
+            for partition, start in starts.items():
+                floor = max(start, bounds.get(partition, (0, 0))[0])
+                upper, window = bounds.get(partition, (0, 0))[1], 16
+                ends[partition] = start
+                while upper > floor:
+                    lower = max(floor, upper - window)
+                    records = consumer.read_span(name, partition, lower, upper, self.timeout_s)
+                    if records:
+                        ends[partition] = records[-1].offset + 1
+                        break
+                    upper, window = lower, window * 4
+        except KafkaOperationError as exc:
+            raise SourceError(f"cannot read the end of {name}: {exc}") from exc
+        finally:
+            consumer.close()
+        return ends
 
     def read(self, topic: str) -> Iterator[LogRecord]:
         bounds = {p: b for p, b in self.bounds(topic).items() if b[1] > b[0]}

@@ -1,18 +1,35 @@
 """The in-memory rebuild of the user projection (offline audits) equals what real Cassandra holds
 after the shard_writer's writes of the same events: every event type, deletions that shadow
-earlier writes, a user erased, devices revoked, records re-put after a delete."""
+earlier writes, a user erased, devices revoked, records re-put after a delete. A live audit
+waits for the projection to apply the events the log holds, and no longer."""
 
 from __future__ import annotations
 
 import os
 import random
+import threading
+import time
 from typing import Any
 
-from services.audit.core.rows import diff_tables
-from services.audit.replay import TABLE_KEYS, rebuild_in_memory, rebuild_projection
-from services.shard_writer.consistency import LoggedEvent
+from cassandra.cluster import Session
+
+from services.audit.core.rows import LiveProjection, diff_tables
+from services.audit.replay import (
+    TABLE_KEYS,
+    live_projection,
+    rebuild_in_memory,
+    rebuild_projection,
+)
+from services.shard_writer.consistency import LoggedEvent, end_positions, read_events
 from services.shard_writer.core import events
+from services.shard_writer.handler import CommandHandler
+from services.shard_writer.projection import Projector
+from services.shard_writer.store import create_schema, drop_keyspace
+from streams.admin import ensure_topics
+from streams.kafka import KafkaConsumer, make_reader
 from streams.settings import Settings
+from tests.integration.test_users_pipeline import handler_caught_up, produce_commands, wait_until
+from tests.support.workload import make_workload
 
 
 def _history(user: int, rng: random.Random) -> list[events.Event]:
@@ -70,3 +87,58 @@ def test_in_memory_rebuild_equals_cassandra(cassandra_settings: Settings) -> Non
     assert not any(row["user_id"] in {e["user_id"] for e in erased}
                    for row in in_memory["records"])
 
+
+
+def _high_watermarks(settings: Settings) -> dict[int, int]:
+    topic = settings.topic("users.events")
+    consumer: KafkaConsumer = make_reader(settings, f"ends-{time.time_ns()}")
+    try:
+        return {p: consumer.watermarks(topic, p)[1] for p in consumer.partitions(topic)}
+    finally:
+        consumer.close()
+
+
+def test_a_live_audit_waits_for_the_projection_to_apply_the_log_and_no_longer(
+        cassandra_settings: Settings, cassandra_session: Session) -> None:
+    """The handler writes ``users.events`` in transactions, so each partition's high watermark
+    is a commit marker past its last event. The audit's read of the live projection waits until
+    the events the log holds are applied (the projector starts only after the read began), and
+    returns then: not after its whole wait, as it did while it waited for the watermark."""
+    settings = cassandra_settings
+    ensure_topics(settings)
+    create_schema(cassandra_session, settings.cassandra.keyspace)
+    handler = CommandHandler.create(settings, instance_id="audit-wait")
+    projector = Projector.create(settings, cassandra_session, create_tables=False)
+    runners = [threading.Thread(target=handler.run, daemon=True)]
+    runners[0].start()
+    try:
+        produce_commands(settings, make_workload(users=4, commands=40, seed=11).commands)
+        wait_until(handler_caught_up(settings), 120, "the handler to apply every command")
+        logged = read_events(settings)
+        assert logged
+        high = _high_watermarks(settings)
+        assert any(high[p] > end for p, end in end_positions(logged).items())  # the markers
+
+        read: list[LiveProjection] = []
+        started = time.monotonic()
+        reader = threading.Thread(target=lambda: read.append(
+            live_projection(settings, catch_up_s=120)), daemon=True)
+        reader.start()
+        time.sleep(2)
+        runners.append(threading.Thread(target=projector.run, daemon=True))
+        runners[1].start()
+        reader.join(150)
+        took = time.monotonic() - started
+        assert read, "the live projection was not read"
+        assert read[0].positions == end_positions(logged), "it did not wait for every event"
+        assert took < 60, f"it waited {took:.0f}s for a projection that had applied everything"
+        assert {row["user_id"] for row in read[0].rows["users"]} == {
+            item.event.user_id for item in logged}
+    finally:
+        handler.stop()
+        projector.stop()
+        for runner in runners:
+            runner.join(30)
+        handler.close()
+        projector.close()
+        drop_keyspace(cassandra_session, settings.cassandra.keyspace)
