@@ -237,9 +237,10 @@ def demo_network(_base_settings: Settings, kafka_bootstrap: str,
 def _script(commands_: list[Command], port: int) -> str:
     parts = ["set -o pipefail"]
     for index, command in enumerate(commands_):
-        parts.append(f'echo "__qs_begin__ {index}" >&2')
+        parts.append(f'echo "__qs_begin__ {index}" >&2; __qs_t=$EPOCHREALTIME')
         parts.append(command.text.replace(DOCUMENTED_PORT, f"127.0.0.1:{port}"))
-        parts.append(f'echo "{index} $?" >> "$QS_STATUS"')
+        # its exit status, then how long it took (seconds), for the report
+        parts.append(f'echo "{index} $? $__qs_t $EPOCHREALTIME" >> "$QS_STATUS"')
     return "\n".join(parts) + "\n"
 
 
@@ -264,17 +265,19 @@ def run_document(network: DemoNetwork, document: Path) -> list[str]:
             os.killpg(shell.pid, signal.SIGKILL)
             shell.wait()
     took = time.monotonic() - started
-    seen = dict(line.split() for line in status.read_text().splitlines())
+    seen = {index: (int(code), float(end) - float(start)) for index, code, start, end
+            in (line.split() for line in status.read_text().splitlines())}
     output = log.read_text(errors="replace")
     own = _per_command(output)
     problems = []
     for index, command in enumerate(runnable):
         where = f"{document.name}:{command.block.line}: {command.text.splitlines()[0][:120]}"
-        got = seen.get(str(index))
+        got, ran_s = seen.get(str(index), (None, 0.0))
         if got is None:
             problems.append(f"{where}: did not finish within {BLOCK_BUDGET_S}s")
-        elif int(got) != command.expected:
-            problems.append(f"{where}: exit {got}, documented {command.expected}\n"
+        elif got != command.expected:
+            problems.append(f"{where}: exit {got} after {ran_s:.1f}s, documented "
+                            f"{command.expected}\n"
                             f"--- its output ---\n{own.get(index, '')[-4000:]}")
     if problems:
         problems.append(f"--- end of the output of {document.name} ({took:.0f}s) ---\n"
