@@ -118,8 +118,8 @@ class KafkaSource:
         consumer = self._consumer()
         try:
             for partition, start in starts.items():
-                floor = max(start, bounds.get(partition, (0, 0))[0])
-                upper, window = bounds.get(partition, (0, 0))[1], 16
+                low, upper = bounds.get(partition, (0, 0))
+                floor, window = max(start, low), 16
                 ends[partition] = start
                 while upper > floor:
                     lower = max(floor, upper - window)

@@ -20,13 +20,13 @@ from services.audit.replay import (
     rebuild_in_memory,
     rebuild_projection,
 )
+from services.audit.sources import KafkaSource
 from services.shard_writer.consistency import LoggedEvent, end_positions, read_events
 from services.shard_writer.core import events
 from services.shard_writer.handler import CommandHandler
 from services.shard_writer.projection import Projector
 from services.shard_writer.store import create_schema, drop_keyspace
 from streams.admin import ensure_topics
-from streams.kafka import KafkaConsumer, make_reader
 from streams.settings import Settings
 from tests.integration.test_users_pipeline import handler_caught_up, produce_commands, wait_until
 from tests.support.workload import make_workload
@@ -88,16 +88,6 @@ def test_in_memory_rebuild_equals_cassandra(cassandra_settings: Settings) -> Non
                    for row in in_memory["records"])
 
 
-
-def _high_watermarks(settings: Settings) -> dict[int, int]:
-    topic = settings.topic("users.events")
-    consumer: KafkaConsumer = make_reader(settings, f"ends-{time.time_ns()}")
-    try:
-        return {p: consumer.watermarks(topic, p)[1] for p in consumer.partitions(topic)}
-    finally:
-        consumer.close()
-
-
 def test_a_live_audit_waits_for_the_projection_to_apply_the_log_and_no_longer(
         cassandra_settings: Settings, cassandra_session: Session) -> None:
     """The handler writes ``users.events`` in transactions, so each partition's high watermark
@@ -116,7 +106,7 @@ def test_a_live_audit_waits_for_the_projection_to_apply_the_log_and_no_longer(
         wait_until(handler_caught_up(settings), 120, "the handler to apply every command")
         logged = read_events(settings)
         assert logged
-        high = _high_watermarks(settings)
+        high = {p: end for p, (_, end) in KafkaSource(settings).bounds("users.events").items()}
         assert any(high[p] > end for p, end in end_positions(logged).items())  # the markers
 
         read: list[LiveProjection] = []
