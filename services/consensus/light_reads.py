@@ -25,6 +25,8 @@ and the caller verifies fully from genesis instead; the light path never accepts
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -92,11 +94,19 @@ def load_checkpoint(path: Path, genesis: TrustedCheckpoint) -> TrustedCheckpoint
 
 
 def save_checkpoint(path: Path, checkpoint: TrustedCheckpoint) -> None:
-    """Replace the kept checkpoint atomically (a crash leaves the old one or the new one)."""
+    """Replace the kept checkpoint atomically (a crash leaves the old one or the new one).
+    Nodes run with one ``--state-dir`` share the file and may save it at the same instant, so
+    each writes its own partial file; the last rename wins, and every candidate is whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(checkpoint.to_json())
-    partial.replace(path)
+    handle, name = tempfile.mkstemp(prefix=path.name, suffix=".partial", dir=path.parent)
+    partial = Path(name)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(checkpoint.to_json())
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 class LightChain:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,28 @@ def test_the_kept_checkpoint_is_per_genesis_and_survives_a_torn_write(
     assert load_checkpoint(path, mine) == mine
     save_checkpoint(path, dataclasses.replace(reader.trusted, chain_id="elsewhere"))
     assert load_checkpoint(path, mine) == mine
+
+
+def test_nodes_sharing_a_state_dir_keep_the_checkpoint_together(
+        chain: LocalChain, tmp_path: Path) -> None:
+    # Validators run with one ``--state-dir`` share the kept checkpoint file, and a network
+    # started at once saves it at once: no save may fail on another's partial file, and what
+    # is kept is always one whole checkpoint.
+    genesis = ChainSpec.load(chain.genesis).checkpoint()
+    path = checkpoint_path(tmp_path, genesis)
+    reader = light(chain, Topic(list(chain.records)))
+    reader.head()
+    kept = [dataclasses.replace(reader.trusted, height=height) for height in range(1, 41)]
+    start = threading.Barrier(4)
+
+    def node(index: int) -> None:
+        start.wait()
+        for checkpoint in kept[index::4] * 10:
+            save_checkpoint(path, checkpoint)
+            assert load_checkpoint(path, genesis) in kept
+
+    with ThreadPoolExecutor(4) as nodes:
+        for done in [nodes.submit(node, index) for index in range(4)]:
+            done.result()
+    assert load_checkpoint(path, genesis) in kept
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left
