@@ -67,6 +67,12 @@ def test_two_lanes_are_two_chains_of_one_device_and_a_killed_lane_resumes(
     process = _run_cli(settings, key_file, "--lanes", "2", source_id="dev-1")
     try:
         _wait_for_chunks(settings, 20)
+        # Both lanes up (one may start later than the other on a loaded machine: a lane
+        # stopped before its start-up ends dies of the signal, and this test is not about that).
+        deadline = time.monotonic() + 90
+        while min(_chunks_of(settings, lane) for lane in lanes) < 5:
+            assert time.monotonic() < deadline, "a lane did not start publishing"
+            time.sleep(0.5)
         killed = _lane_pid(process.pid, 1)
         os.kill(killed, signal.SIGKILL)
         at_kill = _chunks_of(settings, lanes[1])
