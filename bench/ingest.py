@@ -15,7 +15,12 @@ the bench waits for the disk (``os.sync()``, outside the clock); each round runs
 once, in an order rotated by one each round, so none always follows the same other; and each
 ratio (``ratio``, ``lane_scaling``, ``raw_scaling``, ``device_ratio``) is the median over
 rounds of that round's own ratio, its two measurements taken minutes apart at most. The rates
-are each kind's median. Every round's rates are printed on stderr.
+are each kind's median. Every round's rates are printed on stderr. A first baseline measurement,
+thrown away, warms the broker (its page cache, log segments, JIT) so the first round is not the
+one that pays for it. ``baseline_spread`` is (fastest - slowest) / median of the baseline's
+rounds: how far the broker alone moved during the run. When it is large (0.5 and more on a
+machine whose disk another tenant shares) the paired ratios still cancel what a round shares,
+but read them as a range, not a figure, and measure again.
 
 CPU (``cpu_ms_per_mb_ours``, ``_baseline``, ``_ours_device``): the median CPU time, user +
 system over every thread of the measuring process (librdkafka's included), per MB published.
@@ -332,9 +337,17 @@ def _run(settings: Settings, rounds: int, round_s: float) -> dict[str, object]:
                 s, Path(state), _device(round_ + 2 * rounds), SigningKey.load(key_file),
                 round_s, source=_ReadyDevice())),
         }
-        task = progress.add_task("ingest bench", total=rounds * len(measure) + 1)
+        task = progress.add_task("ingest bench", total=rounds * len(measure) + 2)
         progress.update(task, description="health tests alone")
         health = _health_rate()
+        progress.advance(task)
+        progress.update(task, description="warming the broker (not counted)")
+        warm = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}warm."})
+        ensure_topics(warm, topics)
+        try:
+            _baseline(warm, warm.topic("bench.baseline"), round_s)
+        finally:
+            delete_topics(warm, [warm.topic(t.name) for t in topics])
         progress.advance(task)
         kinds = list(measure)
         for round_ in range(rounds):
@@ -372,6 +385,8 @@ def summary(rates: dict[str, list[float]], health: float,
     median = {name: round(statistics.median(values), 1) for name, values in rates.items()}
     return {"bench": "ingest", "unit": "MB/s", "ours": median["ours"],
             "baseline": median["baseline"], "ratio": paired("ours", "baseline"),
+            "baseline_spread": round((max(rates["baseline"]) - min(rates["baseline"]))
+                                     / median["baseline"], 2),
             "health_tests_mb_s": round(health, 1),
             "lanes_2_mb_s": median["lanes_2"], "lane_scaling": paired("lanes_2", "ours"),
             "raw_2_mb_s": median["raw_2"], "raw_scaling": paired("raw_2", "baseline"),

@@ -32,6 +32,14 @@ def test_a_drift_shared_by_a_round_leaves_its_ratio() -> None:
 def test_one_disturbed_round_does_not_move_the_median() -> None:
     line = summary(_rates([90.0, 20.0, 91.0], [100.0, 100.0, 100.0]), 3000.0)
     assert line["ratio"] == 0.9
+    assert line["baseline_spread"] == 0.0  # the broker alone held still
+
+
+def test_the_line_says_how_far_the_broker_alone_moved() -> None:
+    # Raw rounds of 81, 259 and 160 MB/s (a day another tenant shared the disk): the ratio is
+    # still each round's own, but a reader is told the run swung by more than its median.
+    line = summary(_rates([70.0, 200.0, 130.0], [81.0, 259.0, 160.0]), 3000.0)
+    assert line["baseline_spread"] == round((259 - 81) / 160, 2) == 1.11
 
 
 def test_the_bench_refuses_to_fill_the_embedded_broker_s_disk(tmp_path: Path) -> None:
