@@ -26,10 +26,13 @@ Guarantees, and how (the edge ``inputs -> monitor.state, alerts``):
    delivered past it makes the runtime read the offsets in between back from Kafka and fold
    them first (``core.delivery``, ``_read_back``; counted in ``read_back``, logged as a
    warning). The read blocks the agent, as it must: nothing may be folded past a hole.
-   Topics written in transactions (``WRITTEN_IN_TRANSACTIONS``) are not checked, since their
-   commit markers take offsets no consumer receives; a read there would cost a broker round
-   trip per transaction (per block on ``chain.blocks``, where a monitor following the ledger
-   rejects a block that does not follow the last one anyway: ``BlockRejected``).
+   On topics written in transactions (``WRITTEN_IN_TRANSACTIONS``) each transaction's commit
+   marker takes an offset no consumer receives, so a jump of one offset there is normal and
+   only a longer one is read back (``core.delivery``): reading every jump would cost a broker
+   round trip per block on ``chain.blocks``, and reading none once left a restarted monitor
+   with the blocks Faust skipped missing, every later block rejected as not following, and a
+   ChainStalled raised on a chain that went on. A read-back that finds nothing there was an
+   aborted transaction's offsets (logged, not counted as a gap).
 5. No alert is raised twice and none is forgotten: on start the monitor folds the ``alerts``
    topic into the open alerts (``load_alerts``) and only then decides; a raise that reached the
    topic before the crash is open and not raised again; one that did not is raised now, since
@@ -75,8 +78,8 @@ log = logging.getLogger(__name__)
 TAIL = 16  # records read back from each partition's end to find its last committed record
 # Topics a transactional writer writes (the catalogue's ``transactional``: the tally's
 # chain.blocks and dlq.chain, the user command handler's dlq.users among the inputs). Their
-# commit markers take offsets, so offset jumps there are normal (guarantee 4). A topic missing
-# there costs a read-back per transaction (logged as a warning), never a lost record.
+# commit markers take offsets, so a jump of one offset there is normal (guarantee 4). A topic
+# missing there costs a read-back per transaction (logged as a warning), never a lost record.
 WRITTEN_IN_TRANSACTIONS = tuple(spec.name for spec in CATALOGUE if spec.transactional)
 ReadRange = Callable[[str, int, int, int], Iterable[Record]]
 
@@ -104,7 +107,7 @@ class MonitorRuntime:
         self.read_back: Counter[str] = Counter()  # skipped offset ranges read back, by topic
         self._names = self.decoder.names()
         self._read = read or self._read_range
-        self._unchecked = frozenset(settings.topic(name) for name in WRITTEN_IN_TRANSACTIONS)
+        self._transactional = frozenset(settings.topic(name) for name in WRITTEN_IN_TRANSACTIONS)
         # "topic:partition" -> the offset below which every record is folded (guarantee 4)
         self._expected: dict[str, int] = {}
         self._ends: dict[tuple[str, int], int] | None = None
@@ -262,7 +265,7 @@ class MonitorRuntime:
         partition's delivery skipped are read back and folded first (blocking; guarantee 4)."""
         skipped, expected = delivery.skipped(
             self._expected, [Position(r.topic, r.partition, r.offset) for r in records],
-            self._unchecked)
+            self._transactional)
         changed: set[str] = set()
         for record, hole in zip(records, skipped, strict=True):
             if hole is not None:
@@ -283,6 +286,10 @@ class MonitorRuntime:
 
     def _read_back(self, hole: delivery.Skipped) -> list[Record]:
         records = list(self._read(hole.topic, hole.partition, hole.start, hole.end))
+        if not records and hole.topic in self._transactional:
+            log.info("%s[%d]: offsets %d..%d hold no committed record (an aborted "
+                     "transaction)", hole.topic, hole.partition, hole.start, hole.end)
+            return records
         self.read_back[self._names.get(hole.topic, hole.topic)] += 1
         log.warning("%s[%d]: offsets %d..%d were not delivered: %d records read back from "
                     "Kafka and folded", hole.topic, hole.partition, hole.start, hole.end,

@@ -1,6 +1,6 @@
 """Delivery that skips records (guarantee 4 of services/monitor/runtime.py): the gap is found by
 the pure ``core.delivery.skipped``, read back through the runtime's reader, and folded in order;
-topics written in transactions, whose commit markers take offsets, are never read back.
+on topics written in transactions a commit marker's offset is not read back, a longer jump is.
 
 The property over kills, restarts and skips together is in test_monitor_restart.py."""
 
@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from sdk.testing import make_local_chain
 from services.monitor.core.delivery import Skipped, skipped
 from services.monitor.core.facts import Position
 from services.monitor.decode import Record
+from services.monitor.ledger import LedgerView
 from services.monitor.metrics import MonitorCollector
 from services.monitor.runtime import MonitorRuntime
 from services.monitor.settings import MonitorSettings
@@ -48,8 +51,10 @@ CASES = [
      [None, None], {f"{RAW}:0": 6}),
     ("partitions are apart", {f"{RAW}:0": 2, f"{RAW}:1": 7}, [(RAW, 1, 7), (RAW, 0, 4)],
      [None, Skipped(RAW, 0, 2, 4)], {f"{RAW}:0": 5, f"{RAW}:1": 8}),
-    ("an unchecked topic jumps over commit markers", {f"{BLOCKS}:0": 1},
+    ("a transactional topic jumps over commit markers", {f"{BLOCKS}:0": 1},
      [(BLOCKS, 0, 2), (BLOCKS, 0, 4)], [None, None], {f"{BLOCKS}:0": 5}),
+    ("there a jump past more than a marker is a skip", {f"{BLOCKS}:0": 1},
+     [(BLOCKS, 0, 2), (BLOCKS, 0, 8)], [None, Skipped(BLOCKS, 0, 3, 8)], {f"{BLOCKS}:0": 9}),
 ]
 
 
@@ -102,7 +107,7 @@ def test_a_read_back_that_finds_only_markers_is_not_repeated() -> None:
     assert reads == [(1, 3)]
 
 
-def test_jumps_on_transactional_topics_are_not_read_back() -> None:
+def test_commit_markers_on_transactional_topics_are_not_read_back() -> None:
     """The tally writes chain.blocks in transactions: a commit marker follows every block, so
     offsets go 0, 2, 4...; reading each jump back would cost a broker round trip per block."""
 
@@ -113,8 +118,48 @@ def test_jumps_on_transactional_topics_are_not_read_back() -> None:
     runtime.restore([])
     for name in ("chain.blocks", "dlq.chain", "dlq.users"):
         runtime.apply([Record(SETTINGS.topic(name), 0, offset, T, b"")
-                       for offset in (1, 3, 6)])
+                       for offset in (1, 3, 4, 6)])
     assert not runtime.read_back
+
+
+def test_an_aborted_transaction_s_offsets_are_read_once_and_are_no_gap(
+        caplog: pytest.LogCaptureFixture) -> None:
+    reads: list[tuple[int, int]] = []
+
+    def read(topic: str, partition: int, start: int, end: int) -> list[Record]:
+        reads.append((start, end))
+        return []  # read_committed never returns an aborted transaction's records
+
+    runtime = MonitorRuntime(SETTINGS, MonitorSettings(), read=read)
+    runtime.restore([])
+    with caplog.at_level(logging.WARNING, logger="services.monitor.runtime"):
+        runtime.apply([Record(SETTINGS.topic("dlq.chain"), 0, offset, T, b"")
+                       for offset in (0, 5, 7)])  # 1..3 aborted, 4 their marker, 6 a marker
+    assert reads == [(1, 5)]
+    assert not runtime.read_back and not caplog.records
+
+
+def test_blocks_delivery_skipped_are_read_back_and_followed(tmp_path: Path) -> None:
+    """Faust skipped blocks of chain.blocks after a restart (CI, a monitor killed with -9): the
+    ledger view then refused every later block as not following and the monitor raised
+    ChainStalled on a chain that went on. The skip is a jump past more than one marker."""
+    chain = make_local_chain(tmp_path, 8)
+    log = {2 * index: Record(BLOCKS, 0, 2 * index, T, value)  # block, marker, block, ...
+           for index, value in enumerate(chain.records)}
+    reads: list[tuple[int, int]] = []
+
+    def read(topic: str, partition: int, start: int, end: int) -> list[Record]:
+        reads.append((start, end))
+        return [log[offset] for offset in range(start, end) if offset in log]
+
+    runtime = MonitorRuntime(SETTINGS, MonitorSettings(), LedgerView(chain.genesis), read=read)
+    runtime.restore([])
+    runtime.apply([log[0], log[2], log[4]])  # heights 1-3
+    runtime.apply([log[12], log[14]])  # 4-6 (offsets 6, 8, 10) never delivered
+    assert reads == [(5, 12)]
+    assert runtime.state.network.height == 8
+    assert runtime.state.network.rejected is None
+    assert runtime.read_back == {"chain.blocks": 1}
 
 
 def test_after_a_read_back_nothing_is_judged_until_the_ends_are_read_up_to_again() -> None:

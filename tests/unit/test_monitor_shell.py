@@ -162,7 +162,7 @@ def test_a_restart_counts_what_the_restored_pieces_hold_as_read() -> None:
                      for key in ("source/q", "network", "mempool", "dead-letters")])
     runtime.ends_measured({(dlq, 0): 5, ("q", 1): 10, (blocks, 0): 3}, time.monotonic())
     assert not runtime.check_caught_up(), "chain.blocks has not been read up to its end yet"
-    runtime.apply([Record(blocks, 0, 2, T, None)])
+    runtime.apply([Record(blocks, 0, 0, T, None), Record(blocks, 0, 2, T, None)])  # 1: a marker
     assert runtime.check_caught_up()
 
 

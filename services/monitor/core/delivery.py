@@ -7,8 +7,12 @@ Per partition the runtime keeps the offset below which every record has been fol
 delivered past it reveals the offsets skipped in between, which the shell reads back from Kafka
 and folds before the record itself.
 
-On a partition a transactional writer writes, commit markers take offsets and are never
-delivered, so a jump there is normal: such topics are ``unchecked``.
+On a partition a transactional writer writes, each transaction ends with one commit marker,
+which takes an offset and is never delivered: there a jump of one offset is that marker
+(``transactional``), and only a longer jump is read back. It finds the skipped records, or
+nothing when the offsets were an aborted transaction's (its records are never delivered either).
+A skipped block on ``chain.blocks`` (one block per transaction) is always such a longer jump:
+block, marker, block.
 """
 
 from __future__ import annotations
@@ -31,18 +35,21 @@ class Skipped:
 
 
 def skipped(expected: Positions, delivered: Sequence[Position],
-            unchecked: Collection[str] = ()) -> tuple[tuple[Skipped | None, ...], dict[str, int]]:
+            transactional: Collection[str] = ()) -> tuple[tuple[Skipped | None, ...],
+                                                          dict[str, int]]:
     """For each delivered position in order, the offsets skipped right before it (None when
     none were), and the expected offsets after them all.
 
     ``expected`` maps ``topic:partition`` to the offset below which every record has been
     folded; a partition it does not name is expected from offset 0. A position below the
-    expected offset is a redelivery (the pieces skip it) and moves nothing back."""
+    expected offset is a redelivery (the pieces skip it) and moves nothing back. On a
+    ``transactional`` topic one offset more than expected is a commit marker, not a skip."""
     after = dict(expected)
     found: list[Skipped | None] = []
     for position in delivered:
         start = after.get(position.key, 0)
+        marker = 1 if position.topic in transactional else 0
         found.append(Skipped(position.topic, position.partition, start, position.offset)
-                     if position.offset > start and position.topic not in unchecked else None)
+                     if position.offset > start + marker else None)
         after[position.key] = max(start, position.offset + 1)
     return tuple(found), after
