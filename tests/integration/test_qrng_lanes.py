@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
@@ -17,13 +17,13 @@ from protocol.entropy.registry import SourceRegistry, SourceRegistryEntry, lane_
 from protocol.keys import SigningKey
 from services.block_builder.pool import EntropyPool
 from streams.admin import ensure_topics
+from streams.kafka import Position, make_reader
 from streams.settings import Settings
 from tests.integration.test_qrng_ingest import (
     _assert_one_gapless_verified_chain,
     _decode,
     _read_all,
     _run_cli,
-    _wait_for_chunks,
 )
 from tests.unit.test_block import build, tip, validate
 
@@ -49,9 +49,29 @@ def _lane_pid(parent: int, lane: int, timeout_s: float = 30) -> int:
     raise AssertionError(f"no process of lane {lane} under {parent}")
 
 
-def _chunks_of(settings: Settings, source_id: str) -> int:
-    records = _read_all(settings, settings.topic("entropy.raw"), idle_s=0.5)
-    return sum(1 for message in records if message.key == source_id.encode())
+class _ChunkCount:
+    """Records per source on ``entropy.raw`` so far, read on as the lanes publish (reading the
+    whole topic again each time grew with it: a minute under ``make test``'s load)."""
+
+    def __init__(self, settings: Settings) -> None:
+        topic = settings.topic("entropy.raw")
+        self._consumer = make_reader(settings, f"qrng-count-{time.time_ns()}",
+                                     **{"isolation.level": "read_uncommitted"})
+        self._consumer.assign([Position(topic, p, 0)
+                               for p in self._consumer.partitions(topic)])
+        self._seen: Counter[bytes] = Counter()
+
+    def of(self, source_id: str) -> int:
+        started = time.monotonic()
+        while time.monotonic() - started < 0.3:  # the lanes never stop: read a while, count
+            batch = self._consumer.consume(1000, 0.1)
+            if not batch:
+                break
+            self._seen.update(record.key for record in batch if record.key is not None)
+        return self._seen[source_id.encode()]
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 def test_two_lanes_are_two_chains_of_one_device_and_a_killed_lane_resumes(
@@ -65,24 +85,26 @@ def test_two_lanes_are_two_chains_of_one_device_and_a_killed_lane_resumes(
     registry = SourceRegistry(SourceRegistryEntry(lane, key.public_key, simulated=True)
                               for lane in lanes)
     process = _run_cli(settings, key_file, "--lanes", "2", source_id="dev-1")
+    count = _ChunkCount(settings)
     try:
-        _wait_for_chunks(settings, 20)
         # Both lanes up (one may start later than the other on a loaded machine: a lane
         # stopped before its start-up ends dies of the signal, and this test is not about that).
         deadline = time.monotonic() + 90
-        while min(_chunks_of(settings, lane) for lane in lanes) < 5:
+        while min(count.of(lane) for lane in lanes) < 10:
             assert time.monotonic() < deadline, "a lane did not start publishing"
-            time.sleep(0.5)
+            time.sleep(0.2)
         killed = _lane_pid(process.pid, 1)
         os.kill(killed, signal.SIGKILL)
-        at_kill = _chunks_of(settings, lanes[1])
+        time.sleep(0.5)  # what it had in flight lands (or never does)
+        at_kill = count.of(lanes[1])
         deadline = time.monotonic() + 90
         # Restarted, the lane resumes its own chain and publishes again.
-        while _chunks_of(settings, lanes[1]) < at_kill + 10:
+        while count.of(lanes[1]) < at_kill + 10:
             assert time.monotonic() < deadline, "the killed lane did not resume publishing"
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert _lane_pid(process.pid, 1) != killed
     finally:
+        count.close()
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err.decode()[-3000:]
