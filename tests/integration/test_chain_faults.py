@@ -48,8 +48,9 @@ def _state(supervisor: Supervisor, name: str) -> ServiceState:
     return next(s.state for s in supervisor.status() if s.name == name)
 
 
-def _prevoters(network: Network, height: int) -> set[bytes]:
-    """Validators whose prevotes for ``height`` are on chain.consensus (read to its end)."""
+def _prevoters(network: Network, height: int, after_ms: int = 0) -> set[bytes]:
+    """Validators whose prevotes for ``height`` are on chain.consensus (read to its end), of
+    those made after ``after_ms`` (the record's create time: when the validator sent it)."""
     topic = network.settings.topic("chain.consensus")
     consumer = make_consumer(network.settings, f"prevoters-{time.time_ns()}")
     found: set[bytes] = set()
@@ -62,7 +63,7 @@ def _prevoters(network: Network, height: int) -> set[bytes]:
                 continue
             decoded = decode_consensus(record.value, network.chain_id)
             if isinstance(decoded, Vote) and decoded.height == height and (
-                    decoded.vote_type is VoteType.PREVOTE):
+                    decoded.vote_type is VoteType.PREVOTE) and record.timestamp_ms > after_ms:
                 found.add(decoded.validator_address)
     finally:
         consumer.close()
@@ -107,13 +108,16 @@ def test_kill_validators_and_tally(network_factory: object) -> None:
     # two of four down: no quorum, the chain halts
     supervisor.kill("validator-2", signal.SIGKILL)
     supervisor.stop(["validator-2", "validator-3"], grace_s=1)  # they come back later
+    stopped_ms = time.time_ns() // 1_000_000
     _until(lambda: _state(supervisor, "tally") is ServiceState.RUNNING, 30,
            "the tally's restart")
     halted_at = _stable_height(network, quiet_s=4, timeout_s=30)  # the tally catches up
     live = (network.key_address("validator-0"), network.key_address("validator-1"))
     _until(lambda: set(live) <= _prevoters(network, halted_at + 1), 60,
            f"both live validators to prevote at height {halted_at + 1}")
-    assert _prevoters(network, halted_at + 1) <= set(live), "a stopped validator voted"
+    # validator-2 may have prevoted at halted_at + 1 before it was killed (seen once under make test):
+    # what counts is that nothing voted once it was down
+    assert _prevoters(network, halted_at + 1, stopped_ms) <= set(live), "a stopped validator voted"
     assert finalized_height(network.settings) == halted_at, "chain advanced without quorum"
 
     # restart both: the chain resumes
