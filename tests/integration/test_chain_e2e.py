@@ -27,6 +27,7 @@ from protocol.keys import SigningKey
 from services.ledger.core.chain_spec import ChainSpec, source_registry
 from streams.admin import ensure_topics
 from streams.chain_reader import VerifiedBlock, read_blocks
+from streams.chain_wire import decode_finalized
 from streams.codec import default_codec
 from streams.kafka import Position, make_consumer
 from streams.settings import Settings
@@ -127,15 +128,24 @@ class Network:
 
 
 def finalized_height(settings: Settings) -> int:
-    """Number of records on chain.blocks (a cheap progress probe; duplicates count)."""
+    """The height of the last block on chain.blocks (0 before the first). Its tail is read
+    back, committed records only: counting offsets (a record and a marker per block) once made
+    a tally killed in mid-transaction look like a block more, its aborted record and marker."""
     topic = settings.topic("chain.blocks")
     consumer = make_consumer(settings, f"probe-{time.time_ns()}")
     try:
-        low, high = consumer.watermarks(topic)
+        low = consumer.watermarks(topic)[0]
+        upper = consumer.end_offsets(topic)[0]  # read_committed: before any open transaction
+        window = 8
+        while upper > low:
+            lower = max(low, upper - window)
+            records = consumer.read_span(topic, 0, lower, upper)
+            if records:
+                return decode_finalized(records[-1].value).height
+            upper, window = lower, window * 4
+        return 0
     finally:
         consumer.close()
-    # Each transaction adds one commit marker after its record(s).
-    return int(high - low) // 2
 
 
 def validator_spec(net_dir: Path, index: int, interval_ms: int = 1000,

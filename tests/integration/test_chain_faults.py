@@ -115,8 +115,8 @@ def test_kill_validators_and_tally(network_factory: object) -> None:
     live = (network.key_address("validator-0"), network.key_address("validator-1"))
     _until(lambda: set(live) <= _prevoters(network, halted_at + 1), 60,
            f"both live validators to prevote at height {halted_at + 1}")
-    # validator-2 may have prevoted at halted_at + 1 before it was killed (seen once under make test):
-    # what counts is that nothing voted once it was down
+    # validator-2 may have prevoted at halted_at + 1 before it was killed (seen once under
+    # make test): what counts is that nothing voted once it was down
     assert _prevoters(network, halted_at + 1, stopped_ms) <= set(live), "a stopped validator voted"
     assert finalized_height(network.settings) == halted_at, "chain advanced without quorum"
 
