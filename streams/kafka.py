@@ -557,6 +557,20 @@ class KafkaConsumer:
                 raise KafkaTimeoutError(f"{self.name} {topic}[{partition}]: offsets "
                                         f"{start}..{end} not read within {timeout_s} s")
 
+    def last_record(self, topic: str, partition: int, floor: int, end: int,
+                    timeout_s: float = 60.0) -> Record | None:
+        """The last record at an offset in ``[floor, end)`` of one partition, or None. Read
+        backwards in growing windows (``read_span``): usually it is just before ``end``, after
+        at most a commit marker, but an aborted transaction or a run of markers may lie there."""
+        window = 16
+        while end > floor:
+            lower = max(floor, end - window)
+            records = self.read_span(topic, partition, lower, end, timeout_s)
+            if records:
+                return records[-1]
+            end, window = lower, window * 4
+        return None
+
     def end_offsets(self, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
         """Per partition, the offset the next record will get as this consumer reads it: one
         ``ListOffsets`` request for every partition (timestamp -1, "latest"), which under

@@ -110,8 +110,8 @@ class KafkaSource:
 
         That is where a consumer stands, by the records it handed out, once it has every record
         the partition holds: a transactional writer's commit marker takes the offset after its
-        records, so the high watermark is one past where such a consumer ever stands. The tail
-        is read backwards in growing windows: usually the last record is just before the end."""
+        records, so the high watermark is one past where such a consumer ever stands
+        (``KafkaConsumer.last_record`` reads the tail)."""
         name = self.settings.topic(topic)
         bounds = self.bounds(topic)
         ends: dict[int, int] = {}
@@ -119,15 +119,9 @@ class KafkaSource:
         try:
             for partition, start in starts.items():
                 low, upper = bounds.get(partition, (0, 0))
-                floor, window = max(start, low), 16
-                ends[partition] = start
-                while upper > floor:
-                    lower = max(floor, upper - window)
-                    records = consumer.read_span(name, partition, lower, upper, self.timeout_s)
-                    if records:
-                        ends[partition] = records[-1].offset + 1
-                        break
-                    upper, window = lower, window * 4
+                last = consumer.last_record(name, partition, max(start, low), upper,
+                                            self.timeout_s)
+                ends[partition] = start if last is None else last.offset + 1
         except KafkaOperationError as exc:
             raise SourceError(f"cannot read the end of {name}: {exc}") from exc
         finally:

@@ -134,16 +134,10 @@ def finalized_height(settings: Settings) -> int:
     topic = settings.topic("chain.blocks")
     consumer = make_consumer(settings, f"probe-{time.time_ns()}")
     try:
-        low = consumer.watermarks(topic)[0]
-        upper = consumer.end_offsets(topic)[0]  # read_committed: before any open transaction
-        window = 8
-        while upper > low:
-            lower = max(low, upper - window)
-            records = consumer.read_span(topic, 0, lower, upper)
-            if records:
-                return decode_finalized(records[-1].value).height
-            upper, window = lower, window * 4
-        return 0
+        # read_committed: up to the last stable offset, before any open transaction
+        last = consumer.last_record(topic, 0, consumer.watermarks(topic)[0],
+                                    consumer.end_offsets(topic)[0])
+        return 0 if last is None else decode_finalized(last.value).height
     finally:
         consumer.close()
 
