@@ -26,6 +26,13 @@ CPU (``cpu_ms_per_mb_ours``, ``_baseline``, ``_ours_device``): the median CPU ti
 system over every thread of the measuring process (librdkafka's included), per MB published.
 On a machine whose cores the broker shares it says more than the rates: what each MB costs.
 
+Cores (``cores_*``, ``cores_busy_*``, ``cpus``): for one lane (``ours``), one raw producer
+(``baseline``) and the two-process kinds, the median CPU seconds per second their own processes
+spent, and the whole machine (``/proc/stat``: the broker's time when it runs here, and anything
+else's). ``cores_busy_lanes_2`` near ``cpus`` says the cores were full, and then lanes cannot
+scale whatever ``raw_scaling`` says: two raw producers need a quarter of the CPU per MB that two
+lanes do and leave the rest to the broker (docs/performance.md, "is it the disk or the cores?").
+
 A device with its bytes ready (``ours_device``, ``device_ratio``): ours again, fed by a source
 whose read costs one copy and no keystream (``_ReadyDevice``), as a QRNG card's driver does; the
 simulator's AES-CTR is the stand-in's cost, not the pipeline's, and the baseline makes no bytes
@@ -106,9 +113,11 @@ def _device(round_: int) -> IngestConfig:
                         checkpoint=CheckpointPolicy(every_chunks=64, every_ms=1000), pace=False)
 
 
-# A measurement: bytes published and acknowledged, the seconds that took (final flush in), and
-# the CPU seconds (user + system, every thread: librdkafka's too) this process spent on it.
-Measured = tuple[int, float, float]
+# A measurement: bytes published and acknowledged, the seconds that took (final flush in), the
+# CPU seconds (user + system, every thread: librdkafka's too) this process spent on it, and the
+# CPU seconds every process of the machine spent meanwhile (``_machine_busy_s``; None where the
+# kernel does not say).
+Measured = tuple[int, float, float, float | None]
 _Ready = Callable[[], object]  # returns once every process of a round is ready to start
 
 
@@ -146,9 +155,10 @@ def _ours(settings: Settings, state_dir: Path, config: IngestConfig, key: Signin
     local = settings.model_copy(update={"state_dir": state_dir})
     service = build_service(local, config, source or SimulatorSource(), key)
     ready()
-    started, cpu = time.perf_counter(), _cpu_s()
+    started, cpu, busy = time.perf_counter(), _cpu_s(), _machine_busy_s()
     report = service.run(duration_s=round_s)  # includes the final flush of every chunk
-    return report.published_bytes, time.perf_counter() - started, _cpu_s() - cpu
+    return (report.published_bytes, time.perf_counter() - started, _cpu_s() - cpu,
+            _busy_since(busy))
 
 
 def _baseline(settings: Settings, topic: str, round_s: float, key: bytes = b"baseline",
@@ -157,7 +167,7 @@ def _baseline(settings: Settings, topic: str, round_s: float, key: bytes = b"bas
     payloads = [os.urandom(CHUNK) for _ in range(16)]
     sent = 0
     ready()
-    started, cpu = time.perf_counter(), _cpu_s()
+    started, cpu, busy = time.perf_counter(), _cpu_s(), _machine_busy_s()
     while time.perf_counter() - started < round_s:
         try:
             producer.produce(topic, value=payloads[sent % len(payloads)], key=key)
@@ -169,12 +179,31 @@ def _baseline(settings: Settings, topic: str, round_s: float, key: bytes = b"bas
     elapsed = time.perf_counter() - started
     if remaining:
         raise RuntimeError(f"baseline: {remaining} messages unacknowledged")
-    return sent * CHUNK, elapsed, _cpu_s() - cpu
+    return sent * CHUNK, elapsed, _cpu_s() - cpu, _busy_since(busy)
 
 
 def _cpu_s() -> float:
     times = os.times()
     return times.user + times.system
+
+
+def _machine_busy_s(stat: Path = Path("/proc/stat")) -> float | None:
+    """CPU seconds every core of the machine has spent busy since boot (user, nice, system, irq,
+    softirq: the broker's time too when it runs here; idle, iowait and a hypervisor's steal are
+    not), or None without a Linux ``/proc/stat``."""
+    try:
+        fields = stat.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if len(fields) < 8 or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, fields[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def _busy_since(start: float | None) -> float | None:
+    now = _machine_busy_s()
+    return None if start is None or now is None else now - start
 
 
 def _rate(measured: Measured) -> float:
@@ -183,6 +212,16 @@ def _rate(measured: Measured) -> float:
 
 def _cpu_ms_per_mb(measured: Measured) -> float:
     return measured[2] * 1000 / (measured[0] / MB)
+
+
+# What a measurement kept busy, in cores: its own processes' CPU seconds per second, and the
+# whole machine's (theirs, the broker's when it runs here, anything else's); None when unknown.
+Cores = tuple[float, float | None]
+
+
+def _cores(measured: Measured) -> Cores:
+    _, took, cpu, busy = measured
+    return cpu / took, None if busy is None else busy / took
 
 
 def _lane_process(settings: Settings, state_dir: Path, device: IngestConfig, lanes: int,
@@ -198,9 +237,12 @@ def _raw_process(settings: Settings, topic: str, index: int, round_s: float, bar
     out.put(_baseline(settings, topic, round_s, f"baseline-{index}".encode(), barrier.wait))
 
 
-def _together(target: Callable[..., None], jobs: list[tuple[Any, ...]], round_s: float) -> float:
+def _together(target: Callable[..., None], jobs: list[tuple[Any, ...]], round_s: float
+              ) -> tuple[float, Cores]:
     """``target(*job, barrier, queue)`` in one process per job, each starting its clock once
-    all are set up; their combined rate (all bytes over the longest of their times).
+    all are set up; their combined rate (all bytes over the longest of their times), and the
+    cores they kept busy: their CPU seconds summed, and the machine's as each of them saw it
+    over its own clock (the mean: the clocks run together), per second of the longest.
 
     A process that dies (before the barrier or after) fails the round at once with its exit
     code: the barrier is broken so the others stop waiting for it, and whatever still runs is
@@ -234,7 +276,11 @@ def _together(target: Callable[..., None], jobs: list[tuple[Any, ...]], round_s:
             if process.is_alive():
                 process.terminate()
                 process.join(5)
-    return sum(sent for sent, _, _ in measured) / max(took for _, took, _ in measured) / MB
+    longest = max(took for _, took, _, _ in measured)
+    seen = [busy / took for _, took, _, busy in measured if busy is not None]
+    cores = (sum(cpu for _, _, cpu, _ in measured) / longest,
+             statistics.fmean(seen) if len(seen) == len(measured) else None)
+    return sum(sent for sent, _, _, _ in measured) / longest / MB, cores
 
 
 def _profile(settings: Settings, top: int) -> None:
@@ -315,10 +361,18 @@ def _run(settings: Settings, rounds: int, round_s: float) -> dict[str, object]:
     rates: dict[str, list[float]] = {"ours": [], "baseline": [], "lanes_2": [], "raw_2": [],
                                      "ours_device": []}
     cpu: dict[str, list[float]] = {"ours": [], "baseline": [], "ours_device": []}
+    cores: dict[str, list[Cores]] = {"ours": [], "baseline": [], "lanes_2": [],
+                                     "raw_2": []}
 
     def in_process(name: str, measured: Measured) -> float:
         cpu[name].append(_cpu_ms_per_mb(measured))
+        if name in cores:
+            cores[name].append(_cores(measured))
         return _rate(measured)
+
+    def together(name: str, result: tuple[float, Cores]) -> float:
+        cores[name].append(result[1])
+        return result[0]
 
     with tempfile.TemporaryDirectory() as state, Progress(console=console) as progress:
         key_file = Path(state) / "device.key"
@@ -328,11 +382,12 @@ def _run(settings: Settings, rounds: int, round_s: float) -> dict[str, object]:
                 s, Path(state), _device(round_), SigningKey.load(key_file), round_s)),
             "baseline": lambda s, round_: in_process("baseline", _baseline(
                 s, s.topic("bench.baseline"), round_s)),
-            "lanes_2": lambda s, round_: _together(_lane_process, [
+            "lanes_2": lambda s, round_: together("lanes_2", _together(_lane_process, [
                 (s, Path(state), _device(round_ + rounds), 2, lane, key_file, round_s)
-                for lane in range(2)], round_s),
-            "raw_2": lambda s, round_: _together(_raw_process, [
-                (s, s.topic("bench.baseline"), index, round_s) for index in range(2)], round_s),
+                for lane in range(2)], round_s)),
+            "raw_2": lambda s, round_: together("raw_2", _together(_raw_process, [
+                (s, s.topic("bench.baseline"), index, round_s) for index in range(2)],
+                round_s)),
             "ours_device": lambda s, round_: in_process("ours_device", _ours(
                 s, Path(state), _device(round_ + 2 * rounds), SigningKey.load(key_file),
                 round_s, source=_ReadyDevice())),
@@ -369,14 +424,18 @@ def _run(settings: Settings, rounds: int, round_s: float) -> dict[str, object]:
     console.print("MB/s per round: " + "; ".join(
         f"{name} {[round(x, 1) for x in values]}" for name, values in rates.items())
         + f"; load {os.getloadavg()}")
-    return summary(rates, health, cpu)
+    return summary(rates, health, cpu, cores)
 
 
 def summary(rates: dict[str, list[float]], health: float,
-            cpu: dict[str, list[float]] | None = None) -> dict[str, object]:
+            cpu: dict[str, list[float]] | None = None,
+            cores: dict[str, list[Cores]] | None = None) -> dict[str, object]:
     """The JSON line from every round's rates (module doc): medians of the rates, and each
     ratio the median of the rounds' own ratios; ``cpu_ms_per_mb_*``, the median CPU time the
-    measuring process spent per MB published, for the kinds measured in this process."""
+    measuring process spent per MB published, for the kinds measured in this process;
+    ``cores_*`` and ``cores_busy_*``, the median cores a kind's own processes and the whole
+    machine kept busy while it ran (the latter only where the kernel said, in every round),
+    against ``cpus``."""
 
     def paired(top: str, bottom: str) -> float:
         return round(statistics.median(
@@ -393,7 +452,22 @@ def summary(rates: dict[str, list[float]], health: float,
             "ours_device": median["ours_device"],
             "device_ratio": paired("ours_device", "baseline"), "rounds": len(rates["ours"]),
             **{f"cpu_ms_per_mb_{name}": round(statistics.median(values), 2)
-               for name, values in (cpu or {}).items() if values}}
+               for name, values in (cpu or {}).items() if values},
+            **_cores_keys(cores or {})}
+
+
+def _cores_keys(cores: dict[str, list[Cores]]) -> dict[str, object]:
+    keys: dict[str, object] = {}
+    for name, values in cores.items():
+        if not values:
+            continue
+        keys[f"cores_{name}"] = round(statistics.median(own for own, _ in values), 2)
+        busy = [machine for _, machine in values if machine is not None]
+        if len(busy) == len(values):
+            keys[f"cores_busy_{name}"] = round(statistics.median(busy), 2)
+    if keys:
+        keys["cpus"] = os.cpu_count()
+    return keys
 
 
 if __name__ == "__main__":

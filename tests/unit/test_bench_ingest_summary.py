@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench.ingest import _check_disk, _together, summary
+from bench.ingest import _check_disk, _machine_busy_s, _together, summary
 from streams.settings import KafkaSettings, Settings
 
 
@@ -63,15 +63,43 @@ def _lane(exit_code: int, barrier: Any, out: Any) -> None:
     if exit_code:
         os._exit(exit_code)
     barrier.wait()
-    out.put((1_000_000, 0.5, 0.1))
+    out.put((1_000_000, 0.5, 0.1, 0.6))
 
 
 def test_a_round_with_a_dead_process_fails_at_once_and_leaves_nothing_running() -> None:
     """A lane process that dies before the round starts used to leave its partner waiting at
     the barrier and the bench waiting minutes for a result, then hanging on exit."""
-    assert _together(_lane, [(0,), (0,)], round_s=1.0) == 4.0  # 2 MB over 0.5 s
+    # 2 MB over 0.5 s; 0.2 CPU seconds of their own and each saw the machine busy 0.6 of its 0.5
+    assert _together(_lane, [(0,), (0,)], round_s=1.0) == (4.0, (0.4, 1.2))
     started = time.monotonic()
     with pytest.raises(RuntimeError, match=r"exit codes .*3"):
         _together(_lane, [(0,), (3,)], round_s=1.0)
     assert time.monotonic() - started < 30
     assert not multiprocessing.active_children()
+
+
+def test_the_line_says_how_many_cores_a_kind_and_the_machine_kept_busy() -> None:
+    # Per round: (own cores, the machine's); one round the kernel did not say for raw_2.
+    cores = {"ours": [(1.0, 1.9), (1.1, 2.0), (0.9, 1.8)], "baseline": [],
+             "lanes_2": [(1.0, 1.95), (1.2, 2.0), (1.1, 1.9)],
+             "raw_2": [(0.3, 1.5), (0.2, None), (0.3, 1.6)]}
+    line = summary(_rates([90.0, 450.0, 180.0], [100.0, 500.0, 200.0]), 3000.0, None, cores)
+    assert (line["cores_ours"], line["cores_busy_ours"]) == (1.0, 1.9)
+    assert (line["cores_lanes_2"], line["cores_busy_lanes_2"]) == (1.1, 1.95)
+    assert line["cores_raw_2"] == 0.3
+    assert "cores_busy_raw_2" not in line  # not known in every round: no figure
+    assert "cores_baseline" not in line and "cores_busy_baseline" not in line
+    assert line["cpus"] == os.cpu_count()
+    assert "cpus" not in summary(_rates([1.0], [1.0]), 3000.0)  # no cores measured, no key
+
+
+def test_machine_busy_time_counts_work_and_not_idle_iowait_or_steal(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    tick = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text(f"cpu  {tick} {tick} {tick} 9999 9999 {tick} {tick} 9999 0 0\ncpu0 1 2 3\n")
+    assert _machine_busy_s(stat) == 5.0
+    assert _machine_busy_s(tmp_path / "absent") is None
+    stat.write_text("intr 1 2 3\n")
+    assert _machine_busy_s(stat) is None
+    assert (_machine_busy_s() or 0.0) > 0.0  # this machine's own
