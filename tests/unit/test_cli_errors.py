@@ -118,3 +118,31 @@ def test_every_qustream_command_the_docs_name_exists() -> None:
                 break
             command = commands[word]
     assert not missing, missing
+
+
+@pytest.mark.parametrize(("argv", "name"), [
+    (["chain", "head"], "chain"),
+    (["--debug", "audit", "--json"], "audit"),
+    (["--config", "qustream.toml", "validator", "run"], "validator"),
+    (["--config=qustream.toml", "users", "--help"], "users"),
+    (["--help"], None),
+    ([], None),
+])
+def test_the_command_a_line_names(argv: list[str], name: str | None) -> None:
+    assert cli.command_name(argv) == name
+
+
+def test_a_command_imports_only_its_own_part_and_help_lists_them_all() -> None:
+    """A service started as ``qustream validator run`` does not pay for importing the demo, the
+    gateway and the rest; ``qustream --help`` and an unknown command still see every part."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from streams import cli; cli._register(cli.command_name(sys.argv[1:])); "
+             "print(sorted(cli._registered)); print('services.demo' in sys.modules)")
+    alone = subprocess.run([sys.executable, "-c", probe, "chain", "head"], capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    assert alone[:2] == ["['chain']", "False"], alone
+    every = subprocess.run([sys.executable, "-c", probe, "nosuch"], capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    assert every[1] == "True" and every[0].count("'") == 2 * len(cli._PARTS), every
