@@ -211,6 +211,9 @@ class ValidatorNode(ConsensusDriver):
         for message in messages:
             if isinstance(message, Proposal):
                 self._arrived(message)  # its own: it reaches this node when made
+            # its own signature, met again in the next block's last commit: known, not verified
+            self.verifier.remember(self.key.public_key,
+                                   message.sign_bytes(self.config.chain_id), message.signature)
         if messages:
             self.outbox.hold(self.state.signer, messages)  # leave once durable (``_send_durable``)
         for output in outputs:

@@ -9,7 +9,10 @@ The consensus core and the block builder ask one question, "is this ``signature`
    of its last commit, and a proposal re-sent (a restarted peer) carries the same signature.
    ``VoteVerifier`` remembers at least the last ``remember // 2`` triples that verified and at
    most ``remember`` (two generations, the older dropped whole; a failure is never
-   remembered, so a bad signature is verified, and refused, every time).
+   remembered, so a bad signature is verified, and refused, every time). The node's own
+   signatures are known from the moment it makes them (``remember``): its precommit is in the
+   next block's last commit too, and verifying it there cost one verification per height that
+   checked nothing (an eighth of a height's verifications at 4 validators).
 2. Ahead: with ``workers`` > 0, the node hands each polled batch of ``chain.consensus`` records
    to ``expect`` before the core sees the first of them; the triples go to worker processes
    (``streams.signature_pool``, the audit's pool) and the core's checks collect the answers while
@@ -78,10 +81,20 @@ class VoteVerifier:
         else:
             valid = key.verify(message, signature)
         if valid:
-            if len(self._known) >= self._generation:
-                self._older, self._known = self._known, {}
-            self._known[item] = signature
+            self._keep(item, signature)
         return valid
+
+    def remember(self, key: PublicKey, message: bytes, signature: bytes) -> None:
+        """Know a signature this node has just made with its own key, without verifying it: it
+        comes back in the next block's last commit, where only the exact triple is answered
+        from memory (the same key, sign-bytes and signature bytes), so nothing another party
+        sends is taken on trust."""
+        self._keep((key.raw, message), signature)
+
+    def _keep(self, item: tuple[bytes, bytes], signature: bytes) -> None:
+        if len(self._known) >= self._generation:
+            self._older, self._known = self._known, {}
+        self._known[item] = signature
 
     def knows(self, key: PublicKey, message: bytes, signature: bytes) -> bool:
         item = (key.raw, message)

@@ -43,6 +43,18 @@ def test_only_signatures_that_verify_are_remembered() -> None:
         assert (check.verified, check.remembered) == (3, 1)
 
 
+def test_an_own_signature_is_known_only_as_the_exact_triple() -> None:
+    good, _, bad = _triples(3)
+    key, message, signature = good
+    with VoteVerifier() as check:
+        check.remember(key, message, signature)
+        assert check(key, message, signature) and check.verified == 0
+        assert not check(key, message, bad[2])  # another signature of the same message
+        other = SigningKey.from_seed(bytes([1]) * 32).public_key
+        assert not check(other, message, signature)  # the same bytes under another key
+        assert check.verified == 2
+
+
 @pytest.mark.parametrize("remember", [2, 4, 5])
 def test_memory_is_bounded_and_keeps_the_newest(remember: int) -> None:
     """At every step the last ``remember // 2`` triples that verified are known, and never
@@ -116,3 +128,30 @@ def test_the_node_decides_every_height(tmp_path: Path, workers: int) -> None:
 def test_a_forged_vote_is_refused_with_or_without_a_pool(tmp_path: Path, workers: int) -> None:
     _, dead_letters = _run(tmp_path, workers, heights=4, forge_at=3)
     assert dead_letters == {"rejected_by_core": 1}
+
+
+@pytest.mark.parametrize("size", [4, 7])
+def test_each_peer_signature_is_verified_once_and_the_nodes_own_never(
+        tmp_path: Path, size: int) -> None:
+    """Per height the node verifies exactly the signatures its peers sent in it: a peer's
+    precommit met again in the next block's last commit is answered from memory, and so is the
+    node's own precommit there (it made it; verifying it checked nothing)."""
+    keys = validator_keys(size, Algorithm.ED25519)
+    spec = network_spec(keys)
+    node, recorder = node_under_test(spec, keys[0], tmp_path / "guard")
+    peers = Peers(spec, keys, keys[0], node.settings)
+    try:
+        node.tick()
+        peers.read(recorder)
+        own_heights = 0
+        for _ in range(3 * size):
+            height = peers.prepare()
+            before = node.verifier.verified
+            deliver(node, height)
+            assert node.verifier.verified - before == len(height.first) + len(height.second)
+            own_heights += height.proposal.proposer_address == keys[0].address
+            peers.read(recorder)
+            peers.decided(height)
+        assert own_heights >= 2  # the node proposed some of them (no proposal to verify then)
+    finally:
+        node.close()
