@@ -40,6 +40,7 @@ import base64
 import json
 import logging
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -80,6 +81,7 @@ from sdk.errors import (
 )
 from sdk.subscriber import TrustedCheckpoint
 from streams.chain_wire import decode_finalized
+from streams.orphans import watch_parent
 
 log = logging.getLogger("qustream.sdk.beacon")
 MAX_WAIT_S = 60.0  # the gateway's bound on one long poll
@@ -605,9 +607,11 @@ class BeaconClient:
         if self._pool is None or self._pool_size != workers:
             if self._pool is not None:
                 self._pool.shutdown(cancel_futures=True)
-            # spawn, not fork: the client may run threads (an HTTP pool, the caller's own)
+            # spawn, not fork: the client may run threads (an HTTP pool, the caller's own);
+            # the workers end with this process even when it is killed (``streams.orphans``)
             self._pool = ProcessPoolExecutor(workers,
-                                             mp_context=multiprocessing.get_context("spawn"))
+                                             mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=watch_parent, initargs=(os.getpid(),))
             self._pool_size = workers
         return self._pool
 

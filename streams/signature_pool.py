@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from protocol.keys import Algorithm, PublicKey
+from streams.orphans import watch_parent
 
 Triple = tuple[PublicKey, bytes, bytes]
 _Item = tuple[str, bytes, bytes, bytes]  # algorithm, raw key, message, signature
@@ -54,8 +55,11 @@ def _verify_batch(items: list[_Item]) -> list[bool]:
             for alg, raw, message, signature in items]
 
 
-def _serve(conn: Connection) -> None:
-    """A worker: answer batches in order until the pool closes its end."""
+def _serve(conn: Connection, owner: int, start_method: str) -> None:
+    """A worker: answer batches in order until the pool closes its end, or until the process
+    that started it is gone (``streams.orphans``: a forked worker holds a copy of the pool's end
+    of its pipe, so kill -9 of the pool's process never shows here as end of file)."""
+    watch_parent(os.getppid() if start_method == "forkserver" else owner)  # a forkserver's child
     while True:
         try:
             batch = conn.recv()
@@ -91,8 +95,9 @@ class _Worker:
 
     def __init__(self, context: Any) -> None:
         self.conn, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=_serve, args=(child,), daemon=True,
-                                       name="qustream-verify")
+        self.process = context.Process(
+            target=_serve, args=(child, os.getpid(), context.get_start_method()), daemon=True,
+            name="qustream-verify")
         self.process.start()
         child.close()
         self.in_flight: deque[int] = deque()  # batch ids sent and not yet answered

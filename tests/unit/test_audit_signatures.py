@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -140,3 +143,54 @@ def test_history_lookup_by_height(local_chain: LocalChain) -> None:
         assert record is not None and record.height == height
     assert chain.record_of(heights[0] - 1) is None
     assert chain.record_of(heights[-1] + 1) is None
+
+
+_POOL_OWNER = """
+import os, sys, threading, time
+if sys.argv[1] == "sdk":  # the beacon client's pool (spawn), as ``verify_range`` starts it
+    from sdk.beacon import BeaconClient
+    client = BeaconClient.__new__(BeaconClient)
+    client._pool, client._pool_size = None, 0
+    pool = client._verifiers(2)
+    list(pool.map(abs, range(8)))
+    print("spawn", *pool._processes, flush=True)
+    time.sleep(60)
+from streams.signature_pool import SignaturePool
+if sys.argv[1] == "forkserver":  # a second thread: the pool does not fork then
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+pool = SignaturePool(2)
+print(pool.start_method, *(w.process.pid for w in pool._workers), flush=True)
+time.sleep(60)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("start", ["fork", "forkserver", "sdk"])
+def test_workers_exit_when_the_process_that_owns_them_is_killed(start: str) -> None:
+    """kill -9 of a pool's process (a validator, an audit, an application's beacon client)
+    must not leave its workers running: they never see end of file on their pipes, so they
+    watch their parent (``streams.orphans``)."""
+    owner = subprocess.Popen([sys.executable, "-c", _POOL_OWNER, start],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        method, *pids = (owner.stdout.readline() if owner.stdout else "").split()
+        assert method == ("spawn" if start == "sdk" else start) and len(pids) == 2
+        workers = [int(pid) for pid in pids]
+        assert all(_running(pid) for pid in workers)
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in workers if _running(pid)]
+    for pid in left:  # do not leave them behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "workers outlived their pool's process"
