@@ -85,6 +85,7 @@ from services.ledger.core.state import LedgerState
 from streams.chain_wire import decode_evidence_record, decode_finalized, encode_consensus
 from streams.codec import CodecError, default_codec
 from streams.dlq import DeadLetters
+from streams.instance_lock import InstanceLock
 from streams.kafka import KafkaProducer, Position, Record, make_consumer, make_producer
 from streams.settings import Settings
 from streams.signature_pool import Triple
@@ -155,6 +156,12 @@ class ValidatorNode(ConsensusDriver):
         self.settings = settings
         self.key = key
         self.options = options
+        # One process per key and state directory: the guard file is read once, at start, so
+        # two processes would each guard only against itself (``streams.instance_lock``).
+        self.instance = InstanceLock(
+            guard_path.with_name(guard_path.name + ".lock"), f"validator {key.address.hex()}",
+            "two processes signing with one key can sign two different votes in one round "
+            "(double signing, which the chain slashes)")
         self.guard = SignGuard(guard_path, key.address)
         self.outbox: GuardOutbox[Proposal | Vote] = GuardOutbox(self.guard)
         self.name = f"validator-{key.address.hex()[:12]}"
@@ -444,11 +451,12 @@ class ValidatorNode(ConsensusDriver):
         self.verifier.settle()
 
     def close(self) -> None:
-        """Stop the verification workers and close the guard file (``run`` does it on the
-        way out)."""
+        """Stop the verification workers, close the guard file and let the next process of this
+        key in (``run`` does it on the way out)."""
         self.verifier.close()
         self.outbox.close()
         self.guard.close()
+        self.instance.release()
 
     def assignments(self) -> list[Position]:
         """Where each input is read from: ``chain.consensus`` and ``chain.blocks`` from the

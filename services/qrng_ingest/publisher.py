@@ -62,6 +62,7 @@ from services.qrng_ingest.core.ahead import AheadChain, Held, discard, release, 
 from services.qrng_ingest.core.pacing import Placement, place, public_open
 from streams.codec import CodecError, default_codec
 from streams.errors import KafkaOperationError, ProducerQueueFullError
+from streams.instance_lock import InstanceLock
 from streams.kafka import (
     Delivery,
     KafkaConsumer,
@@ -364,10 +365,12 @@ class ChunkPublisher:
         producer: KafkaProducer | None = None,
         on_latency: Callable[[float], None] | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        instance: InstanceLock | None = None,
         **producer_overrides: Any,
     ) -> None:
         if not 0.0 <= private_share <= 1.0:
             raise PublishError(f"private share {private_share} is outside 0..1")
+        self._instance = instance  # released by ``close`` (``open_publisher`` takes it)
         self.source_id = source_id
         self._key_bytes = source_id.encode()
         self._signing_key = key
@@ -538,12 +541,20 @@ class ChunkPublisher:
 
     def close(self, timeout_s: float = 30.0) -> list[Chunk]:
         """Publish the held payloads committing to nothing, checkpoint what is unsigned, wait
-        for every acknowledgement, save the state. Returns the chunks published here.
+        for every acknowledgement, save the state, let the next process of this source in.
+        Returns the chunks published here.
 
         A held public payload that pacing keeps secret (its predecessor is not in a finalized
         block yet) stays unpublished and is lost: revealing it would break the pacing rule, and
         keeping it for the next run would mean writing secret payloads to disk. The next run
         continues the chain with an uncommitted chunk, as after a crash."""
+        try:
+            return self._close(timeout_s)
+        finally:
+            if self._instance is not None:
+                self._instance.release()
+
+    def _close(self, timeout_s: float) -> list[Chunk]:
         released: list[Chunk] = []
         try:
             if self._fatal is None:
@@ -572,13 +583,23 @@ def open_publisher(
     checkpoint_policy: CheckpointPolicy | None = None, private_share: float = 0.0,
     on_latency: Callable[[float], None] | None = None, **producer_overrides: Any,
 ) -> ChunkPublisher:
-    """Resume both chains of ``source_id`` (state file + topic tail) and build the publisher."""
-    state = StateFile(settings.state_dir / "qrng" / f"{source_id}.json", source_id)
+    """Resume both chains of ``source_id`` (state file + topic tail) and build the publisher.
+    Only one process of a source runs on a host (``streams.instance_lock``): a second one would
+    extend the same chain from the same state, and the two chains would fork."""
+    path = settings.state_dir / "qrng" / f"{source_id}.json"
+    instance = InstanceLock(path.with_name(path.name + ".lock"), f"QRNG source {source_id!r}",
+                            "two processes of one source extend its hash chain from the same "
+                            "head, and the chain forks")
     try:
-        positions = resume_positions(settings, source_id, state)
-    except KafkaOperationError as exc:
-        raise ResumeError(f"cannot resume {source_id}: {exc}") from exc
-    return ChunkPublisher(settings, source_id, key, positions=positions, state=state,
-                          checkpoint_policy=checkpoint_policy, private_share=private_share,
-                          on_latency=on_latency, **producer_overrides)
+        state = StateFile(path, source_id)
+        try:
+            positions = resume_positions(settings, source_id, state)
+        except KafkaOperationError as exc:
+            raise ResumeError(f"cannot resume {source_id}: {exc}") from exc
+        return ChunkPublisher(settings, source_id, key, positions=positions, state=state,
+                              checkpoint_policy=checkpoint_policy, private_share=private_share,
+                              on_latency=on_latency, instance=instance, **producer_overrides)
+    except BaseException:
+        instance.release()
+        raise
 

@@ -214,6 +214,10 @@ def test_kill_9_and_restart_gives_no_gap_and_no_reused_sequence(
     for round_ in range(3):
         process = _run_cli(settings, key_file)
         _wait_for_chunks(settings, 20 * (round_ + 1))
+        if round_ == 0:  # a second process of the source is refused while this one runs
+            twin = _run_cli(settings, key_file, "--max-bytes", str(4 * CHUNK))
+            _, err = twin.communicate(timeout=60)
+            assert twin.returncode != 0 and b"already running" in err, err.decode()[-3000:]
         process.send_signal(signal.SIGKILL)
         process.wait(30)
         if round_ == 1:
