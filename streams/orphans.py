@@ -6,7 +6,10 @@ pickles both ends), so when the process that owns the pool dies without closing 
 signal's default action, a crash in C) the worker never sees end of file and runs on, reparented,
 for good: one set per crash of an SDK client, a validator or an audit. ``watch_parent`` is the
 initializer that prevents it: a daemon thread in the worker that looks every ``interval_s``
-whether its parent is still the process that started it, and ends the worker when not.
+whether its parent is still the process that started it, and ends the worker when not. Not
+the kernel's ``PR_SET_PDEATHSIG`` (``streams.supervisor.die_with_parent``, for services): it
+follows the *thread* that started the child, and a pool starts workers from whichever thread
+of an application submits work first, so a worker would die with a short-lived thread.
 """
 
 from __future__ import annotations
