@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from streams.settings import Settings
+from tests.support.processes import running
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +42,6 @@ def service_pids(settings: Settings) -> dict[str, int]:
                 for name, entry in json.loads(run_file.read_text())["services"].items()}
     except (OSError, ValueError, KeyError):
         return {}
-
-
-def running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _get(port: int, key: str, path: str) -> httpx.Response | None:

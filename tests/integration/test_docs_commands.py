@@ -42,7 +42,8 @@ import pytest
 
 from infra.k8s.validate import helm_binary
 from streams.settings import Settings
-from tests.integration.test_demo import running, service_pids
+from tests.integration.test_demo import service_pids
+from tests.support.processes import running
 
 pytestmark = pytest.mark.integration
 

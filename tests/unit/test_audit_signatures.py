@@ -18,6 +18,7 @@ from sdk.testing import LocalChain, make_local_chain, tamper
 from services.audit.replay import AuditOptions, audit_chain
 from services.audit.sources import LogRecord, MemorySource
 from streams.signature_pool import BATCH, SignaturePool
+from tests.support.processes import running
 
 
 def _triples(count: int) -> list[tuple]:  # type: ignore[type-arg]
@@ -164,14 +165,6 @@ time.sleep(60)
 """
 
 
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("start", ["fork", "forkserver", "sdk"])
 def test_workers_exit_when_the_process_that_owns_them_is_killed(start: str) -> None:
     """kill -9 of a pool's process (a validator, an audit, an application's beacon client)
@@ -183,14 +176,14 @@ def test_workers_exit_when_the_process_that_owns_them_is_killed(start: str) -> N
         method, *pids = (owner.stdout.readline() if owner.stdout else "").split()
         assert method == ("spawn" if start == "sdk" else start) and len(pids) == 2
         workers = [int(pid) for pid in pids]
-        assert all(_running(pid) for pid in workers)
+        assert all(running(pid) for pid in workers)
     finally:
         owner.kill()
         owner.wait()
     deadline = time.monotonic() + 10
-    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = [pid for pid in workers if _running(pid)]
+    left = [pid for pid in workers if running(pid)]
     for pid in left:  # do not leave them behind when the test fails
         os.kill(pid, signal.SIGKILL)
     assert not left, "workers outlived their pool's process"

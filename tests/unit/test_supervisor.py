@@ -21,6 +21,7 @@ from streams.supervisor import (
     previous_supervisor,
     stop_leftovers,
 )
+from tests.support.processes import running
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -180,15 +181,9 @@ def test_services_end_when_their_supervisor_is_killed(tmp_path: Path) -> None:
                   if (tmp_path / "s.log").exists() else False)
         parent.kill()
         parent.wait(5)
-        _wait_for(lambda: not _running(child), timeout_s=10)
+        _wait_for(lambda: not running(child), timeout_s=10)
     finally:
         parent.kill()
         parent.wait()
 
 
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
