@@ -140,14 +140,14 @@ _LONG_MAX = 2**63 - 1
 def _read_vote(data: bytes, chain_id: str) -> Vote | None:
     """The vote in ``data`` (header checked by the caller), or None to leave it to fastavro."""
     try:
-        size, at = _zigzag(data, HEADER_SIZE)
+        size, at = _read_long(data, HEADER_SIZE)
         end = at + size
         if size < 0 or data[at:end] != chain_id.encode():
             return None
-        height, at = _zigzag(data, end)
-        round_, at = _zigzag(data, at)
-        kind, at = _zigzag(data, at)
-        branch, at = _zigzag(data, at)
+        height, at = _read_long(data, end)
+        round_, at = _read_long(data, at)
+        kind, at = _read_long(data, at)
+        branch, at = _read_long(data, at)
         if (kind not in (0, 1) or branch not in (0, 1) or round_ not in _INT_RANGE
                 or height > _LONG_MAX):
             return None
@@ -163,9 +163,10 @@ def _read_vote(data: bytes, chain_id: str) -> Vote | None:
         return None
 
 
-def _zigzag(data: bytes, at: int) -> tuple[int, int]:
+def _read_long(data: bytes, at: int) -> tuple[int, int]:
     """The Avro long (zigzag varint) at ``at`` and the position after it; IndexError past the
-    end, ValueError beyond ten bytes."""
+    end, ValueError beyond ten bytes. (The inverse of ``qrng_ingest.publisher._zigzag``, the
+    writer side of the other hand-framed record.)"""
     byte = data[at]
     if byte < 0x80:  # nearly every field of a vote: one byte
         return (byte >> 1) ^ -(byte & 1), at + 1
@@ -182,7 +183,7 @@ def _zigzag(data: bytes, at: int) -> tuple[int, int]:
 
 
 def _bytes(data: bytes, at: int) -> tuple[bytes, int]:
-    size, at = _zigzag(data, at)
+    size, at = _read_long(data, at)
     end = at + size
     if size < 0 or end > len(data):
         raise ValueError("bytes field runs past the end")
