@@ -92,11 +92,8 @@ def votes_of_a_round(drawn: tuple[VoteType, int, list[int], list[int]]) -> list[
     return [at[w] for w in wanted]
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(ONE, ROUND_OF_VOTES.map(votes_of_a_round)), max_size=12))
-def test_skipping_the_rules_changes_nothing(groups: list[list[int]]) -> None:
-    pool = inputs()
-    events = [pool[index] for group in groups for index in group]
+def remembering_config() -> ConsensusConfig:
+    """This node's config, each signature verified once (the inputs repeat)."""
     remembered: dict[tuple[bytes, bytes, bytes], bool] = {}
 
     def check(key, message, signature):  # type: ignore[no-untyped-def]
@@ -105,7 +102,15 @@ def test_skipping_the_rules_changes_nothing(groups: list[list[int]]) -> None:
             remembered[item] = key.verify(message, signature)
         return remembered[item]
 
-    config = ConsensusConfig("qustream-sim", ME, check=check)
+    return ConsensusConfig("qustream-sim", ME, check=check)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(ONE, ROUND_OF_VOTES.map(votes_of_a_round)), max_size=12))
+def test_skipping_the_rules_changes_nothing(groups: list[list[int]]) -> None:
+    pool = inputs()
+    events = [pool[index] for group in groups for index in group]
+    config = remembering_config()
     skipping = play(events, config)
     with mock.patch.object(state_machine, "_may_enable_rules", lambda *_: True):
         scanning = play(events, config)

@@ -141,6 +141,44 @@ class VoteSet:
         return self.by_value.get(key, {}).get(address)
 
 
+class VoteSetBuilder:
+    """A working copy of one ``VoteSet`` for counting a run of votes without a new value per
+    vote (``state_machine.handle_votes``). It counts only what ``VoteSet.add`` counts as a
+    validator's first vote in the set (``first_vote``); everything else (a second value, a
+    re-delivery, a non-member) is for ``VoteSet.add``. ``build`` gives the set that adding the
+    same votes one by one gives, equal field by field, its dictionaries in the same order. The
+    base set is never written to: its dictionaries are copied once, the first time each is
+    written, and the builder must not be used after ``build``."""
+
+    __slots__ = ("_own", "base", "by_value", "power", "power_by_value", "votes")
+
+    def __init__(self, base: VoteSet) -> None:
+        self.base = base
+        self.votes: dict[bytes, Vote] = dict(base.votes)
+        self.by_value: dict[bytes, Mapping[bytes, Vote]] = dict(base.by_value)
+        self.power_by_value: dict[bytes, int] = dict(base.power_by_value)
+        self.power = base.power
+        self._own: dict[bytes, dict[bytes, Vote]] = {}  # voters of a value, copied already
+
+    def first_vote(self, vote: Vote, power: int) -> None:
+        """Count ``vote`` of a member with ``power`` that has no vote in this set yet (the
+        caller checked both, and the signature)."""
+        address, key = vote.validator_address, vote.block_key
+        self.votes[address] = vote
+        self.power += power
+        voters = self._own.get(key)
+        if voters is None:
+            voters = self._own[key] = dict(self.by_value.get(key, {}))
+            self.by_value[key] = voters
+        voters[address] = vote
+        self.power_by_value[key] = self.power_by_value.get(key, 0) + power
+
+    def build(self) -> VoteSet:
+        base = self.base
+        return VoteSet(base.height, base.round, base.vote_type, base.validators, self.votes,
+                       self.by_value, self.power_by_value, self.power, base.conflicts)
+
+
 @dataclass(frozen=True, slots=True)
 class HeightVoteSet:
     """All vote sets of one height, keyed by (round, type); the rounds held are bounded (see
@@ -203,6 +241,20 @@ class HeightVoteSet:
         # The constructor, not ``replace``: this runs for every counted vote.
         return HeightVoteSet(opened.height, opened.validators, sets, opened.round,
                              opened.catchup, rounds), result
+
+    def with_set(self, vote_set: VoteSet) -> HeightVoteSet:
+        """This height's sets with ``vote_set`` in place of its (round, type), for a round
+        that needs no catch-up (``round <= self.round + 1``): what ``add`` gives for votes
+        counted in a ``VoteSetBuilder``."""
+        if vote_set.height != self.height or vote_set.round > self.round + 1:
+            raise VoteSetError(f"set of height {vote_set.height} round {vote_set.round} put "
+                               f"in height {self.height} at round {self.round}")
+        sets = dict(self.sets)
+        sets[(vote_set.round, vote_set.vote_type)] = vote_set
+        rounds = self._rounds if vote_set.round in self._rounds else tuple(
+            sorted((*self._rounds, vote_set.round)))
+        return HeightVoteSet(self.height, self.validators, sets, self.round, self.catchup,
+                             rounds)
 
     def rounds(self) -> tuple[int, ...]:
         return self._rounds
