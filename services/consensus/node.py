@@ -87,6 +87,7 @@ from services.consensus.core.state_machine import (
     all_precommits_in,
     commit_for_next_height,
     handle,
+    handle_votes,
     initial_state,
     precommits_in,
 )
@@ -269,6 +270,27 @@ class ConsensusDriver:
         # Inputs the core replays from its own buffer (at StartHeight) are attributed to the
         # record being handled when the height started: the same for every reader of the log.
         self._dispatch(outputs, source if source is not None else self._source)
+
+    def feed_votes(self, votes: Sequence[tuple[Vote, Record]]) -> int:
+        """Hand consecutive votes (each with its record) to the core as ``feed`` would, one by
+        one, up to and including the first that has outputs (dispatched, attributed to its
+        record); returns how many were handled. Votes of the height being decided and the next
+        go to the core as runs (``handle_votes``: one state built per run, not per vote)."""
+        vote, source = votes[0]
+        low, high = self.state.height, self.state.height + 1
+        if not low <= vote.height <= high:
+            self.feed(VoteReceived(vote), source)
+            return 1
+        end = 1
+        while end < len(votes) and low <= votes[end][0].height <= high:
+            end += 1
+        state, outputs, used = handle_votes(self.config, self.logic(), self.state,
+                                            [vote for vote, _ in votes[:end]])
+        self.state = state
+        self._source = votes[used - 1][1]
+        if outputs:
+            self._dispatch(outputs, self._source)
+        return used
 
     def _keep_for_later(self, event: Event, message: Proposal | Vote) -> None:
         """Hold a message of height + 2 (module doc); anything farther is dropped."""

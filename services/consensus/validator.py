@@ -24,6 +24,11 @@ produced: as soon as it is durable, at the latest at the end of the batch or tic
 producer, acks=all, linger 0; the run loop serves its delivery reports every turn and flushes it
 on exit). Inputs are never committed: the position is re-derived from ``chain.blocks`` on start.
 
+A poll's consecutive votes reach the core as runs (``ConsensusDriver.feed_votes``,
+``state_machine.handle_votes``: the same states and outputs as one vote at a time, each output
+dispatched with its own record); while a message of the node's own waits for the guard, the runs
+are short (``OUTBOX_RUN``), so it still leaves a few votes after it is durable.
+
 Timeouts run on the local monotonic clock and enter the core as ``TimeoutFired``. After a
 decision the node waits ``block_interval_ms`` from the log time of the decision (so a
 replaying node does not wait), and the commit window (``node.py``), before starting the next
@@ -95,6 +100,9 @@ log = logging.getLogger(__name__)
 PRODUCER_LATENCY: dict[str, Any] = {"linger.ms": 0}
 MAX_PENDING_CHUNK_RECORDS = 8192  # records of chunks held as candidates (for the DLQ)
 MAX_PROPOSAL_TIMES = 64  # (height, round)s whose proposal's arrival is remembered (``_arrived``)
+# Votes counted in one run while a message of the node's own waits for the guard: it leaves
+# after the run during which it became durable (``handle_batch``).
+OUTBOX_RUN = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,24 +396,41 @@ class ValidatorNode(ConsensusDriver):
     # -- the loop
 
     def handle_batch(self, records: Sequence[Record]) -> None:
-        """One polled batch, in log order. With verification workers, the batch's consensus
-        records are decoded first and their signatures sent ahead (module doc of
-        ``services.consensus.verification``), then every record is handled."""
+        """One polled batch, in log order. Its consensus records are decoded first (the
+        malformed ones dead-lettered then); with verification workers their signatures are
+        sent ahead (module doc of ``services.consensus.verification``). Then every record is
+        handled, consecutive votes as runs (``feed_votes``)."""
         consensus = self.settings.topic("chain.consensus")
         decoded: dict[int, Proposal | Vote | None] = {}
-        if self.verifier.workers:
-            for index, record in enumerate(records):
-                if record.topic == consensus:
-                    message = self.decode_input(record, self.codec, self.dlq_chain)
-                    decoded[index] = message
-                    if message is not None:
-                        self.verifier.expect(self._triples(message), message.height)
-            self.verifier.flush()
         for index, record in enumerate(records):
+            if record.topic == consensus:
+                message = self.decode_input(record, self.codec, self.dlq_chain)
+                decoded[index] = message
+                if message is not None and self.verifier.workers:
+                    self.verifier.expect(self._triples(message), message.height)
+        self.verifier.flush()
+        index = 0
+        while index < len(records):
+            message = decoded.get(index)
+            if isinstance(message, Vote):
+                votes: list[tuple[Vote, Record]] = []
+                while isinstance(message, Vote):
+                    votes.append((message, records[index + len(votes)]))
+                    message = decoded.get(index + len(votes))
+                while votes:
+                    # While a message of its own waits for the guard, short runs: it leaves
+                    # a few votes after it became durable, not at the end of the batch.
+                    handled = self.feed_votes(votes[:OUTBOX_RUN] if self.outbox else votes)
+                    index += handled
+                    del votes[:handled]
+                    if self.outbox:
+                        self._send_durable(wait=False)
+                continue
             if index in decoded:
-                self._feed_consensus(record, decoded[index])
+                self._feed_consensus(records[index], message)
             else:
-                self._handlers[record.topic](record)
+                self._handlers[records[index].topic](records[index])
+            index += 1
             if self.outbox:
                 self._send_durable(wait=False)
         self._send_durable(wait=True)
