@@ -234,13 +234,7 @@ class HeightVoteSet:
         # The round check goes after ``VoteSet.add``: a vote it refuses (non-member) must not
         # use up anyone's catch-up rounds.
         opened = self.open_round(vote.round, vote.validator_address)
-        sets = dict(self.sets)
-        sets[(vote.round, vote.vote_type)] = result.vote_set
-        rounds = self._rounds if vote.round in self._rounds else tuple(
-            sorted((*self._rounds, vote.round)))
-        # The constructor, not ``replace``: this runs for every counted vote.
-        return HeightVoteSet(opened.height, opened.validators, sets, opened.round,
-                             opened.catchup, rounds), result
+        return opened._put(result.vote_set), result
 
     def with_set(self, vote_set: VoteSet) -> HeightVoteSet:
         """This height's sets with ``vote_set`` in place of its (round, type), for a round
@@ -249,10 +243,15 @@ class HeightVoteSet:
         if vote_set.height != self.height or vote_set.round > self.round + 1:
             raise VoteSetError(f"set of height {vote_set.height} round {vote_set.round} put "
                                f"in height {self.height} at round {self.round}")
+        return self._put(vote_set)
+
+    def _put(self, vote_set: VoteSet) -> HeightVoteSet:
+        """These sets with ``vote_set`` in place of its (round, type), its round held."""
         sets = dict(self.sets)
         sets[(vote_set.round, vote_set.vote_type)] = vote_set
         rounds = self._rounds if vote_set.round in self._rounds else tuple(
             sorted((*self._rounds, vote_set.round)))
+        # The constructor, not ``replace``: this runs for every counted vote.
         return HeightVoteSet(self.height, self.validators, sets, self.round, self.catchup,
                              rounds)
 
